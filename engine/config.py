@@ -50,6 +50,7 @@ class PresetInfo:
 
     description: str = opt("", "One-line description shown in `advlc presets` and the app.")
     reference: str = opt("", "The paper table/figure row this preset reproduces, if any.")
+    extends: str = opt("", "Name of a preset whose tables this one starts from (keys here win).")
 
 
 @dataclass
@@ -419,7 +420,7 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
         a.noise = a.eps
     e = cfg.eval
     if e.eps is None:
-        e.eps = a.eps if a.name != "none" else 8 / 255
+        e.eps = a.eps  # the threat model: standard training is evaluated at the same eps
     if e.pgd_alpha is None:
         e.pgd_alpha = e.eps / 4
     ms = cfg.train.lr_milestones
@@ -427,10 +428,6 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
         raise UserError(f"{where}: train.lr_milestones = {ms}: must be increasing epochs >= 0")
     if not DEVICES_RE.match(cfg.train.device):
         raise UserError(f"{where}: train.device = {cfg.train.device!r}: must be auto, cpu, cuda or cuda:N")
-    if cfg.data.dataset not in ("digits", "synthetic") and not cfg.data.root and not cfg.data.download:
-        raise UserError(
-            f"{where}: data.root is empty: dataset '{cfg.data.dataset}' is read from a folder "
-            f"(--set data.root=/path/to/datasets), or set data.download=true to fetch it")
     method.validate(cfg, where)
     return cfg
 

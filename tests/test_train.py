@@ -1,0 +1,58 @@
+"""The run process: determinism, the learning-rate schedule, and what each epoch records."""
+
+import torch
+
+from engine import config as C
+from engine.presets import load_preset
+from engine.store import Store
+from engine.supervisor import create_runs
+from engine.train import lr_at, run
+
+
+def _run(home, preset, overrides):
+    store = Store(home)
+    name, cfg, _ = load_preset(preset, overrides)
+    [rd] = create_runs(store, name, cfg)
+    assert run(rd, store, log=lambda s: None) == "finished"
+    return rd
+
+
+def _strip(recs):
+    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in recs]
+
+
+def test_same_seed_same_records(tmp_path):
+    ov = ["train.epochs=3", "eval.n=100"]
+    a = _run(tmp_path / "a", "quick/digits-fgsm_n-advlc", ov)
+    b = _run(tmp_path / "b", "quick/digits-fgsm_n-advlc", ov)
+    c = _run(tmp_path / "c", "quick/digits-fgsm_n-advlc", ov + ["train.seed=1"])
+    assert _strip(a.epochs()) == _strip(b.epochs())
+    assert _strip(a.epochs()) != _strip(c.epochs())
+
+
+def test_lr_schedule_piecewise():
+    t = C.TrainConfig(lr=0.1, lr_milestones=[100, 150], lr_gamma=0.1)
+    assert [lr_at(t, e) for e in (0, 99, 100, 149, 150, 199)] == [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1,
+                                                                   0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]
+
+
+def test_eval_every_and_ig_against_autograd(tmp_path):
+    rd = _run(tmp_path, "quick/digits-pgd10", ["train.epochs=3", "eval.every=2", "eval.n=50"])
+    recs = rd.epochs()
+    assert [r["robust_acc"] is None for r in recs] == [True, False, False]  # epochs 1 and the last
+    # IG recorded at the end equals a direct autograd computation on the best-checkpoint model
+    from engine.data import load_dataset
+    from engine.models import build_model
+
+    cfg = rd.run_config()
+    data = load_dataset(cfg.data)
+    m = build_model(cfg.model, num_classes=10, in_channels=1, image_size=8)
+    m.load_state_dict(torch.load(rd.ckpt("last"), weights_only=True)["model"])
+    m.eval()
+    x, y = data.test_x[:50], data.test_y[:50]
+    total = 0.0
+    for i in range(50):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(m(xi), y[i:i + 1]), xi)
+        total += g.abs().sum().item()
+    assert abs(recs[-1]["ig"] - total / 50) < 1e-4 * max(1.0, total / 50)
