@@ -171,6 +171,17 @@ class EvalConfig:
 
 
 @dataclass
+class SWAConfig:
+    """[swa]: stochastic weight averaging (as used with KDSA and AdvLC in Table 1)."""
+
+    enabled: bool = opt(False, "Keep an equal-weight running average of the weights.")
+    start: int = opt(50, "First 0-based epoch whose end updates the average (paper: 50).", unit="epochs", min=0)
+    every: int = opt(1, "Update the average every N epochs (paper: once per epoch).", unit="epochs", min=1)
+    bn_batches: int = opt(0, "Clean training batches for re-estimating BN statistics after each update "
+                          "(0 = one full pass, as in the reference code).", unit="batches", min=0)
+
+
+@dataclass
 class RunConfig:
     """A complete, resolved description of one training run."""
 
@@ -181,6 +192,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    swa: SWAConfig = field(default_factory=SWAConfig)
 
     # -- convenience -------------------------------------------------------------------
     @property

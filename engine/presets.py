@@ -111,3 +111,31 @@ def load_preset(ref: str, overrides: list[str] | None = None, home=None) -> tupl
     where = os.path.relpath(path) if not str(path).startswith(str(builtin_root())) else f"presets/{name}.toml"
     cfg = C.build(raw, where, overrides)
     return name, cfg, raw
+
+
+@dataclass
+class PlannedRun:
+    """One run a preset asks for: its config and, for sweeps, the grid point it stands for."""
+
+    preset: str
+    cfg: C.RunConfig
+    point: dict            # e.g. {"method.lam": 0.3}; empty when the preset has no sweep
+    seed: int
+
+
+def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
+              home=None) -> list[PlannedRun]:
+    """Every run a preset stands for: its sweep grid (if any) x its seeds.
+
+    `seeds` (e.g. from --seeds) overrides the preset's own `[sweep] seeds`; seeds count up
+    from train.seed.
+    """
+    name, cfg, raw = load_preset(ref, overrides, home)
+    n = seeds if seeds else int(raw.get("sweep", {}).get("seeds", 1))
+    return [PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), {}, cfg.train.seed + i) for i in range(n)]
+
+
+def _with_seed(cfg: C.RunConfig, seed: int) -> C.RunConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))

@@ -6,26 +6,22 @@ through `RunDir` and the index through `Store`.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
 
-from engine.config import RunConfig
+from engine.presets import PlannedRun
 from engine.rundir import RunDir
 from engine.store import Store
 
 
-def create_runs(store: Store, preset: str, cfg: RunConfig, *, seeds: list[int] | None = None,
-                group: str | None = None) -> list[RunDir]:
-    """Create one queued run directory per seed (sharing a group id when more than one)."""
-    seeds = seeds if seeds else [cfg.train.seed]
-    if group is None and len(seeds) > 1:
+def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = None) -> list[RunDir]:
+    """Create one queued run directory per planned run (sharing a group id when several)."""
+    if group is None and len(planned) > 1:
         group = f"g{secrets.token_hex(3)}"
     out = []
-    for seed in seeds:
-        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-        config = c.to_dict()
-        config["run"] = {"preset": preset, "label": cfg.label, "seed": seed, "group": group,
-                         "created": time.time()}
+    for p in planned:
+        config = p.cfg.to_dict()
+        config["run"] = {"preset": p.preset, "label": p.cfg.label, "seed": p.seed, "group": group,
+                         "point": p.point, "created": time.time()}
         out.append(store.create_run(config))
     return out

@@ -3,7 +3,7 @@
 import torch
 
 from engine import config as C
-from engine.presets import load_preset
+from engine.presets import plan_runs
 from engine.store import Store
 from engine.supervisor import create_runs
 from engine.train import lr_at, run
@@ -11,8 +11,7 @@ from engine.train import lr_at, run
 
 def _run(home, preset, overrides):
     store = Store(home)
-    name, cfg, _ = load_preset(preset, overrides)
-    [rd] = create_runs(store, name, cfg)
+    [rd] = create_runs(store, plan_runs(preset, overrides))
     assert run(rd, store, log=lambda s: None) == "finished"
     return rd
 

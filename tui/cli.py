@@ -104,11 +104,11 @@ def preset_show(ctx: typer.Context, name: str,
 def run_cmd(ctx: typer.Context,
             preset: Annotated[str, typer.Argument(help="Preset name (see `advlc presets`) or a TOML file.")],
             set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value (repeatable).")] = [],
-            seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (seed, seed+1, ...).")] = 1,
+            seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Number of seeds (seed, seed+1, ...); default: the preset's.")] = None,
             seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="First seed (default: the preset's).")] = None,
             device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: preset).")] = None):
     """Train a preset in the foreground with a progress bar, then print a summary."""
-    from engine.presets import load_preset
+    from engine.presets import plan_runs
     from engine.supervisor import create_runs
     from engine.train import run as train_run
 
@@ -118,11 +118,12 @@ def run_cmd(ctx: typer.Context,
     if seed is not None:
         overrides.append(f"train.seed={seed}")
     store = _store(ctx)
-    name, cfg, _ = load_preset(preset, overrides, ctx.obj["home"])
-    runs = create_runs(store, name, cfg, seeds=[cfg.train.seed + i for i in range(seeds)])
+    planned = plan_runs(preset, overrides, seeds=seeds, home=ctx.obj["home"])
+    runs = create_runs(store, planned)
     states = {}
-    for rd in runs:
-        out.print(f"run [bold]{rd.id}[/]  {name}  seed {rd.run_config().train.seed}  → {rd.path}")
+    for rd, p in zip(runs, planned):
+        point = " ".join(f"{k}={v}" for k, v in p.point.items())
+        out.print(f"run [bold]{rd.id}[/]  {p.preset}  seed {p.seed}  {point}  → {rd.path}")
         with _Progress(rd.id) as progress:
             try:
                 states[rd.id] = train_run(rd, store, on_event=progress.event, log=lambda line: None)
@@ -253,6 +254,22 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
     for ev in doc["evals"]:
         out.print(f"eval {ev.get('ckpt')} {ev.get('attack')}: clean {_pct(ev.get('clean_acc'))} "
                   f"robust {_pct(ev.get('robust_acc'))}  ({ev.get('implementation', '')})")
+
+
+# ---------------------------------------------------------------------------- command modules
+# Command groups that live in their own modules register themselves here.
+def _register_command_modules() -> None:
+    import importlib
+
+    for mod in ("tui.cli_supervisor", "tui.cli_eval", "tui.cli_bench", "tui.cli_report", "tui.cli_experiments"):
+        try:
+            importlib.import_module(mod).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+_register_command_modules()
 
 
 # ---------------------------------------------------------------------------- entry point
