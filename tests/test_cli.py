@@ -77,3 +77,27 @@ def test_presets_json_lists_reference():
     p = subprocess.run(ADVLC + ["presets", "--json"], capture_output=True, text=True, check=True)
     rows = {r["name"]: r for r in json.loads(p.stdout)}
     assert rows["paper/table1/fgsm_n-advlc"]["reference"].startswith("Table 1")
+
+
+def test_ctrl_c_marks_stopped_and_keeps_last_checkpoint(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "ADVLC_HOME": str(tmp_path), "COLUMNS": "160"}
+    p = subprocess.Popen(ADVLC + ["run", "quick/digits-pgd10", "--set", "train.epochs=200"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    last = None
+    while time.time() < deadline:
+        found = list((tmp_path / "runs").glob("*/checkpoints/last.pt")) if (tmp_path / "runs").exists() else []
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.2)
+    assert last is not None, "no epoch finished in time"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    status = json.loads((last.parent.parent / "status.json").read_text())
+    assert status["state"] == "stopped" and last.exists()
+    assert "resume" in out
