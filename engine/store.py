@@ -65,6 +65,20 @@ def summarize(rd: RunDir) -> dict:
         "error": st.get("error"),
         "path": str(rd.path),
     }
+    # the SWA model's own records (table `swa`, same keys), when the run averages weights
+    swa_all = rd.records("swa")
+    swa = [e for e in swa_all if e.get("robust_acc") is not None]
+    swa_best = max(swa, key=lambda e: (e["robust_acc"], e["epoch"])) if swa else None
+    swa_last = swa[-1] if swa else None
+    doc.update({
+        "swa_best_epoch": swa_best["epoch"] if swa_best else None,
+        "swa_best_robust_acc": swa_best["robust_acc"] if swa_best else None,
+        "swa_best_clean_acc": swa_best["clean_acc"] if swa_best else None,
+        "swa_end_robust_acc": swa_last["robust_acc"] if swa_last else None,
+        "swa_end_clean_acc": swa_last["clean_acc"] if swa_last else None,
+        "swa_ig": swa_last.get("ig") if swa_last else None,
+        "swa_hs": next((e["hs"] for e in reversed(swa_all) if e.get("hs") is not None), None),
+    })
     return doc
 
 
@@ -128,9 +142,9 @@ class Store:
     # -- index -------------------------------------------------------------------------
     def sync(self, rd: RunDir, doc: dict | None = None) -> dict:
         """Write the run's summary into the index (under the lock, atomically)."""
-        doc = doc if doc is not None else summarize(rd)
         self.ensure()
-        with self._lock:
+        with self._lock:  # summarise under the lock, so a slower writer never upserts an older summary
+            doc = doc if doc is not None else summarize(rd)
             db = open_db(self.index_path)
             table(db, INDEX_TABLE).upsert(doc, Query().id == doc["id"])
         return doc

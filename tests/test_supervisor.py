@@ -1,0 +1,568 @@
+"""The supervisor: detached runs, stop and exact resume, truthful states, the store under
+stress (kills, concurrent writers), the GPU queue, and Slurm through submitit.
+
+Every training here is a short digits run on CPU in a real child process; waits poll with
+a timeout. Stress figures are printed (`pytest -s`) and recorded in docs/SUPERVISOR.md.
+"""
+
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from engine import gpuqueue
+from engine import supervisor as S
+from engine.errors import UserError
+from engine.presets import plan_runs
+from engine.rundir import FINAL_STATES, RunDir, write_json
+from engine.store import Store
+
+PRESET = "quick/digits-fgsm_n"
+NOISE = ("time_s", "images_per_s")
+TIMEOUT = 180          # generous: the test machine is shared and slow
+
+
+@pytest.fixture(autouse=True)
+def _child_env(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")          # children inherit it
+    monkeypatch.setenv("ADVLC_SCHEDULER_POLL_S", "0.2")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "home").ensure()
+
+
+def plan(epochs=2, seeds=None, extra=()):
+    return plan_runs(PRESET, [f"train.epochs={epochs}", "eval.n=100", *extra], seeds=seeds)
+
+
+def wait_for(pred, timeout=TIMEOUT, interval=0.05, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_state(rd, states=FINAL_STATES, timeout=TIMEOUT):
+    wait_for(lambda: rd.status().get("state") in states, timeout, what=f"{rd.id} in {states}")
+    return rd.status()["state"]
+
+
+def strip(recs):
+    return [{k: v for k, v in r.items() if k not in NOISE} for r in recs]
+
+
+def index_doc(store):
+    return json.loads(store.index_path.read_text())        # raises if the file does not parse
+
+
+def gone(pid, timeout=10):
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def group_empty(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+
+
+# ------------------------------------------------------------------------------ detached
+def test_detached_runs_survive_their_parent(store):
+    """`launch` in a process that exits at once: the runs go on in their own sessions; one
+    finishes, one fails and keeps its error."""
+    code = ("import sys; from engine.store import Store; from engine.presets import plan_runs; "
+            "from engine.supervisor import launch; s = Store(sys.argv[1]); "
+            f"[a] = launch(s, plan_runs({PRESET!r}, ['train.epochs=3', 'eval.n=100'])); "
+            f"[b] = launch(s, plan_runs({PRESET!r}, ['train.batch_size=5000'])); "
+            "print(a.id, b.id)")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code, str(store.home)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    t_parent = time.monotonic() - t0
+    rd, bad = (store.get(rid) for rid in p.stdout.split()[-2:])
+    st = rd.status()
+    assert st["state"] == "running" and S.is_alive(st)       # the parent is gone, the run is not
+    pid = st["pid"]
+    assert os.getsid(pid) == pid and os.getsid(pid) != os.getsid(0)
+    assert psutil.Process(pid).ppid() != os.getpid()
+    lines = list(S.follow(rd, poll_s=0.1, timeout_s=TIMEOUT))
+    assert rd.status()["state"] == "finished", lines[-5:]
+    assert any(line.startswith("epoch   2") for line in lines)
+    assert [r["epoch"] for r in rd.epochs()] == [0, 1, 2]
+    assert gone(pid)
+
+    assert wait_state(bad) == "failed"
+    st = bad.status()
+    assert "train.batch_size = 5000" in st["error"] and not S.is_alive(st)
+    assert S.reconcile(store) == [] and bad.status()["state"] == "failed"
+    assert store.runs(state="failed")[0]["error"] == st["error"]
+    print(f"\ndetached runs: the parent exited after {t_parent:.1f}s; the runs ended on their own "
+          f"{time.monotonic() - t0:.1f}s after it started")
+
+
+# ------------------------------------------------------------------------------ stop
+def test_stop_frees_everything(store, monkeypatch):
+    """SIGTERM stops cleanly (the run writes `stopped`, last.pt kept); grace 0 escalates to
+    SIGKILL; either way no process is left and the GPU lease is free. (Meanwhile: the
+    heartbeat thread keeps status.json fresh.)"""
+    monkeypatch.setenv("ADVLC_HEARTBEAT_S", "0.2")
+    a, b = S.launch(store, plan(epochs=500, seeds=2), gpus=[0, 1])
+    for rd in (a, b):
+        wait_for(lambda: rd.ckpt("last").exists(), what=f"{rd.id} epoch 1")
+    assert a.status()["heartbeat_s"] == 0.2
+    hb = a.status()["heartbeat"]
+    wait_for(lambda: a.status()["heartbeat"] > hb, timeout=30, what="a heartbeat")
+    assert len(gpuqueue.read_leases(store)) == 2
+    pids = [rd.status()["pid"] for rd in (a, b)]
+    procs = [psutil.Process(p) for p in pids]
+    procs += [c for p in procs for c in p.children(recursive=True)]
+
+    S.stop(store, [a], grace_s=15)
+    st = a.status()
+    assert st["state"] == "stopped" and st["error"] is None and st["pid"] is None
+    assert a.ckpt("last").exists() and gone(pids[0], 1) and group_empty(pids[0])
+    assert "Traceback" not in a.log_path.read_text()
+
+    S.stop(store, [b], grace_s=0)                 # no grace: SIGKILL right after SIGTERM
+    assert b.status()["state"] == "stopped" and gone(pids[1], 1) and group_empty(pids[1])
+    assert all(not p.is_running() for p in procs)
+    assert gpuqueue.read_leases(store) == []
+    assert {r["state"] for r in store.runs()} == {"stopped"}
+    S.stop(store, [a, b])                         # stopping a stopped run changes nothing
+    assert a.status()["state"] == b.status()["state"] == "stopped"
+
+
+# ------------------------------------------------------------------------------ resume
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted detached run: the records every resumed run must reproduce."""
+    store = Store(tmp_path_factory.mktemp("ref")).ensure()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"                  # as for every other child here
+    try:
+        [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS))
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    assert wait_state(rd) == "finished"
+    return strip(rd.epochs())
+
+
+RESUME_EPOCHS = 8
+
+
+def _kill_and_reconcile(store, rd, kills):
+    pid = rd.status()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    assert rd.status()["state"] == "running"                  # nobody wrote a final state
+    assert S.reconcile(store) == [rd.id]
+    st = rd.status()
+    assert st["state"] == "lost" and "gone without a final state" in st["error"]
+    assert index_doc(store) and store.runs()[0]["state"] == "lost"     # the index parses
+    assert S.reconcile(store) == []
+    kills.append(len(rd.epochs()))
+
+
+def test_interrupted_four_ways_then_resumed_equals_uninterrupted(store, reference):
+    """One run, SIGKILLed during start-up, right after an epoch and during an epoch, then
+    stopped (SIGTERM); after each kill it is left `running`, reconcile makes it `lost`, the
+    index parses, and resume goes on from last.pt. It ends with the same epoch records as
+    the uninterrupted run."""
+    kills = []
+    [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS))
+    _kill_and_reconcile(store, rd, kills)                      # during interpreter start / imports
+    S.resume(store, rd)
+    wait_for(lambda: len(rd.epochs()) >= 2, what="2 epochs")
+    _kill_and_reconcile(store, rd, kills)                      # right after an epoch
+    S.resume(store, rd)
+    wait_for(lambda: len(rd.epochs()) >= 4 and rd.status().get("pid"), what="4 epochs")
+    time.sleep(rd.epochs()[-1]["time_s"] / 2)
+    _kill_and_reconcile(store, rd, kills)                      # during an epoch
+    S.resume(store, rd)
+    wait_for(lambda: len(rd.epochs()) >= 6, what="6 epochs")
+    pid = rd.status()["pid"]
+    S.stop(store, [rd])                                        # SIGTERM: a clean stop
+    assert gone(pid) and rd.status()["state"] == "stopped" and rd.status()["error"] is None
+    kills.append(len(rd.epochs()))
+    assert kills[0] == 0 and 2 <= kills[1] < 4 <= kills[2] < 6 <= kills[3] < RESUME_EPOCHS, kills
+    S.resume(store, rd)
+    assert wait_state(rd) == "finished", rd.log_tail(10)
+    assert strip(rd.epochs()) == reference
+    log = rd.log_path.read_text()
+    assert log.count("advlc: starting") == 5 and log.count("resumed from") == 3
+    print(f"\nSIGKILL x3 + SIGTERM x1 (epoch records at each: {kills}) -> lost x3, stopped x1 -> "
+          f"resumed to {len(reference)} records identical to the uninterrupted run")
+
+
+def test_resume_refuses_running_and_finished(store):
+    [rd] = S.launch(store, plan(epochs=500))
+    with pytest.raises(UserError, match="is running"):
+        S.resume(store, rd)
+    S.stop(store, [rd], grace_s=0)
+    rd.write_status(state="finished")
+    with pytest.raises(UserError, match="has finished"):
+        S.resume(store, rd)
+
+
+# ------------------------------------------------------------------------------ reconcile
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_reconcile_liveness_rules(store):
+    """pid + create time on this host; heartbeat age elsewhere; final states untouched."""
+    now = time.time()
+    me = psutil.Process()
+    cases = {
+        "dead_pid": dict(pid=_dead_pid(), pid_create_time=now - 5, host=S.HOST, heartbeat=now),
+        "recycled_pid": dict(pid=os.getpid(), pid_create_time=me.create_time() - 100, host=S.HOST, heartbeat=now),
+        "alive_pid": dict(pid=os.getpid(), pid_create_time=me.create_time(), host=S.HOST, heartbeat=now - 3600),
+        "remote_fresh": dict(pid=12345, host="node-elsewhere", heartbeat=now - 5, heartbeat_s=5),
+        "remote_stale": dict(pid=12345, host="node-elsewhere", heartbeat=now - 31, heartbeat_s=5),
+    }
+    rds = {}
+    for name, st in cases.items():
+        [rd] = S.create_runs(store, plan())
+        rd.write_status(state="running", **st)
+        store.sync(rd)
+        rds[name] = rd
+    [done] = S.create_runs(store, plan())
+    done.write_status(state="finished", pid=_dead_pid(), host=S.HOST)
+    store.sync(done)
+    assert S.is_alive(rds["alive_pid"].status()) and S.is_alive(rds["remote_fresh"].status())
+    changed = S.reconcile(store)
+    assert sorted(changed) == sorted(rds[n].id for n in ("dead_pid", "recycled_pid", "remote_stale"))
+    states = {n: rd.status()["state"] for n, rd in rds.items()}
+    assert states == {"dead_pid": "lost", "recycled_pid": "lost", "alive_pid": "running",
+                      "remote_fresh": "running", "remote_stale": "lost"}
+    assert re.search(r"last heartbeat 3\ds ago", rds["remote_stale"].status()["error"])
+    assert done.status()["state"] == "finished"
+    assert {r["id"]: r["state"] for r in store.runs()} == {**{rd.id: states[n] for n, rd in rds.items()},
+                                                            done.id: "finished"}
+
+
+def test_reconcile_repairs_the_index(store):
+    a, b = S.create_runs(store, plan(seeds=2))
+    a.write_status(state="finished")               # ended before its index update
+    (store.runs_dir / b.id / "config.json").unlink()   # half-deleted run directory
+    [c] = S.create_runs(store, plan())
+    shutil.rmtree(c.path)                          # an index row without a directory
+    S.reconcile(store)
+    rows = {r["id"]: r["state"] for r in store.runs()}
+    assert rows == {a.id: "finished"}
+
+
+# ------------------------------------------------------------------------------ store under stress
+def _index_worker(home, k, n_updates, out):
+    store = Store(home)
+    rds = [store.create_run({"run": {"preset": "stress", "seed": k * 10 + j, "created": time.time()},
+                             "train": {"epochs": n_updates}}) for j in range(2)]
+    me = {"pid": os.getpid(), "pid_create_time": S.process_create_time(os.getpid()), "host": S.HOST}
+    writes = 2
+    for i in range(n_updates):
+        rd = rds[i % 2]
+        rd.write_status(state="running", heartbeat=float(i), epoch=i, **me)   # alive: reconcile keeps it
+        store.sync(rd)
+        writes += 1
+    for rd in rds:
+        rd.write_status(state="finished", heartbeat=float(n_updates), pid=None)
+        store.sync(rd)
+        writes += 1
+    out.put((k, [rd.id for rd in rds], writes))
+
+
+def _victim(home, rid):
+    """Updates one run's status and index entry as fast as it can, until it is SIGKILLed."""
+    store = Store(home)
+    rd = RunDir(store.runs_dir / rid)
+    i = 0
+    while True:
+        rd.write_status(state="running", heartbeat=float(i), pid=os.getpid(),
+                        pid_create_time=S.process_create_time(os.getpid()), host=S.HOST)
+        store.sync(rd)
+        i += 1
+
+
+def _reconciler(home, stop_at):
+    store = Store(home)
+    n = 0
+    while time.time() < stop_at:
+        S.reconcile(store)
+        n += 1
+    return n
+
+
+def test_index_survives_concurrent_writers_kills_and_reconcile(store):
+    """8 processes create runs and update the index while another reconciles in a loop,
+    other writers are SIGKILLed mid-update again and again, and this one reads: every read
+    parses, no update is lost, the lock is never left held."""
+    import threading
+
+    n_proc, n_updates, n_kills = 8, 40, 12
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    victims = [rd.id for rd in S.create_runs(store, plan(seeds=2))]
+    procs = [ctx.Process(target=_index_worker, args=(str(store.home), k, n_updates, out)) for k in range(n_proc)]
+    rec = ctx.Process(target=_reconciler, args=(str(store.home), time.time() + 8))
+    kills = []
+
+    def killer():
+        import random
+
+        rnd = random.Random(0)
+        for k in range(n_kills):
+            rd = RunDir(store.runs_dir / victims[k % 2])
+            v = ctx.Process(target=_victim, args=(str(store.home), rd.id))
+            v.start()
+            wait_for(lambda: rd.status().get("pid") == v.pid, timeout=60, interval=0.01, what="the victim")
+            time.sleep(rnd.random() * 0.3)            # somewhere in its write loop
+            os.kill(v.pid, signal.SIGKILL)
+            v.join(10)
+            kills.append(v.exitcode)
+
+    kt = threading.Thread(target=killer)
+    t0 = time.monotonic()
+    for p in procs + [rec]:
+        p.start()
+    kt.start()
+    reads = bad = 0
+    while any(p.is_alive() for p in procs) or kt.is_alive():
+        try:
+            index_doc(store)
+            reads += 1
+        except FileNotFoundError:
+            pass
+        except json.JSONDecodeError:
+            bad += 1
+    kt.join()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs + [rec]:
+        p.join(60)
+        assert p.exitcode == 0
+    elapsed = time.monotonic() - t0
+    ids = [rid for _, rids, _ in results for rid in rids]
+    writes = sum(w for _, _, w in results)
+    rows = {r["id"]: r for r in store.runs()}
+    assert bad == 0 and kills == [-signal.SIGKILL] * n_kills
+    assert set(rows) == set(ids) | set(victims) and len(ids) == 2 * n_proc
+    assert all(rows[i]["state"] == "finished" and rows[i]["updated"] == float(n_updates) for i in ids)
+    t1 = time.monotonic()
+    store.sync(RunDir(store.runs_dir / victims[0]))          # the lock was not left held
+    assert time.monotonic() - t1 < 5
+    # the background reconciler may already have marked the victims; either way they end `lost`
+    S.reconcile(store)
+    assert {rows_["state"] for rows_ in store.runs() if rows_["id"] in victims} == {"lost"}
+    assert {RunDir(store.runs_dir / v).status()["state"] for v in victims} == {"lost"}
+    leftovers = len([p for p in store.home.rglob("*.tmp")])
+    print(f"\nindex stress: {n_proc} writer processes ({writes} index writes), a reconciler, "
+          f"{n_kills} writers SIGKILLed mid-write, {reads} reads in {elapsed:.1f}s: 0 parse errors, "
+          f"0 of {len(ids)} runs lost; {leftovers} orphaned temp files")
+
+
+# ------------------------------------------------------------------------------ GPU queue
+def test_gpu_queue_two_fake_gpus_five_runs(store):
+    """Never more than 2 running at once; every run finishes; each saw one GPU; the
+    scheduler exits when the queue is empty; no lease is left."""
+    t0 = time.monotonic()
+    rds = S.launch(store, plan(epochs=2, seeds=5), gpus=[0, 1])
+    assert time.monotonic() - t0 < 30                       # returns at once
+    assert [rd.status()["state"] for rd in rds].count("running") == 2
+    samples, most, most_leases = 0, 0, 0
+    while True:
+        states = [rd.status().get("state") for rd in rds]
+        most = max(most, states.count("running"))
+        most_leases = max(most_leases, sum(le["live"] for le in gpuqueue.read_leases(store)))
+        samples += 1
+        if all(s in FINAL_STATES for s in states):
+            break
+        assert time.monotonic() - t0 < 2 * TIMEOUT
+        time.sleep(0.05)
+    assert states == ["finished"] * 5, [rd.log_tail(5) for rd in rds]
+    assert most == 2 and most_leases <= 2
+    gpus = [rd.status()["gpu"] for rd in rds]
+    assert set(gpus) == {0, 1}
+    for rd, g in zip(rds, gpus):
+        assert f"CUDA_VISIBLE_DEVICES={g}" in rd.log_path.read_text()
+    wait_for(lambda: gpuqueue.scheduler_pid(store) is None and not gpuqueue.scheduler_running(store),
+             timeout=30, what="the scheduler to exit")
+    wait_for(lambda: gpuqueue.read_leases(store) == [], timeout=30, what="each run to drop its lease")
+    log = (store.home / "leases" / S.HOST / "scheduler.log").read_text()
+    assert log.count("scheduler: started ") == 3 and "queue empty; exiting" in log
+    print(f"\nGPU queue: 5 runs on 2 fake GPUs, {samples} samples, at most {most} running, "
+          f"{time.monotonic() - t0:.1f}s")
+
+
+def _scheduler_procs(store):
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "engine.gpuqueue" in cmd and str(store.home) in cmd:
+            out.append(p)
+    return out
+
+
+def test_one_scheduler_and_stale_leases(store):
+    """A lease of a dead process is reclaimed; a live one blocks its GPU; the scheduler
+    never runs twice and exits once nothing is queued."""
+    dead = gpuqueue.lease_path(store, 5, 0)
+    write_json(dead, {"gpu": 5, "slot": 0, "run": None, "pid": _dead_pid(), "pid_create_time": 1.0})
+    held = gpuqueue.lease_path(store, 7, 0)
+    me = psutil.Process()
+    write_json(held, {"gpu": 7, "slot": 0, "run": None, "pid": me.pid, "pid_create_time": me.create_time()})
+    assert gpuqueue._free_slot(store, [5], 1) == (5, 0)
+    assert gpuqueue._free_slot(store, [7], 1) is None
+    assert gpuqueue.reclaim_stale(store) == [str(dead)] and held.exists()
+
+    [rd] = S.launch(store, plan(epochs=2), gpus=[7])      # GPU 7 is taken: waits
+    assert rd.status()["state"] == "queued"
+    for _ in range(3):
+        gpuqueue.ensure_scheduler(store)
+    wait_for(lambda: gpuqueue.scheduler_pid(store), timeout=60, what="a scheduler")
+    wait_for(lambda: len(_scheduler_procs(store)) == 1, timeout=60, what="extra schedulers to give up")
+    time.sleep(1.0)
+    assert len(_scheduler_procs(store)) == 1 and rd.status()["state"] == "queued"
+    info = S.queue_info(store)
+    assert [q["id"] for q in info["queued"]] == [rd.id] and info["scheduler_pid"]
+    S.stop(store, [rd])                                      # the queue empties: the scheduler exits
+    assert rd.status()["state"] == "stopped"
+    wait_for(lambda: not _scheduler_procs(store), timeout=30, what="the scheduler to exit")
+    assert held.exists()
+
+
+def test_stop_a_queued_run_and_delete(store):
+    me = psutil.Process()
+    write_json(gpuqueue.lease_path(store, 3, 0),
+               {"gpu": 3, "slot": 0, "run": None, "pid": me.pid, "pid_create_time": me.create_time()})
+    [q] = S.launch(store, plan(), gpus=[3])
+    [r] = S.launch(store, plan(epochs=500))
+    with pytest.raises(UserError, match="not deleting active runs"):
+        S.delete(store, [q, r])
+    S.stop(store, [q])
+    assert q.status()["state"] == "stopped"
+    pid = r.status()["pid"]
+    S.delete(store, [q, r], force=True)
+    assert not q.path.exists() and not r.path.exists() and store.runs() == []
+    assert gone(pid, 1)
+    wait_for(lambda: not _scheduler_procs(store), timeout=30, what="the scheduler to exit")
+
+
+# ------------------------------------------------------------------------------ Slurm
+def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(store, reference):
+    """A digits preset end to end through submitit's LocalExecutor. Midway the job gets
+    the preemption signal (SIGUSR2, as Slurm sends it): submitit checkpoints and requeues,
+    the run waits `queued`, the requeued job resumes from last.pt, and the records equal
+    the uninterrupted run's."""
+    [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS), executor="slurm", slurm={"cluster": "local"})
+    la = rd.status()["launch"]
+    assert la["executor"] == "slurm" and la["job_id"] and rd.status()["state"] in ("queued", "running")
+    wait_for(lambda: len(rd.epochs()) >= 2 and rd.status().get("pid"), what="2 epochs")
+    pid = rd.status()["pid"]
+    seen = ["running"]
+    os.kill(pid, signal.SIGUSR2)
+    end = time.monotonic() + TIMEOUT
+    while seen[-1] != "finished" and time.monotonic() < end and len(seen) < 10:
+        state = rd.status().get("state")
+        if state != seen[-1]:
+            seen.append(state)
+        time.sleep(0.02)
+    assert seen[-1] == "finished", (seen, rd.log_tail(20))
+    assert "queued" in seen and seen[seen.index("queued") + 1] == "running", seen
+    assert strip(rd.epochs()) == reference
+    log = rd.log_path.read_text()
+    assert "this job is preempted" in log and "Requeued job" in log and "resumed from" in log
+    assert any((rd.path / "submitit").iterdir())                # submitit's own files stay apart
+    assert rd.status()["pid"] is None and gone(pid)
+    wait_for(lambda: store.runs()[0]["state"] == "finished", timeout=30, what="the index")
+    assert S.reconcile(store) == [] and rd.status()["state"] == "finished"
+    print(f"\nsubmitit local: states after SIGUSR2 {seen}; finished with records identical to the uninterrupted run")
+
+
+def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
+    from engine import slurm as SL
+
+    with pytest.raises(UserError, match="srun"):             # this machine is no Slurm login node
+        SL.executor_for(tmp_path / "sub", "advlc-x", {"time": 5})
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+
+    assert [SL.parse_time(t) for t in (90, "90", "1:30", "01:30:00", "1-00:00:00", "0:00:30")] == [90, 90, 90, 90, 1440, 1]
+    with pytest.raises(UserError, match="slurm time"):
+        SL.parse_time("soon")
+    user = store.home / "presets"
+    user.mkdir()
+    (user / "cluster.toml").write_text(
+        '[preset]\nextends = "quick/digits-fgsm_n"\n\n[slurm]\npartition = "gpu"\ntime = "2:00:00"\n'
+        'account = "lab"\nsetup = ["module load cuda"]\n')
+    params = SL.params_for(store, "user/cluster", {"time": "30", "account": None, "gpus": 2})
+    assert params == {"partition": "gpu", "time": "30", "account": "lab", "setup": ["module load cuda"], "gpus": 2}
+    SL.check_params(params)
+    with pytest.raises(UserError, match="slurm.colour"):
+        SL.check_params({"colour": "red", "time": 5})
+    with pytest.raises(UserError, match="time limit missing"):
+        SL.check_params({"partition": "gpu"})
+    ex = SL.executor_for(tmp_path / "sub", "advlc-x", params)
+    script = ex._make_submission_file_text("python -m x", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --account=lab", "#SBATCH --job-name=advlc-x", "module load cuda"):
+        assert line in script, script
+
+
+# ------------------------------------------------------------------------------ CLI
+ADVLC = [sys.executable, "-c", "from tui.cli import main; main()"]
+
+
+def advlc(*args, home, check=True):
+    env = {**os.environ, "ADVLC_HOME": str(home), "COLUMNS": "200"}
+    p = subprocess.run(ADVLC + list(args), capture_output=True, text=True, env=env, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_cli_detach_logs_stop_queue_delete(store):
+    h = store.home
+    p = advlc("run", PRESET, "--set", "train.epochs=500", "--set", "eval.n=100", "--detach", home=h)
+    rid = p.stdout.split()[0]
+    rd = store.get(rid)
+    assert rd.status()["state"] == "running" and "advlc logs" in p.stdout
+    wait_for(lambda: len(rd.epochs()) >= 1, what="epoch 1")
+    assert "epoch   0" in advlc("logs", rid, "-n", "50", home=h).stdout
+    assert f"{rid}  stopped" in advlc("stop", rid, home=h).stdout
+    assert rd.status()["state"] == "stopped"
+    # a run left `running` by a process that is gone (e.g. a reboot) is `lost` at the next CLI start
+    rd.write_status(state="running", pid=_dead_pid(), host=S.HOST)
+    assert json.loads(advlc("queue", "--json", home=h).stdout)["queued"] == []
+    assert rd.status()["state"] == "lost"
+    p = advlc("delete", rid, home=h, check=False)             # no terminal to ask: refuse
+    assert p.returncode == 2 and "add --yes" in p.stderr and "Traceback" not in p.stderr
+    advlc("delete", rid, "--yes", home=h)
+    assert store.runs() == [] and not rd.path.exists()
