@@ -1,0 +1,494 @@
+"""The Textual app on fabricated stores (no training): every screen and key, driven by Pilot.
+
+Run directories are written in the training process's format by `tui.bench_app.fabricate_run`,
+so these tests are fast and deterministic; tests/test_tui_live.py drives real runs.
+"""
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+from textual.widgets import DataTable, Input, Log
+
+from engine.rundir import RunDir
+from engine.store import Store
+from tui.app import make_app
+from tui.bench_app import build_store, fabricate_run, measure_open, synthetic_epoch
+from tui.data import IndexReader, RunFollower
+from tui.widgets.run_table import RunTable
+from tui.widgets.alert_bar import CO_DROP, RO_GAP, detect_alerts
+
+SIZE = (120, 40)
+
+
+async def wait_for(pilot, cond, timeout=20.0, step=0.05):
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {cond}")
+        await pilot.pause(step)
+
+
+def table_ids(app) -> list[str]:
+    return list(app.runs_screen._ids)
+
+
+def fab(store, rid, preset="quick/digits-fgsm_n", seed=0, total=10, done=10, state="finished", group=None,
+        created=None, **kw):
+    return fabricate_run(store, rid, preset=preset, seed=seed, group=group, total=total, done=done, state=state,
+                         created=created if created is not None else 1_700_000_000 + int(rid, 16) % 10_000, **kw)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "home").ensure()
+
+
+# ---------------------------------------------------------------------------- engine stays UI-free
+def test_engine_imports_without_textual_or_rich():
+    code = ("import sys; import engine.train, engine.store, engine.supervisor, engine.report; "
+            "bad = [m for m in ('textual', 'rich', 'tui') if m in sys.modules]; "
+            "assert not bad, bad")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert p.returncode == 0, p.stderr
+
+
+# ---------------------------------------------------------------------------- readers
+def test_run_follower_hands_over_only_new_records_and_log_lines(store):
+    rd = fab(store, "0000000a", total=10, done=3)
+    f = RunFollower(rd)
+    d = f.poll()
+    assert d.reset and [e["epoch"] for e in d.epochs] == [0, 1, 2] and len(d.log_lines) == 3
+    assert f.poll().empty()
+    db = rd.metrics_db().table("epochs", cache_size=0)
+    db.insert(synthetic_epoch(3, 10, __import__("random").Random(0), advlc=False))
+    with open(rd.log_path, "a") as fh:
+        fh.write("epoch   3  robust 0.1\npartial")
+    d = f.poll()
+    assert not d.reset and [e["epoch"] for e in d.epochs] == [3]
+    assert d.log_lines == ["epoch   3  robust 0.1"]  # the unfinished line waits for its newline
+    db.remove(lambda r: r["epoch"] >= 2)  # a resume dropped records past its checkpoint
+    d = f.poll()
+    assert d.reset and [e["epoch"] for e in d.epochs] == [0, 1]
+
+
+def test_index_reader_reparses_only_when_the_index_changes(store):
+    for i in range(3):
+        fab(store, f"0000000{i}")
+    store.reindex()
+    r = IndexReader(store)
+    snap = r.poll()
+    assert [x["id"] for x in snap.rows] == ["00000000", "00000001", "00000002"]
+    assert r.poll() is None
+    time.sleep(0.01)
+    store.sync(RunDir(store.runs_dir / "00000001"))
+    assert r.poll() is not None
+
+
+def test_alert_thresholds():
+    def rec(ep, rob, tr):
+        return {"epoch": ep, "robust_acc": rob, "train_acc": tr, "clean_acc": 0.8}
+
+    steady = [rec(i, 0.40 + 0.001 * i, 0.5 + 0.01 * i) for i in range(10)]
+    assert detect_alerts(steady) == []
+    # robust overfitting: best - current just above / below the threshold
+    ro = steady + [rec(10, steady[-1]["robust_acc"] - RO_GAP - 0.001, 0.7)]
+    assert [a.kind for a in detect_alerts(ro)] == ["robust_overfitting"]
+    ok = steady + [rec(10, steady[-1]["robust_acc"] - RO_GAP + 0.001, 0.7)]
+    assert detect_alerts(ok) == []
+    # catastrophic overfitting: robust more than halved within a few epochs while train acc rises
+    co = steady + [rec(10, 0.409 * (1 - CO_DROP) - 0.01, 0.9)]
+    kinds = [a.kind for a in detect_alerts(co)]
+    assert kinds == ["catastrophic", "robust_overfitting"]
+    assert "epoch 10" in detect_alerts(co)[0].text
+    # the same drop with falling training accuracy is not catastrophic overfitting
+    fall = steady + [rec(10, 0.1, 0.3)]
+    assert [a.kind for a in detect_alerts(fall)] == ["robust_overfitting"]
+
+
+# ---------------------------------------------------------------------------- runs screen
+async def test_runs_screen_live_refresh_keeps_cursor_and_shows_new_runs(store):
+    for i in range(12):
+        fab(store, f"{i:08x}", seed=i % 3, done=10 if i < 10 else 4, state="finished" if i < 10 else "running",
+            created=1_700_000_000 + i)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 12)
+        table = app.runs_screen.query_one("#runs-table", RunTable)
+        assert table_ids(app)[0] == f"{11:08x}"  # newest first
+        for _ in range(5):
+            await pilot.press("down")
+        target = app.runs_screen.cursor_id()
+        assert target == table_ids(app)[5]
+        # a running run writes an epoch: only its cells change, the cursor stays
+        rd = RunDir(store.runs_dir / f"{10:08x}")
+        rd.metrics_db().table("epochs", cache_size=0).insert(
+            synthetic_epoch(4, 10, __import__("random").Random(1), advlc=False))
+        store.sync(rd)
+        await wait_for(pilot, lambda: str(table.get_cell(f"{10:08x}", "epoch")).startswith(" 5/10"), timeout=10)
+        assert app.runs_screen.cursor_id() == target
+        # a new run appears at the top; the cursor stays on its run
+        fab(store, "000000ff", created=1_800_000_000)
+        store.sync(RunDir(store.runs_dir / "000000ff"))
+        await wait_for(pilot, lambda: "000000ff" in table_ids(app), timeout=10)
+        assert table_ids(app)[0] == "000000ff"
+        assert app.runs_screen.cursor_id() == target
+        header = app.runs_screen.query_one("#header").render()
+        assert "11 finished" in str(header) and "2 running" in str(header)
+
+
+async def test_filter_sort_and_multiselect(store):
+    for i in range(6):
+        fab(store, f"{i:08x}", preset="quick/digits-fgsm_n-advlc" if i % 2 else "quick/digits-fgsm_n", seed=i // 2)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 6)
+        await pilot.press("slash")
+        assert app.focused.id == "runs-filter"
+        await pilot.press(*"advlc")
+        await wait_for(pilot, lambda: len(table_ids(app)) == 3)
+        await pilot.press("enter")
+        assert isinstance(app.focused, RunTable)
+        await pilot.press("space", "space")
+        assert len(app.runs_screen.selected) == 2
+        assert "2 selected" in str(app.runs_screen.query_one("#runs-info").render())
+        await pilot.press("a")  # select all visible
+        assert app.runs_screen.selected == set(table_ids(app))
+        await pilot.press("escape")  # clears the selection
+        assert not app.runs_screen.selected
+        await pilot.press("escape")  # then the filter
+        await wait_for(pilot, lambda: len(table_ids(app)) == 6)
+        await pilot.press("slash", *"seed:2", "enter")
+        await wait_for(pilot, lambda: len(table_ids(app)) == 2)
+        await pilot.press("escape")
+        await pilot.press("o", "o")  # sort by preset
+        ids = table_ids(app)
+        presets = [r["preset"] for r in sorted(app.runs_screen.snapshot.rows, key=lambda r: ids.index(r["id"]))]
+        assert presets == sorted(presets)
+
+
+async def test_delete_asks_first(store):
+    fab(store, "0000000d")
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_ids(app) == ["0000000d"])
+        await pilot.press("d")
+        from tui.screens.confirm import ConfirmScreen
+
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert (store.runs_dir / "0000000d").exists()
+        await pilot.press("d")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: table_ids(app) == [], timeout=10)
+        assert not (store.runs_dir / "0000000d").exists()
+
+
+# ---------------------------------------------------------------------------- detail
+async def test_detail_plots_hold_the_epoch_data_and_alerts_show(store):
+    total = 30
+    recs = []
+    for e in range(total):  # rises, then collapses: catastrophic + robust overfitting
+        rob = 0.1 + 0.01 * e if e < 20 else 0.02
+        recs.append({"epoch": e, "lr": 0.1 if e < 15 else 0.01, "train_loss": 1.0 - 0.02 * e, "train_acc": 0.3 + 0.02 * e,
+                     "clean_loss": 0.8, "clean_acc": 0.5 + 0.01 * e, "robust_loss": 1.5, "robust_acc": rob,
+                     "av": 0.7, "ig": 10.0 + e, "hs": 0.1 if e % 10 == 9 else None, "time_s": 2.0,
+                     "images_per_s": 700.0})
+    rd = fab(store, "000000de", total=40, state="running", epochs_override=recs, swa=True)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_ids(app) == ["000000de"])
+        await pilot.press("enter")
+        from tui.screens.run_detail import RunDetailScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen))
+        scr = app.screen
+        await wait_for(pilot, lambda: "robust" in scr.plots["acc"].series)
+        acc = scr.plots["acc"].series
+        assert acc["robust"].xs == list(range(total))
+        assert acc["robust"].ys == pytest.approx([100 * r["robust_acc"] for r in recs])
+        assert acc["clean"].ys == pytest.approx([100 * r["clean_acc"] for r in recs])
+        assert acc["train"].ys == pytest.approx([100 * r["train_acc"] for r in recs])
+        assert "swa robust" in acc  # the run records an `swa` table
+        assert scr.plots["ig"].series["IG"].ys == pytest.approx([r["ig"] for r in recs])
+        assert scr.plots["hs"].series["HS"].xs == [9, 19, 29]  # only where recorded
+        assert scr.plots["lr"].series["lr"].ys[-1] == pytest.approx(0.01)
+        assert scr.plots["loss"].series["AV"].ys == pytest.approx([0.7] * total)
+        assert scr.plots["acc"].marks[0][0] == 19  # best epoch marked
+        alerts = scr.query_one("#alerts")
+        assert alerts.has_class("-active")
+        assert [a.kind for a in alerts.alerts] == ["catastrophic", "robust_overfitting"]
+        # a new epoch arrives: only it is read and appended
+        rd.metrics_db().table("epochs", cache_size=0).insert(dict(recs[-1], epoch=total))
+        with open(rd.log_path, "a") as fh:
+            fh.write("epoch  30 new line\n")
+        await wait_for(pilot, lambda: len(scr.plots["acc"].series["robust"].xs) == total + 1, timeout=10)
+        await pilot.press("l")
+        log = scr.query_one("#log", Log)
+        await wait_for(pilot, lambda: any("epoch  30 new line" in ln for ln in log.lines))
+        await pilot.press("g")
+        assert "3e1c9a2f00" in str(scr.query_one("#config-text").render())
+        await pilot.press("p", "f")  # zoom a plot, esc un-zooms, esc goes back
+        assert scr.maximized is not None
+        await pilot.press("escape")
+        assert scr.maximized is None
+        await pilot.press("escape")
+        assert app.screen is app.runs_screen
+
+
+# ---------------------------------------------------------------------------- compare + export
+def _direct(store, ids):
+    """Mean / sample std of best and end accuracies (%) computed straight from the run directories."""
+    vals = {"clean_best": [], "clean_end": [], "robust_best": [], "robust_end": [], "ig": []}
+    for rid in ids:
+        eps = RunDir(store.runs_dir / rid).epochs()
+        best = max(eps, key=lambda e: (e["robust_acc"], e["epoch"]))
+        end = eps[-1]
+        vals["clean_best"].append(100 * best["clean_acc"])
+        vals["clean_end"].append(100 * end["clean_acc"])
+        vals["robust_best"].append(100 * best["robust_acc"])
+        vals["robust_end"].append(100 * end["robust_acc"])
+        vals["ig"].append(end["ig"])
+    return {k: (statistics.mean(v), statistics.stdev(v)) for k, v in vals.items()}
+
+
+async def test_compare_two_groups_and_export_matches_the_store(store, tmp_path):
+    a = [fab(store, f"a000000{s}", preset="quick/digits-fgsm_n", seed=s, group="gA", total=12, done=12).id
+         for s in range(3)]
+    b = [fab(store, f"b000000{s}", preset="quick/digits-fgsm_n-advlc", seed=s, group="gB", total=12, done=12).id
+         for s in range(3)]
+    fab(store, "c0000000", preset="quick/digits-pgd10", group="gC")
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 7)
+        await pilot.press("slash", *"preset:quick/digits-fgsm_n", "enter")  # the two groups
+        await wait_for(pilot, lambda: len(table_ids(app)) == 6)
+        await pilot.press("c")
+        from tui.screens.compare import CompareScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.table is not None)
+        rows = {r.name: r for r in scr.table.rows}
+        assert set(rows) == {"fgsm_n", "fgsm_n+advlc"}
+        for name, ids in (("fgsm_n", a), ("fgsm_n+advlc", b)):
+            direct = _direct(store, ids)
+            for col, (m, s) in direct.items():
+                assert rows[name].cells[col].mean == pytest.approx(m) and rows[name].cells[col].std == pytest.approx(s)
+        dt = scr.query_one("#compare-table", DataTable)
+        assert dt.row_count == 2
+        shown = str(dt.get_cell("fgsm_n", "robust_best"))
+        m, s = _direct(store, a)["robust_best"]
+        assert shown == f"{m:.2f} ± {s:.2f}"
+        # overlaid curves: the mean robust accuracy per epoch of each row
+        plot = scr.query_one("#compare-plot")
+        ra = [statistics.mean(100 * RunDir(store.runs_dir / i).epochs()[e]["robust_acc"] for i in a) for e in range(12)]
+        assert plot.series["fgsm_n"].ys == pytest.approx(ra)
+        await pilot.press("m")
+        assert "clean" in plot.border_title
+        # export md / latex / csv to a folder typed into the modal
+        out = tmp_path / "exported"
+        await pilot.press("x")
+        from tui.screens.export import ExportScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportScreen))
+        box = app.screen.query_one("#export-folder", Input)
+        box.value = str(out)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(scr.exported) == 3, timeout=10)
+        assert sorted(p.name for p in scr.exported) == ["table.csv", "table.md", "table.tex"]
+        assert str(out) in str(scr.query_one("#compare-paths").render())
+    # the exported numbers are the direct computation
+    with open(out / "table.csv") as fh:
+        got = {r["row"]: r for r in csv.DictReader(fh)}
+    md = (out / "table.md").read_text()
+    tex = (out / "table.tex").read_text()
+    for name, ids in (("fgsm_n", a), ("fgsm_n+advlc", b)):
+        direct = _direct(store, ids)
+        for col, (m, s) in direct.items():
+            assert float(got[name][col]) == pytest.approx(m)
+            assert float(got[name][f"{col}_std"]) == pytest.approx(s)
+        rb = direct["robust_best"]
+        assert f"{rb[0]:.2f} ± {rb[1]:.2f}" in md
+        assert f"{rb[0]:.2f} $\\pm$ {rb[1]:.2f}" in tex
+        diff = direct["robust_best"][0] - direct["robust_end"][0]
+        assert float(got[name]["robust_diff"]) == pytest.approx(diff)
+
+
+# ---------------------------------------------------------------------------- presets
+async def test_presets_invalid_overrides_show_inline_and_never_crash(store):
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        from tui.screens.presets import PresetsScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen))
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.current is not None)
+        assert scr.current.name == "quick/digits-fgsm_n-advlc"  # `make run` opens with the default ready
+        await wait_for(pilot, lambda: "will launch" in str(scr.query_one("#preset-plan").render()), timeout=60)
+        err = scr.query_one("#preset-error")
+        await pilot.press("o")
+        await pilot.press(*"train.epochs=abc")
+        await wait_for(pilot, lambda: "train.epochs" in str(err.render()), timeout=30)
+        assert "integer" in str(err.render())
+        assert scr.query_one("#launch").disabled
+        await pilot.press("enter")  # launching invalid input: the error again, no run, no crash
+        await pilot.pause(0.5)
+        assert isinstance(app.screen, PresetsScreen) and not list(store.runs_dir.iterdir())
+        for _ in range(3):
+            await pilot.press("backspace")
+        await pilot.press(*"5 nosuch.key=1")
+        await wait_for(pilot, lambda: "nosuch" in str(err.render()), timeout=30)
+        await pilot.press(*(["backspace"] * len(" nosuch.key=1")), *" attack.eps=8/255")
+        await wait_for(pilot, lambda: "5 epochs" in str(scr.query_one("#preset-plan").render()), timeout=30)
+        assert str(err.render()) == ""
+        assert "← override" in str(scr.query_one("#preset-config").render())
+        await pilot.click("#seeds")
+        await pilot.press(*"0")
+        await wait_for(pilot, lambda: "seeds" in str(err.render()), timeout=30)
+        await pilot.press("backspace", "3")
+        await wait_for(pilot, lambda: "3 runs" in str(scr.query_one("#preset-plan").render()), timeout=30)
+        await pilot.press("escape", "escape")
+        assert app.screen is app.runs_screen
+
+
+# ---------------------------------------------------------------------------- conventions
+async def test_help_lists_every_key_and_small_terminal_works(store):
+    for i in range(3):
+        fab(store, f"{i:08x}", state="running" if i == 0 else "finished", done=5 if i == 0 else 10)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 3)
+        await pilot.press("question_mark")
+        from tui.screens.compare import CompareScreen
+        from tui.screens.help import HelpScreen, sections
+        from tui.screens.presets import PresetsScreen
+        from tui.screens.run_detail import RunDetailScreen
+        from tui.screens.runs import RunsScreen
+
+        assert isinstance(app.screen, HelpScreen)
+        listed = {(title, what) for title, items in sections(app) for _k, what in items}
+        for title, cls in (("Runs", RunsScreen), ("Run detail", RunDetailScreen), ("Presets (new run)", PresetsScreen),
+                           ("Compare", CompareScreen), ("Everywhere", type(app))):
+            for b in cls.BINDINGS:
+                assert (title, b.description) in listed, (title, b.key)
+        await pilot.press("escape")
+        assert app.screen is app.runs_screen
+        # every screen opens at 80x24
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen))
+        await wait_for(pilot, lambda: "robust" in app.screen.plots["acc"].series)
+        assert app.screen.has_class("-narrow")
+        await pilot.press("escape", "n")
+        await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen))
+        await pilot.press("escape")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.table is not None)
+        await pilot.press("escape")
+        # typing q into a text field types it; q elsewhere quits
+        await pilot.press("slash", "q")
+        assert app.runs_screen.query_one("#runs-filter", Input).value == "q"
+        assert app.is_running
+        await pilot.press("escape", "escape", "q")
+        await pilot.pause(0.2)
+        assert not app.is_running
+
+
+async def test_light_theme_from_environment(store, monkeypatch):
+    monkeypatch.setenv("ADVLC_THEME", "textual-light")
+    fab(store, "00000001")
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 1)
+        assert app.theme == "textual-light"
+        from tui.widgets.palette import palette
+
+        light = palette(app)
+        app.theme = "textual-dark"
+        await pilot.pause(0.1)
+        assert palette(app)["foreground"] != light["foreground"]
+        assert table_ids(app) == ["00000001"]
+
+
+async def test_command_palette_opens_a_run(store):
+    fab(store, "0000abcd")
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 1)
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"open run 0000abcd")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        from tui.screens.run_detail import RunDetailScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen))
+        assert app.screen.run_id == "0000abcd"
+
+
+# ---------------------------------------------------------------------------- scale
+def test_benchmark_runs_on_a_small_store(tmp_path):
+    home = tmp_path / "bench"
+    build_store(home, n_runs=40, n_epochs=20, n_running=2)
+    res = measure_open(home)
+    assert res["runs"] == 40 and res["detail_epochs"] == 20
+    assert res["open_s"] < 10 and res["idle_poll_s"] < 0.05
+    json.dumps(res)
+
+
+# ---------------------------------------------------------------------------- the command line
+def test_advlc_without_a_command_opens_the_app(tmp_path, monkeypatch):
+    import tui.app
+    from tui.cli import main
+
+    opened = []
+
+    class FakeApp:
+        def run(self):
+            opened.append("run")
+
+    monkeypatch.setattr(tui.app, "make_app", lambda home=None, presets_dir=None: opened.append(home) or FakeApp())
+    with pytest.raises(SystemExit) as exc:
+        main(["--home", str(tmp_path / "h")])
+    assert exc.value.code == 0
+    assert opened == [tmp_path / "h", "run"]
+
+
+async def test_layout_at_80x24_keeps_the_essentials_on_screen(store):
+    fab(store, "00000001", preset="paper/table1/fgsm_n-advlc", state="running", done=5)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 1)
+        table = app.runs_screen.query_one("#runs-table", RunTable)
+        assert table.shown_columns == ["id", "preset", "seed", "state", "epoch", "robust", "eta"]
+        assert table.virtual_size.width <= 80
+        line = "".join(seg.text for seg in table.render_line(1))
+        assert "00000001" in line and "running" in line and "5/10" in line
+        await pilot.press("n")
+        from tui.screens.presets import PresetsScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen) and app.screen.current is not None)
+        launch = app.screen.query_one("#launch")
+        await pilot.pause(0.2)
+        assert launch.region.right <= 80 and launch.region.bottom <= 23  # visible above the footer
+    async with make_app(store.home).run_test(size=(120, 40)) as pilot:
+        app2 = pilot.app
+        await wait_for(pilot, lambda: len(app2.runs_screen._ids) == 1)
+        assert len(app2.runs_screen.query_one("#runs-table", RunTable).shown_columns) == 10

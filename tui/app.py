@@ -1,0 +1,227 @@
+"""The advlc Textual app: one factory, `make_app(home, presets_dir) -> App`.
+
+Screens (tui/screens/, one a file): Runs (home), Run detail, Presets (new run), Compare,
+and the modals Help, Confirm and Export. The app talks to the engine only through the
+store (reads, in thread workers; see tui/data.py), `engine.supervisor` (launch, stop,
+resume, delete, reconcile) and `engine.report` (compare, export). Quitting (`q`) closes
+the app only: runs are detached processes and keep training.
+
+Worker failures are reported in one place (`on_worker_state_changed`): a notification,
+never a crash of the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from functools import partial
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from engine.errors import UserError
+from engine.rundir import RunDir
+from engine.store import Store
+from tui.data import RECONCILE_S, ActionDone, IndexReader
+
+DEFAULT_THEME = "textual-dark"
+"""Theme unless ADVLC_THEME names another (e.g. textual-light); ctrl+p → 'theme' switches live."""
+
+
+class AdvlcCommands(Provider):
+    """Command palette entries: screens, actions, every run (open) and every preset (new run)."""
+
+    async def startup(self) -> None:
+        from tui.screens.presets import list_items
+
+        app = self.app
+        try:
+            self._presets = await asyncio.to_thread(list_items, app.home_arg, app.presets_dir)
+        except Exception:
+            self._presets = []
+
+    def _commands(self):
+        app: AdvlcApp = self.app  # type: ignore[assignment]
+        yield "Runs", "the table of runs (home)", app.show_runs
+        yield "New run", "pick a preset and launch it", app.action_presets
+        yield "Help", "every key", app.action_help
+        yield "Compare visible runs", "mean ± std table of the runs shown", app.compare_visible
+        for p in getattr(self, "_presets", []):
+            yield f"New run: {p.name}", p.description, partial(app.action_presets, p.ref)
+        snap = app.runs_screen.snapshot if app.runs_screen else None
+        for r in (snap.rows if snap else [])[-2000:]:
+            yield (f"Open run {r['id']} {r.get('preset') or ''} seed {r.get('seed')}", r.get("state") or "",
+                   partial(app.open_run, r["id"]))
+
+    async def discover(self) -> Hits:
+        for name, help_text, cb in list(self._commands())[:4]:
+            yield DiscoveryHit(name, cb, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, cb in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), cb, help=help_text)
+
+
+class AdvlcApp(App):
+    """Terminal experiment manager for adversarial training (see DESIGN.md)."""
+
+    TITLE = "advlc"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {AdvlcCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit", show=True),
+        Binding("question_mark", "help", "Help", show=True),
+        Binding("f1", "help", "Help", show=False),
+    ]
+
+    def __init__(self, home: Path | None = None, presets_dir: Path | None = None):
+        super().__init__()
+        self.home_arg = Path(home).expanduser() if home else None
+        """The --home given (None: ADVLC_HOME or ~/.advlc); passed on to preset lookups."""
+        self.store = Store(self.home_arg).ensure()
+        self.presets_dir = Path(presets_dir) if presets_dir else None
+        self.reader = IndexReader(self.store)
+        self.runs_screen = None
+        self.theme = os.environ.get("ADVLC_THEME") or DEFAULT_THEME
+
+    def on_mount(self) -> None:
+        from tui.screens.runs import RunsScreen
+
+        self.runs_screen = RunsScreen()
+        self.push_screen(self.runs_screen)
+        # `advlc` reconciles before the app opens; here it repeats, after the first render
+        self.set_interval(RECONCILE_S, self.reconcile)
+
+    # -- navigation ----------------------------------------------------------------
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_presets(self, select: str | None = None) -> None:
+        from tui.screens.presets import PresetsScreen
+
+        if isinstance(self.screen, PresetsScreen):
+            return
+        self.push_screen(PresetsScreen(select))
+
+    def show_runs(self, focus: list[str] | None = None) -> None:
+        """Back to the Runs screen (closing whatever is above it); the cursor goes to `focus`."""
+        while len(self.screen_stack) > 1 and self.screen is not self.runs_screen:
+            self.pop_screen()
+        if focus and self.runs_screen is not None:
+            self.runs_screen.focus_runs(focus)
+
+    def open_run(self, run_id: str) -> None:
+        from tui.screens.run_detail import RunDetailScreen
+
+        self.show_runs()
+        self.push_screen(RunDetailScreen(run_id))
+
+    def compare_visible(self) -> None:
+        self.show_runs()
+        self.runs_screen.action_compare()
+
+    # -- engine calls (run in thread workers by the screens) -------------------------
+    def launch(self, planned, *, gpus=None, executor: str = "local") -> list[RunDir]:
+        """supervisor.launch: create the runs and start them as detached processes."""
+        from engine import supervisor
+
+        return supervisor.launch(self.store, planned, gpus=gpus, executor=executor)
+
+    def compare(self, *, run_ids=None, preset=None, group=None, by="label", include_unfinished=False):
+        from engine import report
+
+        return report.compare_runs(self.store, run_ids=run_ids, preset=preset, group=group, by=by,
+                                   include_unfinished=include_unfinished)
+
+    def export(self, table, folder: Path, formats: list[str]) -> list[Path]:
+        from engine import report
+
+        return report.export(table, folder, formats)
+
+    def supervise(self, what: str, run_ids: list[str], *, on_screen=None) -> None:
+        """Stop / resume / delete runs in a thread worker; the result goes to `on_screen` as ActionDone."""
+        target = on_screen or self.screen
+
+        def work() -> None:
+            from engine import supervisor
+
+            rds = [RunDir(self.store.runs_dir / rid) for rid in run_ids]
+            try:
+                if what == "stop":
+                    supervisor.stop(self.store, rds)
+                    text = f"stopped {', '.join(run_ids)}"
+                elif what == "resume":
+                    for rd in rds:
+                        supervisor.resume(self.store, rd, detach=True)
+                    text = f"resumed {', '.join(run_ids)}"
+                elif what == "delete":
+                    supervisor.delete(self.store, rds)
+                    text = f"deleted {', '.join(run_ids)}"
+                else:
+                    raise ValueError(what)
+            except UserError as exc:
+                self.call_from_thread(self.notify, str(exc), title=what, severity="error")
+                target.post_message(ActionDone(what, False, str(exc), run_ids))
+                return
+            self.call_from_thread(self.notify, text, title=what)
+            target.post_message(ActionDone(what, True, text, run_ids))
+            if self.runs_screen is not None and target is not self.runs_screen:
+                self.runs_screen.post_message(ActionDone(what, True, text, run_ids))
+
+        self.work(self, work, name=what, group="actions")
+
+    def reconcile(self) -> None:
+        """Mark active runs whose process is gone as lost (supervisor.reconcile), in a worker.
+
+        Only the runs the index shows as running or queued are checked (a full scan of a
+        1,000-run store costs ~0.2 s of Python; `advlc` does one before the app opens).
+        """
+        snap = self.runs_screen.snapshot if self.runs_screen is not None else None
+        active = [r["id"] for r in (snap.rows if snap else []) if r.get("state") in ("running", "queued")]
+        if not active:
+            return
+
+        def work() -> None:
+            from engine import supervisor
+
+            supervisor.reconcile(self.store, [RunDir(self.store.runs_dir / rid) for rid in active])
+
+        self.work(self, work, name="reconcile", exclusive=True)
+
+    # -- workers -------------------------------------------------------------------
+    def work(self, node, fn, *, name: str, group: str | None = None, exclusive: bool = False):
+        """Run `fn` in a thread worker owned by `node` (a screen): the one place worker errors go.
+
+        An exception in `fn` becomes a notification (one line, never a traceback on screen)
+        and a line in the Textual log; the app keeps running.
+        """
+        def wrapped():
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+                self.call_from_thread(self.worker_failed, name, exc)
+                return None
+
+        return node.run_worker(wrapped, thread=True, name=name, group=group or name, exclusive=exclusive,
+                               exit_on_error=False)
+
+    def worker_failed(self, name: str, exc: BaseException) -> None:
+        msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        self.log.error(f"worker {name} failed: {msg}")
+        self.notify(msg, title=f"{name} failed", severity="error", timeout=10)
+
+
+def make_app(home: Path | None = None, presets_dir: Path | None = None) -> AdvlcApp:
+    """The app for the run store at `home` (default: ADVLC_HOME or ~/.advlc).
+
+    `presets_dir`, when given, replaces the built-in and user presets in the Presets screen.
+    """
+    return AdvlcApp(home, presets_dir)

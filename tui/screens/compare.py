@@ -1,0 +1,266 @@
+"""Compare: runs grouped into rows (by label or preset), mean ± std over seeds.
+
+The table is `engine.report.compare_runs` — the same table `advlc compare` prints and
+`x` exports (Markdown, LaTeX, CSV, JSON through `engine.report.export`). The best value
+of each column (as the report decides it) is bold and coloured. Below it, one chosen
+metric (`m` cycles) is drawn per row as the mean over that row's runs at each epoch.
+Everything is read in a thread worker; the screen reloads every `COMPARE_REFRESH_S`
+while any of its runs is running.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from engine.rundir import RunDir
+from tui.widgets.metric_plot import MetricPlot
+from tui.widgets.palette import palette
+
+METRICS = (
+    ("robust_acc", "robust accuracy (%)", 100),
+    ("clean_acc", "clean accuracy (%)", 100),
+    ("train_acc", "training accuracy (%)", 100),
+    ("ig", "input gradient norm (IG)", 1),
+    ("hs", "HS (mean |λ| top-20)", 1),
+    ("av", "adversarial vulnerability (AV)", 1),
+    ("train_loss", "training loss", 1),
+)
+"""(record key, title, scale) of the curves `m` cycles through."""
+
+BY = ("label", "preset")
+"""What makes a row: `b` cycles."""
+
+ROLES = ("primary", "accent", "success", "error", "muted", "foreground", "secondary")
+COMPARE_REFRESH_S = 5.0
+
+
+def mean_curves(store, table, metric: str, scale: float) -> dict[str, tuple[list, list]]:
+    """Row name -> (epochs, mean over the row's runs of `metric` * scale at each epoch)."""
+    from engine.report import row_curves
+
+    return {name: ([p["epoch"] for p in pts], [p["mean"] for p in pts])
+            for name, pts in row_curves(store, table, metric, scale).items()}
+
+
+class CompareLoaded(Message):
+    def __init__(self, table, curves: dict, states: dict, error: str | None = None):
+        super().__init__()
+        self.table, self.curves, self.states, self.error = table, curves, states, error
+
+
+class CompareScreen(Screen):
+    """Mean ± std table of a set of runs, with overlaid curves and export."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", show=True),
+        Binding("m", "metric", "Metric", show=True),
+        Binding("b", "by", "Rows by", show=True),
+        Binding("x", "export", "Export", show=True),
+        Binding("u", "unfinished", "Unfinished runs", show=False),
+        Binding("ctrl+r", "reload", "Reload", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    CompareScreen #compare-title { height: auto; padding: 0 1; background: $panel; }
+    CompareScreen #compare-table { height: auto; max-height: 45%; }
+    CompareScreen #compare-plot { height: 1fr; min-height: 6; }
+    CompareScreen #compare-note { height: auto; max-height: 4; padding: 0 1; color: $foreground-muted; }
+    CompareScreen #compare-paths { height: auto; padding: 0 1; color: $success; }
+    """
+
+    def __init__(self, *, run_ids: list[str] | None = None, preset: str | None = None,
+                 group: str | None = None, title: str = ""):
+        super().__init__()
+        self.run_ids, self.preset, self.group = run_ids, preset, group
+        self.title_text = title or preset or group or "runs"
+        self.metric_index = 0
+        self.by_index = 0
+        self.table = None
+        """The engine.report CompareTable shown."""
+        self.curves: dict[str, dict[str, tuple[list, list]]] = {}
+        """metric -> row name -> (epochs, mean values): what the plot draws."""
+        self.exported: list[Path] = []
+        self.include_unfinished = False
+        """Count running/stopped runs too (the exported paper table counts finished runs only)."""
+        self._loading = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="compare-title")
+        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="compare-note")
+        yield MetricPlot(METRICS[0][1], id="compare-plot")
+        yield Static("", id="compare-paths")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self._draw_title()
+        self.reload()
+        self.set_interval(COMPARE_REFRESH_S, self._auto_reload)
+
+    # -- loading -------------------------------------------------------------------
+    def _auto_reload(self) -> None:
+        if self.is_current and self.table is not None and self._any_running:
+            self.reload()
+
+    def reload(self) -> None:
+        if self._loading:
+            return
+        self._loading = True
+        if self.table is None:
+            self.query_one("#compare-note", Static).update(Text("loading the runs…", style="italic"))
+        self.app.work(self, self._load, name="compare")
+
+    def _load(self) -> None:
+        from engine.errors import UserError
+
+        try:
+            store = self.app.store
+            table = self.app.compare(run_ids=self.run_ids, preset=self.preset, group=self.group,
+                                     by=BY[self.by_index], include_unfinished=self.include_unfinished)
+            curves = {key: mean_curves(store, table, key, scale) for key, _t, scale in METRICS}
+            states = {}
+            for rid in self.run_ids or [r for row in table.rows for r in row.runs]:
+                states[rid] = RunDir(store.runs_dir / rid).status().get("state")
+            self.post_message(CompareLoaded(table, curves, states))
+        except UserError as exc:
+            self.post_message(CompareLoaded(None, {}, {}, str(exc)))
+        except Exception as exc:
+            self.post_message(CompareLoaded(None, {}, {}, f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._loading = False
+
+    def on_compare_loaded(self, message: CompareLoaded) -> None:
+        if message.error:
+            self.query_one("#compare-note", Static).update(Text("✖ " + message.error, style="bold"))
+            return
+        self.table, self.curves = message.table, message.curves
+        self._any_running = any(s in ("running", "queued") for s in message.states.values())
+        self._draw_table()
+        self._draw_plot()
+        self._draw_title()
+
+    _any_running = False
+
+    # -- drawing -------------------------------------------------------------------
+    def _draw_title(self) -> None:
+        c = palette(self.app)
+        t = Text(no_wrap=True, overflow="ellipsis", end="")
+        t.append("Compare ", style=f"bold {c.get('accent', '')}")
+        t.append(self.title_text)
+        if self.table is not None:
+            t.append(f"   {getattr(self.table, 'title', '')}", style=c.get("muted", ""))
+        t.append(f"   rows by {BY[self.by_index]}", style=c.get("muted", ""))
+        self.query_one("#compare-title", Static).update(t)
+
+    def _draw_table(self) -> None:
+        c = palette(self.app)
+        dt = self.query_one("#compare-table", DataTable)
+        dt.clear(columns=True)
+        tbl = self.table
+        from engine.report import fmt_cell
+
+        headers = tbl.headers()
+        dt.add_column("rows", key="__name")
+        dt.add_column("seeds", key="__seeds")
+        for col in tbl.columns:
+            dt.add_column(headers.get(col, col), key=col)
+        best = getattr(tbl, "best", {}) or {}
+        notes = []
+        for row in tbl.rows:
+            cells = [Text(str(row.name), style="bold", end=""), Text(str(_fmt_seeds(row)), end="")]
+            for col in tbl.columns:
+                text = fmt_cell(col, row.cells[col])
+                hl = best.get(col) == row.name
+                cells.append(Text(text, style=f"bold {c.get('success', '')}" if hl else "", justify="right", end=""))
+            dt.add_row(*cells, key=str(row.name))
+            if row.missing:
+                notes.append(f"{row.name} {len(row.missing)}")
+        note = (f"accuracies in % · mean ± std over seeds · best per column in bold · time in {tbl.time_unit}"
+                f" · {'all runs' if self.include_unfinished else 'finished runs only (u: include unfinished)'}")
+        if notes:
+            note += "\nnot counted (unfinished or never run; listed in the export): " + " · ".join(notes)
+        self.query_one("#compare-note", Static).update(Text(note, end=""))
+
+    def _draw_plot(self) -> None:
+        key, title, _scale = METRICS[self.metric_index]
+        plot = self.query_one("#compare-plot", MetricPlot)
+        plot.title = f"{title} — mean over seeds (m: next)"
+        plot.clear_series()
+        for i, (name, (xs, ys)) in enumerate(self.curves.get(key, {}).items()):
+            if xs:
+                plot.set_series(str(name), xs, ys, role=ROLES[i % len(ROLES)])
+        plot.replot()
+
+    # -- actions -------------------------------------------------------------------
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_metric(self) -> None:
+        self.metric_index = (self.metric_index + 1) % len(METRICS)
+        self._draw_plot()
+
+    def action_by(self) -> None:
+        self.by_index = (self.by_index + 1) % len(BY)
+        self._draw_title()
+        self.reload()
+
+    def action_unfinished(self) -> None:
+        self.include_unfinished = not self.include_unfinished
+        self.reload()
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    def default_export_dir(self) -> Path:
+        slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.title_text)[:40].strip("-")
+        return self.app.store.home / "exports" / f"compare-{slug or 'runs'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def action_export(self) -> None:
+        if self.table is None:
+            self.notify("The table is still loading.", severity="warning")
+            return
+        from tui.screens.export import ExportScreen
+
+        def done(result) -> None:
+            if result:
+                folder, formats = result
+                self.app.work(self, lambda: self._export(folder, formats), name="export")
+
+        self.app.push_screen(ExportScreen(self.default_export_dir()), done)
+
+    def _export(self, folder: Path, formats: list[str]) -> None:
+        from tui.data import ActionDone
+
+        try:
+            paths = self.app.export(self.table, folder, formats)
+        except Exception as exc:
+            self.post_message(ActionDone("export", False, f"export failed: {exc}"))
+        else:
+            self.post_message(ActionDone("export", True, "exported: " + "  ".join(str(p) for p in paths),
+                                         data=paths))
+
+    def on_action_done(self, message) -> None:
+        if message.what != "export":
+            return
+        if message.ok:
+            self.exported = list(message.data)
+            self.query_one("#compare-paths", Static).update(Text(message.text, end=""))
+            self.notify(message.text, title="export", timeout=8)
+        else:
+            self.query_one("#compare-paths", Static).update(Text("✖ " + message.text, end=""))
+            self.notify(message.text, severity="error")
+
+
+def _fmt_seeds(row) -> str:
+    seeds = getattr(row, "seeds", None)
+    if isinstance(seeds, (list, tuple)):
+        return ",".join(str(s) for s in seeds) if len(seeds) <= 5 else f"{len(seeds)} seeds"
+    return str(seeds if seeds is not None else "")

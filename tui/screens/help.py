@@ -1,0 +1,87 @@
+"""`?`: every key of every screen, built from the screens' own bindings (so it cannot drift)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tui.widgets.alert_bar import CO_DROP, CO_MIN_ROBUST, CO_WINDOW, RO_GAP
+
+EXTRA = {
+    "Everywhere": [("ctrl+p", "command palette: open a run or a preset, switch theme, …"),
+                   ("tab / shift+tab", "move between panels and fields"),
+                   ("mouse", "click rows, tabs, buttons and column headers (optional)")],
+    "Runs": [("↑ ↓ pgup pgdn home end", "move the cursor"),
+             ("click a header", "sort by that column (again: reverse)")],
+}
+
+NOTES = (
+    "Filter (/): words that must all match id, preset, label, method, attack, dataset, group or state; "
+    "or key:value for one field, e.g. state:running seed:0 preset:quick/ method:advlc.\n"
+    "Overrides (presets screen): section.key=value separated by spaces, e.g. train.epochs=5 eval.n=100 "
+    "attack.eps=8/255 — checked as you type.\n"
+    f"Alerts: catastrophic overfitting = robust accuracy falls below {100 * (1 - CO_DROP):.0f}% of its peak "
+    f"within {CO_WINDOW} epochs (from at least {100 * CO_MIN_ROBUST:.0f}%) while training accuracy rises; "
+    f"robust overfitting = best − current robust accuracy > {100 * RO_GAP:.0f} points.\n"
+    "q quits the app only: training runs are separate processes and keep going; reopen with `advlc`."
+)
+
+
+def sections(app) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(screen title, [(key, what it does)]) for the app and each screen."""
+    from tui.screens.compare import CompareScreen
+    from tui.screens.presets import PresetsScreen
+    from tui.screens.run_detail import RunDetailScreen
+    from tui.screens.runs import RunsScreen
+
+    def keys(bindings) -> list[tuple[str, str]]:
+        out = []
+        for b in bindings:
+            if isinstance(b, tuple):
+                b = Binding(*b)
+            for key in b.key.split(","):
+                out.append((app.get_key_display(Binding(key.strip(), b.action)), b.description or b.action))
+        return out
+
+    out = [("Everywhere", keys(type(app).BINDINGS) + EXTRA["Everywhere"])]
+    for title, cls in (("Runs", RunsScreen), ("Run detail", RunDetailScreen), ("Presets (new run)", PresetsScreen),
+                       ("Compare", CompareScreen)):
+        out.append((title, keys(cls.BINDINGS) + EXTRA.get(title, [])))
+    return out
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key, per screen; esc, q or ? closes it."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close", show=True)]
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 100; max-width: 100%; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
+    }
+    HelpScreen #help-notes { color: $foreground-muted; margin-top: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-scroll"):
+            for title, items in sections(self.app):
+                t = Table(title=Text(title, style="bold"), title_justify="left", box=None, show_header=False,
+                          pad_edge=False, expand=True)
+                t.add_column("key", style="bold", no_wrap=True, min_width=16)
+                t.add_column("does", ratio=1)
+                for key, what in items:
+                    t.add_row(key, what)
+                yield Static(t, classes="help-section")
+            yield Static(NOTES, id="help-notes")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-scroll").focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
