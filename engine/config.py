@@ -133,6 +133,25 @@ class MethodConfig:
         "f(x~) for FGSM-N, as in the authors' code); 'x' adds a separate forward pass on x.",
         choices=("start", "x"),
     )
+    temperature: float = opt(
+        1.0, "Consistency: softmax temperature tau of the JS term, softmax(logits / tau) "
+        "(the paper: 1; Tack et al. 2022: 0.5).", min=0.01, max=100.0)
+    kd_temperature: float = opt(
+        2.0, "KDSA: distillation temperature T (Chen et al. 2021 code: 2); the KD terms are scaled by T^2.",
+        min=1e-6, max=1000.0)
+    kd_alpha_std: float = opt(
+        0.1, "KDSA: weight of the KD term towards the standard-trained teacher (original code: coef_kd1 = 0.1). "
+        "The CE weight is 1 - kd_alpha_std - kd_alpha_adv (original: 0.3).", min=0.0, max=1.0)
+    kd_alpha_adv: float = opt(
+        0.6, "KDSA: weight of the KD term towards the adversarially-trained teacher (original code: "
+        "coef_kd2 = 0.6).", min=0.0, max=1.0)
+    kd_std_checkpoint: str = opt(
+        "end", "KDSA: which checkpoint of the standard teacher run: 'end' (the last epoch; the original "
+        "uses the best-clean-accuracy model, which for standard training is ~ the end) or 'best' "
+        "(highest PGD robust accuracy).", choices=("end", "best"))
+    kd_adv_checkpoint: str = opt(
+        "best", "KDSA: which checkpoint of the adversarial teacher run: 'best' (highest PGD robust "
+        "accuracy, the original's early-stopped RA-best teacher) or 'end'.", choices=("best", "end"))
 
 
 @dataclass
@@ -150,6 +169,34 @@ class TrainConfig:
     nesterov: bool = opt(False, "Nesterov momentum.")
     seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
+    channels_last: bool = opt(
+        False, "Fast path: keep the model's conv weights in channels_last (NHWC) memory format; "
+        "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/fastpath.py).")
+    amp: str = opt(
+        "off", "Fast path: mixed precision. 'off' = exact fp32; 'bf16' = bfloat16 autocast of the forward "
+        "passes (attacks included) on CUDA and on CPU; changes results at the bf16 rounding level.",
+        choices=("off", "bf16"))
+    compile: bool = opt(
+        False, "Fast path: torch.compile the model's forward (first epoch pays the compile). Ignored, with a "
+        "log line, for double-backprop methods (igr, cure, gradalign, eq10_grad_penalty), which torch.compile "
+        "cannot differentiate twice.")
+
+
+class _EachOf(tuple):
+    """`choices` of a list field: a list is allowed when each of its items is one of these."""
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, list):
+            return all(tuple.__contains__(self, v) for v in value)
+        return tuple.__contains__(self, value)
+
+
+EXTRA_METRICS = ("train_ig", "train_hs", "train_clean_loss", "train_adv_loss", "train_av", "train_clean_acc",
+                 "train_adv_acc", "test_adv_loss20", "test_av20", "test_adv_acc20", "eff_fgsm", "eff_fgsm_n",
+                 "eff_pgd10", "eff_train", "ga", "whess_top", "whess_trace")
+FINAL_ATTACKS = ("pgd20", "pgd50", "aa", "aa-torchattacks", "apgd50x5")
+FINAL_CKPTS = ("best", "end", "swa_best", "swa_end")
+EXPERIMENT_KINDS = ("fig4a", "fig4b", "fig4c", "a1")
 
 
 @dataclass
@@ -168,6 +215,36 @@ class EvalConfig:
     hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1)
     hs_batch: int = opt(100, "Batch over which the input Hessian is taken (HS depends on it; paper: 100).",
                         unit="images", min=1)
+    # -- recordable extra metrics (engine.epoch_metrics; Figs 1, 3, A.2)
+    extra: list[str] = opt(
+        None, "Extra per-epoch metrics (engine.epoch_metrics, docs/EVALUATION.md): train_ig, train_hs, "
+        "train_clean_loss, train_adv_loss, train_av, train_clean_acc, train_adv_acc (PGD-20 on the first "
+        "`extra_samples` training images), test_adv_loss20, test_av20, test_adv_acc20 (PGD-20 on the "
+        "evaluated test images), eff_fgsm, eff_fgsm_n, eff_pgd10, eff_train (effectiveness, Eq. 7, against "
+        "PGD-50 on the first `effect_samples` training images), ga (gradient alignment, A.5), whess_top, "
+        "whess_trace (weight-space Hessian, pyhessian).", choices=_EachOf(EXTRA_METRICS), factory=list)
+    extra_every: int = opt(1, "Record the extra metrics every N epochs (the last epoch always).", unit="epochs", min=1)
+    extra_samples: int = opt(2000, "Training images (the first N) for the train_* metrics and ga (0 = all).",
+                             unit="images", min=0)
+    effect_samples: int = opt(2000, "Training images (the first N) the eff_* metrics average over (paper: 2000).",
+                              unit="images", min=1)
+    effect_train_mode: bool = opt(
+        False, "Generate the eff_fgsm / eff_fgsm_n / eff_pgd10 perturbations in train mode (BN batch statistics, "
+        "running statistics restored); eff_train always follows attack.train_mode. The losses of Eq. 7 and the "
+        "PGD-50 reference are always taken in eval mode.")
+    whess_samples: int = opt(200, "Training images (the first N, one batch) for whess_top / whess_trace.",
+                             unit="images", min=1)
+    # -- final evaluation (engine.final_eval; `advlc eval`)
+    final: list[str] = opt(
+        None, "Attacks of the final evaluation run when training ends (results in the `evals` table): pgd20, "
+        "pgd50, aa (original AutoAttack, pyautoattack), aa-torchattacks (torchattacks' weaker 10-step "
+        "version), apgd50x5 (APGD-CE 50 steps x 5 restarts). Empty = none.",
+        choices=_EachOf(FINAL_ATTACKS), factory=list)
+    final_ckpts: list[str] = opt(
+        None, "Checkpoints the final evaluation covers (swa_* are skipped when the run has none).",
+        choices=_EachOf(FINAL_CKPTS), factory=lambda: ["best", "end"])
+    final_n: int = opt(0, "Test images (the first N) of the final evaluation (0 = the whole test set).",
+                       unit="images", min=0)
 
 
 @dataclass
@@ -182,6 +259,51 @@ class SWAConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """[experiment]: a post-hoc analysis of a trained run's checkpoint (Fig. 4, A.1) instead of training.
+
+    With `kind` set, the run does not train: its process (engine.experiments) loads `source`'s
+    checkpoint and writes one record per grid point into the `points` table of metrics.json.
+    The analysed model, its data and its attack come from the source run's config.
+    """
+
+    kind: str = opt(
+        "", "Empty for a training run; fig4a = parameter noise U(-s, s) on the checkpoint; fig4b = train one "
+        "epoch on PGD-20 perturbations scaled by p; fig4c = the same with the sign of a fraction p flipped; "
+        "a1 = PGD loss and accuracy against the number of steps.", choices=("",) + EXPERIMENT_KINDS)
+    source: str = opt("", "The trained model analysed: a run id (or unique prefix), or a preset name "
+                      "(its most recent finished run).")
+    ckpt: str = opt("end", "Checkpoint of the source run.", choices=FINAL_CKPTS)
+    values: list[float] = opt(
+        None, "Grid: fig4a noise sizes s; fig4b perturbation multipliers p; fig4c flipped fractions p.",
+        min=0.0, factory=list)
+    random_values: int = opt(0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0)
+    value_max: float = opt(1.0, "fig4a: upper end of the drawn noise sizes.", min=0.0)
+    noise: str = opt(
+        "absolute", "fig4a: 'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
+        "theta * (1 + U(-s, s)), elementwise over all parameters (buffers untouched).",
+        choices=("absolute", "relative"))
+    flip_unit: str = opt(
+        "sample", "fig4c: reverse the whole perturbation of a random fraction p of the examples ('sample'), "
+        "or the sign of a random fraction p of all perturbation entries ('element').",
+        choices=("sample", "element"))
+    pgd_steps: int = opt(20, "fig4b/c: PGD steps of the perturbations before they are modified (paper: 20).",
+                         min=1, max=10000)
+    lr: float | None = opt(None, "fig4b/c: learning rate of the one training epoch; default the source's "
+                           "learning rate at the checkpoint's epoch.", min=0.0)
+    train_eff_every: int = opt(1, "fig4b/c: measure the effectiveness of the modified examples on every N-th "
+                               "training batch (0 = never).", unit="batches", min=0)
+    train_images: int = opt(0, "fig4b/c: train the one epoch on the first N training images only (0 = the "
+                            "source's whole training set).", unit="images", min=0)
+    samples: int = opt(2000, "Images (the first N of each split) HS, effectiveness and the a1 curves use "
+                       "(paper: 2000; 0 = all).", unit="images", min=0)
+    steps: list[int] = opt(None, "a1: PGD step counts (step eps/4, no random start).", min=0, max=100000,
+                           factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
+    splits: list[str] = opt(None, "a1: data the curves are measured on.", choices=_EachOf(("train", "test")),
+                            factory=lambda: ["train", "test"])
+
+
+@dataclass
 class RunConfig:
     """A complete, resolved description of one training run."""
 
@@ -193,6 +315,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     swa: SWAConfig = field(default_factory=SWAConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     # -- convenience -------------------------------------------------------------------
     @property
@@ -339,7 +462,7 @@ def _fmt(value) -> str:
 
 # Top-level TOML tables that are not RunConfig sections but are understood by the
 # preset layer (sweeps, experiment definitions, dependencies).
-EXTRA_TABLES = ("sweep", "experiment", "teachers", "slurm")
+EXTRA_TABLES = ("sweep", "teachers", "slurm")
 
 
 def _set_field(section_obj, section: str, key: str, raw, where: str):

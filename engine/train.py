@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -63,32 +64,104 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
+# ------------------------------------------------------------------------ heartbeat
+HEARTBEAT_S = 5.0   # seconds between heartbeats; $ADVLC_HEARTBEAT_S overrides
+
+
+def heartbeat_interval() -> float:
+    try:
+        return max(0.05, float(os.environ.get("ADVLC_HEARTBEAT_S", HEARTBEAT_S)))
+    except ValueError:
+        return HEARTBEAT_S
+
+
+class _RunProcessDir(RunDir):
+    """The run directory as its own process sees it: status.json writes from the training
+    loop and from the heartbeat thread are serialised (each is read-merge-replace)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._status_lock = threading.Lock()
+
+    def write_status(self, **updates) -> dict:
+        with self._status_lock:
+            return super().write_status(**updates)
+
+
+class _Heartbeat:
+    """A daemon thread writing status.json `heartbeat` every `interval` seconds, so a run on
+    another host (a Slurm node) is seen alive through setup, evaluation and checkpoints too.
+    `training` is set while `_train` runs: only then does SIGTERM interrupt it (main())."""
+
+    training = threading.Event()
+
+    def __init__(self, rd: RunDir, interval: float):
+        self.rd, self.interval = rd, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="advlc-heartbeat", daemon=True)
+
+    def start(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.rd.write_status(heartbeat=time.time())
+            except Exception:  # noqa: BLE001 - a full disk must not kill training from here
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+
 def run(rd: RunDir, store=None, *, on_event: Callable[[str, dict], None] | None = None,
         log: Callable[[str], None] = print) -> str:
     """Train (or resume) the run in `rd`; returns the final state.
 
     `on_event(kind, info)` receives "start", "batch", "epoch" and "end" events (for a
     progress display); `log` receives the human-readable lines that go to log.txt.
+    A heartbeat thread keeps status.json `heartbeat` fresh while it runs. An exit that is
+    not an error (SystemExit, e.g. submitit requeueing the job) is recorded as `stopped`
+    and re-raised.
     """
     from engine.store import Store
 
     store = store or Store(rd.path.parent.parent)
+    rd = rd if isinstance(rd, _RunProcessDir) else _RunProcessDir(rd.path)
     emit = on_event or (lambda kind, info: None)
     pid = os.getpid()
+    interval = heartbeat_interval()
     rd.write_status(state="running", pid=pid, pid_create_time=_process_start_time(pid),
                     host=os.uname().nodename, started=time.time(), heartbeat=time.time(),
-                    error=None, ended=None)
+                    heartbeat_s=interval, error=None, ended=None)
     store.sync(rd)
+    beat = _Heartbeat(rd, interval).start()
     try:
-        _train(rd, store, emit, log)
-        state, error = "finished", None
-    except (KeyboardInterrupt, StopRequested):
-        state, error = "stopped", None
-    except UserError as exc:
-        state, error = "failed", str(exc)
-    except Exception:
-        state, error = "failed", "".join(traceback.format_exc().splitlines(True)[-12:])
-        log(error)
+        try:
+            _Heartbeat.training.set()
+            from engine.experiments import is_experiment, run_experiment
+
+            (run_experiment if is_experiment(rd) else _train)(rd, store, emit, log)
+            state, error = "finished", None
+        except (KeyboardInterrupt, StopRequested):
+            state, error = "stopped", None
+        except UserError as exc:
+            state, error = "failed", str(exc)
+        except Exception:
+            state, error = "failed", "".join(traceback.format_exc().splitlines(True)[-12:])
+            log(error)
+        finally:
+            _Heartbeat.training.clear()
+    except BaseException as exc:  # SystemExit and the like: not an error of the run
+        beat.stop()
+        rd.write_status(state="stopped", error=f"interrupted ({type(exc).__name__})", ended=time.time(),
+                        heartbeat=time.time(), pid=None)
+        store.sync(rd)
+        raise
+    beat.stop()
     rd.write_status(state=state, error=error, ended=time.time(), heartbeat=time.time(), pid=None)
     store.sync(rd)
     emit("end", {"state": state, "error": error})
@@ -98,7 +171,11 @@ def run(rd: RunDir, store=None, *, on_event: Callable[[str, dict], None] | None 
 def _train(rd: RunDir, store, emit, log) -> None:
     from engine import provenance
     from engine.data import as_float, augment, epoch_batches, load_dataset
+    from engine import swa as S
+    from engine.epoch_metrics import extra_epoch_metrics
     from engine.evaluate import evaluate
+    from engine.final_eval import run_final_evals
+    from engine import teachers as T
     from engine.methods import StepContext, get_method, lam_at
     from engine.models import build_model
 
@@ -126,6 +203,34 @@ def _train(rd: RunDir, store, emit, log) -> None:
     n_train = len(data.train_x)
     if n_train < t.batch_size:
         raise UserError(f"train.batch_size = {t.batch_size}: larger than the {n_train} training images")
+    # teachers (KDSA): frozen eval-mode models from the teacher runs named in config.json;
+    # built under a forked RNG so they do not shift the run's random stream
+    with torch.random.fork_rng(devices=[]):
+        teachers = T.load(conf, cfg, data, device, store)
+    extras = {"teachers": teachers} if teachers else {}
+    # Consistency draws its second view from the un-augmented batch, as in Tack et al.'s code
+    pass_raw_batch = cfg.method.name == "consistency"
+    for role in teachers:
+        log(f"teacher {role}: run {conf['run']['teachers'][role]['run']} ({conf['run']['teachers'][role]['which']})")
+    # SWA: an equal-weight average of the weights at the end of epochs start, start+every, ...
+    sw = cfg.swa
+    swa = S.SWA(model) if sw.enabled else None
+    swa_last_epoch = S.last_update_epoch(sw, t.epochs)
+    swa_best_acc = -1.0
+    if sw.enabled and swa_last_epoch is None:
+        log(f"swa.start = {sw.start} >= train.epochs = {t.epochs}: the SWA model is never updated")
+
+    def bn_batches(epoch: int):
+        """Clean (non-adversarial) training batches, augmented as for training, for the BN pass.
+
+        Their own generator (seeded by seed and epoch): SWA leaves the main run's random
+        stream, hence its records, exactly as without SWA.
+        """
+        g = torch.Generator(device=device).manual_seed(t.seed + 1 + 1_000_003 * (epoch + 1))
+        idxs = epoch_batches(n_train, t.batch_size, g, device)
+        for idx in idxs[:sw.bn_batches] if sw.bn_batches else idxs:
+            yield as_float(augment(data.train_x[idx], padding=cfg.data.crop_padding, flip=cfg.data.flip,
+                                   generator=g))
 
     # ---------------------------------------------------------------- resume
     start_epoch, best_acc = 0, -1.0
@@ -139,10 +244,15 @@ def _train(rd: RunDir, store, emit, log) -> None:
             torch.cuda.set_rng_state(ck["rng_cuda"], device)
         gen.set_state(ck["rng_data"].to(gen.get_state().device))
         start_epoch, best_acc = ck["epoch"], ck["best_robust_acc"]
+        if swa is not None and ck.get("swa") is not None:
+            swa.load_state_dict(ck["swa"])
+            swa_best_acc = ck["swa"]["best_robust_acc"]
         log(f"resumed from {last} at epoch {start_epoch}")
     db = rd.metrics_db()
     epochs_table = db.table("epochs", cache_size=0)
     epochs_table.remove(lambda r: r["epoch"] >= start_epoch)  # records past the checkpoint
+    swa_table = db.table("swa", cache_size=0)
+    swa_table.remove(lambda r: r["epoch"] >= start_epoch)
 
     n_batches = n_train // t.batch_size
     emit("start", {"epochs": t.epochs, "start_epoch": start_epoch, "batches": n_batches, "device": str(device)})
@@ -153,7 +263,7 @@ def _train(rd: RunDir, store, emit, log) -> None:
         lr = lr_at(t, epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        ctx = StepContext(cfg=cfg, epoch=epoch, lam=lam_at(cfg, epoch))
+        ctx = StepContext(cfg=cfg, epoch=epoch, lam=lam_at(cfg, epoch), extras=extras)
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -163,6 +273,8 @@ def _train(rd: RunDir, store, emit, log) -> None:
             xb = as_float(augment(data.train_x[idx], padding=cfg.data.crop_padding,
                                   flip=cfg.data.flip, generator=gen))
             yb = data.train_y[idx]
+            if pass_raw_batch:
+                extras["x_unaugmented"] = data.train_x[idx]
             loss, stats = method.loss(model, xb, yb, ctx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -195,6 +307,29 @@ def _train(rd: RunDir, store, emit, log) -> None:
 
             rec["hs"], _ = hs_metric(model, x_test, y_test, n=e.hs_samples, batch=e.hs_batch)
 
+        # ------------------------------------------------------------ SWA: update, BN pass, evaluation
+        swa_rec = None
+        if swa is not None and S.is_update_epoch(sw, epoch):
+            ts = time.perf_counter()
+            swa.update(model)
+            S.update_bn(swa.average, bn_batches(epoch))
+            swa.average.eval()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            # same keys as `epochs`; time_s = seconds of the update + BN re-estimation
+            swa_rec = dict.fromkeys(EPOCH_KEYS)
+            swa_rec.update(epoch=epoch, lr=lr, time_s=time.perf_counter() - ts)
+            # evaluated when the main model is, and always after the last update
+            if (epoch + 1) % e.every == 0 or epoch + 1 == t.epochs or epoch == swa_last_epoch:
+                swa_rec.update(evaluate(swa.average, x_test, y_test, eps=e.eps, alpha=e.pgd_alpha,
+                                        steps=e.pgd_steps, batch_size=e.batch_size, ig=e.ig))
+            if e.hs_every and ((epoch + 1) % e.hs_every == 0 or epoch + 1 == t.epochs or epoch == swa_last_epoch):
+                from engine.landscape import hs_metric
+
+                swa_rec["hs"], _ = hs_metric(swa.average, x_test, y_test, n=e.hs_samples, batch=e.hs_batch)
+
+        rec.update(extra_epoch_metrics(model, data, cfg, epoch))  # eval.extra (Figs 1, 3, A.2)
+
         # ------------------------------------------------------------ records, checkpoints
         epochs_table.insert(rec)
         improved = rec["robust_acc"] is not None and rec["robust_acc"] >= best_acc
@@ -202,6 +337,14 @@ def _train(rd: RunDir, store, emit, log) -> None:
             best_acc = rec["robust_acc"]
             _save({"model": model.state_dict(), "epoch": epoch, "robust_acc": rec["robust_acc"],
                    "clean_acc": rec["clean_acc"]}, rd.ckpt("best"))
+        if swa_rec is not None:
+            swa_table.insert(swa_rec)
+            swa_ck = {"model": swa.average.state_dict(), "epoch": epoch, "n": swa.n,
+                      "robust_acc": swa_rec["robust_acc"], "clean_acc": swa_rec["clean_acc"]}
+            if swa_rec["robust_acc"] is not None and swa_rec["robust_acc"] >= swa_best_acc:
+                swa_best_acc = swa_rec["robust_acc"]
+                _save(swa_ck, rd.ckpt("swa_best"))
+            _save(swa_ck, rd.ckpt("swa_end"))
         state = {
             "epoch": epoch + 1,
             "model": model.state_dict(),
@@ -210,12 +353,23 @@ def _train(rd: RunDir, store, emit, log) -> None:
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "rng_data": gen.get_state(),
             "best_robust_acc": best_acc,
+            "swa": dict(swa.state_dict(), best_robust_acc=swa_best_acc) if swa is not None else None,
         }
         _save(state, rd.ckpt("last"))
         rd.write_status(heartbeat=time.time(), epoch=epoch + 1, batch=0, batches=n_batches)
         store.sync(rd)
         log(format_epoch(rec))
         emit("epoch", rec)
+        if swa_rec is not None:
+            def f(key):
+                return "—" if swa_rec[key] is None else f"{swa_rec[key]:.4g}"
+
+            log(f"  swa {epoch:>3}  n {swa.n:<4} clean {f('clean_acc')}  robust {f('robust_acc')}  "
+                f"IG {f('ig')}  HS {f('hs')}  {swa_rec['time_s']:.2f}s")
+            emit("swa", swa_rec)
+
+    # ---------------------------------------------------------------- final evaluation (eval.final)
+    run_final_evals(rd, data=data, store=store, log=log)
 
 
 def format_epoch(rec: dict) -> str:
@@ -228,12 +382,14 @@ def format_epoch(rec: dict) -> str:
             f"HS {f('hs', '{:.4g}')}  {rec['time_s']:.2f}s")
 
 
-def _on_sigterm(signum, frame):
-    raise StopRequested()
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of a detached run process: `python -m engine.train RUN_DIR`."""
+    """Entry point of a detached run process: `python -m engine.train RUN_DIR`.
+
+    SIGTERM stops the run cleanly (state `stopped`, last.pt kept) while it trains; one that
+    arrives as the run is already ending is ignored, so the final state is always written.
+    On exit the process gives back its GPU lease ($ADVLC_LEASE, set by the GPU queue).
+    """
+    from engine.gpuqueue import release_own_lease
     from engine.store import Store
 
     argv = sys.argv[1:] if argv is None else argv
@@ -244,9 +400,21 @@ def main(argv: list[str] | None = None) -> int:
     if not rd.exists():
         print(f"engine.train: {rd.path}: not a run directory (no config.json)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def on_sigterm(signum, frame):
+        if _Heartbeat.training.is_set():
+            _Heartbeat.training.clear()      # once: the stop itself must not be interrupted
+            raise StopRequested()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    state = run(rd, Store(rd.path.parent.parent), log=lambda line: print(line, flush=True))
+    try:
+        state = run(rd, Store(rd.path.parent.parent), log=lambda line: print(line, flush=True))
+    finally:
+        release_own_lease()
+        import gc
+
+        gc.freeze()   # the interpreter's final collection of torch's objects takes ~1.5 s otherwise
     return 0 if state in ("finished", "stopped") else 1
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import UserError
@@ -51,8 +52,11 @@ def root(ctx: typer.Context,
                                                       help="Run store directory (default ~/.advlc).")] = None):
     """With no command, open the app."""
     ctx.obj = {"home": home}
+    __import__("tui.cli_supervisor").cli_supervisor.reconcile_home(home)  # truthful states first
     if ctx.invoked_subcommand is None:
-        out.print(ctx.get_help())
+        from tui.app import make_app
+
+        make_app(home).run()
 
 
 # ---------------------------------------------------------------------------- presets
@@ -106,11 +110,19 @@ def run_cmd(ctx: typer.Context,
             set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value (repeatable).")] = [],
             seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Number of seeds (seed, seed+1, ...); default: the preset's.")] = None,
             seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="First seed (default: the preset's).")] = None,
-            device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: preset).")] = None):
-    """Train a preset in the foreground with a progress bar, then print a summary."""
+            device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: preset).")] = None,
+            detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return at once (survives the terminal).")] = False,
+            gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU queue: run on these GPUs, e.g. 0,1 (implies --detach; default: all visible when the preset uses CUDA).")] = None,
+            slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", min=1, help="Runs at once per GPU in the queue.")] = 1,
+            executor: Annotated[str, typer.Option("--executor", help="local | slurm (slurm implies --detach; submits through submitit).")] = "local",
+            partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition (default: the preset's [slurm] table).")] = None,
+            time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit: minutes or HH:MM:SS.")] = None,
+            account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.")] = None,
+            slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="GPUs per Slurm job (default 1).")] = None,
+            with_teachers: Annotated[bool, typer.Option("--with-teachers", help="KDSA: train missing teacher runs first (foreground).")] = False):
+    """Train a preset: in the foreground with a progress bar, or detached (--detach, --gpus, --executor slurm)."""
     from engine.presets import plan_runs
     from engine.supervisor import create_runs
-    from engine.train import run as train_run
 
     overrides = list(set_)
     if device:
@@ -118,7 +130,19 @@ def run_cmd(ctx: typer.Context,
     if seed is not None:
         overrides.append(f"train.seed={seed}")
     store = _store(ctx)
-    planned = plan_runs(preset, overrides, seeds=seeds, home=ctx.obj["home"])
+    background = detach or gpus is not None or executor != "local"
+    if with_teachers and background:
+        raise UserError("--with-teachers trains the teachers before the student, so it runs in the foreground; "
+                        "drop --detach/--gpus/--executor, or run the teacher presets detached first")
+    planned = plan_runs(preset, overrides, seeds=seeds, home=ctx.obj["home"], with_teachers=with_teachers)
+    if background:
+        from tui.cli_supervisor import launch_detached
+
+        launch_detached(store, planned, gpus=gpus, slots_per_gpu=slots_per_gpu, executor=executor,
+                        slurm={"partition": partition, "time": time_limit, "account": account, "gpus": slurm_gpus})
+        return
+    from engine.train import run as train_run
+
     runs = create_runs(store, planned)
     states = {}
     for rd, p in zip(runs, planned):
@@ -133,7 +157,10 @@ def run_cmd(ctx: typer.Context,
             out.print(f"[yellow]stopped[/] {rd.id} (resume with `advlc resume {rd.id}`)")
             break
         if states[rd.id] == "failed":
-            err.print(f"advlc: run {rd.id} failed: {rd.status().get('error', '').strip().splitlines()[-1:]}")
+            last = ((rd.status().get("error") or "").strip().splitlines() or ["see its log"])[-1]
+            err.print(f"advlc: run {rd.id} failed: {last}", markup=False, highlight=False)
+            if rd.run_config().method.name == "kdsa" or any(p.role for p in planned):
+                break  # a student needs its teachers
     _print_summary(store, [rd for rd in runs if rd.id in states])
     if any(s == "failed" for s in states.values()):
         raise typer.Exit(1)
@@ -230,7 +257,8 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
     """Config, status and per-epoch history of one run."""
     store = _store(ctx)
     rd = store.get(run)
-    doc = {"id": rd.id, "config": rd.config(), "status": rd.status(), "epochs": rd.epochs(), "evals": rd.evals()}
+    doc = {"id": rd.id, "config": rd.config(), "status": rd.status(), "epochs": rd.epochs(), "evals": rd.evals(),
+           "swa": rd.records("swa"), "points": rd.records("points")}
     if as_json:
         print(json.dumps(doc, indent=1))
         return
@@ -243,7 +271,7 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
         out.print(f"commit {str(prov.get('commit'))[:10]}{' (dirty)' if prov.get('dirty') else ''}  "
                   f"torch {prov.get('torch')}  {prov.get('device_name')}  host {prov.get('host')}")
     if st.get("error"):
-        out.print(f"[red]error:[/] {st['error'].strip()}")
+        out.print("[red]error:[/] " + escape(st["error"].strip()))
     t = Table(box=None)
     cols = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "av", "ig", "hs", "time_s")
     for col in cols:
@@ -254,6 +282,10 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
     for ev in doc["evals"]:
         out.print(f"eval {ev.get('ckpt')} {ev.get('attack')}: clean {_pct(ev.get('clean_acc'))} "
                   f"robust {_pct(ev.get('robust_acc'))}  ({ev.get('implementation', '')})")
+    if doc["points"]:
+        from tui.cli_experiments import print_points
+
+        print_points(rd)
 
 
 # ---------------------------------------------------------------------------- command modules
