@@ -171,6 +171,7 @@ def run(rd: RunDir, store=None, *, on_event: Callable[[str, dict], None] | None 
 def _train(rd: RunDir, store, emit, log) -> None:
     from engine import provenance
     from engine.data import as_float, augment, epoch_batches, load_dataset
+    from engine import fastpath
     from engine import swa as S
     from engine.epoch_metrics import extra_epoch_metrics
     from engine.evaluate import evaluate
@@ -194,6 +195,7 @@ def _train(rd: RunDir, store, emit, log) -> None:
     data = load_dataset(cfg.data, device)
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size).to(device)
+    model = fastpath.prepare_model(model, cfg, log=log)  # channels_last / torch.compile when configured
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov)
     gen = torch.Generator(device=device).manual_seed(t.seed + 1)
@@ -275,7 +277,8 @@ def _train(rd: RunDir, store, emit, log) -> None:
             yb = data.train_y[idx]
             if pass_raw_batch:
                 extras["x_unaugmented"] = data.train_x[idx]
-            loss, stats = method.loss(model, xb, yb, ctx)
+            with fastpath.autocast(cfg, device):  # bf16 when train.amp = "bf16"; evaluation stays fp32
+                loss, stats = method.loss(model, xb, yb, ctx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

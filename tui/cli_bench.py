@@ -1,0 +1,188 @@
+"""`advlc bench`: method step cost, fast-path epoch time, HS cost (engine/bench.py).
+
+    advlc bench [--methods m1,m2] [--model cnn_small|preact_resnet18] [--device cpu|cuda]
+                [--batch 100] [--iters N] [--warmup N] [--json] [--write-docs]
+    advlc bench --epoch [--iters BATCHES] [--amp off,bf16] [--compile] [--workers N] [--n-train 50000] ...
+    advlc bench --hs [--run RUN] [--ckpt best|last] [--n 2000] ...
+
+Progress goes to stderr; the table (or, with --json, the whole result) to stdout.
+`--write-docs` replaces the matching section of docs/BENCHMARKS.md (`--docs` names another file).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import UserError
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _docs_default() -> Path:
+    from engine.provenance import CODE_ROOT
+
+    return CODE_ROOT / "docs" / "BENCHMARKS.md"
+
+
+def _f(v, fmt="{:.3g}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def _print_steps(r: dict) -> None:
+    out.print(f"{r['device_name']}  torch {r['torch']}  model {r['model']}  batch {r['batch']}  "
+              f"{'bf16' if r['amp'] == 'bf16' else 'fp32'}  {r['rounds']} rounds x {r['steps_per_round']} steps")
+    t = Table(box=None, pad_edge=False)
+    for c in ("method", "base", "s/batch", "ratio", "paper ratio"):
+        t.add_column(c, justify="left" if c in ("method", "base") else "right")
+    for row in r["results"]:
+        t.add_row(row["label"] + ("" if row["finite"] else " (NaN)"), row["base"] or "—",
+                  _f(row["s_per_batch"], "{:.4f}"), _f(row["ratio"], "{:.3f}"), _f(row["paper_ratio"], "{:.3f}"))
+    out.print(t)
+    for lab, a in r["advlc_vs_paper"].items():
+        out.print(f"{lab}: +{a['overhead_pct']:.1f} % over its base (paper +{a['paper_overhead_pct']:.1f} %): "
+                  f"{'within' if a['within_paper'] else 'above'} the paper's overhead")
+    for k, v in r["skipped"].items():
+        out.print(f"not timed: {k}: {v}")
+
+
+def _print_epoch(r: dict) -> None:
+    ext = f"extrapolated from {r['measured_batches']} batches" if r["extrapolated"] else "measured"
+    out.print(f"{r['device_name']}  torch {r['torch']}  model {r['model']}"
+              f"{' (reduced)' if r['reduced_model'] else ''}  {r['n_train']} images/epoch ({ext})")
+    t = Table(box=None, pad_edge=False)
+    t.add_column("scheme")
+    t.add_column("reference s/epoch", justify="right")
+    for a in r["amps"]:
+        name = "bf16" if a == "bf16" else "fp32"
+        t.add_column(f"fast {name} s/epoch", justify="right")
+        t.add_column("speed-up", justify="right")
+    for row in r["results"]:
+        cells = [row["scheme"], _f(row["reference_s_per_epoch"], "{:.1f}")]
+        for a in r["amps"]:
+            f = row["fast"].get(a) or {}
+            cells += [_f(f.get("s_per_epoch"), "{:.1f}"), _f(f.get("speedup"), "{:.2f}x")]
+        t.add_row(*cells)
+    out.print(t)
+    for k, c in r["costs"].items():
+        if k.startswith("eval_"):
+            out.print(f"evaluation ({k[5:]}): {c['s_per_10k']:.1f} s per 10,000 images"
+                      + (f" (from {c['images']})" if c["extrapolated"] else ""))
+        else:
+            out.print(f"HS ({c['method']}): {c['s_per_2000']:.1f} s per 2000 samples"
+                      + (f" (from {c['samples']})" if c["extrapolated"] else ""))
+    for k, v in r["skipped"].items():
+        out.print(f"not timed: {k}: {v}")
+
+
+def _print_hs(r: dict) -> None:
+    s = r["sec_per_batch"]
+    out.print(f"{r['device_name']}  torch {r['torch']}  {r['model']['source']}  {r['n_samples']} samples")
+    out.print(f"s/batch: exact {_f(s['exact'], '{:.4f}')}  lanczos {_f(s['lanczos'], '{:.3f}')}  "
+              f"power {_f(s['power'], '{:.2f}')} (on {r['power_samples']} samples)")
+    out.print(f"exact is {_f(r['speedup_exact_vs_power'], '{:.0f}')}x faster than power iteration, "
+              f"{_f(r['speedup_exact_vs_lanczos'], '{:.0f}')}x faster than Lanczos")
+    for k, e in r["validation"].items():
+        if isinstance(e, dict):
+            out.print(f"{k}: max rel {e['max_rel']:.2e}")
+    out.print("goals: " + ", ".join(f"{k} {'—' if v is None else ('yes' if v else 'NO')}" for k, v in r["goals"].items()))
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """`advlc bench` with the options that were given (those that differ from their defaults)."""
+    parts = ["advlc", "bench"]
+    for p in sorted(ctx.command.params, key=lambda p: p.name not in ("epoch", "hs")):  # the mode first
+        v = ctx.params.get(p.name)
+        if p.name in ("as_json", "write_docs", "docs") or v == p.default or v is None:
+            continue
+        if isinstance(v, bool):
+            if v:
+                parts.append(p.opts[0])
+            elif p.secondary_opts:
+                parts.append(p.secondary_opts[0])
+        else:
+            parts += [p.opts[0], shlex.quote(str(v))]
+    return " ".join(parts)
+
+
+def _split(text: Optional[str]) -> list[str] | None:
+    if text is None:
+        return None
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    return items or None
+
+
+def bench_cmd(ctx: typer.Context,
+              methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (or attack+method); default: all registered (--epoch: the six of issue 7).")] = None,
+              model: Annotated[Optional[str], typer.Option("--model", help="cnn_small | preact_resnet18 (default: cnn_small on CPU, preact_resnet18 on CUDA).")] = None,
+              device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = "auto",
+              batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 100,
+              iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Measured steps per method (--epoch: batches per variant).")] = None,
+              warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Warm-up steps per method.")] = None,
+              rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Alternating timing rounds.")] = None,
+              amp: Annotated[Optional[str], typer.Option("--amp", help="off | bf16 (--epoch: a list, e.g. off,bf16; default off on CPU, off,bf16 on CUDA).")] = None,
+              channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last model (default: off for the step cost, on for the --epoch fast path).")] = None,
+              compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (fast path).")] = False,
+              epoch: Annotated[bool, typer.Option("--epoch", help="Epoch time: fast path vs the reference loop.")] = False,
+              n_train: Annotated[int, typer.Option("--n-train", min=1, help="--epoch: images per epoch.")] = 50_000,
+              workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="--epoch: reference DataLoader workers (default 0 on CPU, 4 on CUDA).")] = None,
+              eval_n: Annotated[Optional[int], typer.Option("--eval-n", min=1, help="--epoch: images the evaluation cost is measured on.")] = None,
+              hs_n: Annotated[Optional[int], typer.Option("--hs-n", min=1, help="--epoch: samples the HS cost is measured on.")] = None,
+              hs: Annotated[bool, typer.Option("--hs", help="HS: exact vs power iteration vs Lanczos.")] = False,
+              run: Annotated[Optional[str], typer.Option("--run", help="--hs: use this run's checkpoint and data.")] = None,
+              ckpt: Annotated[str, typer.Option("--ckpt", help="--hs --run: best | last.")] = "best",
+              n: Annotated[int, typer.Option("--n", min=1, help="--hs: samples.")] = 2000,
+              power_n: Annotated[Optional[int], typer.Option("--power-n", min=1, help="--hs: samples power iteration is timed on (default: all).")] = None,
+              epochs: Annotated[int, typer.Option("--epochs", min=0, help="--hs: training epochs of the digits model.")] = 5,
+              seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data and models.")] = 0,
+              as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+              write_docs: Annotated[bool, typer.Option("--write-docs", help="Write the result into docs/BENCHMARKS.md.")] = False,
+              docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs updates.")] = None):
+    """Time training steps per method (ratio to the base attack), a fast-path epoch against
+    the reference loop (--epoch), or the HS methods (--hs)."""
+    from engine import bench
+
+    if epoch and hs:
+        raise UserError("--epoch and --hs: pick one")
+    progress = (lambda line: err.print(f"[dim]bench:[/] {line}")) if not as_json else \
+        (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
+    if hs:
+        r = bench.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n,
+                           power_n=power_n, epochs=epochs, seed=seed, progress=progress)
+        section, body, show = bench.SECTION_HS, bench.markdown_hs, _print_hs
+    elif epoch:
+        r = bench.bench_epoch(_split(methods), arch=model, device=device, batch=batch, n_train=n_train,
+                              batches=iters, warmup=warmup, rounds=rounds, amps=_split(amp),
+                              channels_last=True if channels_last is None else channels_last,
+                              compile=compile_, workers=workers, eval_n=eval_n, hs_n=hs_n, seed=seed,
+                              progress=progress)
+        section, body, show = bench.SECTION_EPOCH, bench.markdown_epoch, _print_epoch
+    else:
+        amps = _split(amp) or ["off"]
+        if len(amps) != 1 or amps[0] not in ("off", "bf16"):
+            raise UserError(f"--amp {amp}: must be off or bf16")
+        r = bench.bench_steps(_split(methods), arch=model, device=device, batch=batch, iters=iters,
+                              warmup=warmup, rounds=rounds, channels_last=bool(channels_last), amp=amps[0],
+                              compile=compile_, seed=seed, progress=progress)
+        section, body, show = bench.SECTION_STEPS, bench.markdown_steps, _print_steps
+    r["command"] = _command_line(ctx)
+    if write_docs:
+        path = docs or _docs_default()
+        bench.write_section(path, section, body(r, r["command"]))
+        progress(f"wrote section '{section}' of {path}")
+    if as_json:
+        print(json.dumps(r, indent=1))
+    else:
+        show(r)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)
