@@ -1,7 +1,6 @@
 """Final evaluation (`advlc eval`, engine.final_eval): AutoAttack from both implementations, the
 `evals` records, and the single-writer rule."""
 
-import inspect
 import json
 import time
 
@@ -164,11 +163,7 @@ def test_experiment_runs_have_no_checkpoint_to_evaluate(trained):
         eval_run(ex, attacks=["pgd20"])
 
 
-def test_training_requests_final_evals_when_hooked(tmp_path):
-    import engine.train
-
-    if "run_final_evals" not in inspect.getsource(engine.train):
-        pytest.skip("engine.train._train does not call run_final_evals yet")
+def test_training_requests_final_evals(tmp_path):
     store = Store(tmp_path)
     [rd] = create_runs(store, plan_runs("quick/digits-pgd10", ["train.epochs=1", "eval.n=40", "eval.final=[\"pgd20\"]",
                                                                "eval.final_ckpts=[\"end\"]", "eval.final_n=40"]))

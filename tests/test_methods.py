@@ -485,7 +485,7 @@ def test_ablation_strength_ranges():
         make_cfg("consistency", "fgsm_n", lam=1.0, temperature=0.0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # run on a GPU machine with `pytest -m gpu` (deselected by default)
 @pytest.mark.parametrize("attack", ["fgsm_n", "pgd"])
 def test_no_host_sync_on_cuda(attack, batch):
     x, y = batch[0].float().cuda(), batch[1].cuda()

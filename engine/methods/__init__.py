@@ -18,7 +18,6 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
 
 from engine.errors import UserError
 
