@@ -120,10 +120,10 @@ def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
     model, cfg, _ = load_run_model(src, "end")
     data = load_dataset(cfg.data)
     x, y = data.train_x[:100], data.train_y[:100]
-    assert pts[0]["hs"] == pytest.approx(hs_metric(model, x, y, n=100, batch=cfg.eval.hs_batch)[0], rel=1e-6)
+    assert pts[0]["hs"] == pytest.approx(hs_metric(model, x, y, n=100, batch=cfg.eval.hs_batch)[0], rel=1e-4)
     torch.manual_seed(0)
     eff = training_attack_effectiveness(model, x, y, "fgsm", eps=cfg.eval.eps, alpha=cfg.eval.eps)
-    assert pts[0]["eff_fgsm"] == pytest.approx(eff, rel=1e-6)
+    assert pts[0]["eff_fgsm"] == pytest.approx(eff, rel=1e-4)
     assert pts[1]["hs"] != pts[0]["hs"] and pts[1]["clean_loss"] != pts[0]["clean_loss"]
     for p in pts.values():
         assert set(X.POINT_KEYS["fig4a"]) <= set(p) and p["kind"] == "fig4a"
