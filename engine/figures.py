@@ -98,7 +98,7 @@ class _Collector:
     def plot(self, ax, runs, key, *, table="epochs", label: str, row: str, panel: str, color, style="-",
              scale: float = 1.0, mark_best: bool = False, value: Callable | None = None, smooth: bool = True,
              points: list[dict] | None = None) -> bool:
-        pts = points if points is not None else _series(runs, value or key, table, scale)
+        pts = points if points is not None else series(runs, value or key, table, scale)
         if not pts:
             return False
         xs = [p["epoch"] for p in pts]
@@ -135,28 +135,6 @@ class _Collector:
             for r in self.rows:
                 w.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
                             for k in cols})
-
-
-def _series(runs, key, table, scale):
-    if isinstance(key, str):
-        return series(runs, key, table, scale)
-    # a derived value: f(record) -> float | None
-    import statistics
-
-    by_epoch: dict = {}
-    for r in runs:
-        for rec in r.records(table):
-            v = key(rec)
-            if v is None or rec.get("epoch") is None:
-                continue
-            by_epoch.setdefault(rec["epoch"], []).append((r.rd.id, v * scale))
-    out = []
-    for ep in sorted(by_epoch):
-        vals = [v for _, v in by_epoch[ep]]
-        out.append({"epoch": ep, "mean": statistics.mean(vals),
-                    "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals),
-                    "values": vals, "runs": [rid for rid, _ in by_epoch[ep]]})
-    return out
 
 
 # ----------------------------------------------------------------------------- style

@@ -912,13 +912,15 @@ def export(table: CompareTable, out_dir, formats=("md", "latex", "csv"), stem: s
 
 
 # ----------------------------------------------------------------------------- curves (for plots)
-def series(runs: list[_Run], key: str, table: str = "epochs", scale: float = 1.0) -> list[dict]:
+def series(runs: list[_Run], key, table: str = "epochs", scale: float = 1.0) -> list[dict]:
     """Per epoch over runs: {"epoch", "mean", "std", "n", "values", "runs"} of records[key] * scale
-    (epochs where no run has the key are left out; std is the sample std, None for n < 2)."""
+    (epochs where no run has the key are left out; std is the sample std, None for n < 2).
+    `key` is a record key, or a function of the record for derived values."""
+    get = key if callable(key) else (lambda rec: rec.get(key))
     by_epoch: dict[int, list] = {}
     for r in runs:
         for rec in r.records(table):
-            v = rec.get(key)
+            v = get(rec)
             if v is None or not isinstance(v, (int, float)) or rec.get("epoch") is None:
                 continue
             by_epoch.setdefault(rec["epoch"], []).append((r.rd.id, v * scale))

@@ -33,10 +33,10 @@ def summarize(rd: RunDir) -> dict:
     cfg = rd.config()
     run = cfg.get("run", {})
     st = rd.status()
+    from engine.report import best_and_end
+
     epochs = rd.epochs()
-    evald = [e for e in epochs if e.get("robust_acc") is not None]
-    best = max(evald, key=lambda e: (e["robust_acc"], e["epoch"])) if evald else None
-    last = evald[-1] if evald else None
+    best, last = best_and_end(epochs)
     method = cfg.get("method", {}).get("name")
     attack = cfg.get("attack", {}).get("name")
     doc = {
@@ -67,9 +67,7 @@ def summarize(rd: RunDir) -> dict:
     }
     # the SWA model's own records (table `swa`, same keys), when the run averages weights
     swa_all = rd.records("swa")
-    swa = [e for e in swa_all if e.get("robust_acc") is not None]
-    swa_best = max(swa, key=lambda e: (e["robust_acc"], e["epoch"])) if swa else None
-    swa_last = swa[-1] if swa else None
+    swa_best, swa_last = best_and_end(swa_all)
     doc.update({
         "swa_best_epoch": swa_best["epoch"] if swa_best else None,
         "swa_best_robust_acc": swa_best["robust_acc"] if swa_best else None,
