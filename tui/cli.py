@@ -207,14 +207,14 @@ def _print_summary(store, runs):
 
     t = Table(title="accuracy % at best (highest PGD robust accuracy) / end; diff = best - end",
               box=None, pad_edge=False)
-    for c in ("run", "label", "seed", "state", "clean best/end", "diff", "robust best/end", "diff", "IG", "s/ep"):
-        t.add_column(c, justify="left" if c in ("run", "label", "state") else "right", no_wrap=True)
+    for c in ("run", "label", "seed", "clean best/end", "diff", "robust best/end", "diff", "IG"):
+        t.add_column(c, justify="left" if c in ("run", "label") else "right", no_wrap=True)
     for rd in runs:
         s = run_summary(rd)
-        t.add_row(rd.id, s["label"], str(s["seed"]), s["state"],
+        label = s["label"] if s["state"] == "finished" else f"{s['label']} ({s['state']})"
+        t.add_row(rd.id, label, str(s["seed"]),
                   f"{_pct(s['clean_best'])}/{_pct(s['clean_end'])}", _pct(s["clean_diff"]),
-                  f"{_pct(s['robust_best'])}/{_pct(s['robust_end'])}", _pct(s["robust_diff"]),
-                  _num(s["ig"]), _num(s["epoch_time_s"], "{:.2f}"))
+                  f"{_pct(s['robust_best'])}/{_pct(s['robust_end'])}", _pct(s["robust_diff"]), _num(s["ig"]))
     out.print(t)
 
 
