@@ -73,6 +73,19 @@ def register(name: str, *, doc: str, fixed_attack: str | None = None,
     return deco
 
 
+def needs_positive_lam(label: str | None, paper: str):
+    """A validator rejecting lambda <= 0 in one line that names the paper's strength.
+
+    `label` names the method in the message (None: the configured method name)."""
+
+    def validate(cfg, where):
+        if cfg.method.lam <= 0:
+            raise UserError(f"{where}: method.lam = {cfg.method.lam}: {label or cfg.method.name} "
+                            f"needs lambda > 0 ({paper})")
+
+    return validate
+
+
 def get_method(name: str) -> Method:
     _load_all()
     try:

@@ -13,8 +13,7 @@ first forward pass (f(x), or f(x~) for FGSM-N), so AdvLC adds no forward pass.
 import torch
 import torch.nn.functional as F
 
-from engine.errors import UserError
-from engine.methods import register
+from engine.methods import needs_positive_lam, register
 
 
 def advlc_penalty(logits_adv: torch.Tensor, logits_clean: torch.Tensor, top_n: int) -> torch.Tensor:
@@ -40,10 +39,7 @@ def clean_and_adv(model, x, y, ctx):
     return logits_clean, res.x_adv
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: AdvLC needs lambda > 0 "
-                        "(paper: 0.55 with FGSM-N, 0.4 with PGD10)")
+_validate = needs_positive_lam("AdvLC", "paper: 0.55 with FGSM-N, 0.4 with PGD10")
 
 
 @register("advlc", validate=_validate,

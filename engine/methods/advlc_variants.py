@@ -23,8 +23,7 @@ mean. Table 3 does not state the strengths used; the quick presets give digits v
 
 import torch.nn.functional as F
 
-from engine.errors import UserError
-from engine.methods import register
+from engine.methods import needs_positive_lam, register
 from engine.methods.advlc import clean_and_adv
 from engine.methods.penalties import js_rows, kl_rows, nuclear_norm
 
@@ -37,10 +36,7 @@ PENALTIES = {
 }
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: {cfg.method.name} needs lambda > 0 "
-                        "(Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N)")
+_validate = needs_positive_lam(None, "Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N")
 
 
 def _variant(penalty):

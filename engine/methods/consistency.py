@@ -27,15 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.data import as_float, augment
-from engine.errors import UserError
-from engine.methods import register
+from engine.methods import needs_positive_lam, register
 from engine.methods.penalties import js_rows
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: Consistency needs lambda > 0 "
-                        "(paper: 50 with FGSM-N and with PGD10)")
+_validate = needs_positive_lam("Consistency", "paper: 50 with FGSM-N and with PGD10")
 
 
 @register("consistency", validate=_validate,

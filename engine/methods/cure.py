@@ -20,9 +20,8 @@ via curvature regularization, and vice versa", CVPR), with Li & Spratling's modi
 import torch
 import torch.nn.functional as F
 
-from engine.errors import UserError
-from engine.methods import register
-from engine.methods.penalties import sq_norm
+from engine.methods import needs_positive_lam, register
+from engine.methods.penalties import adversarial_ce_plus, sq_norm
 
 
 def cure_penalty(model, x, y, eps: float):
@@ -36,17 +35,10 @@ def cure_penalty(model, x, y, eps: float):
     return sq_norm(gd)
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: CURE needs lambda > 0 "
-                        "(paper: 1500 with FGSM-N and with PGD10)")
+_validate = needs_positive_lam("CURE", "paper: 1500 with FGSM-N and with PGD10")
 
 
 @register("cure", validate=_validate,
           doc="CURE (Moosavi-Dezfooli et al. 2019): adversarial CE + lambda * ||g(x + eps sign g) - g(x)||^2.")
 def cure(model, x, y, ctx):
-    x_adv = ctx.attack(model, x, y).x_adv
-    reg = cure_penalty(model, x, y, ctx.cfg.attack.eps)
-    logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_adv, y) + ctx.lam * reg
-    return loss, {"logits": logits_adv, "reg": reg.detach()}
+    return adversarial_ce_plus(model, x, y, ctx, lambda: cure_penalty(model, x, y, ctx.cfg.attack.eps))

@@ -18,11 +18,9 @@ eta is drawn after the training attack, from the global RNG.
 """
 
 import torch
-import torch.nn.functional as F
 
-from engine.errors import UserError
-from engine.methods import register
-from engine.methods.penalties import input_grad
+from engine.methods import needs_positive_lam, register
+from engine.methods.penalties import adversarial_ce_plus, input_grad
 
 
 def mean_cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
@@ -52,17 +50,10 @@ def gradalign_penalty(model, x, y, eps: float):
     return 1.0 - mean_cosine(g1, g2)
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: GradAlign needs lambda > 0 "
-                        "(paper: 7 with FGSM-N, 6 with PGD10)")
+_validate = needs_positive_lam("GradAlign", "paper: 7 with FGSM-N, 6 with PGD10")
 
 
 @register("gradalign", validate=_validate,
           doc="GradAlign (Andriushchenko & Flammarion 2020): adversarial CE + lambda * (1 - cos(g(x), g(x + eta))).")
 def gradalign(model, x, y, ctx):
-    x_adv = ctx.attack(model, x, y).x_adv
-    reg = gradalign_penalty(model, x, y, ctx.cfg.attack.eps)
-    logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_adv, y) + ctx.lam * reg
-    return loss, {"logits": logits_adv, "reg": reg.detach()}
+    return adversarial_ce_plus(model, x, y, ctx, lambda: gradalign_penalty(model, x, y, ctx.cfg.attack.eps))

@@ -20,11 +20,9 @@ gradients", AAAI), added to adversarial training as in Li & Spratling 2023, Sec.
   first gradient, computed without create_graph, so it cannot be reused.
 """
 
-import torch.nn.functional as F
 
-from engine.errors import UserError
-from engine.methods import register
-from engine.methods.penalties import input_grad, sq_norm
+from engine.methods import needs_positive_lam, register
+from engine.methods.penalties import adversarial_ce_plus, input_grad, sq_norm
 
 
 def grad_penalty(model, x, y):
@@ -33,17 +31,10 @@ def grad_penalty(model, x, y):
     return sq_norm(g), logits, loss
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: IGR needs lambda > 0 "
-                        "(paper: 1200 with FGSM-N, 1000 with PGD10)")
+_validate = needs_positive_lam("IGR", "paper: 1200 with FGSM-N, 1000 with PGD10")
 
 
 @register("igr", validate=_validate,
           doc="IGR (Ross & Doshi-Velez 2018): adversarial CE + lambda * ||grad_x CE_mean(x)||^2 (double backprop).")
 def igr(model, x, y, ctx):
-    x_adv = ctx.attack(model, x, y).x_adv
-    reg, _, _ = grad_penalty(model, x, y)
-    logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_adv, y) + ctx.lam * reg
-    return loss, {"logits": logits_adv, "reg": reg.detach()}
+    return adversarial_ce_plus(model, x, y, ctx, lambda: grad_penalty(model, x, y)[0])

@@ -22,15 +22,11 @@ examples are pulled together with a KL divergence.
 import torch
 import torch.nn.functional as F
 
-from engine.errors import UserError
-from engine.methods import register
+from engine.methods import needs_positive_lam, register
 from engine.methods.penalties import kl_rows
 
 
-def _validate(cfg, where):
-    if cfg.method.lam <= 0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: LogitAlign needs lambda > 0 "
-                        "(paper: 100 with FGSM-N, 50 with PGD10)")
+_validate = needs_positive_lam("LogitAlign", "paper: 100 with FGSM-N, 50 with PGD10")
 
 
 @register("logitalign", validate=_validate,

@@ -83,3 +83,13 @@ def nuclear_norm(d: torch.Tensor, iters: int = 50) -> torch.Tensor:
             x = 0.5 * x @ (eye3 - x.T @ x)
         p = (x if tall else x.T).to(d.dtype)
     return (p * d).sum()
+
+
+def adversarial_ce_plus(model, x, y, ctx, penalty):
+    """CE on the training attack's examples + lambda * penalty(), for regularisers whose term
+    is computed on the clean batch. The attack runs first (fixing the RNG order), then the
+    penalty, then the forward pass on the adversarial batch."""
+    x_adv = ctx.attack(model, x, y).x_adv
+    reg = penalty()
+    logits_adv = model(x_adv)
+    return F.cross_entropy(logits_adv, y) + ctx.lam * reg, {"logits": logits_adv, "reg": reg.detach()}
