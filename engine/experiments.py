@@ -52,11 +52,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -432,99 +429,31 @@ def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Ca
 
 def run(rd: RunDir, store=None, *, on_event: Callable[[str, dict], None] | None = None,
         log: Callable[[str], None] = print) -> str:
-    """Run (or resume) the experiment in `rd` with the lifecycle of engine.train.run: state
-    running -> finished | stopped | failed, a heartbeat thread keeping status.json fresh, the
-    final state always written. Returns the final state.
+    """Run (or resume) the experiment in `rd`; returns the final state.
 
-    Once engine.train.run dispatches experiment runs to `run_experiment` itself (the one-line
-    hook), this is the same as calling it; it stays for `advlc experiment` and
-    `python -m engine.experiments`.
+    The lifecycle (state running -> finished | stopped | failed, heartbeat, final state always
+    written) is engine.train.run's, which dispatches experiment runs to `run_experiment`.
     """
     from engine import train as T
-    from engine.store import Store
 
-    store = store or Store(rd.path.parent.parent)
-    process_dir = getattr(T, "_RunProcessDir", None)
-    if process_dir is not None and not isinstance(rd, process_dir):
-        rd = process_dir(rd.path)
-    emit = on_event or (lambda kind, info: None)
-    pid = os.getpid()
-    interval = T.heartbeat_interval() if hasattr(T, "heartbeat_interval") else 5.0
-    rd.write_status(state="running", pid=pid, pid_create_time=T._process_start_time(pid),
-                    host=os.uname().nodename, started=time.time(), heartbeat=time.time(),
-                    heartbeat_s=interval, error=None, ended=None)
-    store.sync(rd)
-    beat_cls = getattr(T, "_Heartbeat", None)
-    beat = beat_cls(rd, interval).start() if beat_cls is not None else None
-    training = getattr(beat_cls, "training", None)
-    try:
-        try:
-            if training is not None:
-                training.set()
-            run_experiment(rd, store, emit, log)
-            state, error = "finished", None
-        except (KeyboardInterrupt, T.StopRequested):
-            state, error = "stopped", None
-        except UserError as exc:
-            state, error = "failed", str(exc)
-        except Exception:
-            state, error = "failed", "".join(traceback.format_exc().splitlines(True)[-12:])
-            log(error)
-        finally:
-            if training is not None:
-                training.clear()
-    except BaseException as exc:  # SystemExit and the like: not an error of the run
-        if beat is not None:
-            beat.stop()
-        rd.write_status(state="stopped", error=f"interrupted ({type(exc).__name__})", ended=time.time(),
-                        heartbeat=time.time(), pid=None)
-        store.sync(rd)
-        raise
-    if beat is not None:
-        beat.stop()
-    rd.write_status(state=state, error=error, ended=time.time(), heartbeat=time.time(), pid=None)
-    store.sync(rd)
-    emit("end", {"state": state, "error": error})
-    return state
+    if not is_experiment(rd):
+        raise UserError(f"{rd.path}: not an experiment run (no experiment.kind)")
+    return T.run(rd, store, on_event=on_event, log=log)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of a detached experiment process: `python -m engine.experiments RUN_DIR`
-    (SIGTERM stops it cleanly while it works, as engine.train.main)."""
+    """Entry point of a detached experiment process: `python -m engine.experiments RUN_DIR`,
+    the same process as `python -m engine.train RUN_DIR` (which dispatches experiments),
+    refusing a training run."""
     from engine import train as T
-    from engine.store import Store
 
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m engine.experiments RUN_DIR", file=sys.stderr)
-        return 2
-    rd = RunDir(Path(argv[0]).resolve())
-    if not rd.exists():
-        print(f"engine.experiments: {rd.path}: not a run directory (no config.json)", file=sys.stderr)
-        return 2
-    if not is_experiment(rd):
-        print(f"engine.experiments: {rd.path}: not an experiment run (no experiment.kind)", file=sys.stderr)
-        return 2
-    training = getattr(getattr(T, "_Heartbeat", None), "training", None)
-
-    def on_sigterm(signum, frame):
-        if training is None or training.is_set():
-            if training is not None:
-                training.clear()
-            raise T.StopRequested()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        state = run(rd, Store(rd.path.parent.parent), log=lambda line: print(line, flush=True))
-    finally:
-        try:
-            from engine.gpuqueue import release_own_lease
-
-            release_own_lease()
-        except ImportError:
-            pass
-    return 0 if state in ("finished", "stopped") else 1
+    if len(argv) == 1:
+        rd = RunDir(Path(argv[0]).resolve())
+        if rd.exists() and not is_experiment(rd):
+            print(f"engine.experiments: {rd.path}: not an experiment run (no experiment.kind)", file=sys.stderr)
+            return 2
+    return T.main(argv)
 
 
 if __name__ == "__main__":
