@@ -3,9 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from engine import config as C
-from engine.methods import StepContext, get_method
-from engine.methods.advlc import advlc_penalty
+from engine.config import schema as C
+from engine.nn.methods import StepContext, get_method
+from engine.nn.methods.advlc import advlc_penalty
 
 
 def test_penalty_hand_computed():
@@ -43,7 +43,7 @@ def test_objective_equals_eq16(tiny_model, digits_batch):
     loss, stats = get_method("advlc").loss(model, x, y, ctx)
 
     # independent computation: PGD from x (no random start) in train mode, then the formula
-    from engine.attacks import pgd
+    from engine.nn.attacks import pgd
     x_adv = pgd(ref_model, x, y, eps=0.1, alpha=0.025, steps=2, train_mode=True)
     ref_model2 = copy.deepcopy(tiny_model)  # BN statistics differ after the attack; train mode uses batch stats
     ref_model2.train()
@@ -68,7 +68,7 @@ def test_clean_branch_not_detached(tiny_model, digits_batch):
 
 def test_fgsm_n_clean_logits_are_of_noisy_input(tiny_model, digits_batch):
     """For FGSM-N the shared clean branch is f(x~), the noisy starting point (authors' code)."""
-    from engine.attacks import run_attack
+    from engine.nn.attacks import run_attack
 
     x, y = digits_batch
     m = tiny_model.eval()  # eval: BN constant, so logits are comparable

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import attacks
+from engine.nn import attacks
 
 EPS = 0.1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import bench
+from engine.bench import measure as bench
 from engine.errors import UserError
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine import config as C
+from engine.config import schema as C
 from engine.errors import UserError
-from engine.presets import list_presets, load_preset
+from engine.config.presets import list_presets, load_preset
 
 
 def _err(data, overrides=None):
@@ -92,3 +92,11 @@ def test_schema_documents_every_field():
     rows = C.schema()
     assert len(rows) > 40
     assert all(r["doc"] for r in rows), [r["key"] for r in rows if not r["doc"]]
+
+
+def test_string_override_keeps_digits_as_written():
+    """A run id made of digits (e.g. 18246532) is a string: --set must not turn it into a number."""
+    cfg = C.apply_overrides(C.RunConfig(), ["experiment.source=18246532", "preset.description=007"])
+    assert cfg.experiment.source == "18246532" and cfg.preset.description == "007"
+    with pytest.raises(UserError, match="must be a string"):
+        C.from_dict({"experiment": {"source": 18246532}}, "x.toml")   # in a TOML file, quote it

@@ -1,4 +1,4 @@
-"""engine.data: dataset readers on fake folders in the real on-disk formats, and augmentation."""
+"""engine.nn.datasets: dataset readers on fake folders in the real on-disk formats, and augmentation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.config import DataConfig
-from engine.data import Dataset, as_float, augment, epoch_batches, load_dataset
+from engine.config.schema import DataConfig
+from engine.nn.datasets import Dataset, as_float, augment, epoch_batches, load_dataset
 from engine.errors import UserError
 
 # ---------------------------------------------------------------------------------------

@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
-from engine import schema_doc
-from engine.presets import list_presets
+from engine.config import docs as schema_doc
+from engine.config.presets import list_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_presets_doc_schema_is_current():
     text = (ROOT / "docs" / "PRESETS.md").read_text()
-    assert schema_doc.splice(text) == text, "run: python -m engine.schema_doc --write"
+    assert schema_doc.splice(text) == text, "run: python -m engine.config.docs --write"
 
 
 def test_every_paper_preset_is_listed_in_the_doc():

@@ -1,4 +1,4 @@
-"""Final evaluation (`advlc eval`, engine.final_eval): AutoAttack from both implementations, the
+"""Final evaluation (`advlc eval`, engine.run.final_eval): AutoAttack from both implementations, the
 `evals` records, and the single-writer rule."""
 
 import json
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from engine.errors import UserError
-from engine.final_eval import eval_run, load_run_model, robust_accuracy, run_final_evals
-from engine.presets import plan_runs
-from engine.rundir import write_json
-from engine.store import Store
-from engine.supervisor import create_runs
-from engine.train import run
+from engine.run.final_eval import eval_run, load_run_model, robust_accuracy, run_final_evals
+from engine.config.presets import plan_runs
+from engine.store.rundir import write_json
+from engine.store.index import Store
+from engine.launch.supervisor import create_runs
+from engine.run.process import run
 
 EVAL_KEYS = {"ckpt", "attack", "implementation", "eps", "n", "clean_acc", "robust_acc", "epoch", "device",
              "time_s", "created"}
@@ -76,7 +76,7 @@ def test_robust_accuracy_leaves_mode_and_rng_alone(trained):
     _, _, rd = trained
     model, cfg, info = load_run_model(rd, "best")
     assert info["epoch"] == rd.epochs()[-1]["epoch"] or info["epoch"] in [e["epoch"] for e in rd.epochs()]
-    from engine.data import load_dataset
+    from engine.nn.datasets import load_dataset
 
     data = load_dataset(cfg.data)
     model.train()
@@ -110,7 +110,7 @@ def test_eval_refuses_a_running_run(trained, capsys):
     home, _, rd = trained
     import os
 
-    from engine.train import _process_start_time
+    from engine.run.process import _process_start_time
 
     n_before = len(rd.evals())
     # a live process (this one) owns the run, so the CLI's reconcile keeps it `running`

@@ -1,4 +1,4 @@
-"""Recordable per-epoch metrics (engine.epoch_metrics) and the analysis experiments (engine.experiments):
+"""Recordable per-epoch metrics (engine.run.epoch_metrics) and the analysis experiments (engine.run.experiments):
 Fig. 4a/b/c and A.1 as runs with `points`, on a small digits model."""
 
 import json
@@ -6,16 +6,16 @@ import json
 import pytest
 import torch
 
-from engine import experiments as X
-from engine.config import EXTRA_METRICS
-from engine.data import load_dataset
-from engine.epoch_metrics import extra_epoch_metrics
+from engine.run import experiments as X
+from engine.config.schema import EXTRA_METRICS
+from engine.nn.datasets import load_dataset
+from engine.run.epoch_metrics import extra_epoch_metrics
 from engine.errors import UserError
-from engine.final_eval import load_run_model
-from engine.presets import list_presets, load_preset, plan_runs
-from engine.store import Store
-from engine.supervisor import create_runs
-from engine.train import run
+from engine.run.final_eval import load_run_model
+from engine.config.presets import list_presets, load_preset, plan_runs
+from engine.store.index import Store
+from engine.launch.supervisor import create_runs
+from engine.run.process import run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +47,7 @@ def _experiment(store, preset, overrides):
 # ---------------------------------------------------------------------------- epoch metrics
 
 def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
-    from engine import landscape as L
+    from engine.nn.metrics import landscape as L
 
     _, _, rd = source
     model, cfg, _ = load_run_model(rd, "end")
@@ -111,7 +111,7 @@ def test_training_records_extra_metrics(tmp_path):
 # ---------------------------------------------------------------------------- experiments
 
 def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
-    from engine.landscape import hs_metric, training_attack_effectiveness
+    from engine.nn.metrics.landscape import hs_metric, training_attack_effectiveness
 
     _, store, src = source
     rd, pts = _experiment(store, "quick/digits-fig4a", [f"experiment.source={src.id}", "experiment.values=[0, 0.05]",
@@ -152,7 +152,7 @@ def test_fig4b_and_fig4c_one_epoch_on_modified_perturbations(source):
 
 
 def test_a1_pgd_loss_grows_with_steps_and_matches_pgd_k(source):
-    from engine.landscape import adversarial_vulnerability
+    from engine.nn.metrics.landscape import adversarial_vulnerability
 
     _, store, src = source
     rd, pts = _experiment(store, "quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=80",
@@ -173,7 +173,7 @@ def test_resumed_experiment_computes_only_missing_points(source):
     _, store, src = source
     rd, pts = _experiment(store, "quick/digits-fig4a", [f"experiment.source={src.id}", "experiment.values=[0, 0.02]",
                                                         "experiment.samples=40"])
-    from engine.rundir import table
+    from engine.store.rundir import table
 
     t = table(rd.metrics_db(), "points")
     t.remove(lambda r: r["index"] == 1)

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.config import RunConfig, build, resolve
-from engine.data import as_float, augment, epoch_batches
+from engine.config.schema import RunConfig, build, resolve
+from engine.nn.datasets import as_float, augment, epoch_batches
 from engine.errors import UserError
-from engine.fastpath import autocast, describe, epoch_stream, needs_double_backprop, prepare_model, train_step
-from engine.methods import StepContext, get_method
-from engine.models import PreActResNet18
-from engine.reference_loop import authors_transform, make_loader, reference_step, train_epoch
+from engine.nn.fastpath import autocast, describe, epoch_stream, needs_double_backprop, prepare_model, train_step
+from engine.nn.methods import StepContext, get_method
+from engine.nn.models import PreActResNet18
+from engine.bench.reference_loop import authors_transform, make_loader, reference_step, train_epoch
 
 
 @pytest.fixture(autouse=True)

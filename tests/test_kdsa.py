@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import config as C
-from engine import teachers as T
+from engine.config import schema as C
+from engine.run import teachers as T
 from engine.errors import UserError
-from engine.methods import StepContext, get_method
-from engine.presets import plan_runs
-from engine.store import Store
-from engine.supervisor import create_runs
-from engine.train import run
+from engine.nn.methods import StepContext, get_method
+from engine.config.presets import plan_runs
+from engine.store.index import Store
+from engine.launch.supervisor import create_runs
+from engine.run.process import run
 
 from conftest import TinyNet
 
@@ -75,7 +75,7 @@ def test_loss_equals_formula(digits_batch, T_, a_std, a_adv):
 
 def test_kl_form_has_the_original_codes_gradient():
     """The original code's KD term is the soft-target CE (= KL + teacher entropy): same gradient."""
-    from engine.methods.kdsa import kd_term
+    from engine.nn.methods.kdsa import kd_term
 
     torch.manual_seed(0)
     s = torch.randn(5, 10, requires_grad=True)
@@ -169,7 +169,7 @@ def test_find_run_newest_finished_same_dataset_arch(tmp_path):
         conf["run"]["created"] = created
         for (sec, key), v in dict(cfg_changes).items():
             conf[sec][key] = v
-        from engine.rundir import write_json
+        from engine.store.rundir import write_json
 
         write_json(rd.config_path, conf)
         rd.write_status(state=state)

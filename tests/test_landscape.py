@@ -1,4 +1,4 @@
-"""engine.landscape: IG, HS (exact / lanczos / power), AV, effectiveness, alignment, weight
+"""engine.nn.metrics.landscape: IG, HS (exact / lanczos / power), AV, effectiveness, alignment, weight
 Hessian, validated against dense autograd on tiny float64 models over sklearn digits."""
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import landscape as L
-from engine.attacks import pgd
-from engine.bench_hs import benchmark_hs
+from engine.nn.metrics import landscape as L
+from engine.nn.attacks import pgd
+from engine.bench.hs import benchmark_hs
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 from torch.func import functional_call
 
-from engine import config as C
-from engine.attacks import fgsm, fgsm_rs, pgd
-from engine.data import augment
+from engine.config import schema as C
+from engine.nn.attacks import fgsm, fgsm_rs, pgd
+from engine.nn.datasets import augment
 from engine.errors import UserError
-from engine.methods import StepContext, get_method
-from engine.methods.advlc_variants import PENALTIES
-from engine.methods.penalties import nuclear_norm
+from engine.nn.methods import StepContext, get_method
+from engine.nn.methods.advlc_variants import PENALTIES
+from engine.nn.methods.penalties import nuclear_norm
 
 EPS = 0.1
 REGULARISED = ("advlc_l1", "advlc_sql2", "advlc_kl", "advlc_js", "advlc_nuclear", "igr", "cure",
@@ -221,7 +221,7 @@ def test_gradalign_objective(batch):
 
 def test_gradalign_skips_zero_gradients():
     """Samples with a zero input gradient are left out of the mean cosine, without a host sync."""
-    from engine.methods.gradalign import gradalign_penalty
+    from engine.nn.methods.gradalign import gradalign_penalty
 
     torch.manual_seed(0)
     lin = nn.Linear(4, 3).double()
@@ -245,7 +245,7 @@ def test_gradalign_skips_zero_gradients():
 def test_gradalign_cosine_is_safe_for_tiny_and_zero_gradients():
     """Value and gradient of the mean cosine equal the direct formula; a zero or ~1e-30
     gradient is left out and gets a zero (not an overflowing) gradient in float32."""
-    from engine.methods.gradalign import mean_cosine
+    from engine.nn.methods.gradalign import mean_cosine
 
     torch.manual_seed(12)
     g1 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
@@ -513,10 +513,10 @@ def test_no_host_sync_on_cuda(attack, batch):
 
 @pytest.mark.parametrize("name", ALL)
 def test_digits_preset_trains(name, tmp_path):
-    from engine.presets import plan_runs
-    from engine.store import Store
-    from engine.supervisor import create_runs
-    from engine.train import run
+    from engine.config.presets import plan_runs
+    from engine.store.index import Store
+    from engine.launch.supervisor import create_runs
+    from engine.run.process import run
 
     store = Store(tmp_path)
     [rd] = create_runs(store, plan_runs(f"quick/digits-{name}", ["train.epochs=2", "eval.n=100"]))

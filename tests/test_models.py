@@ -1,4 +1,4 @@
-"""engine.models: shapes, parameter counts, the two PreActResNet18 shortcuts, activations,
+"""engine.nn.models: shapes, parameter counts, the two PreActResNet18 shortcuts, activations,
 `is_piecewise_linear`, and gradients to the input. CPU only, a few seconds."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.config import ModelConfig
+from engine.config.schema import ModelConfig
 from engine.errors import UserError
-from engine.models import build_model, is_piecewise_linear
+from engine.nn.models import build_model, is_piecewise_linear
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -310,7 +310,7 @@ def test_bad_config_is_a_user_error():
 
 
 def test_import_touches_no_cuda_and_no_ui():
-    code = ("import sys, torch, engine.models as m; "
+    code = ("import sys, torch, engine.nn.models as m; "
             "assert not torch.cuda.is_initialized(); "
             "assert not any(k.split('.')[0] in ('textual', 'rich', 'tui') for k in sys.modules), "
             "[k for k in sys.modules if k.split('.')[0] in ('textual', 'rich', 'tui')]")

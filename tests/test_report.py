@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import report as R
+from engine.report import tables as R
 from engine.errors import UserError
-from engine.presets import plan_runs
-from engine.store import Store
-from engine.supervisor import create_runs
-from engine.train import run as train_run
+from engine.config.presets import plan_runs
+from engine.store.index import Store
+from engine.launch.supervisor import create_runs
+from engine.run.process import run as train_run
 
 ADVLC = [sys.executable, "-c", "from tui.cli import main; main()"]
 OV = ["train.epochs=3", "eval.n=100", "eval.hs_every=3", "eval.hs_samples=50"]  # HS at the end
@@ -359,7 +359,7 @@ def _check_figure_csv(path, runs_records, scale_of):
 
 
 def test_figures_from_fabricated_records(tmp_path):
-    from engine.figures import make_figures, moving_average
+    from engine.report.figures import make_figures, moving_average
 
     store = Store(tmp_path)
     n = 8
@@ -468,7 +468,7 @@ def test_report_from_real_runs(real_home, tmp_path):
 
 
 def test_engine_report_imports_no_matplotlib_or_textual():
-    code = ("import sys, engine.report, engine.figures; "
+    code = ("import sys, engine.report.tables, engine.report.figures; "
             "assert 'matplotlib' not in sys.modules and 'textual' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -3,8 +3,8 @@
 import json
 import multiprocessing as mp
 
-from engine.rundir import RunDir
-from engine.store import Store
+from engine.store.rundir import RunDir
+from engine.store.index import Store
 
 
 def _config(i=0):

@@ -18,12 +18,12 @@ import time
 import psutil
 import pytest
 
-from engine import gpuqueue
-from engine import supervisor as S
+from engine.launch import gpuqueue
+from engine.launch import supervisor as S
 from engine.errors import UserError
-from engine.presets import plan_runs
-from engine.rundir import FINAL_STATES, RunDir, write_json
-from engine.store import Store
+from engine.config.presets import plan_runs
+from engine.store.rundir import FINAL_STATES, RunDir, write_json
+from engine.store.index import Store
 
 PRESET = "quick/digits-fgsm_n"
 NOISE = ("time_s", "images_per_s")
@@ -90,8 +90,8 @@ def group_empty(pgid):
 def test_detached_runs_survive_their_parent(store):
     """`launch` in a process that exits at once: the runs go on in their own sessions; one
     finishes, one fails and keeps its error."""
-    code = ("import sys; from engine.store import Store; from engine.presets import plan_runs; "
-            "from engine.supervisor import launch; s = Store(sys.argv[1]); "
+    code = ("import sys; from engine.store.index import Store; from engine.config.presets import plan_runs; "
+            "from engine.launch.supervisor import launch; s = Store(sys.argv[1]); "
             f"[a] = launch(s, plan_runs({PRESET!r}, ['train.epochs=3', 'eval.n=100'])); "
             f"[b] = launch(s, plan_runs({PRESET!r}, ['train.batch_size=5000'])); "
             "print(a.id, b.id)")
@@ -421,7 +421,7 @@ def _scheduler_procs(store):
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "engine.gpuqueue" in cmd and str(store.home) in cmd:
+        if "engine.launch.gpuqueue" in cmd and str(store.home) in cmd:
             out.append(p)
     return out
 
@@ -503,10 +503,14 @@ def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(st
 
 
 def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
-    from engine import slurm as SL
+    from engine.launch import slurm as SL
 
-    with pytest.raises(UserError, match="srun"):             # this machine is no Slurm login node
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))                   # no srun here, whether Slurm is installed or not
+    with pytest.raises(UserError, match="srun"):
         SL.executor_for(tmp_path / "sub", "advlc-x", {"time": 5})
+    monkeypatch.undo()
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\nexit 0\n")

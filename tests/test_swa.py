@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine import swa as S
-from engine.config import SWAConfig
-from engine.presets import plan_runs
-from engine.store import Store, summarize
-from engine.supervisor import create_runs
-from engine.train import run
+from engine.nn import swa as S
+from engine.config.schema import SWAConfig
+from engine.config.presets import plan_runs
+from engine.store.index import Store, summarize
+from engine.launch.supervisor import create_runs
+from engine.run.process import run
 
 from conftest import TinyNet
 
@@ -147,7 +147,7 @@ def test_digits_swa_run_records_checkpoints_and_average(tmp_path):
     assert state == "finished"
     swa_recs = rd.records("swa")
     assert [r["epoch"] for r in swa_recs] == [1, 2, 3]
-    from engine.train import EPOCH_KEYS
+    from engine.run.process import EPOCH_KEYS
 
     for r in swa_recs:
         assert tuple(r) == EPOCH_KEYS

@@ -5,9 +5,9 @@ import textwrap
 import pytest
 
 from engine.errors import UserError
-from engine.presets import plan_runs, read_sweep, sweep_points
-from engine.store import Store
-from engine.supervisor import create_runs
+from engine.config.presets import plan_runs, read_sweep, sweep_points
+from engine.store.index import Store
+from engine.launch.supervisor import create_runs
 
 
 def _user_preset(home, name, text):

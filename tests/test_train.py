@@ -2,11 +2,11 @@
 
 import torch
 
-from engine import config as C
-from engine.presets import plan_runs
-from engine.store import Store
-from engine.supervisor import create_runs
-from engine.train import lr_at, run
+from engine.config import schema as C
+from engine.config.presets import plan_runs
+from engine.store.index import Store
+from engine.launch.supervisor import create_runs
+from engine.run.process import lr_at, run
 
 
 def _run(home, preset, overrides):
@@ -40,8 +40,8 @@ def test_eval_every_and_ig_against_autograd(tmp_path):
     recs = rd.epochs()
     assert [r["robust_acc"] is None for r in recs] == [True, False, False]  # epochs 1 and the last
     # IG recorded at the end equals a direct autograd computation on the best-checkpoint model
-    from engine.data import load_dataset
-    from engine.models import build_model
+    from engine.nn.datasets import load_dataset
+    from engine.nn.models import build_model
 
     cfg = rd.run_config()
     data = load_dataset(cfg.data)

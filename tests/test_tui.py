@@ -15,8 +15,8 @@ import time
 import pytest
 from textual.widgets import DataTable, Input, Log
 
-from engine.rundir import RunDir
-from engine.store import Store
+from engine.store.rundir import RunDir
+from engine.store.index import Store
 from tui.app import make_app
 from tui.bench_app import build_store, fabricate_run, measure_open, synthetic_epoch
 from tui.data import IndexReader, RunFollower
@@ -51,7 +51,7 @@ def store(tmp_path):
 
 # ---------------------------------------------------------------------------- engine stays UI-free
 def test_engine_imports_without_textual_or_rich():
-    code = ("import sys; import engine.train, engine.store, engine.supervisor, engine.report; "
+    code = ("import sys; import engine.run.process, engine.store.index, engine.launch.supervisor, engine.report.tables; "
             "bad = [m for m in ('textual', 'rich', 'tui') if m in sys.modules]; "
             "assert not bad, bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

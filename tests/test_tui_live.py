@@ -1,6 +1,6 @@
 """The app with real training runs: launch from the Presets screen, stop with confirmation,
-resume, and `q` leaving runs running. Each run is a detached `python -m engine.train`
-process on the digits data (CPU), started by engine.supervisor.
+resume, and `q` leaving runs running. Each run is a detached `python -m engine.run.process`
+process on the digits data (CPU), started by engine.launch.supervisor.
 """
 
 import time
@@ -8,10 +8,10 @@ import time
 import psutil
 import pytest
 
-from engine import supervisor
-from engine.presets import plan_runs
-from engine.rundir import RunDir
-from engine.store import Store
+from engine.launch import supervisor
+from engine.config.presets import plan_runs
+from engine.store.rundir import RunDir
+from engine.store.index import Store
 from tui.app import make_app
 
 SIZE = (120, 40)

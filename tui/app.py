@@ -2,8 +2,8 @@
 
 Screens (tui/screens/, one a file): Runs (home), Run detail, Presets (new run), Compare,
 and the modals Help, Confirm and Export. The app talks to the engine only through the
-store (reads, in thread workers; see tui/data.py), `engine.supervisor` (launch, stop,
-resume, delete, reconcile) and `engine.report` (compare, export). Quitting (`q`) closes
+store (reads, in thread workers; see tui/data.py), `engine.launch.supervisor` (launch, stop,
+resume, delete, reconcile) and `engine.report.tables` (compare, export). Quitting (`q`) closes
 the app only: runs are detached processes and keep training.
 
 Worker failures are reported in one place (`on_worker_state_changed`): a notification,
@@ -22,8 +22,8 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from engine.errors import UserError
-from engine.rundir import RunDir
-from engine.store import Store
+from engine.store.rundir import RunDir
+from engine.store.index import Store
 from tui.data import RECONCILE_S, ActionDone, IndexReader
 
 DEFAULT_THEME = "textual-dark"
@@ -131,18 +131,18 @@ class AdvlcApp(App):
     # -- engine calls (run in thread workers by the screens) -------------------------
     def launch(self, planned, *, gpus=None, executor: str = "local") -> list[RunDir]:
         """supervisor.launch: create the runs and start them as detached processes."""
-        from engine import supervisor
+        from engine.launch import supervisor
 
         return supervisor.launch(self.store, planned, gpus=gpus, executor=executor)
 
     def compare(self, *, run_ids=None, preset=None, group=None, by="label", include_unfinished=False):
-        from engine import report
+        from engine.report import tables as report
 
         return report.compare_runs(self.store, run_ids=run_ids, preset=preset, group=group, by=by,
                                    include_unfinished=include_unfinished)
 
     def export(self, table, folder: Path, formats: list[str]) -> list[Path]:
-        from engine import report
+        from engine.report import tables as report
 
         return report.export(table, folder, formats)
 
@@ -151,7 +151,7 @@ class AdvlcApp(App):
         target = on_screen or self.screen
 
         def work() -> None:
-            from engine import supervisor
+            from engine.launch import supervisor
 
             rds = [RunDir(self.store.runs_dir / rid) for rid in run_ids]
             try:
@@ -190,7 +190,7 @@ class AdvlcApp(App):
             return
 
         def work() -> None:
-            from engine import supervisor
+            from engine.launch import supervisor
 
             supervisor.reconcile(self.store, [RunDir(self.store.runs_dir / rid) for rid in active])
 

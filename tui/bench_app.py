@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.rundir import RunDir, write_json
-from engine.store import Store
+from engine.store.rundir import RunDir, write_json
+from engine.store.index import Store
 
 PRESETS = ("paper/table1/fgsm_n", "paper/table1/fgsm_n-advlc", "paper/table1/pgd10", "paper/table1/pgd10-advlc",
            "quick/digits-fgsm_n", "quick/digits-fgsm_n-advlc")
@@ -92,7 +92,7 @@ def fabricate_run(store: Store, rid: str, *, preset: str, seed: int, group: str 
 
 def build_store(home: Path, *, n_runs: int = 1000, n_epochs: int = 200, n_running: int = 8, seeds: int = 5) -> Store:
     """A store of `n_runs` runs of `n_epochs` epochs (the last `n_running` half-way and running)."""
-    from engine.store import summarize
+    from engine.store.index import summarize
 
     store = Store(home).ensure()
     t0 = time.time() - n_runs * 60

@@ -33,7 +33,7 @@ err = Console(stderr=True, highlight=False)
 
 
 def _store(ctx: typer.Context):
-    from engine.store import Store
+    from engine.store.index import Store
 
     return Store(ctx.obj["home"]).ensure()
 
@@ -63,7 +63,7 @@ def root(ctx: typer.Context,
 @app.command("presets")
 def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
     """List the presets (built-in and $ADVLC_HOME/presets)."""
-    from engine.presets import list_presets
+    from engine.config.presets import list_presets
 
     entries = list_presets(ctx.obj["home"])
     if as_json:
@@ -83,7 +83,7 @@ def preset_show(ctx: typer.Context, name: str,
                 set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
                 as_json: Annotated[bool, typer.Option("--json")] = False):
     """Show a preset's fully resolved config."""
-    from engine.presets import load_preset
+    from engine.config.presets import load_preset
 
     pname, cfg, _ = load_preset(name, set_, ctx.obj["home"])
     d = cfg.to_dict()
@@ -121,8 +121,8 @@ def run_cmd(ctx: typer.Context,
             slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="GPUs per Slurm job (default 1).")] = None,
             with_teachers: Annotated[bool, typer.Option("--with-teachers", help="KDSA: train missing teacher runs first (foreground).")] = False):
     """Train a preset: in the foreground with a progress bar, or detached (--detach, --gpus, --executor slurm)."""
-    from engine.presets import plan_runs
-    from engine.supervisor import create_runs
+    from engine.config.presets import plan_runs
+    from engine.launch.supervisor import create_runs
 
     overrides = list(set_)
     if device:
@@ -141,7 +141,7 @@ def run_cmd(ctx: typer.Context,
         launch_detached(store, planned, gpus=gpus, slots_per_gpu=slots_per_gpu, executor=executor,
                         slurm={"partition": partition, "time": time_limit, "account": account, "gpus": slurm_gpus})
         return
-    from engine.train import run as train_run
+    from engine.run.process import run as train_run
 
     runs = create_runs(store, planned)
     states = {}
@@ -186,7 +186,7 @@ class _Progress:
         return self.p.__exit__(*exc)
 
     def event(self, kind: str, info: dict):
-        from engine.train import format_epoch
+        from engine.run.process import format_epoch
 
         if kind == "start":
             self.ep = self.p.add_task("epoch", total=info["epochs"], completed=info["start_epoch"], info="")
@@ -203,7 +203,7 @@ class _Progress:
 
 
 def _print_summary(store, runs):
-    from engine.report import run_summary
+    from engine.report.tables import run_summary
 
     t = Table(title="accuracy % at best (highest PGD robust accuracy) / end; diff = best - end",
               box=None, pad_edge=False)
@@ -226,7 +226,7 @@ def runs_cmd(ctx: typer.Context,
              preset: Annotated[Optional[str], typer.Option("--preset", help="Only runs of this preset (or folder).")] = None,
              reindex: Annotated[bool, typer.Option("--reindex", help="Rebuild the index from the run directories.")] = False):
     """List runs."""
-    from engine.rundir import STATES
+    from engine.store.rundir import STATES
 
     if status and status not in STATES:
         raise UserError(f"--status {status}: must be one of {', '.join(STATES)}")

@@ -28,7 +28,7 @@ err = Console(stderr=True, highlight=False)
 
 
 def _docs_default() -> Path:
-    from engine.provenance import CODE_ROOT
+    from engine.run.provenance import CODE_ROOT
 
     return CODE_ROOT / "docs" / "BENCHMARKS.md"
 
@@ -148,7 +148,7 @@ def bench_cmd(ctx: typer.Context,
               docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs updates.")] = None):
     """Time training steps per method (ratio to the base attack), a fast-path epoch against
     the reference loop (--epoch), or the HS methods (--hs)."""
-    from engine import bench
+    from engine.bench import measure as bench
 
     if epoch and hs:
         raise UserError("--epoch and --hs: pick one")

@@ -1,4 +1,4 @@
-"""`advlc eval RUN`: final evaluation of a run's checkpoints (engine.final_eval)."""
+"""`advlc eval RUN`: final evaluation of a run's checkpoints (engine.run.final_eval)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
                      "--device", help="cpu | cuda | cuda:N (default: the run's train.device).")] = None,
                  as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False):
         """Clean and robust accuracy of a finished run's checkpoint(s); stored in its `evals` table."""
-        from engine.config import DEVICES_RE
-        from engine.final_eval import check_choices, eval_run
-        from engine.store import Store
+        from engine.config.schema import DEVICES_RE
+        from engine.run.final_eval import check_choices, eval_run
+        from engine.store.index import Store
 
         check_choices(ckpt, attack)
         if device is not None and not DEVICES_RE.match(device):

@@ -25,7 +25,7 @@ def _cell(v) -> str:
 
 def print_points(rd) -> None:
     """The points of an experiment run as a table, never squeezed (wide tables overflow)."""
-    from engine.experiments import POINT_KEYS
+    from engine.run.experiments import POINT_KEYS
 
     rows = rd.records("points")
     kind = (rd.config().get("experiment") or {}).get("kind", "")
@@ -51,10 +51,10 @@ def register(app: typer.Typer) -> None:
                        device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N.")] = None):
         """Run an analysis experiment (Fig. 4a/b/c, A.1) in the foreground; its points go to the run's
         `points` table (see `advlc points RUN`)."""
-        from engine import experiments as X
-        from engine.presets import plan_runs
-        from engine.store import Store
-        from engine.supervisor import create_runs
+        from engine.run import experiments as X
+        from engine.config.presets import plan_runs
+        from engine.store.index import Store
+        from engine.launch.supervisor import create_runs
 
         overrides = list(set_)
         if source:
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
     def points_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
                    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
         """The `points` records of an experiment run."""
-        from engine.store import Store
+        from engine.store.index import Store
 
         rd = Store(ctx.obj["home"]).ensure().get(run)
         if not (rd.config().get("experiment") or {}).get("kind"):

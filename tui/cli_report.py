@@ -4,7 +4,7 @@
                   [--format table|md|latex|csv|json] [--out FILE] [--include-unfinished]
     advlc report PRESET|GROUP|RUN… [--out DIR] [--format md|html|pdf]… [--by label|preset]
 
-Both call engine.report only; bad input ends in one line and exit code 2 (tui.cli.main).
+Both call engine.report.tables only; bad input ends in one line and exit code 2 (tui.cli.main).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".tex": "latex", ".csv": "csv"
 
 
 def _store(ctx: typer.Context):
-    from engine.store import Store
+    from engine.store.index import Store
 
     return Store(ctx.obj["home"]).ensure()
 
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                                                          help="Count runs that have not finished (default: finished only).")] = False,
     ):
         """Compare runs in the layout of the paper's Table 1: mean ± std over seeds."""
-        from engine.report import compare_runs, render
+        from engine.report.tables import compare_runs, render
 
         if fmt is None:
             fmt = SUFFIX_FORMATS.get(out.suffix.lower(), "table") if out else "table"
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
                                                          help="Count runs that have not finished.")] = False,
     ):
         """Write the paper's tables and figures for a preset group or runs into one report folder."""
-        from engine.report import build_report
+        from engine.report.tables import build_report
 
         formats = [f.strip() for item in fmt for f in item.split(",") if f.strip()] or ["md", "html"]
         formats = ["md"] + [f for f in formats if f != "md"]

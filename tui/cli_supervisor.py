@@ -1,7 +1,7 @@
 """Commands that start, stop and watch detached runs: stop, resume, logs, delete, queue.
 
 Registered by tui/cli.py (`register(app)`); `advlc run --detach` / `--gpus` / `--executor
-slurm` go through `launch_detached` here. Each command calls one engine.supervisor function.
+slurm` go through `launch_detached` here. Each command calls one engine.launch.supervisor function.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from engine.errors import UserError
 def reconcile_home(home) -> None:
     """Called at every CLI start: make run states truthful (dead `running` runs -> `lost`)."""
     try:
-        from engine.store import Store
-        from engine.supervisor import reconcile
+        from engine.store.index import Store
+        from engine.launch.supervisor import reconcile
 
         store = Store(home)
         if store.runs_dir.exists():
@@ -45,7 +45,7 @@ def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, exe
     """`advlc run … --detach`: create and start (or queue, or submit) the runs; print their ids."""
     from tui.cli import out
 
-    from engine.supervisor import launch
+    from engine.launch.supervisor import launch
 
     rds = launch(store, planned, gpus=_parse_gpus(gpus), slots_per_gpu=slots_per_gpu, executor=executor,
                  slurm=slurm if executor == "slurm" else None)
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         """Stop runs (SIGTERM, grace period, SIGKILL); they keep last.pt and can be resumed."""
         from tui.cli import out
 
-        from engine.supervisor import stop
+        from engine.launch.supervisor import stop
 
         store, rds = _runs(ctx, runs)
         stop(store, rds, grace_s=grace)
@@ -98,8 +98,8 @@ def register(app: typer.Typer) -> None:
         """Continue a stopped, lost or failed run from its last checkpoint (last.pt)."""
         from tui.cli import _print_summary, _Progress, out
 
-        from engine.supervisor import check_resumable, resume
-        from engine.train import run as train_run
+        from engine.launch.supervisor import check_resumable, resume
+        from engine.run.process import run as train_run
 
         store, [rd] = _runs(ctx, [run])
         if not foreground:
@@ -126,8 +126,8 @@ def register(app: typer.Typer) -> None:
                  follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends (Ctrl-C to leave; the run goes on).")] = False,
                  lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines from the end to show first.")] = 40):
         """Show a run's log.txt (its process output)."""
-        from engine.supervisor import follow as follow_log
-        from engine.supervisor import tail
+        from engine.launch.supervisor import follow as follow_log
+        from engine.launch.supervisor import tail
 
         _, [rd] = _runs(ctx, [run])
         if not follow:
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         """Delete runs: their directories (checkpoints, metrics, logs) and index entries."""
         from tui.cli import out
 
-        from engine.supervisor import delete
+        from engine.launch.supervisor import delete
 
         store, rds = _runs(ctx, runs)
         if not yes:
@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
 
         from tui.cli import _store, out
 
-        from engine.supervisor import queue_info
+        from engine.launch.supervisor import queue_info
 
         info = queue_info(_store(ctx))
         if as_json:

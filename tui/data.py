@@ -26,8 +26,8 @@ from pathlib import Path
 
 from textual.message import Message
 
-from engine.rundir import RunDir, read_json
-from engine.store import Store
+from engine.store.rundir import RunDir, read_json
+from engine.store.index import Store
 
 REFRESH_S = 1.0
 """Seconds between two polls of the store by a visible screen."""

@@ -1,7 +1,7 @@
 """Compare: runs grouped into rows (by label or preset), mean ± std over seeds.
 
-The table is `engine.report.compare_runs` — the same table `advlc compare` prints and
-`x` exports (Markdown, LaTeX, CSV, JSON through `engine.report.export`). The best value
+The table is `engine.report.tables.compare_runs` — the same table `advlc compare` prints and
+`x` exports (Markdown, LaTeX, CSV, JSON through `engine.report.tables.export`). The best value
 of each column (as the report decides it) is bold and coloured. Below it, one chosen
 metric (`m` cycles) is drawn per row as the mean over that row's runs at each epoch.
 Everything is read in a thread worker; the screen reloads every `COMPARE_REFRESH_S`
@@ -20,7 +20,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.rundir import RunDir
+from engine.store.rundir import RunDir
 from tui.widgets.metric_plot import MetricPlot
 from tui.widgets.palette import palette
 
@@ -44,7 +44,7 @@ COMPARE_REFRESH_S = 5.0
 
 def mean_curves(store, table, metric: str, scale: float) -> dict[str, tuple[list, list]]:
     """Row name -> (epochs, mean over the row's runs of `metric` * scale at each epoch)."""
-    from engine.report import row_curves
+    from engine.report.tables import row_curves
 
     return {name: ([p["epoch"] for p in pts], [p["mean"] for p in pts])
             for name, pts in row_curves(store, table, metric, scale).items()}
@@ -84,7 +84,7 @@ class CompareScreen(Screen):
         self.metric_index = 0
         self.by_index = 0
         self.table = None
-        """The engine.report CompareTable shown."""
+        """The engine.report.tables CompareTable shown."""
         self.curves: dict[str, dict[str, tuple[list, list]]] = {}
         """metric -> row name -> (epochs, mean values): what the plot draws."""
         self.exported: list[Path] = []
@@ -165,7 +165,7 @@ class CompareScreen(Screen):
         dt = self.query_one("#compare-table", DataTable)
         dt.clear(columns=True)
         tbl = self.table
-        from engine.report import fmt_cell
+        from engine.report.tables import fmt_cell
 
         headers = tbl.headers()
         dt.add_column("rows", key="__name")

@@ -5,7 +5,7 @@ Right: description and paper reference, the override line (`section.key=value` w
 checked as you type: a mistake shows as one line in red, never as a crash), seeds,
 device, GPUs and executor, and the fully resolved config (overridden keys marked).
 Launch (button, enter in a field, `l` on the tree, ctrl+l anywhere) calls
-`engine.supervisor.launch` in a worker and returns to the Runs screen with the cursor on
+`engine.launch.supervisor.launch` in a worker and returns to the Runs screen with the cursor on
 the new run(s).
 
 Resolving a preset imports the method registry (and so torch): that happens only in
@@ -46,11 +46,11 @@ class PresetItem:
 
 def list_items(home: Path | None, presets_dir: Path | None) -> list[PresetItem]:
     """The presets the tree shows: built-in + `$ADVLC_HOME/presets`, or those under `presets_dir`."""
-    from engine.presets import list_presets
+    from engine.config.presets import list_presets
 
     if presets_dir is None:
         return [PresetItem(e.name, e.name, e.description, e.reference, e.group) for e in list_presets(home)]
-    from engine.config import load_toml
+    from engine.config.schema import load_toml
 
     out = []
     root = Path(presets_dir)
@@ -184,7 +184,7 @@ class PresetsScreen(Screen):
         self.app.call_from_thread(self._fill_tree, items)
 
     def _fill_tree(self, items: list[PresetItem]) -> None:
-        from engine.presets import DEFAULT_PRESET
+        from engine.config.presets import DEFAULT_PRESET
 
         self.items = items
         tree = self.query_one("#preset-tree", Tree)
@@ -265,7 +265,7 @@ class PresetsScreen(Screen):
 
     def plan(self, ref: str, args) -> tuple[list, dict, dict]:
         """plan_runs for the inputs -> (planned runs, launch options, the raw preset). Raises UserError."""
-        from engine.presets import plan_runs, read_preset
+        from engine.config.presets import plan_runs, read_preset
 
         overrides_text, seeds_text, device, gpus_text, executor = args
         overrides = split_overrides(overrides_text)

@@ -20,7 +20,7 @@ from textual.containers import Grid, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
 
-from engine.rundir import RunDir
+from engine.store.rundir import RunDir
 from tui.data import REFRESH_S, ActionDone, RunChanged, RunFollower, RunHistory
 from tui.widgets.alert_bar import AlertBar, detect_alerts
 from tui.widgets.metric_plot import MetricPlot

@@ -1,0 +1,284 @@
+"""Presets: TOML files under `presets/` (shipped with the package) and `$ADVLC_HOME/presets/`.
+
+A preset's name is its path below its root without `.toml`, e.g. `quick/digits-fgsm_n-advlc`
+or `paper/table1/pgd10-advlc`; user presets appear as `user/<name>`. A path to any TOML
+file also works wherever a preset name does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from engine.config import schema as C
+from engine.errors import UserError
+
+DEFAULT_PRESET = "quick/digits-fgsm_n-advlc"
+
+
+@dataclass
+class PresetEntry:
+    name: str
+    path: Path
+    description: str
+    reference: str
+    group: str           # folder part of the name, e.g. "paper/table1"
+
+
+def builtin_root() -> Path:
+    return Path(str(resources.files("presets")))
+
+
+def user_root(home: Path | None = None) -> Path:
+    from engine.store.index import default_home
+
+    return (Path(home) if home else default_home()) / "presets"
+
+
+def _roots(home=None):
+    yield "", builtin_root()
+    ur = user_root(home)
+    if ur.is_dir():
+        yield "user/", ur
+
+
+def list_presets(home=None) -> list[PresetEntry]:
+    out = []
+    for prefix, root in _roots(home):
+        for path in sorted(root.rglob("*.toml")):
+            if path.name.startswith("_"):
+                continue  # bases for `extends`, not runnable on their own
+            name = prefix + path.relative_to(root).with_suffix("").as_posix()
+            try:
+                info = C.load_toml(path).get("preset", {})
+            except UserError:
+                info = {"description": "(invalid TOML)"}
+            out.append(PresetEntry(name, path, str(info.get("description", "")),
+                                   str(info.get("reference", "")), name.rpartition("/")[0]))
+    return sorted(out, key=lambda e: (e.name.startswith("user/"), e.name))
+
+
+def find_preset(ref: str, home=None) -> tuple[str, Path]:
+    """A preset name (or a path to a TOML file) -> (name, path)."""
+    p = Path(ref).expanduser()
+    if ref.endswith(".toml") and p.is_file():
+        return str(p), p
+    name = ref.removesuffix(".toml")
+    for prefix, root in _roots(home):
+        if prefix and not name.startswith(prefix):
+            continue
+        cand = root / (name[len(prefix):] + ".toml")
+        if cand.is_file():
+            return name, cand
+    names = [e.name for e in list_presets(home)]
+    close = [n for n in names if name.split("/")[-1] in n][:3]
+    hint = f" (did you mean {', '.join(close)}?)" if close else " (see `advlc presets`)"
+    raise UserError(f"no preset '{ref}'{hint}")
+
+
+def merge(base: dict, child: dict) -> dict:
+    """Tables of `child` override those of `base`, key by key."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_preset(ref: str, home=None, _seen: tuple = ()) -> tuple[str, Path, dict]:
+    """Read a preset's TOML with its `extends` chain merged -> (name, path, tables)."""
+    name, path = find_preset(ref, home)
+    raw = C.load_toml(path)
+    parent = raw.get("preset", {}).get("extends", "")
+    if parent:
+        if parent in _seen:
+            raise UserError(f"{path}: preset.extends = {parent!r}: circular (via {', '.join(_seen)})")
+        _, _, base = read_preset(parent, home, _seen + (name,))
+        base.get("preset", {}).pop("description", None)
+        base.get("preset", {}).pop("reference", None)
+        raw = merge(base, raw)
+        raw["preset"].pop("extends", None)
+    return name, path, raw
+
+
+def load_preset(ref: str, overrides: list[str] | None = None, home=None) -> tuple[str, C.RunConfig, dict]:
+    """Read, override, resolve and validate a preset -> (name, RunConfig, raw TOML dict)."""
+    name, path, raw = read_preset(ref, home)
+    where = os.path.relpath(path) if not str(path).startswith(str(builtin_root())) else f"presets/{name}.toml"
+    cfg = C.build(raw, where, overrides)
+    return name, cfg, raw
+
+
+@dataclass
+class PlannedRun:
+    """One run a preset asks for: its config and, for sweeps, the grid point it stands for."""
+
+    preset: str
+    cfg: C.RunConfig
+    point: dict            # e.g. {"method.lam": 0.3}; empty when the preset has no sweep
+    seed: int
+    teachers: dict = field(default_factory=dict)  # role -> engine.run.teachers.TeacherRef (KDSA)
+    role: str = ""         # "teacher:<role>" for a teacher run planned before its student
+
+
+def _where(name: str, path: Path) -> str:
+    """How errors name a preset file (as load_preset does)."""
+    return os.path.relpath(path) if not str(path).startswith(str(builtin_root())) else f"presets/{name}.toml"
+
+
+def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]]]:
+    """Validate a preset's `[sweep]` table -> (seeds or None, [("section.key", [values...]), ...]).
+
+    Keys are `seeds = N` and `"section.key" = [v1, v2, ...]` (the quoted form; the unquoted
+    dotted form `method.lam = [...]` is read the same). Each problem is one UserError line
+    naming the file and the key.
+    """
+    import dataclasses
+
+    table = raw.get("sweep")
+    if table is None:
+        return None, []
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: 'sweep' must be a table [sweep]")
+    classes = C.section_classes()
+    sections = [s for s in classes if s != "preset"]
+    seeds, axes, seen = None, [], set()
+    for key, val in table.items():
+        if key == "seeds":
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise UserError(f"{where}: [sweep] seeds = {C._fmt(val)}: must be an integer >= 1")
+            seeds = val
+            continue
+        if isinstance(val, dict) and key in classes:   # unquoted dotted key: method.lam = [...]
+            items = [(f"{key}.{k}", v) for k, v in val.items()]
+        else:
+            items = [(key, val)]
+        for path, values in items:
+            section, _, fname = path.partition(".")
+            if section not in sections or not fname or "." in fname:
+                raise UserError(f"{where}: [sweep] unknown key '{path}': must be seeds or \"section.key\" "
+                                f"(sections: {', '.join(sections)})")
+            names = [f.name for f in dataclasses.fields(classes[section])]
+            if fname not in names:
+                raise UserError(f"{where}: [sweep] unknown key '{path}' (keys of [{section}]: {', '.join(names)})")
+            if path in seen:
+                raise UserError(f"{where}: [sweep] '{path}' is given twice")
+            if not isinstance(values, list):
+                raise UserError(f"{where}: [sweep] {path} = {C._fmt(values)}: must be a list of values "
+                                f"(e.g. \"{path}\" = [{C._fmt(values)}])")
+            if not values:
+                raise UserError(f"{where}: [sweep] {path} = []: empty list (give at least one value)")
+            seen.add(path)
+            axes.append((path, values))
+    return seeds, axes
+
+
+def sweep_points(axes: list[tuple[str, list]]) -> list[dict]:
+    """The Cartesian product of the axes, first axis slowest: [{"method.lam": 0.1, ...}, ...]."""
+    import itertools
+
+    keys = [k for k, _ in axes]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
+              home=None, with_teachers: bool = False, store=None) -> list[PlannedRun]:
+    """Every run a preset stands for: its sweep grid (if any) x its seeds (+ teachers first).
+
+    Precedence, lowest first: the preset's tables (with `extends`), then the `[sweep]` point,
+    then `--set` overrides. A `--set` on a swept key pins it: that axis is dropped from the
+    grid (rather than giving identical runs). `seeds` (e.g. from --seeds) replaces the
+    preset's `[sweep] seeds`; the seeds of each point count up from its train.seed (--seed).
+    Every point is validated; an invalid value is a UserError naming the file, key and value.
+
+    A preset with a `[teachers]` table (KDSA) has each teacher resolved to the newest finished
+    run of that preset in the store (`store`, default Store(home)) with the student's dataset
+    and arch; when one is missing: a UserError naming the teacher preset to run first, or
+    with `with_teachers` a run of that teacher preset planned (returned before the students,
+    with [data]/[model]/train.device overrides carried; see engine/teachers.py).
+    """
+    overrides = list(overrides or [])
+    name, path, raw = read_preset(ref, home)
+    where = _where(name, path)
+    sweep_seeds, axes = read_sweep(raw, where)
+    pinned = {f"{s}.{k}" for s, k, _ in (C.parse_override(o) for o in overrides)}
+    axes = [(k, v) for k, v in axes if k not in pinned]
+    n = seeds if seeds else (sweep_seeds or 1)
+    runs: list[PlannedRun] = []
+    for values in sweep_points(axes):
+        cfg = C.from_dict(raw, where)
+        point = {}
+        for key, value in values.items():
+            section, fname = key.split(".")
+            C._set_field(getattr(cfg, section), section, fname, value, f"{where} [sweep]")
+            point[key] = getattr(getattr(cfg, section), fname)
+        C.apply_overrides(cfg, overrides)
+        desc = where + (" [sweep] " + ", ".join(f"{k}={C._fmt(v)}" for k, v in point.items()) if point else "")
+        C.resolve(cfg, f"{desc} (with --set)" if overrides else desc)
+        for i in range(n):
+            runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i))
+    return _plan_teachers(runs, raw, where, overrides, home, with_teachers, store) + runs
+
+
+def _plan_teachers(runs: list[PlannedRun], raw: dict, where: str, overrides: list[str], home,
+                   with_teachers: bool, store) -> list[PlannedRun]:
+    """Attach TeacherRefs to `runs`; returns the teacher runs to plan first (with_teachers)."""
+    from engine.run import teachers as T
+
+    tables = {}
+    for r in runs:
+        if r.cfg.method.name not in tables:
+            tables[r.cfg.method.name] = T.read_table(raw, where, r.cfg.method.name, home)
+    if not any(tables.values()):
+        return []
+    if store is None:
+        from engine.store.index import Store
+
+        store = Store(home)
+    found: dict[tuple, str | None] = {}
+    planned: dict[tuple, PlannedRun] = {}
+    first: list[PlannedRun] = []
+    missing: list[tuple[str, str]] = []
+    for r in runs:
+        dataset, arch = r.cfg.data.dataset, r.cfg.model.arch
+        for role, tpreset in tables[r.cfg.method.name].items():
+            which = T.which_for(r.cfg, role)
+            key = (tpreset, dataset, arch, which)
+            if key not in found:
+                found[key] = T.find_run(store, tpreset, dataset, arch, which)
+            if found[key]:
+                r.teachers[role] = T.TeacherRef(role, tpreset, which, run_id=found[key])
+                continue
+            if not with_teachers:
+                if (role, tpreset) not in missing:
+                    missing.append((role, tpreset))
+                continue
+            pkey = (tpreset, dataset, arch)
+            if pkey not in planned:
+                plan = plan_runs(tpreset, T.teacher_overrides(overrides), seeds=1, home=home,
+                                 with_teachers=True, store=store)
+                mains = [p for p in plan if not p.role]
+                if len(mains) != 1:
+                    raise UserError(f"{where}: [teachers] {role} = {tpreset!r}: a teacher preset must stand for "
+                                    f"one run (it has a [sweep] of {len(mains)})")
+                t = mains[0]
+                if (t.cfg.data.dataset, t.cfg.model.arch) != (dataset, arch):
+                    raise UserError(f"{where}: [teachers] {role} = {tpreset!r}: that preset trains "
+                                    f"{t.cfg.model.arch} on {t.cfg.data.dataset}, this one {arch} on {dataset}")
+                t.role = f"teacher:{role}"
+                planned[pkey] = t
+                first.extend(plan)
+            r.teachers[role] = T.TeacherRef(role, tpreset, which, planned=planned[pkey])
+    if missing:
+        raise UserError(T.missing_message(runs[0].cfg.method.name, missing, overrides))
+    return first
+
+
+def _with_seed(cfg: C.RunConfig, seed: int) -> C.RunConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))

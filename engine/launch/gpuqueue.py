@@ -1,0 +1,267 @@
+"""The GPU queue: lease files, one per GPU slot, and a scheduler that starts queued runs.
+
+    $ADVLC_HOME/leases/<host>/gpu<G>-slot<S>.json   {"gpu", "slot", "run", "pid", "pid_create_time", ...}
+    $ADVLC_HOME/leases/<host>/scheduler.lock        held by the one scheduler of this host
+    $ADVLC_HOME/leases/<host>/scheduler.log         its output
+
+A run launched with `gpus=[0, 1]` and `slots_per_gpu=1` waits as `queued` (status.json
+`launch` says which GPUs it may use) until a slot on one of those GPUs is free; it is then
+started with CUDA_VISIBLE_DEVICES set to that GPU and the lease names its process. A lease is
+free when its file is missing, or its holder (pid + create time) is dead, or its run has
+reached a final state: leases of crashed processes are reclaimed without anyone's help. The
+run process removes its own lease when it exits (`release_own_lease`, from engine.run.process).
+
+Queued runs are started in order (`queued_at`) by `schedule_once`, called by `launch` and by
+the scheduler, `python -m engine.launch.gpuqueue HOME`: a detached process started on demand
+(`ensure_scheduler`) that polls once a second and exits when no run of this host is queued.
+It holds `scheduler.lock` (an OS file lock, released if it dies), so two never run at once;
+it re-checks the queue after releasing the lock, so a run queued while it was exiting is not
+stranded (the launcher queues first, then starts a scheduler unless the lock is held).
+
+Leases are per host: one $ADVLC_HOME on a shared filesystem can serve several GPU machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from engine.store.rundir import FINAL_STATES, RunDir, read_json, write_json
+from engine.store.index import Store
+
+HOST = os.uname().nodename
+POLL_S = float(os.environ.get("ADVLC_SCHEDULER_POLL_S", "1.0"))
+
+
+def host_dir(store: Store) -> Path:
+    d = store.home / "leases" / HOST
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d
+
+
+def lease_path(store: Store, gpu: int, slot: int) -> Path:
+    return host_dir(store) / f"gpu{gpu}-slot{slot}.json"
+
+
+def read_leases(store: Store) -> list[dict]:
+    """This host's lease files, each with `path` and `live`."""
+    from engine.launch.supervisor import process_matches
+
+    d = store.home / "leases" / HOST
+    if not d.exists():
+        return []
+    out = []
+    for p in sorted(d.glob("gpu*-slot*.json")):
+        doc = read_json(p, None)
+        if not isinstance(doc, dict):
+            doc = {}
+        doc["path"] = str(p)
+        doc["live"] = _lease_live(store, doc, process_matches)
+        out.append(doc)
+    return out
+
+
+def _lease_live(store: Store, doc: dict, process_matches) -> bool:
+    if not process_matches(doc.get("pid"), doc.get("pid_create_time")):
+        return False
+    run = doc.get("run")
+    if run:
+        st = read_json(store.runs_dir / run / "status.json", {}) or {}
+        if st.get("state") in FINAL_STATES or (st.get("pid") not in (None, doc.get("pid"))):
+            return False
+    return True
+
+
+def reclaim_stale(store: Store) -> list[str]:
+    """Remove leases whose holder is gone; returns their paths."""
+    gone = []
+    for doc in read_leases(store):
+        if not doc["live"]:
+            try:
+                os.unlink(doc["path"])
+                gone.append(doc["path"])
+            except FileNotFoundError:
+                pass
+    return gone
+
+
+def release_run(store: Store, run_id: str) -> None:
+    """Remove the leases held by a run (after it was stopped or found lost)."""
+    d = store.home / "leases" / HOST
+    if not d.exists():
+        return
+    for p in d.glob("gpu*-slot*.json"):
+        doc = read_json(p, None)
+        if isinstance(doc, dict) and doc.get("run") == run_id:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+
+def release_own_lease() -> None:
+    """Called by a run process as it exits: drop the lease named in $ADVLC_LEASE if it is ours."""
+    path = os.environ.get("ADVLC_LEASE")
+    if not path:
+        return
+    try:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("pid") == os.getpid():
+            os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
+def _free_slot(store: Store, gpus: list[int], slots: int) -> tuple[int, int] | None:
+    """A free (gpu, slot): fill slot 0 of every GPU before slot 1, so runs spread out."""
+    from engine.launch.supervisor import process_matches
+
+    for s in range(slots):
+        for g in gpus:
+            p = lease_path(store, g, s)
+            doc = read_json(p, None)
+            if doc is None or not _lease_live(store, doc if isinstance(doc, dict) else {}, process_matches):
+                return g, s
+    return None
+
+
+def queued_runs(store: Store) -> list[RunDir]:
+    """Runs of this host waiting for a GPU, in queue order."""
+    out = []
+    for rd in store.run_dirs():
+        st = rd.status()
+        la = st.get("launch") or {}
+        if st.get("state") == "queued" and la.get("gpus") and la.get("executor", "local") == "local" \
+                and la.get("host") in (None, HOST):
+            out.append((st.get("queued_at") or 0.0, rd.id, rd))
+    return [rd for _, _, rd in sorted(out, key=lambda t: (t[0], t[1]))]
+
+
+def schedule_once(store: Store) -> list[str]:
+    """Start every queued run that has a free slot; returns the ids started."""
+    from engine.launch import supervisor as sup
+
+    started = []
+    with sup.lock(store):
+        for rd in queued_runs(store):
+            st = rd.status()
+            if st.get("state") != "queued":
+                continue
+            la = st["launch"]
+            slot = _free_slot(store, [int(g) for g in la["gpus"]], int(la.get("slots_per_gpu", 1)))
+            if slot is None:
+                continue
+            gpu, s = slot
+            lp = lease_path(store, gpu, s)
+            try:
+                pid = sup.start_detached(store, rd, gpu=gpu, lease=lp)
+            except Exception as exc:           # noqa: BLE001 - one bad run must not stop the queue
+                rd.write_status(state="failed", error=f"could not start: {exc}", ended=time.time())
+                store.sync(rd)
+                continue
+            write_json(lp, {"gpu": gpu, "slot": s, "run": rd.id, "pid": pid,
+                            "pid_create_time": sup.process_create_time(pid), "host": HOST, "since": time.time()})
+            started.append(rd.id)
+    return started
+
+
+def _sched_lock(store: Store) -> FileLock:
+    return FileLock(str(host_dir(store) / "scheduler.lock"), timeout=0)
+
+
+def scheduler_running(store: Store) -> bool:
+    lk = _sched_lock(store)
+    try:
+        lk.acquire()
+    except Timeout:
+        return True
+    lk.release()
+    return False
+
+
+def ensure_scheduler(store: Store) -> int | None:
+    """Start the detached scheduler unless one runs; returns the new pid (None if one runs).
+
+    A second one started by a race finds the lock held and exits at once."""
+    from engine.launch import supervisor as sup
+
+    if scheduler_running(store):
+        return None
+    d = host_dir(store)
+    p = sup.spawn_detached([sys.executable, "-m", "engine.launch.gpuqueue", str(store.home)],
+                           log_path=d / "scheduler.log", env=sup._child_env(None, None, store.home), cwd=d)
+    return p.pid
+
+
+def scheduler_pid(store: Store) -> int | None:
+    doc = read_json(store.home / "leases" / HOST / "scheduler.json", None)
+    from engine.launch.supervisor import process_matches
+
+    if isinstance(doc, dict) and process_matches(doc.get("pid"), doc.get("pid_create_time")):
+        return doc["pid"]
+    return None
+
+
+def scheduler_main(home: str) -> int:
+    """The scheduler loop: start what fits, poll, exit when nothing of this host is queued."""
+    from engine.launch import supervisor as sup
+
+    store = Store(home)
+    lk = _sched_lock(store)
+    try:
+        lk.acquire()
+    except Timeout:
+        print(f"{time.strftime('%H:%M:%S')} scheduler: another scheduler holds the lock; exiting", flush=True)
+        return 0
+    info = store.home / "leases" / HOST / "scheduler.json"
+    write_json(info, {"pid": os.getpid(), "pid_create_time": sup.process_create_time(os.getpid()),
+                      "host": HOST, "since": time.time()})
+    print(f"{time.strftime('%H:%M:%S')} scheduler {os.getpid()}: started", flush=True)
+    try:
+        while True:
+            sup._reap()
+            for rid in schedule_once(store):
+                print(f"{time.strftime('%H:%M:%S')} scheduler: started {rid}", flush=True)
+            if queued_runs(store):
+                time.sleep(POLL_S)
+                continue
+            # Queue empty: release, then look once more (a launcher that saw the lock held
+            # queued its run before looking, so it is visible now).
+            info.unlink(missing_ok=True)
+            lk.release()
+            if not queued_runs(store):
+                print(f"{time.strftime('%H:%M:%S')} scheduler: queue empty; exiting", flush=True)
+                return 0
+            try:
+                lk.acquire()
+            except Timeout:
+                return 0                       # another scheduler took over
+            write_json(info, {"pid": os.getpid(), "pid_create_time": sup.process_create_time(os.getpid()),
+                              "host": HOST, "since": time.time()})
+    finally:
+        if lk.is_locked:
+            info.unlink(missing_ok=True)
+            lk.release(force=True)
+
+
+def info(store: Store) -> dict:
+    """GPU leases, queued runs (in order) and the scheduler pid, for `advlc queue` and the app."""
+    leases = read_leases(store)
+    queued = []
+    for rd in queued_runs(store):
+        st = rd.status()
+        queued.append({"id": rd.id, "gpus": st["launch"]["gpus"], "slots_per_gpu": st["launch"].get("slots_per_gpu", 1),
+                       "queued_at": st.get("queued_at")})
+    return {"host": HOST, "leases": leases, "queued": queued, "scheduler_pid": scheduler_pid(store)}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m engine.launch.gpuqueue ADVLC_HOME", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(scheduler_main(sys.argv[1]))

@@ -1,0 +1,53 @@
+"""AdvLC: adversarial logit consistency (Li & Spratling 2023, Sec. 5, Eqs 13-16, Alg. 1).
+
+    o_ij  = |f_j(x_i + delta) - f_j(x_i)|          raw logits, (B, C)
+    w_ij  = 1 for the top-N o_ij in the whole batch, else 0
+    L_reg = sum_ij w_ij o_ij
+    loss  = (sum_i CE(f(x_i + delta), y_i) + lambda * L_reg) / M
+
+Both branches are forward passes in train mode and gradients flow through both (the
+clean branch is not detached). By default the clean logits are those of the attack's own
+first forward pass (f(x), or f(x~) for FGSM-N), so AdvLC adds no forward pass.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from engine.nn.methods import needs_positive_lam, register
+
+
+def advlc_penalty(logits_adv: torch.Tensor, logits_clean: torch.Tensor, top_n: int) -> torch.Tensor:
+    """L_reg of Eqs 13-15: the sum of the `top_n` largest |logit differences| in the batch.
+
+    Not divided by the batch size (Algorithm 1 divides the whole objective by M).
+    """
+    diff = (logits_adv - logits_clean).abs().flatten()
+    k = min(int(top_n), diff.numel())
+    return diff.topk(k, sorted=False).values.sum()
+
+
+def clean_and_adv(model, x, y, ctx):
+    """Train-mode clean logits and the adversarial batch, sharing a forward pass when possible."""
+    a, m = ctx.cfg.attack, ctx.cfg.method
+    share = m.clean == "start" and a.train_mode
+    res = ctx.attack(model, x, y, keep_start_logits=share)
+    if share:
+        logits_clean = res.logits_start
+    else:
+        start = res.x_start if m.clean == "start" else x
+        logits_clean = model(start)
+    return logits_clean, res.x_adv
+
+
+_validate = needs_positive_lam("AdvLC", "paper: 0.55 with FGSM-N, 0.4 with PGD10")
+
+
+@register("advlc", validate=_validate,
+          doc="AdvLC: adversarial CE + lambda * top-N |f(x+delta) - f(x)| over the batch, / M (Eq. 16).")
+def advlc(model, x, y, ctx):
+    logits_clean, x_adv = clean_and_adv(model, x, y, ctx)
+    logits_adv = model(x_adv)
+    ce_sum = F.cross_entropy(logits_adv, y, reduction="sum")
+    reg = advlc_penalty(logits_adv, logits_clean, ctx.cfg.method.top_n)
+    loss = (ce_sum + ctx.lam * reg) / x.shape[0]
+    return loss, {"logits": logits_adv, "reg": reg.detach() / x.shape[0]}

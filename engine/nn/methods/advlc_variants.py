@@ -1,0 +1,58 @@
+"""AdvLC with other distance measures (Li & Spratling 2023, Sec. 5 and 5.5, Table 3).
+
+Same frame as `advlc` (Eq. 16, Algorithm 1), only L_reg changes:
+
+    loss = (sum_i CE(f(x_i + delta), y_i) + lambda * L_reg) / M
+
+with the clean logits from `engine.nn.methods.advlc.clean_and_adv` (train mode, not detached,
+shared with the attack's first forward pass when `method.clean = "start"`). With
+D = f(x + delta) - f(x) (raw logits, B x C), P = softmax(f(x)), Q = softmax(f(x + delta)):
+
+    advlc_l1       L_reg = sum_ij |D_ij|              (all w = 1, Eq. 15 with N = B*C)
+    advlc_sql2     L_reg = sum_ij D_ij^2              (w = o: the squared l2 norm)
+    advlc_kl       L_reg = sum_i KL(P_i || Q_i)       clean || adversarial, as TRADES (Zhang et
+                   al. 2019): the clean prediction is the reference distribution the adversarial
+                   one must match. Both branches carry gradient, so the direction only decides
+                   which side the log-ratio is weighted by (the clean one).
+    advlc_js       L_reg = sum_i JS(P_i, Q_i)         (symmetric; natural log)
+    advlc_nuclear  L_reg = ||D||_*                    the nuclear norm of the whole batch matrix
+
+All are sums over the batch (the division by M is the frame's), so KL/JS enter as their batch
+mean. Table 3 does not state the strengths used; the quick presets give digits values.
+"""
+
+import torch.nn.functional as F
+
+from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods.advlc import clean_and_adv
+from engine.nn.methods.penalties import js_rows, kl_rows, nuclear_norm
+
+PENALTIES = {
+    "l1": (lambda adv, clean: (adv - clean).abs().sum(), "sum |f(x+delta) - f(x)| (all w = 1)"),
+    "sql2": (lambda adv, clean: (adv - clean).pow(2).sum(), "sum (f(x+delta) - f(x))^2 (w = o)"),
+    "kl": (lambda adv, clean: kl_rows(clean, adv).sum(), "sum_i KL(softmax f(x) || softmax f(x+delta))"),
+    "js": (lambda adv, clean: js_rows(clean, adv).sum(), "sum_i JS(softmax f(x), softmax f(x+delta))"),
+    "nuclear": (lambda adv, clean: nuclear_norm(adv - clean), "nuclear norm of the B x C logit-difference matrix"),
+}
+
+
+_validate = needs_positive_lam(None, "Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N")
+
+
+def _variant(penalty):
+    def loss(model, x, y, ctx):
+        logits_clean, x_adv = clean_and_adv(model, x, y, ctx)
+        logits_adv = model(x_adv)
+        reg = penalty(logits_adv, logits_clean)
+        m = x.shape[0]
+        total = (F.cross_entropy(logits_adv, y, reduction="sum") + ctx.lam * reg) / m
+        return total, {"logits": logits_adv, "reg": reg.detach() / m}
+
+    return loss
+
+
+for _key, (_penalty, _what) in PENALTIES.items():
+    _fn = _variant(_penalty)
+    _fn.__name__ = f"advlc_{_key}"
+    register(f"advlc_{_key}", validate=_validate,
+             doc=f"AdvLC variant (Table 3): adversarial CE + lambda * {_what}, / M.")(_fn)

@@ -1,0 +1,460 @@
+"""Post-hoc analyses of a trained run (Fig. 4a/b/c and A.1), executed as runs of their own.
+
+    python -m engine.run.experiments RUN_DIR          (or `advlc experiment PRESET`, or `advlc run PRESET`
+                                                   once engine.run.process.run dispatches here)
+
+An experiment run is a run whose config has an `[experiment]` table with `kind` set. Its process
+loads `experiment.source`'s checkpoint `experiment.ckpt` (a run id or prefix; a preset name means
+that preset's most recent finished run) and writes one record per grid point into the `points`
+table of its own metrics.json, with status/state handled exactly like a training run (`runs`,
+`show`, stop and resume work the same; a resumed experiment skips the points already recorded).
+At start it copies the source's [data]/[model]/[attack]/[method] tables into its config.json
+(the analysed model is the source's) and records `source` = {run, preset, label, ckpt, epoch}.
+
+eps is the source's eval.eps; PGD steps are eps/4 without random start; HS is hs_metric over
+batches of eval.hs_batch; effectiveness is Eq. 7 against PGD-50 (engine.run.epoch_metrics), with the
+FGSM / PGD-10 perturbations generated in eval mode unless eval.effect_train_mode. "Train subset"
+= the first experiment.samples training images (no augmentation). All randomness is seeded from
+the experiment's train.seed, so a point repeats exactly.
+
+Kinds and the keys of their `points` records (every record also has kind, index, time_s):
+
+fig4a  (Fig. 4a, "randomly modified models"): for each s in experiment.values (+ random_values
+       draws s ~ U(0, value_max); the paper: s ~ U(0, 1)), a copy of the checkpoint whose every
+       parameter gets noise U(-s, s) (noise = "absolute", the paper's wording) or is multiplied by
+       1 + U(-s, s) ("relative"); buffers untouched. Keys: s, hs, hs_method, eff_fgsm, eff_pgd10,
+       clean_loss, clean_acc (train subset). s = 0 is the checkpoint itself.
+fig4b  (Fig. 4b, "perturbation size decays"): for each multiplier p in experiment.values, start
+       from the checkpoint and train ONE epoch (the source's batch size, augmentation, momentum
+       and weight decay; lr = experiment.lr or the source's lr at the checkpoint's epoch) on
+       x + p * delta, delta from PGD-`experiment.pgd_steps` (paper: 20; in attack.train_mode as in
+       the source's training). Every point sees the same batches. Keys: p, lr, train_loss,
+       train_adv_eff (mean over every experiment.train_eff_every-th batch of the effectiveness of
+       the modified examples w.r.t. PGD-50 on the current model: the paper's "Train Adv. Eff."),
+       hs, hs_method, eff_fgsm, eff_pgd10, clean_loss, clean_acc (train subset, after the epoch),
+       test_clean_acc, test_robust_acc (PGD eval.pgd_steps on the first eval.n test images).
+       p = 1 is ordinary PGD-20 AT for one epoch; p = 0 is standard training.
+fig4c  (Fig. 4c, "sign of the perturbation flips"): as fig4b, but delta's sign is reversed for a
+       random fraction p (flip_unit = "sample": whole perturbations of ~p of the examples, the
+       paper's "reversed examples"; "element": ~p of all entries), x - delta clipped to [0, 1].
+       The random draws are nested (a larger p flips a superset) and p = 0 equals fig4b's p = 1.
+a1     (Fig. A1, PGD convergence): for split in experiment.splits and k in experiment.steps, the
+       mean CE (adv_loss) and accuracy (adv_acc) of PGD-k on the first experiment.samples images
+       of the split; one PGD trajectory of max(steps) steps per batch gives every k (PGD-k is the
+       k-th iterate). Keys: split, steps, adv_loss, adv_acc, clean_loss.
+
+The paper's text and its Fig. 4 caption disagree on the panel letters; the kinds follow the
+caption (a = parameter noise, b = scaling, c = sign flips).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.config.schema import EXPERIMENT_KINDS
+from engine.errors import UserError
+from engine.store.rundir import RunDir, table, write_json
+
+POINT_KEYS = {
+    "fig4a": ("s", "hs", "hs_method", "eff_fgsm", "eff_pgd10", "clean_loss", "clean_acc"),
+    "fig4b": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
+              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
+    "fig4c": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
+              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
+    "a1": ("split", "steps", "adv_loss", "adv_acc", "clean_loss"),
+}
+
+
+# ---------------------------------------------------------------------------- config helpers
+
+def is_experiment(obj) -> bool:
+    """Whether a RunDir / RunConfig / config dict describes an experiment run."""
+    if isinstance(obj, RunDir):
+        obj = obj.config()
+    if isinstance(obj, dict):
+        return bool((obj.get("experiment") or {}).get("kind"))
+    return bool(getattr(getattr(obj, "experiment", None), "kind", ""))
+
+
+def validate(cfg, where: str = "[experiment]") -> None:
+    """Cross-field checks of an experiment config (one-line UserError)."""
+    x = cfg.experiment
+    if x.kind not in EXPERIMENT_KINDS:
+        raise UserError(f"{where}: experiment.kind = {x.kind!r}: must be one of {', '.join(EXPERIMENT_KINDS)}")
+    if not x.source:
+        raise UserError(f"{where}: experiment.source is empty: name the trained run (its id) or its preset")
+    if x.kind in ("fig4a", "fig4b", "fig4c") and not x.values and not (x.kind == "fig4a" and x.random_values):
+        raise UserError(f"{where}: experiment.values is empty: give the grid of "
+                        f"{'s' if x.kind == 'fig4a' else 'p'} values")
+    if x.kind == "fig4c" and any(v > 1 for v in x.values):
+        raise UserError(f"{where}: experiment.values = {x.values}: flipped fractions must be in [0, 1]")
+    if x.kind == "a1" and (not x.steps or not x.splits):
+        raise UserError(f"{where}: experiment.steps and experiment.splits must not be empty for a1")
+
+
+def grid(cfg) -> list[dict]:
+    """The grid points of an experiment: [{"index": i, <param>: value}, ...]."""
+    x = cfg.experiment
+    if x.kind == "fig4a":
+        vals = [float(v) for v in x.values]
+        if x.random_values:
+            g = torch.Generator().manual_seed(cfg.train.seed)
+            vals += (torch.rand(x.random_values, generator=g, dtype=torch.float64) * x.value_max).tolist()
+        return [{"index": i, "s": v} for i, v in enumerate(vals)]
+    if x.kind in ("fig4b", "fig4c"):
+        return [{"index": i, "p": float(v)} for i, v in enumerate(x.values)]
+    if x.kind == "a1":
+        steps = sorted(set(int(k) for k in x.steps))
+        return [{"index": i * len(steps) + j, "split": sp, "steps": k}
+                for i, sp in enumerate(x.splits) for j, k in enumerate(steps)]
+    raise UserError(f"experiment.kind = {x.kind!r}: must be one of {', '.join(EXPERIMENT_KINDS)}")
+
+
+def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
+    """The run analysed: a run id (or unique prefix), or a preset name -> its latest finished run."""
+    if not ref:
+        raise UserError("experiment.source is empty: name the trained run (its id) or its preset")
+    if "/" not in ref and not ref.endswith(".toml"):
+        try:
+            rd = store.get(ref)
+            if rd.id != exclude:
+                return rd
+        except UserError:
+            pass
+    rows = [r for r in store.runs(preset=ref) if r.get("preset") == ref and r.get("state") == "finished"
+            and r.get("id") != exclude]
+    rows = [r for r in rows if not is_experiment(RunDir(store.runs_dir / r["id"]))]
+    if not rows:
+        raise UserError(f"experiment.source = {ref!r}: no run with that id and no finished run of preset "
+                        f"'{ref}' in {store.runs_dir} (train it first: advlc run {ref})")
+    return RunDir(store.runs_dir / rows[-1]["id"])
+
+
+# ---------------------------------------------------------------------------- measurements
+
+def _first(x, y, n: int):
+    from engine.nn.datasets import as_float
+
+    m = len(x) if n == 0 else min(n, len(x))
+    return as_float(x[:m]), y[:m]
+
+
+def landscape_point(model, x, y, *, eps: float, hs_batch: int, seed: int, batch_size: int,
+                    effect_train_mode: bool = False) -> dict:
+    """HS, FGSM / PGD-10 effectiveness and clean loss/accuracy of `model` on (x, y)."""
+    from engine.nn.attacks import model_mode
+    from engine.run.epoch_metrics import _attack_all, effectiveness_many
+    from engine.nn.metrics.landscape import hs_metric
+
+    dev = x.device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        hs, method = hs_metric(model, x, y, n=len(x), batch=hs_batch, seed=seed)
+        advs = {}
+        for name, s in (("eff_fgsm", dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1)),
+                        ("eff_pgd10", dict(attack_name="pgd", eps=eps, alpha=eps / 4, steps=10))):
+            torch.manual_seed(seed)
+            advs[name] = _attack_all(model, x, y, dict(s, train_mode=effect_train_mode), batch_size)
+        out = effectiveness_many(model, x, y, advs, eps=eps, batch_size=batch_size)
+        with model_mode(model, False), torch.no_grad():
+            loss = torch.zeros((), device=dev, dtype=torch.float64)
+            correct = torch.zeros((), device=dev, dtype=torch.float64)
+            for i in range(0, len(x), batch_size):
+                o = model(x[i:i + batch_size])
+                loss += F.cross_entropy(o, y[i:i + batch_size], reduction="sum").double()
+                correct += (o.argmax(1) == y[i:i + batch_size]).sum().double()
+            cl, ca = (torch.stack([loss, correct]) / len(x)).tolist()
+    return {"hs": hs, "hs_method": method, **out, "clean_loss": cl, "clean_acc": ca}
+
+
+def add_parameter_noise(model, s: float, *, mode: str = "absolute", seed: int = 0):
+    """A copy of `model` with every parameter perturbed by U(-s, s) noise (mode "absolute") or
+    multiplied by 1 + U(-s, s) ("relative"); noise drawn on the CPU from `seed` (device-independent)."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            u = torch.rand(p.shape, generator=g, dtype=torch.float64)
+            noise = ((2 * u - 1) * s).to(device=p.device, dtype=p.dtype)
+            if mode == "absolute":
+                p.add_(noise)
+            elif mode == "relative":
+                p.mul_(1 + noise)
+            else:
+                raise ValueError(f"noise mode {mode!r}")
+    return m
+
+
+def modify_perturbation(delta: torch.Tensor, kind: str, p: float, u: torch.Tensor | None) -> torch.Tensor:
+    """fig4b: p * delta; fig4c: delta with the sign reversed where u < p (u per sample or per entry)."""
+    if kind == "fig4b":
+        return delta * p
+    if kind == "fig4c":
+        flip = (u < p).to(delta.dtype)
+        while flip.dim() < delta.dim():
+            flip = flip.unsqueeze(-1)
+        return delta * (1 - 2 * flip)
+    raise ValueError(kind)
+
+
+def pgd_curve(model, x, y, *, eps: float, alpha: float, steps: list[int], batch_size: int = 500) -> dict:
+    """{k: (mean CE, accuracy)} of PGD-k (step alpha, no random start, eval mode) for every k in
+    `steps` (0 = clean), from one trajectory per batch: PGD-k is its k-th iterate."""
+    from engine.nn.attacks import _grad_sign, _project, model_mode
+
+    want = sorted(set(int(k) for k in steps))
+    K = max(want)
+    dev = x.device
+    sums = {k: torch.zeros(2, device=dev, dtype=torch.float64) for k in want}
+
+    def record(k, xa, yb):
+        with torch.no_grad():
+            o = model(xa)
+            sums[k] += torch.stack([F.cross_entropy(o, yb, reduction="sum").double(),
+                                    (o.argmax(1) == yb).sum().double()])
+
+    with model_mode(model, False):
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xa = xb.detach()
+            if 0 in sums:
+                record(0, xa, yb)
+            for t in range(1, K + 1):
+                g, _ = _grad_sign(model, xa, yb)
+                xa = _project(xa + alpha * g, xb, eps)
+                if t in sums:
+                    record(t, xa, yb)
+    n = len(x)
+    return {k: tuple((v / n).tolist()) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------- the kinds
+
+def _run_fig4a(ctx, pt) -> dict:
+    cfg, x = ctx["cfg"], ctx["cfg"].experiment
+    m = add_parameter_noise(ctx["model"], pt["s"], mode=x.noise, seed=cfg.train.seed * 1_000_003 + pt["index"])
+    m.eval()
+    xs, ys = ctx["train_subset"]
+    return landscape_point(m, xs, ys, eps=ctx["eps"], hs_batch=cfg.eval.hs_batch, seed=cfg.train.seed,
+                           batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode)
+
+
+def _run_fig4bc(ctx, pt) -> dict:
+    from engine.nn.attacks import run_attack
+    from engine.nn.datasets import as_float, augment, epoch_batches
+    from engine.nn.metrics.evaluation import evaluate
+    from engine.nn.metrics.landscape import attack_effectiveness
+
+    cfg, scfg, data, dev = ctx["cfg"], ctx["scfg"], ctx["data"], ctx["device"]
+    x, kind, p, eps = cfg.experiment, cfg.experiment.kind, pt["p"], ctx["eps"]
+    seed = cfg.train.seed
+    m = copy.deepcopy(ctx["model"])
+    lr = ctx["lr"]
+    st = scfg.train
+    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=st.momentum, weight_decay=st.weight_decay,
+                          nesterov=st.nesterov)
+    n_train = len(data.train_x) if not x.train_images else min(x.train_images, len(data.train_x))
+    bs = min(st.batch_size, n_train)
+    gen = torch.Generator(device=dev).manual_seed(seed + 1)      # batches + augmentation: same for every p
+    flip_gen = torch.Generator().manual_seed(seed + 2)           # nested flip masks across p
+    a = scfg.attack
+    loss_sum, seen, effs = 0.0, 0, []
+    losses = torch.zeros((), device=dev, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i, idx in enumerate(epoch_batches(n_train, bs, gen, dev)):
+            xb = as_float(augment(data.train_x[idx], padding=scfg.data.crop_padding, flip=scfg.data.flip,
+                                  generator=gen))
+            yb = data.train_y[idx]
+            xa = run_attack(m, xb, yb, name="pgd", eps=eps, alpha=eps / 4, steps=x.pgd_steps,
+                            random_start=False, train_mode=a.train_mode).x_adv
+            delta = xa - xb
+            u = None
+            if kind == "fig4c":
+                shape = (len(xb),) if x.flip_unit == "sample" else tuple(xb.shape)
+                u = torch.rand(shape, generator=flip_gen, dtype=torch.float64).to(dev)
+            xm = (xb + modify_perturbation(delta, kind, p, u)).clamp(0.0, 1.0).detach()
+            if x.train_eff_every and i % x.train_eff_every == 0:
+                e = attack_effectiveness(m, xb, yb, xm, eps=eps, batch_size=cfg.eval.batch_size)
+                if math.isfinite(e):
+                    effs.append(e)
+            m.train()
+            loss = F.cross_entropy(m(xm), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses += loss.detach().double() * len(yb)
+            seen += len(yb)
+            ctx["heartbeat"]()
+        loss_sum = float(losses)
+    m.eval()
+    xs, ys = ctx["train_subset"]
+    rec = {"lr": lr, "train_loss": loss_sum / max(seen, 1),
+           "train_adv_eff": sum(effs) / len(effs) if effs else None}
+    rec.update(landscape_point(m, xs, ys, eps=eps, hs_batch=cfg.eval.hs_batch, seed=seed,
+                               batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode))
+    xt, yt = _first(data.test_x, data.test_y, cfg.eval.n)
+    ev = evaluate(m, xt, yt, eps=eps, alpha=eps / 4, steps=scfg.eval.pgd_steps, batch_size=cfg.eval.batch_size,
+                  ig=False)
+    rec.update(test_clean_acc=ev["clean_acc"], test_robust_acc=ev["robust_acc"])
+    return rec
+
+
+# ---------------------------------------------------------------------------- the process
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_point(rec: dict, n_points: int | None = None) -> str:
+    kind = rec.get("kind", "")
+    keys = [k for k in POINT_KEYS.get(kind, ()) if k in rec and k != "hs_method"]
+    head = f"point {rec.get('index', 0) + 1}" + (f"/{n_points}" if n_points else "")
+    return f"{kind} {head}  " + "  ".join(f"{k} {_fmt(rec[k])}" for k in keys) + \
+        f"  {rec.get('time_s', 0):.2f}s"
+
+
+def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Callable[[str], None]) -> None:
+    """Execute the experiment of run `rd` (the analogue of engine.run.process._train): see the module doc."""
+    from engine.run import provenance
+    from engine.nn.datasets import load_dataset
+    from engine.run.final_eval import load_run_model
+    from engine.run.process import lr_at, pick_device
+
+    cfg = rd.run_config()
+    x = cfg.experiment
+    where = f"run {rd.id}"
+    validate(cfg, where)
+    device = pick_device(cfg.train.device)
+    src = resolve_source(store, x.source, exclude=rd.id)
+    if is_experiment(src):
+        raise UserError(f"{where}: experiment.source = {x.source!r} is itself an experiment run")
+    sconf = src.config()
+    model, scfg, info = load_run_model(src, x.ckpt, device)
+
+    conf = rd.config()
+    if "provenance" not in conf or conf["provenance"].get("device") != str(device):
+        conf["provenance"] = provenance.collect(device)
+    for section in ("data", "model", "attack", "method"):
+        if section in sconf:
+            conf[section] = sconf[section]
+    srun = sconf.get("run", {})
+    conf["source"] = {"run": src.id, "preset": srun.get("preset"), "label": srun.get("label"),
+                      "ckpt": x.ckpt, "epoch": info["epoch"], "path": info["path"]}
+    conf.setdefault("run", {})["label"] = f"{x.kind}:{srun.get('label')}"
+    write_json(rd.config_path, conf)
+    store.sync(rd)
+    log(f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.get('preset')}, {x.ckpt} checkpoint, "
+        f"epoch {info['epoch']}) on {device}")
+    log("experiment: " + json.dumps(cfg.to_dict()["experiment"]))
+
+    torch.manual_seed(cfg.train.seed)
+    data = load_dataset(scfg.data, device)
+    eps = scfg.eval.eps if scfg.eval.eps is not None else scfg.attack.eps
+    if x.lr is not None:
+        lr = x.lr
+    else:
+        ep = info["epoch"] if info["epoch"] is not None else scfg.train.epochs - 1
+        lr = lr_at(scfg.train, int(ep))
+    last_beat = [0.0]
+
+    def heartbeat():
+        now = time.time()
+        if now - last_beat[0] > 5.0:
+            rd.write_status(heartbeat=now)
+            last_beat[0] = now
+
+    ctx = {"cfg": cfg, "scfg": scfg, "model": model, "data": data, "device": device, "eps": eps, "lr": lr,
+           "train_subset": _first(data.train_x, data.train_y, x.samples), "heartbeat": heartbeat}
+
+    points = table(rd.metrics_db(), "points")
+    done = {r.get("index") for r in points.all()}
+    pts = grid(cfg)
+    emit("start", {"epochs": 1, "start_epoch": 0, "batches": len(pts), "device": str(device),
+                   "points": len(pts), "done": len(done)})
+    rd.write_status(heartbeat=time.time(), point=len(done), points=len(pts))
+
+    if x.kind == "a1":
+        for split in x.splits:
+            todo = [p for p in pts if p["split"] == split and p["index"] not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            xs, ys = _first(data.train_x if split == "train" else data.test_x,
+                            data.train_y if split == "train" else data.test_y, x.samples)
+            curve = pgd_curve(model, xs, ys, eps=eps, alpha=eps / 4, steps=[0] + [p["steps"] for p in todo],
+                              batch_size=cfg.eval.batch_size)
+            dt = (time.perf_counter() - t0) / len(todo)
+            for p in todo:
+                loss, acc = curve[p["steps"]]
+                rec = {"kind": "a1", **p, "adv_loss": loss, "adv_acc": acc, "clean_loss": curve[0][0],
+                       "n": len(xs), "time_s": dt}
+                points.insert(rec)
+                done.add(p["index"])
+                log(format_point(rec, len(pts)))
+                emit("batch", {"epoch": 0, "batch": len(done), "batches": len(pts)})
+                emit("point", rec)
+            rd.write_status(heartbeat=time.time(), point=len(done), points=len(pts))
+            store.sync(rd)
+        return
+
+    fn = _run_fig4a if x.kind == "fig4a" else _run_fig4bc
+    for p in pts:
+        if p["index"] in done:
+            continue
+        t0 = time.perf_counter()
+        rec = {"kind": x.kind, **p, **fn(ctx, p)}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rec["n"] = len(ctx["train_subset"][0])
+        rec["time_s"] = time.perf_counter() - t0
+        points.insert(rec)
+        done.add(p["index"])
+        rd.write_status(heartbeat=time.time(), point=len(done), points=len(pts))
+        store.sync(rd)
+        log(format_point(rec, len(pts)))
+        emit("batch", {"epoch": 0, "batch": len(done), "batches": len(pts)})
+        emit("point", rec)
+
+
+def run(rd: RunDir, store=None, *, on_event: Callable[[str, dict], None] | None = None,
+        log: Callable[[str], None] = print) -> str:
+    """Run (or resume) the experiment in `rd`; returns the final state.
+
+    The lifecycle (state running -> finished | stopped | failed, heartbeat, final state always
+    written) is engine.run.process.run's, which dispatches experiment runs to `run_experiment`.
+    """
+    from engine.run import process as T
+
+    if not is_experiment(rd):
+        raise UserError(f"{rd.path}: not an experiment run (no experiment.kind)")
+    return T.run(rd, store, on_event=on_event, log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a detached experiment process: `python -m engine.run.experiments RUN_DIR`,
+    the same process as `python -m engine.run.process RUN_DIR` (which dispatches experiments),
+    refusing a training run."""
+    from engine.run import process as T
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1:
+        rd = RunDir(Path(argv[0]).resolve())
+        if rd.exists() and not is_experiment(rd):
+            print(f"engine.run.experiments: {rd.path}: not an experiment run (no experiment.kind)", file=sys.stderr)
+            return 2
+    return T.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

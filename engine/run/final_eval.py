@@ -1,0 +1,294 @@
+"""Final evaluation of a run's checkpoints: clean accuracy and robust accuracy under a strong attack.
+
+    advlc eval RUN [--ckpt best|end|swa_best|swa_end] [--attack pgd20|pgd50|aa|aa-torchattacks|apgd50x5]
+
+Attacks (l-inf, eps = the run's eval.eps, model in eval mode):
+
+- pgd20, pgd50       engine.nn.attacks.pgd: step eps/4, no random start (the paper's Sec. 4 uses PGD-50).
+- aa                 the original AutoAttack (Croce & Hein 2020) from `pyautoattack` (import name
+                     `pyautoattack`), version 'standard' (APGD-CE, APGD-T, FAB-T: 100 iterations; Square:
+                     5000 queries), seed 0.
+- aa-torchattacks    torchattacks' `AutoAttack(version='standard')`, what the paper's Tables 1 and 3
+                     used. Its APGD, APGD-T and FAB-T run 10 steps (the original: 100), so it is a
+                     weaker attack; results are labelled so.
+- apgd50x5           APGD-CE, 50 iterations x 5 restarts, from pyautoattack's `APGDAttack` (the
+                     original implementation), seed 0 (Table 2's TinyImageNet protocol).
+
+A sample counts as robust when the model classifies both x and x_adv correctly (AutoAttack's own
+count; for PGD it differs from "x_adv correct" only on the rare misclassified x that the attack
+makes correct). Every perturbation is checked to lie in the eps-ball and in [0, 1].
+
+Results go into the run's metrics.json table `evals`, one record per (ckpt, attack, n, eps)
+(a repeat replaces the older record):
+    ckpt, attack, implementation, eps, n, clean_acc, robust_acc, epoch, device, time_s, created
+metrics.json has one writer, the run's process: `eval_run` refuses a run whose state is
+`running`; `run_final_evals` is what the run's own process calls when training ends.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from engine.config.schema import FINAL_ATTACKS, FINAL_CKPTS
+from engine.errors import UserError
+from engine.store.rundir import RunDir, table
+
+ATTACKS = FINAL_ATTACKS
+CKPTS = FINAL_CKPTS
+# checkpoint name -> file stems tried in order (SWA: engine/swa.py writes swa_best.pt / swa_end.pt)
+CKPT_FILES = {"best": ("best",), "end": ("last",), "swa_best": ("swa_best",), "swa_end": ("swa_end", "swa_last")}
+
+TORCHATTACKS_NOTE = ("note: aa-torchattacks is torchattacks' AutoAttack(version='standard'), whose APGD, "
+                     "APGD-T and FAB-T run 10 steps instead of the original 100: a weaker attack than "
+                     "AutoAttack (use --attack aa for the original); its results are labelled so.")
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def implementation(attack: str, *, eps: float | None = None) -> str:
+    """The label stored with a result: which code ran which attack."""
+    if attack in ("pgd20", "pgd50"):
+        return f"advlc PGD-{attack[3:]} (step eps/4, no random start, eval mode)"
+    if attack == "aa":
+        return f"pyautoattack {_version('pyautoattack')} AutoAttack standard (seed 0)"
+    if attack == "aa-torchattacks":
+        return f"torchattacks {_version('torchattacks')} AutoAttack standard (10-step sub-attacks; weaker)"
+    if attack == "apgd50x5":
+        return f"pyautoattack {_version('pyautoattack')} APGD-CE 50 steps x 5 restarts (seed 0)"
+    raise UserError(f"--attack {attack}: must be one of {', '.join(ATTACKS)}")
+
+
+def check_choices(ckpts: list[str], attacks: list[str]) -> None:
+    for c in ckpts:
+        if c not in CKPTS:
+            raise UserError(f"--ckpt {c}: must be one of {', '.join(CKPTS)}")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise UserError(f"--attack {a}: must be one of {', '.join(ATTACKS)}")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def checkpoint_path(rd: RunDir, ckpt: str):
+    """The file of checkpoint `ckpt` of run `rd`, or a one-line UserError."""
+    if ckpt not in CKPTS:
+        raise UserError(f"--ckpt {ckpt}: must be one of {', '.join(CKPTS)}")
+    for stem in CKPT_FILES[ckpt]:
+        p = rd.ckpt(stem)
+        if p.exists():
+            return p
+    have = sorted(p.stem for p in rd.ckpt_dir.glob("*.pt")) if rd.ckpt_dir.exists() else []
+    hint = f" (it has: {', '.join(have)})" if have else " (it has no checkpoints yet)"
+    raise UserError(f"run {rd.id} has no '{ckpt}' checkpoint ({CKPT_FILES[ckpt][0]}.pt){hint}")
+
+
+def _state_dict(obj) -> dict:
+    sd = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict):
+        raise UserError("checkpoint holds no model state_dict")
+    if any(k.startswith("module.") for k in sd):   # torch.optim.swa_utils.AveragedModel
+        sd = {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
+    return sd
+
+
+def load_run_model(rd: RunDir, ckpt: str = "end", device="cpu", *, data=None):
+    """(model in eval mode on `device`, the run's RunConfig, info) for checkpoint `ckpt`.
+
+    `data` (an engine.nn.datasets.Dataset) gives the class/channel/size numbers without a reload.
+    info: {"ckpt", "path", "epoch"} with epoch the 0-based epoch of the checkpoint when known.
+    """
+    from engine.nn.models import build_model
+
+    cfg = rd.run_config()
+    path = checkpoint_path(rd, ckpt)
+    if data is None:
+        from engine.nn.datasets import load_dataset
+
+        data = load_dataset(cfg.data, "cpu")
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(_state_dict(ck))
+    epoch = ck.get("epoch") if isinstance(ck, dict) else None
+    if epoch is not None and ckpt == "end" and "optimizer" in ck:
+        epoch = int(epoch) - 1          # last.pt stores the number of epochs done
+    model.to(device).eval()
+    return model, cfg, {"ckpt": ckpt, "path": str(path), "epoch": epoch}
+
+
+# ---------------------------------------------------------------------------- attacks
+
+def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_classes: int):
+    """Adversarial examples for all of x (model in eval mode)."""
+    from engine.nn.attacks import pgd
+
+    if attack in ("pgd20", "pgd50"):
+        steps = int(attack[3:])
+        return torch.cat([pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=eps / 4,
+                              steps=steps, random_start=False) for i in range(0, len(x), batch_size)])
+    if attack == "aa":
+        from pyautoattack import AutoAttack
+
+        aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", device=x.device, seed=0)
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        return x_adv
+    if attack == "aa-torchattacks":
+        import torchattacks
+
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
+                                      n_classes=num_classes, seed=0)
+        return torch.cat([atk(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    if attack == "apgd50x5":
+        from pyautoattack.autopgd_base import APGDAttack
+
+        apgd = APGDAttack(model, n_iter=50, n_restarts=5, norm="Linf", eps=eps, seed=0, loss="ce",
+                          device=x.device)
+        return torch.cat([apgd.perturb(x[i:i + batch_size], y[i:i + batch_size])
+                          for i in range(0, len(x), batch_size)])
+    raise UserError(f"--attack {attack}: must be one of {', '.join(ATTACKS)}")
+
+
+@torch.no_grad()
+def _correct(model, x, y, batch_size):
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+                      for i in range(0, len(x), batch_size)])
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str, eps: float,
+                    batch_size: int = 500, num_classes: int = 10) -> dict:
+    """Clean and robust accuracy (fractions) of `model` on (x, y) under `attack` (see the module doc).
+
+    Runs in eval mode (the caller's mode is restored) with the global RNG forked and seeded 0,
+    so the caller's random state is untouched and results repeat. Returns
+    {"clean_acc", "robust_acc", "n", "implementation", "time_s"}.
+    """
+    from engine.nn.attacks import model_mode
+
+    impl = implementation(attack)
+    n = len(x)
+    if n == 0:
+        raise UserError("final evaluation: no test images")
+    devices = [x.device] if x.is_cuda else []
+    t0 = time.perf_counter()
+    with model_mode(model, False), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        clean = _correct(model, x, y, batch_size)
+        x_adv = _adv_batches(model, x, y, attack=attack, eps=eps, batch_size=batch_size,
+                             num_classes=num_classes).detach()
+        dist = (x_adv - x).abs().flatten(1).amax(1) if n else x.new_zeros(0)
+        bad = (dist > eps * (1 + 1e-5) + 1e-6) | (x_adv.flatten(1).amin(1) < -1e-6) | \
+              (x_adv.flatten(1).amax(1) > 1 + 1e-6)
+        if bool(bad.any()):
+            raise RuntimeError(f"{impl}: {int(bad.sum())} adversarial examples leave the eps-ball or [0, 1] "
+                               f"(max l-inf distance {float(dist.max()):.6g} > eps {eps:.6g})")
+        adv = _correct(model, x_adv, y, batch_size)
+        clean_acc, robust_acc = torch.stack([clean.double().mean(), (clean & adv).double().mean()]).tolist()
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return {"clean_acc": clean_acc, "robust_acc": robust_acc, "n": n, "implementation": impl,
+            "time_s": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------- runs
+
+def _test_set(data, n: int):
+    from engine.nn.datasets import as_float
+
+    m = len(data.test_x) if n == 0 else min(n, len(data.test_x))
+    return as_float(data.test_x[:m]), data.test_y[:m]
+
+
+def _save_record(rd: RunDir, rec: dict) -> None:
+    from tinydb import Query
+
+    q = Query()
+    t = table(rd.metrics_db(), "evals")
+    t.upsert(rec, (q.ckpt == rec["ckpt"]) & (q.attack == rec["attack"]) & (q.n == rec["n"]) &
+             (q.eps == rec["eps"]))
+
+
+def _has_record(rd: RunDir, ckpt: str, attack: str, n: int, eps: float) -> bool:
+    return any(r.get("ckpt") == ckpt and r.get("attack") == attack and r.get("n") == n and r.get("eps") == eps
+               for r in rd.evals())
+
+
+def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[str] | tuple = ("aa",),
+             n: int = 0, batch_size: int | None = None, device: str | None = None, store=None,
+             log: Callable[[str], None] = print, from_run_process: bool = False, data=None,
+             skip_existing: bool = False, skip_missing_swa: bool = False) -> list[dict]:
+    """Evaluate checkpoints `ckpts` of run `rd` under `attacks` on its first `n` test images
+    (0 = all); store one `evals` record each and return them.
+
+    Refuses (UserError) a run whose state is `running` unless `from_run_process` (the run's
+    own process, the single writer of its metrics.json, at the end of training).
+    `device` defaults to the run's train.device; `batch_size` to its eval.batch_size.
+    """
+    from engine.run.process import pick_device
+
+    check_choices(list(ckpts), list(attacks))
+    st = rd.status()
+    if not from_run_process and st.get("state") == "running":
+        raise UserError(f"run {rd.id} is running: its own process writes metrics.json; evaluate it when it "
+                        f"has finished or stopped (`advlc stop {rd.id}`)")
+    cfg = rd.run_config()
+    if cfg.experiment.kind:
+        raise UserError(f"run {rd.id} is a {cfg.experiment.kind} experiment, not a trained model")
+    dev = pick_device(device or cfg.train.device)
+    bs = batch_size or cfg.eval.batch_size
+    if data is None:
+        from engine.nn.datasets import load_dataset
+
+        data = load_dataset(cfg.data, dev)
+    else:
+        data = data.to(dev)
+    x, y = _test_set(data, n)
+    eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.attack.eps
+    out = []
+    for ckpt in ckpts:
+        if skip_missing_swa and ckpt.startswith("swa_"):
+            try:
+                checkpoint_path(rd, ckpt)
+            except UserError:
+                log(f"final eval: run {rd.id} has no {ckpt} checkpoint; skipped")
+                continue
+        model, _, info = load_run_model(rd, ckpt, dev, data=data)
+        for attack in attacks:
+            if skip_existing and _has_record(rd, ckpt, attack, len(x), eps):
+                continue
+            if attack == "aa-torchattacks":
+                log(TORCHATTACKS_NOTE)
+            log(f"eval {rd.id} {ckpt} (epoch {info['epoch']}) {attack} on {len(x)} test images, eps {eps:.6g} ...")
+            r = robust_accuracy(model, x, y, attack=attack, eps=eps, batch_size=bs, num_classes=data.num_classes)
+            rec = {"ckpt": ckpt, "attack": attack, "implementation": r["implementation"], "eps": eps,
+                   "n": r["n"], "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"],
+                   "epoch": info["epoch"], "device": str(dev), "time_s": r["time_s"], "created": time.time()}
+            _save_record(rd, rec)
+            log(f"eval {rd.id} {ckpt} {attack}: clean {100 * rec['clean_acc']:.2f}  robust "
+                f"{100 * rec['robust_acc']:.2f}  ({rec['implementation']}; {rec['time_s']:.1f}s)")
+            out.append(rec)
+    if store is not None:
+        store.sync(rd)
+    return out
+
+
+def run_final_evals(rd: RunDir, *, data=None, store=None, log: Callable[[str], None] = print) -> list[dict]:
+    """The final evaluations a run's config asks for (eval.final x eval.final_ckpts on the first
+    eval.final_n test images); called by the run's own process when training has ended.
+    Does nothing when eval.final is empty; evaluations already recorded are not repeated (a
+    resumed run only completes the missing ones); missing SWA checkpoints are skipped."""
+    cfg = rd.run_config()
+    e = cfg.eval
+    if not e.final:
+        return []
+    return eval_run(rd, ckpts=list(e.final_ckpts), attacks=list(e.final), n=e.final_n, store=store, log=log,
+                    from_run_process=True, data=data, skip_existing=True, skip_missing_swa=True)
