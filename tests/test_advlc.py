@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import schema as C
-from engine.nn.methods import StepContext, get_method
+from engine.nn.methods import get_method
 from engine.nn.methods.advlc import advlc_penalty
+from engine.nn.methods.context import StepContext
 
 
 def test_penalty_hand_computed():

@@ -1,4 +1,4 @@
-"""`advlc bench` (engine/bench.py, tui/cli_bench.py) on tiny settings: the right keys and
+"""`advlc bench` (engine/bench/, tui/cli/bench.py) on tiny settings: the right keys and
 positive ratios. No assertion is about speed: timings on a shared CPU are noise."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.bench import measure as bench
+from engine.bench import epoch, hs, markdown, steps
 from engine.errors import UserError
 
 
@@ -24,22 +24,22 @@ def _one_thread():
 
 
 def test_plan_step_variants():
-    labels = lambda names: [v.label for v in bench.plan_step_variants(names)]  # noqa: E731
+    labels = lambda names: [v.label for v in steps.plan_step_variants(names)]  # noqa: E731
     assert labels(["fgsm_n", "advlc"]) == ["fgsm_n", "fgsm_n+advlc"]
     assert labels(["advlc"]) == ["fgsm_n", "pgd", "fgsm_n+advlc", "pgd+advlc"]
     assert labels(["pgd10+advlc"]) == ["pgd", "pgd+advlc"]
     assert labels(["standard"]) == ["fgsm_n", "standard"]
-    v = {x.label: x for x in bench.plan_step_variants(None)}
+    v = {x.label: x for x in steps.plan_step_variants(None)}
     assert {"fgsm_n", "pgd", "fgsm_n+advlc", "pgd+advlc", "standard"} <= set(v)
     assert v["pgd+advlc"].base == "pgd" and v["pgd+advlc"].attack == "pgd" and v["fgsm_n"].base is None
     with pytest.raises(UserError, match="unknown method"):
-        bench.plan_step_variants(["nosuch"])
+        steps.plan_step_variants(["nosuch"])
     with pytest.raises(UserError, match="attack"):
-        bench.plan_step_variants(["fgsm+advlc"])
+        steps.plan_step_variants(["fgsm+advlc"])
 
 
 def test_bench_steps_tiny():
-    r = bench.bench_steps(["fgsm_n", "advlc", "kdsa"], arch="cnn_small", device="cpu", batch=8, iters=2, warmup=1)
+    r = steps.bench_steps(["fgsm_n", "advlc", "kdsa"], arch="cnn_small", device="cpu", batch=8, iters=2, warmup=1)
     for k in ("device_name", "torch", "model", "batch", "iters", "rounds", "results", "advlc_vs_paper", "skipped"):
         assert k in r
     json.dumps(r)
@@ -50,11 +50,11 @@ def test_bench_steps_tiny():
     assert rows["fgsm_n"]["ratio"] == 1.0 and rows["fgsm_n+advlc"]["base"] == "fgsm_n"
     a = r["advlc_vs_paper"]["fgsm_n+advlc"]
     assert a["paper_ratio"] == pytest.approx(0.054 / 0.047) and a["ratio"] > 0
-    assert "fgsm_n+advlc" in bench.markdown_steps(r)
+    assert "fgsm_n+advlc" in markdown.markdown_steps(r)
 
 
 def test_bench_epoch_tiny():
-    r = bench.bench_epoch(["fgsm_n", "fgsm_n+advlc", "fgsm_n+nosuch"], arch="cnn_small", device="cpu", batch=8,
+    r = epoch.bench_epoch(["fgsm_n", "fgsm_n+advlc", "fgsm_n+nosuch"], arch="cnn_small", device="cpu", batch=8,
                           n_train=64, batches=2, warmup=1, rounds=2, eval_n=16, eval_batch=8, hs_n=8)
     json.dumps(r)
     assert r["extrapolated"] and r["batches_per_epoch"] == 8 and r["measured_batches"] == 2
@@ -66,12 +66,12 @@ def test_bench_epoch_tiny():
         assert f["s_per_epoch"] > 0 and f["speedup"] > 0 and f["finite"]
     assert r["costs"]["eval_off"]["s_per_10k"] > 0 and r["costs"]["hs"]["s_per_2000"] > 0
     assert r["costs"]["hs"]["method"] == "exact"
-    md = bench.markdown_epoch(r)
+    md = markdown.markdown_epoch(r)
     assert "Extrapolated" in md and "fgsm_n+advlc" in md
 
 
 def test_bench_hs_tiny():
-    r = bench.bench_hs(device="cpu", n=20, power_n=10, epochs=1)
+    r = hs.bench_hs(device="cpu", n=20, power_n=10, epochs=1)
     json.dumps(r)
     assert r["n_samples"] == 20 and r["power_samples"] == 10
     assert all(r["sec_per_batch"][m] > 0 for m in ("exact", "lanczos", "power"))
@@ -79,23 +79,23 @@ def test_bench_hs_tiny():
     assert {"exact_vs_dense", "power_vs_exact", "lanczos_vs_exact"} <= set(r["validation"])
     assert set(r["goals"]) == {"exact_100x_faster_than_power", "exact_vs_dense_within_1e-3",
                                "power_vs_exact_within_1e-3"}
-    assert "power iteration" in bench.markdown_hs(r)
+    assert "power iteration" in markdown.markdown_hs(r)
 
 
 def test_write_section_replaces_only_its_block(tmp_path):
     p = tmp_path / "B.md"
-    bench.write_section(p, "Alpha", "first\n")
+    markdown.write_section(p, "Alpha", "first\n")
     text = p.read_text()
     assert text.startswith("# Benchmarks\n") and "## Alpha" in text and "first" in text
     # hand-written notes in the section and other sections survive a rewrite
     p.write_text(text.replace("## Alpha\n", "## Alpha\n\nNotes above.\n") + "\nNotes below.\n\n## Other\n\nkeep me\n")
-    bench.write_section(p, "Alpha", "second\n")
-    bench.write_section(p, "Beta", "beta body\n")
+    markdown.write_section(p, "Alpha", "second\n")
+    markdown.write_section(p, "Beta", "beta body\n")
     text = p.read_text()
     assert "second" in text and "first" not in text
     assert "Notes above." in text and "Notes below." in text and "keep me" in text
     assert text.index("## Alpha") < text.index("## Other") < text.index("## Beta")
-    assert text.count(bench.BEGIN) == 2
+    assert text.count(markdown.BEGIN) == 2
 
 
 def test_cli_bench_json_subprocess():

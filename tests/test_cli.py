@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.run.process import EPOCH_KEYS
+from engine.run.trainer import EPOCH_KEYS
 
 ADVLC = [sys.executable, "-c", "from tui.cli import main; main()"]
 

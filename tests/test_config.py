@@ -3,8 +3,8 @@
 import pytest
 
 from engine.config import schema as C
-from engine.errors import UserError
 from engine.config.presets import list_presets, load_preset
+from engine.errors import UserError
 
 
 def _err(data, overrides=None):

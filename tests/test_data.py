@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.config.schema import DataConfig
-from engine.nn.datasets import Dataset, as_float, augment, epoch_batches, load_dataset
 from engine.errors import UserError
+from engine.nn.datasets import Dataset, as_float, augment, epoch_batches, load_dataset
 
 # ---------------------------------------------------------------------------------------
 # fake folders

@@ -6,14 +6,16 @@ import time
 
 import pytest
 import torch
+from helpers import force_status
 
-from engine.errors import UserError
-from engine.run.final_eval import eval_run, load_run_model, robust_accuracy, run_final_evals
 from engine.config.presets import plan_runs
-from engine.store.rundir import write_json
-from engine.store.index import Store
+from engine.errors import UserError
 from engine.launch.supervisor import create_runs
+from engine.run.checkpoints import load_run_model
+from engine.run.final_eval import eval_run, robust_accuracy, run_final_evals
 from engine.run.process import run
+from engine.store.files import write_json
+from engine.store.index import Store
 
 EVAL_KEYS = {"ckpt", "attack", "implementation", "eps", "n", "clean_acc", "robust_acc", "epoch", "device",
              "time_s", "created"}
@@ -110,16 +112,16 @@ def test_eval_refuses_a_running_run(trained, capsys):
     home, _, rd = trained
     import os
 
-    from engine.run.process import _process_start_time
+    from engine.run.process import process_start_time
 
     n_before = len(rd.evals())
     # a live process (this one) owns the run, so the CLI's reconcile keeps it `running`
-    rd.write_status(state="running", pid=os.getpid(), pid_create_time=_process_start_time(os.getpid()),
+    force_status(rd, state="running", pid=os.getpid(), pid_create_time=process_start_time(os.getpid()),
                     host=os.uname().nodename, heartbeat=time.time())
     try:
         code, out, err = _cli(capsys, home, "eval", rd.id, "--attack", "pgd20")
     finally:
-        rd.write_status(state="finished", pid=None)
+        force_status(rd, state="finished", pid=None)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "is running" in lines[0] and "Traceback" not in err
     assert len(rd.evals()) == n_before

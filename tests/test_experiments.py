@@ -5,17 +5,23 @@ import json
 
 import pytest
 import torch
+from helpers import force_status
 
-from engine.run import experiments as X
-from engine.config.schema import EXTRA_METRICS
-from engine.nn.datasets import load_dataset
-from engine.run.epoch_metrics import extra_epoch_metrics
-from engine.errors import UserError
-from engine.run.final_eval import load_run_model
 from engine.config.presets import list_presets, load_preset, plan_runs
-from engine.store.index import Store
-from engine.launch.supervisor import create_runs
+from engine.config.schema import EXTRA_METRICS
+from engine.errors import UserError
+from engine.launch.supervisor import create_runs, prepare_resume
+from engine.nn.datasets import load_dataset
+from engine.nn.metrics.effectiveness import training_attack_effectiveness
+from engine.nn.metrics.evaluation import adversarial_vulnerability
+from engine.nn.metrics.gradients import gradient_alignment, input_gradient_norm
+from engine.nn.metrics.hessian import hs_metric
+from engine.nn.metrics.weight_hessian import weight_hessian
+from engine.run import experiments as X
+from engine.run.checkpoints import load_run_model
+from engine.run.epoch_metrics import extra_epoch_metrics
 from engine.run.process import run
+from engine.store.index import Store
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +45,7 @@ def source(tmp_path_factory):
 def _experiment(store, preset, overrides):
     [rd] = create_runs(store, plan_runs(preset, overrides))
     lines = []
-    state = X.run(rd, store, log=lines.append)
+    state = run(rd, store, log=lines.append)
     assert state == "finished", (rd.status().get("error"), lines[-3:])
     return rd, {p["index"]: p for p in rd.records("points")}
 
@@ -47,7 +53,6 @@ def _experiment(store, preset, overrides):
 # ---------------------------------------------------------------------------- epoch metrics
 
 def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
-    from engine.nn.metrics import landscape as L
 
     _, _, rd = source
     model, cfg, _ = load_run_model(rd, "end")
@@ -62,13 +67,13 @@ def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
     assert set(got) == set(EXTRA_METRICS) | {"extra_time_s"}
     eps, seed, bs = e.eps, cfg.train.seed, e.batch_size
     xs, ys = data.train_x[:120], data.train_y[:120]
-    want = {"train_ig": L.input_gradient_norm(model, xs, ys),
-            "train_hs": L.hs_metric(model, data.train_x[:100], data.train_y[:100], n=100, batch=50, seed=seed)[0],
-            "ga": L.gradient_alignment(model, xs, ys, eps=eps, generator=torch.Generator().manual_seed(seed))}
-    av = L.adversarial_vulnerability(model, xs, ys, eps=eps, steps=20)
+    want = {"train_ig": input_gradient_norm(model, xs, ys),
+            "train_hs": hs_metric(model, data.train_x[:100], data.train_y[:100], n=100, batch=50, seed=seed)[0],
+            "ga": gradient_alignment(model, xs, ys, eps=eps, generator=torch.Generator().manual_seed(seed))}
+    av = adversarial_vulnerability(model, xs, ys, eps=eps, steps=20)
     want.update(train_clean_loss=av["clean_loss"], train_adv_loss=av["adv_loss"], train_av=av["av"],
                 train_clean_acc=av["clean_acc"], train_adv_acc=av["adv_acc"])
-    av = L.adversarial_vulnerability(model, data.test_x[:70], data.test_y[:70], eps=eps, steps=20)
+    av = adversarial_vulnerability(model, data.test_x[:70], data.test_y[:70], eps=eps, steps=20)
     want.update(test_adv_loss20=av["adv_loss"], test_av20=av["av"], test_adv_acc20=av["adv_acc"])
     xe, ye = data.train_x[:90], data.train_y[:90]
     a = cfg.attack
@@ -77,8 +82,8 @@ def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
                      ("eff_pgd10", dict(attack_name="pgd", alpha=eps / 4, steps=10)),
                      ("eff_train", dict(attack_name=a.name, alpha=a.alpha, steps=a.steps, train_mode=a.train_mode))):
         torch.manual_seed(seed)
-        want[name] = L.training_attack_effectiveness(model, xe, ye, eps=eps, batch_size=bs, **kw)
-    wh = L.weight_hessian(model, data.train_x[:40], data.train_y[:40], top_n=1, trace=True, seed=seed)
+        want[name] = training_attack_effectiveness(model, xe, ye, eps=eps, batch_size=bs, **kw)
+    wh = weight_hessian(model, data.train_x[:40], data.train_y[:40], top_n=1, trace=True, seed=seed)
     want.update(whess_top=wh["eigenvalues"][0], whess_trace=wh["trace"])
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
@@ -111,7 +116,6 @@ def test_training_records_extra_metrics(tmp_path):
 # ---------------------------------------------------------------------------- experiments
 
 def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
-    from engine.nn.metrics.landscape import hs_metric, training_attack_effectiveness
 
     _, store, src = source
     rd, pts = _experiment(store, "quick/digits-fig4a", [f"experiment.source={src.id}", "experiment.values=[0, 0.05]",
@@ -152,7 +156,6 @@ def test_fig4b_and_fig4c_one_epoch_on_modified_perturbations(source):
 
 
 def test_a1_pgd_loss_grows_with_steps_and_matches_pgd_k(source):
-    from engine.nn.metrics.landscape import adversarial_vulnerability
 
     _, store, src = source
     rd, pts = _experiment(store, "quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=80",
@@ -173,13 +176,13 @@ def test_resumed_experiment_computes_only_missing_points(source):
     _, store, src = source
     rd, pts = _experiment(store, "quick/digits-fig4a", [f"experiment.source={src.id}", "experiment.values=[0, 0.02]",
                                                         "experiment.samples=40"])
-    from engine.store.rundir import table
 
-    t = table(rd.metrics_db(), "points")
+    t = rd.metrics_table("points")
     t.remove(lambda r: r["index"] == 1)
     t.update({"hs": -1.0}, lambda r: r["index"] == 0)       # a kept point is not recomputed
-    rd.write_status(state="stopped")
-    assert X.run(rd, store, log=lambda s: None) == "finished"
+    force_status(rd, state="stopped")
+    prepare_resume(store, rd, foreground=True)
+    assert run(rd, store, log=lambda s: None) == "finished"
     again = {p["index"]: p for p in rd.records("points")}
     assert again[0]["hs"] == -1.0 and again[1]["hs"] == pytest.approx(pts[1]["hs"])
 
@@ -191,7 +194,7 @@ def test_source_resolution_and_bad_experiments(source):
     with pytest.raises(UserError, match="train it first: advlc run quick/digits-fgsm_n"):
         X.resolve_source(store, "quick/digits-fgsm_n")
     [rd] = create_runs(store, plan_runs("quick/digits-fig4b", ["experiment.source=quick/digits-fgsm_n"]))
-    assert X.run(rd, store, log=lambda s: None) == "failed"
+    assert run(rd, store, log=lambda s: None) == "failed"
     assert "train it first" in rd.status()["error"]
     _, cfg, _ = load_preset("quick/digits-fig4c", ["experiment.values=[0.5, 1.5]"])
     with pytest.raises(UserError, match="flipped fractions"):

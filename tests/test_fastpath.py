@@ -1,4 +1,4 @@
-"""The fast path (engine/fastpath.py) computes what the plain reference loop computes.
+"""The fast path (engine/nn/fastpath.py) computes what the plain reference loop computes.
 
 The augmentation side — on-device crop + flip against torchvision's RandomCrop(padding) +
 RandomHorizontalFlip — is checked in tests/test_data.py (test_augment_offsets_and_flips_uniform:
@@ -15,13 +15,26 @@ import pytest
 import torch
 import torch.nn as nn
 
+from engine.bench.reference_loop import (
+    authors_transform,
+    make_loader,
+    reference_step,
+    train_epoch,
+)
 from engine.config.schema import RunConfig, build, resolve
-from engine.nn.datasets import as_float, augment, epoch_batches
 from engine.errors import UserError
-from engine.nn.fastpath import autocast, describe, epoch_stream, needs_double_backprop, prepare_model, train_step
-from engine.nn.methods import StepContext, get_method
+from engine.nn.datasets import as_float, augment, epoch_batches
+from engine.nn.fastpath import (
+    autocast,
+    describe,
+    epoch_stream,
+    needs_double_backprop,
+    prepare_model,
+    train_step,
+)
+from engine.nn.methods import get_method
+from engine.nn.methods.context import StepContext
 from engine.nn.models import PreActResNet18
-from engine.bench.reference_loop import authors_transform, make_loader, reference_step, train_epoch
 
 
 @pytest.fixture(autouse=True)
@@ -256,10 +269,11 @@ def test_epoch_stream_is_the_training_loop_order():
     y = torch.arange(50)
     got = list(epoch_stream(x, y, batch_size=16, padding=2, flip=True, generator=torch.Generator().manual_seed(4)))
     g = torch.Generator().manual_seed(4)
-    want = [(as_float(augment(x[idx], padding=2, flip=True, generator=g)), y[idx])
+    want = [(as_float(augment(x[idx], padding=2, flip=True, generator=g)), y[idx], idx)
             for idx in epoch_batches(50, 16, g, "cpu")]
     assert len(got) == 3
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+               for a, b in zip(got, want))
 
 
 # ------------------------------------------------------------------------------ reference loop

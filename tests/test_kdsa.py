@@ -8,17 +8,18 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TinyNet
+from helpers import force_status
 
 from engine.config import schema as C
-from engine.run import teachers as T
 from engine.errors import UserError
-from engine.nn.methods import StepContext, get_method
-from engine.config.presets import plan_runs
-from engine.store.index import Store
+from engine.launch import plan as T
+from engine.launch.plan import plan_runs
 from engine.launch.supervisor import create_runs
+from engine.nn.methods import get_method
+from engine.nn.methods.context import StepContext
 from engine.run.process import run
-
-from conftest import TinyNet
+from engine.store.index import Store
 
 FAST = ["eval.n=100"]
 
@@ -169,10 +170,10 @@ def test_find_run_newest_finished_same_dataset_arch(tmp_path):
         conf["run"]["created"] = created
         for (sec, key), v in dict(cfg_changes).items():
             conf[sec][key] = v
-        from engine.store.rundir import write_json
+        from engine.store.files import write_json
 
         write_json(rd.config_path, conf)
-        rd.write_status(state=state)
+        force_status(rd, state=state)
         rd.ckpt("last").write_bytes(b"")
         store.sync(rd)
         return rd

@@ -1,4 +1,4 @@
-"""engine.nn.metrics.landscape: IG, HS (exact / lanczos / power), AV, effectiveness, alignment, weight
+"""engine.nn.metrics: IG, HS (exact / lanczos / power), AV, effectiveness, alignment, weight
 Hessian, validated against dense autograd on tiny float64 models over sklearn digits."""
 
 import pytest
@@ -6,9 +6,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.nn.metrics import landscape as L
-from engine.nn.attacks import pgd
 from engine.bench.hs import benchmark_hs
+from engine.nn.attacks import pgd
+from engine.nn.metrics.effectiveness import (
+    attack_effectiveness,
+    training_attack_effectiveness,
+)
+from engine.nn.metrics.evaluation import adversarial_vulnerability
+from engine.nn.metrics.gradients import gradient_alignment, input_gradient_norm
+from engine.nn.metrics.hessian import (
+    hessian_spectrum,
+    hessian_spectrum_with_method,
+    hs_metric,
+    lanczos_topk,
+    power_topk,
+)
+from engine.nn.metrics.weight_hessian import weight_hessian
+from engine.nn.models import is_piecewise_linear
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,11 +90,11 @@ def test_lanczos_and_power_recover_known_spectrum():
     A, lam = known_matrix()
     hvp = lambda v: A @ v  # noqa: E731
     k = 10
-    lz = L.lanczos_topk(hvp, A.shape[0], k, dtype=torch.float64)
+    lz = lanczos_topk(hvp, A.shape[0], k, dtype=torch.float64)
     assert rel(lz, lam[:k]) < 1e-8
-    pw = L.power_topk(hvp, A.shape[0], 5, dtype=torch.float64, seed=1)
+    pw = power_topk(hvp, A.shape[0], 5, dtype=torch.float64, seed=1)
     assert rel(pw, lam[:5]) < 1e-2            # power iteration stops at a 1e-3 relative change
-    pw2 = L.power_topk(hvp, A.shape[0], 5, dtype=torch.float64, seed=1)
+    pw2 = power_topk(hvp, A.shape[0], 5, dtype=torch.float64, seed=1)
     assert torch.equal(pw, pw2)                # seeded
 
 
@@ -89,12 +103,12 @@ def test_lanczos_largest_magnitude_and_multiplicity():
     lam = torch.cat([torch.tensor([3.0, 2.0, 2.0, -4.0], dtype=torch.float64), torch.zeros(dim - 4, dtype=torch.float64)])
     Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
     A = Q @ torch.diag(lam) @ Q.T
-    la = L.lanczos_topk(lambda v: A @ v, dim, 5, dtype=torch.float64)
+    la = lanczos_topk(lambda v: A @ v, dim, 5, dtype=torch.float64)
     assert torch.allclose(la, torch.tensor([3.0, 2.0, 2.0, 0.0, 0.0], dtype=torch.float64), atol=1e-10)
-    lm = L.lanczos_topk(lambda v: A @ v, dim, 3, which="LM", dtype=torch.float64)
+    lm = lanczos_topk(lambda v: A @ v, dim, 3, which="LM", dtype=torch.float64)
     assert torch.allclose(lm, torch.tensor([3.0, 2.0, -4.0], dtype=torch.float64), atol=1e-10)
     # dim < k: padded with zeros
-    small = L.lanczos_topk(lambda v: 2 * v, 3, 5, dtype=torch.float64)
+    small = lanczos_topk(lambda v: 2 * v, 3, 5, dtype=torch.float64)
     assert torch.allclose(small, torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0], dtype=torch.float64))
 
 
@@ -107,20 +121,20 @@ def test_exact_and_lanczos_match_dense_relu(digits, make):
     m.train()
     ref = dense_topk(m, x, y, 20)
     m.train()
-    ex, used = L.hessian_spectrum_with_method(m, x, y, 20, "exact")
+    ex, used = hessian_spectrum_with_method(m, x, y, 20, "exact")
     assert used == "exact" and m.training            # caller's mode restored
     assert rel(ex, ref) < 1e-5
-    lz = L.hessian_spectrum(m, x, y, 20, "lanczos")
+    lz = hessian_spectrum(m, x, y, 20, "lanczos")
     assert rel(lz, ref) < 1e-5
-    assert L.hessian_spectrum_with_method(m, x, y, 20, "auto")[1] == "exact"
-    pw = L.hessian_spectrum(m, x, y, 3, "power")
+    assert hessian_spectrum_with_method(m, x, y, 20, "auto")[1] == "exact"
+    pw = hessian_spectrum(m, x, y, 3, "power")
     assert rel(pw, ref[:3]) < 5e-2
     assert no_grads(m)
 
 
 def test_exact_pads_with_zeros_past_rank(digits):
     x, y = digits[0][:1], digits[1][:1]
-    ex = L.hessian_spectrum(mlp(), x, y, 12, "exact")  # one sample: rank <= C - 1 = 9
+    ex = hessian_spectrum(mlp(), x, y, 12, "exact")  # one sample: rank <= C - 1 = 9
     assert ex.shape == (12,) and torch.all(ex[9:] <= 1e-12 * ex[0]) and torch.all(ex[:9] > 0)
     assert rel(ex[:9], dense_topk(mlp(), x, y, 9)) < 1e-5
 
@@ -129,19 +143,19 @@ def test_softplus_lanczos_matches_exact_raises_auto_lanczos(digits):
     x, y = digits[0][:4], digits[1][:4]
     m = mlp(nn.Softplus)
     ref = dense_topk(m, x, y, 20)
-    lz, used = L.hessian_spectrum_with_method(m, x, y, 20, "auto")
+    lz, used = hessian_spectrum_with_method(m, x, y, 20, "auto")
     assert used == "lanczos"
     assert rel(lz, ref) < 1e-5
     with pytest.raises(ValueError, match="piecewise-linear"):
-        L.hessian_spectrum(m, x, y, 20, "exact")
+        hessian_spectrum(m, x, y, 20, "exact")
     with pytest.raises(ValueError):
-        L.hessian_spectrum(m, x, y, 20, "bogus")
+        hessian_spectrum(m, x, y, 20, "bogus")
 
 
-def test_piecewise_linear_fallback_rule():
-    assert L._fallback_piecewise_linear(mlp())
-    assert not L._fallback_piecewise_linear(mlp(nn.Softplus))
-    assert not L._fallback_piecewise_linear(nn.Sequential(nn.Linear(2, 2), nn.GELU()))
+def test_piecewise_linear_sees_functions_held_as_attributes():
+    assert is_piecewise_linear(mlp())
+    assert not is_piecewise_linear(mlp(nn.Softplus))
+    assert not is_piecewise_linear(nn.Sequential(nn.Linear(2, 2), nn.GELU()))
 
     class Functional(nn.Module):
         def __init__(self, act):
@@ -149,20 +163,20 @@ def test_piecewise_linear_fallback_rule():
             self.lin = nn.Linear(2, 2)
             self.act = act
 
-    assert not L._fallback_piecewise_linear(Functional(F.softplus))
-    assert not L._fallback_piecewise_linear(Functional("softplus"))
-    assert L._fallback_piecewise_linear(Functional(F.relu))
+    assert not is_piecewise_linear(Functional(F.softplus))
+    assert not is_piecewise_linear(Functional("softplus"))
+    assert is_piecewise_linear(Functional(F.relu))
 
 
 def test_hs_metric_averages_batches(digits):
     x, y = digits[0][:10], digits[1][:10]
     m = mlp()
-    hs, used = L.hs_metric(m, x, y, n=10, batch=4, k=5)   # two full batches; the last 2 dropped
+    hs, used = hs_metric(m, x, y, n=10, batch=4, k=5)   # two full batches; the last 2 dropped
     assert used == "exact"
-    want = sum(L.hessian_spectrum(m, x[s], y[s], 5, "exact").abs().mean().item()
+    want = sum(hessian_spectrum(m, x[s], y[s], 5, "exact").abs().mean().item()
                for s in (slice(0, 4), slice(4, 8))) / 2
     assert hs == pytest.approx(want, rel=1e-12)
-    hs_l, used_l = L.hs_metric(m, x, y, n=10, batch=4, k=5, method="lanczos")
+    hs_l, used_l = hs_metric(m, x, y, n=10, batch=4, k=5, method="lanczos")
     assert used_l == "lanczos" and hs_l == pytest.approx(hs, rel=1e-6)
 
 
@@ -186,7 +200,7 @@ def test_input_gradient_norm_matches_per_sample_autograd(digits):
     x, y = digits[0][:7], digits[1][:7]
     m = tiny_cnn()
     m.train()
-    ig = L.input_gradient_norm(m, x, y, batch_size=3)
+    ig = input_gradient_norm(m, x, y, batch_size=3)
     assert m.training and no_grads(m)
     m.eval()
     want = 0.0
@@ -225,7 +239,7 @@ def test_weight_hessian_top_eigenvalue_vs_dense(digits):
     m.train()
     rng = torch.get_rng_state()
     n_tr = 400
-    out = L.weight_hessian(m, x, y, top_n=1, trace=True, trace_iters=n_tr, trace_tol=0.0,
+    out = weight_hessian(m, x, y, top_n=1, trace=True, trace_iters=n_tr, trace_tol=0.0,
                            max_iter=500, tol=1e-7)
     assert torch.equal(torch.get_rng_state(), rng)     # caller's RNG untouched
     assert m.training
@@ -236,7 +250,7 @@ def test_weight_hessian_top_eigenvalue_vs_dense(digits):
     assert sd < 0.5 * abs(H.trace().item())                           # the check means something
     assert torch.equal(m[1].weight.grad, torch.ones_like(m[1].weight))
     assert all(p.grad is None for n, p in m.named_parameters() if n != "1.weight")
-    out2 = L.weight_hessian(m, x, y, top_n=1, trace=False, max_iter=500, tol=1e-7)
+    out2 = weight_hessian(m, x, y, top_n=1, trace=False, max_iter=500, tol=1e-7)
     assert out2["eigenvalues"] == out["eigenvalues"] and out2["trace"] is None   # seeded
 
 
@@ -248,14 +262,14 @@ def test_effectiveness_pgd50_is_one_and_zero_perturbation_is_zero(digits):
     m.train()
     eps = 0.1
     x_ref = pgd(m, x, y, eps=eps, alpha=eps / 4, steps=50)
-    assert L.attack_effectiveness(m, x, y, x_ref, eps=eps) == pytest.approx(1.0, abs=1e-12)
-    assert L.attack_effectiveness(m, x, y, x.clone(), eps=eps) == pytest.approx(0.0, abs=1e-12)
+    assert attack_effectiveness(m, x, y, x_ref, eps=eps) == pytest.approx(1.0, abs=1e-12)
+    assert attack_effectiveness(m, x, y, x.clone(), eps=eps) == pytest.approx(0.0, abs=1e-12)
     assert m.training and no_grads(m)
-    e = L.training_attack_effectiveness(m, x, y, "fgsm", eps=eps, alpha=eps)
+    e = training_attack_effectiveness(m, x, y, "fgsm", eps=eps, alpha=eps)
     assert 0.0 < e <= 1.5
     bufs = [b.clone() for b in m.buffers()]
     torch.manual_seed(0)
-    e_n = L.training_attack_effectiveness(m, x, y, "fgsm_n", eps=eps, alpha=eps, noise=2 * eps,
+    e_n = training_attack_effectiveness(m, x, y, "fgsm_n", eps=eps, alpha=eps, noise=2 * eps,
                                           train_mode=True)
     assert e_n == e_n                                 # not nan
     assert all(torch.equal(a, b) for a, b in zip(bufs, m.buffers()))   # BN stats restored
@@ -265,9 +279,9 @@ def test_effectiveness_pgd50_is_one_and_zero_perturbation_is_zero(digits):
 def test_gradient_alignment_eps0_is_one(digits):
     x, y = digits[0][:20], digits[1][:20]
     m = tiny_cnn()
-    assert L.gradient_alignment(m, x, y, eps=0.0) == pytest.approx(1.0, abs=1e-10)
+    assert gradient_alignment(m, x, y, eps=0.0) == pytest.approx(1.0, abs=1e-10)
     g = torch.Generator().manual_seed(0)
-    a = L.gradient_alignment(m, x, y, eps=0.3, generator=g)
+    a = gradient_alignment(m, x, y, eps=0.3, generator=g)
     assert -1.0 <= a <= 1.0
     assert no_grads(m)
 
@@ -276,7 +290,7 @@ def test_adversarial_vulnerability(digits):
     x, y = digits[0][:50], digits[1][:50]
     m = tiny_cnn()
     m.train()
-    r = L.adversarial_vulnerability(m, x, y, eps=0.1, batch_size=20)
+    r = adversarial_vulnerability(m, x, y, eps=0.1, batch_size=20)
     assert m.training and no_grads(m)
     assert r["av"] == pytest.approx(r["adv_loss"] - r["clean_loss"], abs=1e-12)
     assert r["adv_loss"] >= r["clean_loss"]

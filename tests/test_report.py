@@ -16,13 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import force_status
 
-from engine.report import tables as R
-from engine.errors import UserError
 from engine.config.presets import plan_runs
-from engine.store.index import Store
+from engine.errors import UserError
 from engine.launch.supervisor import create_runs
+from engine.report import tables as R
+from engine.report.document import build_report
 from engine.run.process import run as train_run
+from engine.store.index import Store
 
 ADVLC = [sys.executable, "-c", "from tui.cli import main; main()"]
 OV = ["train.epochs=3", "eval.n=100", "eval.hs_every=3", "eval.hs_samples=50"]  # HS at the end
@@ -71,7 +73,7 @@ def fab_run(store, preset, seed, epochs, *, overrides=(), group="gfab", point=No
         t = db.table(name, cache_size=0)
         for r in recs:
             t.insert(r)
-    rd.write_status(state=state)
+    force_status(rd, state=state)
     store.sync(rd)
     return rd
 
@@ -156,7 +158,7 @@ def test_table_numbers_equal_direct_computation(real_home):
     # md shows percentages with 2 decimals and the best in bold
     md = R.render(t, "md")
     for row in t.rows:
-        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {R._md_escape(row.name)} |"))
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {R.md_escape(row.name)} |"))
         cells = [c.strip() for c in line.strip("|").split("|")][1:]
         c = row.cells["robust_best"]
         text = f"{c.mean:.2f} ± {c.std:.2f}"
@@ -273,7 +275,7 @@ def test_group_with_missing_seed_is_incomplete_with_fill_command(tmp_path):
     assert "Incomplete" in " ".join(t.notes) and "†" in R.render(t, "md")
     assert "fill: advlc run quick/digits-fgsm_n" in R.render(t, "table")
 
-    res = R.build_report(store, ["g1"], tmp_path / "rep", formats=("md",))
+    res = build_report(store, ["g1"], tmp_path / "rep", formats=("md",))
     md = (tmp_path / "rep" / "report.md").read_text()
     assert not res.complete and "**Incomplete.**" in md and "## Missing runs" in md and row.fill[0] in md
 
@@ -301,7 +303,7 @@ def test_sweep_grid_holes_and_fill_commands(tmp_path):
         db = rd.metrics_db()
         for r in e:
             db.table("epochs").insert(r)
-        rd.write_status(state="finished")
+        force_status(rd, state="finished")
         store.sync(rd)
     for rd in rds[4:]:                       # method.lam = 0.3, both seeds
         store.delete(rd)
@@ -317,7 +319,7 @@ def test_sweep_grid_holes_and_fill_commands(tmp_path):
     db = rd.metrics_db()
     for r in e:
         db.table("epochs").insert(r)
-    rd.write_status(state="finished")
+    force_status(rd, state="finished")
     store.sync(rd)
     t = R.compare_runs(store, preset="quick/digits-advlc-lam-sweep")
     assert t.rows[2].seeds == [1] and t.rows[2].missing == ["seed 0 (not run)"]
@@ -391,7 +393,7 @@ def test_figures_from_fabricated_records(tmp_path):
         runs.append(fab_run(store, "quick/digits-pgd10", seed, [], experiment="fig4b", label="fig4b:pgd",
                             points=f4b(0.01 * seed)))
     runs.append(fab_run(store, "quick/digits-pgd10", 0, [], experiment="fig4a", label="fig4a:pgd", points=f4a))
-    specs = R.group_rows([R._load(rd) for rd in store.run_dirs()], "label")
+    specs = R.group_rows([R.load_run(rd) for rd in store.run_dirs()], "label")
     figs = make_figures(specs, tmp_path / "figs")
     made = {f.name: f for f in figs if not f.skipped}
     assert set(made) == {"fig_accuracy", "fig1_landscape", "fig2_gap", "fig3_effectiveness", "fig4_perturbed",
@@ -444,7 +446,7 @@ def test_figures_from_fabricated_records(tmp_path):
 
 def test_report_from_real_runs(real_home, tmp_path):
     store = Store(real_home)
-    res = R.build_report(store, ["quick"], tmp_path / "rep", formats=("md", "html", "pdf"))
+    res = build_report(store, ["quick"], tmp_path / "rep", formats=("md", "html", "pdf"))
     out = tmp_path / "rep"
     assert [p.name for p in res.files] == ["report.md", "report.html", "report.pdf"]
     assert all(p.stat().st_size > 0 for p in res.files) and res.complete

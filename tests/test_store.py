@@ -3,8 +3,10 @@
 import json
 import multiprocessing as mp
 
-from engine.store.rundir import RunDir
+from helpers import force_status
+
 from engine.store.index import Store
+from engine.store.rundir import RunDir
 
 
 def _config(i=0):
@@ -19,7 +21,7 @@ def test_round_trip(tmp_path):
     db = rd.metrics_db()
     for e, acc in enumerate([0.3, 0.5, 0.4]):
         db.table("epochs").insert({"epoch": e, "robust_acc": acc, "clean_acc": 0.9 + e / 100, "ig": 1.0 + e})
-    rd.write_status(state="finished")
+    force_status(rd, state="finished")
     doc = s.sync(rd)
     assert (doc["best_robust_acc"], doc["best_epoch"], doc["end_robust_acc"], doc["epoch"]) == (0.5, 1, 0.4, 3)
     assert doc["best_clean_acc"] == 0.91 and doc["ig"] == 3.0
@@ -43,7 +45,7 @@ def _writer(home, rid, n):
     s = Store(home)
     rd = RunDir(s.runs_dir / rid)
     for k in range(n):
-        rd.write_status(state="running", heartbeat=float(k))
+        force_status(rd, state="running", heartbeat=float(k))
         s.sync(rd)
 
 

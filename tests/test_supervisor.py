@@ -17,13 +17,17 @@ import time
 
 import psutil
 import pytest
+from helpers import force_status
 
+from engine.errors import UserError
 from engine.launch import gpuqueue
 from engine.launch import supervisor as S
-from engine.errors import UserError
-from engine.config.presets import plan_runs
-from engine.store.rundir import FINAL_STATES, RunDir, write_json
+from engine.launch.plan import plan_runs
+from engine.launch.processes import HOST, create_time, is_alive
+from engine.store.files import write_json
 from engine.store.index import Store
+from engine.store.rundir import RunDir
+from engine.store.states import FINAL_STATES
 
 PRESET = "quick/digits-fgsm_n"
 NOISE = ("time_s", "images_per_s")
@@ -101,7 +105,7 @@ def test_detached_runs_survive_their_parent(store):
     t_parent = time.monotonic() - t0
     rd, bad = (store.get(rid) for rid in p.stdout.split()[-2:])
     st = rd.status()
-    assert st["state"] == "running" and S.is_alive(st)       # the parent is gone, the run is not
+    assert st["state"] == "running" and is_alive(st)       # the parent is gone, the run is not
     pid = st["pid"]
     assert os.getsid(pid) == pid and os.getsid(pid) != os.getsid(0)
     assert psutil.Process(pid).ppid() != os.getpid()
@@ -113,7 +117,7 @@ def test_detached_runs_survive_their_parent(store):
 
     assert wait_state(bad) == "failed"
     st = bad.status()
-    assert "train.batch_size = 5000" in st["error"] and not S.is_alive(st)
+    assert "train.batch_size = 5000" in st["error"] and not is_alive(st)
     assert S.reconcile(store) == [] and bad.status()["state"] == "failed"
     assert store.runs(state="failed")[0]["error"] == st["error"]
     print(f"\ndetached runs: the parent exited after {t_parent:.1f}s; the runs ended on their own "
@@ -222,7 +226,7 @@ def test_resume_refuses_running_and_finished(store):
     with pytest.raises(UserError, match="is running"):
         S.resume(store, rd)
     S.stop(store, [rd], grace_s=0)
-    rd.write_status(state="finished")
+    force_status(rd, state="finished")
     with pytest.raises(UserError, match="has finished"):
         S.resume(store, rd)
 
@@ -239,22 +243,22 @@ def test_reconcile_liveness_rules(store):
     now = time.time()
     me = psutil.Process()
     cases = {
-        "dead_pid": dict(pid=_dead_pid(), pid_create_time=now - 5, host=S.HOST, heartbeat=now),
-        "recycled_pid": dict(pid=os.getpid(), pid_create_time=me.create_time() - 100, host=S.HOST, heartbeat=now),
-        "alive_pid": dict(pid=os.getpid(), pid_create_time=me.create_time(), host=S.HOST, heartbeat=now - 3600),
+        "dead_pid": dict(pid=_dead_pid(), pid_create_time=now - 5, host=HOST, heartbeat=now),
+        "recycled_pid": dict(pid=os.getpid(), pid_create_time=me.create_time() - 100, host=HOST, heartbeat=now),
+        "alive_pid": dict(pid=os.getpid(), pid_create_time=me.create_time(), host=HOST, heartbeat=now - 3600),
         "remote_fresh": dict(pid=12345, host="node-elsewhere", heartbeat=now - 5, heartbeat_s=5),
         "remote_stale": dict(pid=12345, host="node-elsewhere", heartbeat=now - 31, heartbeat_s=5),
     }
     rds = {}
     for name, st in cases.items():
         [rd] = S.create_runs(store, plan())
-        rd.write_status(state="running", **st)
+        force_status(rd, state="running", **st)
         store.sync(rd)
         rds[name] = rd
     [done] = S.create_runs(store, plan())
-    done.write_status(state="finished", pid=_dead_pid(), host=S.HOST)
+    force_status(done, state="finished", pid=_dead_pid(), host=HOST)
     store.sync(done)
-    assert S.is_alive(rds["alive_pid"].status()) and S.is_alive(rds["remote_fresh"].status())
+    assert is_alive(rds["alive_pid"].status()) and is_alive(rds["remote_fresh"].status())
     changed = S.reconcile(store)
     assert sorted(changed) == sorted(rds[n].id for n in ("dead_pid", "recycled_pid", "remote_stale"))
     states = {n: rd.status()["state"] for n, rd in rds.items()}
@@ -268,7 +272,7 @@ def test_reconcile_liveness_rules(store):
 
 def test_reconcile_repairs_the_index(store):
     a, b = S.create_runs(store, plan(seeds=2))
-    a.write_status(state="finished")               # ended before its index update
+    force_status(a, state="finished")               # ended before its index update
     (store.runs_dir / b.id / "config.json").unlink()   # half-deleted run directory
     [c] = S.create_runs(store, plan())
     shutil.rmtree(c.path)                          # an index row without a directory
@@ -282,15 +286,15 @@ def _index_worker(home, k, n_updates, out):
     store = Store(home)
     rds = [store.create_run({"run": {"preset": "stress", "seed": k * 10 + j, "created": time.time()},
                              "train": {"epochs": n_updates}}) for j in range(2)]
-    me = {"pid": os.getpid(), "pid_create_time": S.process_create_time(os.getpid()), "host": S.HOST}
+    me = {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()), "host": HOST}
     writes = 2
     for i in range(n_updates):
         rd = rds[i % 2]
-        rd.write_status(state="running", heartbeat=float(i), epoch=i, **me)   # alive: reconcile keeps it
+        force_status(rd, state="running", heartbeat=float(i), epoch=i, **me)   # alive: reconcile keeps it
         store.sync(rd)
         writes += 1
     for rd in rds:
-        rd.write_status(state="finished", heartbeat=float(n_updates), pid=None)
+        force_status(rd, state="finished", heartbeat=float(n_updates), pid=None)
         store.sync(rd)
         writes += 1
     out.put((k, [rd.id for rd in rds], writes))
@@ -302,8 +306,8 @@ def _victim(home, rid):
     rd = RunDir(store.runs_dir / rid)
     i = 0
     while True:
-        rd.write_status(state="running", heartbeat=float(i), pid=os.getpid(),
-                        pid_create_time=S.process_create_time(os.getpid()), host=S.HOST)
+        force_status(rd, state="running", heartbeat=float(i), pid=os.getpid(),
+                        pid_create_time=create_time(os.getpid()), host=HOST)
         store.sync(rd)
         i += 1
 
@@ -411,7 +415,7 @@ def test_gpu_queue_two_fake_gpus_five_runs(store):
     wait_for(lambda: gpuqueue.scheduler_pid(store) is None and not gpuqueue.scheduler_running(store),
              timeout=30, what="the scheduler to exit")
     wait_for(lambda: gpuqueue.read_leases(store) == [], timeout=30, what="each run to drop its lease")
-    log = (store.home / "leases" / S.HOST / "scheduler.log").read_text()
+    log = (store.home / "leases" / HOST / "scheduler.log").read_text()
     assert log.count("scheduler: started ") == 3 and "queue empty; exiting" in log
     print(f"\nGPU queue: 5 runs on 2 fake GPUs, {samples} samples, at most {most} running, "
           f"{time.monotonic() - t0:.1f}s")
@@ -477,7 +481,7 @@ def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(st
     the preemption signal (SIGUSR2, as Slurm sends it): submitit checkpoints and requeues,
     the run waits `queued`, the requeued job resumes from last.pt, and the records equal
     the uninterrupted run's."""
-    [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS), executor="slurm", slurm={"cluster": "local"})
+    [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS), executor="slurm", slurm_params={"cluster": "local"})
     la = rd.status()["launch"]
     assert la["executor"] == "slurm" and la["job_id"] and rd.status()["state"] in ("queued", "running")
     wait_for(lambda: len(rd.epochs()) >= 2 and rd.status().get("pid"), what="2 epochs")
@@ -563,7 +567,7 @@ def test_cli_detach_logs_stop_queue_delete(store):
     assert f"{rid}  stopped" in advlc("stop", rid, home=h).stdout
     assert rd.status()["state"] == "stopped"
     # a run left `running` by a process that is gone (e.g. a reboot) is `lost` at the next CLI start
-    rd.write_status(state="running", pid=_dead_pid(), host=S.HOST)
+    force_status(rd, state="running", pid=_dead_pid(), host=HOST)
     assert json.loads(advlc("queue", "--json", home=h).stdout)["queued"] == []
     assert rd.status()["state"] == "lost"
     p = advlc("delete", rid, home=h, check=False)             # no terminal to ask: refuse

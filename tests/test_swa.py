@@ -5,15 +5,15 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-
-from engine.nn import swa as S
-from engine.config.schema import SWAConfig
-from engine.config.presets import plan_runs
-from engine.store.index import Store, summarize
-from engine.launch.supervisor import create_runs
-from engine.run.process import run
-
 from conftest import TinyNet
+
+from engine.config.presets import plan_runs
+from engine.config.schema import SWAConfig
+from engine.launch.supervisor import create_runs, prepare_resume
+from engine.nn import swa as S
+from engine.run.process import run
+from engine.store.index import Store
+from engine.store.summary import summarize
 
 PRESET = "quick/digits-fgsm_n-advlc-swa"
 OV = ["train.epochs=4", "swa.start=1", "eval.n=100", "data.n_train=500"]
@@ -147,7 +147,7 @@ def test_digits_swa_run_records_checkpoints_and_average(tmp_path):
     assert state == "finished"
     swa_recs = rd.records("swa")
     assert [r["epoch"] for r in swa_recs] == [1, 2, 3]
-    from engine.run.process import EPOCH_KEYS
+    from engine.run.trainer import EPOCH_KEYS
 
     for r in swa_recs:
         assert tuple(r) == EPOCH_KEYS
@@ -189,6 +189,7 @@ def test_resume_with_swa_is_exact(tmp_path):
     assert state == "stopped"
     assert [r["epoch"] for r in part.records("swa")] == [1]
     store = Store(tmp_path / "part")
+    prepare_resume(store, part, foreground=True)
     assert run(part, store, log=lambda s: None) == "finished"
     assert _strip(part.epochs()) == _strip(full.epochs())
     assert _strip(part.records("swa")) == _strip(full.records("swa"))

@@ -4,10 +4,10 @@ import textwrap
 
 import pytest
 
-from engine.errors import UserError
 from engine.config.presets import plan_runs, read_sweep, sweep_points
-from engine.store.index import Store
+from engine.errors import UserError
 from engine.launch.supervisor import create_runs
+from engine.store.index import Store
 
 
 def _user_preset(home, name, text):

@@ -4,9 +4,10 @@ import torch
 
 from engine.config import schema as C
 from engine.config.presets import plan_runs
-from engine.store.index import Store
 from engine.launch.supervisor import create_runs
-from engine.run.process import lr_at, run
+from engine.run.loop import lr_at
+from engine.run.process import run
+from engine.store.index import Store
 
 
 def _run(home, preset, overrides):
@@ -43,7 +44,7 @@ def test_eval_every_and_ig_against_autograd(tmp_path):
     from engine.nn.datasets import load_dataset
     from engine.nn.models import build_model
 
-    cfg = rd.run_config()
+    cfg = C.from_json(rd.config())
     data = load_dataset(cfg.data)
     m = build_model(cfg.model, num_classes=10, in_channels=1, image_size=8)
     m.load_state_dict(torch.load(rd.ckpt("last"), weights_only=True)["model"])

@@ -8,10 +8,10 @@ import time
 import psutil
 import pytest
 
-from engine.launch import supervisor
 from engine.config.presets import plan_runs
-from engine.store.rundir import RunDir
+from engine.launch import supervisor
 from engine.store.index import Store
+from engine.store.rundir import RunDir
 from tui.app import make_app
 
 SIZE = (120, 40)

@@ -2,8 +2,9 @@
 
 Screens (tui/screens/, one a file): Runs (home), Run detail, Presets (new run), Compare,
 and the modals Help, Confirm and Export. The app talks to the engine only through the
-store (reads, in thread workers; see tui/data.py), `engine.launch.supervisor` (launch, stop,
-resume, delete, reconcile) and `engine.report.tables` (compare, export). Quitting (`q`) closes
+store (reads, in thread workers, with the watchers of engine.store.watch), the supervisor
+(launch, stop, resume, delete, reconcile) and the reports (compare, export), all through
+engine.facade. Quitting (`q`) closes
 the app only: runs are detached processes and keep training.
 
 Worker failures are reported in one place (`on_worker_state_changed`): a notification,
@@ -21,10 +22,14 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from engine import facade
 from engine.errors import UserError
-from engine.store.rundir import RunDir
-from engine.store.index import Store
-from tui.data import RECONCILE_S, ActionDone, IndexReader
+from engine.facade import IndexReader, RunDir, Store
+from tui.messages import RECONCILE_S, ActionDone
+from tui.screens.help import HelpScreen
+from tui.screens.presets import PresetsScreen, list_items
+from tui.screens.run_detail import RunDetailScreen
+from tui.screens.runs import RunsScreen
 
 DEFAULT_THEME = "textual-dark"
 """Theme unless ADVLC_THEME names another (e.g. textual-light); ctrl+p → 'theme' switches live."""
@@ -34,8 +39,6 @@ class AdvlcCommands(Provider):
     """Command palette entries: screens, actions, every run (open) and every preset (new run)."""
 
     async def startup(self) -> None:
-        from tui.screens.presets import list_items
-
         app = self.app
         try:
             self._presets = await asyncio.to_thread(list_items, app.home_arg, app.presets_dir)
@@ -68,7 +71,7 @@ class AdvlcCommands(Provider):
 
 
 class AdvlcApp(App):
-    """Terminal experiment manager for adversarial training (see DESIGN.md)."""
+    """Terminal experiment manager for adversarial training (docs/ARCHITECTURE.md, docs/APP.md)."""
 
     TITLE = "advlc"
     CSS_PATH = "app.tcss"
@@ -90,8 +93,6 @@ class AdvlcApp(App):
         self.theme = os.environ.get("ADVLC_THEME") or DEFAULT_THEME
 
     def on_mount(self) -> None:
-        from tui.screens.runs import RunsScreen
-
         self.runs_screen = RunsScreen()
         self.push_screen(self.runs_screen)
         # `advlc` reconciles before the app opens; here it repeats, after the first render
@@ -99,14 +100,10 @@ class AdvlcApp(App):
 
     # -- navigation ----------------------------------------------------------------
     def action_help(self) -> None:
-        from tui.screens.help import HelpScreen
-
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
     def action_presets(self, select: str | None = None) -> None:
-        from tui.screens.presets import PresetsScreen
-
         if isinstance(self.screen, PresetsScreen):
             return
         self.push_screen(PresetsScreen(select))
@@ -119,8 +116,6 @@ class AdvlcApp(App):
             self.runs_screen.focus_runs(focus)
 
     def open_run(self, run_id: str) -> None:
-        from tui.screens.run_detail import RunDetailScreen
-
         self.show_runs()
         self.push_screen(RunDetailScreen(run_id))
 
@@ -130,40 +125,32 @@ class AdvlcApp(App):
 
     # -- engine calls (run in thread workers by the screens) -------------------------
     def launch(self, planned, *, gpus=None, executor: str = "local") -> list[RunDir]:
-        """supervisor.launch: create the runs and start them as detached processes."""
-        from engine.launch import supervisor
-
-        return supervisor.launch(self.store, planned, gpus=gpus, executor=executor)
+        """Create the runs and start them as detached processes (engine.launch.supervisor.launch)."""
+        return facade.launch(self.store, planned, gpus=gpus, executor=executor)
 
     def compare(self, *, run_ids=None, preset=None, group=None, by="label", include_unfinished=False):
-        from engine.report import tables as report
-
-        return report.compare_runs(self.store, run_ids=run_ids, preset=preset, group=group, by=by,
+        return facade.compare_runs(self.store, run_ids=run_ids, preset=preset, group=group, by=by,
                                    include_unfinished=include_unfinished)
 
     def export(self, table, folder: Path, formats: list[str]) -> list[Path]:
-        from engine.report import tables as report
-
-        return report.export(table, folder, formats)
+        return facade.export(table, folder, formats)
 
     def supervise(self, what: str, run_ids: list[str], *, on_screen=None) -> None:
         """Stop / resume / delete runs in a thread worker; the result goes to `on_screen` as ActionDone."""
         target = on_screen or self.screen
 
         def work() -> None:
-            from engine.launch import supervisor
-
-            rds = [RunDir(self.store.runs_dir / rid) for rid in run_ids]
+            rds = [self.store.run_dir(rid) for rid in run_ids]
             try:
                 if what == "stop":
-                    supervisor.stop(self.store, rds)
+                    facade.stop(self.store, rds)
                     text = f"stopped {', '.join(run_ids)}"
                 elif what == "resume":
                     for rd in rds:
-                        supervisor.resume(self.store, rd, detach=True)
+                        facade.resume(self.store, rd)
                     text = f"resumed {', '.join(run_ids)}"
                 elif what == "delete":
-                    supervisor.delete(self.store, rds)
+                    facade.delete(self.store, rds)
                     text = f"deleted {', '.join(run_ids)}"
                 else:
                     raise ValueError(what)
@@ -179,7 +166,7 @@ class AdvlcApp(App):
         self.work(self, work, name=what, group="actions")
 
     def reconcile(self) -> None:
-        """Mark active runs whose process is gone as lost (supervisor.reconcile), in a worker.
+        """Mark active runs whose process is gone as lost (facade.reconcile), in a worker.
 
         Only the runs the index shows as running or queued are checked (a full scan of a
         1,000-run store costs ~0.2 s of Python; `advlc` does one before the app opens).
@@ -190,9 +177,7 @@ class AdvlcApp(App):
             return
 
         def work() -> None:
-            from engine.launch import supervisor
-
-            supervisor.reconcile(self.store, [RunDir(self.store.runs_dir / rid) for rid in active])
+            facade.reconcile(self.store, [self.store.run_dir(rid) for rid in active])
 
         self.work(self, work, name="reconcile", exclusive=True)
 

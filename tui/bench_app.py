@@ -2,9 +2,8 @@
 
     python -m tui.bench_app [--runs 1000] [--epochs 200] [--writers 8] [--seconds 10] [--json]
 
-`build_store(home, …)` fabricates run directories exactly in the on-disk format the
-training process writes (config.json, status.json, metrics.json as TinyDB tables, log.txt)
-plus the index, without training anything. `measure_open(home)` starts the app headless
+`build_store(home, …)` (engine.store.synthetic) fabricates run directories exactly in the
+on-disk format the training process writes, plus the index, without training anything. `measure_open(home)` starts the app headless
 (Textual's `run_test`), and reports the time until the Runs table shows every run, the
 cost of one store poll and of applying it, and the time to open a 200-epoch run's detail
 screen until every visible plot is drawn. `measure_refresh(home, writers=8)` then starts `writers`
@@ -18,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import statistics
@@ -27,94 +25,18 @@ import sys
 import time
 from pathlib import Path
 
-from engine.store.rundir import RunDir, write_json
-from engine.store.index import Store
-
-PRESETS = ("paper/table1/fgsm_n", "paper/table1/fgsm_n-advlc", "paper/table1/pgd10", "paper/table1/pgd10-advlc",
-           "quick/digits-fgsm_n", "quick/digits-fgsm_n-advlc")
-
-
-def synthetic_epoch(epoch: int, total: int, rng: random.Random, *, advlc: bool, hs_every: int = 10) -> dict:
-    """A plausible epoch record: robust accuracy peaks at the first lr decay, then (without AdvLC) falls."""
-    d1, d2 = int(total * 0.5), int(total * 0.75)
-    lr = 0.1 * (0.1 ** ((epoch >= d1) + (epoch >= d2)))
-    prog = 1 - math.exp(-4 * (epoch + 1) / total)
-    clean = 0.35 + 0.45 * prog + (0.05 if epoch >= d1 else 0) + rng.gauss(0, 0.005)
-    robust = 0.20 + 0.22 * prog + (0.06 if epoch >= d1 else 0)
-    if epoch > d1 and not advlc:
-        robust -= 0.08 * (epoch - d1) / (total - d1)
-    robust += rng.gauss(0, 0.004)
-    train = min(0.99, 0.3 + 0.5 * prog + (0.25 * (epoch - d1) / (total - d1) if epoch > d1 and not advlc else 0))
-    clean_loss = 2.3 * (1 - clean)
-    robust_loss = 2.3 * (1 - robust) + 0.2
-    return {"epoch": epoch, "lr": lr, "train_loss": 2.3 * (1 - train), "train_acc": train,
-            "clean_loss": clean_loss, "clean_acc": clean, "robust_loss": robust_loss, "robust_acc": robust,
-            "av": robust_loss - clean_loss, "ig": (20 if advlc else 48) * (1 + rng.gauss(0, 0.02)),
-            "hs": (0.05 if advlc else 0.23) if (epoch + 1) % hs_every == 0 else None,
-            "time_s": 20.0 + rng.gauss(0, 0.2), "images_per_s": 2500.0}
-
-
-def fabricate_run(store: Store, rid: str, *, preset: str, seed: int, group: str | None, total: int, done: int,
-                  state: str, created: float, advlc: bool | None = None, swa: bool = False,
-                  epochs_override: list[dict] | None = None) -> RunDir:
-    """One run directory in the training process's format (no training)."""
-    advlc = ("advlc" in preset) if advlc is None else advlc
-    method = "advlc" if advlc else preset.rsplit("/", 1)[-1].split("-")[-1].replace("digits", "fgsm_n")
-    attack = "pgd" if "pgd" in preset else "fgsm_n"
-    label = f"{attack}+advlc" if advlc else attack
-    rd = RunDir(store.runs_dir / rid)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    (rd.path / "checkpoints").mkdir(exist_ok=True)
-    cfg = {"data": {"dataset": "cifar10" if preset.startswith("paper") else "digits"},
-           "model": {"arch": "preact_resnet18"}, "attack": {"name": attack, "eps": 8 / 255},
-           "method": {"name": method, "lam": 0.3 if advlc else 0.0},
-           "train": {"epochs": total, "batch_size": 100, "seed": seed, "device": "cpu"},
-           "eval": {"every": 1}, "swa": {"enabled": swa},
-           "run": {"preset": preset, "label": label, "seed": seed, "group": group, "point": {}, "created": created,
-                   "id": rid},
-           "provenance": {"commit": "3e1c9a2f00", "dirty": False, "torch": "2.x", "device": "cpu", "host": "bench"}}
-    write_json(rd.config_path, cfg)
-    rng = random.Random(hash((rid, seed)) & 0xFFFF)
-    recs = epochs_override if epochs_override is not None else \
-        [synthetic_epoch(e, total, rng, advlc=advlc) for e in range(done)]
-    tables = {"epochs": {str(i + 1): r for i, r in enumerate(recs)}}
-    if swa:
-        tables["swa"] = {str(i + 1): dict(r, robust_acc=r["robust_acc"] + 0.01, clean_acc=r["clean_acc"] - 0.01)
-                         for i, r in enumerate(recs) if r["epoch"] >= total // 4}
-    write_json(rd.metrics_path, tables)
-    st = {"state": state, "created": created, "heartbeat": created + 20 * done, "epoch": len(recs)}
-    if state == "running":  # "on another host" with a fresh heartbeat, so reconcile keeps it running
-        st.update(pid=None, host="bench-node", heartbeat=time.time(), heartbeat_s=3600, batch=100, batches=500)
-    write_json(rd.status_path, st)
-    rd.log_path.write_text("".join(f"epoch {r['epoch']:>3}  robust {r['robust_acc']:.4f}\n" for r in recs))
-    return rd
-
-
-def build_store(home: Path, *, n_runs: int = 1000, n_epochs: int = 200, n_running: int = 8, seeds: int = 5) -> Store:
-    """A store of `n_runs` runs of `n_epochs` epochs (the last `n_running` half-way and running)."""
-    from engine.store.index import summarize
-
-    store = Store(home).ensure()
-    t0 = time.time() - n_runs * 60
-    docs = []
-    for i in range(n_runs):
-        running = i >= n_runs - n_running
-        preset = PRESETS[(i // seeds) % len(PRESETS)]
-        rd = fabricate_run(store, f"{i:08x}", preset=preset, seed=i % seeds, group=f"g{i // seeds:05d}",
-                           total=n_epochs, done=n_epochs // 2 if running else n_epochs,
-                           state="running" if running else "finished", created=t0 + 60 * i)
-        docs.append(summarize(rd))
-    write_json(store.index_path, {"runs": {str(i + 1): d for i, d in enumerate(docs)}})
-    return store
+from engine.facade import Store, build_store, synthetic_epoch
+from tui.app import make_app
+from tui.screens.run_detail import RunDetailScreen
+from tui.widgets.run_table import RunTable
 
 
 # ---------------------------------------------------------------------------- writers
 def _writer(home: str, rid: str, epoch_s: float, status_s: float, stop_at: float) -> None:
     """Behave like a running run: status.json every status_s, an epoch record + index sync every epoch_s."""
     store = Store(home)
-    rd = RunDir(Path(home) / "runs" / rid)
-    db = rd.metrics_db()
-    table = db.table("epochs", cache_size=0)
+    rd = store.run_dir(rid)
+    table = rd.metrics_table("epochs")
     total = rd.config()["train"]["epochs"]
     rng = random.Random(rid)
     next_epoch = time.time() + epoch_s
@@ -122,24 +44,116 @@ def _writer(home: str, rid: str, epoch_s: float, status_s: float, stop_at: float
     while time.time() < stop_at:
         time.sleep(status_s)
         batch += 1
-        rd.write_status(heartbeat=time.time(), batch=batch, batches=500)
+        rd.update_status(heartbeat=time.time(), batch=batch, batches=500)
         if time.time() >= next_epoch:
             n = len(table)
             if n < total:
                 table.insert(synthetic_epoch(n, total, rng, advlc="advlc" in rd.config()["run"]["preset"]))
-            rd.write_status(heartbeat=time.time(), epoch=n + 1, batch=0, batches=500)
+            rd.update_status(heartbeat=time.time(), epoch=n + 1, batch=0, batches=500)
             store.sync(rd)
             batch = 0
             next_epoch += epoch_s
 
 
 # ---------------------------------------------------------------------------- measurements
+async def _measure_detail(app, pilot, store) -> dict:
+    """Seconds to open a finished run's detail screen until every visible plot is drawn."""
+    out = {}
+    screen = app.runs_screen
+    rid = next(r["id"] for r in screen.snapshot.rows if r.get("state") == "finished")
+    epochs = len(store.run_dir(rid).epochs())
+    t = time.perf_counter()
+    app.open_run(rid)
+    await pilot.pause(0)
+
+    def drawn() -> bool:
+        scr = app.screen
+        if not isinstance(scr, RunDetailScreen) or "robust" not in scr.plots["acc"].series:
+            return False
+        return (len(scr.plots["acc"].series["robust"].xs) == epochs
+                and all(p.drawn for p in scr.plots.values() if p.region.height))
+
+    while not drawn():
+        if time.perf_counter() - t > 30:
+            raise TimeoutError("detail plots did not fill")
+        await pilot.pause(0.005)
+    await pilot.pause(0)
+    out["detail_open_s"] = time.perf_counter() - t
+    out["detail_epochs"] = epochs
+    await pilot.press("escape")
+    await pilot.pause(0.05)
+    return out
+
+
+async def _measure_writers(app, pilot, home: Path, writers: int, seconds: float, epoch_s: float,
+                          status_s: float) -> dict:
+    """What each refresh costs while `writers` processes behave like running runs, and key latency."""
+    screen = app.runs_screen
+    running = [r["id"] for r in screen.snapshot.rows if r.get("state") == "running"][:writers]
+    stop_at = time.time() + seconds
+    procs = [subprocess.Popen([sys.executable, "-m", "tui.bench_app", "--writer", str(home), rid,
+                               str(epoch_s), str(status_s), str(stop_at)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+             for rid in running]
+    applies: list[float] = []
+    reads: list[float] = []
+    apply_cpu: list[float] = []
+    read_cpu: list[float] = []
+    cpu0 = time.process_time()
+    lags: list[float] = []
+    keys: list[float] = []
+    last_version = screen.snapshot.version
+    tick = 0.05
+    t_prev = time.perf_counter()
+    t_end = time.perf_counter() + seconds
+    presses = 0
+    while time.perf_counter() < t_end:
+        await asyncio.sleep(tick)
+        now = time.perf_counter()
+        lags.append(max(0.0, now - t_prev - tick))
+        t_prev = now
+        if screen.snapshot.version != last_version:
+            last_version = screen.snapshot.version
+            applies.append(screen.last_apply_s)
+            reads.append(screen.snapshot.read_s)
+            apply_cpu.append(screen.last_apply_cpu_s)
+            read_cpu.append(screen.snapshot.read_cpu_s)
+        presses += 1
+        if presses % 10 == 0:  # a key press every ~0.5 s: time until the cursor moved
+            table = screen.query_one("#runs-table", RunTable)
+            before = table.cursor_row
+            k0 = time.perf_counter()
+            await pilot.press("down" if before < table.row_count - 1 else "up")
+            while table.cursor_row == before and time.perf_counter() - k0 < 5:
+                await asyncio.sleep(0.001)
+            keys.append(time.perf_counter() - k0)
+            t_prev = time.perf_counter()
+    app_cpu = time.process_time() - cpu0
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return {
+        "writers": len(procs), "seconds": seconds, "epoch_s": epoch_s, "status_s": status_s,
+        "refreshes": len(applies),
+        "refresh_read_mean_s": statistics.fmean(reads) if reads else None,
+        "refresh_read_max_s": max(reads) if reads else None,
+        "refresh_read_cpu_mean_s": statistics.fmean(read_cpu) if read_cpu else None,
+        "refresh_apply_cpu_mean_s": statistics.fmean(apply_cpu) if apply_cpu else None,
+        "app_cpu_share": app_cpu / seconds,
+        "refresh_apply_mean_s": statistics.fmean(applies) if applies else None,
+        "refresh_apply_max_s": max(applies) if applies else None,
+        "loop_lag_p50_s": statistics.median(lags) if lags else None,
+        "loop_lag_max_s": max(lags) if lags else None,
+        "key_latency_mean_s": statistics.fmean(keys) if keys else None,
+        "key_latency_max_s": max(keys) if keys else None,
+    }
+
+
 async def _open(home: Path, size=(120, 40), detail: bool = True, writers: int = 0, seconds: float = 0.0,
                 epoch_s: float = 1.0, status_s: float = 0.25) -> dict:
-    from tui.widgets.run_table import RunTable
-
-    from tui.app import make_app
-
     store = Store(home)
     n = len(store.index())
     out: dict = {"runs": n}
@@ -171,92 +185,9 @@ async def _open(home: Path, size=(120, 40), detail: bool = True, writers: int = 
         out["idle_poll_s"] = time.perf_counter() - t
 
         if detail:
-            rid = next(r["id"] for r in screen.snapshot.rows if r.get("state") == "finished")
-            epochs = len(RunDir(store.runs_dir / rid).epochs())
-            t = time.perf_counter()
-            app.open_run(rid)
-            await pilot.pause(0)
-            from tui.screens.run_detail import RunDetailScreen
-
-            def drawn() -> bool:
-                scr = app.screen
-                if not isinstance(scr, RunDetailScreen) or "robust" not in scr.plots["acc"].series:
-                    return False
-                return (len(scr.plots["acc"].series["robust"].xs) == epochs
-                        and all(p.drawn for p in scr.plots.values() if p.region.height))
-
-            while not drawn():
-                if time.perf_counter() - t > 30:
-                    raise TimeoutError("detail plots did not fill")
-                await pilot.pause(0.005)
-            await pilot.pause(0)
-            out["detail_open_s"] = time.perf_counter() - t
-            out["detail_epochs"] = epochs
-            await pilot.press("escape")
-            await pilot.pause(0.05)
-
+            out.update(await _measure_detail(app, pilot, store))
         if writers:
-            running = [r["id"] for r in screen.snapshot.rows if r.get("state") == "running"][:writers]
-            stop_at = time.time() + seconds
-            procs = [subprocess.Popen([sys.executable, "-m", "tui.bench_app", "--writer", str(home), rid,
-                                       str(epoch_s), str(status_s), str(stop_at)],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      cwd=str(Path(__file__).resolve().parent.parent))
-                     for rid in running]
-            applies: list[float] = []
-            reads: list[float] = []
-            apply_cpu: list[float] = []
-            read_cpu: list[float] = []
-            cpu0 = time.process_time()
-            lags: list[float] = []
-            keys: list[float] = []
-            last_version = screen.snapshot.version
-            tick = 0.05
-            t_prev = time.perf_counter()
-            t_end = time.perf_counter() + seconds
-            presses = 0
-            while time.perf_counter() < t_end:
-                await asyncio.sleep(tick)
-                now = time.perf_counter()
-                lags.append(max(0.0, now - t_prev - tick))
-                t_prev = now
-                if screen.snapshot.version != last_version:
-                    last_version = screen.snapshot.version
-                    applies.append(screen.last_apply_s)
-                    reads.append(screen.snapshot.read_s)
-                    apply_cpu.append(screen.last_apply_cpu_s)
-                    read_cpu.append(screen.snapshot.read_cpu_s)
-                presses += 1
-                if presses % 10 == 0:  # a key press every ~0.5 s: time until the cursor moved
-                    table = screen.query_one("#runs-table", RunTable)
-                    before = table.cursor_row
-                    k0 = time.perf_counter()
-                    await pilot.press("down" if before < table.row_count - 1 else "up")
-                    while table.cursor_row == before and time.perf_counter() - k0 < 5:
-                        await asyncio.sleep(0.001)
-                    keys.append(time.perf_counter() - k0)
-                    t_prev = time.perf_counter()
-            app_cpu = time.process_time() - cpu0
-            for p in procs:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            out.update({
-                "writers": len(procs), "seconds": seconds, "epoch_s": epoch_s, "status_s": status_s,
-                "refreshes": len(applies),
-                "refresh_read_mean_s": statistics.fmean(reads) if reads else None,
-                "refresh_read_max_s": max(reads) if reads else None,
-                "refresh_read_cpu_mean_s": statistics.fmean(read_cpu) if read_cpu else None,
-                "refresh_apply_cpu_mean_s": statistics.fmean(apply_cpu) if apply_cpu else None,
-                "app_cpu_share": app_cpu / seconds,
-                "refresh_apply_mean_s": statistics.fmean(applies) if applies else None,
-                "refresh_apply_max_s": max(applies) if applies else None,
-                "loop_lag_p50_s": statistics.median(lags) if lags else None,
-                "loop_lag_max_s": max(lags) if lags else None,
-                "key_latency_mean_s": statistics.fmean(keys) if keys else None,
-                "key_latency_max_s": max(keys) if keys else None,
-            })
+            out.update(await _measure_writers(app, pilot, home, writers, seconds, epoch_s, status_s))
         await pilot.press("q")
     return out
 

@@ -1,4 +1,4 @@
-"""Benchmark and validation of the HS (input-Hessian spectrum) methods of engine.nn.metrics.landscape.
+"""`advlc bench --hs`: the HS (input-Hessian spectrum) methods of engine.nn.metrics.hessian, timed and checked.
 
 `benchmark_hs` times "exact", "power" and "lanczos" over the same batches in one process
 and checks them: exact against a dense `torch.autograd.functional.hessian` on one small
@@ -8,20 +8,30 @@ batch, power/lanczos against exact. Returns plain JSON-able dicts; prints nothin
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
 import torch.nn.functional as F
 
+from engine.bench.common import (
+    Progress,
+    bench_model,
+    environment,
+    resolve_device,
+    say,
+    sync,
+)
+from engine.config.schema import DataConfig, from_json
+from engine.errors import UserError
 from engine.nn.attacks import model_mode
-from engine.nn.metrics.landscape import hessian_spectrum_with_method
+from engine.nn.datasets import as_float, epoch_batches, load_dataset
+from engine.nn.metrics.hessian import hessian_spectrum_with_method
+from engine.nn.models import build_model
+from engine.run.checkpoints import load
+from engine.store.index import Store
 
-__all__ = ["benchmark_hs", "topk_rel_err"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+__all__ = ["bench_hs", "benchmark_hs", "topk_rel_err"]
 
 
 def topk_rel_err(a: torch.Tensor, ref: torch.Tensor, floor: float = 1e-6) -> dict:
@@ -92,14 +102,14 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
         try:
             # warm-up on the first batch (allocator, kernels) outside the timing
             hessian_spectrum_with_method(model, x[slices[0]], y[slices[0]], k, m, seed=seed)
-            _sync(dev)
+            sync(dev)
             vals = []
             t0 = time.perf_counter()
             for r in range(repeats):
                 gen = torch.Generator().manual_seed(seed)
                 vals = [hessian_spectrum_with_method(model, x[s], y[s], k, m, generator=gen)[0]
                         for s in slices]
-            _sync(dev)
+            sync(dev)
             dt = (time.perf_counter() - t0) / (repeats * len(slices))
         except ValueError as e:
             out["methods"][m] = {"error": str(e)}
@@ -140,3 +150,97 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
             }
     out["validation"] = val
     return out
+
+
+def _train_digits_model(epochs: int, device: torch.device, seed: int):
+    """cnn_small trained `epochs` epochs on digits (standard CE, SGD 0.05, momentum 0.9, batch 50)."""
+
+    data = load_dataset(DataConfig(dataset="digits"), device)
+    model = bench_model("cnn_small", device, seed, in_channels=1, image_size=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in epoch_batches(len(data.train_x), 50, gen, device):
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(data.test_x).argmax(1) == data.test_y).float().mean())
+    return model, data, {"source": f"digits cnn_small, {epochs} epochs of standard training", "test_acc": acc}
+
+
+def _run_model(run: str, home, ckpt: str, device: torch.device):
+
+    rd = Store(home).get(run)
+    cfg = from_json(rd.config())
+    name = {"end": "last", "last": "last"}.get(ckpt, ckpt)
+    path = rd.ckpt(name)
+    if not path.exists():
+        raise UserError(f"run {rd.id}: no checkpoint {path.name} (use --ckpt best|last)")
+    data = load_dataset(cfg.data, device)
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size).to(device)
+    model.load_state_dict(load(path, device)["model"])
+    return model.eval(), data, {"source": f"run {rd.id} ({cfg.label}), {path.name}"}
+
+
+def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: str = "cpu",
+             n: int = 2000, power_n: int | None = None, epochs: int = 5, seed: int = 0,
+             progress: Progress = None) -> dict:
+    """HS by the exact formula vs power iteration vs Lanczos (`engine.bench.hs.benchmark_hs`)
+    on `n` samples of batch 100, with the validation errors.
+
+    The model: a run's checkpoint (`run`, `ckpt`) with its own data, or cnn_small trained
+    `epochs` epochs on digits. Samples: test images then training images (digits has 1797
+    in all; up to `n` are used, cycled when n is larger, which only affects timing).
+    Power iteration is timed on the first `power_n` samples (default all n; it is the slow
+    one: ~2 s per batch of 100 digits on one CPU thread) against exact on the same samples;
+    exact and Lanczos on all n. The HS of every method is reported on the samples it ran on,
+    with exact's on the power samples beside power's.
+    """
+    dev = resolve_device(device)
+    if run:
+        say(progress, f"loading run {run}")
+        model, data, source = _run_model(run, home, ckpt, dev)
+    else:
+        say(progress, f"training cnn_small on digits for {epochs} epochs")
+        model, data, source = _train_digits_model(epochs, dev, seed)
+    x = torch.cat([data.test_x, data.train_x])
+    y = torch.cat([data.test_y, data.train_y])
+    distinct = len(x)
+    if n > len(x):
+        reps = math.ceil(n / len(x))
+        x, y = x.repeat(reps, 1, 1, 1), y.repeat(reps)
+    x, y = as_float(x[:n]), y[:n]
+    power_n = min(n, power_n or n)
+    say(progress, f"exact and lanczos on {n} samples")
+    a = benchmark_hs(model, x, y, batch=100, methods=("exact", "lanczos"), seed=seed)
+    say(progress, f"exact and power on {power_n} samples")
+    b = benchmark_hs(model, x[:power_n], y[:power_n], batch=100, methods=("exact", "power"), seed=seed)
+    sec = {"exact": a["methods"].get("exact", {}).get("sec_per_batch"),
+           "lanczos": a["methods"].get("lanczos", {}).get("sec_per_batch"),
+           "power": b["methods"].get("power", {}).get("sec_per_batch"),
+           "exact_on_power_samples": b["methods"].get("exact", {}).get("sec_per_batch")}
+    val = dict(a["validation"])
+    for k in ("power_vs_dense", "power_vs_exact"):
+        if k in b["validation"]:
+            val[k] = b["validation"][k]
+    sp_power = b.get("speedup_exact_vs_power")
+    goals = {
+        "exact_100x_faster_than_power": None if sp_power is None else sp_power >= 100,
+        "exact_vs_dense_within_1e-3": (val.get("exact_vs_dense", {}).get("max_rel", math.inf) <= 1e-3)
+        if "exact_vs_dense" in val else None,
+        "power_vs_exact_within_1e-3": (val.get("power_vs_exact", {}).get("max_rel", math.inf) <= 1e-3)
+        if "power_vs_exact" in val else None,
+    }
+    return {"kind": "hs", **environment(dev), "model": source, "n_samples": a["n_samples"],
+            "distinct_samples": min(distinct, n), "power_samples": b["n_samples"], "batch": 100, "k": 20,
+            "sec_per_batch": sec, "speedup_exact_vs_power": sp_power,
+            "speedup_exact_vs_lanczos": a.get("speedup_exact_vs_lanczos"),
+            "hs": {m: r.get("hs") for m, r in a["methods"].items()} | {"power": b["methods"].get("power", {}).get("hs"),
+                                                                      "exact_on_power_samples": b["methods"].get("exact", {}).get("hs")},
+            "errors": {m: r2["error"] for res in (a, b) for m, r2 in res["methods"].items() if "error" in r2},
+            "validation": val, "goals": goals}

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from engine import CODE_ROOT
+from engine.config.presets import list_presets
+from engine.config.schema import schema
+from engine.nn.methods import methods
+from engine.paths import CODE_ROOT
 
 DOC = CODE_ROOT / "docs" / "PRESETS.md"
 
@@ -27,8 +29,6 @@ def _cell(text) -> str:
 
 
 def render_schema() -> str:
-    from engine.config.schema import schema
-
     lines, section = [], None
     for row in schema():
         sec = row["key"].split(".")[0]
@@ -44,18 +44,14 @@ def render_schema() -> str:
 
 
 def render_methods() -> str:
-    from engine.nn.methods import METHODS
-
     lines = ["", "| method | training attack | objective |", "|---|---|---|"]
-    for name, m in sorted(METHODS.items()):
+    for name, m in sorted(methods().items()):
         attack = f"`{m.fixed_attack}` (fixed)" if m.fixed_attack else "`attack.name`: " + ", ".join(m.attacks)
         lines.append(f"| `{name}` | {attack} | {_cell(m.doc)} |")
     return "\n".join(lines + [""])
 
 
 def render_presets() -> str:
-    from engine.config.presets import list_presets
-
     lines = ["", "| preset | reproduces | description |", "|---|---|---|"]
     for e in list_presets():
         if e.name.startswith("user/"):

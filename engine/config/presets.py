@@ -7,6 +7,8 @@ file also works wherever a preset name does.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from engine.config import schema as C
 from engine.errors import UserError
+from engine.paths import default_home
 
 DEFAULT_PRESET = "quick/digits-fgsm_n-advlc"
 
@@ -32,8 +35,6 @@ def builtin_root() -> Path:
 
 
 def user_root(home: Path | None = None) -> Path:
-    from engine.store.index import default_home
-
     return (Path(home) if home else default_home()) / "presets"
 
 
@@ -121,7 +122,7 @@ class PlannedRun:
     cfg: C.RunConfig
     point: dict            # e.g. {"method.lam": 0.3}; empty when the preset has no sweep
     seed: int
-    teachers: dict = field(default_factory=dict)  # role -> engine.run.teachers.TeacherRef (KDSA)
+    teachers: dict = field(default_factory=dict)  # role -> engine.launch.plan.TeacherRef (KDSA)
     role: str = ""         # "teacher:<role>" for a teacher run planned before its student
 
 
@@ -137,8 +138,6 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
     dotted form `method.lam = [...]` is read the same). Each problem is one UserError line
     naming the file and the key.
     """
-    import dataclasses
-
     table = raw.get("sweep")
     if table is None:
         return None, []
@@ -179,27 +178,28 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
 
 def sweep_points(axes: list[tuple[str, list]]) -> list[dict]:
     """The Cartesian product of the axes, first axis slowest: [{"method.lam": 0.1, ...}, ...]."""
-    import itertools
-
     keys = [k for k, _ in axes]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in axes))]
 
 
-def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
-              home=None, with_teachers: bool = False, store=None) -> list[PlannedRun]:
-    """Every run a preset stands for: its sweep grid (if any) x its seeds (+ teachers first).
+@dataclass
+class Plan:
+    """What a preset asks for: its runs, and the preset's tables (for [teachers], [slurm])."""
+
+    runs: list[PlannedRun]
+    raw: dict
+    where: str               # how errors name the preset file
+
+
+def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None) -> Plan:
+    """Every run a preset stands for: its sweep grid (if any) x its seeds.
 
     Precedence, lowest first: the preset's tables (with `extends`), then the `[sweep]` point,
     then `--set` overrides. A `--set` on a swept key pins it: that axis is dropped from the
     grid (rather than giving identical runs). `seeds` (e.g. from --seeds) replaces the
     preset's `[sweep] seeds`; the seeds of each point count up from its train.seed (--seed).
     Every point is validated; an invalid value is a UserError naming the file, key and value.
-
-    A preset with a `[teachers]` table (KDSA) has each teacher resolved to the newest finished
-    run of that preset in the store (`store`, default Store(home)) with the student's dataset
-    and arch; when one is missing: a UserError naming the teacher preset to run first, or
-    with `with_teachers` a run of that teacher preset planned (returned before the students,
-    with [data]/[model]/train.device overrides carried; see engine/teachers.py).
+    Teacher runs (KDSA's [teachers]) are resolved against a store by engine.launch.plan.
     """
     overrides = list(overrides or [])
     name, path, raw = read_preset(ref, home)
@@ -221,64 +221,14 @@ def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None
         C.resolve(cfg, f"{desc} (with --set)" if overrides else desc)
         for i in range(n):
             runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i))
-    return _plan_teachers(runs, raw, where, overrides, home, with_teachers, store) + runs
+    return Plan(runs, raw, where)
 
 
-def _plan_teachers(runs: list[PlannedRun], raw: dict, where: str, overrides: list[str], home,
-                   with_teachers: bool, store) -> list[PlannedRun]:
-    """Attach TeacherRefs to `runs`; returns the teacher runs to plan first (with_teachers)."""
-    from engine.run import teachers as T
-
-    tables = {}
-    for r in runs:
-        if r.cfg.method.name not in tables:
-            tables[r.cfg.method.name] = T.read_table(raw, where, r.cfg.method.name, home)
-    if not any(tables.values()):
-        return []
-    if store is None:
-        from engine.store.index import Store
-
-        store = Store(home)
-    found: dict[tuple, str | None] = {}
-    planned: dict[tuple, PlannedRun] = {}
-    first: list[PlannedRun] = []
-    missing: list[tuple[str, str]] = []
-    for r in runs:
-        dataset, arch = r.cfg.data.dataset, r.cfg.model.arch
-        for role, tpreset in tables[r.cfg.method.name].items():
-            which = T.which_for(r.cfg, role)
-            key = (tpreset, dataset, arch, which)
-            if key not in found:
-                found[key] = T.find_run(store, tpreset, dataset, arch, which)
-            if found[key]:
-                r.teachers[role] = T.TeacherRef(role, tpreset, which, run_id=found[key])
-                continue
-            if not with_teachers:
-                if (role, tpreset) not in missing:
-                    missing.append((role, tpreset))
-                continue
-            pkey = (tpreset, dataset, arch)
-            if pkey not in planned:
-                plan = plan_runs(tpreset, T.teacher_overrides(overrides), seeds=1, home=home,
-                                 with_teachers=True, store=store)
-                mains = [p for p in plan if not p.role]
-                if len(mains) != 1:
-                    raise UserError(f"{where}: [teachers] {role} = {tpreset!r}: a teacher preset must stand for "
-                                    f"one run (it has a [sweep] of {len(mains)})")
-                t = mains[0]
-                if (t.cfg.data.dataset, t.cfg.model.arch) != (dataset, arch):
-                    raise UserError(f"{where}: [teachers] {role} = {tpreset!r}: that preset trains "
-                                    f"{t.cfg.model.arch} on {t.cfg.data.dataset}, this one {arch} on {dataset}")
-                t.role = f"teacher:{role}"
-                planned[pkey] = t
-                first.extend(plan)
-            r.teachers[role] = T.TeacherRef(role, tpreset, which, planned=planned[pkey])
-    if missing:
-        raise UserError(T.missing_message(runs[0].cfg.method.name, missing, overrides))
-    return first
+def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
+              home=None) -> list[PlannedRun]:
+    """`plan(...).runs`: the runs a preset stands for, without their teachers."""
+    return plan(ref, overrides, seeds=seeds, home=home).runs
 
 
 def _with_seed(cfg: C.RunConfig, seed: int) -> C.RunConfig:
-    import dataclasses
-
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))

@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from engine.errors import UserError
+from engine.nn.methods import get_method, methods
 
 # ---------------------------------------------------------------------------------------
 # field helper
@@ -171,7 +173,7 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
     channels_last: bool = opt(
         False, "Fast path: keep the model's conv weights in channels_last (NHWC) memory format; "
-        "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/fastpath.py).")
+        "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/nn/fastpath.py).")
     amp: str = opt(
         "off", "Fast path: mixed precision. 'off' = exact fp32; 'bf16' = bfloat16 autocast of the forward "
         "passes (attacks included) on CUDA and on CPU; changes results at the bf16 rounding level.",
@@ -197,6 +199,14 @@ EXTRA_METRICS = ("train_ig", "train_hs", "train_clean_loss", "train_adv_loss", "
 FINAL_ATTACKS = ("pgd20", "pgd50", "aa", "aa-torchattacks", "apgd50x5")
 FINAL_CKPTS = ("best", "end", "swa_best", "swa_end")
 EXPERIMENT_KINDS = ("fig4a", "fig4b", "fig4c", "a1")
+POINT_KEYS = {  # the keys of an experiment's `points` records, by kind (engine.run.experiments)
+    "fig4a": ("s", "hs", "hs_method", "eff_fgsm", "eff_pgd10", "clean_loss", "clean_acc"),
+    "fig4b": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
+              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
+    "fig4c": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
+              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
+    "a1": ("split", "steps", "adv_loss", "adv_acc", "clean_loss"),
+}
 
 
 @dataclass
@@ -321,8 +331,6 @@ class RunConfig:
     @property
     def label(self) -> str:
         """Short human name of the training scheme, e.g. 'fgsm_n+advlc' or 'pgd'."""
-        from engine.nn.methods import get_method
-
         m = get_method(self.method.name)
         if m.fixed_attack is not None:
             return self.method.name
@@ -330,9 +338,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 
 
 def section_classes() -> dict[str, type]:
@@ -531,10 +536,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 def resolve(cfg: RunConfig, where: str) -> RunConfig:
     """Fill in derived values and check cross-field rules; errors name `where`."""
-    from engine.nn.methods import METHODS, get_method
-
-    if cfg.method.name not in METHODS:
-        raise UserError(f"{where}: method.name = {cfg.method.name!r}: must be one of {', '.join(sorted(METHODS))}")
+    if cfg.method.name not in methods():
+        raise UserError(f"{where}: method.name = {cfg.method.name!r}: must be one of {', '.join(sorted(methods()))}")
     method = get_method(cfg.method.name)
     a = cfg.attack
     if method.fixed_attack is not None:
@@ -566,6 +569,10 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
     if not DEVICES_RE.match(cfg.train.device):
         raise UserError(f"{where}: train.device = {cfg.train.device!r}: must be auto, cpu, cuda or cuda:N")
     method.validate(cfg, where)
+    m = cfg.method
+    if m.kd_alpha_std + m.kd_alpha_adv > 1.0 + 1e-12:
+        raise UserError(f"{where}: method.kd_alpha_std + method.kd_alpha_adv = {m.kd_alpha_std + m.kd_alpha_adv:g}: "
+                        f"must be <= 1 (the CE weight is 1 - their sum; original: 0.1 + 0.6)")
     return cfg
 
 

@@ -8,22 +8,22 @@ A run launched with `gpus=[0, 1]` and `slots_per_gpu=1` waits as `queued` (statu
 `launch` says which GPUs it may use) until a slot on one of those GPUs is free; it is then
 started with CUDA_VISIBLE_DEVICES set to that GPU and the lease names its process. A lease is
 free when its file is missing, or its holder (pid + create time) is dead, or its run has
-reached a final state: leases of crashed processes are reclaimed without anyone's help. The
-run process removes its own lease when it exits (`release_own_lease`, from engine.run.process).
+reached a final state: leases of crashed processes are reclaimed without anyone's help.
 
 Queued runs are started in order (`queued_at`) by `schedule_once`, called by `launch` and by
 the scheduler, `python -m engine.launch.gpuqueue HOME`: a detached process started on demand
-(`ensure_scheduler`) that polls once a second and exits when no run of this host is queued.
-It holds `scheduler.lock` (an OS file lock, released if it dies), so two never run at once;
-it re-checks the queue after releasing the lock, so a run queued while it was exiting is not
-stranded (the launcher queues first, then starts a scheduler unless the lock is held).
+(`ensure_scheduler`) that polls once a second, removes the lease of each run that has ended,
+and exits when no run of this host is queued and none holds a lease. It holds
+`scheduler.lock` (an OS file lock, released if it dies), so two never run at once; it
+re-checks the queue after releasing the lock, so a run queued while it was exiting is not
+stranded (the launcher queues first, then starts a scheduler unless the lock is held). The
+run process knows nothing of leases.
 
 Leases are per host: one $ADVLC_HOME on a shared filesystem can serve several GPU machines.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -31,10 +31,21 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from engine.store.rundir import FINAL_STATES, RunDir, read_json, write_json
+from engine.launch import local
+from engine.launch.processes import (
+    HOST,
+    child_env,
+    create_time,
+    process_matches,
+    python_module,
+    reap,
+    spawn_detached,
+)
+from engine.store.files import read_json, write_json
 from engine.store.index import Store
+from engine.store.rundir import RunDir
+from engine.store.states import FINAL_STATES, transition
 
-HOST = os.uname().nodename
 POLL_S = float(os.environ.get("ADVLC_SCHEDULER_POLL_S", "1.0"))
 
 
@@ -50,8 +61,6 @@ def lease_path(store: Store, gpu: int, slot: int) -> Path:
 
 def read_leases(store: Store) -> list[dict]:
     """This host's lease files, each with `path` and `live`."""
-    from engine.launch.supervisor import process_matches
-
     d = store.home / "leases" / HOST
     if not d.exists():
         return []
@@ -61,17 +70,18 @@ def read_leases(store: Store) -> list[dict]:
         if not isinstance(doc, dict):
             doc = {}
         doc["path"] = str(p)
-        doc["live"] = _lease_live(store, doc, process_matches)
+        doc["live"] = _lease_live(store, doc)
         out.append(doc)
     return out
 
 
-def _lease_live(store: Store, doc: dict, process_matches) -> bool:
+def _lease_live(store: Store, doc: dict) -> bool:
+    """A lease is held while its holder lives and its run has not reached a final state."""
     if not process_matches(doc.get("pid"), doc.get("pid_create_time")):
         return False
     run = doc.get("run")
     if run:
-        st = read_json(store.runs_dir / run / "status.json", {}) or {}
+        st = store.run_dir(run).status()
         if st.get("state") in FINAL_STATES or (st.get("pid") not in (None, doc.get("pid"))):
             return False
     return True
@@ -104,28 +114,13 @@ def release_run(store: Store, run_id: str) -> None:
                 pass
 
 
-def release_own_lease() -> None:
-    """Called by a run process as it exits: drop the lease named in $ADVLC_LEASE if it is ours."""
-    path = os.environ.get("ADVLC_LEASE")
-    if not path:
-        return
-    try:
-        doc = json.loads(Path(path).read_text())
-        if doc.get("pid") == os.getpid():
-            os.unlink(path)
-    except (OSError, ValueError):
-        pass
-
-
 def _free_slot(store: Store, gpus: list[int], slots: int) -> tuple[int, int] | None:
     """A free (gpu, slot): fill slot 0 of every GPU before slot 1, so runs spread out."""
-    from engine.launch.supervisor import process_matches
-
     for s in range(slots):
         for g in gpus:
             p = lease_path(store, g, s)
             doc = read_json(p, None)
-            if doc is None or not _lease_live(store, doc if isinstance(doc, dict) else {}, process_matches):
+            if doc is None or not _lease_live(store, doc if isinstance(doc, dict) else {}):
                 return g, s
     return None
 
@@ -144,10 +139,8 @@ def queued_runs(store: Store) -> list[RunDir]:
 
 def schedule_once(store: Store) -> list[str]:
     """Start every queued run that has a free slot; returns the ids started."""
-    from engine.launch import supervisor as sup
-
     started = []
-    with sup.lock(store):
+    with local.lock(store):
         for rd in queued_runs(store):
             st = rd.status()
             if st.get("state") != "queued":
@@ -159,13 +152,14 @@ def schedule_once(store: Store) -> list[str]:
             gpu, s = slot
             lp = lease_path(store, gpu, s)
             try:
-                pid = sup.start_detached(store, rd, gpu=gpu, lease=lp)
+                pid = local.start_detached(store, rd, gpu=gpu)
             except Exception as exc:           # noqa: BLE001 - one bad run must not stop the queue
-                rd.write_status(state="failed", error=f"could not start: {exc}", ended=time.time())
+                if rd.status().get("state") in ("queued", "running"):
+                    transition(rd, "failed", error=f"could not start: {exc}")
                 store.sync(rd)
                 continue
             write_json(lp, {"gpu": gpu, "slot": s, "run": rd.id, "pid": pid,
-                            "pid_create_time": sup.process_create_time(pid), "host": HOST, "since": time.time()})
+                            "pid_create_time": create_time(pid), "host": HOST, "since": time.time()})
             started.append(rd.id)
     return started
 
@@ -188,29 +182,24 @@ def ensure_scheduler(store: Store) -> int | None:
     """Start the detached scheduler unless one runs; returns the new pid (None if one runs).
 
     A second one started by a race finds the lock held and exits at once."""
-    from engine.launch import supervisor as sup
-
     if scheduler_running(store):
         return None
     d = host_dir(store)
-    p = sup.spawn_detached([sys.executable, "-m", "engine.launch.gpuqueue", str(store.home)],
-                           log_path=d / "scheduler.log", env=sup._child_env(None, None, store.home), cwd=d)
+    p = spawn_detached(python_module("engine.launch.gpuqueue", str(store.home)), log_path=d / "scheduler.log",
+                       env=child_env(store.home), cwd=d)
     return p.pid
 
 
 def scheduler_pid(store: Store) -> int | None:
     doc = read_json(store.home / "leases" / HOST / "scheduler.json", None)
-    from engine.launch.supervisor import process_matches
-
     if isinstance(doc, dict) and process_matches(doc.get("pid"), doc.get("pid_create_time")):
         return doc["pid"]
     return None
 
 
 def scheduler_main(home: str) -> int:
-    """The scheduler loop: start what fits, poll, exit when nothing of this host is queued."""
-    from engine.launch import supervisor as sup
-
+    """The scheduler loop: start what fits, free the leases of ended runs, poll; exit when nothing
+    of this host is queued and no run holds a lease."""
     store = Store(home)
     lk = _sched_lock(store)
     try:
@@ -219,16 +208,17 @@ def scheduler_main(home: str) -> int:
         print(f"{time.strftime('%H:%M:%S')} scheduler: another scheduler holds the lock; exiting", flush=True)
         return 0
     info = store.home / "leases" / HOST / "scheduler.json"
-    write_json(info, {"pid": os.getpid(), "pid_create_time": sup.process_create_time(os.getpid()),
+    write_json(info, {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()),
                       "host": HOST, "since": time.time()})
     print(f"{time.strftime('%H:%M:%S')} scheduler {os.getpid()}: started", flush=True)
     try:
         while True:
-            sup._reap()
+            reap()
+            reclaim_stale(store)
             for rid in schedule_once(store):
                 print(f"{time.strftime('%H:%M:%S')} scheduler: started {rid}", flush=True)
-            if queued_runs(store):
-                time.sleep(POLL_S)
+            if queued_runs(store) or any(le.get("run") for le in read_leases(store)):
+                time.sleep(POLL_S)   # runs wait, or runs hold leases this loop frees when they end
                 continue
             # Queue empty: release, then look once more (a launcher that saw the lock held
             # queued its run before looking, so it is visible now).
@@ -241,7 +231,7 @@ def scheduler_main(home: str) -> int:
                 lk.acquire()
             except Timeout:
                 return 0                       # another scheduler took over
-            write_json(info, {"pid": os.getpid(), "pid_create_time": sup.process_create_time(os.getpid()),
+            write_json(info, {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()),
                               "host": HOST, "since": time.time()})
     finally:
         if lk.is_locked:

@@ -19,9 +19,11 @@ Parameters come from the preset's `[slurm]` table, overridden by the command lin
     cluster     str                     "slurm" (default) or "local" (submitit's LocalExecutor: tests, debugging)
 
 The job calls `SlurmTrain()(run_dir)`, which is `engine.run.process.main([run_dir])` with its
-output appended to the run's log.txt (submitit's own logs stay in `<run>/submitit/`). It is
-submitit-Checkpointable: on a timeout or preemption signal submitit requeues the job, the run
-shows `queued` meanwhile, and the requeued job continues from last.pt.
+output appended to the run's log.txt (submitit's own logs stay in `<run>/submitit/`). It has
+submitit's `checkpoint` method: on a timeout or preemption signal submitit requeues the job, the
+run shows `queued` meanwhile, and the requeued job continues from last.pt.
+
+submitit is imported where it is used: only Slurm runs need it.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ import sys
 import time
 from pathlib import Path
 
-from submitit.helpers import Checkpointable, DelayedSubmission
-
+from engine.config.presets import read_preset
 from engine.errors import UserError
-from engine.store.rundir import RunDir
+from engine.launch.processes import HOST, create_time, process_matches
 from engine.store.index import Store
+from engine.store.rundir import RunDir
+from engine.store.states import transition
 
-HOST = os.uname().nodename
 KEYS = {"partition", "time", "gpus", "account", "cpus", "mem_gb", "qos", "constraint", "setup",
         "additional", "max_requeue", "cluster", "signal_delay_s"}
 ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -76,8 +78,6 @@ def params_for(store: Store, preset: str | None, cli: dict) -> dict:
     """The preset's [slurm] table with the command line's values on top (None = not given)."""
     base = {}
     if preset:
-        from engine.config.presets import read_preset
-
         try:
             base = dict(read_preset(preset, store.home)[2].get("slurm", {}) or {})
         except UserError:
@@ -108,7 +108,7 @@ def check_params(p: dict) -> None:
 def executor_for(folder: Path, name: str, p: dict):
     """A submitit executor configured from the parameters (see the module docstring):
     SlurmExecutor for cluster "slurm", LocalExecutor for cluster "local"."""
-    import submitit
+    import submitit  # optional: only Slurm runs need it
 
     cluster = p.get("cluster", "slurm")
     max_requeue = int(p.get("max_requeue", 3))
@@ -143,28 +143,35 @@ def executor_for(folder: Path, name: str, p: dict):
     return ex
 
 
-class SlurmTrain(Checkpointable):
-    """What a submitit job runs: the run process, its output appended to the run's log.txt."""
+class SlurmTrain:
+    """What a submitit job runs: the run process, its output appended to the run's log.txt.
+
+    Its `checkpoint` method makes submitit requeue the job on a timeout or preemption."""
 
     def __init__(self):
         self.requeued = False
 
     def __call__(self, run_dir: str) -> int:
-        from engine.run.process import main
+        # on the node: load the run process (and torch) there, not in every command importing this module
+        from engine.run.process import main as run_process_main
 
         self.requeued = False
-        _redirect_output(Path(run_dir) / "log.txt")
+        rd = RunDir(Path(run_dir))
+        _redirect_output(rd.log_path)
         try:
-            return main([run_dir])
+            return run_process_main([run_dir])
         except SystemExit:
             if self.requeued:       # submitit requeued the job (and exits this process): wait as `queued`
-                rd = RunDir(Path(run_dir))
-                rd.write_status(state="queued", pid=None, error=None, requeued=time.time())
-                Store(rd.path.parent.parent).sync(rd)
+                transition(rd, "queued", pid=None, error=None, requeued=time.time())
+                Store.containing(rd).sync(rd)
             raise
 
-    def checkpoint(self, run_dir: str) -> DelayedSubmission:
+    def checkpoint(self, run_dir: str):
         """Timeout/preemption: resubmit the same call; the run continues from last.pt."""
+        from submitit.helpers import (
+            DelayedSubmission,  # optional: only Slurm runs need it
+        )
+
         self.requeued = True
         return DelayedSubmission(self, run_dir)
 
@@ -180,36 +187,34 @@ def _redirect_output(log: Path) -> None:
 
 def submit(store: Store, rd: RunDir, params: dict) -> str:
     """Submit one run as a submitit job; the run waits `queued` until the job starts."""
-    from engine.launch.supervisor import process_create_time
-
     check_params(params)
     cluster = params.get("cluster", "slurm")
-    folder = rd.path / "submitit"
+    folder = rd.submitit_dir
     folder.mkdir(mode=0o700, exist_ok=True)
     launch = {"executor": "slurm", "cluster": cluster, "host": HOST, "params": params, "job_id": None}
     try:
         ex = executor_for(folder, f"advlc-{rd.id}", params)
     except UserError as exc:
-        rd.write_status(state="failed", error=f"submission failed: {exc}", ended=time.time(), launch=launch)
+        transition(rd, "failed", error=f"submission failed: {exc}", launch=launch)
         store.sync(rd)
         raise
-    rd.write_status(state="queued", queued_at=time.time(), pid=None, error=None, ended=None, launch=launch)
+    transition(rd, "queued", queued_at=time.time(), pid=None, error=None, ended=None, launch=launch)
     try:
         job = ex.submit(SlurmTrain(), str(rd.path))
     except FileNotFoundError as exc:
-        rd.write_status(state="failed", error=f"submission failed: {exc}", ended=time.time())
+        transition(rd, "failed", error=f"submission failed: {exc}")
         store.sync(rd)
         raise UserError(f"run {rd.id}: cannot submit to Slurm ({exc.filename or exc} not found: is this a Slurm login node?)") from exc
     except Exception as exc:  # noqa: BLE001 - sbatch errors come in several types
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        rd.write_status(state="failed", error=f"submission failed: {exc}", ended=time.time())
+        transition(rd, "failed", error=f"submission failed: {exc}")
         store.sync(rd)
         raise UserError(f"run {rd.id}: Slurm submission failed: {msg}") from exc
     launch["job_id"] = str(job.job_id)
     if cluster == "local":
         launch["controller_pid"] = int(job.job_id)
-        launch["controller_create_time"] = process_create_time(int(job.job_id))
-    rd.write_status(launch=launch)
+        launch["controller_create_time"] = create_time(int(job.job_id))
+    rd.update_status(launch=launch)
     store.sync(rd)
     return str(job.job_id)
 
@@ -217,8 +222,6 @@ def submit(store: Store, rd: RunDir, params: dict) -> str:
 def ended_jobs(launches: dict[str, dict]) -> dict[str, str]:
     """{run id: why} for jobs that have ended (the run still `queued`): sacct, or for the
     local cluster the controller process being gone."""
-    from engine.launch.supervisor import process_matches
-
     out, slurm_ids = {}, {}
     for rid, la in launches.items():
         if la.get("cluster") == "local":

@@ -3,7 +3,7 @@
 The CLI and the app call only this layer to start or stop work; it writes run directories
 through `RunDir` and the index through `Store`.
 
-A run is trained by its own process, `python -m engine.run.process RUN_DIR`, started detached
+A run is trained by its own process, `python -m engine.run RUN_DIR`, started detached
 (own session, stdin from /dev/null, output appended to the run's `log.txt`), so closing
 the terminal, the app or the SSH connection never stops it. Three executors start that
 process:
@@ -14,15 +14,11 @@ process:
 - slurm: submitted through submitit (`engine.launch.slurm`); it runs on a node and writes the same
   run directory on the shared filesystem.
 
-States (status.json `state`): queued -> running -> finished | failed | stopped, and `lost`
-when the process is gone without writing a final state. Liveness (`is_alive`): on this host
-the pid and its create time (psutil; a recycled pid does not count), elsewhere (Slurm nodes)
-the heartbeat the run process writes every few seconds. `reconcile` turns dead `running`
-runs into `lost`; every CLI start and the app call it.
-
-State transitions made here (not by the run process) happen under one lock,
-`$ADVLC_HOME/supervisor.lock`, so two supervisors (the app and a CLI command, or the
-scheduler) never start or stop the same run twice.
+States (engine.store.states): queued -> running -> finished | failed | stopped, and `lost`
+when the process is gone without writing a final state (engine.launch.processes.is_alive).
+`reconcile` turns dead `running` runs into `lost`; every CLI start and the app call it.
+State changes made here (not by the run process) happen under the supervisor lock
+(engine.launch.local.lock).
 """
 
 from __future__ import annotations
@@ -31,27 +27,22 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock
+import psutil
 
-from engine import CODE_ROOT
-from engine.errors import UserError
 from engine.config.presets import PlannedRun
-from engine.store.rundir import FINAL_STATES, RunDir
+from engine.errors import UserError
+from engine.launch import gpuqueue, slurm
+from engine.launch.local import lock, start_detached
+from engine.launch.plan import run_record
+from engine.launch.processes import HOST, is_alive, process_matches, reap
 from engine.store.index import Store
-
-HOST = os.uname().nodename
-# A run's heartbeat is stale (its process presumed gone) after this many heartbeat
-# intervals, and never sooner than STALE_MIN_S; only used where the pid cannot be checked
-# (a run on another host, e.g. a Slurm node).
-STALE_FACTOR = 6
-STALE_MIN_S = 30.0
-
-_CHILDREN: list[subprocess.Popen] = []                   # detached children of this process
+from engine.store.rundir import RunDir
+from engine.store.states import FINAL_STATES, transition
 
 
 def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = None) -> list[RunDir]:
@@ -63,8 +54,6 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
     {"preset", "run", "which", "checkpoint"}; a teacher planned in the same batch is created
     before its student, so its id is known (a teacher run is marked `role: teacher:<role>`).
     """
-    from engine.run.teachers import run_record
-
     if group is None and sum(1 for p in planned if not p.role) > 1:
         group = f"g{secrets.token_hex(3)}"
     out = []
@@ -85,7 +74,7 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
                 else:
                     raise ValueError(f"create_runs: the {role} teacher of a {p.preset} run must be planned "
                                      f"before it (pass plan_runs' list unchanged)")
-                recs[role] = run_record(ref, rid, store.runs_dir)
+                recs[role] = run_record(ref, rid, store)
             config["run"]["teachers"] = recs
         rd = store.create_run(config)
         made[id(p)] = rd
@@ -93,131 +82,14 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
     return out
 
 
-# ------------------------------------------------------------------------------ processes
-def lock(store: Store) -> FileLock:
-    """The supervisor lock: held for every state transition made outside the run process."""
-    store.ensure()
-    return FileLock(str(store.home / "supervisor.lock"), timeout=120)
-
-
-def process_create_time(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
-
-
-def process_matches(pid: int | None, create_time: float | None) -> bool:
-    """Is `pid` a live (not zombie) process on this host, started at `create_time`?"""
-    if not pid:
-        return False
-    import psutil
-
-    try:
-        p = psutil.Process(int(pid))
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if create_time is not None and abs(p.create_time() - float(create_time)) > 1.0:
-            return False            # the pid was recycled by another process
-        return True
-    except (psutil.Error, ValueError, TypeError):
-        return False
-
-
-def stale_after(status: dict) -> float:
-    """Seconds without a heartbeat after which a run on another host counts as gone."""
-    interval = status.get("heartbeat_s") or 5.0
-    return max(STALE_FACTOR * float(interval), STALE_MIN_S)
-
-
-def is_alive(status: dict, *, now: float | None = None) -> bool:
-    """Is the process of a `running` run alive? (False for every other state.)
-
-    On this host: pid + process create time. On another host (a Slurm node): the heartbeat
-    is younger than `stale_after(status)`.
-    """
-    if status.get("state") != "running":
-        return False
-    pid, host = status.get("pid"), status.get("host")
-    if pid and host in (None, HOST):
-        return process_matches(pid, status.get("pid_create_time"))
-    hb = status.get("heartbeat")
-    if hb is None:
-        return False
-    return (time.time() if now is None else now) - float(hb) < stale_after(status)
-
-
-def _reap() -> None:
-    """Collect exit codes of finished detached children, so none stays a zombie."""
-    for p in list(_CHILDREN):
-        if p.poll() is not None:
-            _CHILDREN.remove(p)
-
-
-def _child_env(gpu: int | None, lease: Path | None, home: Path) -> dict:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["ADVLC_HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    env.pop("ADVLC_LEASE", None)
-    if lease is not None:
-        env["ADVLC_LEASE"] = str(lease)
-    return env
-
-
-def spawn_detached(argv: list[str], *, log_path: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
-    """Start `argv` in its own session (survives the terminal), output appended to `log_path`."""
-    with open(log_path, "ab") as log:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, close_fds=True, env=env,
-                             cwd=str(cwd) if cwd else None)
-    _CHILDREN.append(p)
-    return p
-
-
-def start_detached(store: Store, rd: RunDir, *, gpu: int | None = None, lease: Path | None = None) -> int:
-    """Start `python -m engine.run.process RUN_DIR` detached; returns its pid at once.
-
-    `gpu` sets CUDA_VISIBLE_DEVICES for the process (the run then sees one GPU, `cuda`);
-    `lease` is the GPU lease file it holds (engine.launch.gpuqueue), released when it exits.
-    The caller decides whether the GPU is free; `launch` goes through the queue.
-    """
-    _reap()
-    st = rd.status()
-    if is_alive(st):
-        raise UserError(f"run {rd.id} is already running (pid {st.get('pid')} on {st.get('host')})")
-    now = time.time()
-    rd.write_status(state="running", pid=None, pid_create_time=None, host=HOST, gpu=gpu,
-                    heartbeat=now, started=now, ended=None, error=None)
-    with open(rd.log_path, "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: starting on {HOST}"
-                  f"{'' if gpu is None else f' (CUDA_VISIBLE_DEVICES={gpu})'}\n".encode())
-    try:
-        p = spawn_detached([sys.executable, "-m", "engine.run.process", str(rd.path)], log_path=rd.log_path,
-                           env=_child_env(gpu, lease, store.home), cwd=rd.path)
-    except OSError as exc:
-        rd.write_status(state="failed", error=f"could not start the run process: {exc}", ended=time.time())
-        store.sync(rd)
-        raise UserError(f"run {rd.id}: could not start {sys.executable}: {exc}") from exc
-    st = rd.status()
-    if st.get("pid") in (None, p.pid):   # the child writes the same pid itself once it runs
-        rd.write_status(pid=p.pid, pid_create_time=process_create_time(p.pid))
-    store.sync(rd)
-    return p.pid
-
-
 # ------------------------------------------------------------------------------ launch
 def launch(store: Store, planned: list[PlannedRun], *, gpus: list[int] | None = None, slots_per_gpu: int = 1,
-           executor: str = "local", slurm: dict | None = None, group: str | None = None) -> list[RunDir]:
+           executor: str = "local", slurm_params: dict | None = None, group: str | None = None) -> list[RunDir]:
     """Create the planned runs and start them detached, or queue them; returns at once.
 
     executor "local": with `gpus` (or, when a run asks for CUDA, all visible GPUs) the runs go
     through the GPU queue, `slots_per_gpu` runs per GPU; without GPUs each starts at once.
-    executor "slurm": each run is one submitit job (`slurm`: partition, time, gpus, account,
+    executor "slurm": each run is one submitit job (`slurm_params`: partition, time, gpus, account,
     ... ; the preset's `[slurm]` table gives the defaults).
     """
     if executor not in ("local", "slurm"):
@@ -225,46 +97,33 @@ def launch(store: Store, planned: list[PlannedRun], *, gpus: list[int] | None = 
     if slots_per_gpu < 1:
         raise UserError(f"--slots-per-gpu {slots_per_gpu}: must be at least 1")
     if executor == "slurm":
-        from engine.launch import slurm as S
-
         if gpus:
             raise UserError("--gpus is the local GPU queue; with --executor slurm give --slurm-gpus")
-
-        params = S.params_for(store, planned[0].preset if planned else None, slurm or {})
-        S.check_params(params)
-        import tempfile
-
+        params = slurm.params_for(store, planned[0].preset if planned else None, slurm_params or {})
+        slurm.check_params(params)
         with tempfile.TemporaryDirectory() as tmp:      # bad parameters fail before any run exists
-            S.executor_for(Path(tmp), "advlc-check", params)
+            slurm.executor_for(Path(tmp), "advlc-check", params)
         rds = create_runs(store, planned, group=group)
         for rd in rds:
-            S.submit(store, rd, params)
+            slurm.submit(store, rd, params)
         return rds
     gpus = _resolve_gpus(gpus, planned)
     rds = create_runs(store, planned, group=group)
     if gpus is None:
         for rd in rds:
-            rd.write_status(launch={"executor": "local", "host": HOST})
+            rd.update_status(launch={"executor": "local", "host": HOST})
             start_detached(store, rd)
         return rds
-    from engine.launch import gpuqueue
-
     now = time.time()
     for i, rd in enumerate(rds):
         _retarget_device(rd)
-        rd.write_status(state="queued", queued_at=now + i * 1e-6,
-                        launch={"executor": "local", "host": HOST, "gpus": gpus, "slots_per_gpu": slots_per_gpu})
-    store.sync_many([_summary(rd) for rd in rds])
+        rd.update_status(queued_at=now + i * 1e-6,
+                         launch={"executor": "local", "host": HOST, "gpus": gpus, "slots_per_gpu": slots_per_gpu})
+    store.sync_many(rds)
     gpuqueue.schedule_once(store)
     if any(rd.status().get("state") == "queued" for rd in rds):
         gpuqueue.ensure_scheduler(store)
     return rds
-
-
-def _summary(rd: RunDir) -> dict:
-    from engine.store.index import summarize
-
-    return summarize(rd)
 
 
 def _resolve_gpus(gpus: list[int] | None, planned: list[PlannedRun]) -> list[int] | None:
@@ -286,31 +145,30 @@ def _resolve_gpus(gpus: list[int] | None, planned: list[PlannedRun]) -> list[int
 
 
 def visible_gpu_count() -> int:
+    """CUDA devices this process may use, without importing torch (nvidia-smi, CUDA_VISIBLE_DEVICES)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
     try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
         return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
 
 
 def _retarget_device(rd: RunDir) -> None:
     """A queued run sees only its leased GPU (as `cuda`); `cuda:N` in its config becomes `cuda`."""
-    from engine.store.rundir import write_json
-
     conf = rd.config()
     dev = str(conf.get("train", {}).get("device", ""))
     if dev.startswith("cuda:"):
         conf["train"]["device"] = "cuda"
         conf.setdefault("run", {})["requested_device"] = dev
-        write_json(rd.config_path, conf)
+        rd.write_config(conf)
 
 
 # ------------------------------------------------------------------------------ stop
 def _targets(st: dict) -> tuple[list, list[int]]:
     """(psutil processes to signal, process groups to signal) for a run's status."""
-    import psutil
-
     procs, groups = [], []
     pids = []
     if st.get("pid") and st.get("host") in (None, HOST):
@@ -335,8 +193,6 @@ def _targets(st: dict) -> tuple[list, list[int]]:
 
 
 def _signal(procs: list, groups: list[int], sig: int) -> None:
-    import psutil
-
     for g in groups:
         try:
             os.killpg(g, sig)
@@ -361,11 +217,7 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
     """Stop runs: SIGTERM to each process group, up to `grace_s` to exit cleanly (the run
     writes `stopped` and keeps last.pt), then SIGKILL; queued runs leave the queue.
     Every run ends `stopped` (or the final state it reached on its own), its GPU lease freed."""
-    import psutil
-
-    from engine.launch import gpuqueue
-
-    _reap()
+    reap()
     procs, groups, slurm_jobs = [], [], []
     with lock(store):
         for rd in rds:
@@ -375,14 +227,12 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
                     and launch_.get("cluster", "slurm") != "local" and launch_.get("job_id"):
                 slurm_jobs.append(str(launch_["job_id"]))
             if st.get("state") == "queued":
-                rd.write_status(state="stopped", ended=time.time(), pid=None)
+                transition(rd, "stopped", pid=None)
             p, g = _targets(st)
             procs += p
             groups += g
     if slurm_jobs:
-        from engine.launch import slurm as S
-
-        S.cancel(slurm_jobs)
+        slurm.cancel(slurm_jobs)
     _signal(procs, groups, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     _, alive = psutil.wait_procs(procs, timeout=max(0.0, grace_s))
@@ -394,14 +244,14 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
         end = time.monotonic() + 5
         while any(_group_alive(g) for g in groups) and time.monotonic() < end:
             time.sleep(0.02)
-    _reap()
+    reap()
     with lock(store):
         for rd in rds:
             st = rd.status()
             if st.get("state") in ("queued", "running"):
-                rd.write_status(state="stopped", ended=time.time(), pid=None)
+                transition(rd, "stopped", pid=None)
             gpuqueue.release_run(store, rd.id)
-    store.sync_many([_summary(rd) for rd in rds if rd.exists()])
+    store.sync_many([rd for rd in rds if rd.exists()])
 
 
 # ------------------------------------------------------------------------------ resume
@@ -418,39 +268,34 @@ def check_resumable(store: Store, rd: RunDir) -> None:
         raise UserError(f"run {rd.id} is queued already (see `advlc queue`)")
 
 
-def resume(store: Store, rd: RunDir, *, detach: bool = True) -> RunDir:
-    """Continue a stopped, lost or failed run from its last.pt (or start a never-started one).
-
-    detach=True starts it the way it was launched (the same GPU queue, or Slurm), otherwise
-    at once; detach=False trains in this process and returns when it ends.
-    """
-    check_resumable(store, rd)
-    launch_ = rd.status().get("launch") or {}
-    with lock(store):
-        rd.write_status(state="queued", error=None, ended=None, pid=None, resumed=time.time(),
-                        queued_at=time.time())
-    store.sync(rd)
-    if not detach:
-        from engine.run.process import run as train_run
-
-        rd.write_status(launch={"executor": "local", "host": HOST})
-        train_run(rd, store)
-        return rd
+def resume(store: Store, rd: RunDir) -> RunDir:
+    """Continue a stopped, lost or failed run from its last.pt (or start a never-started one),
+    detached, the way it was launched (the same GPU queue, or Slurm), otherwise at once."""
+    launch_ = prepare_resume(store, rd)
     if launch_.get("executor") == "slurm":
-        from engine.launch import slurm as S
-
-        S.submit(store, rd, launch_.get("params") or {})
+        slurm.submit(store, rd, launch_.get("params") or {})
     elif launch_.get("gpus"):
-        from engine.launch import gpuqueue
-
-        rd.write_status(launch={**launch_, "host": HOST})
+        rd.update_status(launch={**launch_, "host": HOST})
         gpuqueue.schedule_once(store)
         if rd.status().get("state") == "queued":
             gpuqueue.ensure_scheduler(store)
     else:
-        rd.write_status(launch={"executor": "local", "host": HOST})
+        rd.update_status(launch={"executor": "local", "host": HOST})
         start_detached(store, rd)
     return rd
+
+
+def prepare_resume(store: Store, rd: RunDir, *, foreground: bool = False) -> dict:
+    """Check that `rd` can be resumed and queue it again; returns how it was launched before.
+    With `foreground` the caller trains it in its own process (engine.run.process.run)."""
+    check_resumable(store, rd)
+    launch_ = rd.status().get("launch") or {}
+    with lock(store):
+        transition(rd, "queued", error=None, ended=None, pid=None, resumed=time.time(), queued_at=time.time())
+        if foreground:
+            rd.update_status(launch={"executor": "local", "host": HOST})
+    store.sync(rd)
+    return launch_
 
 
 # ------------------------------------------------------------------------------ reconcile
@@ -466,7 +311,7 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     """
     if not store.runs_dir.exists():
         return []
-    _reap()
+    reap()
     full = rds is None
     rds = store.run_dirs() if full else rds
     index = {r["id"]: r for r in store.index()}
@@ -487,24 +332,13 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
             need_scheduler = True
         row = index.get(rd.id)
         if row is None or row.get("state") != rd.status().get("state"):
-            with store._lock:       # summarise under the lock: never upsert an older summary
-                store.sync(rd)
+            store.sync(rd)          # summarised under the index lock: never an older summary
             if row is not None:
                 changed.append(rd.id)
     if slurm_queued:
         changed += _reconcile_slurm_queued(store, slurm_queued)
     if full:
-        gone = [rid for rid in index if not (store.runs_dir / rid / "config.json").exists()]
-        if gone:
-            from tinydb import Query
-
-            from engine.store.rundir import open_db, table
-            from engine.store.index import INDEX_TABLE
-
-            with store._lock:
-                table(open_db(store.index_path), INDEX_TABLE).remove(Query().id.one_of(gone))
-    from engine.launch import gpuqueue
-
+        store.prune([rid for rid in index if not store.run_dir(rid).exists()])
     gpuqueue.reclaim_stale(store)
     if need_scheduler:
         gpuqueue.ensure_scheduler(store)
@@ -513,8 +347,6 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
 
 def _mark_lost(store: Store, rd: RunDir, seen: dict) -> bool:
     """running -> lost, if the status is still the one judged dead (re-checked under the lock)."""
-    from engine.launch import gpuqueue
-
     with lock(store):
         st = rd.status()
         if st.get("state") != "running" or st.get("pid") != seen.get("pid") or is_alive(st):
@@ -523,27 +355,23 @@ def _mark_lost(store: Store, rd: RunDir, seen: dict) -> bool:
         tail = "\n".join(rd.log_tail(8))
         hb = st.get("heartbeat")
         age = f", last heartbeat {time.time() - hb:.0f}s ago" if hb else ""
-        rd.write_status(state="lost", pid=None, ended=time.time(),
-                        error=f"the run process ({where}) is gone without a final state{age}"
-                              + (f"; log.txt ends:\n{tail}" if tail else ""))
+        transition(rd, "lost", pid=None, error=f"the run process ({where}) is gone without a final state{age}"
+                   + (f"; log.txt ends:\n{tail}" if tail else ""))
         gpuqueue.release_run(store, rd.id)
     store.sync(rd)
     return True
 
 
 def _reconcile_slurm_queued(store: Store, rds: dict[str, RunDir]) -> list[str]:
-    from engine.launch import slurm as S
-
     changed = []
-    ended = S.ended_jobs({rid: rd.status().get("launch", {}) for rid, rd in rds.items()})
+    ended = slurm.ended_jobs({rid: rd.status().get("launch", {}) for rid, rd in rds.items()})
     for rid, why in ended.items():
         rd = rds[rid]
         with lock(store):
             st = rd.status()
             if st.get("state") != "queued":
                 continue
-            rd.write_status(state="lost", ended=time.time(),
-                            error=f"the Slurm job ended ({why}) before the run started; see {rd.path / 'submitit'}")
+            transition(rd, "lost", error=f"the Slurm job ended ({why}) before the run started; see {rd.submitit_dir}")
         store.sync(rd)
         changed.append(rid)
     return changed
@@ -561,22 +389,12 @@ def delete(store: Store, rds: list[RunDir], *, force: bool = False) -> None:
         raise UserError(f"not deleting active runs: {ids}; stop them first or use --force")
     if active:
         stop(store, active)
-    from engine.launch import gpuqueue
-
     for rd in rds:
         gpuqueue.release_run(store, rd.id)
         store.delete(rd)
 
 
 # ------------------------------------------------------------------------------ logs
-def log_path(rd: RunDir) -> Path:
-    """The run's log.txt: stdout/stderr of its process (and submitit's messages for Slurm runs)."""
-    return rd.log_path
-
-
-logs = log_path
-
-
 def tail(rd: RunDir, lines: int = 50) -> list[str]:
     """The last `lines` lines of the run's log.txt."""
     return rd.log_tail(lines)
@@ -622,6 +440,4 @@ def follow(rd: RunDir, *, lines: int = 20, poll_s: float = 0.5, until_done: bool
 # ------------------------------------------------------------------------------ queue view
 def queue_info(store: Store) -> dict:
     """What `advlc queue` shows: GPU leases, queued runs in order, the scheduler."""
-    from engine.launch import gpuqueue
-
     return gpuqueue.info(store)

@@ -6,7 +6,7 @@ parameter `.grad` is ever touched. Each public function puts the model in the mo
 needs (eval by default; `train_mode=True` reproduces the authors' training attacks, where
 BatchNorm sees the adversarial batches) and restores the caller's mode.
 
-Semantics (see PAPER-NOTES):
+Semantics (docs/PAPER.md):
 - fgsm:    x + eps * sign(g(x))                                   (Goodfellow et al. 2015)
 - fgsm_rs: x0 = x + U(-eps, eps); x0 + alpha * sign(g(x0)), projected to the eps-ball
            (FGSM-R; Wong et al. 2020 with step alpha; the paper's Sec. 4 uses alpha = eps)
@@ -37,8 +37,9 @@ def model_mode(model: nn.Module, train: bool):
         model.train(was_training)
 
 
-def _grad_sign(model, x, y, keep_graph: bool = False):
-    """sign of d CE(f(x), y) / dx; with keep_graph also the logits (graph kept for reuse)."""
+def grad_sign(model, x, y, keep_graph: bool = False):
+    """sign of d CE(f(x), y) / dx (in the model's current mode); with keep_graph also the
+    logits, their graph kept for reuse."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
@@ -47,7 +48,8 @@ def _grad_sign(model, x, y, keep_graph: bool = False):
     return g.sign(), (logits if keep_graph else None)
 
 
-def _project(x_adv, x, eps):
+def project(x_adv, x, eps):
+    """x_adv clipped to the l-inf eps-ball around x and to [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
@@ -88,18 +90,18 @@ def run_attack(model, x, y, *, name: str, eps: float, alpha: float, steps: int =
         else:
             raise ValueError(f"unknown attack {name!r}")
         start = start.detach()
-        g, logits_start = _grad_sign(model, start, y, keep_graph=keep_start_logits)
+        g, logits_start = grad_sign(model, start, y, keep_graph=keep_start_logits)
         if name == "fgsm":
             x_adv = (start + eps * g).clamp(0.0, 1.0)
         elif name == "fgsm_rs":
-            x_adv = _project(start + alpha * g, x, eps)
+            x_adv = project(start + alpha * g, x, eps)
         elif name == "fgsm_n":
             x_adv = (start + alpha * g).clamp(0.0, 1.0)
         else:  # pgd
-            x_adv = _project(start + alpha * g, x, eps)
+            x_adv = project(start + alpha * g, x, eps)
             for _ in range(steps - 1):
-                g, _ = _grad_sign(model, x_adv, y)
-                x_adv = _project(x_adv + alpha * g, x, eps)
+                g, _ = grad_sign(model, x_adv, y)
+                x_adv = project(x_adv + alpha * g, x, eps)
     return AttackResult(x_adv.detach(), start, logits_start)
 
 
@@ -132,20 +134,3 @@ def pgd(model, x, y, *, eps: float, alpha: float, steps: int, random_start: bool
     """
     return run_attack(model, x, y, name="pgd", eps=eps, alpha=alpha, steps=steps,
                       random_start=random_start, train_mode=train_mode).x_adv
-
-
-def pgd_batched(model, x, y, *, eps, alpha, steps, batch_size=500, random_start=False):
-    """PGD over a large set in batches; returns (adversarial loss sum, correct count) tensors.
-
-    Stays on the device (no host sync) so a caller can accumulate and read once.
-    """
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        xa = pgd(model, xb, yb, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
-        with torch.no_grad(), model_mode(model, False):
-            out = model(xa)
-        loss_sum += F.cross_entropy(out, yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
-    return loss_sum, correct

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config.schema import DataConfig
 from engine.errors import UserError
 
 # ---------------------------------------------------------------------------------------
@@ -136,8 +135,10 @@ def epoch_batches(
 
 DEFAULT_ROOT = Path("~/.cache/advlc/datasets")
 
-def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
-    """Read `cfg.dataset` into tensors on `device`; any problem with the files is a UserError."""
+
+def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
+    """Read `cfg.dataset` (`cfg`: a RunConfig's [data] section) into tensors on `device`; any
+    problem with the files is a UserError."""
     name = cfg.dataset
     if name == "digits":
         ds = _load_digits(cfg.split_seed)
@@ -159,7 +160,7 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset
     return ds.to(device)
 
 
-def _root(cfg: DataConfig) -> Path:
+def _root(cfg) -> Path:
     if cfg.root:
         return Path(cfg.root).expanduser()
     if cfg.download:

@@ -36,17 +36,9 @@ as uint8, crop + flip on the device in one gather per batch, no host read inside
 With any knob on and the model on CUDA, `prepare_model` also sets
 `torch.backends.cudnn.benchmark = True` (fixed shapes: cuDNN picks its fastest kernels once).
 
-The training loop (engine/train.py) is meant to call them as:
-
-    model = fastpath.prepare_model(build_model(...).to(device), cfg, log=log)
-    ...
-    with fastpath.autocast(cfg, device):
-        loss, stats = method.loss(model, xb, yb, ctx)
-    optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
-
-`train_step` and `epoch_stream` below are exactly that loop's step and data order, for the
-benchmark (engine/bench.py) and the tests; `engine/reference_loop.py` is the plain loop the
-authors' code runs, measured against this one.
+The training loop (engine/run/loop.py) runs `epoch_stream` for its batches and `train_step`
+for each SGD step, after `prepare_model`; the benchmark (engine/bench/) times the same two
+functions against engine/bench/reference_loop.py, the plain loop the authors' code runs.
 """
 
 from __future__ import annotations
@@ -57,16 +49,13 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
+from engine.nn.datasets import as_float, augment, epoch_batches
+from engine.nn.methods import get_method
+
 __all__ = [
-    "DOUBLE_BACKPROP_METHODS", "needs_double_backprop", "prepare_model", "autocast", "amp_dtype",
+    "needs_double_backprop", "prepare_model", "autocast", "amp_dtype",
     "train_step", "epoch_stream", "describe",
 ]
-
-# Methods whose loss differentiates an input gradient (create_graph=True): torch.compile
-# cannot run their backward. A method module may also say so itself with a
-# `double_backprop = True` attribute on its registered function.
-DOUBLE_BACKPROP_METHODS = frozenset({"igr", "cure", "gradalign", "eq10_grad_penalty"})
-
 
 def _train_cfg(cfg):
     """A RunConfig's [train] section, or the TrainConfig itself."""
@@ -74,15 +63,9 @@ def _train_cfg(cfg):
 
 
 def needs_double_backprop(method_name: str | None) -> bool:
-    """True when the method's loss is differentiated twice (so it cannot be compiled)."""
-    if not method_name:
-        return False
-    if method_name in DOUBLE_BACKPROP_METHODS:
-        return True
-    from engine.nn.methods import METHODS
-
-    m = METHODS.get(method_name)
-    return bool(m is not None and getattr(m.fn, "double_backprop", False))
+    """True when the method's loss is differentiated twice (so it cannot be compiled): the
+    method declares it (`needs=("double_backprop",)` in its registration)."""
+    return bool(method_name) and get_method(method_name).double_backprop
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -173,12 +156,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, method, ctx, 
 
 
 def epoch_stream(train_x: torch.Tensor, train_y: torch.Tensor, *, batch_size: int, padding: int,
-                 flip: bool, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 flip: bool, generator: torch.Generator | None
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One epoch of augmented float batches in the training loop's order: shuffled indices
     from `generator`, then crop + flip of each uint8 (or float) batch on its device, then
-    float32 in [0, 1]. Nothing leaves the device."""
-    from engine.nn.datasets import as_float, augment, epoch_batches
-
+    float32 in [0, 1]. Yields (x, y, indices into train_x); nothing leaves the device."""
     for idx in epoch_batches(len(train_x), batch_size, generator, train_x.device):
         xb = as_float(augment(train_x[idx], padding=padding, flip=flip, generator=generator))
-        yield xb, train_y[idx]
+        yield xb, train_y[idx], idx

@@ -39,6 +39,7 @@ with the command that fills the hole in `CompareRow.fill`.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -50,16 +51,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import fmean
 
+from engine.config.presets import load_preset, plan_runs
 from engine.errors import UserError
 from engine.store.rundir import RunDir
-
-
-def best_and_end(epochs: list[dict]) -> tuple[dict | None, dict | None]:
-    evald = [e for e in epochs if e.get("robust_acc") is not None]
-    if not evald:
-        return None, None
-    best = max(evald, key=lambda e: (e["robust_acc"], e["epoch"]))
-    return best, evald[-1]
+from engine.store.summary import best_and_end, last_value
 
 
 def _diff(a, b):
@@ -82,7 +77,7 @@ def summary_from(config: dict, status: dict, epochs: list[dict]) -> dict:
         "robust_best": best["robust_acc"] if best else None,
         "robust_end": end["robust_acc"] if end else None,
         "ig": end.get("ig") if end else None,
-        "hs": next((e["hs"] for e in reversed(epochs) if e.get("hs") is not None), None),
+        "hs": last_value(epochs, "hs"),
         "epoch_time_s": fmean(times) if times else None,
     }
     out["clean_diff"] = _diff(out["clean_best"], out["clean_end"])
@@ -170,7 +165,7 @@ class CompareTable:
 
 # ----------------------------------------------------------------------------- runs
 @dataclass
-class _Run:
+class RunData:
     rd: RunDir
     config: dict
     status: dict
@@ -211,17 +206,11 @@ class _Run:
         return f"epoch {len(self.epochs)}/{total}"
 
 
-def _load(rd: RunDir) -> _Run:
+def load_run(rd: RunDir) -> RunData:
     """Config, status and every metrics table of a run (metrics.json is read once)."""
-    from engine.store.rundir import read_json
-
-    data = read_json(rd.metrics_path, {}) or {}
-
-    def tab(name):
-        rows = data.get(name, {}) or {}
-        return [rows[k] for k in sorted(rows, key=int)]
-
-    return _Run(rd, rd.config(), rd.status(), tab("epochs"), tab("swa"), tab("evals"), tab("points"))
+    m = rd.metrics()
+    return RunData(rd, rd.config(), rd.status(), m.get("epochs", []), m.get("swa", []), m.get("evals", []),
+                m.get("points", []))
 
 
 def batches_per_epoch(config: dict, rec: dict | None = None) -> int | None:
@@ -264,14 +253,14 @@ def _pct(v):
     return None if v is None else 100.0 * v
 
 
-def _final_eval(run: _Run, ckpt: str, attack: str) -> dict | None:
+def _final_eval(run: RunData, ckpt: str, attack: str) -> dict | None:
     """The run's evaluation of `ckpt` under `attack`: the one on the most images, then the latest."""
     recs = [(e.get("n") or 0, i, e) for i, e in enumerate(run.evals)
             if e.get("ckpt") == ckpt and e.get("attack") == attack and e.get("robust_acc") is not None]
     return max(recs, key=lambda t: (t[0], t[1]))[2] if recs else None
 
 
-def run_values(run: _Run, table: str = "epochs", ckpt_eval: str | None = None) -> dict:
+def run_values(run: RunData, table: str = "epochs", ckpt_eval: str | None = None) -> dict:
     """One run's numbers in the table's units (accuracies in %); None where not available."""
     recs = run.records(table)
     best, end = best_and_end(recs)
@@ -281,7 +270,7 @@ def run_values(run: _Run, table: str = "epochs", ckpt_eval: str | None = None) -
            "robust_end": _pct(end["robust_acc"]) if end else None,
            "best_epoch": best["epoch"] if best else None,
            "ig": end.get("ig") if end else None,
-           "hs": next((e["hs"] for e in reversed(recs) if e.get("hs") is not None), None),
+           "hs": last_value(recs, "hs"),
            "time_batch": time_per_batch(run.config, run.epochs),
            "time_epoch": time_per_epoch(run.epochs),
            "evals": {}}
@@ -326,7 +315,7 @@ def select_runs(store, *, run_ids=None, preset=None, group=None) -> list[RunDir]
     return [rd for _, rd in sorted(chosen.values(), key=lambda t: (t[0], t[1].id))]
 
 
-def _point_text(point: dict) -> str:
+def point_text(point: dict) -> str:
     return " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(point.items()))
 
 
@@ -338,7 +327,7 @@ def row_name(run_cfg: dict, by: str) -> str:
     run = run_cfg.get("run", {})
     base = (run.get("label") if by == "label" else run.get("preset")) or "?"
     point = run.get("point") or {}
-    return f"{base} [{_point_text(point)}]" if point else base
+    return f"{base} [{point_text(point)}]" if point else base
 
 
 @dataclass
@@ -349,16 +338,14 @@ class RowSpec:
     preset: str | None
     point: dict
     table: str                      # "epochs" or "swa"
-    runs: list[_Run]                # every selected run of the row, any state
-    counted: list[_Run] = field(default_factory=list)
+    runs: list[RunData]                # every selected run of the row, any state
+    counted: list[RunData] = field(default_factory=list)
 
 
-def infer_points(runs: list[_Run], home=None) -> None:
+def infer_points(runs: list[RunData], home=None) -> None:
     """Give runs of a sweep preset that carry no `run.point` (launched with the swept key pinned by
     --set, e.g. by a fill command) the point their config stands for, so they join their row.
     The swept keys come from the other selected runs of the preset and from the preset's grid."""
-    from engine.config.presets import plan_runs
-
     keys: dict[str, set] = {}
     for r in runs:
         if r.point and r.run.get("preset"):
@@ -381,7 +368,7 @@ def infer_points(runs: list[_Run], home=None) -> None:
             r.config.setdefault("run", {})["point"] = point
 
 
-def group_rows(runs: list[_Run], by: str = "label", include_unfinished: bool = False) -> list[RowSpec]:
+def group_rows(runs: list[RunData], by: str = "label", include_unfinished: bool = False) -> list[RowSpec]:
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
     specs: dict[tuple, RowSpec] = {}
@@ -394,7 +381,7 @@ def group_rows(runs: list[_Run], by: str = "label", include_unfinished: bool = F
         name = row_name(r.config, by)
         if by == "label" and len(presets_of[(bool(r.experiment), name)]) > 1:
             base = f"{r.run.get('label') or '?'} ({r.run.get('preset')})"
-            name = f"{base} [{_point_text(r.point)}]" if r.point else base
+            name = f"{base} [{point_text(r.point)}]" if r.point else base
         table = "points" if r.experiment else "epochs"
         spec = specs.setdefault((table, name), RowSpec(name, r.run.get("preset"), r.point, table, []))
         spec.runs.append(r)
@@ -431,8 +418,6 @@ def overrides_for(config: dict, home=None) -> list[str] | None:
     """The `--set section.key=value` list that turns the run's preset into its stored config
     (the seed aside); None when the preset can no longer be loaded. Derived keys (attack step,
     eval eps, ...) are added only where re-resolving the other overrides does not give them."""
-    from engine.config.presets import load_preset
-
     preset = config.get("run", {}).get("preset")
     if not preset:
         return None
@@ -475,8 +460,6 @@ def fill_command(config: dict, seed: int, home=None) -> str:
 
 def _planned(preset: str, home) -> tuple[list[dict], list[int]] | None:
     """Sweep points and seeds the preset asks for (without overrides); None if unreadable."""
-    from engine.config.presets import plan_runs
-
     try:
         planned = plan_runs(preset, home=home)
     except Exception:  # an unloadable preset must not break a comparison
@@ -542,10 +525,6 @@ def _missing(specs: list[RowSpec], grid: bool, home, by: str) -> dict[int, tuple
 def _grid_holes(specs: list[RowSpec], home, by: str) -> list[tuple[RowSpec, list[str], list[str]]]:
     """Rows for sweep points the presets ask for that no selected run stands for, with what is
     missing and the commands that fill them (based on a sibling run's overrides)."""
-    import copy
-
-    from engine.config.presets import plan_runs
-
     seen = {(s.preset, _point_key(s.point)) for s in specs}
     sibling = {}
     for s in specs:
@@ -565,7 +544,7 @@ def _grid_holes(specs: list[RowSpec], home, by: str) -> list[tuple[RowSpec, list
                 continue
             if key not in holes:
                 base = p.cfg.label if by == "label" else preset
-                name = f"{base} [{_point_text(p.point)}]" if p.point else base
+                name = f"{base} [{point_text(p.point)}]" if p.point else base
                 cfgd = copy.deepcopy(sibling.get(preset) or p.cfg.to_dict())
                 for k, v in p.point.items():
                     sec, _, fld = k.partition(".")
@@ -578,7 +557,7 @@ def _grid_holes(specs: list[RowSpec], home, by: str) -> list[tuple[RowSpec, list
 
 
 # ----------------------------------------------------------------------------- the table
-def _eval_source(runs: list[_Run], ckpt_eval: str | None) -> str:
+def _eval_source(runs: list[RunData], ckpt_eval: str | None) -> str:
     if ckpt_eval:
         impls = sorted({str(e.get("implementation")) for r in runs for e in r.evals
                         if e.get("attack") == ckpt_eval and e.get("implementation")})
@@ -616,7 +595,7 @@ def compare_runs(store, *, run_ids=None, preset=None, group=None, by: str = "lab
                  ckpt_eval: str | None = None, include_unfinished: bool = False) -> CompareTable:
     """The paper's Table 1 for the selected runs (see the module docstring for every rule)."""
     rds = select_runs(store, run_ids=run_ids, preset=preset, group=group)
-    runs = [_load(rd) for rd in rds]
+    runs = [load_run(rd) for rd in rds]
     if ckpt_eval and not any(e.get("attack") == ckpt_eval for r in runs for e in r.evals):
         have = sorted({str(e.get("attack")) for r in runs for e in r.evals})
         raise UserError(f"--eval {ckpt_eval}: no selected run has a final evaluation with that attack"
@@ -726,12 +705,6 @@ def _decimals(col: str, v: float) -> int:
     return max(0, SIG_DIGITS.get(col, 4) - 1 - int(math.floor(math.log10(abs(v)))))
 
 
-def fmt_num(col: str, v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.{_decimals(col, v)}f}"
-
-
 def fmt_cell(col: str, c: Cell, pm: str = " ± ") -> str:
     if c.mean is None:
         return "—"
@@ -760,7 +733,7 @@ def _latex_escape(s: str) -> str:
     return "".join(rep.get(ch, ch) for ch in s)
 
 
-def _md_escape(s: str) -> str:
+def md_escape(s: str) -> str:
     return s.replace("|", r"\|").replace("*", r"\*").replace("_", r"\_")
 
 
@@ -816,7 +789,7 @@ def _render_md(table: CompareTable) -> str:
     for r in table.rows:
         texts = _cell_texts(table, r)
         cells = [f"**{t}**" if table.best.get(c) == r.name else t for c, t in zip(table.columns, texts)]
-        name = _md_escape(r.name) + (" †" if r.missing else "")
+        name = md_escape(r.name) + (" †" if r.missing else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     for n in table.notes:
@@ -912,7 +885,7 @@ def export(table: CompareTable, out_dir, formats=("md", "latex", "csv"), stem: s
 
 
 # ----------------------------------------------------------------------------- curves (for plots)
-def series(runs: list[_Run], key, table: str = "epochs", scale: float = 1.0) -> list[dict]:
+def series(runs: list[RunData], key, table: str = "epochs", scale: float = 1.0) -> list[dict]:
     """Per epoch over runs: {"epoch", "mean", "std", "n", "values", "runs"} of records[key] * scale
     (epochs where no run has the key are left out; std is the sample std, None for n < 2).
     `key` is a record key, or a function of the record for derived values."""
@@ -940,235 +913,6 @@ def row_curves(store, table: CompareTable, key: str, scale: float | None = None)
         scale = 100.0 if key.endswith("_acc") else 1.0
     out = {}
     for r in table.rows:
-        runs = [_load(RunDir(store.runs_dir / rid)) for rid in r.runs]
+        runs = [load_run(store.run_dir(rid)) for rid in r.runs]
         out[r.name] = series(runs, key, r.table, scale)
     return out
-
-
-# =========================================================================================
-# The report: tables + figures + provenance in one folder
-# =========================================================================================
-@dataclass
-class ReportResult:
-    out_dir: Path
-    files: list[Path]                 # report.md / .html / .pdf
-    tables: list[CompareTable]
-    figures: list                     # engine.report.figures.FigureResult
-    runs: list[str]
-
-    @property
-    def complete(self) -> bool:
-        return all(t.complete for t in self.tables)
-
-
-def resolve_refs(store, refs: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Sort `advlc report` arguments into (run ids, presets or preset folders, group ids)."""
-    docs = store.index()
-    run_ids, presets, groups = [], [], []
-    for ref in refs:
-        ref = ref.strip().rstrip("/")
-        if not ref:
-            raise UserError("empty preset, group or run id")
-        if any(d.get("group") == ref for d in docs):
-            groups.append(ref)
-        elif any(d.get("preset") == ref or (d.get("preset") or "").startswith(ref + "/") for d in docs):
-            presets.append(ref)
-        else:
-            try:
-                run_ids.append(store.get(ref).id)
-            except UserError:
-                raise UserError(f"'{ref}' is no run id, preset or group id in {store.home} (see `advlc runs`)") from None
-    return run_ids, presets, groups
-
-
-def select_many(store, run_ids=(), presets=(), groups=()) -> list[RunDir]:
-    chosen: dict[str, RunDir] = {}
-    if run_ids:
-        for rd in select_runs(store, run_ids=list(run_ids)):
-            chosen[rd.id] = rd
-    for p in presets:
-        for rd in select_runs(store, preset=p):
-            chosen[rd.id] = rd
-    for g in groups:
-        for rd in select_runs(store, group=g):
-            chosen[rd.id] = rd
-    if not chosen:
-        raise UserError("nothing to report: give run ids, presets or group ids")
-    return sorted(chosen.values(), key=lambda rd: ((rd.config().get("run", {}).get("created") or 0), rd.id))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "report"
-
-
-def _provenance_rows(runs: list[_Run]) -> list[list[str]]:
-    rows = []
-    for r in runs:
-        prov = r.config.get("provenance", {}) or {}
-        run = r.run
-        commit = prov.get("commit")
-        commit = (commit[:10] + (" (dirty " + str(prov.get("diff_sha256") or "") + ")" if prov.get("dirty") else "")
-                  if commit else "—")
-        best, _ = best_and_end(r.epochs)
-        rows.append([r.rd.id, str(run.get("preset")), str(run.get("label")), _point_text(r.point) or "—",
-                     str(run.get("seed")), r.state, f"{len(r.epochs)}/{r.config.get('train', {}).get('epochs')}",
-                     "—" if best is None else str(best["epoch"]), commit, str(prov.get("device_name") or "—"),
-                     str(prov.get("host") or "—"), str(prov.get("torch") or "—"), str(run.get("group") or "—")])
-    return rows
-
-
-PROV_HEAD = ["run", "preset", "label", "point", "seed", "state", "epochs", "best epoch", "commit", "device",
-             "host", "torch", "group"]
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-HTML_STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:right}th:first-child,td:first-child{text-align:left}
-thead th{border-bottom:2px solid #444}img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto}blockquote{border-left:4px solid #d62728;margin:0;padding:.2em 1em;background:#fff5f5}
-@media (prefers-color-scheme: dark){body{background:#161616;color:#ddd}code,pre{background:#262626}th,td{border-color:#444}
-blockquote{background:#2a1616}}"""
-
-
-def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=(), presets=(), groups=(),
-                 formats=("md", "html"), by: str = "label", include_unfinished: bool = False) -> ReportResult:
-    """Write OUT_DIR/report.md (+ report.html, report.pdf) with the comparison tables (per-epoch
-    PGD, and one per final-evaluation attack the runs have) in md/tex/csv/json under tables/,
-    the figures (png/pdf/csv) under figures/, missing runs with the commands that fill them,
-    and the provenance of every run."""
-    import datetime
-
-    from engine.report import figures as F
-
-    formats = tuple(dict.fromkeys(formats))
-    bad = [f for f in formats if f not in ("md", "html", "pdf")]
-    if bad:
-        raise UserError(f"--format {bad[0]}: must be md, html or pdf")
-    if refs:
-        r_ids, r_pre, r_grp = resolve_refs(store, refs)
-        run_ids, presets, groups = list(run_ids) + r_ids, list(presets) + r_pre, list(groups) + r_grp
-    rds = select_many(store, run_ids, presets, groups)
-    runs = [_load(rd) for rd in rds]
-    infer_points(runs, store.home)
-    specs = group_rows(runs, by, include_unfinished)
-    grid = bool(presets or groups)
-    name = ", ".join(list(presets) + list(groups) + list(run_ids)) or "runs"
-    out_dir = Path(out_dir) if out_dir else Path.cwd() / f"report-{_slug(name)}"
-    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-
-    tables = [("pgd", None, table_from_specs(specs, home=store.home, grid=grid, by=by))]
-    attacks = sorted({str(e.get("attack")) for r in runs for e in r.evals
-                      if e.get("attack") and e.get("ckpt") in ("best", "end", "swa_best", "swa_end")})
-    for atk in attacks:
-        tables.append((_slug(atk), atk, table_from_specs(specs, home=store.home, grid=grid, by=by, ckpt_eval=atk)))
-    table_files = {}
-    for stem, _, t in tables:
-        table_files[stem] = export(t, out_dir / "tables", ("md", "latex", "csv", "json"), stem=f"table-{stem}")
-
-    pdf = None
-    if "pdf" in formats:
-        F._plt()
-        from matplotlib.backends.backend_pdf import PdfPages
-
-        pdf = PdfPages(out_dir / "report.pdf")
-    try:
-        if pdf is not None:
-            _pdf_text_pages(pdf, _plain_report(name, tables, runs))
-        figs = F.make_figures(specs, out_dir / "figures", pdf_pages=pdf)
-    finally:
-        if pdf is not None:
-            pdf.close()
-
-    # ---------------------------------------------------------------- report.md
-    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    n_fin = sum(r.state == "finished" for r in runs)
-    md = [f"# advlc report: {name}", "",
-          f"Generated {now} from the run store `{store.home}`: {len(runs)} runs ({n_fin} finished), "
-          f"rows by {by}{'' if include_unfinished else '; only finished runs are counted'}.", ""]
-    incomplete = [(t, r) for _, _, t in tables[:1] for r in t.rows if r.missing]
-    if incomplete:
-        md += ["> **Incomplete.** " + "; ".join(f"{r.name}: {', '.join(r.missing)}" for _, r in incomplete)
-               + ". Commands to fill the holes are under *Missing runs*.", ""]
-    md += ["## Tables", ""]
-    for stem, atk, t in tables:
-        md.append(f"### {'Per-epoch PGD' if atk is None else 'Final evaluation: ' + atk}")
-        md.append("")
-        md.append(_render_md(t))
-        md.append("Files: " + " · ".join(f"[{p.name}](tables/{p.name})" for p in table_files[stem]))
-        md.append("")
-    fills = [(r.name, c) for _, _, t in tables for r in t.rows for c in r.fill]
-    if incomplete or fills:
-        md += ["## Missing runs", ""]
-        for _, _, t in tables:
-            for r in t.rows:
-                if r.missing:
-                    md.append(f"- **{_md_escape(r.name)}**: {', '.join(r.missing)}")
-        if fills:
-            md += ["", "To fill them:", "", "```"] + list(dict.fromkeys(c for _, c in fills)) + ["```"]
-        md.append("")
-    md += ["## Figures", ""]
-    for f in figs:
-        if f.skipped:
-            continue
-        png = next(p for p in f.files if p.suffix == ".png")
-        md += [f"### {f.title}", "", f"![{f.title}](figures/{png.name})", "", f.caption, "",
-               "Files: " + " · ".join(f"[{p.name}](figures/{p.name})" for p in f.files + [f.csv]), ""]
-    skipped = [f for f in figs if f.skipped]
-    if skipped:
-        md += ["Not produced:", ""] + [f"- {f.title}: {f.skipped}." for f in skipped] + [""]
-    md += ["## Provenance", "",
-           "Every run of the report (counted or not): preset, training scheme, sweep point, seed, state, "
-           "code commit (dirty = uncommitted changes, with the hash of the diff), device and host "
-           "from the run's config.json.", "",
-           _md_table(PROV_HEAD, _provenance_rows(runs)), ""]
-    text = "\n".join(md)
-    files = []
-    p = out_dir / "report.md"
-    p.write_text(text)
-    files.append(p)
-    if "html" in formats:
-        from markdown_it import MarkdownIt
-
-        body = MarkdownIt("commonmark").enable("table").render(text)
-        html = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>advlc report: {_html_escape(name)}"
-                f"</title><style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
-        p = out_dir / "report.html"
-        p.write_text(html)
-        files.append(p)
-    if pdf is not None:
-        files.append(out_dir / "report.pdf")
-    return ReportResult(out_dir, files, [t for _, _, t in tables], figs, [r.rd.id for r in runs])
-
-
-def _html_escape(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _plain_report(name, tables, runs) -> str:
-    parts = [f"advlc report: {name}", ""]
-    for _, _, t in tables:
-        parts.append(_render_plain(t))
-    rows = _provenance_rows(runs)
-    widths = [max(len(x[i]) for x in [PROV_HEAD] + rows) for i in range(len(PROV_HEAD))]
-    parts.append("Provenance")
-    for row in [PROV_HEAD] + rows:
-        parts.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return "\n".join(parts)
-
-
-def _pdf_text_pages(pdf, text: str, lines_per_page: int = 80) -> None:
-    import matplotlib.pyplot as plt
-
-    lines = text.splitlines()
-    for i in range(0, max(1, len(lines)), lines_per_page):
-        fig = plt.figure(figsize=(11.69, 8.27))
-        fig.text(0.02, 0.98, "\n".join(lines[i:i + lines_per_page]), family="monospace", fontsize=5.5,
-                 va="top", ha="left")
-        pdf.savefig(fig)
-        plt.close(fig)

@@ -1,6 +1,6 @@
 """Extra per-epoch metrics for the analysis figures (Fig. 1, Fig. 3, Fig. A.2), chosen by `eval.extra`.
 
-    rec.update(extra_epoch_metrics(model, data, cfg, epoch))     # in engine.run.process._train
+    rec.update(extra_epoch_metrics(model, data, cfg, epoch))     # in engine.run.trainer
 
 Every metric runs on a fixed, deterministic subset (the first N images of the split, no
 augmentation) with the global RNG forked and seeded with train.seed, so records repeat
@@ -10,7 +10,7 @@ random start (engine.nn.attacks); the losses are the per-sample cross-entropy in
 
 Names (see engine.config.schema.EXTRA_METRICS):
 
-  train_ig                IG (engine.nn.metrics.landscape.input_gradient_norm) on the first eval.extra_samples
+  train_ig                IG (engine.nn.metrics.gradients.input_gradient_norm) on the first eval.extra_samples
                           training images.
   train_hs                HS (hs_metric, exact for ReLU nets, Lanczos otherwise) on the first
                           eval.hs_samples training images, Hessians over batches of eval.hs_batch.
@@ -24,7 +24,7 @@ Names (see engine.config.schema.EXTRA_METRICS):
                           training images of FGSM (step eps), FGSM-N (noise eps, step eps, not
                           projected) and PGD-10 (step eps/4); generated in eval mode unless
                           eval.effect_train_mode. Same as
-                          torch.manual_seed(train.seed); landscape.training_attack_effectiveness(...).
+                          torch.manual_seed(train.seed); engine.nn.metrics.effectiveness.training_attack_effectiveness(...).
   eff_train               the same for the run's own training attack with its [attack] settings
                           and attack.train_mode (None for standard training).
   ga                      gradient alignment (A.5) on the first eval.extra_samples training images,
@@ -43,6 +43,12 @@ import time
 import torch
 
 from engine.config.schema import EXTRA_METRICS
+from engine.nn.datasets import as_float
+from engine.nn.metrics.effectiveness import attack_all, effectiveness
+from engine.nn.metrics.evaluation import adversarial_vulnerability
+from engine.nn.metrics.gradients import gradient_alignment, input_gradient_norm
+from engine.nn.metrics.hessian import hs_metric
+from engine.nn.metrics.weight_hessian import weight_hessian
 
 _AV_TRAIN = {"train_clean_loss": "clean_loss", "train_adv_loss": "adv_loss", "train_av": "av",
              "train_clean_acc": "clean_acc", "train_adv_acc": "adv_acc"}
@@ -55,9 +61,8 @@ def is_due(cfg, epoch: int) -> bool:
     return bool(e.extra) and ((epoch + 1) % e.extra_every == 0 or epoch + 1 == cfg.train.epochs)
 
 
-def _first(x, y, n: int):
-    from engine.nn.datasets import as_float
-
+def first_n(x, y, n: int):
+    """The first n samples (all for n = 0) as float inputs in [0, 1]."""
     m = len(x) if n == 0 else min(n, len(x))
     return as_float(x[:m]), y[:m]
 
@@ -81,45 +86,6 @@ def eff_attack_settings(cfg, name: str) -> dict | None:
     raise ValueError(name)
 
 
-def effectiveness_many(model, x, y, advs: dict, *, eps: float, ref_steps: int = 50,
-                       batch_size: int = 500) -> dict:
-    """Eq. 7 for several perturbed copies of the same (x, y), with one PGD-`ref_steps`
-    reference: identical to calling landscape.attack_effectiveness once per entry."""
-    from engine.nn.attacks import model_mode, pgd
-    from engine.nn.metrics.landscape import _per_sample_losses
-
-    with model_mode(model, False):
-        ref = torch.cat([pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=eps / 4,
-                             steps=ref_steps) for i in range(0, len(x), batch_size)])
-        l0 = _per_sample_losses(model, x, y, batch_size).double()
-        lr = _per_sample_losses(model, ref, y, batch_size).double()
-        den = lr - l0
-        keep = den > 1e-12
-        safe = torch.where(keep, den, torch.ones_like(den))
-        cnt = keep.sum()
-        out = {}
-        for name, x_adv in advs.items():
-            la = _per_sample_losses(model, x_adv, y, batch_size).double()
-            ratio = torch.where(keep, (la - l0) / safe, torch.zeros_like(den))
-            out[name] = ratio.sum() / cnt if int(cnt) > 0 else None
-    return {k: (float(v) if v is not None else float("nan")) for k, v in out.items()}
-
-
-def _attack_all(model, x, y, settings: dict, batch_size: int) -> torch.Tensor:
-    """The perturbed x of one attack, as training_attack_effectiveness generates it."""
-    from engine.nn.attacks import run_attack
-    from engine.nn.metrics.landscape import _frozen_buffers
-
-    s = dict(settings)
-    name = s.pop("attack_name")
-    with _frozen_buffers(model):
-        return torch.cat([run_attack(model, x[i:i + batch_size], y[i:i + batch_size], name=name,
-                                     eps=s["eps"], alpha=s["alpha"], steps=s.get("steps", 1),
-                                     noise=s.get("noise"), train_mode=s.get("train_mode", False),
-                                     random_start=s.get("random_start", False)).x_adv
-                          for i in range(0, len(x), batch_size)])
-
-
 def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
     """The metrics named in cfg.eval.extra for this epoch (see the module doc); {} when none
     are configured, the names with None when this epoch is not due."""
@@ -129,9 +95,6 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
         return {}
     if not is_due(cfg, epoch):
         return dict.fromkeys(names)
-    from engine.nn.metrics.landscape import (adversarial_vulnerability, gradient_alignment, hs_metric,
-                                  input_gradient_norm, weight_hessian)
-
     t0 = time.perf_counter()
     out: dict = {}
     eps = e.eps if e.eps is not None else cfg.attack.eps
@@ -141,22 +104,22 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
     devices = [dev] if dev.type == "cuda" else []
     want = set(names)
     with torch.random.fork_rng(devices=devices):
-        xs, ys = _first(data.train_x, data.train_y, e.extra_samples)
+        xs, ys = first_n(data.train_x, data.train_y, e.extra_samples)
         if "train_ig" in want:
             out["train_ig"] = input_gradient_norm(model, xs, ys, batch_size=bs)
         if "train_hs" in want:
-            xh, yh = _first(data.train_x, data.train_y, e.hs_samples)
+            xh, yh = first_n(data.train_x, data.train_y, e.hs_samples)
             out["train_hs"], _ = hs_metric(model, xh, yh, n=e.hs_samples, batch=e.hs_batch, seed=seed)
         if want & set(_AV_TRAIN):
             av = adversarial_vulnerability(model, xs, ys, eps=eps, steps=20, batch_size=bs)
             out.update({k: av[v] for k, v in _AV_TRAIN.items() if k in want})
         if want & set(_AV_TEST):
-            xt, yt = _first(data.test_x, data.test_y, e.n)
+            xt, yt = first_n(data.test_x, data.test_y, e.n)
             av = adversarial_vulnerability(model, xt, yt, eps=eps, steps=20, batch_size=bs)
             out.update({k: av[v] for k, v in _AV_TEST.items() if k in want})
         effs = [n for n in _EFF if n in want]
         if effs:
-            xe, ye = _first(data.train_x, data.train_y, e.effect_samples)
+            xe, ye = first_n(data.train_x, data.train_y, e.effect_samples)
             advs = {}
             for n in effs:
                 s = eff_attack_settings(cfg, n)
@@ -166,14 +129,14 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
                 torch.manual_seed(seed)
                 if dev.type == "cuda":
                     torch.cuda.manual_seed(seed)
-                advs[n] = _attack_all(model, xe, ye, s, bs)
+                advs[n] = attack_all(model, xe, ye, batch_size=bs, **s)
             if advs:
-                out.update(effectiveness_many(model, xe, ye, advs, eps=eps, batch_size=bs))
+                out.update(effectiveness(model, xe, ye, advs, eps=eps, batch_size=bs))
         if "ga" in want:
             out["ga"] = gradient_alignment(model, xs, ys, eps=eps, batch_size=bs,
                                            generator=torch.Generator().manual_seed(seed))
         if want & {"whess_top", "whess_trace"}:
-            xw, yw = _first(data.train_x, data.train_y, e.whess_samples)
+            xw, yw = first_n(data.train_x, data.train_y, e.whess_samples)
             wh = weight_hessian(model, xw, yw, top_n=1, trace="whess_trace" in want, seed=seed)
             if "whess_top" in want:
                 out["whess_top"] = wh["eigenvalues"][0]
@@ -186,4 +149,4 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
     return rec
 
 
-__all__ = ["extra_epoch_metrics", "effectiveness_many", "eff_attack_settings", "is_due"]
+__all__ = ["extra_epoch_metrics", "eff_attack_settings", "first_n", "is_due"]

@@ -1,7 +1,6 @@
 """Post-hoc analyses of a trained run (Fig. 4a/b/c and A.1), executed as runs of their own.
 
-    python -m engine.run.experiments RUN_DIR          (or `advlc experiment PRESET`, or `advlc run PRESET`
-                                                   once engine.run.process.run dispatches here)
+    advlc experiment PRESET       (or `advlc run PRESET`: the run process dispatches experiment runs here)
 
 An experiment run is a run whose config has an `[experiment]` table with `kind` set. Its process
 loads `experiment.source`'s checkpoint `experiment.ckpt` (a run id or prefix; a preset name means
@@ -12,7 +11,7 @@ At start it copies the source's [data]/[model]/[attack]/[method] tables into its
 (the analysed model is the source's) and records `source` = {run, preset, label, ckpt, epoch}.
 
 eps is the source's eval.eps; PGD steps are eps/4 without random start; HS is hs_metric over
-batches of eval.hs_batch; effectiveness is Eq. 7 against PGD-50 (engine.run.epoch_metrics), with the
+batches of eval.hs_batch; effectiveness is Eq. 7 against PGD-50 (engine.nn.metrics.effectiveness), with the
 FGSM / PGD-10 perturbations generated in eval mode unless eval.effect_train_mode. "Train subset"
 = the first experiment.samples training images (no augmentation). All randomness is seeded from
 the experiment's train.seed, so a point repeats exactly.
@@ -52,27 +51,30 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from engine.config.schema import EXPERIMENT_KINDS
+from engine.config.schema import EXPERIMENT_KINDS, POINT_KEYS, from_json
 from engine.errors import UserError
-from engine.store.rundir import RunDir, table, write_json
-
-POINT_KEYS = {
-    "fig4a": ("s", "hs", "hs_method", "eff_fgsm", "eff_pgd10", "clean_loss", "clean_acc"),
-    "fig4b": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
-              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
-    "fig4c": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
-              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
-    "a1": ("split", "steps", "adv_loss", "adv_acc", "clean_loss"),
-}
-
+from engine.nn.attacks import grad_sign, model_mode, project, run_attack
+from engine.nn.datasets import as_float, augment, epoch_batches, load_dataset
+from engine.nn.metrics.effectiveness import (
+    attack_all,
+    attack_effectiveness,
+    effectiveness,
+)
+from engine.nn.metrics.evaluation import clean_and_robust, clean_loss_and_accuracy
+from engine.nn.metrics.hessian import hs_metric
+from engine.run import provenance
+from engine.run.checkpoints import load_run_model
+from engine.run.device import pick_device
+from engine.run.epoch_metrics import first_n
+from engine.run.loop import lr_at
+from engine.store.index import Store
+from engine.store.rundir import RunDir
 
 # ---------------------------------------------------------------------------- config helpers
 
@@ -132,29 +134,18 @@ def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
             pass
     rows = [r for r in store.runs(preset=ref) if r.get("preset") == ref and r.get("state") == "finished"
             and r.get("id") != exclude]
-    rows = [r for r in rows if not is_experiment(RunDir(store.runs_dir / r["id"]))]
+    rows = [r for r in rows if not is_experiment(store.run_dir(r["id"]))]
     if not rows:
         raise UserError(f"experiment.source = {ref!r}: no run with that id and no finished run of preset "
                         f"'{ref}' in {store.runs_dir} (train it first: advlc run {ref})")
-    return RunDir(store.runs_dir / rows[-1]["id"])
+    return store.run_dir(rows[-1]["id"])
 
 
 # ---------------------------------------------------------------------------- measurements
 
-def _first(x, y, n: int):
-    from engine.nn.datasets import as_float
-
-    m = len(x) if n == 0 else min(n, len(x))
-    return as_float(x[:m]), y[:m]
-
-
 def landscape_point(model, x, y, *, eps: float, hs_batch: int, seed: int, batch_size: int,
                     effect_train_mode: bool = False) -> dict:
     """HS, FGSM / PGD-10 effectiveness and clean loss/accuracy of `model` on (x, y)."""
-    from engine.nn.attacks import model_mode
-    from engine.run.epoch_metrics import _attack_all, effectiveness_many
-    from engine.nn.metrics.landscape import hs_metric
-
     dev = x.device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         hs, method = hs_metric(model, x, y, n=len(x), batch=hs_batch, seed=seed)
@@ -162,16 +153,9 @@ def landscape_point(model, x, y, *, eps: float, hs_batch: int, seed: int, batch_
         for name, s in (("eff_fgsm", dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1)),
                         ("eff_pgd10", dict(attack_name="pgd", eps=eps, alpha=eps / 4, steps=10))):
             torch.manual_seed(seed)
-            advs[name] = _attack_all(model, x, y, dict(s, train_mode=effect_train_mode), batch_size)
-        out = effectiveness_many(model, x, y, advs, eps=eps, batch_size=batch_size)
-        with model_mode(model, False), torch.no_grad():
-            loss = torch.zeros((), device=dev, dtype=torch.float64)
-            correct = torch.zeros((), device=dev, dtype=torch.float64)
-            for i in range(0, len(x), batch_size):
-                o = model(x[i:i + batch_size])
-                loss += F.cross_entropy(o, y[i:i + batch_size], reduction="sum").double()
-                correct += (o.argmax(1) == y[i:i + batch_size]).sum().double()
-            cl, ca = (torch.stack([loss, correct]) / len(x)).tolist()
+            advs[name] = attack_all(model, x, y, train_mode=effect_train_mode, batch_size=batch_size, **s)
+        out = effectiveness(model, x, y, advs, eps=eps, batch_size=batch_size)
+        cl, ca = clean_loss_and_accuracy(model, x, y, batch_size=batch_size)
     return {"hs": hs, "hs_method": method, **out, "clean_loss": cl, "clean_acc": ca}
 
 
@@ -208,8 +192,6 @@ def modify_perturbation(delta: torch.Tensor, kind: str, p: float, u: torch.Tenso
 def pgd_curve(model, x, y, *, eps: float, alpha: float, steps: list[int], batch_size: int = 500) -> dict:
     """{k: (mean CE, accuracy)} of PGD-k (step alpha, no random start, eval mode) for every k in
     `steps` (0 = clean), from one trajectory per batch: PGD-k is its k-th iterate."""
-    from engine.nn.attacks import _grad_sign, _project, model_mode
-
     want = sorted(set(int(k) for k in steps))
     K = max(want)
     dev = x.device
@@ -228,8 +210,8 @@ def pgd_curve(model, x, y, *, eps: float, alpha: float, steps: list[int], batch_
             if 0 in sums:
                 record(0, xa, yb)
             for t in range(1, K + 1):
-                g, _ = _grad_sign(model, xa, yb)
-                xa = _project(xa + alpha * g, xb, eps)
+                g, _ = grad_sign(model, xa, yb)
+                xa = project(xa + alpha * g, xb, eps)
                 if t in sums:
                     record(t, xa, yb)
     n = len(x)
@@ -248,11 +230,6 @@ def _run_fig4a(ctx, pt) -> dict:
 
 
 def _run_fig4bc(ctx, pt) -> dict:
-    from engine.nn.attacks import run_attack
-    from engine.nn.datasets import as_float, augment, epoch_batches
-    from engine.nn.metrics.evaluation import evaluate
-    from engine.nn.metrics.landscape import attack_effectiveness
-
     cfg, scfg, data, dev = ctx["cfg"], ctx["scfg"], ctx["data"], ctx["device"]
     x, kind, p, eps = cfg.experiment, cfg.experiment.kind, pt["p"], ctx["eps"]
     seed = cfg.train.seed
@@ -301,9 +278,9 @@ def _run_fig4bc(ctx, pt) -> dict:
            "train_adv_eff": sum(effs) / len(effs) if effs else None}
     rec.update(landscape_point(m, xs, ys, eps=eps, hs_batch=cfg.eval.hs_batch, seed=seed,
                                batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode))
-    xt, yt = _first(data.test_x, data.test_y, cfg.eval.n)
-    ev = evaluate(m, xt, yt, eps=eps, alpha=eps / 4, steps=scfg.eval.pgd_steps, batch_size=cfg.eval.batch_size,
-                  ig=False)
+    xt, yt = first_n(data.test_x, data.test_y, cfg.eval.n)
+    ev = clean_and_robust(m, xt, yt, eps=eps, alpha=eps / 4, steps=scfg.eval.pgd_steps,
+                          batch_size=cfg.eval.batch_size)
     rec.update(test_clean_acc=ev["clean_acc"], test_robust_acc=ev["robust_acc"])
     return rec
 
@@ -324,14 +301,10 @@ def format_point(rec: dict, n_points: int | None = None) -> str:
         f"  {rec.get('time_s', 0):.2f}s"
 
 
-def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Callable[[str], None]) -> None:
-    """Execute the experiment of run `rd` (the analogue of engine.run.process._train): see the module doc."""
-    from engine.run import provenance
-    from engine.nn.datasets import load_dataset
-    from engine.run.final_eval import load_run_model
-    from engine.run.process import lr_at, pick_device
-
-    cfg = rd.run_config()
+def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
+                   log: Callable[[str], None]) -> None:
+    """Execute the experiment of run `rd` (the analogue of engine.run.trainer.train_run): see the module doc."""
+    cfg = from_json(rd.config())
     x = cfg.experiment
     where = f"run {rd.id}"
     validate(cfg, where)
@@ -352,7 +325,7 @@ def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Ca
     conf["source"] = {"run": src.id, "preset": srun.get("preset"), "label": srun.get("label"),
                       "ckpt": x.ckpt, "epoch": info["epoch"], "path": info["path"]}
     conf.setdefault("run", {})["label"] = f"{x.kind}:{srun.get('label')}"
-    write_json(rd.config_path, conf)
+    rd.write_config(conf)
     store.sync(rd)
     log(f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.get('preset')}, {x.ckpt} checkpoint, "
         f"epoch {info['epoch']}) on {device}")
@@ -371,18 +344,18 @@ def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Ca
     def heartbeat():
         now = time.time()
         if now - last_beat[0] > 5.0:
-            rd.write_status(heartbeat=now)
+            rd.update_status(heartbeat=now)
             last_beat[0] = now
 
     ctx = {"cfg": cfg, "scfg": scfg, "model": model, "data": data, "device": device, "eps": eps, "lr": lr,
-           "train_subset": _first(data.train_x, data.train_y, x.samples), "heartbeat": heartbeat}
+           "train_subset": first_n(data.train_x, data.train_y, x.samples), "heartbeat": heartbeat}
 
-    points = table(rd.metrics_db(), "points")
+    points = rd.metrics_table("points")
     done = {r.get("index") for r in points.all()}
     pts = grid(cfg)
     emit("start", {"epochs": 1, "start_epoch": 0, "batches": len(pts), "device": str(device),
                    "points": len(pts), "done": len(done)})
-    rd.write_status(heartbeat=time.time(), point=len(done), points=len(pts))
+    rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
 
     if x.kind == "a1":
         for split in x.splits:
@@ -390,7 +363,7 @@ def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Ca
             if not todo:
                 continue
             t0 = time.perf_counter()
-            xs, ys = _first(data.train_x if split == "train" else data.test_x,
+            xs, ys = first_n(data.train_x if split == "train" else data.test_x,
                             data.train_y if split == "train" else data.test_y, x.samples)
             curve = pgd_curve(model, xs, ys, eps=eps, alpha=eps / 4, steps=[0] + [p["steps"] for p in todo],
                               batch_size=cfg.eval.batch_size)
@@ -404,7 +377,7 @@ def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Ca
                 log(format_point(rec, len(pts)))
                 emit("batch", {"epoch": 0, "batch": len(done), "batches": len(pts)})
                 emit("point", rec)
-            rd.write_status(heartbeat=time.time(), point=len(done), points=len(pts))
+            rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
             store.sync(rd)
         return
 
@@ -420,41 +393,8 @@ def run_experiment(rd: RunDir, store, emit: Callable[[str, dict], None], log: Ca
         rec["time_s"] = time.perf_counter() - t0
         points.insert(rec)
         done.add(p["index"])
-        rd.write_status(heartbeat=time.time(), point=len(done), points=len(pts))
+        rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
         store.sync(rd)
         log(format_point(rec, len(pts)))
         emit("batch", {"epoch": 0, "batch": len(done), "batches": len(pts)})
         emit("point", rec)
-
-
-def run(rd: RunDir, store=None, *, on_event: Callable[[str, dict], None] | None = None,
-        log: Callable[[str], None] = print) -> str:
-    """Run (or resume) the experiment in `rd`; returns the final state.
-
-    The lifecycle (state running -> finished | stopped | failed, heartbeat, final state always
-    written) is engine.run.process.run's, which dispatches experiment runs to `run_experiment`.
-    """
-    from engine.run import process as T
-
-    if not is_experiment(rd):
-        raise UserError(f"{rd.path}: not an experiment run (no experiment.kind)")
-    return T.run(rd, store, on_event=on_event, log=log)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a detached experiment process: `python -m engine.run.experiments RUN_DIR`,
-    the same process as `python -m engine.run.process RUN_DIR` (which dispatches experiments),
-    refusing a training run."""
-    from engine.run import process as T
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1:
-        rd = RunDir(Path(argv[0]).resolve())
-        if rd.exists() and not is_experiment(rd):
-            print(f"engine.run.experiments: {rd.path}: not an experiment run (no experiment.kind)", file=sys.stderr)
-            return 2
-    return T.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

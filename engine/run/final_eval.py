@@ -33,15 +33,19 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from tinydb import Query
 
-from engine.config.schema import FINAL_ATTACKS, FINAL_CKPTS
+from engine.config.schema import FINAL_ATTACKS, from_json
 from engine.errors import UserError
-from engine.store.rundir import RunDir, table
+from engine.nn.attacks import model_mode
+from engine.nn.datasets import as_float, load_dataset
+from engine.nn.metrics.batches import batches
+from engine.nn.metrics.evaluation import per_sample, pgd_perturb
+from engine.run.checkpoints import CKPTS, checkpoint_path, load_run_model
+from engine.run.device import pick_device
+from engine.store.rundir import RunDir
 
 ATTACKS = FINAL_ATTACKS
-CKPTS = FINAL_CKPTS
-# checkpoint name -> file stems tried in order (SWA: engine/swa.py writes swa_best.pt / swa_end.pt)
-CKPT_FILES = {"best": ("best",), "end": ("last",), "swa_best": ("swa_best",), "swa_end": ("swa_end", "swa_last")}
 
 TORCHATTACKS_NOTE = ("note: aa-torchattacks is torchattacks' AutoAttack(version='standard'), whose APGD, "
                      "APGD-T and FAB-T run 10 steps instead of the original 100: a weaker attack than "
@@ -77,65 +81,14 @@ def check_choices(ckpts: list[str], attacks: list[str]) -> None:
             raise UserError(f"--attack {a}: must be one of {', '.join(ATTACKS)}")
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-def checkpoint_path(rd: RunDir, ckpt: str):
-    """The file of checkpoint `ckpt` of run `rd`, or a one-line UserError."""
-    if ckpt not in CKPTS:
-        raise UserError(f"--ckpt {ckpt}: must be one of {', '.join(CKPTS)}")
-    for stem in CKPT_FILES[ckpt]:
-        p = rd.ckpt(stem)
-        if p.exists():
-            return p
-    have = sorted(p.stem for p in rd.ckpt_dir.glob("*.pt")) if rd.ckpt_dir.exists() else []
-    hint = f" (it has: {', '.join(have)})" if have else " (it has no checkpoints yet)"
-    raise UserError(f"run {rd.id} has no '{ckpt}' checkpoint ({CKPT_FILES[ckpt][0]}.pt){hint}")
-
-
-def _state_dict(obj) -> dict:
-    sd = obj.get("model", obj) if isinstance(obj, dict) else obj
-    if not isinstance(sd, dict):
-        raise UserError("checkpoint holds no model state_dict")
-    if any(k.startswith("module.") for k in sd):   # torch.optim.swa_utils.AveragedModel
-        sd = {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
-    return sd
-
-
-def load_run_model(rd: RunDir, ckpt: str = "end", device="cpu", *, data=None):
-    """(model in eval mode on `device`, the run's RunConfig, info) for checkpoint `ckpt`.
-
-    `data` (an engine.nn.datasets.Dataset) gives the class/channel/size numbers without a reload.
-    info: {"ckpt", "path", "epoch"} with epoch the 0-based epoch of the checkpoint when known.
-    """
-    from engine.nn.models import build_model
-
-    cfg = rd.run_config()
-    path = checkpoint_path(rd, ckpt)
-    if data is None:
-        from engine.nn.datasets import load_dataset
-
-        data = load_dataset(cfg.data, "cpu")
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size)
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(_state_dict(ck))
-    epoch = ck.get("epoch") if isinstance(ck, dict) else None
-    if epoch is not None and ckpt == "end" and "optimizer" in ck:
-        epoch = int(epoch) - 1          # last.pt stores the number of epochs done
-    model.to(device).eval()
-    return model, cfg, {"ckpt": ckpt, "path": str(path), "epoch": epoch}
-
-
 # ---------------------------------------------------------------------------- attacks
 
 def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_classes: int):
-    """Adversarial examples for all of x (model in eval mode)."""
-    from engine.nn.attacks import pgd
-
+    """Adversarial examples for all of x (model in eval mode). The attack libraries are imported
+    where they are used: optional, heavy, and needed only by the attack that is asked for."""
     if attack in ("pgd20", "pgd50"):
-        steps = int(attack[3:])
-        return torch.cat([pgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, alpha=eps / 4,
-                              steps=steps, random_start=False) for i in range(0, len(x), batch_size)])
+        perturb = pgd_perturb(model, eps=eps, alpha=eps / 4, steps=int(attack[3:]))
+        return torch.cat([perturb(x[s], y[s]) for s in batches(len(x), batch_size)])
     if attack == "aa":
         from pyautoattack import AutoAttack
 
@@ -147,21 +100,14 @@ def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_c
 
         atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
                                       n_classes=num_classes, seed=0)
-        return torch.cat([atk(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([atk(x[s], y[s]) for s in batches(len(x), batch_size)])
     if attack == "apgd50x5":
         from pyautoattack.autopgd_base import APGDAttack
 
         apgd = APGDAttack(model, n_iter=50, n_restarts=5, norm="Linf", eps=eps, seed=0, loss="ce",
                           device=x.device)
-        return torch.cat([apgd.perturb(x[i:i + batch_size], y[i:i + batch_size])
-                          for i in range(0, len(x), batch_size)])
+        return torch.cat([apgd.perturb(x[s], y[s]) for s in batches(len(x), batch_size)])
     raise UserError(f"--attack {attack}: must be one of {', '.join(ATTACKS)}")
-
-
-@torch.no_grad()
-def _correct(model, x, y, batch_size):
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
-                      for i in range(0, len(x), batch_size)])
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str, eps: float,
@@ -172,8 +118,6 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     so the caller's random state is untouched and results repeat. Returns
     {"clean_acc", "robust_acc", "n", "implementation", "time_s"}.
     """
-    from engine.nn.attacks import model_mode
-
     impl = implementation(attack)
     n = len(x)
     if n == 0:
@@ -182,7 +126,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     t0 = time.perf_counter()
     with model_mode(model, False), torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        clean = _correct(model, x, y, batch_size)
+        _, clean = per_sample(model, x, y, batch_size=batch_size)
         x_adv = _adv_batches(model, x, y, attack=attack, eps=eps, batch_size=batch_size,
                              num_classes=num_classes).detach()
         dist = (x_adv - x).abs().flatten(1).amax(1) if n else x.new_zeros(0)
@@ -191,7 +135,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
         if bool(bad.any()):
             raise RuntimeError(f"{impl}: {int(bad.sum())} adversarial examples leave the eps-ball or [0, 1] "
                                f"(max l-inf distance {float(dist.max()):.6g} > eps {eps:.6g})")
-        adv = _correct(model, x_adv, y, batch_size)
+        _, adv = per_sample(model, x_adv, y, batch_size=batch_size)
         clean_acc, robust_acc = torch.stack([clean.double().mean(), (clean & adv).double().mean()]).tolist()
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -202,17 +146,13 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
 # ---------------------------------------------------------------------------- runs
 
 def _test_set(data, n: int):
-    from engine.nn.datasets import as_float
-
     m = len(data.test_x) if n == 0 else min(n, len(data.test_x))
     return as_float(data.test_x[:m]), data.test_y[:m]
 
 
 def _save_record(rd: RunDir, rec: dict) -> None:
-    from tinydb import Query
-
     q = Query()
-    t = table(rd.metrics_db(), "evals")
+    t = rd.metrics_table("evals")
     t.upsert(rec, (q.ckpt == rec["ckpt"]) & (q.attack == rec["attack"]) & (q.n == rec["n"]) &
              (q.eps == rec["eps"]))
 
@@ -233,21 +173,17 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
     own process, the single writer of its metrics.json, at the end of training).
     `device` defaults to the run's train.device; `batch_size` to its eval.batch_size.
     """
-    from engine.run.process import pick_device
-
     check_choices(list(ckpts), list(attacks))
     st = rd.status()
     if not from_run_process and st.get("state") == "running":
         raise UserError(f"run {rd.id} is running: its own process writes metrics.json; evaluate it when it "
                         f"has finished or stopped (`advlc stop {rd.id}`)")
-    cfg = rd.run_config()
+    cfg = from_json(rd.config())
     if cfg.experiment.kind:
         raise UserError(f"run {rd.id} is a {cfg.experiment.kind} experiment, not a trained model")
     dev = pick_device(device or cfg.train.device)
     bs = batch_size or cfg.eval.batch_size
     if data is None:
-        from engine.nn.datasets import load_dataset
-
         data = load_dataset(cfg.data, dev)
     else:
         data = data.to(dev)
@@ -286,8 +222,7 @@ def run_final_evals(rd: RunDir, *, data=None, store=None, log: Callable[[str], N
     eval.final_n test images); called by the run's own process when training has ended.
     Does nothing when eval.final is empty; evaluations already recorded are not repeated (a
     resumed run only completes the missing ones); missing SWA checkpoints are skipped."""
-    cfg = rd.run_config()
-    e = cfg.eval
+    e = from_json(rd.config()).eval
     if not e.final:
         return []
     return eval_run(rd, ckpts=list(e.final_ckpts), attacks=list(e.final), n=e.final_n, store=store, log=log,

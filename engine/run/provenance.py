@@ -7,12 +7,10 @@ import platform
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from engine import CODE_ROOT
-
+from engine.paths import CODE_ROOT
 
 
 def _git(*args: str) -> str | None:

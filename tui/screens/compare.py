@@ -1,7 +1,7 @@
 """Compare: runs grouped into rows (by label or preset), mean ± std over seeds.
 
-The table is `engine.report.tables.compare_runs` — the same table `advlc compare` prints and
-`x` exports (Markdown, LaTeX, CSV, JSON through `engine.report.tables.export`). The best value
+The table is the engine's `compare_runs` — the same table `advlc compare` prints and
+`x` exports (Markdown, LaTeX, CSV, JSON through its `export`). The best value
 of each column (as the report decides it) is bold and coloured. Below it, one chosen
 metric (`m` cycles) is drawn per row as the mean over that row's runs at each epoch.
 Everything is read in a thread worker; the screen reloads every `COMPARE_REFRESH_S`
@@ -20,7 +20,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.store.rundir import RunDir
+from engine.errors import UserError
+from engine.facade import fmt_cell, row_curves
+from tui.messages import ActionDone
+from tui.screens.export import ExportScreen
 from tui.widgets.metric_plot import MetricPlot
 from tui.widgets.palette import palette
 
@@ -44,8 +47,6 @@ COMPARE_REFRESH_S = 5.0
 
 def mean_curves(store, table, metric: str, scale: float) -> dict[str, tuple[list, list]]:
     """Row name -> (epochs, mean over the row's runs of `metric` * scale at each epoch)."""
-    from engine.report.tables import row_curves
-
     return {name: ([p["epoch"] for p in pts], [p["mean"] for p in pts])
             for name, pts in row_curves(store, table, metric, scale).items()}
 
@@ -84,7 +85,7 @@ class CompareScreen(Screen):
         self.metric_index = 0
         self.by_index = 0
         self.table = None
-        """The engine.report.tables CompareTable shown."""
+        """The CompareTable shown."""
         self.curves: dict[str, dict[str, tuple[list, list]]] = {}
         """metric -> row name -> (epochs, mean values): what the plot draws."""
         self.exported: list[Path] = []
@@ -119,8 +120,6 @@ class CompareScreen(Screen):
         self.app.work(self, self._load, name="compare")
 
     def _load(self) -> None:
-        from engine.errors import UserError
-
         try:
             store = self.app.store
             table = self.app.compare(run_ids=self.run_ids, preset=self.preset, group=self.group,
@@ -128,7 +127,7 @@ class CompareScreen(Screen):
             curves = {key: mean_curves(store, table, key, scale) for key, _t, scale in METRICS}
             states = {}
             for rid in self.run_ids or [r for row in table.rows for r in row.runs]:
-                states[rid] = RunDir(store.runs_dir / rid).status().get("state")
+                states[rid] = store.run_dir(rid).status().get("state")
             self.post_message(CompareLoaded(table, curves, states))
         except UserError as exc:
             self.post_message(CompareLoaded(None, {}, {}, str(exc)))
@@ -165,8 +164,6 @@ class CompareScreen(Screen):
         dt = self.query_one("#compare-table", DataTable)
         dt.clear(columns=True)
         tbl = self.table
-        from engine.report.tables import fmt_cell
-
         headers = tbl.headers()
         dt.add_column("rows", key="__name")
         dt.add_column("seeds", key="__seeds")
@@ -227,7 +224,6 @@ class CompareScreen(Screen):
         if self.table is None:
             self.notify("The table is still loading.", severity="warning")
             return
-        from tui.screens.export import ExportScreen
 
         def done(result) -> None:
             if result:
@@ -237,8 +233,6 @@ class CompareScreen(Screen):
         self.app.push_screen(ExportScreen(self.default_export_dir()), done)
 
     def _export(self, folder: Path, formats: list[str]) -> None:
-        from tui.data import ActionDone
-
         try:
             paths = self.app.export(self.table, folder, formats)
         except Exception as exc:

@@ -10,6 +10,10 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui.screens.compare import CompareScreen
+from tui.screens.presets import PresetsScreen
+from tui.screens.run_detail import RunDetailScreen
+from tui.screens.runs import RunsScreen
 from tui.widgets.alert_bar import CO_DROP, CO_MIN_ROBUST, CO_WINDOW, RO_GAP
 
 EXTRA = {
@@ -34,11 +38,6 @@ NOTES = (
 
 def sections(app) -> list[tuple[str, list[tuple[str, str]]]]:
     """(screen title, [(key, what it does)]) for the app and each screen."""
-    from tui.screens.compare import CompareScreen
-    from tui.screens.presets import PresetsScreen
-    from tui.screens.run_detail import RunDetailScreen
-    from tui.screens.runs import RunsScreen
-
     def keys(bindings) -> list[tuple[str, str]]:
         out = []
         for b in bindings:

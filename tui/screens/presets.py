@@ -5,7 +5,7 @@ Right: description and paper reference, the override line (`section.key=value` w
 checked as you type: a mistake shows as one line in red, never as a crash), seeds,
 device, GPUs and executor, and the fully resolved config (overridden keys marked).
 Launch (button, enter in a field, `l` on the tree, ctrl+l anywhere) calls
-`engine.launch.supervisor.launch` in a worker and returns to the Runs screen with the cursor on
+the engine's `launch` in a worker and returns to the Runs screen with the cursor on
 the new run(s).
 
 Resolving a preset imports the method registry (and so torch): that happens only in
@@ -28,6 +28,16 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static, Tree
 
 from engine.errors import UserError
+from engine.facade import (
+    DEFAULT_PRESET,
+    list_presets,
+    load_toml,
+    plan_runs,
+    read_preset,
+)
+from tui.messages import ActionDone
+from tui.widgets.palette import palette
+from tui.widgets.store_header import StoreHeader
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:3")
 EXECUTORS = ("local", "slurm")
@@ -46,12 +56,8 @@ class PresetItem:
 
 def list_items(home: Path | None, presets_dir: Path | None) -> list[PresetItem]:
     """The presets the tree shows: built-in + `$ADVLC_HOME/presets`, or those under `presets_dir`."""
-    from engine.config.presets import list_presets
-
     if presets_dir is None:
         return [PresetItem(e.name, e.name, e.description, e.reference, e.group) for e in list_presets(home)]
-    from engine.config.schema import load_toml
-
     out = []
     root = Path(presets_dir)
     for path in sorted(root.rglob("*.toml")):
@@ -138,8 +144,6 @@ class PresetsScreen(Screen):
 
     # -- layout --------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        from tui.widgets.store_header import StoreHeader
-
         yield StoreHeader(self.app.store.home, id="header")
         with Horizontal():
             yield Tree("presets", id="preset-tree")
@@ -172,8 +176,6 @@ class PresetsScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        from tui.widgets.store_header import StoreHeader
-
         snap = getattr(self.app.runs_screen, "snapshot", None)
         if snap is not None:
             self.query_one("#header", StoreHeader).set_counts(snap.counts(), "new run")
@@ -184,8 +186,6 @@ class PresetsScreen(Screen):
         self.app.call_from_thread(self._fill_tree, items)
 
     def _fill_tree(self, items: list[PresetItem]) -> None:
-        from engine.config.presets import DEFAULT_PRESET
-
         self.items = items
         tree = self.query_one("#preset-tree", Tree)
         tree.show_root = False
@@ -265,8 +265,6 @@ class PresetsScreen(Screen):
 
     def plan(self, ref: str, args) -> tuple[list, dict, dict]:
         """plan_runs for the inputs -> (planned runs, launch options, the raw preset). Raises UserError."""
-        from engine.config.presets import plan_runs, read_preset
-
         overrides_text, seeds_text, device, gpus_text, executor = args
         overrides = split_overrides(overrides_text)
         if device:
@@ -323,8 +321,6 @@ class PresetsScreen(Screen):
         self.query_one("#preset-config", Static).update(self._config_text(cfg))
 
     def _config_text(self, cfg) -> Text:
-        from tui.widgets.palette import palette
-
         c = palette(self.app)
         try:
             overridden = {w.partition("=")[0].strip() for w in split_overrides(self.inputs()[0])}
@@ -361,8 +357,6 @@ class PresetsScreen(Screen):
         self.app.work(self, lambda: self._launch(ref, args), name="launch")
 
     def _launch(self, ref: str, args) -> None:
-        from tui.data import ActionDone
-
         try:
             planned, opts, _raw = self.plan(ref, args)
             rds = self.app.launch(planned, **opts)

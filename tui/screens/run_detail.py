@@ -1,6 +1,6 @@
 """Run detail: live plots of one run, its alerts, its log and its config + provenance.
 
-A `RunFollower` (tui/data.py) polls the run directory in a thread worker every
+A `RunFollower` (engine.store.watch) polls the run directory in a thread worker every
 `REFRESH_S`; only new epoch records and new log lines come back, and the plots are redrawn
 from the accumulated `RunHistory`. Plots: accuracy (clean and PGD robust on the test data,
 training accuracy on the training attack's examples), losses and AV, IG, HS, learning
@@ -20,8 +20,10 @@ from textual.containers import Grid, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
 
-from engine.store.rundir import RunDir
-from tui.data import REFRESH_S, ActionDone, RunChanged, RunFollower, RunHistory
+from engine.facade import RunFollower, RunHistory
+from tui.messages import REFRESH_S, ActionDone, RunChanged
+from tui.screens.compare import CompareScreen
+from tui.screens.confirm import ConfirmScreen
 from tui.widgets.alert_bar import AlertBar, detect_alerts
 from tui.widgets.metric_plot import MetricPlot
 from tui.widgets.palette import palette
@@ -108,7 +110,7 @@ class RunDetailScreen(Screen):
 
     def on_mount(self) -> None:
         store = self.app.store
-        self.follower = RunFollower(RunDir(store.runs_dir / self.run_id))
+        self.follower = RunFollower(store.run_dir(self.run_id))
         self.set_interval(REFRESH_S, self.request_poll)
         self.request_poll(force=True)
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._draw_header())
@@ -284,7 +286,6 @@ class RunDetailScreen(Screen):
         if self.history.status.get("state") not in ("running", "queued"):
             self.notify("This run is not running.", severity="warning")
             return
-        from tui.screens.confirm import ConfirmScreen
 
         def done(ok: bool | None) -> None:
             if ok:
@@ -301,7 +302,6 @@ class RunDetailScreen(Screen):
 
     def action_compare_group(self) -> None:
         group = self.history.config.get("run", {}).get("group")
-        from tui.screens.compare import CompareScreen
 
         if group:
             self.app.push_screen(CompareScreen(group=group, title=f"group {group}"))

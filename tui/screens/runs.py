@@ -1,7 +1,7 @@
 """The Runs screen (home): every run of the store, live.
 
 A `RunTable` (tui/widgets/run_table.py: renders only the visible lines) keyed by run id.
-A timer polls the store in a thread worker every `REFRESH_S` (tui/data.py: the index is
+A timer polls the store in a thread worker every `REFRESH_S` (engine.store.watch: the index is
 re-parsed only when it changed); the UI thread then re-renders only the rows whose content changed, so the cursor, the scroll position and the
 selection survive refreshes. When the set or the order of the visible runs changes (a new
 run, a filter, a sort) the row list is replaced (cheap: nothing is measured) and the cursor
@@ -24,7 +24,11 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
-from tui.data import REFRESH_S, ActionDone, IndexChanged, IndexSnapshot
+from engine.facade import IndexSnapshot
+from tui.messages import REFRESH_S, ActionDone, IndexChanged
+from tui.screens.compare import CompareScreen
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.run_detail import RunDetailScreen
 from tui.widgets.alert_bar import robust_overfit
 from tui.widgets.palette import palette
 from tui.widgets.progress_cell import eta_text, progress_cell
@@ -316,8 +320,6 @@ class RunsScreen(Screen):
     def action_open(self) -> None:
         rid = self.cursor_id()
         if rid:
-            from tui.screens.run_detail import RunDetailScreen
-
             self.app.push_screen(RunDetailScreen(rid))
 
     def action_toggle_select(self) -> None:
@@ -394,7 +396,6 @@ class RunsScreen(Screen):
         if not rows:
             self.notify("Nothing to compare: select runs (space) or filter (/) first.", severity="warning")
             return
-        from tui.screens.compare import CompareScreen
 
         what = (f"{len(rows)} selected runs" if self.selected else
                 (f"filter {self.query_text!r}" if self.query_text else "all runs"))
@@ -405,7 +406,6 @@ class RunsScreen(Screen):
         if not rows:
             self.notify("No running or queued run to stop here.", severity="warning")
             return
-        from tui.screens.confirm import ConfirmScreen
 
         ids = [r["id"] for r in rows]
         text = (f"Stop {len(ids)} run{'s' if len(ids) > 1 else ''} ({_list(ids)})?\n"
@@ -428,7 +428,6 @@ class RunsScreen(Screen):
         rows = self.targets()
         if not rows:
             return
-        from tui.screens.confirm import ConfirmScreen
 
         ids = [r["id"] for r in rows]
         running = [r["id"] for r in rows if r.get("state") in ("running", "queued")]

@@ -42,7 +42,7 @@ class StatusBadge(Static):
     """
 
     state: reactive[str] = reactive("queued")
-    """The run state shown (one of engine.store.rundir.STATES)."""
+    """The run state shown (one of engine.store.states.STATES)."""
 
     def on_mount(self) -> None:
         self.app.theme_changed_signal.subscribe(self, lambda _t: self.refresh())

@@ -1,97 +1,160 @@
-"""The registry of training objectives.
+"""The registry of training objectives. It loads without torch, so configs, presets and docs can
+read every method's metadata in a command that never trains.
 
-Each module in this package defines one objective and registers it under its paper name
-with `@register(...)`. A method is a function
+Each module of this package defines objectives and registers each under its paper name:
 
-    loss(model, x, y, ctx) -> (loss, stats)
+    @register("advlc", lam="> 0", lam_error="AdvLC needs lambda > 0 (paper: 0.55 with FGSM-N, 0.4 with PGD10)",
+              doc="AdvLC: adversarial CE + lambda * top-N |f(x+delta) - f(x)| ...")
+    def advlc(model, x, y, ctx):       # -> (loss, stats)
+        ...
 
-where `x` is the (augmented) float batch in [0, 1], `ctx` a `StepContext` (config, epoch,
-scheduled lambda, a bound attack), `loss` the scalar to back-propagate and `stats` a dict
-of tensors (no host sync) with at least `logits`: the outputs the training accuracy is
-measured on. Adding a method is one new file here plus a preset; nothing else changes.
+`x` is the (augmented) float batch in [0, 1], `ctx` a `StepContext` (engine.nn.methods.context:
+config, epoch, scheduled lambda, the bound training attack, extras), `loss` the scalar to
+back-propagate and `stats` a dict of tensors (no host sync) with at least `logits`, the outputs
+the training accuracy is measured on. Adding a method is one new file here plus a preset.
+
+How the registry knows a method without importing it: `register(...)` takes literal arguments
+only, and `methods()` reads those calls from the package's source files (with `ast`, no
+execution). A method's module, and torch with it, is imported when its loss is first called.
+tests/test_methods.py checks that what is read this way equals what the decorators register.
+
+What a method declares about itself (register's keyword arguments):
+    fixed_attack  plain methods: the attack their name implies ("none" for standard training);
+                  regularisers leave it None and take `attack.name`
+    attacks       the training attacks a regulariser combines with
+    lam           the allowed method.lam: "> 0", "0..1" or None (anything)
+    lam_error     what a method.lam outside it is told, with the paper's value
+    paper_lam     the paper's strength (with FGSM-N, with PGD10), Sec. 5.1
+    needs         "raw_batch": the un-augmented uint8 batch in ctx.extras["x_unaugmented"];
+                  "double_backprop": its loss differentiates an input gradient (no torch.compile);
+                  "doubled_batch": it trains on a 2B batch (two views)
+    teachers      roles of the teacher runs it distils from (ctx.extras["teachers"][role])
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-import pkgutil
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
 
 from engine.errors import UserError
 
 TRAIN_ATTACKS = ("fgsm", "fgsm_rs", "fgsm_n", "pgd")
+NEEDS = ("raw_batch", "double_backprop", "doubled_batch")
+LAM_RULES = (None, "> 0", "0..1")
 
 
-@dataclass
-class StepContext:
-    """What a method may use besides the batch."""
-
-    cfg: Any                      # RunConfig
-    epoch: int                    # 0-based
-    lam: float                    # lambda for this epoch (after the schedule)
-    extras: dict = field(default_factory=dict)   # e.g. teacher models for KDSA
-
-    def attack(self, model, x, y, keep_start_logits: bool = False):
-        """Run the configured training attack on (x, y); see engine.nn.attacks.run_attack."""
-        from engine.nn.attacks import run_attack
-
-        a = self.cfg.attack
-        return run_attack(model, x, y, name=a.name, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                          random_start=a.random_start, noise=a.noise, train_mode=a.train_mode,
-                          keep_start_logits=keep_start_logits)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Method:
+    """A registered method: its metadata, and its loss (imported on first use)."""
+
     name: str
-    fn: Callable
+    module: str                               # module under engine.nn.methods, e.g. "advlc"
     doc: str
-    fixed_attack: str | None = None          # plain methods: the attack their name implies
-    attacks: tuple[str, ...] = TRAIN_ATTACKS  # attacks a regulariser combines with
-    validate: Callable = lambda cfg, where: None
+    fixed_attack: str | None = None
+    attacks: tuple[str, ...] = TRAIN_ATTACKS
+    lam: str | None = None
+    lam_error: str = ""
+    paper_lam: tuple[float, float] | None = None
+    needs: tuple[str, ...] = ()
+    teachers: tuple[str, ...] = ()
 
-    def loss(self, model, x, y, ctx: StepContext):
-        return self.fn(model, x, y, ctx)
+    def loss(self, model, x, y, ctx):
+        return loss_function(self.name)(model, x, y, ctx)
+
+    @property
+    def double_backprop(self) -> bool:
+        return "double_backprop" in self.needs
+
+    def validate(self, cfg, where: str) -> None:
+        """The method's rule for method.lam, as one UserError line."""
+        lam = cfg.method.lam
+        if (self.lam == "> 0" and lam <= 0) or (self.lam == "0..1" and not 0.0 <= lam <= 1.0):
+            raise UserError(f"{where}: method.lam = {lam}: {self.lam_error or self.name + ' needs ' + self.lam}")
 
 
-METHODS: dict[str, Method] = {}
+_FUNCTIONS: dict[str, Callable] = {}
+_DECLARED: dict[str, Method] = {}
+"""What the decorators registered when the modules ran (checked against `methods()` by the tests)."""
 
 
-def register(name: str, *, doc: str, fixed_attack: str | None = None,
-             attacks: tuple[str, ...] = TRAIN_ATTACKS, validate: Callable | None = None):
-    """Decorator: register `fn(model, x, y, ctx) -> (loss, stats)` under `name`."""
+def register(name: str, *, doc: str, fixed_attack: str | None = None, attacks: tuple[str, ...] = TRAIN_ATTACKS,
+             lam: str | None = None, lam_error: str = "", paper_lam: tuple[float, float] | None = None,
+             needs: tuple[str, ...] = (),
+             teachers: tuple[str, ...] = ()):
+    """Decorator: register `fn(model, x, y, ctx) -> (loss, stats)` under `name` (literal arguments only)."""
 
     def deco(fn):
-        if name in METHODS:
+        if name in _FUNCTIONS:
             raise RuntimeError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, doc, fixed_attack, attacks,
-                               validate or (lambda cfg, where: None))
+        _FUNCTIONS[name] = fn
+        _DECLARED[name] = Method(name, fn.__module__.rpartition(".")[2], doc, fixed_attack, tuple(attacks), lam,
+                                 lam_error, None if paper_lam is None else tuple(paper_lam), tuple(needs),
+                                 tuple(teachers))
         return fn
 
     return deco
 
 
-def needs_positive_lam(label: str | None, paper: str):
-    """A validator rejecting lambda <= 0 in one line that names the paper's strength.
+def _literal(node: ast.expr, where: str):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise RuntimeError(f"{where}: register() arguments must be literals (the registry reads them "
+                           f"without importing the module)") from None
 
-    `label` names the method in the message (None: the configured method name)."""
 
-    def validate(cfg, where):
-        if cfg.method.lam <= 0:
-            raise UserError(f"{where}: method.lam = {cfg.method.lam}: {label or cfg.method.name} "
-                            f"needs lambda > 0 ({paper})")
+def _read_module(path: Path) -> list[Method]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for dec in node.decorator_list:
+            if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Name) and dec.func.id == "register":
+                where = f"{path.name}:{dec.lineno}"
+                kw = {k.arg: _literal(k.value, where) for k in dec.keywords}
+                name = _literal(dec.args[0], where)
+                for key in ("attacks", "paper_lam"):
+                    if kw.get(key) is not None:
+                        kw[key] = tuple(kw[key])
+                for key in ("needs", "teachers"):
+                    kw[key] = tuple(kw.get(key, ()))
+                bad = [n for n in kw["needs"] if n not in NEEDS]
+                if bad or kw.get("lam") not in LAM_RULES:
+                    raise RuntimeError(f"{where}: unknown needs {bad} or lam rule {kw.get('lam')!r}")
+                out.append(Method(name, path.stem, **kw))
+    return out
 
-    return validate
+
+@lru_cache(maxsize=1)
+def methods() -> dict[str, Method]:
+    """Every registered method by name, read from the package's source files (no import)."""
+    out: dict[str, Method] = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        for m in _read_module(path):
+            if m.name in out:
+                raise RuntimeError(f"method {m.name!r} registered twice ({out[m.name].module}, {m.module})")
+            out[m.name] = m
+    return out
 
 
 def get_method(name: str) -> Method:
-    _load_all()
     try:
-        return METHODS[name]
+        return methods()[name]
     except KeyError:
-        raise UserError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})") from None
+        raise UserError(f"unknown method {name!r} (known: {', '.join(sorted(methods()))})") from None
+
+
+def loss_function(name: str) -> Callable:
+    """The registered loss of method `name` (imports its module on first use)."""
+    if name not in _FUNCTIONS:
+        importlib.import_module(f"{__name__}.{get_method(name).module}")
+    return _FUNCTIONS[name]
 
 
 def lam_at(cfg, epoch: int) -> float:
@@ -100,18 +163,3 @@ def lam_at(cfg, epoch: int) -> float:
     if m.lam_schedule == "linear":
         return m.lam * (epoch + 1) / cfg.train.epochs
     return m.lam
-
-
-_loaded = False
-
-
-def _load_all():
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_load_all()

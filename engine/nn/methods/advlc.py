@@ -13,7 +13,7 @@ first forward pass (f(x), or f(x~) for FGSM-N), so AdvLC adds no forward pass.
 import torch
 import torch.nn.functional as F
 
-from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods import register
 
 
 def advlc_penalty(logits_adv: torch.Tensor, logits_clean: torch.Tensor, top_n: int) -> torch.Tensor:
@@ -39,10 +39,8 @@ def clean_and_adv(model, x, y, ctx):
     return logits_clean, res.x_adv
 
 
-_validate = needs_positive_lam("AdvLC", "paper: 0.55 with FGSM-N, 0.4 with PGD10")
-
-
-@register("advlc", validate=_validate,
+@register("advlc", lam="> 0", paper_lam=(0.55, 0.4),
+          lam_error="AdvLC needs lambda > 0 (paper: 0.55 with FGSM-N, 0.4 with PGD10)",
           doc="AdvLC: adversarial CE + lambda * top-N |f(x+delta) - f(x)| over the batch, / M (Eq. 16).")
 def advlc(model, x, y, ctx):
     logits_clean, x_adv = clean_and_adv(model, x, y, ctx)

@@ -23,36 +23,61 @@ mean. Table 3 does not state the strengths used; the quick presets give digits v
 
 import torch.nn.functional as F
 
-from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods import register
 from engine.nn.methods.advlc import clean_and_adv
 from engine.nn.methods.penalties import js_rows, kl_rows, nuclear_norm
 
 PENALTIES = {
-    "l1": (lambda adv, clean: (adv - clean).abs().sum(), "sum |f(x+delta) - f(x)| (all w = 1)"),
-    "sql2": (lambda adv, clean: (adv - clean).pow(2).sum(), "sum (f(x+delta) - f(x))^2 (w = o)"),
-    "kl": (lambda adv, clean: kl_rows(clean, adv).sum(), "sum_i KL(softmax f(x) || softmax f(x+delta))"),
-    "js": (lambda adv, clean: js_rows(clean, adv).sum(), "sum_i JS(softmax f(x), softmax f(x+delta))"),
-    "nuclear": (lambda adv, clean: nuclear_norm(adv - clean), "nuclear norm of the B x C logit-difference matrix"),
+    "l1": lambda adv, clean: (adv - clean).abs().sum(),
+    "sql2": lambda adv, clean: (adv - clean).pow(2).sum(),
+    "kl": lambda adv, clean: kl_rows(clean, adv).sum(),
+    "js": lambda adv, clean: js_rows(clean, adv).sum(),
+    "nuclear": lambda adv, clean: nuclear_norm(adv - clean),
 }
+"""L_reg of each variant, from (adversarial logits, clean logits)."""
 
 
-_validate = needs_positive_lam(None, "Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N")
+def _frame(model, x, y, ctx, penalty):
+    """(sum_i CE(f(x_i + delta), y_i) + lambda * L_reg) / M, AdvLC's frame with another L_reg."""
+    logits_clean, x_adv = clean_and_adv(model, x, y, ctx)
+    logits_adv = model(x_adv)
+    reg = penalty(logits_adv, logits_clean)
+    m = x.shape[0]
+    total = (F.cross_entropy(logits_adv, y, reduction="sum") + ctx.lam * reg) / m
+    return total, {"logits": logits_adv, "reg": reg.detach() / m}
 
 
-def _variant(penalty):
-    def loss(model, x, y, ctx):
-        logits_clean, x_adv = clean_and_adv(model, x, y, ctx)
-        logits_adv = model(x_adv)
-        reg = penalty(logits_adv, logits_clean)
-        m = x.shape[0]
-        total = (F.cross_entropy(logits_adv, y, reduction="sum") + ctx.lam * reg) / m
-        return total, {"logits": logits_adv, "reg": reg.detach() / m}
-
-    return loss
+@register("advlc_l1", lam="> 0", lam_error="advlc_l1 needs lambda > 0 (Table 3 does not state it; AdvLC "
+          "itself uses 0.55 with FGSM-N)",
+          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum |f(x+delta) - f(x)| (all w = 1), / M.")
+def advlc_l1(model, x, y, ctx):
+    return _frame(model, x, y, ctx, PENALTIES["l1"])
 
 
-for _key, (_penalty, _what) in PENALTIES.items():
-    _fn = _variant(_penalty)
-    _fn.__name__ = f"advlc_{_key}"
-    register(f"advlc_{_key}", validate=_validate,
-             doc=f"AdvLC variant (Table 3): adversarial CE + lambda * {_what}, / M.")(_fn)
+@register("advlc_sql2", lam="> 0", lam_error="advlc_sql2 needs lambda > 0 (Table 3 does not state it; AdvLC "
+          "itself uses 0.55 with FGSM-N)",
+          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum (f(x+delta) - f(x))^2 (w = o), / M.")
+def advlc_sql2(model, x, y, ctx):
+    return _frame(model, x, y, ctx, PENALTIES["sql2"])
+
+
+@register("advlc_kl", lam="> 0", lam_error="advlc_kl needs lambda > 0 (Table 3 does not state it; AdvLC "
+          "itself uses 0.55 with FGSM-N)",
+          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i KL(softmax f(x) || softmax f(x+delta)), / M.")
+def advlc_kl(model, x, y, ctx):
+    return _frame(model, x, y, ctx, PENALTIES["kl"])
+
+
+@register("advlc_js", lam="> 0", lam_error="advlc_js needs lambda > 0 (Table 3 does not state it; AdvLC "
+          "itself uses 0.55 with FGSM-N)",
+          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i JS(softmax f(x), softmax f(x+delta)), / M.")
+def advlc_js(model, x, y, ctx):
+    return _frame(model, x, y, ctx, PENALTIES["js"])
+
+
+@register("advlc_nuclear", lam="> 0", lam_error="advlc_nuclear needs lambda > 0 (Table 3 does not state it; "
+          "AdvLC itself uses 0.55 with FGSM-N)",
+          doc="AdvLC variant (Table 3): adversarial CE + lambda * nuclear norm of the B x C logit-difference "
+              "matrix, / M.")
+def advlc_nuclear(model, x, y, ctx):
+    return _frame(model, x, y, ctx, PENALTIES["nuclear"])

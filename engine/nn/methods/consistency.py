@@ -27,14 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from engine.nn.datasets import as_float, augment
-from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods import register
 from engine.nn.methods.penalties import js_rows
 
 
-_validate = needs_positive_lam("Consistency", "paper: 50 with FGSM-N and with PGD10")
-
-
-@register("consistency", validate=_validate,
+@register("consistency", lam="> 0", paper_lam=(50.0, 50.0), needs=("raw_batch", "doubled_batch"),
+          lam_error="Consistency needs lambda > 0 (paper: 50 with FGSM-N and with PGD10)",
           doc="Consistency (Tack et al. 2022): adversarial CE on two augmented views + lambda * JS between them.")
 def consistency(model, x, y, ctx):
     d = ctx.cfg.data

@@ -20,7 +20,7 @@ via curvature regularization, and vice versa", CVPR), with Li & Spratling's modi
 import torch
 import torch.nn.functional as F
 
-from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods import register
 from engine.nn.methods.penalties import adversarial_ce_plus, sq_norm
 
 
@@ -35,10 +35,8 @@ def cure_penalty(model, x, y, eps: float):
     return sq_norm(gd)
 
 
-_validate = needs_positive_lam("CURE", "paper: 1500 with FGSM-N and with PGD10")
-
-
-@register("cure", validate=_validate,
+@register("cure", lam="> 0", paper_lam=(1500.0, 1500.0), needs=("double_backprop",),
+          lam_error="CURE needs lambda > 0 (paper: 1500 with FGSM-N and with PGD10)",
           doc="CURE (Moosavi-Dezfooli et al. 2019): adversarial CE + lambda * ||g(x + eps sign g) - g(x)||^2.")
 def cure(model, x, y, ctx):
     return adversarial_ce_plus(model, x, y, ctx, lambda: cure_penalty(model, x, y, ctx.cfg.attack.eps))

@@ -13,17 +13,11 @@ train mode) that pass is reused, otherwise one extra forward pass is made.
 
 import torch.nn.functional as F
 
-from engine.errors import UserError
 from engine.nn.methods import register
 
 
-def _validate(cfg, where):
-    if not 0.0 <= cfg.method.lam <= 1.0:
-        raise UserError(f"{where}: method.lam = {cfg.method.lam}: Eq. 9's alpha must be in [0, 1] "
-                        "(paper: a sweep from 0 to 1 with FGSM-R)")
-
-
-@register("eq9_clean_loss", validate=_validate,
+@register("eq9_clean_loss", lam="0..1",
+          lam_error="Eq. 9's alpha must be in [0, 1] (paper: a sweep from 0 to 1 with FGSM-R)",
           doc="Eq. 9 ablation: CE(f(x + delta)) - alpha * CE(f(x)), alpha = method.lam (paper: FGSM-R).")
 def eq9_clean_loss(model, x, y, ctx):
     a = ctx.cfg.attack

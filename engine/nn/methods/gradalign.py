@@ -19,7 +19,7 @@ eta is drawn after the training attack, from the global RNG.
 
 import torch
 
-from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods import register
 from engine.nn.methods.penalties import adversarial_ce_plus, input_grad
 
 
@@ -50,10 +50,8 @@ def gradalign_penalty(model, x, y, eps: float):
     return 1.0 - mean_cosine(g1, g2)
 
 
-_validate = needs_positive_lam("GradAlign", "paper: 7 with FGSM-N, 6 with PGD10")
-
-
-@register("gradalign", validate=_validate,
+@register("gradalign", lam="> 0", paper_lam=(7.0, 6.0), needs=("double_backprop",),
+          lam_error="GradAlign needs lambda > 0 (paper: 7 with FGSM-N, 6 with PGD10)",
           doc="GradAlign (Andriushchenko & Flammarion 2020): adversarial CE + lambda * (1 - cos(g(x), g(x + eta))).")
 def gradalign(model, x, y, ctx):
     return adversarial_ce_plus(model, x, y, ctx, lambda: gradalign_penalty(model, x, y, ctx.cfg.attack.eps))

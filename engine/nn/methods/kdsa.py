@@ -14,7 +14,7 @@ code writes the KD term as the soft-target cross-entropy -sum_j p_t log p_s, whi
 above plus the teacher's entropy: a constant for the student, so the gradients and the
 training are identical; the KL form makes the logged loss 0 when the student matches.
 The attack is the configured training attack (the original: PGD-10; the paper also pairs
-KDSA with FGSM-N). Teachers come from teacher runs (engine/teachers.py) via
+KDSA with FGSM-N). Teachers come from teacher runs (engine/launch/plan.py) via
 `ctx.extras["teachers"]`.
 """
 
@@ -39,14 +39,7 @@ def kdsa_loss(logits_adv, y, t_std_logits, t_adv_logits, *, T: float, a_std: flo
     return (1.0 - a_std - a_adv) * ce + a_std * kd_std + a_adv * kd_adv, kd_std, kd_adv
 
 
-def _validate(cfg, where):
-    m = cfg.method
-    if m.kd_alpha_std + m.kd_alpha_adv > 1.0 + 1e-12:
-        raise UserError(f"{where}: method.kd_alpha_std + method.kd_alpha_adv = {m.kd_alpha_std + m.kd_alpha_adv:g}: "
-                        f"must be <= 1 (the CE weight is 1 - their sum; original: 0.1 + 0.6)")
-
-
-@register("kdsa", validate=_validate,
+@register("kdsa", teachers=("standard", "adversarial"),
           doc="KDSA (Chen et al. 2021): (1-a_s-a_a) CE(f(x_adv)) + T^2 [a_s KL(t_std||f) + a_a KL(t_adv||f)] "
               "at temperature T, teachers from teacher runs; pair with [swa].")
 def kdsa(model, x, y, ctx):

@@ -22,14 +22,12 @@ examples are pulled together with a KL divergence.
 import torch
 import torch.nn.functional as F
 
-from engine.nn.methods import needs_positive_lam, register
+from engine.nn.methods import register
 from engine.nn.methods.penalties import kl_rows
 
 
-_validate = needs_positive_lam("LogitAlign", "paper: 100 with FGSM-N, 50 with PGD10")
-
-
-@register("logitalign", validate=_validate,
+@register("logitalign", lam="> 0", paper_lam=(100.0, 50.0),
+          lam_error="LogitAlign needs lambda > 0 (paper: 100 with FGSM-N, 50 with PGD10)",
           doc="LogitAlign (Zhang et al. 2022): adversarial CE + lambda * KL(f(adv of x) || f(adv of x + eta)).")
 def logitalign(model, x, y, ctx):
     eps = ctx.cfg.attack.eps

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from engine.config.schema import ModelConfig
 from engine.errors import UserError
 from engine.nn.models.activation import ACTIVATIONS, activation, is_piecewise_linear
 from engine.nn.models.cnn_small import CNNSmall
@@ -27,8 +26,8 @@ __all__ = [
 ARCHS = ("cnn_small", "preact_resnet18", "wide_resnet")
 
 
-def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """The network `cfg.arch` with `cfg.activation`, for (B, in_channels, image_size, image_size)
+def build_model(cfg, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """The network `cfg.arch` with `cfg.activation` (`cfg`: a RunConfig's [model] section), for (B, in_channels, image_size, image_size)
     inputs in [0, 1] and `num_classes` logits. Built on the CPU; the caller moves it.
 
     `cfg.shortcut` applies to preact_resnet18 only, `cfg.depth` / `cfg.width` to wide_resnet

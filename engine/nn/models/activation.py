@@ -9,7 +9,9 @@ piecewise linear in its input (ReLU); a softplus network needs Hessian-vector pr
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ACTIVATIONS = ("relu", "softplus")
 
@@ -46,17 +48,47 @@ _PIECEWISE_LINEAR = (
 )
 
 
+# Smooth functionals and their names, caught when a module holds one as an attribute
+# (`self.act = F.softplus`, `self.activation = "gelu"`) instead of as a module.
+_SMOOTH_FUNCS = {id(f) for f in (
+    F.softplus, F.gelu, F.silu, F.elu, F.celu, F.selu, F.mish, F.hardswish, F.logsigmoid,
+    F.softsign, F.tanhshrink, F.tanh, F.sigmoid, torch.tanh, torch.sigmoid, torch.exp,
+    F.softmax, F.log_softmax, F.layer_norm, F.group_norm,
+)}
+_SMOOTH_NAMES = {"softplus", "gelu", "silu", "swish", "elu", "celu", "selu", "mish", "tanh",
+                 "sigmoid", "hardswish", "logsigmoid", "softsign"}
+
+
+def _holds_smooth_function(m: nn.Module) -> bool:
+    """A smooth functional held as a plain attribute, or named by an `act…` string attribute,
+    or `piecewise_linear = False` declared by the module itself."""
+    if getattr(m, "piecewise_linear", None) is False:
+        return True
+    for name, val in vars(m).items():
+        if name.startswith("_"):
+            continue
+        if callable(val) and id(val) in _SMOOTH_FUNCS:
+            return True
+        if isinstance(val, str) and "act" in name.lower() and val.lower() in _SMOOTH_NAMES:
+            return True
+    return False
+
+
 def is_piecewise_linear(model: nn.Module) -> bool:
-    """True when every leaf module of `model` is affine or a ReLU/LeakyReLU/MaxPool.
+    """True when every leaf module of `model` is affine or a ReLU/LeakyReLU/MaxPool, and no
+    module holds a smooth function as an attribute (`self.act = F.softplus`).
 
     Conservative: any other leaf module (Softplus, GELU, Tanh, Sigmoid, SiLU, LayerNorm, a
     custom layer, ...) makes it False, because a wrong True would make the exact HS formula
-    silently wrong while a wrong False only costs time. Non-linearities applied with
-    `torch.nn.functional` inside `forward` are invisible to this walk; the models in this
-    package never do that (they hold theirs as `self.act`). Wrappers such as
-    `torch.compile`'s OptimizedModule or SWA's AveragedModel are walked through.
+    silently wrong while a wrong False only costs time. A non-linearity called directly in
+    `forward` (`return F.softplus(h)`) is invisible to this walk; the models in this package
+    never do that (they hold theirs as `self.act`), and others can say `piecewise_linear =
+    False`. Wrappers such as `torch.compile`'s OptimizedModule or SWA's AveragedModel are
+    walked through.
     """
     for m in model.modules():
+        if _holds_smooth_function(m):
+            return False
         if next(m.children(), None) is not None:
             continue  # a container; its leaves are visited on their own
         if isinstance(m, _PIECEWISE_LINEAR) or isinstance(m, _AFFINE):

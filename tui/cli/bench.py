@@ -1,4 +1,4 @@
-"""`advlc bench`: method step cost, fast-path epoch time, HS cost (engine/bench.py).
+"""`advlc bench`: method step cost, fast-path epoch time, HS cost (engine/bench/).
 
     advlc bench [--methods m1,m2] [--model cnn_small|preact_resnet18] [--device cpu|cuda]
                 [--batch 100] [--iters N] [--warmup N] [--json] [--write-docs]
@@ -7,6 +7,7 @@
 
 Progress goes to stderr; the table (or, with --json, the whole result) to stdout.
 `--write-docs` replaces the matching section of docs/BENCHMARKS.md (`--docs` names another file).
+The benchmarks load torch, so they come from engine.facade on first use.
 """
 
 from __future__ import annotations
@@ -18,18 +19,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from engine import facade
 from engine.errors import UserError
-
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+from engine.paths import CODE_ROOT
+from tui.cli.common import err, out
+from tui.cli.root import app
 
 
 def _docs_default() -> Path:
-    from engine.run.provenance import CODE_ROOT
-
     return CODE_ROOT / "docs" / "BENCHMARKS.md"
 
 
@@ -120,8 +119,9 @@ def _split(text: Optional[str]) -> list[str] | None:
     return items or None
 
 
+@app.command("bench")
 def bench_cmd(ctx: typer.Context,
-              methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (or attack+method); default: all registered (--epoch: the six of issue 7).")] = None,
+              methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (or attack+method); default: all registered (--epoch: FGSM-N, PGD10, each ± AdvLC, and FGSM-N with GradAlign and CURE).")] = None,
               model: Annotated[Optional[str], typer.Option("--model", help="cnn_small | preact_resnet18 (default: cnn_small on CPU, preact_resnet18 on CUDA).")] = None,
               device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = "auto",
               batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 100,
@@ -148,41 +148,36 @@ def bench_cmd(ctx: typer.Context,
               docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs updates.")] = None):
     """Time training steps per method (ratio to the base attack), a fast-path epoch against
     the reference loop (--epoch), or the HS methods (--hs)."""
-    from engine.bench import measure as bench
-
+    md = facade.bench_markdown
     if epoch and hs:
         raise UserError("--epoch and --hs: pick one")
     progress = (lambda line: err.print(f"[dim]bench:[/] {line}")) if not as_json else \
         (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
     if hs:
-        r = bench.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n,
+        r = facade.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n,
                            power_n=power_n, epochs=epochs, seed=seed, progress=progress)
-        section, body, show = bench.SECTION_HS, bench.markdown_hs, _print_hs
+        section, body, show = md.SECTION_HS, md.markdown_hs, _print_hs
     elif epoch:
-        r = bench.bench_epoch(_split(methods), arch=model, device=device, batch=batch, n_train=n_train,
+        r = facade.bench_epoch(_split(methods), arch=model, device=device, batch=batch, n_train=n_train,
                               batches=iters, warmup=warmup, rounds=rounds, amps=_split(amp),
                               channels_last=True if channels_last is None else channels_last,
                               compile=compile_, workers=workers, eval_n=eval_n, hs_n=hs_n, seed=seed,
                               progress=progress)
-        section, body, show = bench.SECTION_EPOCH, bench.markdown_epoch, _print_epoch
+        section, body, show = md.SECTION_EPOCH, md.markdown_epoch, _print_epoch
     else:
         amps = _split(amp) or ["off"]
         if len(amps) != 1 or amps[0] not in ("off", "bf16"):
             raise UserError(f"--amp {amp}: must be off or bf16")
-        r = bench.bench_steps(_split(methods), arch=model, device=device, batch=batch, iters=iters,
+        r = facade.bench_steps(_split(methods), arch=model, device=device, batch=batch, iters=iters,
                               warmup=warmup, rounds=rounds, channels_last=bool(channels_last), amp=amps[0],
                               compile=compile_, seed=seed, progress=progress)
-        section, body, show = bench.SECTION_STEPS, bench.markdown_steps, _print_steps
+        section, body, show = md.SECTION_STEPS, md.markdown_steps, _print_steps
     r["command"] = _command_line(ctx)
     if write_docs:
         path = docs or _docs_default()
-        bench.write_section(path, section, body(r, r["command"]))
+        md.write_section(path, section, body(r, r["command"]))
         progress(f"wrote section '{section}' of {path}")
     if as_json:
         print(json.dumps(r, indent=1))
     else:
         show(r)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_cmd)

@@ -1,19 +1,17 @@
-"""Reading the run store for the app: incremental, and always off the UI thread.
-
-The app never parses a file on the UI thread. Screens start a thread worker on a timer;
-the worker calls one of the readers below and posts the result back as a message.
+"""Watching the run store cheaply: re-read a file only when it changed, hand over only what is new.
 
 - `IndexReader` watches `index.json` (one summary document per run, rewritten by the
   store after each epoch of each run). It re-parses the file only when its signature
   (mtime, size, inode) changed, and reads `status.json` only for runs that are running
   (for batch progress within an epoch). `poll()` returns `None` when nothing changed.
-- `RunFollower` follows one run for the detail screen: it re-reads `metrics.json` only
+- `RunFollower` follows one run for a detail view: it re-reads `metrics.json` only
   when it changed and hands over only the epoch records it has not seen yet (a resumed
   run that dropped records past its checkpoint gives `reset=True`), and it reads `log.txt`
   from the byte offset where it stopped last time.
+- `RunHistory` accumulates a follower's deltas into the records a view plots.
 
-The readers are plain Python (only the message classes at the end use Textual), so tests
-and the benchmark call them directly.
+Plain Python with no UI: the app calls them from thread workers, tests and the app
+benchmark call them directly.
 """
 
 from __future__ import annotations
@@ -24,16 +22,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from textual.message import Message
-
-from engine.store.rundir import RunDir, read_json
+from engine.store.files import read_json
 from engine.store.index import Store
-
-REFRESH_S = 1.0
-"""Seconds between two polls of the store by a visible screen."""
-
-RECONCILE_S = 15.0
-"""Seconds between two `supervisor.reconcile` calls (marks runs whose process is gone as lost)."""
+from engine.store.rundir import RunDir
 
 
 def file_sig(path: Path) -> tuple[int, int, int] | None:
@@ -100,11 +91,11 @@ class IndexReader:
                 self._status_sig.pop(rid, None)
                 changed = True
         for rid, r in running.items():
-            path = Path(r.get("path") or self.store.runs_dir / rid) / "status.json"
-            s = file_sig(path)
+            rd = RunDir(Path(r["path"])) if r.get("path") else self.store.run_dir(rid)
+            s = file_sig(rd.status_path)
             if s != self._status_sig.get(rid):
                 self._status_sig[rid] = s
-                self._live[rid] = read_json(path, {}) or {}
+                self._live[rid] = rd.status()
                 changed = True
         if not changed:
             return None
@@ -250,35 +241,3 @@ class RunHistory:
         if d.log_reset:
             self.log.clear()
         self.log.extend(d.log_lines)
-
-
-# ---------------------------------------------------------------------------- messages
-class IndexChanged(Message):
-    """A new snapshot of the index (coalesces: only the newest one matters)."""
-
-    def __init__(self, snapshot: IndexSnapshot):
-        super().__init__()
-        self.snapshot = snapshot
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, IndexChanged)
-
-
-class RunChanged(Message):
-    """New records, status or log lines of the run a detail screen follows."""
-
-    def __init__(self, delta: RunDelta):
-        super().__init__()
-        self.delta = delta
-
-
-class ActionDone(Message):
-    """A supervisor action (launch, stop, resume, delete, export) finished in a worker."""
-
-    def __init__(self, what: str, ok: bool, text: str, run_ids: list[str] | None = None, data=None):
-        super().__init__()
-        self.what = what
-        self.ok = ok
-        self.text = text
-        self.run_ids = run_ids or []
-        self.data = data

@@ -1,0 +1,97 @@
+"""What the app and the command line may call: the engine's one door for `tui/`.
+
+The import contract (pyproject.toml) lets `tui` import only this module, `engine.errors` and
+`engine.paths`. Everything here is cheap to import (no torch): the store and its watchers,
+presets and plans, the supervisor's actions and the reports. What computes (training in
+the foreground, evaluation, experiments, benchmarks) loads torch and is imported on first
+use through `__getattr__` below, so `advlc runs` or `advlc preset show` never pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from engine.config.presets import (
+    DEFAULT_PRESET,
+    PlannedRun,
+    list_presets,
+    load_preset,
+    read_preset,
+)
+from engine.config.schema import (
+    DEVICES_RE,
+    EXPERIMENT_KINDS,
+    FINAL_ATTACKS,
+    FINAL_CKPTS,
+    POINT_KEYS,
+    load_toml,
+)
+from engine.launch.plan import plan_runs
+from engine.launch.supervisor import (
+    check_resumable,
+    create_runs,
+    delete,
+    follow,
+    launch,
+    prepare_resume,
+    queue_info,
+    reconcile,
+    resume,
+    stop,
+    tail,
+)
+from engine.nn.methods import get_method
+from engine.report.document import build_report
+from engine.report.tables import (
+    CompareTable,
+    compare_runs,
+    export,
+    fmt_cell,
+    render,
+    row_curves,
+    run_summary,
+)
+from engine.store.index import Store
+from engine.store.rundir import RunDir
+from engine.store.states import FINAL_STATES, STATES
+from engine.store.summary import format_epoch
+from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
+from engine.store.watch import (
+    IndexReader,
+    IndexSnapshot,
+    RunDelta,
+    RunFollower,
+    RunHistory,
+)
+
+_LAZY = {
+    "train_foreground": ("engine.run.process", "run"),
+    "eval_run": ("engine.run.final_eval", "eval_run"),
+    "check_eval_choices": ("engine.run.final_eval", "check_choices"),
+    "validate_experiment": ("engine.run.experiments", "validate"),
+    "experiment_source": ("engine.run.experiments", "resolve_source"),
+    "bench_steps": ("engine.bench.steps", "bench_steps"),
+    "bench_epoch": ("engine.bench.epoch", "bench_epoch"),
+    "bench_hs": ("engine.bench.hs", "bench_hs"),
+    "bench_markdown": ("engine.bench.markdown", None),
+}
+"""name -> (module, attribute; None for the module itself): imported on first use (they load torch)."""
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "DEFAULT_PRESET", "DEVICES_RE", "EXPERIMENT_KINDS", "FINAL_ATTACKS", "FINAL_CKPTS", "FINAL_STATES", "POINT_KEYS",
+    "STATES", "build_store", "fabricate_run", "synthetic_epoch", "CompareTable", "IndexReader", "IndexSnapshot", "PlannedRun", "RunDelta", "RunDir", "RunFollower",
+    "RunHistory", "Store", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
+    "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
+    "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
+    "run_summary", "stop", "tail", *_LAZY,
+]

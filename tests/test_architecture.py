@@ -1,0 +1,172 @@
+"""The layering of docs/ARCHITECTURE.md: the import contract, no import cycles (imports inside
+functions included), few and justified imports inside functions, short functions, the stable
+API, and commands that do not compute never importing torch."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "tui")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = p
+    return out
+
+
+def _imports(mods: dict[str, Path]):
+    """(module -> project modules it imports, [(module, line, text) of imports inside functions])."""
+    def resolve(name):
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges, inner = {m: set() for m in mods}, []
+    for m, p in mods.items():
+        tree = ast.parse(p.read_text())
+        in_func = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        pkg = m if p.name == "__init__.py" else m.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            targets = {resolve(n) for n in names} - {None, m}
+            edges[m] |= targets
+            if id(node) in in_func and targets:
+                inner.append((m, node.lineno, ast.unparse(node)))
+    return edges, inner
+
+
+def _cycles(edges: dict[str, set]) -> list[list[str]]:
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    edges, _ = _imports(_modules())
+    assert _cycles(edges) == []
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_imports_inside_functions_are_few_and_explained():
+    """Only for optional or heavy dependencies, each with its reason on the line or the one above."""
+    mods = _modules()
+    _, inner = _imports(mods)
+    assert len(inner) < 15, inner
+    for m, line, text in inner:
+        src = mods[m].read_text().splitlines()
+        here = src[line - 1] + " " + src[line - 2]
+        assert "#" in here, f"{m}:{line}: {text} has no reason beside it"
+
+
+def test_functions_are_at_most_100_lines():
+    long = []
+    for m, p in _modules().items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 100:
+                    long.append(f"{m}.{node.name}: {n} lines")
+    assert long == []
+
+
+def test_import_contract_holds():
+    lint = shutil.which("lint-imports", path=os.path.dirname(sys.executable)) or shutil.which("lint-imports")
+    if lint is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    p = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "0 broken" in p.stdout
+
+
+def test_facade_lazy_names_resolve():
+    from engine import facade
+
+    for name in facade._LAZY:
+        assert getattr(facade, name) is not None
+    assert set(facade.__all__) >= set(facade._LAZY)
+
+
+def test_stable_api():
+    """The names, kinds and defaults of docs/API.md's parameters."""
+    from engine.attacks import pgd
+    from engine.landscape import hessian_spectrum, input_gradient_norm
+    from engine.methods.advlc import advlc_penalty
+
+    def params(f):
+        return [(p.name, p.kind.name, None if p.default is inspect.Parameter.empty else p.default)
+                for p in inspect.signature(f).parameters.values()]
+
+    pos, kw = "POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"
+    assert params(pgd) == [("model", pos, None), ("x", pos, None), ("y", pos, None), ("eps", kw, None),
+                           ("alpha", kw, None), ("steps", kw, None), ("random_start", kw, False),
+                           ("train_mode", kw, False)]
+    assert params(advlc_penalty) == [("logits_adv", pos, None), ("logits_clean", pos, None), ("top_n", pos, None)]
+    assert params(input_gradient_norm) == [("model", pos, None), ("x", pos, None), ("y", pos, None),
+                                           ("batch_size", pos, 500)]
+    assert params(hessian_spectrum) == [("model", pos, None), ("x", pos, None), ("y", pos, None), ("k", pos, 20),
+                                        ("method", pos, "auto"), ("kw", "VAR_KEYWORD", None)]
+
+
+@pytest.mark.parametrize("argv", [["presets"], ["preset", "show", "quick/digits-fgsm_n-advlc"], ["runs"],
+                                  ["compare", "--preset", "quick"], ["queue"]])
+def test_commands_that_do_not_compute_do_not_import_torch(argv, tmp_path):
+    code = ("import sys\nfrom tui.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    env = {**os.environ, "ADVLC_HOME": str(tmp_path / "home")}
+    p = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]

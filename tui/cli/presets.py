@@ -1,0 +1,52 @@
+"""`advlc presets` and `advlc preset show NAME`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from engine.facade import list_presets, load_preset
+from tui.cli.common import out
+from tui.cli.root import app, preset_app
+
+
+@app.command("presets")
+def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
+    """List the presets (built-in and $ADVLC_HOME/presets)."""
+    entries = list_presets(ctx.obj["home"])
+    if as_json:
+        print(json.dumps([{"name": e.name, "group": e.group, "description": e.description,
+                           "reference": e.reference, "path": str(e.path)} for e in entries], indent=1))
+        return
+    t = Table(box=None, pad_edge=False)
+    for c in ("preset", "reproduces", "description"):
+        t.add_column(c, overflow="fold")
+    for e in entries:
+        t.add_row(e.name, e.reference, e.description)
+    out.print(t)
+
+
+@preset_app.command("show")
+def preset_show(ctx: typer.Context, name: str,
+                set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
+                as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Show a preset's fully resolved config."""
+    pname, cfg, _ = load_preset(name, set_, ctx.obj["home"])
+    d = cfg.to_dict()
+    if as_json:
+        print(json.dumps({"name": pname, "label": cfg.label, "config": d}, indent=1))
+        return
+    out.print(f"[bold]{pname}[/]  ({cfg.label})")
+    if cfg.preset.description:
+        out.print(cfg.preset.description)
+    if cfg.preset.reference:
+        out.print(f"reproduces: {cfg.preset.reference}")
+    for section, table in d.items():
+        if section == "preset":
+            continue
+        out.print(f"[bold]\\[{section}][/]")
+        for k, v in table.items():
+            out.print(f"  {k} = {json.dumps(v)}")

@@ -1,0 +1,95 @@
+"""`advlc compare` and `advlc report`: the paper's tables and figures from the run store.
+
+    advlc compare RUN… | --preset P | --group G [--by label|preset] [--eval ATTACK]
+                  [--format table|md|latex|csv|json] [--out FILE] [--include-unfinished]
+    advlc report PRESET|GROUP|RUN… [--out DIR] [--format md|html|pdf]… [--by label|preset]
+
+Both call engine.report.tables only; bad input ends in one line and exit code 2 (tui.cli.main).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from engine.errors import UserError
+from engine.facade import build_report, compare_runs, render
+from tui.cli.common import store_of
+from tui.cli.root import app
+
+COMPARE_FORMATS = ("table", "md", "latex", "csv", "json")
+SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".tex": "latex", ".csv": "csv", ".json": "json", ".txt": "table"}
+
+
+@app.command("compare")
+def compare_cmd(
+    ctx: typer.Context,
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (or unique prefixes).", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="All runs of a preset (or preset folder, e.g. quick).")] = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="All runs of a launch group (see `advlc runs --json`).")] = None,
+    by: Annotated[str, typer.Option("--by", help="Rows: label (training scheme) or preset.")] = "label",
+    eval_: Annotated[Optional[str], typer.Option("--eval", help="Take clean/robust best/end from final evaluations "
+                                                              "with this attack (aa, aa-torchattacks, pgd50, apgd50x5).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table | md | latex | csv | json "
+                                                                "(default: from --out's suffix, else table).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    include_unfinished: Annotated[bool, typer.Option("--include-unfinished",
+                                                     help="Count runs that have not finished (default: finished only).")] = False,
+):
+    """Compare runs in the layout of the paper's Table 1: mean ± std over seeds."""
+    if fmt is None:
+        fmt = SUFFIX_FORMATS.get(out.suffix.lower(), "table") if out else "table"
+    if fmt not in COMPARE_FORMATS:
+        raise UserError(f"--format {fmt}: must be one of {', '.join(COMPARE_FORMATS)}")
+    if by not in ("label", "preset"):
+        raise UserError(f"--by {by}: must be label or preset")
+    table = compare_runs(store_of(ctx), run_ids=runs or None, preset=preset, group=group, by=by,
+                         ckpt_eval=eval_, include_unfinished=include_unfinished)
+    text = render(table, fmt)
+    if out:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write ({exc.strerror})") from None
+        print(f"wrote {out} ({len(table.rows)} rows, {fmt})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if not table.complete and fmt not in ("table", "md"):
+        print("advlc: note: incomplete: " + "; ".join(f"{r.name}: {', '.join(r.missing)}"
+                                                     for r in table.rows if r.missing), file=sys.stderr)
+
+@app.command("report")
+def report_cmd(
+    ctx: typer.Context,
+    refs: Annotated[list[str], typer.Argument(help="Presets (or preset folders), group ids or run ids.",
+                                              show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./report-NAME).")] = None,
+    fmt: Annotated[list[str], typer.Option("--format", help="md | html | pdf, repeatable or comma-separated "
+                                                            "(default md,html; md is always written).")] = [],
+    by: Annotated[str, typer.Option("--by", help="Rows: label (training scheme) or preset.")] = "label",
+    include_unfinished: Annotated[bool, typer.Option("--include-unfinished",
+                                                     help="Count runs that have not finished.")] = False,
+):
+    """Write the paper's tables and figures for a preset group or runs into one report folder."""
+    formats = [f.strip() for item in fmt for f in item.split(",") if f.strip()] or ["md", "html"]
+    formats = ["md"] + [f for f in formats if f != "md"]
+    if by not in ("label", "preset"):
+        raise UserError(f"--by {by}: must be label or preset")
+    res = build_report(store_of(ctx), refs, out, formats=tuple(formats), by=by,
+                       include_unfinished=include_unfinished)
+    made = [f.name for f in res.figures if not f.skipped]
+    print(f"report: {res.out_dir}")
+    for p in res.files:
+        print(f"  {p}")
+    print(f"  {len(res.runs)} runs; tables: {', '.join(t.source for t in res.tables)}")
+    print(f"  figures: {', '.join(made) or 'none'}"
+          f" (not produced: {', '.join(f.name for f in res.figures if f.skipped) or 'none'})")
+    if not res.complete:
+        rows = [r for t in res.tables[:1] for r in t.rows if r.missing]
+        print("  incomplete: " + "; ".join(f"{r.name}: {', '.join(r.missing)}" for r in rows))
+        for c in dict.fromkeys(c for t in res.tables for r in t.rows for c in r.fill):
+            print(f"    {c}")

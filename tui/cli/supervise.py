@@ -1,0 +1,162 @@
+"""Commands that start, stop and watch detached runs: stop, resume, logs, delete, queue.
+
+`advlc run --detach` / `--gpus` / `--executor slurm` go through `launch_detached` here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from engine import facade
+from engine.errors import UserError
+from engine.facade import (
+    delete,
+    follow,
+    launch,
+    prepare_resume,
+    queue_info,
+    resume,
+    stop,
+    tail,
+)
+from tui.cli.common import Progress, out, print_summary, runs_of, store_of
+from tui.cli.root import app
+
+
+def _parse_gpus(text: str | None) -> list[int] | None:
+    if text is None or text.strip() in ("", "all"):
+        return None
+    try:
+        gpus = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--gpus {text}: give GPU ids separated by commas, e.g. 0,1") from None
+    return gpus or None
+
+
+def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, executor: str, slurm: dict) -> None:
+    """`advlc run … --detach`: create and start (or queue, or submit) the runs; print their ids."""
+    rds = launch(store, planned, gpus=_parse_gpus(gpus), slots_per_gpu=slots_per_gpu, executor=executor,
+                 slurm_params=slurm if executor == "slurm" else None)
+    for rd, p in zip(rds, planned):
+        st = rd.status()
+        la = st.get("launch") or {}
+        where = (f"Slurm job {la.get('job_id')}" if la.get("executor") == "slurm"
+                 else f"pid {st.get('pid')}" + (f" GPU {st.get('gpu')}" if st.get("gpu") is not None else "")
+                 if st.get("state") == "running" else f"waiting for a GPU of {la.get('gpus')}")
+        point = " ".join(f"{k}={v}" for k, v in p.point.items())
+        out.print(f"{rd.id}  {st.get('state')}  {p.preset}  seed {p.seed}  {point}  {where}  → {rd.path}",
+                  highlight=False)
+    ids = " ".join(rd.id for rd in rds)
+    out.print(f"[dim]watch: advlc logs {rds[0].id} -f   stop: advlc stop {ids}[/]")
+
+
+def _ckpt_epoch(rd) -> int:
+    """The epoch a resume starts from (without loading the checkpoint): the records kept."""
+    st = rd.status()
+    return int(st.get("epoch") or 0) if rd.ckpt("last").exists() else 0
+
+
+@app.command("stop")
+def stop_cmd(ctx: typer.Context,
+             runs: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+             grace: Annotated[float, typer.Option("--grace", min=0, help="Seconds to wait for a clean stop before SIGKILL.")] = 10.0):
+    """Stop runs (SIGTERM, grace period, SIGKILL); they keep last.pt and can be resumed."""
+    store, rds = runs_of(ctx, runs)
+    stop(store, rds, grace_s=grace)
+    for rd in rds:
+        st = rd.status()
+        out.print(f"{rd.id}  {st.get('state')}  (epoch {st.get('epoch', 0)})", highlight=False)
+
+
+@app.command("resume")
+def resume_cmd(ctx: typer.Context,
+               run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+               foreground: Annotated[bool, typer.Option("--foreground", help="Train in this terminal with a progress bar instead of detached.")] = False):
+    """Continue a stopped, lost or failed run from its last checkpoint (last.pt)."""
+    store, [rd] = runs_of(ctx, [run])
+    if not foreground:
+        resume(store, rd)
+        st = rd.status()
+        out.print(f"{rd.id}  {st.get('state')}  resuming from epoch {_ckpt_epoch(rd)}  → {rd.log_path}",
+                  highlight=False)
+        return
+    prepare_resume(store, rd, foreground=True)
+    out.print(f"resume [bold]{rd.id}[/] from epoch {_ckpt_epoch(rd)}")
+    with Progress(rd.id) as progress:
+        try:
+            state = facade.train_foreground(rd, store, on_event=progress.event, log=lambda line: None)
+        except KeyboardInterrupt:
+            state = "stopped"
+    print_summary([rd])
+    if state == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("logs")
+def logs_cmd(ctx: typer.Context,
+             run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+             follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends (Ctrl-C to leave; the run goes on).")] = False,
+             lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines from the end to show first.")] = 40):
+    """Show a run's log.txt (its process output)."""
+    _, [rd] = runs_of(ctx, [run])
+    if not follow_:
+        for line in tail(rd, lines):
+            print(line)
+        return
+    try:
+        for line in follow(rd, lines=lines):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    print(f"-- {rd.id}: {rd.status().get('state')}", file=sys.stderr)
+
+
+@app.command("delete")
+def delete_cmd(ctx: typer.Context,
+               runs: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+               yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+               force: Annotated[bool, typer.Option("--force", help="Stop running or queued runs first.")] = False):
+    """Delete runs: their directories (checkpoints, metrics, logs) and index entries."""
+    store, rds = runs_of(ctx, runs)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"delete {' '.join(rd.id for rd in rds)}: add --yes to confirm (no terminal to ask)")
+        if not typer.confirm(f"delete {len(rds)} run(s) {' '.join(rd.id for rd in rds)} and all their files?"):
+            raise typer.Exit(1)
+    delete(store, rds, force=force)
+    out.print(f"deleted {' '.join(rd.id for rd in rds)}", highlight=False)
+
+
+@app.command("queue")
+def queue_cmd(ctx: typer.Context,
+              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
+    """GPU leases of this host, the runs waiting for a GPU, and the scheduler."""
+    info = queue_info(store_of(ctx))
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    sched = info["scheduler_pid"]
+    out.print(f"host {info['host']}  scheduler: {f'pid {sched}' if sched else 'not running'}", highlight=False)
+    if info["leases"]:
+        t = Table(box=None, pad_edge=False)
+        for c in ("gpu", "slot", "run", "pid", "since", "holder"):
+            t.add_column(c)
+        for le in info["leases"]:
+            since = time.strftime("%H:%M:%S", time.localtime(le["since"])) if le.get("since") else "—"
+            t.add_row(str(le.get("gpu")), str(le.get("slot")), str(le.get("run")), str(le.get("pid")), since,
+                      "alive" if le["live"] else "gone (stale)")
+        out.print(t)
+    else:
+        out.print("no GPU leases")
+    if info["queued"]:
+        out.print(f"{len(info['queued'])} queued:")
+        for i, q in enumerate(info["queued"], 1):
+            out.print(f"  {i}. {q['id']}  GPUs {','.join(map(str, q['gpus']))}  x{q['slots_per_gpu']}", highlight=False)
+    else:
+        out.print("no runs waiting")
