@@ -158,6 +158,11 @@ class MethodConfig:
     kd_adv_checkpoint: str = opt(
         "best", "KDSA: which checkpoint of the adversarial teacher run: 'best' (highest PGD robust "
         "accuracy, the original's early-stopped RA-best teacher) or 'end'.", choices=("best", "end"))
+    cure_form: str = opt(
+        "batch_sq", "CURE's penalty: 'batch_sq' = the squared l2 norm of the difference of the batch-mean-CE "
+        "input gradients, model in train mode (the form under which the paper's lambda = 1500 is on the scale of "
+        "the CE); 'original' = the public CURE code's mean over samples of the unsquared per-sample norms, "
+        "model in eval mode.", choices=("batch_sq", "original"))
 
 
 @dataclass
@@ -229,6 +234,10 @@ class EvalConfig:
     hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1)
     hs_batch: int = opt(100, "Batch over which the input Hessian is taken (HS depends on it; paper: 100).",
                         unit="images", min=1)
+    hs_reduce: str = opt(
+        "mean", "How HS reduces the top-20 |eigenvalues| of a batch: 'mean' (the authors' code, and the values "
+        "of Table 1) or 'sum' (the paper's text: 'the l1 norm of the top 20 eigenvalues', 20x larger).",
+        choices=("mean", "sum"))
     # -- recordable extra metrics (engine.run.epoch_metrics; Figs 1, 3, A.2)
     extra: list[str] = opt(
         None, "Extra per-epoch metrics (engine.run.epoch_metrics, docs/EVALUATION.md): train_ig, train_hs, "
