@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks>=3.5'
+	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks==3.5.1'
 	touch $(STAMP)
 
 clean:
