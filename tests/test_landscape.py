@@ -180,6 +180,27 @@ def test_hs_metric_averages_batches(digits):
     assert used_l == "lanczos" and hs_l == pytest.approx(hs, rel=1e-6)
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Softplus], ids=["relu", "softplus"])
+def test_hs_reduce_mean_and_sum_against_the_dense_hessian(digits, act):
+    """eval.hs_reduce: "mean" (default, the authors' code: mean |lambda| of the top 20) and "sum"
+    (the paper's "l1 norm of the top 20 eigenvalues"): each against the top-20 |eigenvalues| of
+    the dense input Hessian of each batch (mean over the two batches), and sum = 20 x mean."""
+    x, y = digits[0][:12], digits[1][:12]
+    m = mlp(act)
+    # the 20 largest |eigenvalues| (softplus: some are negative; HS takes the largest magnitudes)
+    top = [dense_topk(m, x[s], y[s], 6 * 64).abs().sort(descending=True).values[:20]
+           for s in (slice(0, 6), slice(6, 12))]
+    want = {"mean": sum(t.mean().item() for t in top) / 2, "sum": sum(t.sum().item() for t in top) / 2}
+    method = "exact" if act is nn.ReLU else "lanczos"
+    hs = {r: hs_metric(m, x, y, n=12, batch=6, k=20, method=method, reduce=r)[0] for r in ("mean", "sum")}
+    assert hs_metric(m, x, y, n=12, batch=6, k=20, method=method)[0] == hs["mean"]    # the default
+    assert hs["mean"] == pytest.approx(want["mean"], rel=1e-6)
+    assert hs["sum"] == pytest.approx(want["sum"], rel=1e-6)
+    assert hs["sum"] == pytest.approx(20 * hs["mean"], rel=1e-12)
+    with pytest.raises(ValueError, match="reduce"):
+        hs_metric(m, x, y, n=12, batch=6, reduce="max")
+
+
 def test_benchmark_hs_runs_and_validates(digits):
     x, y = digits[0][:8].float(), digits[1][:8]
     m = tiny_cnn().float()

@@ -206,6 +206,59 @@ def test_cure_objective(batch):
     assert close(stats["reg"], reg)
 
 
+def test_cure_batch_sq_is_the_default_form(batch):
+    x, y = batch
+    assert make_cfg("cure").method.cure_form == "batch_sq"
+    a, _ = call("cure", make_model(), x, y, make_cfg("cure", lam=500.0), lam=500.0)
+    b, _ = call("cure", make_model(), x, y, make_cfg("cure", lam=500.0, cure_form="batch_sq"), lam=500.0)
+    assert torch.equal(a, b)
+
+
+def test_cure_original_form(batch):
+    """method.cure_form = "original" (the public CURE code): model in EVAL mode for the penalty,
+    (1/B^2) sum_i ||grad_x CE_i(x_i + h_i) - grad_x CE_i(x_i)||_2 (unsquared per-sample norms of
+    the per-sample gradient difference, i.e. the mean over samples of the norms of the
+    batch-mean-CE gradient's rows), h = eps * sign(grad), the adversarial CE in train mode
+    and computed before the penalty (the original's order). Value against per-sample gradients
+    written out (eval mode: the samples are independent); parameter gradient against a central
+    difference of that formula (so an eval-mode BN whose running statistics changed between the
+    penalty's forward and backward passes would fail)."""
+    x, y = batch
+    B = len(x)
+    model = make_model()
+    ref = copy.deepcopy(model)
+    lam = 5.0
+    loss, stats = call("cure", model, x, y, make_cfg("cure", lam=lam, cure_form="original"), lam=lam, seed=9)
+    assert model.training                                   # the trainer's mode is restored
+    # the original's order: the attack and the train-mode pass on x_adv (both update the BN
+    # running statistics), then the eval-mode penalty with the statistics as they are then
+    xa = pgd_ref(ref, x, y)
+    with torch.no_grad():
+        ref.train()(xa)
+    bufs = {k: b.detach().clone() for k, b in ref.named_buffers()}
+
+    def objective(theta):
+        state = {**theta, **{k: b.clone() for k, b in bufs.items()}}   # BN updates stay local
+
+        def f(z):
+            return functional_call(ref, state, (z,))
+
+        ref.eval()
+        g0 = jacobian(lambda u: F.cross_entropy(f(u), y, reduction="sum"), x)     # rows: per-sample
+        g1 = jacobian(lambda u: F.cross_entropy(f(u), y, reduction="sum"), x + EPS * torch.sign(g0))
+        reg = sum(torch.sqrt(((g1[i] - g0[i]) ** 2).sum()) for i in range(B)) / B ** 2
+        ref.train()
+        return ce(f(xa), y) + lam * reg, reg
+
+    theta0 = {k: p.detach() for k, p in ref.named_parameters()}
+    want, reg = objective(theta0)
+    assert close(loss, want) and close(stats["reg"], reg)
+    # the default (squared, train-mode) form gives another value on this model
+    sq, _ = call("cure", make_model(), x, y, make_cfg("cure", lam=lam), lam=lam, seed=9)
+    assert not close(sq, loss, rtol=1e-3)
+    _fd_check(model, loss, lambda theta: objective(theta)[0])
+
+
 def test_gradalign_objective(batch):
     x, y = batch
     model = make_model()
@@ -512,6 +565,7 @@ def test_no_host_sync_on_cuda(attack, batch):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_digits_preset_trains(name, tmp_path):
     from engine.config.presets import plan_runs

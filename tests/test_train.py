@@ -1,5 +1,6 @@
 """The run process: determinism, the learning-rate schedule, and what each epoch records."""
 
+import pytest
 import torch
 
 from engine.config import schema as C
@@ -21,6 +22,7 @@ def _strip(recs):
     return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in recs]
 
 
+@pytest.mark.slow
 def test_same_seed_same_records(tmp_path):
     ov = ["train.epochs=3", "eval.n=100"]
     a = _run(tmp_path / "a", "quick/digits-fgsm_n-advlc", ov)
@@ -36,18 +38,23 @@ def test_lr_schedule_piecewise():
                                                                    0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]
 
 
+@pytest.mark.slow
 def test_eval_every_and_ig_against_autograd(tmp_path):
     rd = _run(tmp_path, "quick/digits-pgd10", ["train.epochs=3", "eval.every=2", "eval.n=50"])
     recs = rd.epochs()
     assert [r["robust_acc"] is None for r in recs] == [True, False, False]  # epochs 1 and the last
-    # IG recorded at the end equals a direct autograd computation on the best-checkpoint model
+    # IG recorded at the end equals a direct autograd computation on the END-of-training model,
+    # which last.pt holds (its "epoch" counts the epochs done). The best checkpoint and the IG
+    # recorded at its epoch: tests/test_fidelity_checkpoints.py.
     from engine.nn.datasets import load_dataset
     from engine.nn.models import build_model
 
     cfg = C.from_json(rd.config())
     data = load_dataset(cfg.data)
     m = build_model(cfg.model, num_classes=10, in_channels=1, image_size=8)
-    m.load_state_dict(torch.load(rd.ckpt("last"), weights_only=True)["model"])
+    last = torch.load(rd.ckpt("last"), weights_only=True)
+    assert last["epoch"] == 3
+    m.load_state_dict(last["model"])
     m.eval()
     x, y = data.test_x[:50], data.test_y[:50]
     total = 0.0

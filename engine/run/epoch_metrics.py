@@ -13,7 +13,8 @@ Names (see engine.config.schema.EXTRA_METRICS):
   train_ig                IG (engine.nn.metrics.gradients.input_gradient_norm) on the first eval.extra_samples
                           training images.
   train_hs                HS (hs_metric, exact for ReLU nets, Lanczos otherwise) on the first
-                          eval.hs_samples training images, Hessians over batches of eval.hs_batch.
+                          eval.hs_samples training images, Hessians over batches of eval.hs_batch,
+                          reduced as eval.hs_reduce (mean |lambda|, or the paper's sum).
   train_clean_loss, train_adv_loss, train_av, train_clean_acc, train_adv_acc
                           adversarial_vulnerability with PGD-20 on the first eval.extra_samples
                           training images (Fig. 1 "Train").
@@ -109,7 +110,8 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
             out["train_ig"] = input_gradient_norm(model, xs, ys, batch_size=bs)
         if "train_hs" in want:
             xh, yh = first_n(data.train_x, data.train_y, e.hs_samples)
-            out["train_hs"], _ = hs_metric(model, xh, yh, n=e.hs_samples, batch=e.hs_batch, seed=seed)
+            out["train_hs"], _ = hs_metric(model, xh, yh, n=e.hs_samples, batch=e.hs_batch, seed=seed,
+                                           reduce=e.hs_reduce)
         if want & set(_AV_TRAIN):
             av = adversarial_vulnerability(model, xs, ys, eps=eps, steps=20, batch_size=bs)
             out.update({k: av[v] for k, v in _AV_TRAIN.items() if k in want})

@@ -24,8 +24,9 @@ def eval_cmd(ctx: typer.Context,
              ckpt: Annotated[list[str], typer.Option(
                  "--ckpt", help="Checkpoint: best | end | swa_best | swa_end (repeatable).")] = ["best"],
              attack: Annotated[list[str], typer.Option(
-                 "--attack", help="pgd20 | pgd50 | aa (original AutoAttack, pyautoattack) | aa-torchattacks "
-                                  "(torchattacks' weaker 10-step version) | apgd50x5 (repeatable).")] = ["aa"],
+                 "--attack", help="pgd20 | pgd50 | aa (original AutoAttack, pyautoattack: compare this with "
+                                  "the paper) | aa-torchattacks (torchattacks 3.5.1's weaker 10-step AutoAttack, "
+                                  "not the paper's 100 steps) | apgd50x5 (repeatable).")] = ["aa"],
              n: Annotated[int, typer.Option("--n", min=0, help="First N test images (0 = all).")] = 0,
              batch_size: Annotated[Optional[int], typer.Option(
                  "--batch-size", min=1, help="Attack batch size (default: the run's eval.batch_size).")] = None,

@@ -7,9 +7,12 @@ training", NeurIPS), added to adversarial training as in Li & Spratling 2023, Se
     loss  = CE_mean(f(x + delta), y) + lambda * (1 - mean_i cos_i)
 
 Details follow the authors' code (tml-epfl/understanding-fast-adv-training, train.py and
-utils.get_input_grad): g(x) is computed *without* create_graph, i.e. treated as a constant;
-only g(x + eta) is double-backpropagated; x + eta is not clipped; the cosine is per sample,
-and samples where either gradient is zero are left out of the mean. The original drops
+utils.get_input_grad) on its FGSM path: g(x) is computed *without* create_graph, i.e. treated
+as a constant, as the authors' FGSM path does (`grad.detach()`); their PGD and no-attack paths
+differentiate g(x) as well (`backprop=True`), so for PGD10 + GradAlign advlc keeps g(x)
+constant where the original would not (docs/FIDELITY.md). Only g(x + eta) is
+double-backpropagated; x + eta is not clipped; the cosine is per sample, and samples where
+either gradient is zero are left out of the mean. The original drops
 exact zeros with boolean indexing (a host sync); here a sample is left out when either
 gradient's norm is below sqrt(smallest normal float) (~1e-19 in float32; such a sample's CE is
 numerically 0), its cosine is masked to 0, and the mean divides by the number of valid

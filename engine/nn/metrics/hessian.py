@@ -2,7 +2,10 @@
 
 The Hessian is that of the batch-MEAN CE w.r.t. the whole stacked input batch (batch 100), as
 in the authors' code; HS = mean |lambda| of the top-k (20) eigenvalues, averaged over batches
-(`hs_metric`). Three ways to get the eigenvalues:
+(`hs_metric`). `reduce="sum"` (config `eval.hs_reduce`) gives the paper's wording instead, "the
+l1 norm of the top 20 eigenvalues" = sum |lambda|, k (20) times the mean; the authors' code
+(and so, presumably, Table 1's values) takes the mean (docs/FIDELITY.md). Three ways to get the
+eigenvalues:
 
   exact    piecewise-linear nets only (ReLU, max-pool, BN in eval mode): the Hessian is
            block-diagonal with per-sample blocks J_i^T A_i J_i / B, A_i = diag p_i - p_i p_i^T,
@@ -30,6 +33,7 @@ from engine.nn.metrics.batches import batches
 from engine.nn.models import is_piecewise_linear
 
 HS_METHODS = ("auto", "exact", "lanczos", "power")
+HS_REDUCE = ("mean", "sum")
 
 
 def _randn(shape, generator: torch.Generator | None, seed: int, device, dtype) -> torch.Tensor:
@@ -308,9 +312,11 @@ def hessian_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int 
 
 def hs_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int = 2000, batch: int = 100,
               k: int = 20, method: str = "auto", seed: int = 0,
-              which: str = "LM") -> tuple[float, str]:
-    """HS = mean |lambda| of the top-k eigenvalues per batch of `batch` samples, averaged
-    over the batches covering the first n samples. Returns (hs, method_used).
+              which: str = "LM", reduce: str = "mean") -> tuple[float, str]:
+    """HS = mean |lambda| (reduce="mean", the authors' code) or sum |lambda| (reduce="sum",
+    the paper's "l1 norm of the top 20 eigenvalues", k times larger) of the top-k eigenvalues
+    per batch of `batch` samples, averaged over the batches covering the first n samples.
+    Returns (hs, method_used).
 
     HS scales like 1/B by construction, so a trailing partial batch is dropped when at least
     one full batch exists; with fewer than `batch` samples, one batch of all of them is used.
@@ -320,6 +326,8 @@ def hs_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int = 20
     authors' power iteration estimates; for piecewise-linear nets the Hessian is PSD and "LM"
     and "LA" coincide. For smooth nets with sizeable negative curvature they differ.
     """
+    if reduce not in HS_REDUCE:
+        raise ValueError(f"unknown HS reduce {reduce!r}; choose one of {HS_REDUCE}")
     n = min(n, len(x))
     if n == 0:
         raise ValueError("hs_metric: empty input")
@@ -330,5 +338,6 @@ def hs_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int = 20
     for s in slices:
         vals, _ = hessian_spectrum_with_method(model, x[s], y[s], k, used, generator=gen,
                                                which=which)
-        total += vals.abs().to(torch.float64).mean()
+        a = vals.abs().to(torch.float64)
+        total += a.sum() if reduce == "sum" else a.mean()
     return float(total / len(slices)), used

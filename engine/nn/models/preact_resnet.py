@@ -6,7 +6,9 @@ Two variants of the projection shortcut (the 1x1 conv of the three downsampling 
 - "common":  shortcut(act(bn1(x)))  -- He et al.'s pre-activation block and the code of
   Rice et al. / Wong et al.; the shortcut shares the block's pre-activation.
 - "authors": shortcut(x)            -- the AdvLC authors' code (Li & Spratling), which
-  projects the raw block input. Paper presets that reproduce their numbers use it.
+  projects the raw block input (their README credits KDSA's model, which uses the common
+  form). The paper presets use "common" (the paper cites He et al.'s PreActResNet18);
+  `model.shortcut = "authors"` reproduces the authors' code (docs/FIDELITY.md).
 
 Both have the same parameters under the same names (and those names follow the authors' code,
 so their checkpoints load), so one state_dict fits both. Identity shortcuts add x in both.
