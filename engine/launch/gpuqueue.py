@@ -40,6 +40,7 @@ from engine.launch.processes import (
     python_module,
     reap,
     spawn_detached,
+    usable_cores,
 )
 from engine.store.files import read_json, write_json
 from engine.store.index import Store
@@ -50,8 +51,12 @@ POLL_S = float(os.environ.get("ADVLC_SCHEDULER_POLL_S", "1.0"))
 
 
 def host_dir(store: Store) -> Path:
+    """$ADVLC_HOME/leases/<host>/, user-only."""
     d = store.home / "leases" / HOST
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not d.is_dir():
+        store.ensure()
+        d.parent.mkdir(mode=0o700, exist_ok=True)
+        d.mkdir(mode=0o700, exist_ok=True)
     return d
 
 
@@ -152,7 +157,8 @@ def schedule_once(store: Store) -> list[str]:
             gpu, s = slot
             lp = lease_path(store, gpu, s)
             try:
-                pid = local.start_detached(store, rd, gpu=gpu)
+                slots = len(la["gpus"]) * int(la.get("slots_per_gpu", 1))
+                pid = local.start_detached(store, rd, gpu=gpu, threads=max(1, usable_cores() // slots))
             except Exception as exc:           # noqa: BLE001 - one bad run must not stop the queue
                 if rd.status().get("state") in ("queued", "running"):
                     transition(rd, "failed", error=f"could not start: {exc}")
@@ -165,7 +171,7 @@ def schedule_once(store: Store) -> list[str]:
 
 
 def _sched_lock(store: Store) -> FileLock:
-    return FileLock(str(host_dir(store) / "scheduler.lock"), timeout=0)
+    return FileLock(str(host_dir(store) / "scheduler.lock"), timeout=0, mode=0o600)
 
 
 def scheduler_running(store: Store) -> bool:

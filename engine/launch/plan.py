@@ -104,7 +104,7 @@ def read_table(raw: dict, where: str, method: str, home=None) -> dict[str, str]:
 
 def find_run(store: Store, preset: str, dataset: str, arch: str, which: str) -> str | None:
     """The newest finished run of `preset` on `dataset`/`arch` whose checkpoint exists."""
-    rows = [r for r in store.runs(state="finished")
+    rows = [r for r in store.runs(state="finished", archived=None)
             if r.get("preset") == preset and r.get("dataset") == dataset and r.get("arch") == arch]
     for r in sorted(rows, key=lambda r: (r.get("created") or 0, r["id"]), reverse=True):
         if store.run_dir(r["id"]).ckpt(ckpt_name(which)).exists():

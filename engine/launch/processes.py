@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from engine.paths import CODE_ROOT
+from engine.paths import CODE_ROOT, THREADS_ENV
 
 HOST = os.uname().nodename
 STALE_FACTOR = 6
@@ -76,20 +76,35 @@ def reap() -> None:
             _CHILDREN.remove(p)
 
 
-def child_env(home: Path, *, gpu: int | None = None) -> dict:
-    """The environment of an advlc child process: this code first on PYTHONPATH, the store, the GPU."""
+def child_env(home: Path, *, gpu: int | None = None, threads: int | None = None) -> dict:
+    """The environment of an advlc child process: this code first on PYTHONPATH, the store, the GPU,
+    its CPU thread budget (ADVLC_THREADS, and OMP/MKL so their pools start at that size)."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["ADVLC_HOME"] = str(home)
     env["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads:
+        for var in (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
     return env
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, capped at the physical cores
+    (torch's own default; hyper-threads do not speed up its kernels)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, psutil.cpu_count(logical=False) or n))
+
+
 def spawn_detached(argv: list[str], *, log_path: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
-    """Start `argv` in its own session (it survives the terminal), output appended to `log_path`."""
-    with open(log_path, "ab") as log:
+    """Start `argv` in its own session (it survives the terminal), output appended to `log_path` (0600)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as log:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True, close_fds=True, env=env,
                              cwd=str(cwd) if cwd else None)

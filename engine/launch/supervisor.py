@@ -35,11 +35,15 @@ from typing import Iterator
 import psutil
 
 from engine.config.presets import PlannedRun
-from engine.errors import UserError
+from engine.config.schema import from_json
+from engine.errors import CorruptFile, UserError
 from engine.launch import gpuqueue, slurm
-from engine.launch.local import lock, start_detached
+from engine.launch.local import cpu_thread_budget, lock, start_detached
 from engine.launch.plan import run_record
-from engine.launch.processes import HOST, is_alive, process_matches, reap
+from engine.launch.processes import HOST, create_time, is_alive, process_matches, reap
+from engine.nn.dataset_files import check_data
+from engine.store.checkpoint_files import inspect as inspect_checkpoint
+from engine.store.files import move_aside
 from engine.store.index import Store
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, transition
@@ -53,7 +57,15 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
     seed, group, the sweep `point`, and for a run with teachers (KDSA) `teachers.<role>` =
     {"preset", "run", "which", "checkpoint"}; a teacher planned in the same batch is created
     before its student, so its id is known (a teacher run is marked `role: teacher:<role>`).
+
+    Before any directory is made, the store must be writable and each run's data must be
+    where its config says (one line, exit 2); each run records this process as its
+    `launcher`, so a run this process dies before starting is found by `reconcile`.
     """
+    store.check_writable()
+    for cfg in {id(p.cfg): p.cfg for p in planned}.values():
+        check_data(cfg.data)
+    me = {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()), "host": HOST}
     if group is None and sum(1 for p in planned if not p.role) > 1:
         group = f"g{secrets.token_hex(3)}"
     out = []
@@ -76,7 +88,7 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
                                      f"before it (pass plan_runs' list unchanged)")
                 recs[role] = run_record(ref, rid, store)
             config["run"]["teachers"] = recs
-        rd = store.create_run(config)
+        rd = store.create_run(config, launcher=me)
         made[id(p)] = rd
         out.append(rd)
     return out
@@ -102,17 +114,21 @@ def launch(store: Store, planned: list[PlannedRun], *, gpus: list[int] | None = 
         params = slurm.params_for(store, planned[0].preset if planned else None, slurm_params or {})
         slurm.check_params(params)
         with tempfile.TemporaryDirectory() as tmp:      # bad parameters fail before any run exists
-            slurm.executor_for(Path(tmp), "advlc-check", params)
+            for device in sorted({str(p.cfg.train.device) for p in planned}):
+                slurm.executor_for(Path(tmp), "advlc-check", slurm.resolve(params, device)[0])
         rds = create_runs(store, planned, group=group)
         for rd in rds:
             slurm.submit(store, rd, params)
         return rds
     gpus = _resolve_gpus(gpus, planned)
+    if gpus is None:
+        _check_devices(planned)
     rds = create_runs(store, planned, group=group)
     if gpus is None:
+        threads = cpu_thread_budget(store, len(rds))
         for rd in rds:
-            rd.update_status(launch={"executor": "local", "host": HOST})
-            start_detached(store, rd)
+            rd.update_status(launch={"executor": "local", "host": HOST, "threads": threads})
+            start_detached(store, rd, threads=threads)
         return rds
     now = time.time()
     for i, rd in enumerate(rds):
@@ -142,6 +158,14 @@ def _resolve_gpus(gpus: list[int] | None, planned: list[PlannedRun]) -> list[int
     if len(devs) == 1 and devs.pop().startswith("cuda:"):
         return [int(str(planned[0].cfg.train.device).split(":")[1])]
     return list(range(n))
+
+
+def _check_devices(planned: list[PlannedRun]) -> None:
+    """A run that asks for CUDA on a machine without it fails now, in one line, not detached later."""
+    for p in planned:
+        dev = str(p.cfg.train.device)
+        if dev.startswith("cuda") and visible_gpu_count() == 0:
+            raise UserError(f"train.device = {dev!r}: this machine has no CUDA device (use --device cpu)")
 
 
 def visible_gpu_count() -> int:
@@ -213,19 +237,28 @@ def _group_alive(pg: int) -> bool:
         return False
 
 
+def _slurm_job(st: dict) -> str | None:
+    """The Slurm job id of a queued or running run on a real Slurm cluster, else None."""
+    launch_ = st.get("launch") or {}
+    if launch_.get("executor") == "slurm" and st.get("state") in ("queued", "running") \
+            and launch_.get("cluster", "slurm") != "local" and launch_.get("job_id"):
+        return str(launch_["job_id"])
+    return None
+
+
 def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
     """Stop runs: SIGTERM to each process group, up to `grace_s` to exit cleanly (the run
     writes `stopped` and keeps last.pt), then SIGKILL; queued runs leave the queue.
     Every run ends `stopped` (or the final state it reached on its own), its GPU lease freed."""
     reap()
     procs, groups, slurm_jobs = [], [], []
+    if any(_slurm_job(rd.status()) for rd in rds):
+        slurm.check_cancel()            # no scancel here: refuse before any run is marked stopped
     with lock(store):
         for rd in rds:
             st = rd.status()
-            launch_ = st.get("launch") or {}
-            if launch_.get("executor") == "slurm" and st.get("state") in ("queued", "running") \
-                    and launch_.get("cluster", "slurm") != "local" and launch_.get("job_id"):
-                slurm_jobs.append(str(launch_["job_id"]))
+            if _slurm_job(st):
+                slurm_jobs.append(_slurm_job(st))
             if st.get("state") == "queued":
                 transition(rd, "stopped", pid=None)
             p, g = _targets(st)
@@ -238,6 +271,12 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
     _, alive = psutil.wait_procs(procs, timeout=max(0.0, grace_s))
     while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.05)
+    # a Slurm job's run process is on a node: scancel SIGTERMs it, and it writes `stopped` itself
+    remote = [rd for rd in rds if rd.exists() and rd.status().get("state") == "running"
+              and (rd.status().get("launch") or {}).get("executor") == "slurm"]
+    while remote and time.monotonic() < deadline:
+        time.sleep(0.1)
+        remote = [rd for rd in remote if rd.status().get("state") == "running"]
     if alive or any(_group_alive(g) for g in groups):
         _signal(alive, [g for g in groups if _group_alive(g)], signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
@@ -268,30 +307,79 @@ def check_resumable(store: Store, rd: RunDir) -> None:
         raise UserError(f"run {rd.id} is queued already (see `advlc queue`)")
 
 
-def resume(store: Store, rd: RunDir) -> RunDir:
-    """Continue a stopped, lost or failed run from its last.pt (or start a never-started one),
-    detached, the way it was launched (the same GPU queue, or Slurm), otherwise at once."""
-    launch_ = prepare_resume(store, rd)
+def resume(store: Store, rd: RunDir, *, source: str = "last", slurm_params: dict | None = None) -> RunDir:
+    """Continue a stopped, lost or failed run from its last.pt (or best.pt, or from scratch; or
+    start a never-started one), detached, the way it was launched (the same GPU queue, or
+    Slurm), otherwise at once. `slurm_params` (partition, time, account, gpus; None = keep)
+    change a Slurm run's parameters for its new job; they are checked before anything changes."""
+    given = {k: v for k, v in (slurm_params or {}).items() if v is not None}
+    before = rd.status().get("launch") or {}
+    params = None
+    if before.get("executor") == "slurm":
+        params = {**(before.get("params") or {}), **given}
+        slurm.check_params(params)
+        with tempfile.TemporaryDirectory() as tmp:      # bad parameters fail before the run changes
+            device = (rd.config().get("train") or {}).get("device")
+            slurm.executor_for(Path(tmp), "advlc-check", slurm.resolve(params, device)[0])
+    elif given:
+        raise UserError(f"run {rd.id} was not launched on Slurm: "
+                        f"{', '.join('--slurm-gpus' if k == 'gpus' else f'--{k}' for k in given)} apply to Slurm runs only")
+    launch_ = prepare_resume(store, rd, source=source)
     if launch_.get("executor") == "slurm":
-        slurm.submit(store, rd, launch_.get("params") or {})
+        slurm.submit(store, rd, params if params is not None else launch_.get("params") or {})
     elif launch_.get("gpus"):
         rd.update_status(launch={**launch_, "host": HOST})
         gpuqueue.schedule_once(store)
         if rd.status().get("state") == "queued":
             gpuqueue.ensure_scheduler(store)
     else:
-        rd.update_status(launch={"executor": "local", "host": HOST})
-        start_detached(store, rd)
+        threads = cpu_thread_budget(store, 1)
+        rd.update_status(launch={"executor": "local", "host": HOST, "threads": threads})
+        start_detached(store, rd, threads=threads)
     return rd
 
 
-def prepare_resume(store: Store, rd: RunDir, *, foreground: bool = False) -> dict:
-    """Check that `rd` can be resumed and queue it again; returns how it was launched before.
-    With `foreground` the caller trains it in its own process (engine.run.process.run)."""
+RESUME_FROM = ("last", "best", "scratch")
+
+
+def resume_epoch(rd: RunDir, source: str = "last") -> int:
+    """The epoch a resume from `source` starts at, read from the checkpoint itself (its file is
+    checked, without torch); a one-line CorruptFile naming it and the fallbacks when it is bad."""
+    if source == "scratch":
+        return 0
+    name = "last" if source == "last" else "best"
+    path = rd.ckpt(name)
+    if not path.exists():
+        if source == "best":
+            raise UserError(f"run {rd.id} has no best.pt to resume from (it has: {', '.join(rd.checkpoints()) or 'none'});"
+                            f" start over with `advlc resume {rd.id} --from scratch`")
+        return 0
+    hint = (f"resume from best.pt with `advlc resume {rd.id} --from best`, or start over with `--from scratch`"
+            if name == "last" else f"start over with `advlc resume {rd.id} --from scratch`")
+    info = inspect_checkpoint(path, hint)
+    return int(info["epoch"]) if name == "last" else int(info["epoch"]) + 1
+
+
+def prepare_resume(store: Store, rd: RunDir, *, foreground: bool = False, source: str = "last") -> dict:
+    """Check that `rd` can be resumed from `source` (last.pt, best.pt or from scratch) and queue
+    it again; returns how it was launched before. The epoch it starts at is in status.json
+    (`resume_epoch`). With `foreground` the caller trains it in its own process."""
+    if source not in RESUME_FROM:
+        raise UserError(f"--from {source}: must be one of {', '.join(RESUME_FROM)}")
     check_resumable(store, rd)
+    store.check_writable()
+    rd.metrics()                      # a damaged metrics.json is named now; nothing will write over it
+    check_data(from_json(rd.config()).data)
+    epoch = resume_epoch(rd, source)
     launch_ = rd.status().get("launch") or {}
     with lock(store):
-        transition(rd, "queued", error=None, ended=None, pid=None, resumed=time.time(), queued_at=time.time())
+        if source != "last":          # last.pt (damaged, or not wanted) is kept aside, not used
+            for name in ("last",) if source == "best" else ("last", "best", "swa_best", "swa_end"):
+                if rd.ckpt(name).exists():
+                    move_aside(rd.ckpt(name))
+        transition(rd, "queued", error=None, ended=None, pid=None, resumed=time.time(), queued_at=time.time(),
+                   resume_from=source if source == "best" else None, resume_epoch=epoch,
+                   launcher={"pid": os.getpid(), "pid_create_time": create_time(os.getpid()), "host": HOST})
         if foreground:
             rd.update_status(launch={"executor": "local", "host": HOST})
     store.sync(rd)
@@ -302,12 +390,16 @@ def prepare_resume(store: Store, rd: RunDir, *, foreground: bool = False) -> dic
 def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     """Make states truthful; returns the ids whose state changed.
 
-    - a `running` run whose process is gone becomes `lost` (its last lines of log.txt kept
-      as the error); its GPU lease is freed;
-    - a `queued` Slurm job that ended without the run ever starting becomes `lost`;
+    - a `running` run whose process is gone becomes `lost` (with the last lines of its log);
+      its GPU lease is freed;
+    - a `queued` run whose launcher died before starting it (and that no GPU queue or Slurm
+      job will start) becomes `lost`, resumable; a `queued` Slurm job that ended without the
+      run ever starting becomes `lost`;
     - the index follows status.json (a run that ended between its last status write and its
       index update, a run directory missing from the index, an index row without a directory);
-    - stale GPU leases are removed; queued GPU runs get a scheduler if none is running.
+      a run whose files cannot be read shows as `corrupt` with what to do;
+    - stale GPU leases are removed; queued GPU runs get a scheduler if none is running;
+    - temporary files left by killed writers are removed (a full pass only).
     """
     if not store.runs_dir.exists():
         return []
@@ -319,7 +411,12 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     slurm_queued: dict[str, RunDir] = {}
     need_scheduler = False
     for rd in rds:
-        st = rd.status()
+        try:
+            st = rd.status()
+        except CorruptFile:
+            if index.get(rd.id, {}).get("state") != "corrupt":
+                store.sync(rd)
+            continue
         state = st.get("state", "queued")
         launch_ = st.get("launch") or {}
         if state == "running" and not is_alive(st):
@@ -330,6 +427,10 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
             slurm_queued[rd.id] = rd
         elif state == "queued" and launch_.get("gpus") and launch_.get("host") in (None, HOST):
             need_scheduler = True
+        elif state == "queued" and _stranded(st):
+            if _mark_stranded(store, rd, st):
+                changed.append(rd.id)
+                continue
         row = index.get(rd.id)
         if row is None or row.get("state") != rd.status().get("state"):
             store.sync(rd)          # summarised under the index lock: never an older summary
@@ -338,11 +439,53 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     if slurm_queued:
         changed += _reconcile_slurm_queued(store, slurm_queued)
     if full:
-        store.prune([rid for rid in index if not store.run_dir(rid).exists()])
+        store.prune([rid for rid in index if not _exists(store, rid)])
+        store.sweep_temporary()
     gpuqueue.reclaim_stale(store)
     if need_scheduler:
         gpuqueue.ensure_scheduler(store)
     return changed
+
+
+def _exists(store: Store, rid: str) -> bool:
+    try:
+        return store.run_dir(rid).exists()
+    except UserError:           # an index row whose id is not a run id: drop it
+        return False
+
+
+def _stranded(st: dict) -> bool:
+    """A queued run that only its launcher was going to start, and whose launcher (on this
+    host) is gone: a local detached launch or a foreground `advlc run` killed midway."""
+    la, who = st.get("launch") or {}, st.get("launcher") or {}
+    if la.get("gpus") or la.get("executor") == "slurm" or not who.get("pid"):
+        return False
+    return who.get("host") in (None, HOST) and not process_matches(who["pid"], who.get("pid_create_time"))
+
+
+def _mark_stranded(store: Store, rd: RunDir, seen: dict) -> bool:
+    with lock(store):
+        st = rd.status()
+        if st.get("state") != "queued" or st.get("launcher") != seen.get("launcher") or not _stranded(st):
+            return False
+        who = st["launcher"]
+        transition(rd, "lost", pid=None, error=f"its launcher (pid {who['pid']} on {who.get('host')}) exited before "
+                                               f"starting it; `advlc resume {rd.id}` starts it")
+    store.sync(rd)
+    return True
+
+
+def _last_words(rd: RunDir, n: int = 3, width: int = 200) -> str:
+    """The last distinct lines of a run's log, each cut to `width`, joined with ' | ' (one line)."""
+    lines = []
+    for line in reversed(rd.log_tail(40)):
+        line = " ".join(line.split())
+        if not line or line.startswith("config: ") or line in lines:
+            continue
+        lines.append(line[:width] + ("…" if len(line) > width else ""))
+        if len(lines) == n:
+            break
+    return " | ".join(reversed(lines))
 
 
 def _mark_lost(store: Store, rd: RunDir, seen: dict) -> bool:
@@ -352,26 +495,37 @@ def _mark_lost(store: Store, rd: RunDir, seen: dict) -> bool:
         if st.get("state") != "running" or st.get("pid") != seen.get("pid") or is_alive(st):
             return False
         where = f"pid {st.get('pid')} on {st.get('host')}" if st.get("pid") else f"on {st.get('host')}"
-        tail = "\n".join(rd.log_tail(8))
         hb = st.get("heartbeat")
         age = f", last heartbeat {time.time() - hb:.0f}s ago" if hb else ""
+        words = _last_words(rd)
         transition(rd, "lost", pid=None, error=f"the run process ({where}) is gone without a final state{age}"
-                   + (f"; log.txt ends:\n{tail}" if tail else ""))
+                   + (f"; its log ends: {words}" if words else ""))
         gpuqueue.release_run(store, rd.id)
     store.sync(rd)
     return True
 
 
 def _reconcile_slurm_queued(store: Store, rds: dict[str, RunDir]) -> list[str]:
+    """Queued Slurm runs whose job has ended (squeue -t all, sacct, or Slurm no longer knowing
+    it) without the run starting: `stopped` when the job was cancelled (scancel outside advlc),
+    `lost` otherwise; the error says so in one line, with the end of the job's stderr."""
     changed = []
-    ended = slurm.ended_jobs({rid: rd.status().get("launch", {}) for rid, rd in rds.items()})
-    for rid, why in ended.items():
+    launches = {rid: rd.status().get("launch") or {} for rid, rd in rds.items()}
+    ended = slurm.ended_jobs(launches)
+    for rid, (job_state, why) in ended.items():
         rd = rds[rid]
+        job_id = launches[rid].get("job_id")
         with lock(store):
             st = rd.status()
-            if st.get("state") != "queued":
-                continue
-            transition(rd, "lost", error=f"the Slurm job ended ({why}) before the run started; see {rd.submitit_dir}")
+            if st.get("state") != "queued" or (st.get("launch") or {}).get("job_id") != job_id:
+                continue            # started, stopped or resubmitted meanwhile
+            words = slurm.job_log_words(rd, str(job_id)) if launches[rid].get("cluster") != "local" else ""
+            again = f"`advlc resume {rd.id}` submits it again"
+            if job_state == "CANCELLED":
+                transition(rd, "stopped", pid=None, error=f"{why}: cancelled outside advlc before the run started; {again}")
+            else:
+                transition(rd, "lost", pid=None, error=f"{why} while the run was queued"
+                           + (f"; the job's stderr ends: {words}" if words else "") + f"; {again}")
         store.sync(rd)
         changed.append(rid)
     return changed
@@ -439,5 +593,7 @@ def follow(rd: RunDir, *, lines: int = 20, poll_s: float = 0.5, until_done: bool
 
 # ------------------------------------------------------------------------------ queue view
 def queue_info(store: Store) -> dict:
-    """What `advlc queue` shows: GPU leases, queued runs in order, the scheduler."""
-    return gpuqueue.info(store)
+    """What `advlc queue` shows: GPU leases, queued runs in order, the scheduler, and under
+    "slurm" the queued and running Slurm runs with their job ids and what squeue says of
+    them (state, the reason a job is pending, its node)."""
+    return {**gpuqueue.info(store), "slurm": slurm.queue_rows(store)}

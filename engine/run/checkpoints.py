@@ -12,12 +12,14 @@ A checkpoint is named by what it holds: `best`, `end` (last.pt's model), `swa_be
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from engine.config.schema import FINAL_CKPTS, from_json
-from engine.errors import UserError
+from engine.errors import CorruptFile, UserError
 from engine.nn.datasets import load_dataset
 from engine.nn.models import build_model
 from engine.store.rundir import RunDir
@@ -28,15 +30,31 @@ CKPT_FILES = {"best": ("best",), "end": ("last",), "swa_best": ("swa_best",), "s
 
 
 def save(obj, path: Path) -> None:
-    """torch.save through a temporary file and os.replace: a kill leaves the old or the new file."""
+    """torch.save through a temporary file (0600) and os.replace: a kill leaves the old or the new file."""
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def load(path: Path, device="cpu") -> dict:
-    """A checkpoint's dict, tensors on `device` (weights only: no code runs)."""
-    return torch.load(path, map_location=device, weights_only=True)
+def load(path: Path, device="cpu", hint: str = "use another checkpoint") -> dict:
+    """A checkpoint's dict, tensors on `device` (weights only: no code runs); a one-line
+    CorruptFile naming the file and `hint` when it cannot be read."""
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CorruptFile(path, "does not exist", hint) from None
+    except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CorruptFile(path, f"is not a readable checkpoint ({first})", hint) from None
+    if not isinstance(obj, dict):
+        raise CorruptFile(path, "holds no model weights", hint)
+    return obj
 
 
 def checkpoint_path(rd: RunDir, ckpt: str) -> Path:
@@ -74,8 +92,12 @@ def load_run_model(rd: RunDir, ckpt: str = "end", device="cpu", *, data=None):
         data = load_dataset(cfg.data, "cpu")
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size)
-    ck = load(path)
-    model.load_state_dict(model_state(ck))
+    ck = load(path, hint=f"evaluate another checkpoint of run {rd.id} (it has: {', '.join(rd.checkpoints())})")
+    try:
+        model.load_state_dict(model_state(ck))
+    except RuntimeError as exc:   # weights of another architecture
+        raise CorruptFile(path, f"does not fit the run's {cfg.model.arch} ({str(exc).splitlines()[0][:100]})",
+                          "the checkpoint belongs to another run") from None
     epoch = ck.get("epoch") if isinstance(ck, dict) else None
     if epoch is not None and ckpt == "end" and "optimizer" in ck:
         epoch = int(epoch) - 1          # last.pt stores the number of epochs done

@@ -8,9 +8,12 @@ Attacks (l-inf, eps = the run's eval.eps, model in eval mode):
 - aa                 the original AutoAttack (Croce & Hein 2020) from `pyautoattack` (import name
                      `pyautoattack`), version 'standard' (APGD-CE, APGD-T, FAB-T: 100 iterations; Square:
                      5000 queries), seed 0.
-- aa-torchattacks    torchattacks' `AutoAttack(version='standard')`, what the paper's Tables 1 and 3
-                     used. Its APGD, APGD-T and FAB-T run 10 steps (the original: 100), so it is a
-                     weaker attack; results are labelled so.
+- aa-torchattacks    torchattacks' `AutoAttack(version='standard')` of the installed torchattacks
+                     (the Makefile pins 3.5.1). This is NOT what the paper used: since 3.3.0 its
+                     APGD, APGD-T and FAB-T run 10 steps (the original: 100), a weaker attack;
+                     the torchattacks of the paper's time (<= 3.2.x) ran 100 steps. Results are
+                     labelled with the version and "weaker". Compare `aa` with the paper's
+                     AutoAttack numbers (docs/FIDELITY.md).
 - apgd50x5           APGD-CE, 50 iterations x 5 restarts, from pyautoattack's `APGDAttack` (the
                      original implementation), seed 0 (Table 2's TinyImageNet protocol).
 
@@ -43,13 +46,16 @@ from engine.nn.metrics.batches import batches
 from engine.nn.metrics.evaluation import per_sample, pgd_perturb
 from engine.run.checkpoints import CKPTS, checkpoint_path, load_run_model
 from engine.run.device import pick_device
+from engine.store.checkpoint_files import inspect as inspect_checkpoint
 from engine.store.rundir import RunDir
 
 ATTACKS = FINAL_ATTACKS
 
 TORCHATTACKS_NOTE = ("note: aa-torchattacks is torchattacks' AutoAttack(version='standard'), whose APGD, "
-                     "APGD-T and FAB-T run 10 steps instead of the original 100: a weaker attack than "
-                     "AutoAttack (use --attack aa for the original); its results are labelled so.")
+                     "APGD-T and FAB-T run 10 steps instead of the original 100 (torchattacks >= 3.3): a "
+                     "weaker attack than AutoAttack, and not what the paper used (the torchattacks of its "
+                     "time ran 100 steps); compare --attack aa, the original, with the paper. Its results "
+                     "are labelled so.")
 
 
 def _version(pkg: str) -> str:
@@ -183,6 +189,17 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
         raise UserError(f"run {rd.id} is a {cfg.experiment.kind} experiment, not a trained model")
     dev = pick_device(device or cfg.train.device)
     bs = batch_size or cfg.eval.batch_size
+    # before any work: the results can be stored, and every checkpoint asked for is intact
+    rd.records("evals")                # a damaged metrics.json is named now, not after the attacks
+    rd.check_writable()
+    for ckpt in ckpts:
+        try:
+            path = checkpoint_path(rd, ckpt)
+        except UserError:
+            if skip_missing_swa and ckpt.startswith("swa_"):
+                continue
+            raise
+        inspect_checkpoint(path, f"evaluate another checkpoint (it has: {', '.join(rd.checkpoints())})")
     if data is None:
         data = load_dataset(cfg.data, dev)
     else:

@@ -23,7 +23,8 @@ from typing import Callable
 
 import psutil
 
-from engine.errors import UserError
+from engine.errors import UserError, os_error_line
+from engine.run.device import apply_threads
 from engine.run.experiments import is_experiment, run_experiment
 from engine.run.trainer import train_run
 from engine.store.index import Store
@@ -116,12 +117,18 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
     try:
         try:
             _Heartbeat.training.set()
+            threads = apply_threads(int((rd.config().get("train") or {}).get("threads") or 0))
+            if threads:
+                log(threads)
             work(rd, store, emit, log)
             state, error = "finished", None
         except (KeyboardInterrupt, StopRequested):
             state, error = "stopped", None
         except UserError as exc:
             state, error = "failed", str(exc)
+        except OSError as exc:    # a full or read-only disk, a permission: said in one line
+            state, error = "failed", os_error_line(exc)
+            log(error)
         except Exception:
             state, error = "failed", "".join(traceback.format_exc().splitlines(True)[-12:])
             log(error)
@@ -130,13 +137,22 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
     except BaseException as exc:  # SystemExit and the like: not an error of the run
         beat.stop()
         transition(rd, "stopped", error=f"interrupted ({type(exc).__name__})", heartbeat=time.time(), pid=None)
-        store.sync(rd)
+        _sync_index(store, rd, log)
         raise
     beat.stop()
-    transition(rd, state, error=error, heartbeat=time.time(), pid=None)
-    store.sync(rd)
+    transition(rd, state, error=error, heartbeat=time.time(), pid=None)   # in place if the disk is full
+    _sync_index(store, rd, log)
     emit("end", {"state": state, "error": error})
     return state
+
+
+def _sync_index(store: Store, rd: RunDir, log) -> None:
+    """The index after the final state; on a full disk it is left for the next command to bring up
+    to date (it is derived from status.json, which is written)."""
+    try:
+        store.sync(rd)
+    except OSError as exc:
+        log(f"index not updated: {os_error_line(exc)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,11 +99,17 @@ class _Trainer:
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> int:
-        """Continue from last.pt when it exists; returns the first epoch to train."""
+        """Continue from last.pt when it exists (exactly: optimiser and random streams too), or
+        from best.pt when the resume asked for it (`advlc resume RUN --from best`: the model of
+        the best epoch, a fresh optimiser); returns the first epoch to train."""
         start = 0
         last = self.rd.ckpt("last")
+        best = self.rd.ckpt("best")
+        from_best = self.rd.status().get("resume_from") == "best"
+        self.rd.update_status(resume_from=None)
         if last.exists():
-            ck = checkpoints.load(last, self.device)
+            ck = checkpoints.load(last, self.device, hint=f"resume from best.pt with `advlc resume {self.rd.id} "
+                                  f"--from best`, or start over with `--from scratch`")
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             torch.set_rng_state(ck["rng_cpu"])
@@ -114,6 +120,12 @@ class _Trainer:
             if self.swa is not None and ck.get("swa") is not None:
                 self.swa.load_state_dict(ck["swa"])
             self.log(f"resumed from {last} at epoch {start}")
+        elif from_best and best.exists():
+            ck = checkpoints.load(best, self.device, hint=f"start over with `advlc resume {self.rd.id} --from scratch`")
+            self.model.load_state_dict(ck["model"])
+            start, self.best_acc = int(ck["epoch"]) + 1, float(ck["robust_acc"])
+            self.log(f"resumed from {best} (its epoch {start - 1}) at epoch {start}: fresh optimiser and "
+                     f"random streams, so not bit-identical to an uninterrupted run")
         db = self.rd.metrics_db()
         self.epochs_table = db.table("epochs", cache_size=0)
         self.epochs_table.remove(lambda r: r["epoch"] >= start)  # records past the checkpoint
@@ -137,7 +149,7 @@ class _Trainer:
             out.update(evaluate(model, self.x_test, self.y_test, eps=e.eps, alpha=e.pgd_alpha, steps=e.pgd_steps,
                                 batch_size=e.batch_size, ig=e.ig))
         if e.hs_every and ((epoch + 1) % e.hs_every == 0 or last or force):
-            out["hs"], _ = hs_metric(model, self.x_test, self.y_test, n=e.hs_samples, batch=e.hs_batch)
+            out["hs"], _ = hs_metric(model, self.x_test, self.y_test, n=e.hs_samples, batch=e.hs_batch, reduce=e.hs_reduce)
         return out
 
     def on_epoch(self, r: EpochResult) -> None:

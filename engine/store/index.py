@@ -4,22 +4,35 @@ Rules:
 - each run's `metrics.json` has one writer, the run's own process;
 - `index.json` (one document per run: a summary for list views) is written only here,
   under a file lock, with atomic replace; readers take no lock and never see a partial file;
-- the index is derived data: `reindex()` rebuilds it from the run directories.
+- the index is derived data: `reindex()` rebuilds it from the run directories, and a reader
+  that finds it corrupt rebuilds it (the damaged copy is kept beside it);
+- run ids are resolved only inside `$ADVLC_HOME/runs`: a path, `..` or a symlink that leads out
+  is refused in one line.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 from filelock import FileLock
 from tinydb import Query
 
-from engine.errors import UserError
+from engine.errors import CorruptFile, UserError, os_error_line
 from engine.paths import default_home
-from engine.store.files import open_db, read_json, table, table_rows
-from engine.store.rundir import CONFIG, RunDir
+from engine.store.files import (
+    TMP_SUFFIX,
+    load_json,
+    move_aside,
+    open_db,
+    table,
+    table_rows,
+)
+from engine.store.rundir import CONFIG, RUN_ID, RunDir, valid_run_id
 from engine.store.summary import summarize
 
 INDEX = "index.json"
@@ -34,7 +47,9 @@ class Store:
         self.home = Path(home).expanduser() if home else default_home()
         self.runs_dir = self.home / RUNS
         self.index_path = self.home / INDEX
-        self._lock = FileLock(str(self.home / (INDEX + ".lock")), timeout=60)
+        self._lock = FileLock(str(self.home / (INDEX + ".lock")), timeout=60, mode=0o600)
+        self.repaired: str | None = None
+        """Set when a read found index.json corrupt and rebuilt it: where the damaged copy went."""
 
     @classmethod
     def containing(cls, rd: RunDir) -> "Store":
@@ -42,7 +57,10 @@ class Store:
         return cls(rd.path.parent.parent)
 
     def ensure(self) -> "Store":
-        self.runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the store when missing: $ADVLC_HOME and runs/ user-only (0700)."""
+        if not self.runs_dir.is_dir():
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.runs_dir.mkdir(mode=0o700, exist_ok=True)
         return self
 
     # -- runs --------------------------------------------------------------------------
@@ -53,33 +71,64 @@ class Store:
                 return rid
 
     def run_dir(self, run_id: str) -> RunDir:
-        """The directory of run `run_id` (which may not exist yet)."""
-        return RunDir(self.runs_dir / run_id)
+        """The directory of run `run_id` (which may not exist yet); a UserError when the id is a path."""
+        return RunDir(self.runs_dir / valid_run_id(run_id))
 
-    def create_run(self, config: dict) -> RunDir:
-        """Create the directory of a new run from its full config.json content."""
+    def create_run(self, config: dict, **status) -> RunDir:
+        """Create the directory of a new run from its full config.json content (and first status fields)."""
         self.ensure()
         rid = config["run"]["id"] if config.get("run", {}).get("id") else self.new_run_id()
         config.setdefault("run", {})["id"] = rid
         rd = self.run_dir(rid)
-        rd.create(config)
+        rd.create(config, **status)
         self.sync(rd)
         return rd
+
+    def sweep_temporary(self, older_than_s: float = 600.0) -> list[Path]:
+        """Remove the temporary files of writers that were killed (atomic writes, checkpoint
+        saves) once they are `older_than_s` old; returns what was removed."""
+        gone = []
+        cutoff = time.time() - older_than_s
+        home = self.home.resolve()
+        for depth in range(1, 5):   # home, leases/, runs/<id>/, runs/<id>/checkpoints/
+            for p in self.home.glob("*/" * (depth - 1) + f"*{TMP_SUFFIX}"):
+                try:
+                    inside = p.resolve().is_relative_to(home)      # never through a symlink that leads out
+                    if inside and p.is_file() and not p.is_symlink() and p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        gone.append(p)
+                except OSError:
+                    pass
+        return gone
+
+    def check_writable(self) -> None:
+        """A one-line error (exit 1) unless a file can be created in runs/: before work whose
+        result must be stored."""
+        try:
+            self.ensure()
+            fd, tmp = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=self.runs_dir)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UserError(f"cannot write to the run store: {os_error_line(exc, self.runs_dir)}", code=1) from None
 
     def run_dirs(self) -> list[RunDir]:
         if not self.runs_dir.exists():
             return []
-        return [RunDir(p) for p in sorted(self.runs_dir.iterdir()) if (p / CONFIG).exists()]
+        return [RunDir(p) for p in sorted(self.runs_dir.iterdir())
+                if RUN_ID.match(p.name) and not p.is_symlink() and (p / CONFIG).exists()]
 
     def get(self, ref: str) -> RunDir:
-        """Resolve a run id or unique id prefix."""
+        """Resolve a run id or unique id prefix, inside runs/ only."""
         ref = ref.strip()
         if not ref:
             raise UserError("run id is empty")
         exact = self.run_dir(ref)
+        if exact.path.is_symlink() or (exact.path.exists() and exact.path.resolve().parent != self.runs_dir.resolve()):
+            raise UserError(f"run {ref}: {exact.path} leads outside {self.runs_dir}; refusing to use it")
         if exact.exists():
             return exact
-        matches = [rd for rd in self.run_dirs() if rd.id.startswith(ref)]
+        matches = [rd for rd in self.run_dirs() if rd.id.startswith(ref) and not rd.path.is_symlink()]
         if not matches:
             raise UserError(f"no run '{ref}' in {self.runs_dir} (see `advlc runs`)")
         if len(matches) > 1:
@@ -88,8 +137,12 @@ class Store:
         return matches[0]
 
     def delete(self, rd: RunDir) -> None:
+        """Remove a run: its directory is first renamed out of runs/ (one atomic step that a
+        read-only or full disk refuses, leaving the run whole), then removed, then unindexed."""
+        trash = self.runs_dir / f".deleting-{rd.id}-{secrets.token_hex(3)}"
+        os.replace(rd.path, trash)
+        shutil.rmtree(trash)
         self.prune([rd.id])
-        shutil.rmtree(rd.path, ignore_errors=True)
 
     # -- index -------------------------------------------------------------------------
     def sync(self, rd: RunDir, doc: dict | None = None) -> dict:
@@ -97,7 +150,7 @@ class Store:
         self.ensure()
         with self._lock:  # summarise under the lock, so a slower writer never upserts an older summary
             doc = doc if doc is not None else summarize(rd)
-            table(open_db(self.index_path), INDEX_TABLE).upsert(doc, Query().id == doc["id"])
+            self._write_index(lambda t: t.upsert(doc, Query().id == doc["id"]))
         return doc
 
     def sync_many(self, rds: list[RunDir]) -> None:
@@ -106,35 +159,90 @@ class Store:
             return
         self.ensure()
         with self._lock:
-            t = table(open_db(self.index_path), INDEX_TABLE)
-            q = Query()
-            for rd in rds:
-                doc = summarize(rd)
-                t.upsert(doc, q.id == doc["id"])
+            docs = [summarize(rd) for rd in rds]
+
+            def upsert_all(t):
+                for doc in docs:
+                    t.upsert(doc, Query().id == doc["id"])
+
+            self._write_index(upsert_all)
 
     def prune(self, run_ids: list[str]) -> None:
         """Remove the index rows of these runs."""
         if not run_ids:
             return
         with self._lock:
-            table(open_db(self.index_path), INDEX_TABLE).remove(Query().id.one_of(list(run_ids)))
+            self._write_index(lambda t: t.remove(Query().id.one_of(list(run_ids))))
+
+    def _write_index(self, change) -> None:
+        """Apply `change(table)` to the index (the caller holds the lock); a corrupt index is
+        rebuilt first rather than written over."""
+        try:
+            change(table(open_db(self.index_path), INDEX_TABLE))
+        except CorruptFile:
+            self.repair_index()
+            change(table(open_db(self.index_path), INDEX_TABLE))
 
     def index(self) -> list[dict]:
-        """All index documents (no lock: the file is replaced atomically)."""
-        return table_rows(read_json(self.index_path, {}), INDEX_TABLE)
+        """All index documents (no lock: the file is replaced atomically). A corrupt index is
+        rebuilt from the run directories, its damaged copy kept (`self.repaired` says where)."""
+        try:
+            data = load_json(self.index_path)
+        except CorruptFile:
+            self.repair_index()
+            data = load_json(self.index_path)
+        return table_rows(data, INDEX_TABLE)
+
+    def repair_index(self) -> int:
+        """Move a corrupt index.json aside and rebuild it; returns the number of runs."""
+        with self._lock:
+            try:
+                load_json(self.index_path)
+            except CorruptFile:
+                self.repaired = str(move_aside(self.index_path))
+        return self.reindex()
 
     def reindex(self) -> int:
-        """Rebuild index.json from the run directories; returns the number of runs."""
+        """Rebuild index.json from the run directories; returns the number of runs. A corrupt
+        index.json is moved aside first (the index is derived data)."""
         self.ensure()
         docs = [summarize(rd) for rd in self.run_dirs()]
         with self._lock:
+            try:
+                load_json(self.index_path)
+            except CorruptFile:
+                self.repaired = str(move_aside(self.index_path))
             t = table(open_db(self.index_path), INDEX_TABLE)
             t.truncate()
             t.insert_multiple(docs)
         return len(docs)
 
-    def runs(self, *, state: str | None = None, preset: str | None = None, group: str | None = None) -> list[dict]:
+    def annotate(self, rd: RunDir, *, title: str | None = None, add_tags=(), remove_tags=(),
+                 note: str | None = None, archived: bool | None = None) -> dict:
+        """Change what people say about a run (meta.json) and its index row, under the store's lock.
+        The run's own process never writes meta.json, so this is safe while it trains."""
+        with self._lock:
+            meta = rd.meta()
+            if title is not None:
+                meta["title"] = title.strip() or None
+            tags = [t for t in meta.get("tags") or [] if t not in set(remove_tags)]
+            meta["tags"] = tags + [t for t in dict.fromkeys(add_tags) if t not in tags]
+            if note is not None:
+                meta["note"] = note.rstrip() or None
+            if archived is not None:
+                meta["archived"] = archived
+            meta["updated"] = time.time()
+            rd.write_meta(meta)
+            self.sync(rd)
+        return meta
+
+    def runs(self, *, state: str | None = None, preset: str | None = None, group: str | None = None,
+             archived: bool | None = False) -> list[dict]:
+        """Index rows in creation order, filtered; `archived`: False hides archived runs (the
+        default views), True lists only them, None both."""
         rows = self.index()
+        if archived is not None:
+            rows = [r for r in rows if bool(r.get("archived")) == archived]
         if state:
             rows = [r for r in rows if r.get("state") == state]
         if preset:

@@ -4,23 +4,33 @@
                     + "provenance" (code commit and dirty-diff hash, versions, device, host)
     status.json     state, pid + process start time, heartbeat, epoch/batch progress, error
     metrics.json    TinyDB written only by this run's process: tables `epochs`, `evals`, `swa`, `points`
+    meta.json       what people say about the run: title, tags, note, archived (written only by
+                    `advlc label/tag/note/archive` and the app, never by the run's process)
     checkpoints/    last.pt, best.pt (+ swa_best.pt, swa_end.pt)
     log.txt         stdout/stderr of a detached run
     submitit/       a Slurm run's job files
 
-Every JSON file is written atomically (engine.store.files). Directories are user-only (0700).
-State changes go through engine.store.states.transition; everything else in status.json
-through `update_status`.
+Every JSON file is written atomically (engine.store.files) and read through `load_json`: a
+missing file reads as empty, a corrupt one is a one-line `CorruptFile` error saying what to do.
+Directories are user-only (0700), files 0600. State changes go through
+engine.store.states.transition; everything else in status.json through `update_status`.
+
+A run id is a name, never a path: `valid_run_id` is checked wherever an id comes from outside.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import tempfile
 import time
 from pathlib import Path
 
 from tinydb import TinyDB
 
-from engine.store.files import open_db, read_json, table, table_rows, write_json
+from engine.errors import CorruptFile, UserError, os_error_line
+from engine.store.files import dumps, load_json, open_db, table, table_rows, write_json
 from engine.store.states import transition
 
 CONFIG = "config.json"
@@ -29,6 +39,26 @@ METRICS = "metrics.json"
 LOG = "log.txt"
 CHECKPOINTS = "checkpoints"
 SUBMITIT = "submitit"
+META = "meta.json"
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""What a run id looks like (advlc makes 8 hex digits; no '/', '.', or anything a path needs)."""
+
+HINTS = {
+    CONFIG: "it cannot be rebuilt: restore it from a backup (`advlc repair RUN` moves it aside)",
+    STATUS: "run `advlc repair RUN` to rebuild it from the checkpoint and the log",
+    METRICS: "run `advlc repair RUN` to keep the records that can still be read",
+    META: "fix or delete it (it holds only the run's title, tags, note and archived flag)",
+}
+
+
+def valid_run_id(ref: str) -> str:
+    """`ref` when it can be a run id (or an id prefix); a one-line UserError when it is a path or worse."""
+    if not RUN_ID.match(ref or ""):
+        what = "a path" if ("/" in ref or ref.startswith(".") or "\\" in ref) else "not a run id"
+        raise UserError(f"run id {ref!r} is {what}: run ids are letters, digits, '-' and '_' "
+                        f"(see `advlc runs`)")
+    return ref
 
 
 class RunDir:
@@ -60,6 +90,10 @@ class RunDir:
         return self.path / CHECKPOINTS
 
     @property
+    def meta_path(self) -> Path:
+        return self.path / META
+
+    @property
     def submitit_dir(self) -> Path:
         return self.path / SUBMITIT
 
@@ -74,23 +108,56 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.exists()
 
+    def _load(self, path: Path, name: str):
+        data = load_json(path, HINTS[name].replace("RUN", self.id))
+        if data is not None and not isinstance(data, dict):
+            raise CorruptFile(path, "does not hold a JSON object", HINTS[name].replace("RUN", self.id))
+        return data
+
     # -- config ----------------------------------------------------------------------
     def config(self) -> dict:
-        return read_json(self.config_path, {}) or {}
+        """config.json ({} when missing; CorruptFile when damaged)."""
+        return self._load(self.config_path, CONFIG) or {}
 
     def write_config(self, config: dict) -> None:
         write_json(self.config_path, config)
 
-    def create(self, config: dict) -> None:
-        """Make the directory of a new run: config.json, then status `queued`."""
+    def create(self, config: dict, **status) -> None:
+        """Make the directory of a new run: config.json, then status `queued` (with `status`
+        fields). A failure (a full disk, say) removes what was made, so no half-made run
+        directory is left."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=False)
-        self.ckpt_dir.mkdir(mode=0o700)
-        write_json(self.config_path, config)
-        transition(self, "queued", created=time.time())
+        try:
+            self.ckpt_dir.mkdir(mode=0o700)
+            write_json(self.config_path, config)
+            transition(self, "queued", created=time.time(), **status)
+        except BaseException:
+            _remove_tree(self.path)
+            raise
+
+    def check_writable(self) -> None:
+        """A one-line error (exit 1) unless a file can be created here: before work whose result
+        this directory must keep (an evaluation, an experiment)."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=self.path)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UserError(f"run {self.id}: cannot store results: {os_error_line(exc, self.path)}", code=1) from None
+
+    # -- meta: what people say about the run -------------------------------------------
+    def meta(self) -> dict:
+        """meta.json: {"title", "tags", "note", "archived"} ({} when there is none)."""
+        return self._load(self.meta_path, META) or {}
+
+    def write_meta(self, meta: dict) -> None:
+        """Replace meta.json (callers hold the store's lock: engine.store.index.Store.annotate)."""
+        write_json(self.meta_path, meta)
 
     # -- status ----------------------------------------------------------------------
     def status(self) -> dict:
-        return read_json(self.status_path, {}) or {}
+        """status.json ({} when missing; CorruptFile when damaged)."""
+        return self._load(self.status_path, STATUS) or {}
 
     def update_status(self, **fields) -> dict:
         """Merge progress fields (heartbeat, epoch, batch, pid, launch, ...) into status.json.
@@ -106,7 +173,12 @@ class RunDir:
         if check is not None:
             check(st)
         st.update(fields)
-        write_json(self.status_path, st)
+        try:
+            write_json(self.status_path, st)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or "state" not in fields or not self.status_path.exists():
+                raise
+            _rewrite_in_place(self.status_path, dumps(st))
         return st
 
     # -- metrics ---------------------------------------------------------------------
@@ -119,11 +191,11 @@ class RunDir:
 
     def metrics(self) -> dict:
         """Every table of metrics.json, parsed once: {"epochs": [...], "swa": [...], ...}."""
-        data = read_json(self.metrics_path, {}) or {}
+        data = self._load(self.metrics_path, METRICS) or {}
         return {name: table_rows(data, name) for name in data}
 
     def records(self, table_name: str = "epochs") -> list[dict]:
-        return table_rows(read_json(self.metrics_path, {}), table_name)
+        return table_rows(self._load(self.metrics_path, METRICS), table_name)
 
     def epochs(self) -> list[dict]:
         return self.records("epochs")
@@ -133,7 +205,8 @@ class RunDir:
 
     # -- log -------------------------------------------------------------------------
     def append_log(self, line: str) -> None:
-        with open(self.log_path, "ab") as log:
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log:
             log.write((line.rstrip("\n") + "\n").encode())
 
     def log_tail(self, lines: int = 20) -> list[str]:
@@ -146,3 +219,22 @@ class RunDir:
         except FileNotFoundError:
             return []
         return text.splitlines()[-lines:]
+
+
+def _rewrite_in_place(path: Path, text: str) -> None:
+    """Overwrite a small file within the blocks it already has: how a run still writes its final
+    state on a full disk, where the temporary file of an atomic write cannot be created."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        (p.rmdir if p.is_dir() and not p.is_symlink() else p.unlink)()
+    path.rmdir()

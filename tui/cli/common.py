@@ -47,6 +47,9 @@ def reconcile_home(home) -> None:
         store = Store(home)
         if store.runs_dir.exists():
             reconcile(store)
+            if store.repaired:
+                print(f"advlc: warning: index.json was damaged: rebuilt from the run directories "
+                      f"(the damaged copy: {store.repaired})", file=sys.stderr)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - never block a command on this; say so in one line

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.errors import UserError
+from engine.errors import UserError, os_error_line
 from tui.cli.common import reconcile_home
 
 try:  # typer >= 0.20 vendors click; older versions use the click package
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         _fail(str(exc))
         sys.exit(exc.code)
+    except OSError as exc:       # a full or read-only disk, a permission: one line, never a traceback
+        _fail(os_error_line(exc))
+        sys.exit(1)
     except ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

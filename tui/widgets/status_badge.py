@@ -19,6 +19,7 @@ STATE_LOOK = {
     "failed": ("✖", "error"),
     "stopped": ("■", "warning"),
     "lost": ("✖", "error"),
+    "corrupt": ("!", "error"),   # the index's word for a run whose files cannot be read
 }
 """state -> (symbol, palette role)."""
 
@@ -30,7 +31,7 @@ def badge(state: str | None, colors: dict[str, str], *, short: bool = True) -> T
     state = state or "queued"
     sym, role = STATE_LOOK.get(state, ("?", "muted"))
     word = SHORT.get(state, state) if short else state
-    bold = state in ("running", "failed", "lost")
+    bold = state in ("running", "failed", "lost", "corrupt")
     return Text(f"{sym} {word}", style=f"{'bold ' if bold else ''}{colors.get(role, '')}".strip(), end="")
 
 
