@@ -91,6 +91,7 @@ def group_empty(pgid):
 
 
 # ------------------------------------------------------------------------------ detached
+@pytest.mark.slow
 def test_detached_runs_survive_their_parent(store):
     """`launch` in a process that exits at once: the runs go on in their own sessions; one
     finishes, one fails and keeps its error."""
@@ -125,6 +126,7 @@ def test_detached_runs_survive_their_parent(store):
 
 
 # ------------------------------------------------------------------------------ stop
+@pytest.mark.slow
 def test_stop_frees_everything(store, monkeypatch):
     """SIGTERM stops cleanly (the run writes `stopped`, last.pt kept); grace 0 escalates to
     SIGKILL; either way no process is left and the GPU lease is free. (Meanwhile: the
@@ -190,6 +192,7 @@ def _kill_and_reconcile(store, rd, kills):
     kills.append(len(rd.epochs()))
 
 
+@pytest.mark.slow
 def test_interrupted_four_ways_then_resumed_equals_uninterrupted(store, reference):
     """One run, SIGKILLed during start-up, right after an epoch and during an epoch, then
     stopped (SIGTERM); after each kill it is left `running`, reconcile makes it `lost`, the
@@ -321,6 +324,7 @@ def _reconciler(home, stop_at):
     return n
 
 
+@pytest.mark.slow
 def test_index_survives_concurrent_writers_kills_and_reconcile(store):
     """8 processes create runs and update the index while another reconciles in a loop,
     other writers are SIGKILLed mid-update again and again, and this one reads: every read
@@ -389,6 +393,7 @@ def test_index_survives_concurrent_writers_kills_and_reconcile(store):
 
 
 # ------------------------------------------------------------------------------ GPU queue
+@pytest.mark.slow
 def test_gpu_queue_two_fake_gpus_five_runs(store):
     """Never more than 2 running at once; every run finishes; each saw one GPU; the
     scheduler exits when the queue is empty; no lease is left."""
@@ -476,11 +481,14 @@ def test_stop_a_queued_run_and_delete(store):
 
 
 # ------------------------------------------------------------------------------ Slurm
-def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(store, reference):
+@pytest.mark.slow
+def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(store, reference, monkeypatch):
     """A digits preset end to end through submitit's LocalExecutor. Midway the job gets
     the preemption signal (SIGUSR2, as Slurm sends it): submitit checkpoints and requeues,
     the run waits `queued`, the requeued job resumes from last.pt, and the records equal
     the uninterrupted run's."""
+    # the reference run ran alone, at torch's default threads (no budget): so does the job
+    monkeypatch.delenv("ADVLC_THREADS", raising=False)
     [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS), executor="slurm", slurm_params={"cluster": "local"})
     la = rd.status()["launch"]
     assert la["executor"] == "slurm" and la["job_id"] and rd.status()["state"] in ("queued", "running")
@@ -498,8 +506,10 @@ def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(st
     assert "queued" in seen and seen[seen.index("queued") + 1] == "running", seen
     assert strip(rd.epochs()) == reference
     log = rd.log_path.read_text()
-    assert "this job is preempted" in log and "Requeued job" in log and "resumed from" in log
-    assert any((rd.path / "submitit").iterdir())                # submitit's own files stay apart
+    assert "advlc: submitit local job" in log and "requeued (preemption or time limit)" in log and "resumed from" in log
+    assert log.count("advlc: starting on") == 2 and not re.search(r"^submitit (INFO|WARNING|ERROR)", log, re.M)
+    own = "".join(f.read_text() for f in (rd.path / "submitit").glob("*.out"))   # submitit's messages stay apart
+    assert "this job is preempted" in own and "Requeued job" in own
     assert rd.status()["pid"] is None and gone(pid)
     wait_for(lambda: store.runs()[0]["state"] == "finished", timeout=30, what="the index")
     assert S.reconcile(store) == [] and rd.status()["state"] == "finished"
@@ -534,13 +544,66 @@ def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
     SL.check_params(params)
     with pytest.raises(UserError, match="slurm.colour"):
         SL.check_params({"colour": "red", "time": 5})
-    with pytest.raises(UserError, match="time limit missing"):
-        SL.check_params({"partition": "gpu"})
+    SL.check_params({"partition": "gpu"})                    # no time: the partition's limit (below)
     ex = SL.executor_for(tmp_path / "sub", "advlc-x", params)
     script = ex._make_submission_file_text("python -m x", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --account=lab", "#SBATCH --job-name=advlc-x", "module load cuda"):
         assert line in script, script
+
+    # What a run asks of Slurm follows its device and the partition (a fake sinfo here; the
+    # real cluster: tests/test_slurm_cluster.py).
+    def fake_cmd(name, text):
+        (fake / name).write_text(f"#!/bin/sh\n{text}\n")
+        (fake / name).chmod(0o755)
+        monkeypatch.setattr(SL, "_PARTITIONS", (0.0, None))
+
+    fake_cmd("sinfo", "printf 'gpu|2-00:00:00|gpu:a100:4\\ngpu|2-00:00:00|gpu:v100:2\\ncpu*|infinite|(null)\\n'")
+    assert SL.partitions() == {"gpu": {"limit": "2-00:00:00", "gres": {"gpu:a100:4", "gpu:v100:2"}, "default": False},
+                               "cpu": {"limit": "infinite", "gres": set(), "default": True}}
+
+    def asked(params, device):
+        p, a = SL.resolve(params, device)
+        text = SL.executor_for(tmp_path / "sub", "advlc-x", p)._make_submission_file_text("python -m x", "uid")
+        return a["partition"], a["time"], a["gpus"], [ln for ln in text.splitlines() if "gpus" in ln or "--time" in ln]
+
+    assert asked({"partition": "gpu"}, "cuda") == ("gpu", 2880, 1, ["#SBATCH --gpus-per-node=1", "#SBATCH --time=2880"])
+    assert asked({"partition": "gpu", "gpus": 2, "time": 90}, "cuda:1") == ("gpu", 90, 2, ["#SBATCH --gpus-per-node=2", "#SBATCH --time=90"])
+    assert asked({"partition": "gpu", "gpus": 2}, "cpu") == ("gpu", 2880, 0, ["#SBATCH --time=2880"])
+    assert asked({"partition": "gpu"}, "auto") == ("gpu", 2880, 1, ["#SBATCH --gpus-per-node=1", "#SBATCH --time=2880"])
+    assert asked({"partition": "gpu", "gpus": 0}, "cuda") == ("gpu", 2880, 0, ["#SBATCH --time=2880"])
+    assert asked({}, "auto") == ("cpu", SL.DEFAULT_TIME_MIN, 0, [f"#SBATCH --time={SL.DEFAULT_TIME_MIN}"])  # default partition
+    assert SL.resolve({}, "cpu")[1]["time_from"] == "partition cpu has no limit: advlc's default 24 h"
+    with pytest.raises(UserError, match=r"partition 'nosuch': this cluster has no such partition \(sinfo lists: cpu, gpu\)"):
+        SL.resolve({"partition": "nosuch"}, "cpu")
+    with pytest.raises(UserError, match=r"exceeds the limit of partition gpu \(2-00:00:00\)"):
+        SL.resolve({"partition": "gpu", "time": "3-00:00:00"}, "cuda")
+    with pytest.raises(UserError, match="asks for 1 GPU"):
+        SL.resolve({"partition": "cpu"}, "cuda")
+    assert SL.resolve({"cluster": "local", "gpus": 1}, "cpu") == ({"cluster": "local", "gpus": 1}, {})
+    fake_cmd("sinfo", "echo 'sinfo: error: Unable to contact slurm controller' >&2; exit 1")   # unknown: defaults
+    assert asked({"partition": "gpu"}, "cuda") == ("gpu", SL.DEFAULT_TIME_MIN, 1,
+                                                    ["#SBATCH --gpus-per-node=1", f"#SBATCH --time={SL.DEFAULT_TIME_MIN}"])
+    assert asked({"partition": "gpu"}, "auto")[2] == 0
+    assert [SL.slurm_duration_min(t) for t in ("5:00", "1:00:00", "1-00:00:00", "2-12", "0:30", "infinite", "n/a")] == \
+        [5, 60, 1440, 3600, 1, None, None]
+
+    # Job states without accounting: squeue -t all; a job it no longer knows has ended.
+    fake_cmd("sacct", "echo 'Slurm accounting storage is disabled'; exit 1")
+    fake_cmd("squeue", "printf '7|PENDING|BeginTime||advlc-a|1:00:00\\n8|CANCELLED|None||advlc-b|1:00:00\\n'")
+    states = SL.job_states(["7", "8", "9"])
+    assert {j: s["state"] for j, s in states.items()} == {"7": "PENDING", "8": "CANCELLED", "9": "PURGED"}
+    assert states["7"]["reason"] == "BeginTime"
+    fake_cmd("squeue", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")   # one id, purged
+    assert SL.job_states(["9"])["9"]["state"] == "PURGED"
+    fake_cmd("squeue", "echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; exit 1")
+    assert SL.job_states(["9"]) is None                     # no answer: nothing is judged
+
+    # Slurm options on resume are for Slurm runs only, and refused before the run changes
+    [rd] = S.create_runs(store, plan())
+    with pytest.raises(UserError, match="was not launched on Slurm: --time, --slurm-gpus apply to Slurm runs only"):
+        S.resume(store, rd, slurm_params={"time": "30", "partition": None, "gpus": 0})
+    assert rd.status()["state"] == "queued" and not rd.status().get("launch")
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -556,6 +619,7 @@ def advlc(*args, home, check=True):
     return p
 
 
+@pytest.mark.slow
 def test_cli_detach_logs_stop_queue_delete(store):
     h = store.home
     p = advlc("run", PRESET, "--set", "train.epochs=500", "--set", "eval.n=100", "--detach", home=h)

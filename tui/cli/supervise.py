@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -25,7 +25,7 @@ from engine.facade import (
     stop,
     tail,
 )
-from tui.cli.common import Progress, out, print_summary, runs_of, store_of
+from tui.cli.common import Progress, err, out, print_summary, runs_of, store_of
 from tui.cli.root import app
 
 
@@ -39,6 +39,16 @@ def _parse_gpus(text: str | None) -> list[int] | None:
     return gpus or None
 
 
+def _asked(la: dict) -> str:
+    """What a Slurm run asked for, e.g. " (partition debug, 60 min: the limit of partition debug, no GPU)"."""
+    a = la.get("sbatch") or {}
+    if not a:
+        return ""
+    gpus = f"{a['gpus']} GPU{'s' if a['gpus'] != 1 else ''}" if a.get("gpus") else "no GPU"
+    when = f"{a.get('time')} min" + ("" if a.get("time_from") == "given" else f": {a.get('time_from')}")
+    return f" (partition {a.get('partition') or 'default'}, {when}, {gpus})"
+
+
 def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, executor: str, slurm: dict) -> None:
     """`advlc run … --detach`: create and start (or queue, or submit) the runs; print their ids."""
     rds = launch(store, planned, gpus=_parse_gpus(gpus), slots_per_gpu=slots_per_gpu, executor=executor,
@@ -46,7 +56,7 @@ def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, exe
     for rd, p in zip(rds, planned):
         st = rd.status()
         la = st.get("launch") or {}
-        where = (f"Slurm job {la.get('job_id')}" if la.get("executor") == "slurm"
+        where = (f"Slurm job {la.get('job_id')}{_asked(la)}" if la.get("executor") == "slurm"
                  else f"pid {st.get('pid')}" + (f" GPU {st.get('gpu')}" if st.get("gpu") is not None else "")
                  if st.get("state") == "running" else f"waiting for a GPU of {la.get('gpus')}")
         point = " ".join(f"{k}={v}" for k, v in p.point.items())
@@ -54,12 +64,6 @@ def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, exe
                   highlight=False)
     ids = " ".join(rd.id for rd in rds)
     out.print(f"[dim]watch: advlc logs {rds[0].id} -f   stop: advlc stop {ids}[/]")
-
-
-def _ckpt_epoch(rd) -> int:
-    """The epoch a resume starts from (without loading the checkpoint): the records kept."""
-    st = rd.status()
-    return int(st.get("epoch") or 0) if rd.ckpt("last").exists() else 0
 
 
 @app.command("stop")
@@ -77,17 +81,29 @@ def stop_cmd(ctx: typer.Context,
 @app.command("resume")
 def resume_cmd(ctx: typer.Context,
                run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-               foreground: Annotated[bool, typer.Option("--foreground", help="Train in this terminal with a progress bar instead of detached.")] = False):
-    """Continue a stopped, lost or failed run from its last checkpoint (last.pt)."""
+               foreground: Annotated[bool, typer.Option("--foreground", help="Train in this terminal with a progress bar instead of detached.")] = False,
+               source: Annotated[str, typer.Option("--from", help="last (last.pt: exact), best (the best epoch's model, "
+                                                                 "fresh optimiser) or scratch (epoch 0; old checkpoints kept aside).")] = "last",
+               partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm runs: another partition for the new job.")] = None,
+               time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm runs: another time limit (minutes or HH:MM:SS).")] = None,
+               account: Annotated[Optional[str], typer.Option("--account", help="Slurm runs: another account.")] = None,
+               slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="Slurm runs: GPUs per job (a CUDA run's; 0 = none).")] = None):
+    """Continue a stopped, lost or failed run from its last checkpoint (last.pt); a Slurm run
+    as a new job, with --partition/--time/--account/--slurm-gpus changed if given."""
     store, [rd] = runs_of(ctx, [run])
+    slurm = {"partition": partition, "time": time_limit, "account": account, "gpus": slurm_gpus}
     if not foreground:
-        resume(store, rd)
+        resume(store, rd, source=source, slurm_params=slurm)
         st = rd.status()
-        out.print(f"{rd.id}  {st.get('state')}  resuming from epoch {_ckpt_epoch(rd)}  → {rd.log_path}",
+        la = st.get("launch") or {}
+        job = f"  Slurm job {la.get('job_id')}{_asked(la)}" if la.get("executor") == "slurm" else ""
+        out.print(f"{rd.id}  {st.get('state')}  resuming from epoch {st.get('resume_epoch', 0)}{job}  → {rd.log_path}",
                   highlight=False)
         return
-    prepare_resume(store, rd, foreground=True)
-    out.print(f"resume [bold]{rd.id}[/] from epoch {_ckpt_epoch(rd)}")
+    if any(v is not None for v in slurm.values()):
+        raise UserError("--partition/--time/--account/--slurm-gpus are for a Slurm run's new job; drop --foreground")
+    prepare_resume(store, rd, foreground=True, source=source)
+    out.print(f"resume [bold]{rd.id}[/] from epoch {rd.status().get('resume_epoch', 0)}")
     with Progress(rd.id) as progress:
         try:
             state = facade.train_foreground(rd, store, on_event=progress.event, log=lambda line: None)
@@ -95,6 +111,8 @@ def resume_cmd(ctx: typer.Context,
             state = "stopped"
     print_summary([rd])
     if state == "failed":
+        last = ((rd.status().get("error") or "").strip().splitlines() or ["see its log"])[-1]
+        err.print(f"advlc: run {rd.id} failed: {last}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 
@@ -136,7 +154,7 @@ def delete_cmd(ctx: typer.Context,
 @app.command("queue")
 def queue_cmd(ctx: typer.Context,
               as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
-    """GPU leases of this host, the runs waiting for a GPU, and the scheduler."""
+    """GPU leases of this host, the runs waiting for a GPU, the scheduler, and Slurm runs with their jobs."""
     info = queue_info(store_of(ctx))
     if as_json:
         print(json.dumps(info, indent=1))
@@ -160,3 +178,15 @@ def queue_cmd(ctx: typer.Context,
             out.print(f"  {i}. {q['id']}  GPUs {','.join(map(str, q['gpus']))}  x{q['slots_per_gpu']}", highlight=False)
     else:
         out.print("no runs waiting")
+    if info.get("slurm"):
+        out.print(f"{len(info['slurm'])} Slurm run(s):")
+        t = Table(box=None, pad_edge=False)
+        for c in ("run", "state", "job", "Slurm state", "reason / node", "partition", "time"):
+            t.add_column(c)
+        for r in info["slurm"]:
+            slurm_state = r["slurm_state"] or ("(local)" if r["cluster"] == "local" else "? (squeue did not answer)")
+            where = r["nodes"] if r["slurm_state"] == "RUNNING" else r["reason"]
+            t.add_row(r["id"], r["state"], str(r["job_id"] or "—"), slurm_state,
+                      where if where and where != "None" else "—", r["partition"] or "—",
+                      f"{r['time']} min" if r.get("time") else "—")
+        out.print(t)
