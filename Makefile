@@ -4,13 +4,23 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv clean
+.PHONY: run test test-slow venv clean
+
+# Python >= 3.10: vermin checks it statically (tests/test_py310.py compiles the sources and resolves the presets
+# under real 3.10/3.12/3.13 interpreters when they are installed).
+VERMIN := $(BIN)/vermin --no-config-file --no-tips --violations -t=3.10- --eval-annotations --feature union-types
 
 run: $(STAMP)
 	$(BIN)/advlc
 
+# The default suite (a few minutes on 2 cores): everything but the tests marked slow or gpu.
 test: $(STAMP)
+	$(VERMIN) engine tui tests presets
 	$(BIN)/python -m pytest
+
+# The slow end-to-end tests: real training runs, detached runs, the wheel in a fresh venv.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m 'slow and not gpu'
 
 venv: $(STAMP)
 

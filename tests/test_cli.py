@@ -20,6 +20,7 @@ def advlc(*args, home, check=True):
     return p
 
 
+@pytest.mark.slow
 def test_full_digits_fgsm_n_run_through_cli(tmp_path):
     p = advlc("run", "quick/digits-fgsm_n", home=tmp_path)
     assert "robust best/end" in p.stdout
@@ -79,6 +80,7 @@ def test_presets_json_lists_reference():
     assert rows["paper/table1/fgsm_n-advlc"]["reference"].startswith("Table 1")
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_stopped_and_keeps_last_checkpoint(tmp_path):
     import signal
     import time
@@ -101,3 +103,84 @@ def test_ctrl_c_marks_stopped_and_keeps_last_checkpoint(tmp_path):
     status = json.loads((last.parent.parent / "status.json").read_text())
     assert status["state"] == "stopped" and last.exists()
     assert "resume" in out
+
+
+# ---------------------------------------------------------------------------- 80 columns
+def _store_of_presets(home, presets):
+    from engine.store.index import Store
+    from engine.store.synthetic import fabricate_run
+
+    store = Store(home).ensure()
+    for i, preset in enumerate(presets):
+        fabricate_run(store, f"{i:08x}", preset=preset, seed=i % 2, group=None, total=10, done=10 if i else 4,
+                      state="finished" if i else "running", created=1_700_000_000 + i)
+    store.reindex()
+    return store
+
+
+PRESETS_80 = ("quick/digits-fgsm_n-advlc", "quick/digits-fgsm_n", "quick/digits-pgd10-advlc", "quick/digits-pgd10",
+              "paper/table1/fgsm_n-advlc", "paper/table1/fgsm_n", "paper/table1/pgd10-advlc", "paper/table1/pgd10")
+
+
+def test_runs_at_80_columns_tells_presets_apart(tmp_path):
+    _store_of_presets(tmp_path, PRESETS_80)
+    env = {**os.environ, "ADVLC_HOME": str(tmp_path), "COLUMNS": "80"}
+    p = subprocess.run(ADVLC + ["runs"], capture_output=True, text=True, env=env, timeout=120, check=True)
+    lines = p.stdout.rstrip("\n").splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), p.stdout
+    rows = {line.split()[0]: line.split()[1] for line in lines if line[:8].isalnum() and line.startswith("0000")}
+    assert len(rows) == len(PRESETS_80)  # one line per run
+    shown = [rows[f"{i:08x}"] for i in range(len(PRESETS_80))]
+    assert len(set(shown)) == len(PRESETS_80), shown  # every preset looks different
+    for name, cell in zip(PRESETS_80, shown):
+        assert cell == name or (cell.startswith("…") and name.endswith(cell[1:])) or "…" in cell, (name, cell)
+    assert "running" in p.stdout and "finished" in p.stdout
+
+
+def test_runs_table_keeps_the_distinctive_tail():
+    from rich.console import Console
+
+    from tui.cli.runs import runs_table, shorten, shorten_all
+
+    assert shorten("quick/digits-fgsm_n-advlc", 20) == "…digits-fgsm_n-advlc"
+    assert shorten("quick/digits-pgd10", 20) == "quick/digits-pgd10"
+    # tails that would look alike: cut in the middle instead, keeping both ends
+    short = shorten_all(["paper/table1/fgsm_n-advlc", "paper/table3/fgsm_n-advlc"], 12)
+    assert len(set(short.values())) == 2 and all(len(v) == 12 for v in short.values())
+    rows = [{"id": f"{i:08x}", "preset": p, "label": "fgsm_n+advlc", "seed": 0, "state": "finished", "epoch": 200,
+             "epochs": 200, "best_robust_acc": 0.5, "end_robust_acc": 0.45, "end_clean_acc": 0.8, "ig": 12.3}
+            for i, p in enumerate(PRESETS_80)]
+    for width in (60, 80, 120):
+        con = Console(width=width, record=True, file=__import__("io").StringIO())
+        con.print(runs_table(rows, width))
+        text = con.export_text()
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= width, text
+        shown = [line.split()[1] for line in text.splitlines() if line.startswith("0000")]
+        assert len(shown) == len(rows) and len(set(shown)) == len(rows), text
+        if width >= 120:
+            assert shown == list(PRESETS_80) and "IG" in text and "label" in text
+
+
+def test_presets_at_80_columns_never_wrap_names(tmp_path):
+    env = {**os.environ, "ADVLC_HOME": str(tmp_path), "COLUMNS": "80"}
+    p = subprocess.run(ADVLC + ["presets"], capture_output=True, text=True, env=env, timeout=120, check=True)
+    names = [r["name"] for r in json.loads(subprocess.run(ADVLC + ["presets", "--json"], capture_output=True,
+                                                          text=True, env=env, timeout=120, check=True).stdout)]
+    lines = p.stdout.rstrip("\n").splitlines()
+    assert len(lines) == len(names) + 1  # a header and one line per preset
+    assert [line.split()[0] for line in lines[1:]] == names
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+
+
+def test_bench_write_docs_refuses_outside_a_checkout(tmp_path, monkeypatch, capsys):
+    """Installed, CODE_ROOT is site-packages: --write-docs must not create site-packages/docs/."""
+    import tui.cli.bench
+    from tui.cli import main
+
+    monkeypatch.setattr(tui.cli.bench, "CODE_ROOT", tmp_path / "site-packages")
+    with pytest.raises(SystemExit) as exc:
+        main(["--home", str(tmp_path / "h"), "bench", "--write-docs"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--docs" in err and "BENCHMARKS.md" in err
+    assert not (tmp_path / "site-packages").exists()

@@ -50,6 +50,7 @@ def _cli(capsys, home, *args):
     return ei.value.code, cap.out, cap.err
 
 
+@pytest.mark.slow
 def test_autoattack_not_above_pgd20_for_both_implementations(trained, capsys):
     home, store, rd = trained
     n = 60

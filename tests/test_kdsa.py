@@ -235,6 +235,7 @@ def test_only_one_teacher_missing_names_it(tmp_path):
                               "run it first: advlc run quick/digits-pgd10 (or add --with-teachers)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["quick/digits-kdsa", "quick/digits-kdsa-swa"])
 def test_kdsa_digits_run_trains(teacher_home, preset):
     store = Store(teacher_home)

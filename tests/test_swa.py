@@ -142,6 +142,7 @@ def _snapshots_run(home, overrides, on_epoch=None):
     return rd, state, snaps
 
 
+@pytest.mark.slow
 def test_digits_swa_run_records_checkpoints_and_average(tmp_path):
     rd, state, snaps = _snapshots_run(tmp_path / "a", OV)
     assert state == "finished"
@@ -177,6 +178,7 @@ def test_digits_swa_run_records_checkpoints_and_average(tmp_path):
     assert summarize(rd_b)["swa_best_robust_acc"] is None
 
 
+@pytest.mark.slow
 def test_resume_with_swa_is_exact(tmp_path):
     full, state, _ = _snapshots_run(tmp_path / "full", OV)
     assert state == "finished"
@@ -201,6 +203,7 @@ def test_resume_with_swa_is_exact(tmp_path):
             assert torch.equal(a["model"][k], b["model"][k]), (name, k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every,expected", [(2, [1, 3])])
 def test_swa_every_and_eval_schedule(tmp_path, every, expected):
     """Updates at start, start+every, ...; the last update is always evaluated."""

@@ -21,9 +21,16 @@ def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
         print(json.dumps([{"name": e.name, "group": e.group, "description": e.description,
                            "reference": e.reference, "path": str(e.path)} for e in entries], indent=1))
         return
+    # One line per preset; names are never wrapped or cut (they are copied into `advlc run`), the
+    # other columns end in "…" when the terminal is narrow (`preset show NAME` has the whole text).
+    name_w = max([len(e.name) for e in entries] + [6])
+    ref_w = max([len(e.reference) for e in entries] + [10])
+    rest = max(0, out.width - name_w - 4)  # two gaps of two spaces
+    ref_w = min(ref_w, max(10, rest * 2 // 5))
     t = Table(box=None, pad_edge=False)
-    for c in ("preset", "reproduces", "description"):
-        t.add_column(c, overflow="fold")
+    t.add_column("preset", no_wrap=True, min_width=name_w)
+    t.add_column("reproduces", no_wrap=True, overflow="ellipsis", width=ref_w)
+    t.add_column("description", no_wrap=True, overflow="ellipsis", width=max(10, rest - ref_w))
     for e in entries:
         t.add_row(e.name, e.reference, e.description)
     out.print(t)

@@ -37,7 +37,8 @@ class Column:
     drop: int = 0
     """When the table is too narrow, columns with drop > 0 are hidden, highest first."""
     overflow: str = "end"
-    """Where a too-long cell is cut: "end" (`abc…`) or "middle" (`ab…yz`, for paths)."""
+    """Where a too-long cell is cut: "end" (`abc…`), "middle" (`ab…yz`, for paths) or "start"
+    (`…xyz`, for names whose distinctive part is their end, such as presets)."""
 
 
 class RunTable(ScrollView, can_focus=True):
@@ -147,9 +148,8 @@ class RunTable(ScrollView, can_focus=True):
         """The cells of this row changed: redraw only its line (if it is on screen)."""
         i = self._index[key]
         self._strips.pop(i, None)
-        y = i - int(self.scroll_offset.y) + 1
-        if 0 < y < self.size.height:
-            self.refresh_line(y)
+        if 0 < i - int(self.scroll_offset.y) + 1 < self.size.height:
+            self.refresh_line(i + 1)  # a line of the virtual area (ScrollView subtracts the scroll offset)
 
     # -- geometry --------------------------------------------------------------------
     def _layout_widths(self) -> None:
@@ -199,6 +199,8 @@ class RunTable(ScrollView, can_focus=True):
             if col.overflow == "middle" and t.cell_len > w >= 5:
                 head = (w - 1) // 3
                 t = t[:head] + Text("…") + t[len(t) - (w - 1 - head):]
+            elif col.overflow == "start" and t.cell_len > w >= 2:
+                t = Text("…", end="") + t[len(t) - (w - 1):]
             t.truncate(w, overflow="ellipsis")
             pad = w - t.cell_len
             if pad > 0:
