@@ -10,6 +10,7 @@ use through `__getattr__` below, so `advlc runs` or `advlc preset show` never pa
 from __future__ import annotations
 
 import importlib
+
 from engine.config.presets import (
     DEFAULT_PRESET,
     PlannedRun,
@@ -36,11 +37,15 @@ from engine.launch.supervisor import (
     queue_info,
     reconcile,
     resume,
+    resume_epoch,
     stop,
     tail,
 )
 from engine.nn.methods import get_method
+from engine.report.diff import diff_runs
 from engine.report.document import build_report
+from engine.report.query import parse as parse_query
+from engine.report.query import select as select_runs_where
 from engine.report.tables import (
     CompareTable,
     compare_runs,
@@ -50,10 +55,14 @@ from engine.report.tables import (
     row_curves,
     run_summary,
 )
+from engine.report.tensorboard import TensorBoardMissing
+from engine.report.tensorboard import export_runs as export_tensorboard
 from engine.store.index import Store
+from engine.store.pack import pack, unpack
+from engine.store.repair import repair
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, STATES
-from engine.store.summary import format_epoch
+from engine.store.summary import RO_POINTS, RO_STREAK, format_epoch, overfitting_onset
 from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
 from engine.store.watch import (
     IndexReader,
@@ -72,6 +81,7 @@ _LAZY = {
     "bench_steps": ("engine.bench.steps", "bench_steps"),
     "bench_epoch": ("engine.bench.epoch", "bench_epoch"),
     "bench_hs": ("engine.bench.hs", "bench_hs"),
+    "bench_concurrency": ("engine.bench.concurrency", "bench_concurrency"),
     "bench_markdown": ("engine.bench.markdown", None),
 }
 """name -> (module, attribute; None for the module itself): imported on first use (they load torch)."""
@@ -93,5 +103,6 @@ __all__ = [
     "RunHistory", "Store", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
     "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
-    "run_summary", "stop", "tail", *_LAZY,
+    "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
+    "RO_POINTS", "RO_STREAK", "overfitting_onset", "TensorBoardMissing", *_LAZY,
 ]

@@ -17,11 +17,11 @@ from textual.widgets import DataTable, Input, Log
 
 from engine.store.index import Store
 from engine.store.rundir import RunDir
+from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
 from engine.store.watch import IndexReader, RunFollower
 from tui.app import make_app
-from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
 from tui.bench_app import measure_open
-from tui.widgets.alert_bar import CO_DROP, RO_GAP, detect_alerts
+from tui.widgets.alert_bar import CO_DROP, RO_POINTS, RO_STREAK, detect_alerts
 from tui.widgets.run_table import RunTable
 
 SIZE = (120, 40)
@@ -95,24 +95,28 @@ def test_index_reader_reparses_only_when_the_index_changes(store):
 
 
 def test_alert_thresholds():
-    def rec(ep, rob, tr):
-        return {"epoch": ep, "robust_acc": rob, "train_acc": tr, "clean_acc": 0.8}
+    def rec(ep, rob, tr, lr=0.1):
+        return {"epoch": ep, "robust_acc": rob, "train_acc": tr, "clean_acc": 0.8, "lr": lr}
 
     steady = [rec(i, 0.40 + 0.001 * i, 0.5 + 0.01 * i) for i in range(10)]
     assert detect_alerts(steady) == []
-    # robust overfitting: best - current just above / below the threshold
-    ro = steady + [rec(10, steady[-1]["robust_acc"] - RO_GAP - 0.001, 0.7)]
-    assert [a.kind for a in detect_alerts(ro)] == ["robust_overfitting"]
-    ok = steady + [rec(10, steady[-1]["robust_acc"] - RO_GAP + 0.001, 0.7)]
-    assert detect_alerts(ok) == []
+    best = steady[-1]["robust_acc"]
+
+    def after_decay(gap, n, lr=0.01):
+        return [rec(10 + k, best - gap, 0.7 + 0.01 * k, lr=lr) for k in range(n)]
+
+    # robust overfitting: after the lr decay, RO_STREAK evaluated epochs RO_POINTS or more below
+    # the best while the training accuracy rose
+    assert [a.kind for a in detect_alerts(steady + after_decay(RO_POINTS + 0.001, RO_STREAK))] == ["robust_overfitting"]
+    assert detect_alerts(steady + after_decay(RO_POINTS + 0.001, RO_STREAK - 1)) == []  # one epoch short
+    assert detect_alerts(steady + after_decay(RO_POINTS - 0.001, RO_STREAK)) == []  # not far enough below
+    assert detect_alerts(steady + after_decay(RO_POINTS + 0.001, RO_STREAK, lr=0.1)) == []  # before the decay
     # catastrophic overfitting: robust more than halved within a few epochs while train acc rises
     co = steady + [rec(10, 0.409 * (1 - CO_DROP) - 0.01, 0.9)]
-    kinds = [a.kind for a in detect_alerts(co)]
-    assert kinds == ["catastrophic", "robust_overfitting"]
+    assert [a.kind for a in detect_alerts(co)] == ["catastrophic"]
     assert "epoch 10" in detect_alerts(co)[0].text
     # the same drop with falling training accuracy is not catastrophic overfitting
-    fall = steady + [rec(10, 0.1, 0.3)]
-    assert [a.kind for a in detect_alerts(fall)] == ["robust_overfitting"]
+    assert detect_alerts(steady + [rec(10, 0.1, 0.3)]) == []
 
 
 # ---------------------------------------------------------------------------- runs screen
@@ -340,7 +344,9 @@ async def test_presets_invalid_overrides_show_inline_and_never_crash(store):
         await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen))
         scr = app.screen
         await wait_for(pilot, lambda: scr.current is not None)
-        assert scr.current.name == "quick/digits-fgsm_n-advlc"  # `make run` opens with the default ready
+        from engine.facade import DEFAULT_PRESET
+
+        assert scr.current.name == DEFAULT_PRESET  # `make run` opens with the default ready
         await wait_for(pilot, lambda: "will launch" in str(scr.query_one("#preset-plan").render()), timeout=60)
         err = scr.query_one("#preset-error")
         await pilot.press("o")
@@ -363,7 +369,10 @@ async def test_presets_invalid_overrides_show_inline_and_never_crash(store):
         await pilot.press(*"0")
         await wait_for(pilot, lambda: "seeds" in str(err.render()), timeout=30)
         await pilot.press("backspace", "3")
-        await wait_for(pilot, lambda: "3 runs" in str(scr.query_one("#preset-plan").render()), timeout=30)
+        from engine.facade import plan_runs
+
+        n = len(plan_runs(DEFAULT_PRESET, ["train.epochs=5", "attack.eps=8/255"], seeds=3, home=store.home))
+        await wait_for(pilot, lambda: f"{n} runs" in str(scr.query_one("#preset-plan").render()), timeout=30)
         await pilot.press("escape", "escape")
         assert app.screen is app.runs_screen
 
@@ -495,3 +504,383 @@ async def test_layout_at_80x24_keeps_the_essentials_on_screen(store):
         app2 = pilot.app
         await wait_for(pilot, lambda: len(app2.runs_screen._ids) == 1)
         assert len(app2.runs_screen.query_one("#runs-table", RunTable).shown_columns) == 10
+
+
+# ---------------------------------------------------------------------------- what the terminal shows
+def screen_lines(app) -> list[str]:
+    """The text the terminal shows now: the compositor's frame, with every cached line as drawn."""
+    import io
+
+    from rich.console import Console
+
+    w, h = app.size
+    c = Console(width=w, height=h, file=io.StringIO(), force_terminal=True, color_system="truecolor", record=True)
+    c.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return c.export_text().splitlines()
+
+
+def shown_rows(app) -> list[tuple[str, bool, str]]:
+    """(run id, marked ◉, the whole line) of every runs-table row on screen, top to bottom."""
+    out = []
+    for line in screen_lines(app):
+        parts = line[2:].split()
+        if parts and len(parts[0]) == 8 and all(ch in "0123456789abcdef" for ch in parts[0]):
+            out.append((parts[0], line.startswith("◉"), line))
+    return out
+
+
+def _advance(store, rid: str, upto: int, total: int) -> None:
+    """A running run writes epochs up to `upto` (exclusive)."""
+    rd = RunDir(store.runs_dir / rid)
+    table = rd.metrics_db().table("epochs", cache_size=0)
+    have = len(rd.epochs())
+    for e in range(have, upto):
+        table.insert(synthetic_epoch(e, total, __import__("random").Random(e), advlc=False))
+    store.sync(rd)
+
+
+@pytest.mark.parametrize("size", [(80, 24), SIZE])
+async def test_selection_follows_run_ids_while_running_runs_resort(store, size):
+    """Space then Down on a scrolled list sorted by progress while running runs move: the runs
+    selected are those under the cursor on screen, and the screen marks exactly them (rows were
+    once redrawn by screen line, not by row, so a scrolled table showed stale marks and cells)."""
+    n, total = 30, 60
+    for i in range(n):
+        fab(store, f"{i:08x}", seed=i, total=total, done=30 + i, state="running" if i < 3 else "finished",
+            created=1_700_000_000 + i)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=size) as pilot:
+        scr = app.runs_screen
+        await wait_for(pilot, lambda: len(table_ids(app)) == n)
+        table = scr.query_one("#runs-table", RunTable)
+
+        def check():
+            rows = shown_rows(app)
+            top = int(table.scroll_offset.y)
+            assert [r[0] for r in rows] == table_ids(app)[top:top + len(rows)]
+            assert {r[0] for r in rows if r[1]} == scr.selected & {r[0] for r in rows}
+            return rows
+
+        for _ in range(4):
+            await pilot.press("o")  # by progress: the running runs (least done) at the bottom
+        assert "progress" in str(scr.query_one("#runs-info").render())
+        await pilot.press("end")
+        if size == (80, 24):
+            assert table.scroll_offset.y > 0
+        assert scr.cursor_id() == "00000000"
+        await pilot.press("space")  # the last row: the cursor cannot move on
+        await pilot.pause(0.05)
+        assert scr.selected == {"00000000"}
+        check()
+        await pilot.press("up", "up", "space")  # select 00000002; the cursor moves on to 00000001
+        assert scr.selected == {"00000000", "00000002"} and scr.cursor_id() == "00000001"
+        # 00000001 (under the cursor) runs past 00000002 and 00000003: the list re-sorts under the cursor
+        _advance(store, "00000001", 34, total)
+        await wait_for(pilot, lambda: table_ids(app).index("00000001") < table_ids(app).index("00000003"), timeout=10)
+        assert scr.cursor_id() == "00000001"  # the cursor stays on its run
+        rows = check()
+        below = [r[0] for r in rows][[r[0] for r in rows].index("00000001") + 1]
+        await pilot.press("down", "space")
+        assert scr.selected == {"00000000", "00000002", below}
+        await pilot.pause(0.05)
+        check()
+        # an in-place update of a run on screen (no re-sort) is drawn on its own line
+        _advance(store, "00000000", 31, total)
+        await wait_for(pilot, lambda: str(table.get_cell("00000000", "epoch")).startswith("31/60"), timeout=10)
+        await pilot.pause(0.1)
+        line = next(r[2] for r in check() if r[0] == "00000000")
+        assert "31/60" in line and line.startswith("◉")
+
+
+async def test_preset_column_and_compare_title_at_80x24(store):
+    presets = ("quick/digits-fgsm_n-advlc", "quick/digits-fgsm_n", "quick/digits-fgsm_n-advlc-swa",
+               "paper/table1/pgd10-advlc")
+    for i, p in enumerate(presets):
+        fab(store, f"{i:08x}", preset=p, created=1_700_000_000 - i)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 4)
+        await pilot.pause(0.05)
+        cells = {rid: line[11:28].strip() for rid, _m, line in shown_rows(app)}
+        assert cells["00000000"] == "…ts-fgsm_n-advlc"  # the distinctive end, not `quick…sm_n-advlc`
+        assert len(set(cells.values())) == 4, cells
+        for i, p in enumerate(presets):
+            c = cells[f"{i:08x}"]
+            assert c == p or (c.startswith("…") and p.endswith(c[1:])), (p, c)
+        from tui.screens.compare import CompareScreen
+
+        await pilot.press("space", "c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.table is not None)
+        title = str(app.screen.query_one("#compare-title").render())
+        assert "Compare 1 selected run " in title and "runs" not in title.split("   ")[0], title
+        await pilot.press("escape", "space", "c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.table is not None)
+        assert "Compare 2 selected runs" in str(app.screen.query_one("#compare-title").render())
+
+
+# ---------------------------------------------------------------------------- label, tag, note, archive, diff, query
+def notes(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+def info(app) -> str:
+    return str(app.runs_screen.query_one("#runs-info").render())
+
+
+async def test_edit_title_tags_and_note_from_the_runs_screen(store):
+    from tui.screens.annotate import AnnotateScreen
+
+    a, b = fab(store, "0000000a", created=1_700_000_002), fab(store, "0000000b", created=1_700_000_001)
+    store.annotate(b, add_tags=["draft"])
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_ids(app) == ["0000000a", "0000000b"])
+        table = app.runs_screen.query_one("#runs-table", RunTable)
+        assert str(table.get_cell("0000000a", "preset")) == "quick/digits-fgsm_n"
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateScreen))
+        modal = app.screen
+        assert modal.query_one("#annotate-title", Input).has_focus
+        await pilot.press(*"first try", "tab", *"robust bad/tag")
+        await pilot.press("ctrl+s")  # a bad tag: one line in the modal, nothing written
+        assert "bad/tag" in str(modal.query_one("#annotate-error").render())
+        assert app.screen is modal and a.meta() == {}
+        await pilot.press(*(["backspace"] * len(" bad/tag")), " ", *"table1", "tab", *"line one", "enter", *"line two")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is app.runs_screen)
+        meta = a.meta()
+        assert meta["title"] == "first try" and meta["tags"] == ["robust", "table1"]
+        assert meta["note"] == "line one\nline two"
+        row = next(r for r in store.runs() if r["id"] == "0000000a")
+        assert row["title"] == "first try" and row["tags"] == ["robust", "table1"] and row["note"] == "line one"
+        # the row is redrawn with its title and tags after the preset
+        await wait_for(pilot, lambda: "first try" in str(table.get_cell("0000000a", "preset")), timeout=10)
+        assert str(table.get_cell("0000000a", "preset")) == "quick/digits-fgsm_n · first try #robust #table1"
+        await pilot.pause(0.1)
+        line = next(ln for rid, _m, ln in shown_rows(app) if rid == "0000000a")
+        assert "first try #robust" in line
+        # several runs: their tags only; the field shows the tags they share, the others stay
+        await pilot.press("space", "space")
+        assert app.runs_screen.selected == {"0000000a", "0000000b"}
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateScreen))
+        assert not app.screen.query("#annotate-title") and not app.screen.query("#annotate-note")
+        assert app.screen.query_one("#annotate-tags", Input).value == ""
+        await pilot.press(*"seeds -table1", "enter")
+        await wait_for(pilot, lambda: app.screen is app.runs_screen)
+        assert a.meta()["tags"] == ["robust", "seeds"] and b.meta()["tags"] == ["draft", "seeds"]
+        assert a.meta()["title"] == "first try" and a.meta()["note"] == "line one\nline two"
+        await wait_for(pilot, lambda: str(table.get_cell("0000000b", "preset")).endswith("#draft #seeds"), timeout=10)
+        # esc cancels: nothing written
+        await pilot.press("escape")
+        assert app.runs_screen.cursor_id() == "0000000b"
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateScreen))
+        await pilot.press(*"changed", "escape")
+        assert app.screen is app.runs_screen and b.meta().get("title") is None
+        # a tag deleted from the field is removed
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateScreen))
+        assert app.screen.query_one("#annotate-tags", Input).value == "draft seeds"
+        await pilot.press("tab", *(["backspace"] * len("seeds")), "enter")
+        await wait_for(pilot, lambda: app.screen is app.runs_screen)
+        assert b.meta()["tags"] == ["draft"] and b.meta().get("title") is None
+
+
+async def test_archive_hides_a_run_A_shows_it_and_x_restores(store):
+    for i in range(3):
+        fab(store, f"0000000{i}", created=1_700_000_000 + i)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        scr = app.runs_screen
+        await wait_for(pilot, lambda: table_ids(app) == ["00000002", "00000001", "00000000"])
+        await pilot.press("x")  # the run under the cursor
+        await wait_for(pilot, lambda: table_ids(app) == ["00000001", "00000000"], timeout=10)
+        assert RunDir(store.runs_dir / "00000002").meta()["archived"] is True
+        assert any("archived 00000002" in n for n in notes(app))
+        assert "00000002" in {r["id"] for r in scr.snapshot.rows}  # still in the index: hidden, not gone
+        await pilot.press("A")
+        await wait_for(pilot, lambda: table_ids(app) == ["00000002"])
+        assert "archived runs only" in info(app)
+        await pilot.press("x")  # all the targets are archived: x restores them
+        await wait_for(pilot, lambda: table_ids(app) == [], timeout=10)
+        assert RunDir(store.runs_dir / "00000002").meta()["archived"] is False
+        assert any("restored 00000002" in n for n in notes(app))
+        assert "No archived runs" in str(scr.query_one("#runs-empty").render())
+        await pilot.press("A")
+        await wait_for(pilot, lambda: table_ids(app) == ["00000002", "00000001", "00000000"])
+        assert "archived runs only" not in info(app)
+        # the selection is what x archives
+        await pilot.press("down", "space", "space")
+        assert scr.selected == {"00000001", "00000000"}
+        await pilot.press("x")
+        await wait_for(pilot, lambda: table_ids(app) == ["00000002"], timeout=10)
+        assert not scr.selected
+        assert [r["id"] for r in store.runs(archived=True)] == ["00000000", "00000001"]
+
+
+async def test_filter_expressions_tags_and_errors(store):
+    presets = ("quick/digits-fgsm_n", "quick/digits-fgsm_n-advlc", "paper/table1/pgd10-advlc")
+    for i in range(6):
+        fab(store, f"0000000{i}", preset=presets[i % 3], seed=i // 2)
+    store.annotate(RunDir(store.runs_dir / "00000004"), title="Best so far", add_tags=["robust"])
+    store.annotate(RunDir(store.runs_dir / "00000001"), add_tags=["robust-ish"])
+    store.reindex()
+    configs = {f"0000000{i}": RunDir(store.runs_dir / f"0000000{i}").config() for i in range(6)}
+
+    def expect(pred):
+        return sorted(rid for rid, c in configs.items() if pred(c))
+
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        scr = app.runs_screen
+        await wait_for(pilot, lambda: len(table_ids(app)) == 6)
+        box = scr.query_one("#runs-filter", Input)
+
+        async def filt(text, expected=None):
+            box.value = text
+            await pilot.pause(0.1)
+            if expected is not None:  # configs are read in a worker: wait for them
+                await wait_for(pilot, lambda: sorted(table_ids(app)) == expected, timeout=10)
+            return sorted(table_ids(app))
+
+        await pilot.press("slash")
+        got = await filt('seed >= 1 and preset ~ "advlc"')
+        assert got == expect(lambda c: c["run"]["seed"] >= 1 and "advlc" in c["run"]["preset"]) == \
+            ["00000002", "00000004", "00000005"]
+        # a mistake: one line under the table, the previous filter stays in effect, no crash
+        got = await filt("seed >")
+        assert got == ["00000002", "00000004", "00000005"]
+        assert "expected a value" in info(app) and box.has_class("-error")
+        got = await filt('seed == "\\x"')  # a broken escape: not a UserError from the parser, still one line
+        assert got == ["00000002", "00000004", "00000005"] and "filter" in info(app)
+        got = await filt("nosuch > 1")
+        assert "unknown name 'nosuch'" in info(app) and got == ["00000002", "00000004", "00000005"]
+        # a config key: each run's config.json is read (once, in a worker)
+        want = expect(lambda c: c["method"]["lam"] > 0.1)
+        assert want == ["00000001", "00000002", "00000004", "00000005"]
+        assert await filt("method.lam > 0.1", want) == want
+        assert not box.has_class("-error") and "expected" not in info(app)
+        want = expect(lambda c: c["method"]["lam"] > 0.1 and c["train"]["seed"] < 2)
+        assert await filt("method.lam > 0.1 and train.seed < 2", want) == want == ["00000001", "00000002"]
+        assert set(scr._configs) == set(configs)
+        # a run created while the filter is on: its config is read by the poll worker
+        fab(store, "00000009", preset=presets[1], seed=0)
+        store.sync(RunDir(store.runs_dir / "00000009"))
+        await wait_for(pilot, lambda: "00000009" in table_ids(app), timeout=10)
+        configs["00000009"] = RunDir(store.runs_dir / "00000009").config()
+        assert sorted(table_ids(app)) == expect(lambda c: c["method"]["lam"] > 0.1 and c["train"]["seed"] < 2)
+        got = await filt('"robust" in tags')
+        assert got == ["00000004"]
+        # words: #tag and tag:x match a tag exactly, a bare word the title and the tags too
+        assert await filt("#robust") == ["00000004"]
+        assert await filt("tag:robust-ish") == ["00000001"]
+        assert await filt("tag:robust") == ["00000004"]  # exactly: not robust-ish
+        assert await filt("robust") == ["00000001", "00000004"]
+        assert await filt("best so") == ["00000004"]
+        assert await filt("not archived and seed == 0") == expect(lambda c: c["run"]["seed"] == 0)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(table_ids(app)) == 7)
+
+
+async def test_diff_two_selected_runs(store):
+    from tui.screens.diff import DiffScreen
+
+    fab(store, "0000000a", preset="quick/digits-fgsm_n", seed=0, created=1_700_000_002)
+    fab(store, "0000000b", preset="quick/digits-fgsm_n-advlc", seed=3, created=1_700_000_001)
+    fab(store, "0000000c", preset="quick/digits-fgsm_n", seed=0, created=1_700_000_000)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_ids(app) == ["0000000a", "0000000b", "0000000c"])
+        await pilot.press("space", "up")  # one selected, the cursor on it: no pair
+        await pilot.press("D")
+        await pilot.pause(0.1)
+        assert app.screen is app.runs_screen
+        assert "select two runs (space) to diff" in notes(app)
+        await pilot.press("down", "space")  # two selected
+        await pilot.press("D")
+        await wait_for(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen.diff is not None)
+        scr = app.screen
+        assert scr.run_ids == ["0000000a", "0000000b"]
+        config = {k: (va, vb) for k, va, vb in scr.diff["config"]}
+        assert config["train.seed"] == (0, 3) and config["method.lam"] == (0.0, 0.3)
+        assert "data.dataset" not in config  # only what differs
+        assert ("run.seed", 0, 3) in scr.diff["origin"]
+        await pilot.pause(0.1)
+        text = "\n".join(screen_lines(app))
+        assert "train.seed" in text and "method.lam" in text and "results" in text and "0000000b" in text
+        seed_line = next(ln for ln in screen_lines(app) if "train.seed" in ln)
+        assert seed_line.split()[1:] == ["0", "3"]
+        await pilot.press("s")  # swap sides
+        assert next(ln for ln in screen_lines(app) if "train.seed" in ln).split()[1:] == ["3", "0"]
+        await pilot.press("escape")
+        assert app.screen is app.runs_screen
+        # one selected and the cursor on another run: those two
+        await pilot.press("escape")
+        assert not app.runs_screen.selected
+        await pilot.press("home", "space")  # selects 0000000a; the cursor moves on to 0000000b
+        await pilot.press("down", "D")
+        await wait_for(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen.diff is not None)
+        assert app.screen.run_ids == ["0000000a", "0000000c"] and app.screen.diff["config"] == []
+        assert "config: keys that differ: none" in "\n".join(screen_lines(app))
+
+
+async def test_run_detail_shows_title_and_tags_live_and_edits_them(store):
+    from tui.screens.annotate import AnnotateScreen
+    from tui.screens.run_detail import RunDetailScreen
+
+    rd = fab(store, "000000de", state="running", done=4)
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_ids(app) == ["000000de"])
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailScreen))
+        scr = app.screen
+
+        def header():
+            return str(scr.query_one("#detail-header").render())
+
+        await wait_for(pilot, lambda: "seed 0" in header())
+        assert "#" not in header() and "·" not in header()
+        # written from elsewhere (advlc label/tag/note) while the screen is open
+        store.annotate(rd, title="first try", add_tags=["robust"], note="line one\nline two")
+        await wait_for(pilot, lambda: "first try" in header(), timeout=10)
+        assert "quick/digits-fgsm_n · first try #robust  seed 0" in header()
+        await pilot.press("g")
+        config = str(scr.query_one("#config-text").render())
+        assert "meta" in config and "title = first try" in config and "tags = #robust" in config
+        assert "line one" in config and "line two" in config and "archived = no" in config
+        # e edits this run
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, AnnotateScreen))
+        modal = app.screen
+        assert modal.query_one("#annotate-title", Input).value == "first try"
+        assert modal.query_one("#annotate-tags", Input).value == "robust"
+        await pilot.press("tab", *" table1", "enter")
+        await wait_for(pilot, lambda: app.screen is scr)
+        assert rd.meta()["tags"] == ["robust", "table1"] and rd.meta()["note"] == "line one\nline two"
+        await wait_for(pilot, lambda: "#robust #table1" in header(), timeout=10)
+
+
+async def test_help_lists_the_new_keys_and_the_filter_expressions(store):
+    from tui.screens.help import NOTES, HelpScreen, sections
+
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        if app.screen is not app.runs_screen:  # an empty store opens the presets
+            await pilot.press("escape")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        listed = dict(sections(app))
+        runs = dict(listed["Runs"])
+        assert (runs["e"], runs["x"], runs["A"], runs["D"]) == ("Edit", "Archive/restore", "Archived", "Diff")
+        assert dict(listed["Run detail"])["e"] == "Edit"
+        assert "Swap sides" in dict(listed["Diff"]).values() and "Save" in dict(listed["Edit title/tags/note"]).values()
+    assert "method.lam > 0.1" in NOTES and "#robust" in NOTES and "A shows only the archived runs" in NOTES

@@ -65,19 +65,21 @@ def resolve_refs(store, refs: list[str]) -> tuple[list[str], list[str], list[str
     return run_ids, presets, groups
 
 
-def select_many(store, run_ids=(), presets=(), groups=()) -> list[RunDir]:
+def select_many(store, run_ids=(), presets=(), groups=(), where: str | None = None) -> list[RunDir]:
+    """The runs of ids, presets and groups together, of those the ones `where` selects (with only
+    `where`: every run it selects), each once, in creation order."""
     chosen: dict[str, RunDir] = {}
-    if run_ids:
-        for rd in select_runs(store, run_ids=list(run_ids)):
+    if run_ids or (where and not (presets or groups)):
+        for rd in select_runs(store, run_ids=list(run_ids) or None, where=where):
             chosen[rd.id] = rd
     for p in presets:
-        for rd in select_runs(store, preset=p):
+        for rd in select_runs(store, preset=p, where=where):
             chosen[rd.id] = rd
     for g in groups:
-        for rd in select_runs(store, group=g):
+        for rd in select_runs(store, group=g, where=where):
             chosen[rd.id] = rd
     if not chosen:
-        raise UserError("nothing to report: give run ids, presets or group ids")
+        raise UserError("nothing to report: give run ids, presets, group ids or --where")
     return sorted(chosen.values(), key=lambda rd: ((rd.config().get("run", {}).get("created") or 0), rd.id))
 
 
@@ -125,7 +127,9 @@ def _figures(specs, out_dir: Path, pdf_text: str | None) -> list:
     pages = None
     if pdf_text is not None:
         F._plt()
-        from matplotlib.backends.backend_pdf import PdfPages  # optional, heavy: only for --format pdf
+        from matplotlib.backends.backend_pdf import (
+            PdfPages,  # optional, heavy: only for --format pdf
+        )
 
         pages = PdfPages(out_dir / "report.pdf")
     try:
@@ -185,7 +189,8 @@ def _markdown(name: str, store, runs: list[RunData], by: str, include_unfinished
 
 
 def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=(), presets=(), groups=(),
-                 formats=("md", "html"), by: str = "label", include_unfinished: bool = False) -> ReportResult:
+                 formats=("md", "html"), by: str = "label", include_unfinished: bool = False,
+                 where: str | None = None) -> ReportResult:
     """Write OUT_DIR/report.md (+ report.html, report.pdf) with the comparison tables (per-epoch
     PGD, and one per final-evaluation attack the runs have) in md/tex/csv/json under tables/,
     the figures (png/pdf/csv) under figures/, missing runs with the commands that fill them,
@@ -197,7 +202,7 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
     if refs:
         r_ids, r_pre, r_grp = resolve_refs(store, refs)
         run_ids, presets, groups = list(run_ids) + r_ids, list(presets) + r_pre, list(groups) + r_grp
-    rds = select_many(store, run_ids, presets, groups)
+    rds = select_many(store, run_ids, presets, groups, where)
     runs = [load_run(rd) for rd in rds]
     infer_points(runs, store.home)
     specs = group_rows(runs, by, include_unfinished)
@@ -223,7 +228,9 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
     p.write_text(text)
     files.append(p)
     if "html" in formats:
-        from markdown_it import MarkdownIt  # a dependency of rich; only for the html report
+        from markdown_it import (
+            MarkdownIt,  # a dependency of rich; only for the html report
+        )
 
         body = MarkdownIt("commonmark").enable("table").render(text)
         html = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>advlc report: {_html_escape(name)}"

@@ -53,8 +53,9 @@ from statistics import fmean
 
 from engine.config.presets import load_preset, plan_runs
 from engine.errors import UserError
+from engine.report.query import parse as parse_query
 from engine.store.rundir import RunDir
-from engine.store.summary import best_and_end, last_value
+from engine.store.summary import best_and_end, last_value, summarize
 
 
 def _diff(a, b):
@@ -293,12 +294,16 @@ def cell(values: list) -> Cell:
 
 
 # ----------------------------------------------------------------------------- selection
-def select_runs(store, *, run_ids=None, preset=None, group=None) -> list[RunDir]:
-    """The runs named by ids (or unique prefixes), a preset (or preset folder) and/or a group id,
-    in creation order, each once. Unknown ids and empty selections raise UserError."""
-    if not (run_ids or preset or group):
-        raise UserError("nothing to compare: give run ids, --preset or --group")
+def select_runs(store, *, run_ids=None, preset=None, group=None, where: str | None = None) -> list[RunDir]:
+    """The runs named by ids (or unique prefixes), a preset (or preset folder) and/or a group id
+    (archived runs only when named by id), in creation order, each once, and of those the ones
+    `where` (engine.report.query) selects; with only `where`, every run it selects. Unknown ids
+    and empty selections raise UserError."""
+    if not (run_ids or preset or group or where):
+        raise UserError("nothing to compare: give run ids, --preset, --group or --where")
     chosen: dict[str, tuple] = {}
+    if where and not (run_ids or preset or group):
+        chosen = {d["id"]: (d.get("created") or 0, store.run_dir(d["id"])) for d in store.runs()}
     for ref in run_ids or []:
         rd = store.get(ref)
         chosen[rd.id] = (rd.config().get("run", {}).get("created") or 0, rd)
@@ -309,10 +314,17 @@ def select_runs(store, *, run_ids=None, preset=None, group=None) -> list[RunDir]
         if not docs:
             raise UserError(f"no runs of {kind} '{value}' in {store.home} (see `advlc runs`)")
         for d in docs:
-            rd = RunDir(store.runs_dir / d["id"])
+            rd = store.run_dir(d["id"])
             if rd.exists():
                 chosen[rd.id] = (d.get("created") or 0, rd)
-    return [rd for _, rd in sorted(chosen.values(), key=lambda t: (t[0], t[1].id))]
+    out = [rd for _, rd in sorted(chosen.values(), key=lambda t: (t[0], t[1].id))]
+    if where:
+        q = parse_query(where)
+        docs = {d["id"]: d for d in store.index()}
+        out = [rd for rd in out if q.matches(docs.get(rd.id) or summarize(rd), rd.config() if q.needs_config else None)]
+        if not out:
+            raise UserError(f"--where {where!r}: no selected run matches")
+    return out
 
 
 def point_text(point: dict) -> str:
@@ -323,10 +335,14 @@ def _point_key(point: dict) -> str:
     return json.dumps(point or {}, sort_keys=True)
 
 
+LABEL_KEYS = ("method.name", "attack.name")
+"""Sweep keys a run's label already names (e.g. "pgd+advlc"): left out of its row name by label."""
+
+
 def row_name(run_cfg: dict, by: str) -> str:
     run = run_cfg.get("run", {})
     base = (run.get("label") if by == "label" else run.get("preset")) or "?"
-    point = run.get("point") or {}
+    point = {k: v for k, v in (run.get("point") or {}).items() if by != "label" or k not in LABEL_KEYS}
     return f"{base} [{point_text(point)}]" if point else base
 
 
@@ -567,6 +583,8 @@ def _eval_source(runs: list[RunData], ckpt_eval: str | None) -> str:
         text = f"final evaluation {name}"
         if impls:
             text += f" ({', '.join(impls)})"
+        if ckpt_eval == "aa-torchattacks" and not any("weaker" in i for i in impls):
+            text += " (torchattacks' 10-step sub-attacks; weaker than AutoAttack)"
         if ns:
             text += f" on {'/'.join(str(n) for n in ns)} test images"
         return text
@@ -592,9 +610,9 @@ def _short(v) -> str:
 
 
 def compare_runs(store, *, run_ids=None, preset=None, group=None, by: str = "label",
-                 ckpt_eval: str | None = None, include_unfinished: bool = False) -> CompareTable:
+                 ckpt_eval: str | None = None, include_unfinished: bool = False, where: str | None = None) -> CompareTable:
     """The paper's Table 1 for the selected runs (see the module docstring for every rule)."""
-    rds = select_runs(store, run_ids=run_ids, preset=preset, group=group)
+    rds = select_runs(store, run_ids=run_ids, preset=preset, group=group, where=where)
     runs = [load_run(rd) for rd in rds]
     if ckpt_eval and not any(e.get("attack") == ckpt_eval for r in runs for e in r.evals):
         have = sorted({str(e.get("attack")) for r in runs for e in r.evals})

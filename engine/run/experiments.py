@@ -11,8 +11,9 @@ At start it copies the source's [data]/[model]/[attack]/[method] tables into its
 (the analysed model is the source's) and records `source` = {run, preset, label, ckpt, epoch}.
 
 eps is the source's eval.eps; PGD steps are eps/4 without random start; HS is hs_metric over
-batches of eval.hs_batch; effectiveness is Eq. 7 against PGD-50 (engine.nn.metrics.effectiveness), with the
-FGSM / PGD-10 perturbations generated in eval mode unless eval.effect_train_mode. "Train subset"
+batches of eval.hs_batch, reduced as eval.hs_reduce (mean |lambda| or the paper's sum);
+effectiveness is Eq. 7 against PGD-50 (engine.nn.metrics.effectiveness), with the FGSM / PGD-10
+perturbations generated in eval mode unless eval.effect_train_mode. "Train subset"
 = the first experiment.samples training images (no augmentation). All randomness is seeded from
 the experiment's train.seed, so a point repeats exactly.
 
@@ -132,7 +133,7 @@ def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
                 return rd
         except UserError:
             pass
-    rows = [r for r in store.runs(preset=ref) if r.get("preset") == ref and r.get("state") == "finished"
+    rows = [r for r in store.runs(preset=ref, archived=None) if r.get("preset") == ref and r.get("state") == "finished"
             and r.get("id") != exclude]
     rows = [r for r in rows if not is_experiment(store.run_dir(r["id"]))]
     if not rows:
@@ -144,11 +145,12 @@ def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
 # ---------------------------------------------------------------------------- measurements
 
 def landscape_point(model, x, y, *, eps: float, hs_batch: int, seed: int, batch_size: int,
-                    effect_train_mode: bool = False) -> dict:
-    """HS, FGSM / PGD-10 effectiveness and clean loss/accuracy of `model` on (x, y)."""
+                    effect_train_mode: bool = False, hs_reduce: str = "mean") -> dict:
+    """HS (reduced as `hs_reduce`: mean or sum |lambda|), FGSM / PGD-10 effectiveness and clean
+    loss/accuracy of `model` on (x, y)."""
     dev = x.device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        hs, method = hs_metric(model, x, y, n=len(x), batch=hs_batch, seed=seed)
+        hs, method = hs_metric(model, x, y, n=len(x), batch=hs_batch, seed=seed, reduce=hs_reduce)
         advs = {}
         for name, s in (("eff_fgsm", dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1)),
                         ("eff_pgd10", dict(attack_name="pgd", eps=eps, alpha=eps / 4, steps=10))):
@@ -226,7 +228,8 @@ def _run_fig4a(ctx, pt) -> dict:
     m.eval()
     xs, ys = ctx["train_subset"]
     return landscape_point(m, xs, ys, eps=ctx["eps"], hs_batch=cfg.eval.hs_batch, seed=cfg.train.seed,
-                           batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode)
+                           batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode,
+                           hs_reduce=cfg.eval.hs_reduce)
 
 
 def _run_fig4bc(ctx, pt) -> dict:
@@ -277,7 +280,8 @@ def _run_fig4bc(ctx, pt) -> dict:
     rec = {"lr": lr, "train_loss": loss_sum / max(seen, 1),
            "train_adv_eff": sum(effs) / len(effs) if effs else None}
     rec.update(landscape_point(m, xs, ys, eps=eps, hs_batch=cfg.eval.hs_batch, seed=seed,
-                               batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode))
+                               batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode,
+                               hs_reduce=cfg.eval.hs_reduce))
     xt, yt = first_n(data.test_x, data.test_y, cfg.eval.n)
     ev = clean_and_robust(m, xt, yt, eps=eps, alpha=eps / 4, steps=scfg.eval.pgd_steps,
                           batch_size=cfg.eval.batch_size)

@@ -6,12 +6,14 @@
   (for batch progress within an epoch). `poll()` returns `None` when nothing changed.
 - `RunFollower` follows one run for a detail view: it re-reads `metrics.json` only
   when it changed and hands over only the epoch records it has not seen yet (a resumed
-  run that dropped records past its checkpoint gives `reset=True`), and it reads `log.txt`
-  from the byte offset where it stopped last time.
+  run that dropped records past its checkpoint gives `reset=True`), re-reads `status.json`,
+  `config.json` and `meta.json` (title, tags, note, archived) only when they changed, and it
+  reads `log.txt` from the byte offset where it stopped last time.
 - `RunHistory` accumulates a follower's deltas into the records a view plots.
 
-Plain Python with no UI: the app calls them from thread workers, tests and the app
-benchmark call them directly.
+They read tolerantly (a file that does not parse is taken as unchanged or empty and read again
+at the next poll); the commands that act on a run read strictly. Plain Python with no UI: the
+app calls them from thread workers, tests and the app benchmark call them directly.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class IndexReader:
         changed = force
         sig = file_sig(self.store.index_path)
         if sig != self._sig:
-            rows = self.store.runs()
+            rows = self.store.runs(archived=None)   # archived runs too: the Runs screen shows them on demand (A)
             if rows or not sig or sig[1] < 64 or not self._rows:
                 self._sig = sig
                 self._rows = rows
@@ -95,7 +97,7 @@ class IndexReader:
             s = file_sig(rd.status_path)
             if s != self._status_sig.get(rid):
                 self._status_sig[rid] = s
-                self._live[rid] = rd.status()
+                self._live[rid] = read_json(rd.status_path, {}) or {}   # a damaged file: no live progress
                 changed = True
         if not changed:
             return None
@@ -122,6 +124,8 @@ class RunDelta:
     """status.json when it changed, else None."""
     config: dict | None = None
     """config.json when it changed (first poll; provenance is added when the run starts)."""
+    meta: dict | None = None
+    """meta.json (title, tags, note, archived; written by the store, not the run) when it changed ({} when none)."""
     log_lines: list[str] = field(default_factory=list)
     """New lines of log.txt."""
     log_reset: bool = False
@@ -129,7 +133,7 @@ class RunDelta:
 
     def empty(self) -> bool:
         return not (self.reset or self.epochs or self.swa or self.evals is not None or self.status is not None
-                    or self.config is not None or self.log_lines or self.log_reset)
+                    or self.config is not None or self.meta is not None or self.log_lines or self.log_reset)
 
 
 LOG_TAIL_BYTES = 64 * 1024
@@ -162,9 +166,11 @@ class RunFollower:
             d.reset = True
             self._started = True
         if self._changed("config", rd.config_path):
-            d.config = rd.config()
+            d.config = read_json(rd.config_path, {}) or {}
         if self._changed("status", rd.status_path):
-            d.status = rd.status()
+            d.status = read_json(rd.status_path, {}) or {}
+        if self._changed("meta", rd.meta_path):
+            d.meta = read_json(rd.meta_path, {}) or {}
         if self._changed("metrics", rd.metrics_path):
             data = read_json(rd.metrics_path, None)
             if isinstance(data, dict):
@@ -225,6 +231,7 @@ class RunHistory:
         self.evals: list[dict] = []
         self.status: dict = {}
         self.config: dict = {}
+        self.meta: dict = {}
         self.log: deque[str] = deque(maxlen=log_lines)
 
     def apply(self, d: RunDelta) -> None:
@@ -238,6 +245,8 @@ class RunHistory:
             self.status = d.status
         if d.config is not None:
             self.config = d.config
+        if d.meta is not None:
+            self.meta = d.meta
         if d.log_reset:
             self.log.clear()
         self.log.extend(d.log_lines)

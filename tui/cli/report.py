@@ -30,6 +30,8 @@ def compare_cmd(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (or unique prefixes).", show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="All runs of a preset (or preset folder, e.g. quick).")] = None,
     group: Annotated[Optional[str], typer.Option("--group", help="All runs of a launch group (see `advlc runs --json`).")] = None,
+    where: Annotated[Optional[str], typer.Option("--where", help="Only runs this expression selects, e.g. "
+                                                                 "'method.lam > 0.3 and \"robust\" in tags' (see `advlc runs --help`).")] = None,
     by: Annotated[str, typer.Option("--by", help="Rows: label (training scheme) or preset.")] = "label",
     eval_: Annotated[Optional[str], typer.Option("--eval", help="Take clean/robust best/end from final evaluations "
                                                               "with this attack (aa, aa-torchattacks, pgd50, apgd50x5).")] = None,
@@ -47,7 +49,7 @@ def compare_cmd(
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
     table = compare_runs(store_of(ctx), run_ids=runs or None, preset=preset, group=group, by=by,
-                         ckpt_eval=eval_, include_unfinished=include_unfinished)
+                         ckpt_eval=eval_, include_unfinished=include_unfinished, where=where)
     text = render(table, fmt)
     if out:
         try:
@@ -65,22 +67,23 @@ def compare_cmd(
 @app.command("report")
 def report_cmd(
     ctx: typer.Context,
-    refs: Annotated[list[str], typer.Argument(help="Presets (or preset folders), group ids or run ids.",
-                                              show_default=False)],
+    refs: Annotated[Optional[list[str]], typer.Argument(help="Presets (or preset folders), group ids or run ids.",
+                                                        show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default ./report-NAME).")] = None,
     fmt: Annotated[list[str], typer.Option("--format", help="md | html | pdf, repeatable or comma-separated "
                                                             "(default md,html; md is always written).")] = [],
     by: Annotated[str, typer.Option("--by", help="Rows: label (training scheme) or preset.")] = "label",
     include_unfinished: Annotated[bool, typer.Option("--include-unfinished",
                                                      help="Count runs that have not finished.")] = False,
+    where: Annotated[Optional[str], typer.Option("--where", help="Only runs this expression selects.")] = None,
 ):
     """Write the paper's tables and figures for a preset group or runs into one report folder."""
     formats = [f.strip() for item in fmt for f in item.split(",") if f.strip()] or ["md", "html"]
     formats = ["md"] + [f for f in formats if f != "md"]
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
-    res = build_report(store_of(ctx), refs, out, formats=tuple(formats), by=by,
-                       include_unfinished=include_unfinished)
+    res = build_report(store_of(ctx), refs or [], out, formats=tuple(formats), by=by,
+                       include_unfinished=include_unfinished, where=where)
     made = [f.name for f in res.figures if not f.skipped]
     print(f"report: {res.out_dir}")
     for p in res.files:

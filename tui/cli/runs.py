@@ -30,9 +30,9 @@ def run_cmd(ctx: typer.Context,
             slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", min=1, help="Runs at once per GPU in the queue.")] = 1,
             executor: Annotated[str, typer.Option("--executor", help="local | slurm (slurm implies --detach; submits through submitit).")] = "local",
             partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition (default: the preset's [slurm] table).")] = None,
-            time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit: minutes or HH:MM:SS.")] = None,
+            time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit: minutes or HH:MM:SS (default: the partition's limit).")] = None,
             account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.")] = None,
-            slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="GPUs per Slurm job (default 1).")] = None,
+            slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="GPUs of a CUDA run's Slurm job (default 1; a CPU run asks for none).")] = None,
             with_teachers: Annotated[bool, typer.Option("--with-teachers", help="KDSA: train missing teacher runs first (foreground).")] = False):
     """Train a preset: in the foreground with a progress bar, or detached (--detach, --gpus, --executor slurm)."""
     overrides = list(set_)
@@ -78,29 +78,119 @@ def runs_cmd(ctx: typer.Context,
              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
              status: Annotated[Optional[str], typer.Option("--status", help="Only runs in this state.")] = None,
              preset: Annotated[Optional[str], typer.Option("--preset", help="Only runs of this preset (or folder).")] = None,
+             where: Annotated[Optional[str], typer.Option("--where", help="Only runs this expression selects, e.g. 'method.lam > 0.2 and \"robust\" in tags' (docs/APP.md).")] = None,
+             archived: Annotated[bool, typer.Option("--archived", help="List the archived runs instead (`advlc archive`).")] = False,
              reindex: Annotated[bool, typer.Option("--reindex", help="Rebuild the index from the run directories.")] = False):
-    """List runs."""
+    """List runs (archived ones only with --archived)."""
     if status and status not in STATES:
         raise UserError(f"--status {status}: must be one of {', '.join(STATES)}")
+    query = facade.parse_query(where) if where else None
     store = store_of(ctx)
     if reindex:
         n = store.reindex()
         err.print(f"reindexed {n} runs")
-    rows = store.runs(state=status, preset=preset)
+    rows = store.runs(state=status, preset=preset, archived=archived)
+    rows = facade.select_runs_where(rows, query, lambda rid: store.run_dir(rid).config())
     if as_json:
         print(json.dumps(rows, indent=1))
         return
     if not rows:
         out.print(f"no runs in {store.home}")
         return
-    t = Table(box=None, pad_edge=False)
-    for c in ("id", "preset", "label", "seed", "state", "epoch", "robust best", "robust end", "clean end", "IG"):
-        t.add_column(c, justify="right" if c in ("seed", "epoch", "robust best", "robust end", "clean end", "IG") else "left")
-    for r in rows:
-        t.add_row(r["id"], str(r.get("preset")), str(r.get("label")), str(r.get("seed")), r.get("state", "?"),
-                  f"{r.get('epoch', 0)}/{r.get('epochs')}", pct(r.get("best_robust_acc")),
-                  pct(r.get("end_robust_acc")), pct(r.get("end_clean_acc")), num(r.get("ig")))
-    out.print(t)
+    out.print(runs_table(rows, out.width))
+
+
+RUNS_COLUMNS = (
+    # key, header, right-justified, drop order when the terminal is narrow (0: never dropped)
+    ("id", "id", False, 0),
+    ("preset", "preset", False, 0),
+    ("label", "label", False, 2),
+    ("seed", "seed", True, 0),
+    ("state", "state", False, 0),
+    ("epoch", "epoch", True, 0),
+    ("best", "robust\nbest", True, 0),
+    ("end", "robust\nend", True, 0),
+    ("clean", "clean\nend", True, 1),
+    ("ig", "IG", True, 3),
+)
+"""`advlc runs`, left to right. When the table does not fit, clean end, then label (the preset
+names the scheme too), then IG are hidden until the preset column has room for its distinctive
+part (`advlc show` and `--json` have them all)."""
+
+PRESET_ROOM = 20
+"""Characters the preset column gets before columns are hidden to make room."""
+
+
+def shorten(name: str, width: int) -> str:
+    """`name` in `width` characters, keeping its distinctive end: `…digits-fgsm_n-advlc`."""
+    if len(name) <= width:
+        return name
+    return "…" + name[len(name) - (width - 1):] if width > 1 else "…"
+
+
+def _shorten_middle(name: str, width: int) -> str:
+    if len(name) <= width or width < 5:
+        return shorten(name, width)
+    head = (width - 1) // 3
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+
+def _around_difference(names: set[str], width: int) -> dict[str, str]:
+    """Each name cut to a window around where it first differs from the most similar other name."""
+    def common(a: str, b: str) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    out = {}
+    for n in names:
+        if len(n) <= width:
+            out[n] = n
+            continue
+        d = max((common(n, m) for m in names if m != n), default=0)
+        start = max(0, min(d - (width - 2) // 2, len(n) - (width - 1)))
+        text = ("…" if start else "") + n[start:]
+        out[n] = text if len(text) <= width else text[:width - 1] + "…"
+    return out
+
+
+def shorten_all(names: list[str], width: int) -> dict[str, str]:
+    """Each name shortened to `width`: from the start (keeping the tail) unless that makes two
+    different names look alike; then from the middle (keeping both ends); then around the
+    place where the names differ (`paper/table1/…` and `paper/table3/…`: `…table1/fgs…`)."""
+    distinct = set(names)
+    for cut in (lambda d: {n: shorten(n, width) for n in d}, lambda d: {n: _shorten_middle(n, width) for n in d},
+                lambda d: _around_difference(d, width)):
+        short = cut(distinct)
+        if len(set(short.values())) == len(distinct):
+            return short
+    return {n: shorten(n, width) for n in distinct}
+
+
+def runs_table(rows: list[dict], width: int) -> Table:
+    """The `advlc runs` table for a terminal `width` columns wide: one line per run."""
+    cells = [{"id": r["id"], "preset": str(r.get("preset")), "label": str(r.get("label")), "seed": str(r.get("seed")),
+              "state": r.get("state", "?"), "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}",
+              "best": pct(r.get("best_robust_acc")), "end": pct(r.get("end_robust_acc")),
+              "clean": pct(r.get("end_clean_acc")), "ig": num(r.get("ig"))} for r in rows]
+    widths = {key: max([len(line) for line in head.split("\n")] + [len(c[key]) for c in cells])
+              for key, head, _right, _drop in RUNS_COLUMNS}
+    shown = list(RUNS_COLUMNS)
+
+    def room() -> int:  # what the preset column gets: the width minus the others and one space between columns
+        return width - sum(widths[c[0]] for c in shown if c[0] != "preset") - (len(shown) - 1)
+
+    for col in sorted((c for c in RUNS_COLUMNS if c[3]), key=lambda c: c[3]):
+        if room() >= min(widths["preset"], PRESET_ROOM):
+            break
+        shown.remove(col)
+    preset_w = max(8, min(widths["preset"], room()))
+    short = shorten_all([c["preset"] for c in cells], preset_w)
+    t = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)
+    for key, head, right, _drop in shown:
+        t.add_column(head, justify="right" if right else "left", no_wrap=True, overflow="ellipsis",
+                     min_width=preset_w if key == "preset" else None, max_width=preset_w if key == "preset" else None)
+    for c in cells:
+        t.add_row(*[short[c["preset"]] if key == "preset" else c[key] for key, *_rest in shown])
+    return t
 
 
 @app.command("show")
@@ -108,15 +198,21 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
     """Config, status and per-epoch history of one run."""
     rd = store_of(ctx).get(run)
-    doc = {"id": rd.id, "config": rd.config(), "status": rd.status(), "epochs": rd.epochs(), "evals": rd.evals(),
-           "swa": rd.records("swa"), "points": rd.records("points")}
+    doc = {"id": rd.id, "config": rd.config(), "status": rd.status(), "meta": rd.meta(), "epochs": rd.epochs(),
+           "evals": rd.evals(), "swa": rd.records("swa"), "points": rd.records("points")}
     if as_json:
         print(json.dumps(doc, indent=1))
         return
     c = doc["config"]
     st = doc["status"]
+    meta = doc["meta"]
     out.print(f"[bold]{rd.id}[/]  {c['run'].get('preset')}  ({c['run'].get('label')})  seed {c['run'].get('seed')}  "
-              f"state {st.get('state')}  {rd.path}")
+              f"state {st.get('state')}{'  [dim](archived)[/]' if meta.get('archived') else ''}  {rd.path}")
+    if meta.get("title") or meta.get("tags"):
+        out.print(f"[bold]{escape(meta.get('title') or '')}[/]"
+                  + "".join(f"  [cyan]#{escape(t)}[/]" for t in meta.get("tags") or []))
+    if meta.get("note"):
+        out.print("[dim]note:[/] " + escape(meta["note"]).replace("\n", "\n      "))
     prov = c.get("provenance", {})
     if prov:
         out.print(f"commit {str(prov.get('commit'))[:10]}{' (dirty)' if prov.get('dirty') else ''}  "

@@ -10,11 +10,19 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui.screens.annotate import AnnotateScreen
 from tui.screens.compare import CompareScreen
+from tui.screens.diff import DiffScreen
 from tui.screens.presets import PresetsScreen
 from tui.screens.run_detail import RunDetailScreen
 from tui.screens.runs import RunsScreen
-from tui.widgets.alert_bar import CO_DROP, CO_MIN_ROBUST, CO_WINDOW, RO_GAP
+from tui.widgets.alert_bar import (
+    CO_DROP,
+    CO_MIN_ROBUST,
+    CO_WINDOW,
+    RO_POINTS,
+    RO_STREAK,
+)
 
 EXTRA = {
     "Everywhere": [("ctrl+p", "command palette: open a run or a preset, switch theme, …"),
@@ -25,13 +33,20 @@ EXTRA = {
 }
 
 NOTES = (
-    "Filter (/): words that must all match id, preset, label, method, attack, dataset, group or state; "
-    "or key:value for one field, e.g. state:running seed:0 preset:quick/ method:advlc.\n"
+    "Filter (/): words that must all match id, preset, label, title, tags, method, attack, dataset, group or "
+    "state; key:value for one field, e.g. state:running seed:0 preset:quick/ method:advlc; #robust or "
+    "tag:robust for a tag. Or an expression (as `advlc runs --where`): method.lam > 0.1 and state == "
+    "\"finished\", \"robust\" in tags, preset ~ \"table1\" or seed in [0, 1] — a mistake shows in one line "
+    "and the previous filter stays.\n"
+    "Tags and titles (e): a title, tags separated by spaces (delete one to remove it, -tag removes), a note; "
+    "with several runs selected, e edits their tags only. x archives (hides) runs, x on archived ones "
+    "restores them, A shows only the archived runs. D diffs two selected runs.\n"
     "Overrides (presets screen): section.key=value separated by spaces, e.g. train.epochs=5 eval.n=100 "
     "attack.eps=8/255 — checked as you type.\n"
     f"Alerts: catastrophic overfitting = robust accuracy falls below {100 * (1 - CO_DROP):.0f}% of its peak "
     f"within {CO_WINDOW} epochs (from at least {100 * CO_MIN_ROBUST:.0f}%) while training accuracy rises; "
-    f"robust overfitting = best − current robust accuracy > {100 * RO_GAP:.0f} points.\n"
+    f"robust overfitting = after the first learning-rate decay, robust accuracy ≥ {100 * RO_POINTS:g} points "
+    f"below its best for {RO_STREAK} evaluated epochs while training accuracy rises.\n"
     "q quits the app only: training runs are separate processes and keep going; reopen with `advlc`."
 )
 
@@ -49,7 +64,7 @@ def sections(app) -> list[tuple[str, list[tuple[str, str]]]]:
 
     out = [("Everywhere", keys(type(app).BINDINGS) + EXTRA["Everywhere"])]
     for title, cls in (("Runs", RunsScreen), ("Run detail", RunDetailScreen), ("Presets (new run)", PresetsScreen),
-                       ("Compare", CompareScreen)):
+                       ("Compare", CompareScreen), ("Diff", DiffScreen), ("Edit title/tags/note", AnnotateScreen)):
         out.append((title, keys(cls.BINDINGS) + EXTRA.get(title, [])))
     return out
 

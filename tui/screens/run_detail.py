@@ -6,6 +6,10 @@ from the accumulated `RunHistory`. Plots: accuracy (clean and PGD robust on the 
 training accuracy on the training attack's examples), losses and AV, IG, HS, learning
 rate; a vertical mark at the best epoch (highest robust accuracy); SWA curves when the
 run records them (`swa` table), shown dotted-thinner next to the plain model's.
+
+The header shows the run's title and `#tags` (meta.json, written by the store: `e` edits them
+here, `advlc label/tag/note` from a shell) and redraws when they change, like the config tab's
+`meta` block.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
 
 from engine.facade import RunFollower, RunHistory
 from tui.messages import REFRESH_S, ActionDone, RunChanged
+from tui.screens.annotate import AnnotateScreen, Annotation, describe
 from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.alert_bar import AlertBar, detect_alerts
@@ -64,6 +69,7 @@ class RunDetailScreen(Screen):
         Binding("s", "stop", "Stop", show=True),
         Binding("r", "resume", "Resume", show=False),
         Binding("c", "compare_group", "Compare group", show=False),
+        Binding("e", "edit", "Edit", show=True),
     ]
 
     DEFAULT_CSS = """
@@ -147,10 +153,10 @@ class RunDetailScreen(Screen):
             self.query_one("#log", Log).clear()
         if d.log_lines:
             self.query_one("#log", Log).write_lines(d.log_lines)
-        if d.status is not None or d.config is not None or d.epochs or d.reset:
+        if d.status is not None or d.config is not None or d.meta is not None or d.epochs or d.reset:
             self._draw_header()
             self._draw_alerts()
-        if d.config is not None or d.status is not None or d.evals is not None:
+        if d.config is not None or d.status is not None or d.evals is not None or d.meta is not None:
             self._draw_config()
 
     # -- drawing -------------------------------------------------------------------
@@ -194,7 +200,15 @@ class RunDetailScreen(Screen):
         total = h.config.get("train", {}).get("epochs")
         t = Text(no_wrap=True, overflow="ellipsis", end="")
         t.append(self.run_id, style=f"bold {c.get('accent', '')}")
-        t.append(f"  {run.get('preset') or run.get('label') or ''}  seed {run.get('seed', '?')}  ")
+        t.append(f"  {run.get('preset') or run.get('label') or ''}")
+        meta = h.meta
+        if meta.get("title"):
+            t.append(f" · {meta['title']}", style=c.get("muted", ""))
+        for tag in meta.get("tags") or []:
+            t.append(f" #{tag}", style=c.get("accent", ""))
+        if meta.get("archived"):
+            t.append(" (archived)", style=c.get("warning", ""))
+        t.append(f"  seed {run.get('seed', '?')}  ")
         t.append_text(badge(st.get("state"), c, short=False))
         t.append(f"  epoch {len(h.epochs)}/{total or '?'}")
         if st.get("state") == "running" and st.get("batch") and st.get("batches"):
@@ -230,6 +244,7 @@ class RunDetailScreen(Screen):
         t = Text(end="")
         cfg = h.config
         sections = [k for k in cfg if k not in ("run", "provenance")]
+        self._draw_meta(t, c)
         t.append("run\n", style=f"bold {c.get('accent', '')}")
         for k, v in cfg.get("run", {}).items():
             t.append(f"  {k} = {json.dumps(v)}\n")
@@ -258,6 +273,22 @@ class RunDetailScreen(Screen):
                          f"{'—' if ca is None else f'{100 * ca:.2f}'} robust {'—' if ra is None else f'{100 * ra:.2f}'}"
                          f" {ev.get('implementation', '')}\n")
         self.query_one("#config-text", Static).update(t)
+
+    def _draw_meta(self, t: Text, c: dict) -> None:
+        """The `meta` block of the config tab: what people say about the run (meta.json)."""
+        meta = self.history.meta
+        t.append("meta", style=f"bold {c.get('accent', '')}")
+        t.append("  (e edits)\n", style=c.get("muted", ""))
+        t.append(f"  title = {meta.get('title') or '—'}\n")
+        t.append(f"  tags = {' '.join('#' + x for x in meta.get('tags') or []) or '—'}\n")
+        note = (meta.get("note") or "").rstrip()
+        if note:
+            t.append("  note:\n")
+            for line in note.split("\n"):
+                t.append(f"    {line}\n")
+        else:
+            t.append("  note = —\n")
+        t.append(f"  archived = {'yes' if meta.get('archived') else 'no'}\n")
 
     # -- actions -------------------------------------------------------------------
     def action_back(self) -> None:
@@ -307,6 +338,19 @@ class RunDetailScreen(Screen):
             self.app.push_screen(CompareScreen(group=group, title=f"group {group}"))
         else:
             self.app.push_screen(CompareScreen(run_ids=[self.run_id], title=f"run {self.run_id}"))
+
+    def action_edit(self) -> None:
+        meta = self.history.meta
+        run = self.history.config.get("run", {})
+        self.app.push_screen(AnnotateScreen([self.run_id], tags=list(meta.get("tags") or []),
+                                            title=meta.get("title") or "", note=meta.get("note") or "",
+                                            heading=f"Edit run {self.run_id}  {run.get('preset') or ''}"),
+                             self._edited)
+
+    def _edited(self, a: Annotation | None) -> None:
+        if a is not None and not a.empty():
+            self.notify(describe(a), title="edit")
+            self.request_poll(force=True)
 
     def on_action_done(self, message: ActionDone) -> None:
         self.request_poll(force=True)

@@ -7,13 +7,22 @@ selection survive refreshes. When the set or the order of the visible runs chang
 run, a filter, a sort) the row list is replaced (cheap: nothing is measured) and the cursor
 stays on the run it was on.
 
-Filter (`/`): words, all of which must match; a bare word matches id, preset, label,
-method, attack, dataset, group or state; `state:running`, `seed:0`, `group:g1a2b3`,
-`preset:quick/`, `method:advlc` match one field (prefix match).
+Filter (`/`): words, all of which must match; a bare word matches id, preset, label, title,
+tags, method, attack, dataset, group or state; `state:running`, `seed:0`, `group:g1a2b3`,
+`preset:quick/`, `method:advlc` match one field (prefix match); `#robust` or `tag:robust` a tag
+exactly. Or an expression (`--where` of the CLI, engine/report/query.py), recognised by its
+operators: `method.lam > 0.1 and state == "finished"`, `"robust" in tags`, `preset ~ "table1"`.
+A config key (`section.key`) has each run's config.json read once, in a thread worker (it does
+not change). A mistake is one line in the info line and the previous filter stays in effect.
+
+Archived runs (`x` archives, meta.json) are hidden; `A` shows only them (like `advlc runs
+--archived`). `e` edits the title, tags and note (tui/screens/annotate.py), `D` diffs two runs
+(tui/screens/diff.py).
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.text import Text
@@ -24,10 +33,13 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
-from engine.facade import IndexSnapshot
+from engine.errors import UserError
+from engine.facade import IndexSnapshot, parse_query
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
+from tui.screens.annotate import AnnotateScreen, Annotation, describe
 from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.diff import DiffScreen
 from tui.screens.run_detail import RunDetailScreen
 from tui.widgets.alert_bar import robust_overfit
 from tui.widgets.palette import palette
@@ -38,7 +50,7 @@ from tui.widgets.store_header import StoreHeader
 
 COLUMNS = (
     Column("id", "  id", 10),
-    Column("preset", "preset", 16, stretch=True, overflow="middle"),
+    Column("preset", "preset", 16, stretch=True, overflow="start"),
     Column("seed", "seed", 4, "right"),
     Column("state", "status", 9),
     Column("epoch", "epoch", 14),
@@ -48,8 +60,9 @@ COLUMNS = (
     Column("hs", "HS", 6, "right", drop=3),
     Column("eta", "ETA", 6, "right"),
 )
-"""The runs table, left to right: the preset column takes the room left over; at 80 columns
-HS, then clean, then IG are hidden (the detail screen has them all)."""
+"""The runs table, left to right: the preset column takes the room left over and, when too
+narrow, keeps the distinctive end of the name (`…ts-fgsm_n-advlc`); at 80 columns HS, then
+clean, then IG are hidden (the detail screen has them all)."""
 
 SORTS = (
     ("created", "newest first", lambda r: (r.get("created") or 0, r["id"]), True),
@@ -62,7 +75,23 @@ SORTS = (
 
 _STATE_ORDER = {"running": 0, "queued": 1, "lost": 2, "failed": 3, "stopped": 4, "finished": 5}
 
-FIELDS = ("id", "preset", "label", "method", "attack", "dataset", "group", "state")
+FIELDS = ("id", "preset", "label", "title", "tags", "method", "attack", "dataset", "group", "state")
+
+_EXPRESSION = re.compile(r"==|!=|[<>~]|\s(?:in|and|or)\s|^not\s")
+"""What makes the filter text an expression rather than words (no word or key:value has these)."""
+
+
+def is_expression(text: str) -> bool:
+    return bool(_EXPRESSION.search(text.strip()))
+
+
+def _text(row: dict, key: str) -> str:
+    v = row.get(key)
+    return " ".join(map(str, v)).lower() if isinstance(v, list) else str(v or "").lower()
+
+
+def _tags(row: dict) -> list[str]:
+    return [str(t).lower() for t in row.get("tags") or []]
 
 
 def _pct(v) -> str:
@@ -76,15 +105,22 @@ def _num(v, digits=3) -> str:
 
 
 def matches(row: dict, query: str) -> bool:
-    """Filter semantics (see the module docstring)."""
+    """Filter semantics for words (see the module docstring)."""
     for word in query.lower().split():
-        if ":" in word:
+        if word.startswith("#") and len(word) > 1:
+            if word[1:] not in _tags(row):
+                return False
+        elif ":" in word:
             key, _, val = word.partition(":")
-            key = {"is": "state", "status": "state"}.get(key, key)
+            key = {"is": "state", "status": "state", "tags": "tag"}.get(key, key)
+            if key == "tag":
+                if val not in _tags(row):
+                    return False
+                continue
             got = row.get(key)
             if got is None or not str(got).lower().startswith(val):
                 return False
-        elif not any(word in str(row.get(k) or "").lower() for k in FIELDS):
+        elif not any(word in _text(row, k) for k in FIELDS):
             return False
     return True
 
@@ -99,6 +135,10 @@ class RunsScreen(Screen):
         Binding("n", "new_run", "New run", show=True),
         Binding("s", "stop", "Stop", show=True),
         Binding("r", "resume", "Resume", show=True),
+        Binding("e", "edit", "Edit", show=True),
+        Binding("x", "archive", "Archive/restore", show=False),
+        Binding("A", "toggle_archived", "Archived", show=False),
+        Binding("D", "diff", "Diff", show=False),
         Binding("d", "delete", "Delete", show=False),
         Binding("slash", "filter", "Filter", show=True),
         Binding("o", "sort", "Sort", show=False),
@@ -111,6 +151,7 @@ class RunsScreen(Screen):
     RunsScreen #runs-table { height: 1fr; }
     RunsScreen #runs-filter { dock: bottom; display: none; height: 3; border: tall $accent; }
     RunsScreen #runs-filter.-active { display: block; }
+    RunsScreen #runs-filter.-error { border: tall $error; }
     RunsScreen #runs-info { height: auto; max-height: 3; padding: 0 1; color: $foreground-muted; }
     RunsScreen #runs-alerts { height: auto; max-height: 2; padding: 0 1; color: $warning; }
     RunsScreen #runs-empty { padding: 1 2; color: $foreground-muted; display: none; }
@@ -122,6 +163,15 @@ class RunsScreen(Screen):
         self.snapshot: IndexSnapshot | None = None
         self.selected: set[str] = set()
         self.query_text = ""
+        """The filter in effect (the last valid one: a bad expression leaves it)."""
+        self.filter_query = None
+        """The parsed expression when `query_text` is one (facade.parse_query), else None."""
+        self.filter_error: str | None = None
+        """Why the text in the filter box is not in effect (one line), or None."""
+        self.show_archived = False
+        """False: the runs not archived (the default view); True: only the archived ones (`A`)."""
+        self._configs: dict[str, dict] = {}
+        """run id -> config.json, read when an expression names a config key (it does not change)."""
         self.sort_index = 0
         self.sort_desc = SORTS[0][3]
         self._ids: list[str] = []
@@ -144,8 +194,8 @@ class RunsScreen(Screen):
             yield RunTable(list(COLUMNS), id="runs-table")
             yield Static("", id="runs-alerts")
             yield Static("", id="runs-info")
-        yield Input(placeholder="filter: words or key:value (state:running seed:0 preset:quick/) — enter keeps, esc clears",
-                    id="runs-filter")
+        yield Input(placeholder='filter: words, key:value, #tag, or an expression (method.lam > 0.1 and state == '
+                                '"finished") — enter keeps, esc clears', id="runs-filter")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -176,6 +226,7 @@ class RunsScreen(Screen):
         try:
             snap = self.app.reader.poll(force=force)
             if snap is not None:
+                self._read_configs(snap.rows)  # new runs, when the filter names config keys
                 self.post_message(IndexChanged(snap))
         finally:
             self._polling = False
@@ -187,15 +238,52 @@ class RunsScreen(Screen):
     def visible_rows(self) -> list[dict]:
         if not self.snapshot:
             return []
-        rows = [r for r in self.snapshot.rows if not self.query_text or matches(r, self.query_text)]
+        rows = [r for r in self.snapshot.rows if bool(r.get("archived")) == self.show_archived and self._passes(r)]
         _key, _desc, keyfn, _d = SORTS[self.sort_index]
         return sorted(rows, key=keyfn, reverse=self.sort_desc)
+
+    def _passes(self, r: dict) -> bool:
+        """Whether a row passes the filter in effect (words, or an expression)."""
+        q = self.filter_query
+        if q is not None:
+            try:
+                return q.matches(r, self._configs.get(r["id"]) if q.needs_config else None)
+            except Exception:  # noqa: BLE001 - a value the query cannot compare: the row does not match
+                return False
+        return not self.query_text or matches(r, self.query_text)
+
+    def _read_configs(self, rows: list[dict]) -> int:
+        """Read (in a thread worker) the config.json of the runs not read yet, when the filter names a
+        config key (`section.key`); each is read once: it does not change. How many were read."""
+        q = self.filter_query
+        if q is None or not q.needs_config:
+            return 0
+        n = 0
+        for r in rows:
+            if r["id"] not in self._configs:
+                try:
+                    self._configs[r["id"]] = self.app.store.run_dir(r["id"]).config()
+                    n += 1
+                except (UserError, OSError):
+                    pass  # damaged or half-made: no config keys (null), read again next time
+        return n
+
+    def _load_configs(self) -> None:
+        """After a filter naming config keys is set: read the configs it needs, then filter again."""
+        rows = list(self.snapshot.rows) if self.snapshot else []
+
+        def work() -> None:
+            if self._read_configs(rows):
+                self.app.call_from_thread(self._refresh_rows)
+
+        self.app.work(self, work, name="runs-configs")
 
     def _row_key(self, r: dict, live: dict | None) -> tuple:
         """Everything a row's cells depend on (compared to find the rows to redraw)."""
         return (tuple(r.get(k) for k in ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc",
-                                         "end_clean_acc", "ig", "hs", "epoch_time_s", "preset", "seed")),
-                (live or {}).get("batch"), (live or {}).get("batches"), r["id"] in self.selected)
+                                         "end_clean_acc", "ig", "hs", "epoch_time_s", "preset", "seed", "title")),
+                tuple(r.get("tags") or ()), (live or {}).get("batch"), (live or {}).get("batches"),
+                r["id"] in self.selected)
 
     def cells_for(self, rid: str) -> tuple:
         """The cells of one row, made when the row is first drawn (and again after it changed)."""
@@ -217,11 +305,11 @@ class RunsScreen(Screen):
         state = r.get("state") or "queued"
         best, end = r.get("best_robust_acc"), r.get("end_robust_acc")
         rob = Text(f"{_pct(best):>5}/{_pct(end):<5}", end="")
-        if robust_overfit(best, end):
+        if robust_overfit(r):
             rob.append(" ⚠", style=c.get("warning", ""))
         cells = (
             idt,
-            Text(str(r.get("preset") or r.get("label") or "?"), end=""),
+            self._preset_cell(r),
             Text("" if r.get("seed") is None else str(r["seed"]), justify="right", end=""),
             badge(state, c),
             progress_cell(r.get("epoch"), r.get("epochs"), c, batch=(live or {}).get("batch"),
@@ -233,6 +321,16 @@ class RunsScreen(Screen):
             Text(eta_text(r, live), justify="right", end=""),
         )
         return cells
+
+    def _preset_cell(self, r: dict) -> Text:
+        """`preset · title #tag #tag` (title muted, tags in the accent colour)."""
+        c = self._colors
+        t = Text(str(r.get("preset") or r.get("label") or "?"), end="")
+        if r.get("title"):
+            t.append(f" · {r['title']}", style=c.get("muted", ""))
+        for tag in r.get("tags") or []:
+            t.append(f" #{tag}", style=c.get("accent", ""))
+        return t
 
     def _apply(self, snap: IndexSnapshot, rebuild: bool = False) -> None:
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -255,7 +353,7 @@ class RunsScreen(Screen):
                 if self._keys.get(rid) != key:
                     table.invalidate(rid)
         self._keys = keys
-        self.query_one("#runs-empty").set_class(not snap.rows, "-active")
+        self._update_empty(snap, rows)
         if snap.version == 1 and not snap.rows and self.is_current:
             self.app.action_presets()  # an empty store: start where a new user starts, at the presets
         self.query_one("#header", StoreHeader).set_counts(snap.counts(), self._selection_note())
@@ -267,12 +365,25 @@ class RunsScreen(Screen):
     def _update_alerts(self, rows: list[dict]) -> None:
         lines = []
         for r in rows:
-            if r.get("state") == "running" and robust_overfit(r.get("best_robust_acc"), r.get("end_robust_acc")):
+            if r.get("state") == "running" and robust_overfit(r):
                 gap = 100 * (r["best_robust_acc"] - r["end_robust_acc"])
-                lines.append(f"⚠ {r['id']}: robust overfitting — robust accuracy {gap:.1f} pts below its best "
-                             f"(epoch {r.get('best_epoch')})")
+                lines.append(f"⚠ {r['id']}: robust overfitting since epoch {r['overfit_epoch']} — robust accuracy "
+                             f"{gap:.1f} pts below its best (epoch {r.get('best_epoch')})")
         more = f"  (+{len(lines) - 2} more)" if len(lines) > 2 else ""
         self.query_one("#runs-alerts", Static).update(Text("\n".join(lines[:2]) + more, end=""))
+
+    def _update_empty(self, snap: IndexSnapshot, rows: list[dict]) -> None:
+        empty = self.query_one("#runs-empty", Static)
+        if not snap.rows:
+            text = "No runs yet. Press n to pick a preset and launch one."
+        elif rows or self.query_text:
+            text = ""
+        elif self.show_archived:
+            text = "No archived runs. x archives the run under the cursor (or the selection); A goes back."
+        else:
+            text = "Every run is archived: A shows them."
+        empty.update(text)
+        empty.set_class(bool(text), "-active")
 
     def _selection_note(self) -> str:
         return f"{len(self.selected)} selected" if self.selected else ""
@@ -280,13 +391,20 @@ class RunsScreen(Screen):
     def _update_info(self) -> None:
         _key, desc, _fn, _d = SORTS[self.sort_index]
         parts = [f"sort: {desc}{'' if self.sort_desc == SORTS[self.sort_index][3] else ' (reversed)'}"]
+        if self.show_archived:
+            parts.append("archived runs only (A: the others)")
         if self.query_text:
             n = len(self._ids)
             parts.append(f"filter: {self.query_text!r} ({n} shown)")
         if self.selected:
             parts.append(f"{len(self.selected)} selected")
         parts.append("? help · q quit (runs keep going)")
-        self.query_one("#runs-info", Static).update(Text("  ·  ".join(parts), end=""))
+        t = Text("  ·  ".join(parts), end="")
+        if self.filter_error:
+            t.append(f"\n⚠ {self.filter_error} — {'the filter above stays' if self.query_text else 'no filter'}",
+                     style=self._colors.get("error", ""))
+        self.query_one("#runs-info", Static).update(t)
+        self.query_one("#runs-filter", Input).set_class(bool(self.filter_error), "-error")
 
     def cursor_id(self) -> str | None:
         return self.query_one("#runs-table", RunTable).cursor_key
@@ -344,8 +462,8 @@ class RunsScreen(Screen):
             self.query_one("#runs-table").focus()
         elif self.selected:
             self.selected.clear()
-        elif self.query_text:
-            self.query_text = ""
+        elif self.query_text or self.filter_error:
+            self.set_filter("")
             box.value = ""
             box.remove_class("-active")
         self._refresh_rows()
@@ -357,8 +475,24 @@ class RunsScreen(Screen):
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.query_text = event.value.strip()
+        self.set_filter(event.value)
+
+    def set_filter(self, text: str) -> None:
+        """Put `text` (words, or an expression) in effect; a bad expression leaves the filter as it was
+        and says why in the info line."""
+        text = text.strip()
+        query = None
+        if is_expression(text):
+            try:
+                query = parse_query(text, where="filter")
+            except Exception as exc:  # noqa: BLE001 - a UserError (one line), or a decode error of a "string"
+                self.filter_error = str(exc) if isinstance(exc, UserError) else f"filter {text!r}: {exc}"
+                self._update_info()
+                return
+        self.query_text, self.filter_query, self.filter_error = text, query, None
         self._refresh_rows()
+        if query is not None and query.needs_config:
+            self._load_configs()
 
     @on(Input.Submitted, "#runs-filter")
     def _filter_done(self, event: Input.Submitted) -> None:
@@ -397,7 +531,7 @@ class RunsScreen(Screen):
             self.notify("Nothing to compare: select runs (space) or filter (/) first.", severity="warning")
             return
 
-        what = (f"{len(rows)} selected runs" if self.selected else
+        what = (f"{len(rows)} selected run{'' if len(rows) == 1 else 's'}" if self.selected else
                 (f"filter {self.query_text!r}" if self.query_text else "all runs"))
         self.app.push_screen(CompareScreen(run_ids=[r["id"] for r in rows], title=what))
 
@@ -443,6 +577,73 @@ class RunsScreen(Screen):
 
         self.app.push_screen(ConfirmScreen(text, yes="Delete", danger=True), done)
 
+    def action_edit(self) -> None:
+        """Title, tags and note of the run under the cursor; the tags of the selected runs."""
+        rows = self.targets()
+        if not rows:
+            return
+        ids = [r["id"] for r in rows]
+        if len(rows) > 1:
+            common = [t for t in rows[0].get("tags") or [] if all(t in (r.get("tags") or []) for r in rows)]
+            self.app.push_screen(AnnotateScreen(ids, tags=common, heading=f"Tags of {len(ids)} runs ({_list(ids)})"),
+                                 self._edited)
+            return
+        rd, heading = self.app.store.run_dir(ids[0]), f"Edit run {ids[0]}  {rows[0].get('preset') or ''}"
+
+        def work() -> None:  # the whole note is in meta.json (the index has its first line)
+            meta = rd.meta()  # a damaged file: a UserError, which AdvlcApp.work notifies
+            self.app.call_from_thread(self._open_editor, ids, meta, heading)
+
+        self.app.work(self, work, name="edit")
+
+    def _open_editor(self, ids: list[str], meta: dict, heading: str) -> None:
+        self.app.push_screen(AnnotateScreen(ids, tags=list(meta.get("tags") or []), title=meta.get("title") or "",
+                                            note=meta.get("note") or "", heading=heading), self._edited)
+
+    def _edited(self, a: Annotation | None) -> None:
+        if a is not None and not a.empty():
+            self.notify(describe(a), title="edit")
+            self.request_poll(force=True)
+
+    def action_archive(self) -> None:
+        """Archive the targets; restore them when they are all archived already (reversible: no question)."""
+        rows = self.targets()
+        if not rows:
+            return
+        ids = [r["id"] for r in rows]
+        archive = not all(r.get("archived") for r in rows)
+        what = "archive" if archive else "restore"
+        store = self.app.store
+
+        def work() -> None:
+            for rid in ids:
+                store.annotate(store.run_dir(rid), archived=archive)
+            text = (f"archived {_list(ids)} (A shows archived runs; x there restores)" if archive else
+                    f"restored {_list(ids)}")
+            self.app.call_from_thread(self.notify, text, title=what)
+            self.post_message(ActionDone(what, True, text, ids))
+
+        self.selected -= set(ids)
+        self.app.work(self, work, name=what, group="actions")
+
+    def action_toggle_archived(self) -> None:
+        """Show only the archived runs, or back to the others (the selection is cleared: it would be hidden)."""
+        self.show_archived = not self.show_archived
+        self.selected.clear()
+        self._refresh_rows()
+        self._update_info()
+
+    def action_diff(self) -> None:
+        """Diff two runs: the two selected, or the one selected and the one under the cursor."""
+        pair = [r["id"] for r in self.targets()] if len(self.selected) == 2 else []
+        cursor = self.cursor_id()
+        if len(self.selected) == 1 and cursor and cursor not in self.selected:
+            pair = [next(iter(self.selected)), cursor]
+        if len(pair) != 2:
+            self.notify("select two runs (space) to diff", severity="warning")
+            return
+        self.app.push_screen(DiffScreen(*pair))
+
     def on_action_done(self, message: ActionDone) -> None:
         self.request_poll(force=True)
 
@@ -451,4 +652,4 @@ def _list(ids: list[str], n: int = 4) -> str:
     return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
-__all__ = ["RunsScreen", "matches", "COLUMNS", "SORTS"]
+__all__ = ["RunsScreen", "matches", "is_expression", "COLUMNS", "SORTS"]
