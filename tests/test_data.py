@@ -149,6 +149,26 @@ def test_n_train_keeps_first_images():
     assert part.train_x.is_contiguous()
 
 
+def test_label_noise_is_symmetric_fixed_and_train_only():
+    clean = load_dataset(DataConfig(dataset="digits", n_train=400))
+    noisy = load_dataset(DataConfig(dataset="digits", n_train=400, label_noise=0.2))
+    again = load_dataset(DataConfig(dataset="digits", n_train=400, label_noise=0.2))
+    other = load_dataset(DataConfig(dataset="digits", n_train=400, label_noise=0.2, split_seed=1))
+    changed = noisy.train_y != clean.train_y
+    assert int(changed.sum()) == 80  # exactly round(0.2 * 400), each moved to another class
+    assert torch.equal(noisy.train_y, again.train_y)  # a split_seed names one noisy set
+    assert not torch.equal(other.train_y, load_dataset(DataConfig(dataset="digits", n_train=400, split_seed=1)).train_y)
+    assert torch.equal(noisy.train_x, clean.train_x) and torch.equal(noisy.test_y, clean.test_y)
+    assert noisy.train_y.dtype == torch.int64 and 0 <= int(noisy.train_y.min()) and int(noisy.train_y.max()) <= 9
+    # the new labels spread over all the other classes
+    full = load_dataset(DataConfig(dataset="digits"))
+    half = load_dataset(DataConfig(dataset="digits", label_noise=0.5))
+    moved = half.train_y != full.train_y
+    assert int(moved.sum()) == round(0.5 * len(full.train_y))
+    assert set(((half.train_y - full.train_y) % 10)[moved].tolist()) == set(range(1, 10))
+    assert torch.equal(load_dataset(DataConfig(dataset="digits", n_train=400, label_noise=0.0)).train_y, clean.train_y)
+
+
 def test_synthetic():
     ds = load_dataset(DataConfig(dataset="synthetic", split_seed=1))
     assert ds.train_x.shape == (1000, 3, 32, 32) and ds.test_x.shape == (500, 3, 32, 32)

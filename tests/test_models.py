@@ -117,6 +117,14 @@ def test_cnn_small_parameter_count():
     assert n_params(make("cnn_small")) == 320 + 18_496 + 131_200 + 1_290 == 151_306
 
 
+def test_cnn_small_width_multiplier():
+    # cnn_width = 2: conv1 (1*64*9 + 64) + conv2 (64*128*9 + 128) + fc1 (128*4*4*256 + 256) + fc2 (256*10 + 10)
+    m = make("cnn_small", cnn_width=2)
+    assert n_params(m) == 640 + 73_856 + 524_544 + 2_570 == 601_610
+    assert (m.conv1.out_channels, m.conv2.out_channels, m.fc1.out_features) == (64, 128, 256)
+    assert make("cnn_small", cnn_width=2)(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+
+
 def test_preact_resnet18_parameter_count():
     assert preact_resnet18_count(10) == 11_172_170
     assert preact_resnet18_count(200) == 11_269_640

@@ -524,3 +524,14 @@ def test_cli_in_process_formats_and_bad_input(real_home, tmp_path, monkeypatch, 
         code, out, err = _main(bad, capsys)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (bad, err)
         assert err.startswith("advlc: ") and "Traceback" not in err
+
+
+def test_row_names_of_a_method_sweep():
+    """The showcase group sweeps method.name: by preset the point names the row, by label the label
+    already does (no "pgd+advlc [method.name=advlc]"); other swept keys stay in both."""
+    cfg = {"run": {"preset": "quick/robust-overfitting", "label": "pgd+advlc",
+                   "point": {"method.name": "advlc", "method.lam": 0.3}}}
+    assert R.row_name(cfg, "label") == "pgd+advlc [method.lam=0.3]"
+    assert R.row_name(cfg, "preset") == "quick/robust-overfitting [method.lam=0.3 method.name=advlc]"
+    cfg["run"]["point"] = {"method.name": "pgd"}
+    assert R.row_name({"run": {**cfg["run"], "label": "pgd"}}, "label") == "pgd"

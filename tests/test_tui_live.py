@@ -54,25 +54,31 @@ async def test_launch_digits_preset_from_presets_screen_and_watch_it_finish(tmp_
         await pilot.press("n")
         await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen) and app.screen.current is not None)
         scr = app.screen
-        assert scr.current.name == "quick/digits-fgsm_n-advlc"
-        await pilot.press("o", *"train.epochs=2 eval.n=100")
+        assert scr.current.name == "quick/robust-overfitting"   # `make run` opens with the showcase ready
+        await pilot.press("o", *"train.epochs=2 eval.n=100 eval.hs_every=0")
         plan = scr.query_one("#preset-plan")
         await wait_for(pilot, lambda: "2 epochs" in str(plan.render()), what="the plan for 2 epochs")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: app.screen is app.runs_screen and app.runs_screen._ids, timeout=30,
-                       what="the new run in the Runs screen")
-        (rid,) = app.runs_screen._ids
-        assert app.runs_screen.cursor_id() == rid
+        await pilot.press("enter")                                 # one key launches the pair
+        await wait_for(pilot, lambda: app.screen is app.runs_screen and len(app.runs_screen._ids) == 2,
+                       timeout=30, what="the two new runs in the Runs screen")
+        ids = sorted(app.runs_screen._ids)
+        assert app.runs_screen.cursor_id() in ids
         seen = []
         t0 = time.monotonic()
-        while state_of(app, rid) != "finished":
-            s = state_of(app, rid)
+        while any(state_of(app, rid) != "finished" for rid in ids):
+            s = state_of(app, ids[0])
             if not seen or seen[-1] != s:
                 seen.append(s)
-            assert s not in ("failed", "lost", "stopped"), (s, RunDir(store.runs_dir / rid).log_tail(20))
+            for rid in ids:
+                assert state_of(app, rid) not in ("failed", "lost", "stopped"), \
+                    RunDir(store.runs_dir / rid).log_tail(20)
             assert time.monotonic() - t0 < 300, f"still {s} after 300 s"
             await pilot.pause(0.2)
         assert "finished" not in seen and seen[-1] in ("queued", "running")
+        rds = [RunDir(store.runs_dir / rid) for rid in ids]
+        assert sorted(rd.config()["method"]["name"] for rd in rds) == ["advlc", "pgd"]
+        assert len({rd.config()["run"]["group"] for rd in rds}) == 1           # side by side, one group
+        rid = app.runs_screen.cursor_id()
         cells = app.runs_screen.query_one("#runs-table").get_cell(rid, "epoch")
         await wait_for(pilot, lambda: str(app.runs_screen.query_one("#runs-table").get_cell(rid, "epoch"))
                        .startswith("2/2"), timeout=10, what=f"2/2 in {cells}")
@@ -105,7 +111,9 @@ async def test_stop_asks_for_confirmation_then_stops_and_resume_restarts(long_ru
         await pilot.press("y")
         await wait_for(pilot, lambda: state_of(app, rd.id) == "stopped", timeout=60, what="stopped")
         assert rd.status()["state"] == "stopped"
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        # the run writes `stopped` itself, then exits: the process is gone shortly after
+        await wait_for(pilot, lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                       timeout=15, what=f"pid {pid} gone")
         await pilot.press("r")  # resume
         await wait_for(pilot, lambda: state_of(app, rd.id) == "running", timeout=120, what="running again")
         assert rd.status()["pid"] != pid

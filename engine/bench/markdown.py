@@ -8,6 +8,7 @@ from pathlib import Path
 SECTION_STEPS = "Method step cost (advlc bench)"
 SECTION_EPOCH = "Epoch time: fast path vs reference loop (advlc bench --epoch)"
 SECTION_HS = "Input-Hessian spectrum (advlc bench --hs)"
+SECTION_CONCURRENCY = "Concurrent CPU runs: thread budget (advlc bench --concurrency)"
 
 
 def _f(v, fmt="{:.3g}") -> str:
@@ -165,3 +166,25 @@ def write_section(path: Path, heading: str, body: str, *, title: str = "# Benchm
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(new)
     tmp.replace(path)
+
+
+def markdown_concurrency(r: dict, command: str = "advlc bench --concurrency") -> str:
+    dirty = " (with uncommitted changes)" if r.get("dirty") else ""
+    lines = [f"Measured {r['date']} by `{command}` on **{r['device_name']}**, torch {r['torch']}, commit "
+             f"{str(r.get('commit'))[:10]}{dirty}.", "",
+             f"The {r['runs']} runs of `{r['preset']}`"
+             + (f" (with {', '.join(f'`{o}`' for o in r['overrides'])})" if r.get("overrides") else "")
+             + ", as real run processes in a temporary store, three ways: one after another with every core; "
+             f"all started together with the launcher's budget ({r['cores']} cores / {r['runs']} runs = "
+             f"{r['budget_threads']} thread(s) each); all together at torch's default thread count (what every "
+             "detached run did before the budget). Wall time from the first start to the last end, process "
+             "start-up included; s/epoch is the mean the runs recorded themselves.", "",
+             "| schedule | threads per run | wall s | s/epoch |", "|---|---:|---:|---:|"]
+    for name, sc in r["schedules"].items():
+        lines.append(f"| {name} | {sc['threads']} | {sc['wall_s']:.1f} | {sc['epoch_s']:.2f} |")
+    lines.append("")
+    if r.get("budget_vs_sequential") is not None:
+        lines.append(f"- Together with the budget: **{r['budget_vs_sequential']:.2f}×** the wall time of one after another.")
+    if r.get("default_vs_budget") is not None:
+        lines.append(f"- Together at torch's default: **{r['default_vs_budget']:.2f}×** the wall time with the budget.")
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from engine.config import schema as C
 from engine.errors import UserError
 from engine.paths import default_home
 
-DEFAULT_PRESET = "quick/digits-fgsm_n-advlc"
+DEFAULT_PRESET = "quick/robust-overfitting"
 
 
 @dataclass

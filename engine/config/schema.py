@@ -74,6 +74,11 @@ class DataConfig:
     crop_padding: int = opt(4, "Random-crop padding for training images (0 = no crop).", unit="px", min=0, max=32)
     flip: bool = opt(True, "Random horizontal flip of training images.")
     split_seed: int = opt(0, "Seed of the fixed train/test split (digits only).", min=0)
+    label_noise: float = opt(
+        0.0, "Symmetric label noise: this fraction of the (first n_train) training labels is replaced by a "
+        "different class drawn uniformly, once, from a generator seeded by split_seed (the same noisy "
+        "training set for every train.seed; Dong et al. 2021). Test labels are never changed.",
+        unit="fraction", min=0.0, max=1.0)
 
 
 @dataclass
@@ -91,6 +96,8 @@ class ModelConfig:
     )
     depth: int = opt(34, "WideResNet depth (6n + 4).", min=10)
     width: int = opt(10, "WideResNet widening factor.", min=1)
+    cnn_width: int = opt(1, "cnn_small channel multiplier: conv 32k and 64k channels, a 128k-unit hidden layer "
+                         "(k = 1: the 151k-parameter default).", min=1, max=64)
 
 
 @dataclass
@@ -180,6 +187,11 @@ class TrainConfig:
     nesterov: bool = opt(False, "Nesterov momentum.")
     seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
+    threads: int = opt(
+        0, "CPU threads of the run process (torch.set_num_threads). 0 = the launcher's budget: for detached CPU "
+        "runs, the physical cores divided among the CPU runs running on this host (a run alone keeps torch's "
+        "default); under the GPU queue, the cores divided among its slots; in the foreground, torch's default.",
+        min=0, max=4096)
     channels_last: bool = opt(
         False, "Fast path: keep the model's conv weights in channels_last (NHWC) memory format; "
         "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/nn/fastpath.py).")
@@ -612,9 +624,11 @@ def from_json(d: dict) -> RunConfig:
 
 def load_toml(path: Path) -> dict:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such preset file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); presets are TOML files in UTF-8") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     try:

@@ -27,6 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
+from engine.nn.dataset_files import (
+    TIN_LAYOUT,
+    data_root,
+    expected_files,
+    missing_message,
+)
 
 # ---------------------------------------------------------------------------------------
 # the dataset container
@@ -133,9 +139,6 @@ def epoch_batches(
 # loading
 # ---------------------------------------------------------------------------------------
 
-DEFAULT_ROOT = Path("~/.cache/advlc/datasets")
-
-
 def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
     """Read `cfg.dataset` (`cfg`: a RunConfig's [data] section) into tensors on `device`; any
     problem with the files is a UserError."""
@@ -145,7 +148,7 @@ def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
     elif name == "synthetic":
         ds = _load_synthetic(cfg.split_seed, cfg.n_train or 1000, 500)
     elif name in ("cifar10", "cifar100", "svhn", "tinyimagenet"):
-        root = _root(cfg)
+        root = data_root(cfg)
         loader = {"cifar10": _load_cifar10, "cifar100": _load_cifar100, "svhn": _load_svhn,
                   "tinyimagenet": _load_tinyimagenet}[name]
         ds = loader(root, cfg.download)
@@ -155,32 +158,40 @@ def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
     if cfg.n_train > 0:
         ds.train_x = ds.train_x[: cfg.n_train]
         ds.train_y = ds.train_y[: cfg.n_train]
+    if cfg.label_noise > 0:
+        ds.train_y = symmetric_label_noise(ds.train_y, cfg.label_noise, ds.num_classes, cfg.split_seed)
     ds.train_x = ds.train_x.contiguous()
     ds.test_x = ds.test_x.contiguous()
     return ds.to(device)
 
 
-def _root(cfg) -> Path:
-    if cfg.root:
-        return Path(cfg.root).expanduser()
-    if cfg.download:
-        return DEFAULT_ROOT.expanduser()
-    raise UserError(f"{cfg.dataset}: data.root is empty; set data.root to the folder holding the dataset "
-                    f"(--set data.root=/path/to/datasets), or data.download=true")
+def symmetric_label_noise(y: torch.Tensor, frac: float, num_classes: int, seed: int) -> torch.Tensor:
+    """A copy of labels `y` with round(frac * N) of them, chosen at random, each replaced by one of
+    the other num_classes - 1 classes, uniformly. Drawn on the CPU from a generator seeded by
+    `seed`, so a seed names the same noisy labels on every machine."""
+    n = len(y)
+    k = int(round(frac * n))
+    if k == 0 or num_classes < 2:
+        return y.clone()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=g)[:k]
+    shift = torch.randint(1, num_classes, (k,), generator=g)
+    out = y.clone().cpu()
+    out[idx] = (out[idx] + shift) % num_classes
+    return out.to(y.device)
 
 
-def _require(name: str, paths: list[Path], fmt: str, parent: str, download: bool, root: Path) -> None:
-    """Raise one UserError line naming the first missing path; download first if asked."""
+def _require(name: str, root: Path, download: bool) -> list[Path]:
+    """The dataset's files (engine.nn.dataset_files); one UserError line naming the first one
+    missing, after downloading when asked."""
+    paths, fmt, parent = expected_files(name, root)
     missing = [p for p in paths if not p.is_file()]
-    if missing and download and name != "tinyimagenet":
+    if missing and download:
         _download(name, root)
         missing = [p for p in paths if not p.is_file()]
     if missing:
-        where = parent or " and ".join(p.name for p in paths)
-        hint = f"set data.root to the folder that contains {where}"
-        if name != "tinyimagenet":
-            hint += ", or data.download=true"
-        raise UserError(f"{name}: expected {missing[0]} ({fmt}); {hint}")
+        raise UserError(missing_message(name, missing[0], fmt, parent or " and ".join(p.name for p in paths), root))
+    return paths
 
 
 def _download(name: str, root: Path) -> None:
@@ -330,12 +341,8 @@ def _read_cifar_pickle(name: str, path: Path, label_key: str, num_classes: int) 
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar(name: str, root: Path, download: bool, folder: str, train_files: list[str], test_file: str,
-           label_key: str, num_classes: int) -> Dataset:
-    base = root / folder
-    paths = [base / f for f in train_files] + [base / test_file]
-    _require(name, paths, "torchvision's " + ("CIFAR-10" if name == "cifar10" else "CIFAR-100") + " python format",
-             folder, download, root)
+def _cifar(name: str, root: Path, download: bool, label_key: str, num_classes: int) -> Dataset:
+    paths = _require(name, root, download)
     parts = [_read_cifar_pickle(name, p, label_key, num_classes) for p in paths]
     train_x = np.concatenate([p[0] for p in parts[:-1]])
     train_y = np.concatenate([p[1] for p in parts[:-1]])
@@ -345,12 +352,11 @@ def _cifar(name: str, root: Path, download: bool, folder: str, train_files: list
 
 
 def _load_cifar10(root: Path, download: bool) -> Dataset:
-    return _cifar("cifar10", root, download, "cifar-10-batches-py",
-                  [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels", 10)
+    return _cifar("cifar10", root, download, "labels", 10)
 
 
 def _load_cifar100(root: Path, download: bool) -> Dataset:
-    return _cifar("cifar100", root, download, "cifar-100-python", ["train"], "test", "fine_labels", 100)
+    return _cifar("cifar100", root, download, "fine_labels", 100)
 
 
 # -- SVHN -----------------------------------------------------------------------------
@@ -382,8 +388,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_svhn(root: Path, download: bool) -> Dataset:
-    paths = [root / "train_32x32.mat", root / "test_32x32.mat"]
-    _require("svhn", paths, "torchvision's SVHN cropped-digits .mat format", "", download, root)
+    paths = _require("svhn", root, download)
     train_x, train_y = _read_svhn_mat(paths[0])
     test_x, test_y = _read_svhn_mat(paths[1])
     return Dataset("svhn", torch.from_numpy(train_x), torch.from_numpy(train_y),
@@ -393,8 +398,6 @@ def _load_svhn(root: Path, download: bool) -> Dataset:
 # -- TinyImageNet -----------------------------------------------------------------------
 
 _IMG_EXT = (".jpeg", ".jpg", ".png")
-_TIN_LAYOUT = ("tiny-imagenet-200/train/<wnid>/images/*.JPEG and tiny-imagenet-200/val/images/*.JPEG "
-               "with val/val_annotations.txt, as unpacked from tiny-imagenet-200.zip")
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -434,18 +437,18 @@ def _read_images(paths: list[Path]) -> np.ndarray:
 def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
     if download and not ((root / "tiny-imagenet-200").is_dir() or (root / "train").is_dir()):
         raise UserError(f"tinyimagenet: cannot be downloaded automatically; download tiny-imagenet-200.zip "
-                        f"by hand and unpack it into {root} (expected layout: {_TIN_LAYOUT})")
+                        f"by hand and unpack it into {root} (expected layout: {TIN_LAYOUT})")
     base = root / "tiny-imagenet-200"
     if not base.is_dir() and (root / "train").is_dir():
         base = root  # data.root points at tiny-imagenet-200 itself
     train_dir, val_dir = base / "train", base / "val"
     for d in (train_dir, val_dir):
         if not d.is_dir():
-            raise UserError(f"tinyimagenet: expected folder {d} (layout: {_TIN_LAYOUT}); set data.root to the "
+            raise UserError(f"tinyimagenet: expected folder {d} (layout: {TIN_LAYOUT}); set data.root to the "
                             f"folder that contains tiny-imagenet-200")
     wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not wnids:
-        raise UserError(f"tinyimagenet: {train_dir} has no class folders (layout: {_TIN_LAYOUT})")
+        raise UserError(f"tinyimagenet: {train_dir} has no class folders (layout: {TIN_LAYOUT})")
     index = {w: i for i, w in enumerate(wnids)}
 
     train_paths, train_labels = [], []
@@ -475,7 +478,7 @@ def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
         classes = sorted(p.name for p in val_dir.iterdir() if p.is_dir() and p.name != "images")
         if not classes:
             raise UserError(f"tinyimagenet: expected {ann} with {val_dir / 'images'}, or class folders "
-                            f"{val_dir}/<wnid>/ (layout: {_TIN_LAYOUT})")
+                            f"{val_dir}/<wnid>/ (layout: {TIN_LAYOUT})")
         for w in classes:
             if w not in index:
                 raise UserError(f"tinyimagenet: {val_dir / w} is not a class of {train_dir}")

@@ -8,8 +8,11 @@ the run's log and the command line show an epoch record as `format_epoch`'s one 
 
 from __future__ import annotations
 
-from engine.store.files import read_json, table_rows
+from engine.errors import CorruptFile
 from engine.store.rundir import RunDir
+
+CORRUPT = "corrupt"
+"""The state an index document shows for a run whose files cannot be read (never a run's own state)."""
 
 
 def best_and_end(epochs: list[dict]) -> tuple[dict | None, dict | None]:
@@ -21,19 +24,58 @@ def best_and_end(epochs: list[dict]) -> tuple[dict | None, dict | None]:
     return best, evald[-1]
 
 
+RO_POINTS = 0.025
+"""How far (fraction of test robust accuracy; 0.025 = 2.5 points) below its best a robust accuracy
+must be to count towards robust overfitting."""
+RO_STREAK = 10
+"""How many consecutive evaluated epochs that far below the best make robust overfitting."""
+
+
+def overfitting_onset(epochs: list[dict], points: float = RO_POINTS, streak: int = RO_STREAK) -> dict | None:
+    """The first epoch record at which robust overfitting has set in, or None.
+
+    Looks only at records up to each epoch (so it can fire live): after the learning rate has been
+    decayed once (robust overfitting is a post-decay effect; before it, test robust accuracy swings
+    by several points while the model still improves), `streak` consecutive evaluated epochs with a
+    robust accuracy at least `points` below the running best, while the training accuracy has risen
+    since that best epoch (the model fits its adversarial training batches better and the test set
+    worse). Tuned on the robust-overfitting showcase: fires for PGD-10 and FGSM-N AT on every seed,
+    never for their AdvLC runs (docs/PRESETS.md).
+    """
+    lr0 = epochs[0].get("lr") if epochs else None
+    best, run = None, 0
+    for rec in epochs:
+        if rec.get("robust_acc") is None:
+            continue
+        if best is None or rec["robust_acc"] >= best["robust_acc"]:
+            best, run = rec, 0
+            continue
+        run = run + 1 if rec["robust_acc"] <= best["robust_acc"] - points + 1e-12 else 0
+        decayed = lr0 is not None and rec.get("lr") is not None and rec["lr"] < lr0
+        rose = rec.get("train_acc") is not None and best.get("train_acc") is not None \
+            and rec["train_acc"] > best["train_acc"]
+        if decayed and run >= streak and rose:
+            return {**rec, "best_epoch": best["epoch"], "best_robust_acc": best["robust_acc"],
+                    "best_train_acc": best["train_acc"]}
+    return None
+
+
 def last_value(records: list[dict], key: str):
     """The newest non-None value of `key` (HS is recorded on some epochs only)."""
     return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
 
 
 def summarize(rd: RunDir) -> dict:
-    """The index document of a run, computed from its directory alone."""
-    cfg = rd.config()
+    """The index document of a run, computed from its directory alone (state "corrupt", with
+    the error, when one of its files cannot be read)."""
+    try:
+        cfg, st, tables, meta = rd.config(), rd.status(), rd.metrics(), rd.meta()
+    except CorruptFile as exc:
+        return {"id": rd.id, "state": CORRUPT, "error": str(exc), "path": str(rd.path), "epoch": 0}
     run = cfg.get("run", {})
-    st = rd.status()
-    data = read_json(rd.metrics_path, {}) or {}
-    epochs, swa = table_rows(data, "epochs"), table_rows(data, "swa")
+    epochs, swa = tables.get("epochs", []), tables.get("swa", [])
     best, last = best_and_end(epochs)
+    onset = overfitting_onset(epochs)
     doc = {
         "id": rd.id,
         "preset": run.get("preset"),
@@ -55,10 +97,15 @@ def summarize(rd: RunDir) -> dict:
         "end_clean_acc": last["clean_acc"] if last else None,
         "ig": last.get("ig") if last else None,
         "hs": last_value(epochs, "hs"),
+        "overfit_epoch": onset["epoch"] if onset else None,
         "epoch_time_s": epochs[-1].get("time_s") if epochs else None,
         "updated": st.get("heartbeat") or st.get("created"),
         "error": st.get("error"),
         "path": str(rd.path),
+        "title": meta.get("title") or None,
+        "tags": list(meta.get("tags") or []),
+        "note": (meta.get("note") or "").strip().split("\n", 1)[0] or None,
+        "archived": bool(meta.get("archived")),
     }
     # the SWA model's own records (table `swa`, same keys), when the run averages weights
     swa_best, swa_last = best_and_end(swa)

@@ -4,9 +4,11 @@
                 [--batch 100] [--iters N] [--warmup N] [--json] [--write-docs]
     advlc bench --epoch [--iters BATCHES] [--amp off,bf16] [--compile] [--workers N] [--n-train 50000] ...
     advlc bench --hs [--run RUN] [--ckpt best|last] [--n 2000] ...
+    advlc bench --concurrency [--preset quick/robust-overfitting] [--set k=v]...
 
 Progress goes to stderr; the table (or, with --json, the whole result) to stdout.
-`--write-docs` replaces the matching section of docs/BENCHMARKS.md (`--docs` names another file).
+`--write-docs` replaces the matching section of docs/BENCHMARKS.md (`--docs` names another file;
+an installed advlc has no docs/, so there `--docs` is required).
 The benchmarks load torch, so they come from engine.facade on first use.
 """
 
@@ -29,6 +31,7 @@ from tui.cli.root import app
 
 
 def _docs_default() -> Path:
+    """docs/BENCHMARKS.md of a source checkout (an installed advlc has no docs/: --docs is required)."""
     return CODE_ROOT / "docs" / "BENCHMARKS.md"
 
 
@@ -95,18 +98,35 @@ def _print_hs(r: dict) -> None:
     out.print("goals: " + ", ".join(f"{k} {'—' if v is None else ('yes' if v else 'NO')}" for k, v in r["goals"].items()))
 
 
+def _print_concurrency(r: dict) -> None:
+    out.print(f"{r['device_name']}  torch {r['torch']}  {r['runs']} runs of {r['preset']}  "
+              f"budget {r['budget_threads']} thread(s) each")
+    t = Table(box=None, pad_edge=False)
+    for c in ("schedule", "threads per run", "wall s", "s/epoch"):
+        t.add_column(c, justify="left" if c == "schedule" else "right")
+    for name, sc in r["schedules"].items():
+        t.add_row(name, str(sc["threads"]), f"{sc['wall_s']:.1f}", f"{sc['epoch_s']:.2f}")
+    out.print(t)
+    if r.get("budget_vs_sequential") is not None:
+        out.print(f"together with the budget: {r['budget_vs_sequential']:.2f}x the time of one after another")
+    if r.get("default_vs_budget") is not None:
+        out.print(f"together at torch's default threads: {r['default_vs_budget']:.2f}x the time with the budget")
+
+
 def _command_line(ctx: typer.Context) -> str:
     """`advlc bench` with the options that were given (those that differ from their defaults)."""
     parts = ["advlc", "bench"]
     for p in sorted(ctx.command.params, key=lambda p: p.name not in ("epoch", "hs")):  # the mode first
         v = ctx.params.get(p.name)
-        if p.name in ("as_json", "write_docs", "docs") or v == p.default or v is None:
+        if p.name in ("as_json", "write_docs", "docs") or v == p.default or v is None or v == []:
             continue
         if isinstance(v, bool):
             if v:
                 parts.append(p.opts[0])
             elif p.secondary_opts:
                 parts.append(p.secondary_opts[0])
+        elif isinstance(v, list):
+            parts += [x for item in v for x in (p.opts[0], shlex.quote(str(item)))]
         else:
             parts += [p.opts[0], shlex.quote(str(v))]
     return " ".join(parts)
@@ -143,17 +163,26 @@ def bench_cmd(ctx: typer.Context,
               power_n: Annotated[Optional[int], typer.Option("--power-n", min=1, help="--hs: samples power iteration is timed on (default: all).")] = None,
               epochs: Annotated[int, typer.Option("--epochs", min=0, help="--hs: training epochs of the digits model.")] = 5,
               seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data and models.")] = 0,
+              concurrency: Annotated[bool, typer.Option("--concurrency", help="CPU runs started together with a thread budget, at torch's default threads, and one after another.")] = False,
+              preset: Annotated[str, typer.Option("--preset", help="--concurrency: the preset whose runs are timed (several: a sweep or --set seeds).")] = "quick/robust-overfitting",
+              set_: Annotated[list[str], typer.Option("--set", help="--concurrency: override section.key=value (repeatable).")] = [],
               as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
               write_docs: Annotated[bool, typer.Option("--write-docs", help="Write the result into docs/BENCHMARKS.md.")] = False,
               docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs updates.")] = None):
     """Time training steps per method (ratio to the base attack), a fast-path epoch against
-    the reference loop (--epoch), or the HS methods (--hs)."""
+    the reference loop (--epoch), the HS methods (--hs), or concurrent CPU runs (--concurrency)."""
+    if epoch + hs + concurrency > 1:
+        raise UserError("--epoch, --hs and --concurrency: pick one")
+    if write_docs and docs is None and not _docs_default().is_file():
+        raise UserError(f"--write-docs: {_docs_default()} does not exist (advlc is installed, not a source "
+                        f"checkout): name the markdown file to update with --docs FILE")
     md = facade.bench_markdown
-    if epoch and hs:
-        raise UserError("--epoch and --hs: pick one")
     progress = (lambda line: err.print(f"[dim]bench:[/] {line}")) if not as_json else \
         (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
-    if hs:
+    if concurrency:
+        r = facade.bench_concurrency(preset, list(set_), progress=progress)
+        section, body, show = md.SECTION_CONCURRENCY, md.markdown_concurrency, _print_concurrency
+    elif hs:
         r = facade.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n,
                            power_n=power_n, epochs=epochs, seed=seed, progress=progress)
         section, body, show = md.SECTION_HS, md.markdown_hs, _print_hs

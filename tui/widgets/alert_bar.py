@@ -8,9 +8,11 @@ Two failure modes the researcher must see at once:
   `(1 - CO_DROP)` times its highest value in the `CO_WINDOW` epochs before t, that highest
   value was at least `CO_MIN_ROBUST`, and the training accuracy at t is not lower than at
   that earlier epoch.
-- **Robust overfitting** (Rice et al. 2020; the subject of the AdvLC paper): the latest
-  robust accuracy is more than `RO_GAP` below the best one (best - current, in fraction
-  units: 0.03 = 3 percentage points).
+- **Robust overfitting** (Rice et al. 2020; the subject of the AdvLC paper): after the first
+  learning-rate decay, the robust accuracy has stayed `RO_POINTS` or more below its best for
+  `RO_STREAK` evaluated epochs while the training accuracy rose (the engine's
+  `overfitting_onset`, which also fills the index's `overfit_epoch`). Once set in, the alert
+  stays: robust overfitting does not go away by itself.
 
 The same thresholds are listed in docs/APP.md.
 """
@@ -21,14 +23,16 @@ from dataclasses import dataclass
 
 from textual.widgets import Static
 
+from engine.facade import RO_POINTS, RO_STREAK, overfitting_onset
+
 CO_WINDOW = 3
 """Epochs looked back for a catastrophic-overfitting collapse."""
 CO_DROP = 0.5
 """Relative drop of robust accuracy that counts as a collapse (0.5 = more than halved)."""
 CO_MIN_ROBUST = 0.05
 """A collapse only counts from a robust accuracy of at least this (fraction), not from noise near 0."""
-RO_GAP = 0.03
-"""Best minus current robust accuracy (fraction) above which robust overfitting is flagged."""
+__all__ = ["CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "RO_POINTS", "RO_STREAK", "Alert", "AlertBar", "detect_alerts",
+           "robust_overfit"]
 
 
 @dataclass
@@ -64,20 +68,20 @@ def detect_alerts(epochs: list[dict]) -> list[Alert]:
                          f"catastrophic overfitting at epoch {e['epoch']}: robust accuracy "
                          f"{_pct(peak['robust_acc'])} → {_pct(e['robust_acc'])} in {e['epoch'] - peak['epoch']} "
                          f"epoch(s) while training accuracy rose {_pct(peak['train_acc'])} → {_pct(e['train_acc'])}"))
-    if ev:
-        best = max(ev, key=lambda p: (p["robust_acc"], p["epoch"]))
-        cur = ev[-1]
-        gap = best["robust_acc"] - cur["robust_acc"]
-        if gap > RO_GAP:
-            out.append(Alert("robust_overfitting", cur["epoch"],
-                             f"robust overfitting: robust accuracy {100 * gap:.1f} points below its best "
-                             f"({_pct(best['robust_acc'])} at epoch {best['epoch']}, now {_pct(cur['robust_acc'])})"))
+    onset = overfitting_onset(epochs)
+    if onset:
+        out.append(Alert("robust_overfitting", onset["epoch"],
+                         f"robust overfitting since epoch {onset['epoch']}: robust accuracy ≥ {100 * RO_POINTS:g} "
+                         f"points below its best ({_pct(onset['best_robust_acc'])} at epoch {onset['best_epoch']}) "
+                         f"for {RO_STREAK} evaluated epochs while training accuracy rose "
+                         f"{_pct(onset['best_train_acc'])} → {_pct(onset['train_acc'])}; best.pt holds the "
+                         "early-stopped model"))
     return out
 
 
-def robust_overfit(best: float | None, end: float | None) -> bool:
-    """The index-level check the Runs table uses (no epoch records needed)."""
-    return best is not None and end is not None and best - end > RO_GAP
+def robust_overfit(doc: dict) -> bool:
+    """The index-level check the Runs table uses: the run's summary found an onset."""
+    return doc.get("overfit_epoch") is not None
 
 
 class AlertBar(Static):

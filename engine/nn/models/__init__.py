@@ -31,8 +31,9 @@ def build_model(cfg, *, num_classes: int, in_channels: int, image_size: int) -> 
     inputs in [0, 1] and `num_classes` logits. Built on the CPU; the caller moves it.
 
     `cfg.shortcut` applies to preact_resnet18 only, `cfg.depth` / `cfg.width` to wide_resnet
-    only. The ResNets end in an adaptive average pool, so they accept any image_size >= 1
-    (8x8 digits included); cnn_small's first linear layer is sized from image_size.
+    only, `cfg.cnn_width` to cnn_small only. The ResNets end in an adaptive average pool, so
+    they accept any image_size >= 1 (8x8 digits included); cnn_small's first linear layer is
+    sized from image_size.
     """
     if cfg.activation not in ACTIVATIONS:
         raise UserError(f"model.activation = {cfg.activation!r}: must be one of "
@@ -41,7 +42,7 @@ def build_model(cfg, *, num_classes: int, in_channels: int, image_size: int) -> 
         raise ValueError(f"build_model: num_classes={num_classes}, in_channels={in_channels}, "
                          f"image_size={image_size} must all be >= 1")
     if cfg.arch == "cnn_small":
-        return CNNSmall(num_classes, in_channels, image_size, cfg.activation)
+        return CNNSmall(num_classes, in_channels, image_size, cfg.activation, cfg.cnn_width)
     if cfg.arch == "preact_resnet18":
         if cfg.shortcut not in SHORTCUTS:
             raise UserError(f"model.shortcut = {cfg.shortcut!r}: must be one of "
