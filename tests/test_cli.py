@@ -184,3 +184,25 @@ def test_bench_write_docs_refuses_outside_a_checkout(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--docs" in err and "BENCHMARKS.md" in err
     assert not (tmp_path / "site-packages").exists()
+
+
+def test_runs_table_keeps_the_label_when_it_tells_a_presets_runs_apart():
+    """A sweep over method.name (the showcase group) gives one preset two labels: when a column
+    must go, IG goes and the label stays, so the two rows are told apart; with one label per
+    preset the label goes first, as the preset names the scheme."""
+    from rich.console import Console
+
+    from tui.cli.runs import runs_table
+
+    def table(second_preset: str, width: int = 76) -> str:
+        rows = [{"id": f"{i:08x}", "preset": p, "label": label, "seed": 0, "state": "finished", "epoch": 100,
+                 "epochs": 100, "best_robust_acc": 0.67, "end_robust_acc": 0.6, "end_clean_acc": 0.95, "ig": 1.96}
+                for i, (p, label) in enumerate([("quick/robust-overfitting", "pgd"), (second_preset, "pgd+advlc")])]
+        con = Console(width=width, record=True, file=__import__("io").StringIO())
+        con.print(runs_table(rows, width))
+        return con.export_text()
+
+    same = table("quick/robust-overfitting")
+    assert "pgd+advlc" in same and "label" in same and " IG" not in same, same
+    apart = table("quick/robust-overfitting-advlc")
+    assert "label" not in apart and " IG" in apart, apart

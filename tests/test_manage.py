@@ -118,6 +118,16 @@ def test_compare_and_report_take_where(synth, tmp_path):
     out, _ = advlc("compare", "--preset", "paper", "--where", "method.lam > 0.2", "--format", "json", home=synth.home)
     rows = json.loads(out)["rows"]
     assert rows and all("advlc" in r["name"] for r in rows)
+    advlc("label", "00000003", "the lambda we kept", home=synth.home)
+    advlc("tag", "00000003", "+robust", home=synth.home)
+    advlc("note", "00000003", "--text", "from the grid\nsecond line", home=synth.home)
+    out_dir = tmp_path / "rep"
+    advlc("report", "--where", '"robust" in tags or preset ~ "table1/fgsm_n-advlc"', "--out", str(out_dir),
+          "--format", "md", home=synth.home)
+    md = (out_dir / "report.md").read_text()
+    assert "| 00000003 | the lambda we kept #robust |" in md           # the provenance names it
+    assert "- **00000003**: from the grid  \n  second line" in md     # and its note is there
+    assert "00000002" in md and "00000004" not in md                     # the --where selection
 
 
 @pytest.mark.parametrize("text,doc,want", [

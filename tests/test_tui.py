@@ -120,6 +120,22 @@ def test_alert_thresholds():
 
 
 # ---------------------------------------------------------------------------- runs screen
+async def test_runs_of_one_preset_with_different_labels_show_their_label(store):
+    """The showcase group sweeps method.name: both runs have one preset and one seed, so the
+    preset cell adds the label; presets with one label each do not."""
+    fab(store, "00000001", preset="quick/robust-overfitting", advlc=False)
+    fab(store, "00000002", preset="quick/robust-overfitting", advlc=True)
+    fab(store, "00000003", preset="quick/digits-fgsm_n")
+    store.reindex()
+    app = make_app(store.home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(table_ids(app)) == 3)
+        table = app.runs_screen.query_one("#runs-table", RunTable)
+        cells = {rid: str(table.get_cell(rid, "preset")) for rid in ("00000001", "00000002", "00000003")}
+        assert cells["00000001"].endswith("[fgsm_n]") and cells["00000002"].endswith("[fgsm_n+advlc]"), cells
+        assert cells["00000003"] == "quick/digits-fgsm_n", cells
+
+
 async def test_runs_screen_live_refresh_keeps_cursor_and_shows_new_runs(store):
     for i in range(12):
         fab(store, f"{i:08x}", seed=i % 3, done=10 if i < 10 else 4, state="finished" if i < 10 else "running",

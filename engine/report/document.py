@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.errors import CorruptFile, UserError
 from engine.report import figures as F
 from engine.report.tables import (
     CompareTable,
@@ -87,6 +87,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "report"
 
 
+def _meta(r: RunData) -> dict:
+    """What people said about a run (title, tags, note); {} when meta.json is missing or damaged."""
+    try:
+        return r.rd.meta()
+    except (CorruptFile, OSError):
+        return {}
+
+
+def _named(r: RunData) -> str:
+    """`title #tag #tag`, or — when the run has neither."""
+    meta = _meta(r)
+    return " ".join(([meta["title"]] if meta.get("title") else []) + [f"#{t}" for t in meta.get("tags") or []]) or "—"
+
+
+def _notes(runs: list[RunData]) -> list[str]:
+    """The notes of the runs that have one, as markdown list items."""
+    out = []
+    for r in runs:
+        note = (_meta(r).get("note") or "").strip()
+        if note:
+            out.append(f"- **{r.rd.id}**: " + md_escape(note).replace("\n", "  \n  "))
+    return out
+
+
 def _provenance_rows(runs: list[RunData]) -> list[list[str]]:
     rows = []
     for r in runs:
@@ -96,14 +120,14 @@ def _provenance_rows(runs: list[RunData]) -> list[list[str]]:
         commit = (commit[:10] + (" (dirty " + str(prov.get("diff_sha256") or "") + ")" if prov.get("dirty") else "")
                   if commit else "—")
         best, _ = best_and_end(r.epochs)
-        rows.append([r.rd.id, str(run.get("preset")), str(run.get("label")), point_text(r.point) or "—",
+        rows.append([r.rd.id, _named(r), str(run.get("preset")), str(run.get("label")), point_text(r.point) or "—",
                      str(run.get("seed")), r.state, f"{len(r.epochs)}/{r.config.get('train', {}).get('epochs')}",
                      "—" if best is None else str(best["epoch"]), commit, str(prov.get("device_name") or "—"),
                      str(prov.get("host") or "—"), str(prov.get("torch") or "—"), str(run.get("group") or "—")])
     return rows
 
 
-PROV_HEAD = ["run", "preset", "label", "point", "seed", "state", "epochs", "best epoch", "commit", "device",
+PROV_HEAD = ["run", "title / tags", "preset", "label", "point", "seed", "state", "epochs", "best epoch", "commit", "device",
              "host", "torch", "group"]
 
 
@@ -185,6 +209,9 @@ def _markdown(name: str, store, runs: list[RunData], by: str, include_unfinished
            "code commit (dirty = uncommitted changes, with the hash of the diff), device and host "
            "from the run's config.json.", "",
            _md_table(PROV_HEAD, _provenance_rows(runs)), ""]
+    notes = _notes(runs)
+    if notes:
+        md += ["### Notes", ""] + notes + [""]
     return "\n".join(md)
 
 

@@ -227,8 +227,9 @@ def _fig1(specs, plt, colors):
         return None, None, "no run recorded losses, IG or HS"
     col = _Collector()
     ncol = len(specs)
+    # one y scale per row, so the schemes' IG and HS are compared by height, not by tick labels
     fig, axes = plt.subplots(len(panels), ncol, figsize=(2.6 * ncol + 0.6, 2.0 * len(panels)), squeeze=False,
-                             layout="constrained")
+                             sharey="row", layout="constrained")
     mcolors = ["#1f77b4", "#d62728", "#2ca02c"]
     for j, s in enumerate(specs):
         for i, (pname, lines) in enumerate(panels):
@@ -250,8 +251,8 @@ def _fig1(specs, plt, colors):
                 ax.legend(loc="best", frameon=False)
     src = ", ".join(f"{name}: {te or '—'} / {tr or '—'}" for name, te, tr in loss)
     caption = ("Fig. 1: loss, IG and HS per epoch for each training scheme on the test (solid) and training "
-               "(dashed) data; AV = adversarial − clean loss. Lines smoothed over 5 epochs (raw faint), ± std "
-               f"over seeds shaded. Keys (test / train): {src}.")
+               "(dashed) data; AV = adversarial − clean loss. Each row shares its y axis across schemes. Lines "
+               f"smoothed over 5 epochs (raw faint), ± std over seeds shaded. Keys (test / train): {src}.")
     return fig, col, caption
 
 

@@ -115,7 +115,12 @@ RUNS_COLUMNS = (
 )
 """`advlc runs`, left to right. When the table does not fit, clean end, then label (the preset
 names the scheme too), then IG are hidden until the preset column has room for its distinctive
-part (`advlc show` and `--json` have them all)."""
+part (`advlc show` and `--json` have them all); the label stays when it tells runs of one preset
+apart."""
+
+LABEL_LAST = 9
+"""The label's drop order when one preset's runs have different labels (a sweep of method.name):
+then it is what tells them apart, and goes last."""
 
 PRESET_ROOM = 20
 """Characters the preset column gets before columns are hidden to make room."""
@@ -174,11 +179,17 @@ def runs_table(rows: list[dict], width: int) -> Table:
     widths = {key: max([len(line) for line in head.split("\n")] + [len(c[key]) for c in cells])
               for key, head, _right, _drop in RUNS_COLUMNS}
     shown = list(RUNS_COLUMNS)
+    labels_of: dict[str, set] = {}
+    for c in cells:
+        labels_of.setdefault(c["preset"], set()).add(c["label"])
+    # the label names the scheme; it may go only where the preset already does (one label a preset)
+    label_needed = any(len(v) > 1 for v in labels_of.values())
+    order = {c[0]: (LABEL_LAST if label_needed and c[0] == "label" else c[3]) for c in RUNS_COLUMNS}
 
     def room() -> int:  # what the preset column gets: the width minus the others and one space between columns
         return width - sum(widths[c[0]] for c in shown if c[0] != "preset") - (len(shown) - 1)
 
-    for col in sorted((c for c in RUNS_COLUMNS if c[3]), key=lambda c: c[3]):
+    for col in sorted((c for c in RUNS_COLUMNS if c[3]), key=lambda c: order[c[0]]):
         if room() >= min(widths["preset"], PRESET_ROOM):
             break
         shown.remove(col)

@@ -178,6 +178,8 @@ class RunsScreen(Screen):
         self._keys: dict[str, tuple] = {}
         self._rows_by_id: dict[str, dict] = {}
         self._cache: dict[str, tuple] = {}
+        self._multi_label: set[str] = set()
+        """Presets whose runs have different labels (a sweep of method.name): their rows show the label."""
         self._polling = False
         self._colors: dict[str, str] = {}
         self._focus_ids: list[str] = []
@@ -283,7 +285,7 @@ class RunsScreen(Screen):
         return (tuple(r.get(k) for k in ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc",
                                          "end_clean_acc", "ig", "hs", "epoch_time_s", "preset", "seed", "title")),
                 tuple(r.get("tags") or ()), (live or {}).get("batch"), (live or {}).get("batches"),
-                r["id"] in self.selected)
+                r["id"] in self.selected, r.get("preset") in self._multi_label)
 
     def cells_for(self, rid: str) -> tuple:
         """The cells of one row, made when the row is first drawn (and again after it changed)."""
@@ -326,6 +328,8 @@ class RunsScreen(Screen):
         """`preset · title #tag #tag` (title muted, tags in the accent colour)."""
         c = self._colors
         t = Text(str(r.get("preset") or r.get("label") or "?"), end="")
+        if r.get("preset") in self._multi_label and r.get("label"):
+            t.append(f" [{r['label']}]")          # a sweep of method.name: the label tells its runs apart
         if r.get("title"):
             t.append(f" · {r['title']}", style=c.get("muted", ""))
         for tag in r.get("tags") or []:
@@ -337,6 +341,10 @@ class RunsScreen(Screen):
         self.snapshot = snap
         table = self.query_one("#runs-table", RunTable)
         self._rows_by_id = {r["id"]: r for r in snap.rows}
+        labels: dict[str, set] = {}
+        for r in snap.rows:
+            labels.setdefault(r.get("preset"), set()).add(r.get("label"))
+        self._multi_label = {p for p, ls in labels.items() if len(ls) > 1}
         rows = self.visible_rows()
         ids = [r["id"] for r in rows]
         self.selected &= set(self._rows_by_id)
