@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import time
+
 
 def force_status(rd, **fields) -> dict:
     """Merge `fields` (state included) into a run's status.json as a crash, a file edited by
     hand or another host could leave it: the transition rules are bypassed on purpose."""
     return rd._merge_status(fields)
+
+
+def wait_for(pred, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `pred` until it returns something true (returned), or fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def cli(*args, code=None) -> tuple[int, str, str]:
+    """`advlc ARGS` in this process: (exit code, stdout, stderr); with `code`, assert the exit code."""
+    from tui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            rc = 0
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+    if code is not None:
+        assert rc == code, (rc, out.getvalue()[-2000:], err.getvalue()[-2000:])
+    return rc, out.getvalue(), err.getvalue()

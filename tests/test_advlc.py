@@ -10,14 +10,7 @@ from engine.nn.methods import get_method
 from engine.nn.methods.advlc import advlc_penalty
 from engine.nn.methods.context import StepContext
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one intra-op thread (conftest sets 2) avoids OpenMP contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 def test_penalty_hand_computed():

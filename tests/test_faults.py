@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import force_status
+from helpers import cli, force_status
 
 from engine.errors import CorruptFile
 from engine.launch import gpuqueue
@@ -30,7 +30,6 @@ from engine.launch.plan import plan_runs
 from engine.store import files
 from engine.store.index import Store
 from engine.store.repair import salvage_tables
-from tui.cli import main
 
 PRESET = "quick/digits-fgsm_n"
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,19 +49,7 @@ def home(tmp_path, monkeypatch):
 
 def advlc(*args, code=None):
     """`advlc ARGS` in this process: (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            rc = 0
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else 1
-    if code is not None:
-        assert rc == code, (rc, out.getvalue()[-2000:], err.getvalue()[-2000:])
-    return rc, out.getvalue(), err.getvalue()
+    return cli(*args, code=code)
 
 
 def one_line(err: str) -> str:

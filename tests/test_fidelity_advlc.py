@@ -28,13 +28,7 @@ EPS, STEPS, LAM, TOP_N = 0.1, 3, 0.8, 17    # TOP_N: neither a multiple of B = 1
 VARIANTS = ("advlc", "advlc_l1", "advlc_sql2", "advlc_kl", "advlc_js", "advlc_nuclear")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one intra-op thread (conftest sets 2) avoids OpenMP contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 class Net(nn.Module):

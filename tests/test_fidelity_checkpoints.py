@@ -27,13 +27,7 @@ from engine.store.index import Store
 OV = ["eval.n=50", "eval.hs_every=0", "eval.final=[]", "data.n_train=200"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one intra-op thread (conftest sets 2) avoids OpenMP contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 def _ig_by_hand(rd, state):

@@ -4,7 +4,6 @@ epochs with a 0-based epoch): the values of `lam_at` by hand, and the lambda the
 (engine.run.loop) actually hands to the method in every step of a real (tiny) run."""
 
 import pytest
-import torch
 
 from engine.config import schema as C
 from engine.config.presets import plan_runs
@@ -13,14 +12,7 @@ from engine.nn.methods import Method, lam_at
 from engine.run.process import run
 from engine.store.index import Store
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one intra-op thread (conftest sets 2) avoids OpenMP contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 def _cfg(schedule, lam=0.15, epochs=4):

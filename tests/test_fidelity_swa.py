@@ -26,13 +26,7 @@ OV = ["model.arch=wide_resnet", "model.depth=10", "model.width=1", "data.n_train
       "eval.hs_every=0", "eval.final=[]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one intra-op thread (conftest sets 2) avoids OpenMP contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 def test_swa_bn_statistics_are_re_estimated_and_weights_averaged(tmp_path):

@@ -9,7 +9,6 @@ About 2 s with one thread (plus the one-time import of the training stack).
 """
 
 import pytest
-import torch
 
 from engine.config.presets import plan_runs
 from engine.launch.supervisor import create_runs
@@ -20,13 +19,7 @@ OV = ["train.epochs=1", "data.n_train=100", "eval.n=50", "eval.ig=false", "eval.
       "eval.hs_samples=50", "eval.hs_batch=25", "eval.extra=[train_hs]", "eval.final=[]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one intra-op thread (conftest sets 2) avoids OpenMP contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 def _run(store, home, preset, overrides):

@@ -24,14 +24,7 @@ from engine.nn.metrics.hessian import (
 from engine.nn.metrics.weight_hessian import weight_hessian
 from engine.nn.models import is_piecewise_linear
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: a single intra-op thread avoids OpenMP spin contention on busy CI machines
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ queries, the archive, and packing runs for a colleague — on real stores."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -11,6 +10,7 @@ import tarfile
 import time
 
 import pytest
+from helpers import cli
 
 from engine.errors import UserError
 from engine.launch import supervisor as S
@@ -18,22 +18,14 @@ from engine.launch.plan import plan_runs
 from engine.report.query import parse
 from engine.store.index import Store
 from engine.store.synthetic import build_store
-from tui.cli import main
 
 PRESET = "quick/digits-fgsm_n"
 
 
 def advlc(*args, home, code=0):
-    out, err = io.StringIO(), io.StringIO()
     os.environ["ADVLC_HOME"] = str(home)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            rc = 0
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else 1
-    assert rc == code, (rc, out.getvalue()[-2000:], err.getvalue()[-2000:])
-    return out.getvalue(), err.getvalue()
+    _, out, err = cli(*args, code=code)
+    return out, err
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import psutil
 import pytest
 
@@ -106,13 +107,7 @@ def advlc(*args, home, check=True, timeout=120):
 
 
 def wait_for(pred, timeout=TIMEOUT, interval=0.1, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return helpers.wait_for(pred, timeout, interval, what)
 
 
 def wait_final(rd, timeout=TIMEOUT):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import psutil
 import pytest
 from helpers import force_status
@@ -50,13 +51,7 @@ def plan(epochs=2, seeds=None, extra=()):
 
 
 def wait_for(pred, timeout=TIMEOUT, interval=0.05, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return helpers.wait_for(pred, timeout, interval, what)
 
 
 def wait_state(rd, states=FINAL_STATES, timeout=TIMEOUT):

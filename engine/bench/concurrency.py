@@ -31,7 +31,7 @@ import torch
 from engine.bench.common import Progress, say
 from engine.config.presets import plan_runs
 from engine.errors import UserError
-from engine.paths import CODE_ROOT, THREADS_ENV
+from engine.paths import CODE_ROOT, THREADS_ENV, usable_cores
 from engine.run import provenance
 from engine.store.index import Store
 from engine.store.rundir import RunDir
@@ -39,13 +39,6 @@ from engine.store.rundir import RunDir
 __all__ = ["bench_concurrency", "SCHEDULES"]
 
 SCHEDULES = ("sequential", "budget", "default")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _env(home: Path, threads: int | None) -> dict:
@@ -103,7 +96,7 @@ def bench_concurrency(preset: str = "quick/robust-overfitting", overrides: list[
     if len(planned) < 2:
         raise UserError(f"bench --concurrency: preset {preset} plans {len(planned)} run; give one that plans "
                         "several (a sweep, or --seeds)")
-    n, cores = len(planned), _cores()
+    n, cores = len(planned), usable_cores()
     code = provenance.code_version()
     res: dict = {"preset": preset, "overrides": overrides, "runs": n, "cores": cores,
                  "budget_threads": max(1, cores // n), "date": time.strftime("%Y-%m-%d", time.gmtime()),

@@ -40,8 +40,8 @@ from engine.launch.processes import (
     python_module,
     reap,
     spawn_detached,
-    usable_cores,
 )
+from engine.paths import usable_cores
 from engine.store.files import read_json, write_json
 from engine.store.index import Store
 from engine.store.rundir import RunDir

@@ -20,8 +20,8 @@ from engine.launch.processes import (
     python_module,
     reap,
     spawn_detached,
-    usable_cores,
 )
+from engine.paths import usable_cores
 from engine.store.index import Store
 from engine.store.rundir import RunDir
 from engine.store.states import transition

@@ -91,14 +91,6 @@ def child_env(home: Path, *, gpu: int | None = None, threads: int | None = None)
     return env
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on: its affinity mask, capped at the physical cores
-    (torch's own default; hyper-threads do not speed up its kernels)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(n, psutil.cpu_count(logical=False) or n))
 
 
 def spawn_detached(argv: list[str], *, log_path: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
