@@ -152,13 +152,13 @@ def test_budget_divides_the_cores_among_runs_running_here(tmp_path, monkeypatch)
 def test_usable_cores_are_physical_cores_in_the_affinity_mask(monkeypatch):
     import psutil
 
-    from engine import paths
+    from engine import cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16 if logical else 4)
-    assert paths.usable_cores() == 4                     # hyper-threads do not count
+    assert cores.usable_cores() == 4                     # hyper-threads do not count
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 64 if logical else 32)
-    assert paths.usable_cores() == 8                     # the affinity mask does
+    assert cores.usable_cores() == 8                     # the affinity mask does
 
 
 def test_running_cpu_runs_counts_live_local_cpu_runs_only(tmp_path):

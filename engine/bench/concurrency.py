@@ -30,8 +30,9 @@ import torch
 
 from engine.bench.common import Progress, say
 from engine.config.presets import plan_runs
+from engine.cores import usable_cores
 from engine.errors import UserError
-from engine.paths import CODE_ROOT, THREADS_ENV, usable_cores
+from engine.paths import CODE_ROOT, THREADS_ENV
 from engine.run import provenance
 from engine.store.index import Store
 from engine.store.rundir import RunDir

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from engine.cores import usable_cores
 from engine.launch import local
 from engine.launch.processes import (
     HOST,
@@ -41,7 +42,6 @@ from engine.launch.processes import (
     reap,
     spawn_detached,
 )
-from engine.paths import usable_cores
 from engine.store.files import read_json, write_json
 from engine.store.index import Store
 from engine.store.rundir import RunDir

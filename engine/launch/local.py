@@ -11,6 +11,7 @@ import time
 
 from filelock import FileLock
 
+from engine.cores import usable_cores
 from engine.errors import UserError
 from engine.launch.processes import (
     HOST,
@@ -21,7 +22,6 @@ from engine.launch.processes import (
     reap,
     spawn_detached,
 )
-from engine.paths import usable_cores
 from engine.store.index import Store
 from engine.store.rundir import RunDir
 from engine.store.states import transition

@@ -1,0 +1,19 @@
+"""How many CPU cores advlc's processes may use: what the launcher divides among concurrent CPU runs
+and what `advlc bench --concurrency` measures with. Kept apart from engine.paths, which config
+imports under bare interpreters (tests/test_py310.py), because it needs psutil."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, capped at the physical cores
+    (torch's own default; hyper-threads do not speed up its kernels)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, psutil.cpu_count(logical=False) or n))
