@@ -38,3 +38,11 @@ def cli(*args, code=None) -> tuple[int, str, str]:
     if code is not None:
         assert rc == code, (rc, out.getvalue()[-2000:], err.getvalue()[-2000:])
     return rc, out.getvalue(), err.getvalue()
+
+
+def one_line(err: str) -> str:
+    """The error output must be exactly one line starting `advlc:`, with no traceback."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("advlc: ") and "Traceback" not in err and "^^^" not in err, err
+    return lines[0]

@@ -27,11 +27,16 @@ TMP_SUFFIX = ".tmp"
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same folder and os.replace."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder and os.replace."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -96,6 +101,15 @@ def move_aside(path: Path) -> Path:
     path = Path(path)
     dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, dest)
+    return dest
+
+
+def copy_aside(path: Path) -> Path:
+    """Keep a copy of a damaged file (`<name>.corrupt-<time>`) before it is replaced atomically:
+    unlike moving it aside, the run's file is never missing, whenever the process is killed."""
+    path = Path(path)
+    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    atomic_write_bytes(dest, path.read_bytes())
     return dest
 
 

@@ -30,10 +30,10 @@ from engine.store.files import (
     move_aside,
     open_db,
     table,
-    table_rows,
 )
+from engine.store.records import IndexRow, Meta, Shape, hint_for, table_records
 from engine.store.rundir import CONFIG, RUN_ID, RunDir, valid_run_id
-from engine.store.summary import summarize
+from engine.store.summary import INDEX_VERSION, summarize
 
 INDEX = "index.json"
 INDEX_TABLE = "runs"
@@ -77,8 +77,9 @@ class Store:
     def create_run(self, config: dict, **status) -> RunDir:
         """Create the directory of a new run from its full config.json content (and first status fields)."""
         self.ensure()
-        rid = config["run"]["id"] if config.get("run", {}).get("id") else self.new_run_id()
-        config.setdefault("run", {})["id"] = rid
+        run = config.setdefault("run", {})
+        rid = run.get("id") or self.new_run_id()
+        run["id"] = rid
         rd = self.run_dir(rid)
         rd.create(config, **status)
         self.sync(rd)
@@ -150,7 +151,7 @@ class Store:
         self.ensure()
         with self._lock:  # summarise under the lock, so a slower writer never upserts an older summary
             doc = doc if doc is not None else summarize(rd)
-            self._write_index(lambda t: t.upsert(doc, Query().id == doc["id"]))
+            self._write_index(lambda t: t.upsert(dict(doc), Query().id == doc["id"]))
         return doc
 
     def sync_many(self, rds: list[RunDir]) -> None:
@@ -163,7 +164,7 @@ class Store:
 
             def upsert_all(t):
                 for doc in docs:
-                    t.upsert(doc, Query().id == doc["id"])
+                    t.upsert(dict(doc), Query().id == doc["id"])
 
             self._write_index(upsert_all)
 
@@ -175,32 +176,45 @@ class Store:
             self._write_index(lambda t: t.remove(Query().id.one_of(list(run_ids))))
 
     def _write_index(self, change) -> None:
-        """Apply `change(table)` to the index (the caller holds the lock); a corrupt index is
-        rebuilt first rather than written over."""
+        """Apply `change(table)` to the index (the caller holds the lock); a corrupt or
+        wrong-shaped index is rebuilt first rather than written over."""
         try:
+            table_records(load_json(self.index_path), INDEX_TABLE, self.index_path, IndexRow)
             change(table(open_db(self.index_path), INDEX_TABLE))
         except CorruptFile:
             self.repair_index()
             change(table(open_db(self.index_path), INDEX_TABLE))
 
-    def index(self) -> list[dict]:
-        """All index documents (no lock: the file is replaced atomically). A corrupt index is
-        rebuilt from the run directories, its damaged copy kept (`self.repaired` says where)."""
+    def index(self) -> list[IndexRow]:
+        """All index rows, checked (no lock: the file is replaced atomically). A corrupt or
+        wrong-shaped index is rebuilt from the run directories, its damaged copy kept
+        (`self.repaired` says where); an index of an older vocabulary is rebuilt in place."""
         try:
-            data = load_json(self.index_path)
+            rows = table_records(load_json(self.index_path, hint_for(self.index_path)), INDEX_TABLE,
+                                 self.index_path, IndexRow)
         except CorruptFile:
             self.repair_index()
-            data = load_json(self.index_path)
-        return table_rows(data, INDEX_TABLE)
+            return table_records(load_json(self.index_path), INDEX_TABLE, self.index_path, IndexRow)
+        if any(r.get("v") != INDEX_VERSION for r in rows):
+            try:
+                self.reindex()
+            except OSError:             # a read-only store: summarise in memory
+                return [summarize(rd) for rd in self.run_dirs()]
+            return table_records(load_json(self.index_path), INDEX_TABLE, self.index_path, IndexRow)
+        return rows
 
     def repair_index(self) -> int:
-        """Move a corrupt index.json aside and rebuild it; returns the number of runs."""
+        """Move a corrupt or wrong-shaped index.json aside and rebuild it; returns the number of runs."""
         with self._lock:
-            try:
-                load_json(self.index_path)
-            except CorruptFile:
-                self.repaired = str(move_aside(self.index_path))
+            self._move_damaged_index()
         return self.reindex()
+
+    def _move_damaged_index(self) -> None:
+        """Move index.json aside when it does not parse or its rows have the wrong shape (caller holds the lock)."""
+        try:
+            table_records(load_json(self.index_path), INDEX_TABLE, self.index_path, IndexRow)
+        except CorruptFile:
+            self.repaired = str(move_aside(self.index_path))
 
     def reindex(self) -> int:
         """Rebuild index.json from the run directories; returns the number of runs. A corrupt
@@ -208,36 +222,37 @@ class Store:
         self.ensure()
         docs = [summarize(rd) for rd in self.run_dirs()]
         with self._lock:
-            try:
-                load_json(self.index_path)
-            except CorruptFile:
-                self.repaired = str(move_aside(self.index_path))
+            self._move_damaged_index()
             t = table(open_db(self.index_path), INDEX_TABLE)
             t.truncate()
-            t.insert_multiple(docs)
+            t.insert_multiple([d.to_json() for d in docs])
         return len(docs)
 
     def annotate(self, rd: RunDir, *, title: str | None = None, add_tags=(), remove_tags=(),
-                 note: str | None = None, archived: bool | None = None) -> dict:
+                 note: str | None = None, archived: bool | None = None) -> Meta:
         """Change what people say about a run (meta.json) and its index row, under the store's lock.
         The run's own process never writes meta.json, so this is safe while it trains."""
         with self._lock:
             meta = rd.meta()
+            changes: dict = {"updated": time.time()}
             if title is not None:
-                meta["title"] = title.strip() or None
-            tags = [t for t in meta.get("tags") or [] if t not in set(remove_tags)]
-            meta["tags"] = tags + [t for t in dict.fromkeys(add_tags) if t not in tags]
+                changes["title"] = title.strip() or None
+            tags = [t for t in meta.tags if t not in set(remove_tags)]
+            changes["tags"] = tags + [t for t in dict.fromkeys(add_tags) if t not in tags]
             if note is not None:
-                meta["note"] = note.rstrip() or None
+                changes["note"] = note.rstrip() or None
             if archived is not None:
-                meta["archived"] = archived
-            meta["updated"] = time.time()
+                changes["archived"] = archived
+            try:
+                meta = meta.replace(**changes)
+            except Shape as exc:
+                raise UserError(f"run {rd.id}: {exc}") from None
             rd.write_meta(meta)
             self.sync(rd)
         return meta
 
     def runs(self, *, state: str | None = None, preset: str | None = None, group: str | None = None,
-             archived: bool | None = False) -> list[dict]:
+             archived: bool | None = False) -> list[IndexRow]:
         """Index rows in creation order, filtered; `archived`: False hides archived runs (the
         default views), True lists only them, None both."""
         rows = self.index()

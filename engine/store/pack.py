@@ -30,7 +30,7 @@ import time
 import zlib
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.errors import CorruptFile, UserError
 from engine.store.index import Store
 from engine.store.rundir import (
     CHECKPOINTS,
@@ -39,15 +39,17 @@ from engine.store.rundir import (
     META,
     METRICS,
     RUN_ID,
+    RUNTIME,
     STATUS,
     RunDir,
 )
+from engine.store.records import ConfigRecord, Meta, RuntimeRecord, Shape, Status, table_records
 from engine.store.states import FINAL_STATES
 
 MANIFEST = "advlc-pack.json"
 FORMAT = 1
 CKPT_FILES = {"best": "best", "end": "last", "swa_best": "swa_best", "swa_end": "swa_end"}
-_MEMBER = re.compile(rf"^runs/({RUN_ID.pattern[1:-1]})/(config|status|metrics|meta)\.json$|"
+_MEMBER = re.compile(rf"^runs/({RUN_ID.pattern[1:-1]})/(config|status|metrics|meta|runtime)\.json$|"
                      rf"^runs/({RUN_ID.pattern[1:-1]})/log\.txt$|"
                      rf"^runs/({RUN_ID.pattern[1:-1]})/checkpoints/(best|last|swa_best|swa_end)\.pt$")
 
@@ -56,24 +58,37 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _relative_config(config: dict, store: Store) -> dict:
-    """config.json with the store's absolute paths made relative to the store."""
+def _relative(path: str | None, home: str) -> str | None:
+    return os.path.relpath(path, home) if path and path.startswith(home) else path
+
+
+def _relative_config(rd: RunDir, store: Store) -> dict:
+    """config.json (as written at creation) with the store's absolute paths made relative to the store."""
     home = str(store.home.resolve())
-    for t in ((config.get("run") or {}).get("teachers") or {}).values():
-        if isinstance(t, dict) and str(t.get("checkpoint", "")).startswith(home):
-            t["checkpoint"] = os.path.relpath(t["checkpoint"], home)
-    src = config.get("source")
-    if isinstance(src, dict) and str(src.get("path", "")).startswith(home):
-        src["path"] = os.path.relpath(src["path"], home)
-    return config
+    config = rd.written_config()
+    for t in config.run.teachers.values():
+        t.checkpoint = _relative(t.checkpoint, home)
+    if config.source is not None:
+        config.source.path = _relative(config.source.path, home)
+    return config.to_json()
+
+
+def _relative_runtime(rd: RunDir, store: Store) -> dict:
+    rt = rd.runtime()
+    if rt.source is not None:
+        rt.source.path = _relative(rt.source.path, str(store.home.resolve()))
+    return rt.to_json()
 
 
 def _members(store: Store, rd: RunDir, ckpts: list[str]) -> dict[str, bytes]:
     st = rd.status()
-    if st.get("state") not in FINAL_STATES:
-        raise UserError(f"run {rd.id} is {st.get('state')}: pack runs that have ended (stop it first)")
+    if st.state not in FINAL_STATES:
+        raise UserError(f"run {rd.id} is {st.state}: pack runs that have ended (stop it first)")
     home = str(store.home.resolve())
-    out = {f"runs/{rd.id}/{CONFIG}": json.dumps(_relative_config(rd.config(), store), indent=1).encode()}
+    out = {f"runs/{rd.id}/{CONFIG}": json.dumps(_relative_config(rd, store), indent=1).encode()}
+    if rd.runtime_path.exists():
+        out[f"runs/{rd.id}/{RUNTIME}"] = json.dumps(_relative_runtime(rd, store), indent=1).encode()
+    rd.meta()                           # a damaged meta.json is not handed on either
     for name in (STATUS, METRICS, META, LOG):
         p = rd.path / name
         if p.exists():
@@ -153,7 +168,35 @@ def _read_archive(path: Path) -> tuple[dict, dict[str, bytes]]:
     for r in runs:
         if f"runs/{r}/{CONFIG}" not in data:
             bad(f"run {r} has no config.json")
+    for name, blob in data.items():
+        _check_member(path, name, blob, bad)
     return manifest, data
+
+
+_RECORDS = {CONFIG: ConfigRecord, STATUS: Status, META: Meta, RUNTIME: RuntimeRecord}
+
+
+def _check_member(path: Path, name: str, blob: bytes, bad) -> None:
+    """An archive's JSON files must parse and have the shape of their records before anything is written."""
+    base = name.rsplit("/", 1)[-1]
+    if base not in _RECORDS and base != METRICS:
+        return
+    try:
+        doc = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        bad(f"{name} is not valid JSON")
+    try:
+        if base == METRICS:
+            if not isinstance(doc, dict):
+                raise Shape("metrics", doc, "must be an object of tables")
+            for table in doc:
+                table_records(doc, table, name)
+        else:
+            _RECORDS[base].from_json(doc)
+    except Shape as exc:
+        bad(f"{name} has a wrong value: {exc}")
+    except CorruptFile as exc:
+        bad(str(exc).split("; ")[0])
 
 
 def unpack(store: Store, path: Path) -> list[RunDir]:

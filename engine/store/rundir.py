@@ -30,7 +30,20 @@ from pathlib import Path
 from tinydb import TinyDB
 
 from engine.errors import CorruptFile, UserError, os_error_line
-from engine.store.files import dumps, load_json, open_db, table, table_rows, write_json
+from engine.store.files import atomic_write_text, dumps, load_json, open_db, table, write_json
+from engine.store.records import (
+    ConfigRecord,
+    EpochRecord,
+    EvalRecord,
+    Meta,
+    MetricRecord,
+    RuntimeRecord,
+    Shape,
+    Status,
+    effective,
+    hint_for,
+    table_records,
+)
 from engine.store.states import transition
 
 CONFIG = "config.json"
@@ -40,16 +53,11 @@ LOG = "log.txt"
 CHECKPOINTS = "checkpoints"
 SUBMITIT = "submitit"
 META = "meta.json"
+RUNTIME = "runtime.json"
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """What a run id looks like (advlc makes 8 hex digits; no '/', '.', or anything a path needs)."""
 
-HINTS = {
-    CONFIG: "it cannot be rebuilt: restore it from a backup (`advlc repair RUN` moves it aside)",
-    STATUS: "run `advlc repair RUN` to rebuild it from the checkpoint and the log",
-    METRICS: "run `advlc repair RUN` to keep the records that can still be read",
-    META: "fix or delete it (it holds only the run's title, tags, note and archived flag)",
-}
 
 
 def valid_run_id(ref: str) -> str:
@@ -109,31 +117,66 @@ class RunDir:
         return self.config_path.exists()
 
     def _load(self, path: Path, name: str):
-        data = load_json(path, HINTS[name].replace("RUN", self.id))
+        data = load_json(path, hint_for(path))
         if data is not None and not isinstance(data, dict):
-            raise CorruptFile(path, "does not hold a JSON object", HINTS[name].replace("RUN", self.id))
+            raise CorruptFile(path, "does not hold a JSON object", hint_for(path))
         return data
 
+    def _parse(self, cls, path: Path, name: str):
+        data = self._load(path, name)
+        try:
+            return cls.from_json(data if data is not None else {}, "")
+        except Shape as exc:
+            raise CorruptFile(path, f"has a wrong value: {exc}", hint_for(path)) from None
+
     # -- config ----------------------------------------------------------------------
-    def config(self) -> dict:
-        """config.json ({} when missing; CorruptFile when damaged)."""
-        return self._load(self.config_path, CONFIG) or {}
+    def written_config(self) -> ConfigRecord:
+        """config.json as written at creation (CorruptFile when damaged or of the wrong shape)."""
+        return self._parse(ConfigRecord, self.config_path, CONFIG)
 
-    def write_config(self, config: dict) -> None:
-        write_json(self.config_path, config)
+    def config(self) -> ConfigRecord:
+        """The run's config as it ran: config.json with runtime.json laid over it (an experiment's
+        source sections, a retargeted device, the latest start's provenance)."""
+        return effective(self.written_config(), self.runtime() if self.runtime_path.exists() else None)
 
-    def create(self, config: dict, **status) -> None:
-        """Make the directory of a new run: config.json, then status `queued` (with `status`
-        fields). A failure (a full disk, say) removes what was made, so no half-made run
-        directory is left."""
+    def config_json(self) -> dict:
+        """`config()` as config.json's JSON (what engine.config.schema.from_json reads)."""
+        return self.config().to_json()
+
+    def create(self, config: dict | ConfigRecord, **status) -> None:
+        """Make the directory of a new run: config.json (its one and only write), then status
+        `queued` (with `status` fields). A failure (a full disk, say) removes what was made, so no
+        half-made run directory is left."""
+        record = config if isinstance(config, ConfigRecord) else ConfigRecord.from_json(config, "config")
         self.path.mkdir(mode=0o700, parents=True, exist_ok=False)
         try:
             self.ckpt_dir.mkdir(mode=0o700)
-            write_json(self.config_path, config)
+            write_json(self.config_path, record.to_json())
             transition(self, "queued", created=time.time(), **status)
         except BaseException:
             _remove_tree(self.path)
             raise
+
+    # -- runtime: what the run learns when it runs --------------------------------------
+    @property
+    def runtime_path(self) -> Path:
+        return self.path / RUNTIME
+
+    def runtime(self) -> RuntimeRecord:
+        """runtime.json (empty when missing; CorruptFile when damaged)."""
+        return self._parse(RuntimeRecord, self.runtime_path, RUNTIME)
+
+    def update_runtime(self, **changes) -> RuntimeRecord:
+        """Change fields of runtime.json (only the run's own process and the launcher that
+        starts it write it)."""
+        rt = self.runtime().replace(**changes)
+        write_json(self.runtime_path, rt.to_json())
+        return rt
+
+    def add_start(self, provenance: dict) -> RuntimeRecord:
+        """Record the provenance of one start of the run process."""
+        rt = self.runtime()
+        return self.update_runtime(starts=[p.to_json() for p in rt.starts] + [provenance])
 
     def check_writable(self) -> None:
         """A one-line error (exit 1) unless a file can be created here: before work whose result
@@ -146,20 +189,20 @@ class RunDir:
             raise UserError(f"run {self.id}: cannot store results: {os_error_line(exc, self.path)}", code=1) from None
 
     # -- meta: what people say about the run -------------------------------------------
-    def meta(self) -> dict:
-        """meta.json: {"title", "tags", "note", "archived"} ({} when there is none)."""
-        return self._load(self.meta_path, META) or {}
+    def meta(self) -> Meta:
+        """meta.json: title, tags, note, archived (empty when there is none)."""
+        return self._parse(Meta, self.meta_path, META)
 
-    def write_meta(self, meta: dict) -> None:
+    def write_meta(self, meta: Meta) -> None:
         """Replace meta.json (callers hold the store's lock: engine.store.index.Store.annotate)."""
-        write_json(self.meta_path, meta)
+        write_json(self.meta_path, meta.to_json())
 
     # -- status ----------------------------------------------------------------------
-    def status(self) -> dict:
-        """status.json ({} when missing; CorruptFile when damaged)."""
-        return self._load(self.status_path, STATUS) or {}
+    def status(self) -> Status:
+        """status.json (a fresh `Status` when missing; CorruptFile when damaged)."""
+        return self._parse(Status, self.status_path, STATUS)
 
-    def update_status(self, **fields) -> dict:
+    def update_status(self, **fields) -> Status:
         """Merge progress fields (heartbeat, epoch, batch, pid, launch, ...) into status.json.
 
         The state itself changes only through engine.store.states.transition."""
@@ -167,18 +210,19 @@ class RunDir:
             raise ValueError("update_status cannot change the state: use engine.store.states.transition")
         return self._merge_status(fields)
 
-    def _merge_status(self, fields: dict, check=None) -> dict:
+    def _merge_status(self, fields: dict, check=None) -> Status:
         """Read status.json, let `check(status)` veto, merge `fields`, write atomically."""
         st = self.status()
         if check is not None:
             check(st)
-        st.update(fields)
+        st = st.replace(**fields)
+        text = dumps(st.to_json())
         try:
-            write_json(self.status_path, st)
+            atomic_write_text(self.status_path, text)
         except OSError as exc:
             if exc.errno != errno.ENOSPC or "state" not in fields or not self.status_path.exists():
                 raise
-            _rewrite_in_place(self.status_path, dumps(st))
+            _rewrite_in_place(self.status_path, text)
         return st
 
     # -- metrics ---------------------------------------------------------------------
@@ -189,18 +233,18 @@ class RunDir:
     def metrics_table(self, name: str):
         return table(self.metrics_db(), name)
 
-    def metrics(self) -> dict:
-        """Every table of metrics.json, parsed once: {"epochs": [...], "swa": [...], ...}."""
+    def metrics(self) -> dict[str, list[MetricRecord]]:
+        """Every table of metrics.json, parsed and checked once: {"epochs": [...], "swa": [...], ...}."""
         data = self._load(self.metrics_path, METRICS) or {}
-        return {name: table_rows(data, name) for name in data}
+        return {name: table_records(data, name, self.metrics_path) for name in data}
 
-    def records(self, table_name: str = "epochs") -> list[dict]:
-        return table_rows(self._load(self.metrics_path, METRICS), table_name)
+    def records(self, table_name: str = "epochs") -> list[MetricRecord]:
+        return table_records(self._load(self.metrics_path, METRICS), table_name, self.metrics_path)
 
-    def epochs(self) -> list[dict]:
+    def epochs(self) -> list[EpochRecord]:
         return self.records("epochs")
 
-    def evals(self) -> list[dict]:
+    def evals(self) -> list[EvalRecord]:
         return self.records("evals")
 
     # -- log -------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def transition(rd, new: str, **fields) -> dict:
     if new not in STATES:
         raise TransitionError(f"run {rd.id}: unknown state {new!r}")
 
-    def allowed(status: dict) -> None:
-        current = status.get("state")
+    def allowed(status) -> None:
+        current = status.state if rd.status_path.exists() else None
         if new not in ALLOWED.get(current, frozenset()):
             raise TransitionError(f"run {rd.id}: {current} -> {new} is not an allowed state change")
 

@@ -9,6 +9,7 @@ the run's log and the command line show an epoch record as `format_epoch`'s one 
 from __future__ import annotations
 
 from engine.errors import CorruptFile
+from engine.store.records import ConfigRecord, IndexRow, Meta, Status
 from engine.store.rundir import RunDir
 
 CORRUPT = "corrupt"
@@ -65,63 +66,104 @@ def last_value(records: list[dict], key: str):
     return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
 
 
-def summarize(rd: RunDir) -> dict:
-    """The index document of a run, computed from its directory alone (state "corrupt", with
-    the error, when one of its files cannot be read)."""
-    try:
-        cfg, st, tables, meta = rd.config(), rd.status(), rd.metrics(), rd.meta()
-    except CorruptFile as exc:
-        return {"id": rd.id, "state": CORRUPT, "error": str(exc), "path": str(rd.path), "epoch": 0}
-    run = cfg.get("run", {})
-    epochs, swa = tables.get("epochs", []), tables.get("swa", [])
-    best, last = best_and_end(epochs)
-    onset = overfitting_onset(epochs)
-    doc = {
-        "id": rd.id,
-        "preset": run.get("preset"),
-        "label": run.get("label"),
-        "method": cfg.get("method", {}).get("name"),
-        "attack": cfg.get("attack", {}).get("name"),
-        "dataset": cfg.get("data", {}).get("dataset"),
-        "arch": cfg.get("model", {}).get("arch"),
-        "seed": run.get("seed"),
-        "group": run.get("group"),
-        "created": run.get("created"),
-        "state": st.get("state", "queued"),
-        "epoch": len(epochs),
-        "epochs": cfg.get("train", {}).get("epochs"),
+INDEX_VERSION = 2
+"""The version of the index row's vocabulary; rows of an older version are rebuilt on read."""
+
+SUMMARY_KEYS = (
+    "best_epoch", "best_clean_acc", "best_robust_acc", "end_epoch", "end_clean_acc", "end_robust_acc",
+    "clean_diff", "robust_diff", "end_ig", "end_hs", "epoch_time_s_last", "epoch_time_s_mean",
+    "eval_time_s_mean",
+)
+"""What `summarize_epochs` says of a table of epoch records, one key per quantity: `best` is the
+epoch with the highest PGD robust accuracy, `end` the last evaluated one, `*_diff` = best - end,
+`end_hs` the newest recorded HS, `epoch_time_s_*` the training time of an epoch, `eval_time_s_mean`
+the per-epoch evaluation time (PGD, IG, HS on the test data) where it was recorded."""
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _mean(values):
+    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize_epochs(epochs: list) -> dict:
+    """The SUMMARY_KEYS of one table of epoch records (`epochs`, or `swa` for the averaged model)."""
+    best, end = best_and_end(epochs)
+    out = {
         "best_epoch": best["epoch"] if best else None,
+        "best_clean_acc": best.get("clean_acc") if best else None,
         "best_robust_acc": best["robust_acc"] if best else None,
-        "best_clean_acc": best["clean_acc"] if best else None,
-        "end_robust_acc": last["robust_acc"] if last else None,
-        "end_clean_acc": last["clean_acc"] if last else None,
-        "ig": last.get("ig") if last else None,
-        "hs": last_value(epochs, "hs"),
-        "overfit_epoch": onset["epoch"] if onset else None,
-        "epoch_time_s": epochs[-1].get("time_s") if epochs else None,
-        "updated": st.get("heartbeat") or st.get("created"),
-        "error": st.get("error"),
-        "path": str(rd.path),
-        "title": meta.get("title") or None,
-        "tags": list(meta.get("tags") or []),
-        "note": (meta.get("note") or "").strip().split("\n", 1)[0] or None,
-        "archived": bool(meta.get("archived")),
+        "end_epoch": end["epoch"] if end else None,
+        "end_clean_acc": end.get("clean_acc") if end else None,
+        "end_robust_acc": end["robust_acc"] if end else None,
+        "end_ig": end.get("ig") if end else None,
+        "end_hs": last_value(epochs, "hs"),
+        "epoch_time_s_last": epochs[-1].get("time_s") if epochs else None,
+        "epoch_time_s_mean": _mean(e.get("time_s") for e in epochs),
+        "eval_time_s_mean": _mean(e.get("eval_time_s") for e in epochs),
     }
+    out["clean_diff"] = _diff(out["best_clean_acc"], out["end_clean_acc"])
+    out["robust_diff"] = _diff(out["best_robust_acc"], out["end_robust_acc"])
+    return out
+
+
+def summarize_records(rid: str, path, cfg: ConfigRecord, st: Status, tables: dict, meta: Meta) -> dict:
+    """The summary of a run from its records: the one function behind the index, `advlc runs`,
+    `show`, the app, compare, report and the TensorBoard export."""
+    run = cfg.run
+    epochs, swa = tables.get("epochs", []), tables.get("swa", [])
+    onset = overfitting_onset(epochs)
+    origin = run.origin
+    doc = {
+        "v": INDEX_VERSION,
+        "id": rid,
+        "preset": run.preset,
+        "label": run.label,
+        "method": cfg.value("method.name"),
+        "attack": cfg.value("attack.name"),
+        "dataset": cfg.value("data.dataset"),
+        "arch": cfg.value("model.arch"),
+        "seed": run.seed,
+        "group": run.group,
+        "point": dict(run.point),
+        "overrides": list(origin.resolved) if origin else [],
+        "overrides_text": (origin.text or "") if origin else "",
+        "overrides_derived": bool(origin and origin.derived),
+        "origin_known": origin is not None,
+        "created": run.created,
+        "state": st.state,
+        "epoch": len(epochs),
+        "epochs": cfg.value("train.epochs"),
+        "overfit_epoch": onset["epoch"] if onset else None,
+        "updated": st.heartbeat or st.created,
+        "error": st.error,
+        "path": str(path),
+        "title": meta.title or None,
+        "tags": list(meta.tags),
+        "note": (meta.note or "").strip().split("\n", 1)[0] or None,
+        "archived": meta.archived,
+    }
+    doc.update(summarize_epochs(epochs))
     # the SWA model's own records (table `swa`, same keys), when the run averages weights
-    swa_best, swa_last = best_and_end(swa)
-    doc.update({
-        "swa_best_epoch": swa_best["epoch"] if swa_best else None,
-        "swa_best_robust_acc": swa_best["robust_acc"] if swa_best else None,
-        "swa_best_clean_acc": swa_best["clean_acc"] if swa_best else None,
-        "swa_end_robust_acc": swa_last["robust_acc"] if swa_last else None,
-        "swa_end_clean_acc": swa_last["clean_acc"] if swa_last else None,
-        "swa_ig": swa_last.get("ig") if swa_last else None,
-        "swa_hs": last_value(swa, "hs"),
-    })
+    doc.update({f"swa_{k}": v for k, v in summarize_epochs(swa).items() if not k.startswith(("epoch_time", "eval_time"))})
     return doc
 
 
-def format_epoch(rec: dict) -> str:
+def summarize(rd: RunDir) -> IndexRow:
+    """The index document of a run, computed from its directory alone (state "corrupt", with
+    the error, when one of its files cannot be read or has the wrong shape)."""
+    try:
+        cfg, st, tables, meta = rd.config(), rd.status(), rd.metrics(), rd.meta()
+        return IndexRow.from_json(summarize_records(rd.id, rd.path, cfg, st, tables, meta))
+    except CorruptFile as exc:
+        return IndexRow({"v": INDEX_VERSION, "id": rd.id, "state": CORRUPT, "error": str(exc),
+                         "path": str(rd.path), "epoch": 0, "tags": [], "archived": False})
+
+
+def format_epoch(rec) -> str:
     """One log line per epoch."""
     def f(key, fmt):
         return "—" if rec.get(key) is None else fmt.format(rec[key])

@@ -90,5 +90,5 @@ def build_store(home: Path, *, n_runs: int = 1000, n_epochs: int = 200, n_runnin
                            total=n_epochs, done=n_epochs // 2 if running else n_epochs,
                            state="running" if running else "finished", created=t0 + 60 * i)
         docs.append(summarize(rd))
-    write_json(store.index_path, {INDEX_TABLE: {str(i + 1): d for i, d in enumerate(docs)}})
+    write_json(store.index_path, {INDEX_TABLE: {str(i + 1): d.to_json() for i, d in enumerate(docs)}})
     return store

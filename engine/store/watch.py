@@ -11,8 +11,9 @@
   reads `log.txt` from the byte offset where it stopped last time.
 - `RunHistory` accumulates a follower's deltas into the records a view plots.
 
-They read tolerantly (a file that does not parse is taken as unchanged or empty and read again
-at the next poll); the commands that act on a run read strictly. Plain Python with no UI: the
+They read tolerantly (a file that does not parse, or has the wrong shape, is taken as unchanged
+or empty and read again at the next poll); the commands that act on a run read strictly. What
+they hand over are the store's records (engine.store.records), checked like any other read. Plain Python with no UI: the
 app calls them from thread workers, tests and the app benchmark call them directly.
 """
 
@@ -24,9 +25,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.errors import CorruptFile
 from engine.store.files import read_json
 from engine.store.index import Store
+from engine.store.records import ConfigRecord, EpochRecord, EvalRecord, Meta, Shape, Status, table_records
 from engine.store.rundir import RunDir
+
+
+def _record(cls, path: Path, default):
+    """The record of a file, or `default` when it is missing, does not parse or has the wrong shape."""
+    data = read_json(path, None)
+    if data is None:
+        return default
+    try:
+        return cls.from_json(data)
+    except Shape:
+        return default
 
 
 def file_sig(path: Path) -> tuple[int, int, int] | None:
@@ -45,7 +59,7 @@ class IndexSnapshot:
 
     rows: list[dict]
     """Index documents (Store.runs() order: by creation time)."""
-    live: dict[str, dict]
+    live: dict[str, Status]
     """run id -> status.json of runs that are running (batch, batches, heartbeat, epoch)."""
     version: int
     """Increases by one with every snapshot a reader hands out."""
@@ -97,7 +111,7 @@ class IndexReader:
             s = file_sig(rd.status_path)
             if s != self._status_sig.get(rid):
                 self._status_sig[rid] = s
-                self._live[rid] = read_json(rd.status_path, {}) or {}   # a damaged file: no live progress
+                self._live[rid] = _record(Status, rd.status_path, Status())   # a damaged file: no live progress
                 changed = True
         if not changed:
             return None
@@ -114,18 +128,19 @@ class RunDelta:
     run_id: str
     reset: bool = False
     """True when the follower started over (first poll, or records were removed)."""
-    epochs: list[dict] = field(default_factory=list)
+    epochs: list[EpochRecord] = field(default_factory=list)
     """New records of table `epochs` (all of them when `reset`)."""
-    swa: list[dict] = field(default_factory=list)
+    swa: list[EpochRecord] = field(default_factory=list)
     """New records of table `swa` (same keys, for the weight-averaged model)."""
-    evals: list[dict] | None = None
+    evals: list[EvalRecord] | None = None
     """All records of table `evals` when they changed, else None."""
-    status: dict | None = None
+    status: Status | None = None
     """status.json when it changed, else None."""
-    config: dict | None = None
-    """config.json when it changed (first poll; provenance is added when the run starts)."""
-    meta: dict | None = None
-    """meta.json (title, tags, note, archived; written by the store, not the run) when it changed ({} when none)."""
+    config: ConfigRecord | None = None
+    """The run's config (config.json with runtime.json) when it changed (first poll; provenance
+    is added when the run starts)."""
+    meta: Meta | None = None
+    """meta.json (title, tags, note, archived; written by the store, not the run) when it changed."""
     log_lines: list[str] = field(default_factory=list)
     """New lines of log.txt."""
     log_reset: bool = False
@@ -165,37 +180,44 @@ class RunFollower:
         if not self._started:
             d.reset = True
             self._started = True
-        if self._changed("config", rd.config_path):
-            d.config = read_json(rd.config_path, {}) or {}
+        if self._changed("config", rd.config_path) | self._changed("runtime", rd.runtime_path):
+            try:
+                d.config = rd.config()
+            except CorruptFile:
+                d.config = None
+                self._sig["config"] = ()        # damaged: `advlc show` names it; read again next time
         if self._changed("status", rd.status_path):
-            d.status = read_json(rd.status_path, {}) or {}
+            d.status = _record(Status, rd.status_path, Status())
         if self._changed("meta", rd.meta_path):
-            d.meta = read_json(rd.meta_path, {}) or {}
+            d.meta = _record(Meta, rd.meta_path, Meta())
         if self._changed("metrics", rd.metrics_path):
-            data = read_json(rd.metrics_path, None)
-            if isinstance(data, dict):
-                for name in ("epochs", "swa"):
-                    rows = data.get(name, {}) or {}
-                    keys = sorted(rows, key=int)
-                    first = int(keys[0]) if keys else None
-                    if len(keys) < self._n[name] or (self._n[name] and first != self._first[name]):
-                        d.reset = True  # records were removed (resume past a checkpoint): start over
-                    self._first[name] = first
-                if d.reset:
-                    self._n = {"epochs": 0, "swa": 0}
-                for name in ("epochs", "swa"):
-                    rows = data.get(name, {}) or {}
-                    keys = sorted(rows, key=int)
-                    new = [rows[k] for k in keys[self._n[name]:]]
-                    self._n[name] = len(keys)
-                    setattr(d, name, new)
-                evals = data.get("evals")
-                if evals:
-                    d.evals = [evals[k] for k in sorted(evals, key=int)]
-            else:
-                self._sig["metrics"] = ()  # half-visible file (should not happen): read again next time
+            self._read_metrics(d)
         self._read_log(d)
         return d
+
+    def _read_metrics(self, d: RunDelta) -> None:
+        data = read_json(self.rd.metrics_path, None)
+        try:
+            tables = {name: table_records(data, name, self.rd.metrics_path) for name in ("epochs", "swa", "evals")}
+        except CorruptFile:
+            tables = None
+        if tables is None or not isinstance(data, dict):
+            self._sig["metrics"] = ()  # half-visible or damaged file: read again next time
+            return
+        for name in ("epochs", "swa"):
+            rows = tables[name]
+            first = int(min(data[name], key=int)) if rows else None
+            if len(rows) < self._n[name] or (self._n[name] and first != self._first[name]):
+                d.reset = True  # records were removed (resume past a checkpoint): start over
+            self._first[name] = first
+        if d.reset:
+            self._n = {"epochs": 0, "swa": 0}
+        for name in ("epochs", "swa"):
+            rows = tables[name]
+            setattr(d, name, rows[self._n[name]:])
+            self._n[name] = len(rows)
+        if tables["evals"]:
+            d.evals = tables["evals"]
 
     def _read_log(self, d: RunDelta) -> None:
         path = self.rd.log_path
@@ -226,12 +248,12 @@ class RunHistory:
 
     def __init__(self, run_id: str, log_lines: int = 2000):
         self.run_id = run_id
-        self.epochs: list[dict] = []
-        self.swa: list[dict] = []
-        self.evals: list[dict] = []
-        self.status: dict = {}
-        self.config: dict = {}
-        self.meta: dict = {}
+        self.epochs: list[EpochRecord] = []
+        self.swa: list[EpochRecord] = []
+        self.evals: list[EvalRecord] = []
+        self.status: Status = Status()
+        self.config: ConfigRecord | None = None
+        self.meta: Meta = Meta()
         self.log: deque[str] = deque(maxlen=log_lines)
 
     def apply(self, d: RunDelta) -> None:
