@@ -7,7 +7,10 @@ file also works wherever a preset name does.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
+import json
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -124,6 +127,10 @@ class PlannedRun:
     seed: int
     teachers: dict = field(default_factory=dict)  # role -> engine.launch.plan.TeacherRef (KDSA)
     role: str = ""         # "teacher:<role>" for a teacher run planned before its student
+    overrides: list = field(default_factory=list)  # the --set overrides as given
+    reference: dict | None = None  # the preset's own resolution at this point (no overrides)
+    preset_sha256: str = ""        # preset_hash of the preset's merged tables
+    command: str | None = None     # the command line that asked for it, or "app" (set by the caller)
 
 
 def _where(name: str, path: Path) -> str:
@@ -208,6 +215,7 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
     pinned = {f"{s}.{k}" for s, k, _ in (C.parse_override(o) for o in overrides)}
     axes = [(k, v) for k, v in axes if k not in pinned]
     n = seeds if seeds else (sweep_seeds or 1)
+    digest = preset_hash(raw)
     runs: list[PlannedRun] = []
     for values in sweep_points(axes):
         cfg = C.from_dict(raw, where)
@@ -216,11 +224,14 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
             section, fname = key.split(".")
             C._set_field(getattr(cfg, section), section, fname, value, f"{where} [sweep]")
             point[key] = getattr(getattr(cfg, section), fname)
+        reference = C.resolve(copy.deepcopy(cfg), where).to_dict() if overrides else None
         C.apply_overrides(cfg, overrides)
         desc = where + (" [sweep] " + ", ".join(f"{k}={C._fmt(v)}" for k, v in point.items()) if point else "")
         C.resolve(cfg, f"{desc} (with --set)" if overrides else desc)
         for i in range(n):
-            runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i))
+            runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i,
+                                   overrides=list(overrides), reference=reference or cfg.to_dict(),
+                                   preset_sha256=digest))
     return Plan(runs, raw, where)
 
 
@@ -230,5 +241,11 @@ def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None
     return plan(ref, overrides, seeds=seeds, home=home).runs
 
 
+def preset_hash(raw: dict) -> str:
+    """sha256 of a preset's merged tables (its `extends` chain included): changes when the preset does."""
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _with_seed(cfg: C.RunConfig, seed: int) -> C.RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+

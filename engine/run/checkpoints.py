@@ -86,7 +86,7 @@ def load_run_model(rd: RunDir, ckpt: str = "end", device="cpu", *, data=None):
     `data` (an engine.nn.datasets.Dataset) gives the class/channel/size numbers without a reload.
     info: {"ckpt", "path", "epoch"} with epoch the 0-based epoch of the checkpoint when known.
     """
-    cfg = from_json(rd.config())
+    cfg = from_json(rd.config_json())
     path = checkpoint_path(rd, ckpt)
     if data is None:
         data = load_dataset(cfg.data, "cpu")

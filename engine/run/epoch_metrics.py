@@ -70,7 +70,7 @@ def first_n(x, y, n: int):
 
 def eff_attack_settings(cfg, name: str) -> dict | None:
     """The training_attack_effectiveness keyword arguments of one eff_* metric."""
-    eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.attack.eps
+    eps = cfg.eval.eps
     tm = cfg.eval.effect_train_mode
     if name == "eff_fgsm":
         return dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1, train_mode=tm)
@@ -98,7 +98,7 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
         return dict.fromkeys(names)
     t0 = time.perf_counter()
     out: dict = {}
-    eps = e.eps if e.eps is not None else cfg.attack.eps
+    eps = e.eps
     bs = e.batch_size
     seed = cfg.train.seed
     dev = next(model.parameters()).device

@@ -82,7 +82,7 @@ from engine.store.rundir import RunDir
 def is_experiment(obj) -> bool:
     """Whether a RunDir / RunConfig / config dict describes an experiment run."""
     if isinstance(obj, RunDir):
-        obj = obj.config()
+        return obj.config().is_experiment
     if isinstance(obj, dict):
         return bool((obj.get("experiment") or {}).get("kind"))
     return bool(getattr(getattr(obj, "experiment", None), "kind", ""))
@@ -308,7 +308,7 @@ def format_point(rec: dict, n_points: int | None = None) -> str:
 def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
                    log: Callable[[str], None]) -> None:
     """Execute the experiment of run `rd` (the analogue of engine.run.trainer.train_run): see the module doc."""
-    cfg = from_json(rd.config())
+    cfg = from_json(rd.config_json())
     x = cfg.experiment
     where = f"run {rd.id}"
     validate(cfg, where)
@@ -319,25 +319,21 @@ def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
     sconf = src.config()
     model, scfg, info = load_run_model(src, x.ckpt, device)
 
-    conf = rd.config()
-    if "provenance" not in conf or conf["provenance"].get("device") != str(device):
-        conf["provenance"] = provenance.collect(device)
-    for section in ("data", "model", "attack", "method"):
-        if section in sconf:
-            conf[section] = sconf[section]
-    srun = sconf.get("run", {})
-    conf["source"] = {"run": src.id, "preset": srun.get("preset"), "label": srun.get("label"),
-                      "ckpt": x.ckpt, "epoch": info["epoch"], "path": info["path"]}
-    conf.setdefault("run", {})["label"] = f"{x.kind}:{srun.get('label')}"
-    rd.write_config(conf)
+    srun = sconf.run
+    rd.add_start(provenance.collect(device))
+    rd.update_runtime(
+        source={"run": src.id, "preset": srun.preset, "label": srun.label, "ckpt": x.ckpt,
+                "epoch": info["epoch"], "path": info["path"]},
+        source_sections={s: sconf.sections[s] for s in ("data", "model", "attack", "method") if s in sconf.sections},
+        label=f"{x.kind}:{srun.label}")
     store.sync(rd)
-    log(f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.get('preset')}, {x.ckpt} checkpoint, "
+    log(f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.preset}, {x.ckpt} checkpoint, "
         f"epoch {info['epoch']}) on {device}")
     log("experiment: " + json.dumps(cfg.to_dict()["experiment"]))
 
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(scfg.data, device)
-    eps = scfg.eval.eps if scfg.eval.eps is not None else scfg.attack.eps
+    eps = scfg.eval.eps
     if x.lr is not None:
         lr = x.lr
     else:

@@ -181,10 +181,10 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
     """
     check_choices(list(ckpts), list(attacks))
     st = rd.status()
-    if not from_run_process and st.get("state") == "running":
+    if not from_run_process and st.state == "running":
         raise UserError(f"run {rd.id} is running: its own process writes metrics.json; evaluate it when it "
                         f"has finished or stopped (`advlc stop {rd.id}`)")
-    cfg = from_json(rd.config())
+    cfg = from_json(rd.config_json())
     if cfg.experiment.kind:
         raise UserError(f"run {rd.id} is a {cfg.experiment.kind} experiment, not a trained model")
     dev = pick_device(device or cfg.train.device)
@@ -205,7 +205,7 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
     else:
         data = data.to(dev)
     x, y = _test_set(data, n)
-    eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.attack.eps
+    eps = cfg.eval.eps
     out = []
     for ckpt in ckpts:
         if skip_missing_swa and ckpt.startswith("swa_"):
@@ -239,7 +239,7 @@ def run_final_evals(rd: RunDir, *, data=None, store=None, log: Callable[[str], N
     eval.final_n test images); called by the run's own process when training has ended.
     Does nothing when eval.final is empty; evaluations already recorded are not repeated (a
     resumed run only completes the missing ones); missing SWA checkpoints are skipped."""
-    e = from_json(rd.config()).eval
+    e = from_json(rd.config_json()).eval
     if not e.final:
         return []
     return eval_run(rd, ckpts=list(e.final_ckpts), attacks=list(e.final), n=e.final_n, store=store, log=log,

@@ -24,6 +24,7 @@ from typing import Callable
 import psutil
 
 from engine.errors import UserError, os_error_line
+from engine.config.schema import from_json
 from engine.run.device import apply_threads
 from engine.run.experiments import is_experiment, run_experiment
 from engine.run.trainer import train_run
@@ -117,7 +118,7 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
     try:
         try:
             _Heartbeat.training.set()
-            threads = apply_threads(int((rd.config().get("train") or {}).get("threads") or 0))
+            threads = apply_threads(from_json(rd.config_json()).train.threads)
             if threads:
                 log(threads)
             work(rd, store, emit, log)

@@ -40,11 +40,12 @@ from engine.run.final_eval import run_final_evals
 from engine.run.loop import EpochResult, train
 from engine.run.teachers import load_teachers
 from engine.store.index import Store
+from engine.store.records import ConfigRecord
 from engine.store.rundir import RunDir
 from engine.store.summary import format_epoch
 
 EPOCH_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_loss", "clean_acc", "robust_loss",
-              "robust_acc", "av", "ig", "hs", "time_s", "images_per_s")
+              "robust_acc", "av", "ig", "hs", "time_s", "eval_time_s", "images_per_s")
 STATUS_EVERY_S = 5.0
 """Seconds between two batch-progress writes of status.json."""
 
@@ -52,13 +53,11 @@ Emit = Callable[[str, dict], None]
 Log = Callable[[str], None]
 
 
-def record_provenance(rd: RunDir, device: torch.device) -> dict:
-    """config.json with the provenance of this process (written when missing or the device changed)."""
-    conf = rd.config()
-    if "provenance" not in conf or conf["provenance"].get("device") != str(device):
-        conf["provenance"] = provenance.collect(device)
-        rd.write_config(conf)
-    return conf
+def record_provenance(rd: RunDir, device: torch.device) -> ConfigRecord:
+    """Record this start's provenance in runtime.json (config.json is never rewritten); returns
+    the run's config with it."""
+    rd.add_start(provenance.collect(device))
+    return rd.config()
 
 
 class _Trainer:
@@ -66,11 +65,11 @@ class _Trainer:
 
     def __init__(self, rd: RunDir, store: Store, emit: Emit, log: Log):
         self.rd, self.store, self.emit, self.log = rd, store, emit, log
-        cfg = self.cfg = from_json(rd.config())
+        cfg = self.cfg = from_json(rd.config_json())
         t, e = cfg.train, cfg.eval
         self.device = device = pick_device(t.device)
         conf = record_provenance(rd, device)
-        log(f"advlc run {rd.id}: {conf.get('run', {}).get('preset')} seed {t.seed} on {device}")
+        log(f"advlc run {rd.id}: {conf.run.preset} seed {t.seed} on {device}")
         log("config: " + json.dumps({s: v for s, v in cfg.to_dict().items() if s != "preset"}))
 
         torch.manual_seed(t.seed)
@@ -91,8 +90,8 @@ class _Trainer:
             teachers = load_teachers(conf, cfg, data, device, store)
         self.extras = {"teachers": teachers} if teachers else {}
         for role in teachers:
-            t_ = conf["run"]["teachers"][role]
-            log(f"teacher {role}: run {t_['run']} ({t_['which']})")
+            t_ = conf.run.teachers[role]
+            log(f"teacher {role}: run {t_.run} ({t_.which})")
         self.swa = _RunSWA(self) if cfg.swa.enabled else None
         self.best_acc = -1.0
         self.last_status = 0.0
@@ -105,7 +104,7 @@ class _Trainer:
         start = 0
         last = self.rd.ckpt("last")
         best = self.rd.ckpt("best")
-        from_best = self.rd.status().get("resume_from") == "best"
+        from_best = self.rd.status().resume_from == "best"
         self.rd.update_status(resume_from=None)
         if last.exists():
             ck = checkpoints.load(last, self.device, hint=f"resume from best.pt with `advlc resume {self.rd.id} "
@@ -157,9 +156,11 @@ class _Trainer:
         rec = dict.fromkeys(EPOCH_KEYS)
         rec.update(epoch=epoch, lr=r.lr, train_loss=r.train_loss, train_acc=r.train_acc, time_s=r.time_s,
                    images_per_s=r.images / r.time_s if r.time_s > 0 else None)
+        t0 = time.perf_counter()
         rec.update(self.evaluate(self.model, epoch))
         swa_rec = self.swa.step(epoch, r.lr) if self.swa is not None else None
         rec.update(extra_epoch_metrics(self.model, self.data, self.cfg, epoch))  # eval.extra (Figs 1, 3, A.2)
+        rec["eval_time_s"] = time.perf_counter() - t0     # what an epoch costs beyond training (for the ETA)
         self.save(epoch, rec, swa_rec)
         self.log(format_epoch(rec))
         self.emit("epoch", rec)
