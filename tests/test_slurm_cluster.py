@@ -31,10 +31,11 @@ import psutil
 import pytest
 
 from engine.launch import processes
-from engine.launch import slurm as SL
 from engine.launch import supervisor as S
+from engine.launch.executors import slurm as SL
 from engine.launch.plan import plan_runs
 from engine.store.index import Store
+from engine.store.records import SlurmLaunch
 from engine.store.states import FINAL_STATES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ NODE = os.environ.get("ADVLC_SLURM_NODE", "advlc-node1")
 PRESET = "quick/digits-fgsm_n"
 EPOCHS = 60            # ~0.15 s an epoch on the node: long enough to stop or preempt midway
 SET = ["--set", f"train.epochs={EPOCHS}", "--set", "eval.n=100"]
-NOISE = ("time_s", "images_per_s")
+NOISE = ("time_s", "eval_time_s", "images_per_s")     # timings
 TIMEOUT = 240
 
 
@@ -88,8 +89,8 @@ def store(cluster, tmp_path):
     """A store of its own; whatever job of it is left at the end is cancelled."""
     s = Store(tmp_path / "home").ensure()
     yield s
-    jobs = [str((rd.status().get("launch") or {}).get("job_id")) for rd in s.run_dirs()
-            if (rd.status().get("launch") or {}).get("job_id")]
+    jobs = [str(rd.status().launch.job_id) for rd in s.run_dirs()
+            if isinstance(rd.status().launch, SlurmLaunch) and rd.status().launch.job_id]
     if jobs:
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)
 
@@ -111,12 +112,12 @@ def wait_for(pred, timeout=TIMEOUT, interval=0.1, what="condition"):
 
 
 def wait_final(rd, timeout=TIMEOUT):
-    wait_for(lambda: rd.status().get("state") in FINAL_STATES, timeout, what=f"{rd.id} to end")
-    return rd.status()["state"]
+    wait_for(lambda: rd.status().state in FINAL_STATES, timeout, what=f"{rd.id} to end")
+    return rd.status().state
 
 
 def job_of(rd) -> str:
-    return str(rd.status()["launch"]["job_id"])
+    return str(rd.status().launch.job_id)
 
 
 def squeue(jid) -> str:
@@ -178,21 +179,21 @@ def test_pending_jobs_stopped_cancelled_and_purged_never_stay_queued(store):
     assert "3 Slurm run(s)" in table and re.search(rf"{a.id}\s+queued\s+{job_of(a)}\s+PENDING\s+BeginTime\s+debug\s+60 min", table), table
 
     assert f"{a.id}  stopped" in advlc("stop", a.id, home=h).stdout
-    assert a.status()["state"] == "stopped" and squeue(job_of(a)) in ("", "CANCELLED BeginTime")
+    assert a.status().state == "stopped" and squeue(job_of(a)) in ("", "CANCELLED BeginTime")
 
     subprocess.run(["scancel", job_of(b)], check=True, timeout=60)
     assert squeue(job_of(b)).startswith("CANCELLED")
     advlc("runs", home=h)                                  # every command reconciles
     st = b.status()
-    assert st["state"] == "stopped", st
-    assert one_line(st["error"]).startswith(f"Slurm job {job_of(b)} CANCELLED (reason BeginTime): cancelled outside advlc")
+    assert st.state == "stopped", st
+    assert one_line(st.error).startswith(f"Slurm job {job_of(b)} CANCELLED (reason BeginTime): cancelled outside advlc")
 
     subprocess.run(["scancel", job_of(c)], check=True, timeout=60)
-    c.update_status(launch={**c.status()["launch"], "job_id": "999999"})   # as Slurm says once it purged the job
+    c.update_status(launch=c.status().launch.replace(job_id="999999"))   # as Slurm says once it purged the job
     assert SL.job_states(["999999"]) == {"999999": {"state": "PURGED", "reason": "", "nodes": "", "name": "", "limit": ""}}
     assert S.reconcile(store) == [c.id]
     st = c.status()
-    assert st["state"] == "lost" and "Slurm job 999999 has ended (Slurm no longer lists it" in one_line(st["error"])
+    assert st.state == "lost" and "Slurm job 999999 has ended (Slurm no longer lists it" in one_line(st.error)
     assert {r["state"] for r in store.runs()} == {"stopped", "lost"}
     assert json.loads(advlc("queue", "--json", home=h).stdout)["slurm"] == []
 
@@ -223,12 +224,12 @@ def test_queue_works_without_slurm_clients(store, monkeypatch, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("PATH", f"{empty}{os.pathsep}{Path(sys.executable).parent}")
-    assert S.reconcile(store) == [] and store.get(rid).status()["state"] == "queued"
+    assert S.reconcile(store) == [] and store.get(rid).status().state == "queued"
     out = advlc("queue", home=h).stdout
     assert "? (squeue did not answer)" in out
     p = advlc("stop", rid, home=h, check=False)
     assert p.returncode == 2 and p.stderr.strip() == "advlc: scancel not found: stop Slurm runs from a Slurm login node"
-    assert store.get(rid).status()["state"] == "queued"
+    assert store.get(rid).status().state == "queued"
     monkeypatch.undo()
     advlc("stop", rid, home=h)
 
@@ -257,12 +258,12 @@ def reference(finished_pair):
 @pytest.mark.slow
 def test_seeds_2_on_the_cpu_cluster_with_only_a_partition(finished_pair):
     store, rds, took, stdout = finished_pair
-    assert len(rds) == 2 and [rd.status()["state"] for rd in rds] == ["finished", "finished"], [rd.log_tail(5) for rd in rds]
-    assert [rd.config()["train"]["seed"] for rd in rds] == [0, 1]
+    assert len(rds) == 2 and [rd.status().state for rd in rds] == ["finished", "finished"], [rd.log_tail(5) for rd in rds]
+    assert [rd.config_json()["train"]["seed"] for rd in rds] == [0, 1]
     for rd in rds:
         st = rd.status()
         assert [r["epoch"] for r in rd.epochs()] == list(range(EPOCHS))
-        assert st["host"] == NODE and st["launch"]["sbatch"] == {
+        assert st.host == NODE and st.launch.sbatch == {
             "partition": "debug", "time": 60, "time_from": "the limit of partition debug (1:00:00)",
             "gpus": 0, "gpus_from": "device cpu"}
         log = rd.log_path.read_text()
@@ -276,7 +277,7 @@ def test_seeds_2_on_the_cpu_cluster_with_only_a_partition(finished_pair):
     # ended jobs vanish from squeue 5-15 s later (MinJobAge=5): "Invalid job id" counts as ended, not as trouble
     jid = job_of(rds[0])
     wait_for(lambda: SL.job_states([jid])[jid]["state"] == "PURGED", timeout=60, interval=1, what="the purge")
-    assert S.reconcile(store) == [] and rds[0].status()["state"] == "finished"
+    assert S.reconcile(store) == [] and rds[0].status().state == "finished"
     print(f"\nslurm: --seeds 2, {EPOCHS} epochs each, both finished {took:.1f}s after `advlc run`")
 
 
@@ -295,7 +296,7 @@ def test_preempted_job_is_requeued_and_equals_the_uninterrupted_run(store, refer
     seen, restarted = ["running"], None
     end = time.monotonic() + TIMEOUT
     while seen[-1] != "finished" and time.monotonic() < end:
-        state = rd.status().get("state")
+        state = rd.status().state
         if state != seen[-1]:
             seen.append(state)
             if state == "running" and restarted is None:
@@ -309,7 +310,7 @@ def test_preempted_job_is_requeued_and_equals_the_uninterrupted_run(store, refer
     assert f"advlc: starting on {NODE} (Slurm job {jid}, restart 1)" in log and "resumed from" in log
     assert not re.search(r"^submitit (INFO|WARNING|ERROR)", log, re.M) and "Traceback" not in log
     assert "this job is preempted" in (rd.submitit_dir / f"{jid}_0_log.err").read_text()
-    assert job_of(rd) == jid and rd.status()["launch"]["job_id"] == jid
+    assert job_of(rd) == jid and rd.status().launch.job_id == jid
     print(f"\nslurm requeue: states after USR2 {seen}; the run was running again {restarted:.1f}s after the signal")
 
 
@@ -328,19 +329,19 @@ def test_stop_a_running_job_then_resume_with_other_slurm_settings(store, referen
     assert f"{rid}  stopped" in advlc("stop", rid, home=h).stdout
     took = time.monotonic() - t0
     st = rd.status()
-    assert st["state"] == "stopped" and st["error"] is None and rd.ckpt("last").exists()
+    assert st.state == "stopped" and st.error is None and rd.ckpt("last").exists()
     assert len(rd.epochs()) < EPOCHS
     wait_for(lambda: not job_active(first), timeout=60, what="the job to end")
     assert "Traceback" not in rd.log_path.read_text()
 
     p = advlc("resume", rid, "--partition", "nosuch", home=h, check=False)
-    assert p.returncode == 2 and "no such partition" in p.stderr and rd.status()["state"] == "stopped"
+    assert p.returncode == 2 and "no such partition" in p.stderr and rd.status().state == "stopped"
     p = advlc("resume", rid, "--time", "30", "--account", "lab", "--slurm-gpus", "0", home=h)
     second = job_of(rd)
     assert second != first and f"Slurm job {second} (partition debug, 30 min, no GPU)" in p.stdout, p.stdout
     script = (rd.submitit_dir / f"{second}_submission.sh").read_text()
     assert "#SBATCH --time=30" in script and "#SBATCH --account=lab" in script and "#SBATCH --partition=debug" in script
-    assert rd.status()["launch"]["params"] == {"partition": "debug", "time": "30", "account": "lab", "gpus": 0}
+    assert rd.status().launch.params == {"partition": "debug", "time": "30", "account": "lab", "gpus": 0}
     assert wait_final(rd) == "finished", rd.log_tail(10)
     assert strip(rd.epochs()) == reference
     p = advlc("resume", rid, "--time", "30", home=h, check=False)
@@ -356,16 +357,16 @@ def test_scancel_of_a_running_job_behind_advlcs_back(store):
                     slurm_params={"partition": "debug"})
     wait_for(lambda: len(rd.epochs()) >= 1, what="epoch 1")
     subprocess.run(["scancel", job_of(rd)], check=True, timeout=60)
-    wait_for(lambda: rd.status()["state"] != "running" or not processes.is_alive(rd.status()), timeout=90,
+    wait_for(lambda: rd.status().state != "running" or not processes.is_alive(rd.status()), timeout=90,
              what="the run to stop or its heartbeat to go stale")
     S.reconcile(store)
     st = rd.status()
-    assert st["state"] in ("stopped", "lost"), st
-    if st["state"] == "lost":
-        one_line(st["error"])
+    assert st.state in ("stopped", "lost"), st
+    if st.state == "lost":
+        one_line(st.error)
     wait_for(lambda: not job_active(job_of(rd)), timeout=60, what="the job to end")
     assert "Traceback" not in rd.log_path.read_text()
-    print(f"\nslurm scancel of a running job behind advlc's back: {st['state']} ({st.get('error')})")
+    print(f"\nslurm scancel of a running job behind advlc's back: {st.state} ({st.error})")
 
 
 @pytest.mark.slow
@@ -379,16 +380,16 @@ def test_kill_9_of_the_run_process_on_the_node_makes_it_lost(store, monkeypatch)
                     slurm_params={"partition": "debug"})
     wait_for(lambda: len(rd.epochs()) >= 1, what="epoch 1")
     st = rd.status()
-    assert st["host"] == NODE and st["heartbeat_s"] == 0.5 and processes.stale_after(st) == 3.0
-    pid = st["pid"]
+    assert st.host == NODE and st.heartbeat_s == 0.5 and processes.stale_after(st) == 3.0
+    pid = st.pid
     assert psutil.Process(pid).is_running()                             # one pid namespace, another hostname
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: S.reconcile(store) == [rd.id], timeout=60, interval=0.25, what="reconcile to mark it lost")
     took = time.monotonic() - t0
     st = rd.status()
-    assert st["state"] == "lost" and st["pid"] is None
-    err = one_line(st["error"])
+    assert st.state == "lost" and st.pid is None
+    err = one_line(st.error)
     assert f"the run process (pid {pid} on {NODE}) is gone without a final state, last heartbeat" in err
     wait_for(lambda: not job_active(job_of(rd)), timeout=60, what="the job to end")
     assert store.runs()[0]["state"] == "lost"
@@ -418,5 +419,5 @@ def test_slurm_in_five_minutes_commands_of_the_docs(store):
         if cmd.startswith("advlc run "):
             [rid] = ids_of(p.stdout)
     rd = store.get(rid)
-    assert rd.status()["state"] == "finished", rd.log_tail(5)
+    assert rd.status().state == "finished", rd.log_tail(5)
     assert any(re.search(rf"{rid}\s+\S+\s+{job_of(rd)}\s+(PENDING|RUNNING)", o) for o in outputs.values()), outputs

@@ -5,6 +5,7 @@ Every training here is a short digits run on CPU in a real child process; waits 
 a timeout. Stress figures are printed (`pytest -s`) and recorded in docs/SUPERVISOR.md.
 """
 
+import ast
 import json
 import multiprocessing as mp
 import os
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import helpers
 import psutil
@@ -21,17 +23,18 @@ import pytest
 from helpers import force_status
 
 from engine.errors import UserError
-from engine.launch import gpuqueue
 from engine.launch import supervisor as S
+from engine.launch.executors import gpuqueue
 from engine.launch.plan import plan_runs
 from engine.launch.processes import HOST, create_time, is_alive
 from engine.store.files import write_json
 from engine.store.index import Store
+from engine.store.records import GpuQueueLaunch, SlurmLaunch
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES
 
 PRESET = "quick/digits-fgsm_n"
-NOISE = ("time_s", "images_per_s")
+NOISE = ("time_s", "eval_time_s", "images_per_s")     # timings
 TIMEOUT = 180          # generous: the test machine is shared and slow
 
 
@@ -55,8 +58,8 @@ def wait_for(pred, timeout=TIMEOUT, interval=0.05, what="condition"):
 
 
 def wait_state(rd, states=FINAL_STATES, timeout=TIMEOUT):
-    wait_for(lambda: rd.status().get("state") in states, timeout, what=f"{rd.id} in {states}")
-    return rd.status()["state"]
+    wait_for(lambda: rd.status().state in states, timeout, what=f"{rd.id} in {states}")
+    return rd.status().state
 
 
 def strip(recs):
@@ -101,21 +104,21 @@ def test_detached_runs_survive_their_parent(store):
     t_parent = time.monotonic() - t0
     rd, bad = (store.get(rid) for rid in p.stdout.split()[-2:])
     st = rd.status()
-    assert st["state"] == "running" and is_alive(st)       # the parent is gone, the run is not
-    pid = st["pid"]
+    assert st.state == "running" and is_alive(st)       # the parent is gone, the run is not
+    pid = st.pid
     assert os.getsid(pid) == pid and os.getsid(pid) != os.getsid(0)
     assert psutil.Process(pid).ppid() != os.getpid()
     lines = list(S.follow(rd, poll_s=0.1, timeout_s=TIMEOUT))
-    assert rd.status()["state"] == "finished", lines[-5:]
+    assert rd.status().state == "finished", lines[-5:]
     assert any(line.startswith("epoch   2") for line in lines)
     assert [r["epoch"] for r in rd.epochs()] == [0, 1, 2]
     assert gone(pid)
 
     assert wait_state(bad) == "failed"
     st = bad.status()
-    assert "train.batch_size = 5000" in st["error"] and not is_alive(st)
-    assert S.reconcile(store) == [] and bad.status()["state"] == "failed"
-    assert store.runs(state="failed")[0]["error"] == st["error"]
+    assert "train.batch_size = 5000" in st.error and not is_alive(st)
+    assert S.reconcile(store) == [] and bad.status().state == "failed"
+    assert store.runs(state="failed")[0]["error"] == st.error
     print(f"\ndetached runs: the parent exited after {t_parent:.1f}s; the runs ended on their own "
           f"{time.monotonic() - t0:.1f}s after it started")
 
@@ -130,27 +133,27 @@ def test_stop_frees_everything(store, monkeypatch):
     a, b = S.launch(store, plan(epochs=500, seeds=2), gpus=[0, 1])
     for rd in (a, b):
         wait_for(lambda: rd.ckpt("last").exists(), what=f"{rd.id} epoch 1")
-    assert a.status()["heartbeat_s"] == 0.2
-    hb = a.status()["heartbeat"]
-    wait_for(lambda: a.status()["heartbeat"] > hb, timeout=30, what="a heartbeat")
+    assert a.status().heartbeat_s == 0.2
+    hb = a.status().heartbeat
+    wait_for(lambda: a.status().heartbeat > hb, timeout=30, what="a heartbeat")
     assert len(gpuqueue.read_leases(store)) == 2
-    pids = [rd.status()["pid"] for rd in (a, b)]
+    pids = [rd.status().pid for rd in (a, b)]
     procs = [psutil.Process(p) for p in pids]
     procs += [c for p in procs for c in p.children(recursive=True)]
 
     S.stop(store, [a], grace_s=15)
     st = a.status()
-    assert st["state"] == "stopped" and st["error"] is None and st["pid"] is None
+    assert st.state == "stopped" and st.error is None and st.pid is None
     assert a.ckpt("last").exists() and gone(pids[0], 1) and group_empty(pids[0])
     assert "Traceback" not in a.log_path.read_text()
 
     S.stop(store, [b], grace_s=0)                 # no grace: SIGKILL right after SIGTERM
-    assert b.status()["state"] == "stopped" and gone(pids[1], 1) and group_empty(pids[1])
+    assert b.status().state == "stopped" and gone(pids[1], 1) and group_empty(pids[1])
     assert all(not p.is_running() for p in procs)
     assert gpuqueue.read_leases(store) == []
     assert {r["state"] for r in store.runs()} == {"stopped"}
     S.stop(store, [a, b])                         # stopping a stopped run changes nothing
-    assert a.status()["state"] == b.status()["state"] == "stopped"
+    assert a.status().state == b.status().state == "stopped"
 
 
 # ------------------------------------------------------------------------------ resume
@@ -175,13 +178,13 @@ RESUME_EPOCHS = 8
 
 
 def _kill_and_reconcile(store, rd, kills):
-    pid = rd.status()["pid"]
+    pid = rd.status().pid
     os.kill(pid, signal.SIGKILL)
     assert gone(pid)
-    assert rd.status()["state"] == "running"                  # nobody wrote a final state
+    assert rd.status().state == "running"                  # nobody wrote a final state
     assert S.reconcile(store) == [rd.id]
     st = rd.status()
-    assert st["state"] == "lost" and "gone without a final state" in st["error"]
+    assert st.state == "lost" and "gone without a final state" in st.error
     assert index_doc(store) and store.runs()[0]["state"] == "lost"     # the index parses
     assert S.reconcile(store) == []
     kills.append(len(rd.epochs()))
@@ -200,14 +203,14 @@ def test_interrupted_four_ways_then_resumed_equals_uninterrupted(store, referenc
     wait_for(lambda: len(rd.epochs()) >= 2, what="2 epochs")
     _kill_and_reconcile(store, rd, kills)                      # right after an epoch
     S.resume(store, rd)
-    wait_for(lambda: len(rd.epochs()) >= 4 and rd.status().get("pid"), what="4 epochs")
+    wait_for(lambda: len(rd.epochs()) >= 4 and rd.status().pid, what="4 epochs")
     time.sleep(rd.epochs()[-1]["time_s"] / 2)
     _kill_and_reconcile(store, rd, kills)                      # during an epoch
     S.resume(store, rd)
     wait_for(lambda: len(rd.epochs()) >= 6, what="6 epochs")
-    pid = rd.status()["pid"]
+    pid = rd.status().pid
     S.stop(store, [rd])                                        # SIGTERM: a clean stop
-    assert gone(pid) and rd.status()["state"] == "stopped" and rd.status()["error"] is None
+    assert gone(pid) and rd.status().state == "stopped" and rd.status().error is None
     kills.append(len(rd.epochs()))
     assert kills[0] == 0 and 2 <= kills[1] < 4 <= kills[2] < 6 <= kills[3] < RESUME_EPOCHS, kills
     S.resume(store, rd)
@@ -259,11 +262,11 @@ def test_reconcile_liveness_rules(store):
     assert is_alive(rds["alive_pid"].status()) and is_alive(rds["remote_fresh"].status())
     changed = S.reconcile(store)
     assert sorted(changed) == sorted(rds[n].id for n in ("dead_pid", "recycled_pid", "remote_stale"))
-    states = {n: rd.status()["state"] for n, rd in rds.items()}
+    states = {n: rd.status().state for n, rd in rds.items()}
     assert states == {"dead_pid": "lost", "recycled_pid": "lost", "alive_pid": "running",
                       "remote_fresh": "running", "remote_stale": "lost"}
-    assert re.search(r"last heartbeat 3\ds ago", rds["remote_stale"].status()["error"])
-    assert done.status()["state"] == "finished"
+    assert re.search(r"last heartbeat 3\ds ago", rds["remote_stale"].status().error)
+    assert done.status().state == "finished"
     assert {r["id"]: r["state"] for r in store.runs()} == {**{rd.id: states[n] for n, rd in rds.items()},
                                                             done.id: "finished"}
 
@@ -342,7 +345,7 @@ def test_index_survives_concurrent_writers_kills_and_reconcile(store):
             rd = RunDir(store.runs_dir / victims[k % 2])
             v = ctx.Process(target=_victim, args=(str(store.home), rd.id))
             v.start()
-            wait_for(lambda: rd.status().get("pid") == v.pid, timeout=60, interval=0.01, what="the victim")
+            wait_for(lambda: rd.status().pid == v.pid, timeout=60, interval=0.01, what="the victim")
             time.sleep(rnd.random() * 0.3)            # somewhere in its write loop
             os.kill(v.pid, signal.SIGKILL)
             v.join(10)
@@ -380,7 +383,7 @@ def test_index_survives_concurrent_writers_kills_and_reconcile(store):
     # the background reconciler may already have marked the victims; either way they end `lost`
     S.reconcile(store)
     assert {rows_["state"] for rows_ in store.runs() if rows_["id"] in victims} == {"lost"}
-    assert {RunDir(store.runs_dir / v).status()["state"] for v in victims} == {"lost"}
+    assert {RunDir(store.runs_dir / v).status().state for v in victims} == {"lost"}
     leftovers = len([p for p in store.home.rglob("*.tmp")])
     print(f"\nindex stress: {n_proc} writer processes ({writes} index writes), a reconciler, "
           f"{n_kills} writers SIGKILLed mid-write, {reads} reads in {elapsed:.1f}s: 0 parse errors, "
@@ -395,10 +398,10 @@ def test_gpu_queue_two_fake_gpus_five_runs(store):
     t0 = time.monotonic()
     rds = S.launch(store, plan(epochs=2, seeds=5), gpus=[0, 1])
     assert time.monotonic() - t0 < 30                       # returns at once
-    assert [rd.status()["state"] for rd in rds].count("running") == 2
+    assert [rd.status().state for rd in rds].count("running") == 2
     samples, most, most_leases = 0, 0, 0
     while True:
-        states = [rd.status().get("state") for rd in rds]
+        states = [rd.status().state for rd in rds]
         most = max(most, states.count("running"))
         most_leases = max(most_leases, sum(le["live"] for le in gpuqueue.read_leases(store)))
         samples += 1
@@ -408,7 +411,7 @@ def test_gpu_queue_two_fake_gpus_five_runs(store):
         time.sleep(0.05)
     assert states == ["finished"] * 5, [rd.log_tail(5) for rd in rds]
     assert most == 2 and most_leases <= 2
-    gpus = [rd.status()["gpu"] for rd in rds]
+    gpus = [rd.status().gpu for rd in rds]
     assert set(gpus) == {0, 1}
     for rd, g in zip(rds, gpus):
         assert f"CUDA_VISIBLE_DEVICES={g}" in rd.log_path.read_text()
@@ -425,7 +428,7 @@ def _scheduler_procs(store):
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "engine.launch.gpuqueue" in cmd and str(store.home) in cmd:
+        if gpuqueue.SCHEDULER_MODULE in cmd and str(store.home) in cmd:
             out.append(p)
     return out
 
@@ -443,19 +446,37 @@ def test_one_scheduler_and_stale_leases(store):
     assert gpuqueue.reclaim_stale(store) == [str(dead)] and held.exists()
 
     [rd] = S.launch(store, plan(epochs=2), gpus=[7])      # GPU 7 is taken: waits
-    assert rd.status()["state"] == "queued"
+    assert rd.status().state == "queued"
     for _ in range(3):
         gpuqueue.ensure_scheduler(store)
     wait_for(lambda: gpuqueue.scheduler_pid(store), timeout=60, what="a scheduler")
     wait_for(lambda: len(_scheduler_procs(store)) == 1, timeout=60, what="extra schedulers to give up")
     time.sleep(1.0)
-    assert len(_scheduler_procs(store)) == 1 and rd.status()["state"] == "queued"
+    assert len(_scheduler_procs(store)) == 1 and rd.status().state == "queued"
     info = S.queue_info(store)
     assert [q["id"] for q in info["queued"]] == [rd.id] and info["scheduler_pid"]
     S.stop(store, [rd])                                      # the queue empties: the scheduler exits
-    assert rd.status()["state"] == "stopped"
+    assert rd.status().state == "stopped"
     wait_for(lambda: not _scheduler_procs(store), timeout=30, what="the scheduler to exit")
     assert held.exists()
+
+
+def test_a_queued_gpu_run_sees_cuda_in_runtime_and_config_json_is_not_rewritten(store):
+    """`cuda:1` becomes `cuda` for a run of the GPU queue (it sees only its leased GPU) through
+    runtime.json; config.json keeps what was asked for, byte for byte."""
+    me = psutil.Process()
+    write_json(gpuqueue.lease_path(store, 3, 0),                 # GPU 3 is taken: the run waits
+               {"gpu": 3, "slot": 0, "run": None, "pid": me.pid, "pid_create_time": me.create_time()})
+    [rd] = S.launch(store, plan(extra=["train.device=cuda:1"]), gpus=[3])
+    written = rd.config_path.read_bytes()
+    st = rd.status()
+    assert st.state == "queued" and isinstance(st.launch, GpuQueueLaunch) and st.launch.gpus == [3]
+    assert st.launch.describe(st) == "waiting for a GPU of [3]"
+    assert rd.config().value("train.device") == "cuda" and rd.runtime().device == "cuda"
+    assert rd.written_config().value("train.device") == "cuda:1"
+    S.stop(store, [rd])
+    assert rd.status().state == "stopped" and rd.config_path.read_bytes() == written
+    wait_for(lambda: not _scheduler_procs(store), timeout=30, what="the scheduler to exit")
 
 
 def test_stop_a_queued_run_and_delete(store):
@@ -467,8 +488,8 @@ def test_stop_a_queued_run_and_delete(store):
     with pytest.raises(UserError, match="not deleting active runs"):
         S.delete(store, [q, r])
     S.stop(store, [q])
-    assert q.status()["state"] == "stopped"
-    pid = r.status()["pid"]
+    assert q.status().state == "stopped"
+    pid = r.status().pid
     S.delete(store, [q, r], force=True)
     assert not q.path.exists() and not r.path.exists() and store.runs() == []
     assert gone(pid, 1)
@@ -485,15 +506,15 @@ def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(st
     # the reference run ran alone, at torch's default threads (no budget): so does the job
     monkeypatch.delenv("ADVLC_THREADS", raising=False)
     [rd] = S.launch(store, plan(epochs=RESUME_EPOCHS), executor="slurm", slurm_params={"cluster": "local"})
-    la = rd.status()["launch"]
-    assert la["executor"] == "slurm" and la["job_id"] and rd.status()["state"] in ("queued", "running")
-    wait_for(lambda: len(rd.epochs()) >= 2 and rd.status().get("pid"), what="2 epochs")
-    pid = rd.status()["pid"]
+    la = rd.status().launch
+    assert isinstance(la, SlurmLaunch) and la.local_cluster and la.job_id and rd.status().state in ("queued", "running")
+    wait_for(lambda: len(rd.epochs()) >= 2 and rd.status().pid, what="2 epochs")
+    pid = rd.status().pid
     seen = ["running"]
     os.kill(pid, signal.SIGUSR2)
     end = time.monotonic() + TIMEOUT
     while seen[-1] != "finished" and time.monotonic() < end and len(seen) < 10:
-        state = rd.status().get("state")
+        state = rd.status().state
         if state != seen[-1]:
             seen.append(state)
         time.sleep(0.02)
@@ -505,20 +526,20 @@ def test_submitit_local_executor_runs_a_digits_preset_and_survives_preemption(st
     assert log.count("advlc: starting on") == 2 and not re.search(r"^submitit (INFO|WARNING|ERROR)", log, re.M)
     own = "".join(f.read_text() for f in (rd.path / "submitit").glob("*.out"))   # submitit's messages stay apart
     assert "this job is preempted" in own and "Requeued job" in own
-    assert rd.status()["pid"] is None and gone(pid)
+    assert rd.status().pid is None and gone(pid)
     wait_for(lambda: store.runs()[0]["state"] == "finished", timeout=30, what="the index")
-    assert S.reconcile(store) == [] and rd.status()["state"] == "finished"
+    assert S.reconcile(store) == [] and rd.status().state == "finished"
     print(f"\nsubmitit local: states after SIGUSR2 {seen}; finished with records identical to the uninterrupted run")
 
 
 def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
-    from engine.launch import slurm as SL
+    from engine.launch.executors import slurm as SL
 
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))                   # no srun here, whether Slurm is installed or not
     with pytest.raises(UserError, match="srun"):
-        SL.executor_for(tmp_path / "sub", "advlc-x", {"time": 5})
+        SL.submitit_executor(tmp_path / "sub", "advlc-x", {"time": 5})
     monkeypatch.undo()
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -540,7 +561,7 @@ def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="slurm.colour"):
         SL.check_params({"colour": "red", "time": 5})
     SL.check_params({"partition": "gpu"})                    # no time: the partition's limit (below)
-    ex = SL.executor_for(tmp_path / "sub", "advlc-x", params)
+    ex = SL.submitit_executor(tmp_path / "sub", "advlc-x", params)
     script = ex._make_submission_file_text("python -m x", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --account=lab", "#SBATCH --job-name=advlc-x", "module load cuda"):
@@ -559,7 +580,7 @@ def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
 
     def asked(params, device):
         p, a = SL.resolve(params, device)
-        text = SL.executor_for(tmp_path / "sub", "advlc-x", p)._make_submission_file_text("python -m x", "uid")
+        text = SL.submitit_executor(tmp_path / "sub", "advlc-x", p)._make_submission_file_text("python -m x", "uid")
         return a["partition"], a["time"], a["gpus"], [ln for ln in text.splitlines() if "gpus" in ln or "--time" in ln]
 
     assert asked({"partition": "gpu"}, "cuda") == ("gpu", 2880, 1, ["#SBATCH --gpus-per-node=1", "#SBATCH --time=2880"])
@@ -598,7 +619,7 @@ def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
     [rd] = S.create_runs(store, plan())
     with pytest.raises(UserError, match="was not launched on Slurm: --time, --slurm-gpus apply to Slurm runs only"):
         S.resume(store, rd, slurm_params={"time": "30", "partition": None, "gpus": 0})
-    assert rd.status()["state"] == "queued" and not rd.status().get("launch")
+    assert rd.status().state == "queued" and not rd.status().launch
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -620,16 +641,78 @@ def test_cli_detach_logs_stop_queue_delete(store):
     p = advlc("run", PRESET, "--set", "train.epochs=500", "--set", "eval.n=100", "--detach", home=h)
     rid = p.stdout.split()[0]
     rd = store.get(rid)
-    assert rd.status()["state"] == "running" and "advlc logs" in p.stdout
+    assert rd.status().state == "running" and "advlc logs" in p.stdout
     wait_for(lambda: len(rd.epochs()) >= 1, what="epoch 1")
     assert "epoch   0" in advlc("logs", rid, "-n", "50", home=h).stdout
     assert f"{rid}  stopped" in advlc("stop", rid, home=h).stdout
-    assert rd.status()["state"] == "stopped"
+    assert rd.status().state == "stopped"
     # a run left `running` by a process that is gone (e.g. a reboot) is `lost` at the next CLI start
     force_status(rd, state="running", pid=_dead_pid(), host=HOST)
     assert json.loads(advlc("queue", "--json", home=h).stdout)["queued"] == []
-    assert rd.status()["state"] == "lost"
+    assert rd.status().state == "lost"
     p = advlc("delete", rid, home=h, check=False)             # no terminal to ask: refuse
     assert p.returncode == 2 and "add --yes" in p.stderr and "Traceback" not in p.stderr
     advlc("delete", rid, "--yes", home=h)
     assert store.runs() == [] and not rd.path.exists()
+
+
+# ------------------------------------------------------------------------------ executors
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name_comparisons(source: str, names: set[str], skip_classes=()) -> list[int]:
+    """Lines of `source` that compare with one of `names` (`x == "slurm"`, `"local" != x`,
+    `x in ("local", ...)`, `case "gpuqueue":`), outside the classes named `skip_classes`."""
+    tree = ast.parse(source)
+    skip = {id(n) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name in skip_classes
+            for n in ast.walk(c)}
+
+    def named(node) -> bool:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(named(e) for e in node.elts)
+        return isinstance(node, ast.Constant) and node.value in names
+
+    lines = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Compare) and any(named(x) for x in (node.left, *node.comparators)):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and named(node.value):
+            lines.append(node.value.lineno)
+    return sorted(lines)
+
+
+def _executor_name_comparisons() -> list[str]:
+    """`path:line` of every comparison with an executor's or a Slurm cluster's name in engine/ and
+    tui/, except in engine/launch/executors/ and in the launch record classes of engine/store/records.py."""
+    from engine.launch.executors import EXECUTORS
+
+    names = {ex.TAG for ex in EXECUTORS} | set(SlurmLaunch.CLUSTERS)
+    records = {ex.RECORD.__name__ for ex in EXECUTORS}
+    out = []
+    for path in sorted(p for pkg in ("engine", "tui") for p in (ROOT / pkg).rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[:3] == ("engine", "launch", "executors"):
+            continue
+        skip = records if rel == Path("engine/store/records.py") else ()
+        out += [f"{rel}:{line}" for line in _name_comparisons(path.read_text(), names, skip)]
+    return out
+
+
+def test_the_comparison_finder_finds_each_form():
+    names = {"local", "slurm", "gpuqueue"}
+    src = ('if la.executor == "slurm": pass\n'
+           'ok = "local" != cluster\n'
+           'x = cluster not in ("slurm", "local")\n'
+           'y = la.get("executor", "local") == "local"\n'
+           'match tag:\n    case "gpuqueue":\n        pass\n'
+           'z = la.executor == "slurmish" or name == "gpu"\n'
+           'class SlurmLaunch:\n    ok = cluster == "local"\n')
+    assert _name_comparisons(src, names, skip_classes=("SlurmLaunch",)) == [1, 2, 3, 4, 6]
+
+
+def test_no_executor_name_comparisons_outside_the_executors():
+    """What differs between executors is asked of the executor of a run's launch record
+    (engine.launch.executors.executor_for), never decided by comparing executor or cluster names."""
+    assert _executor_name_comparisons() == []

@@ -2,7 +2,7 @@
 
 Each detached CPU run used to take torch's default thread count (every core), so N runs on a
 small machine ran N x cores threads and thrashed. The launcher now gives each run a budget
-(cores divided among the CPU runs running together, engine.launch.local.cpu_thread_budget).
+(cores divided among the CPU runs running together, engine.launch.executors.local.cpu_thread_budget).
 This benchmark measures what that buys, from one orchestrating process, on the same planned
 runs (a preset, e.g. the robust-overfitting pair), in a temporary store:
 
@@ -63,11 +63,11 @@ def _start(store: Store, rd: RunDir, threads: int | None) -> subprocess.Popen:
 def _wait(procs: list[subprocess.Popen], rds: list[RunDir]) -> None:
     for p in procs:
         p.wait()
-    bad = [(rd.id, rd.status().get("state"), rd.status().get("error")) for rd in rds
-           if rd.status().get("state") != "finished"]
+    ended = [(rd.id, rd.status()) for rd in rds]
+    bad = [(rid, st.state, st.error) for rid, st in ended if st.state != "finished"]
     if bad:
         rid, state, err = bad[0]
-        raise UserError(f"bench --concurrency: run {rid} ended {state}: {str(err or '').splitlines()[-1:] or ''}")
+        raise UserError(f"bench --concurrency: run {rid} ended {state}: {(str(err or '').splitlines() or [''])[-1]}")
 
 
 def _create(store: Store, planned) -> list[RunDir]:

@@ -1,8 +1,14 @@
-"""Processes on this host: is a pid alive (and still the same process), start one detached, reap it.
+"""Processes on this host: is a pid alive (and still the same process), start one detached, reap it;
+a run's process started here (`start_detached`, for the local executors), and the supervisor lock.
 
-A run's liveness (`is_alive`): on this host the pid and its create time (psutil; a recycled
-pid does not count), elsewhere (a Slurm node) the heartbeat the run process writes every few
-seconds, which goes stale after `stale_after(status)` seconds.
+A run's liveness (`is_alive`) is the same for every executor, as every run process writes its
+pid, host and heartbeat: on this host the pid and its create time (psutil; a recycled pid does
+not count), elsewhere (a Slurm node) the heartbeat, which goes stale after `stale_after(status)`
+seconds.
+
+Every state change that a launcher, the GPU scheduler, `stop` or `reconcile` makes happens
+under one lock, `$ADVLC_HOME/supervisor.lock`, so two of them (the app and a CLI command, or
+the scheduler) never start or stop the same run twice.
 """
 
 from __future__ import annotations
@@ -14,8 +20,14 @@ import time
 from pathlib import Path
 
 import psutil
+from filelock import FileLock
 
+from engine.errors import UserError
 from engine.paths import CODE_ROOT, THREADS_ENV
+from engine.store.index import Store
+from engine.store.records import Status
+from engine.store.rundir import RunDir
+from engine.store.states import transition
 
 HOST = os.uname().nodename
 STALE_FACTOR = 6
@@ -50,23 +62,25 @@ def process_matches(pid: int | None, created: float | None) -> bool:
         return False
 
 
-def stale_after(status: dict) -> float:
+def here(host: str | None) -> bool:
+    """Is `host` (a status's or a launch record's; None: not recorded) this host?"""
+    return host in (None, HOST)
+
+
+def stale_after(status: Status) -> float:
     """Seconds without a heartbeat after which a run on another host counts as gone."""
-    interval = status.get("heartbeat_s") or 5.0
-    return max(STALE_FACTOR * float(interval), STALE_MIN_S)
+    return max(STALE_FACTOR * float(status.heartbeat_s or 5.0), STALE_MIN_S)
 
 
-def is_alive(status: dict, *, now: float | None = None) -> bool:
+def is_alive(status: Status, *, now: float | None = None) -> bool:
     """Is the process of a `running` run alive? (False for every other state.)"""
-    if status.get("state") != "running":
+    if status.state != "running":
         return False
-    pid, host = status.get("pid"), status.get("host")
-    if pid and host in (None, HOST):
-        return process_matches(pid, status.get("pid_create_time"))
-    hb = status.get("heartbeat")
-    if hb is None:
+    if status.pid and here(status.host):
+        return process_matches(status.pid, status.pid_create_time)
+    if status.heartbeat is None:
         return False
-    return (time.time() if now is None else now) - float(hb) < stale_after(status)
+    return (time.time() if now is None else now) - status.heartbeat < stale_after(status)
 
 
 def reap() -> None:
@@ -91,8 +105,6 @@ def child_env(home: Path, *, gpu: int | None = None, threads: int | None = None)
     return env
 
 
-
-
 def spawn_detached(argv: list[str], *, log_path: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
     """Start `argv` in its own session (it survives the terminal), output appended to `log_path` (0600)."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -107,3 +119,43 @@ def spawn_detached(argv: list[str], *, log_path: Path, env: dict, cwd: Path | No
 def python_module(module: str, *args: str) -> list[str]:
     """The argv that runs `python -m module args...` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+# ------------------------------------------------------------------------------ runs started here
+RUN_MODULE = "engine.run"
+"""`python -m engine.run RUN_DIR`: the run process."""
+
+
+def lock(store: Store) -> FileLock:
+    """The supervisor lock: held for every state transition made outside the run process."""
+    store.ensure()
+    return FileLock(str(store.home / "supervisor.lock"), timeout=120, mode=0o600)
+
+
+def start_detached(store: Store, rd: RunDir, *, gpu: int | None = None, threads: int | None = None) -> int:
+    """Start the run process of `rd` detached (`python -m engine.run RUN_DIR`); returns its pid at once.
+
+    `gpu` sets CUDA_VISIBLE_DEVICES for the process (the run then sees one GPU, `cuda`). The
+    caller decides whether the GPU is free (engine.launch.executors.gpuqueue). `threads` is the
+    run's CPU thread budget (its `train.threads`, when set, wins)."""
+    reap()
+    st = rd.status()
+    if is_alive(st):
+        raise UserError(f"run {rd.id} is already running (pid {st.pid} on {st.host})")
+    now = time.time()
+    transition(rd, "running", pid=None, pid_create_time=None, host=HOST, gpu=gpu, heartbeat=now, started=now,
+               ended=None, error=None)
+    rd.append_log(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: starting on {HOST}"
+                  f"{'' if gpu is None else f' (CUDA_VISIBLE_DEVICES={gpu})'}"
+                  f"{'' if not threads else f' with a budget of {threads} CPU thread(s)'}")
+    try:
+        p = spawn_detached(python_module(RUN_MODULE, str(rd.path)), log_path=rd.log_path,
+                           env=child_env(store.home, gpu=gpu, threads=threads), cwd=rd.path)
+    except OSError as exc:
+        transition(rd, "failed", error=f"could not start the run process: {exc}")
+        store.sync(rd)
+        raise UserError(f"run {rd.id}: could not start the run process: {exc}") from exc
+    if rd.status().pid in (None, p.pid):   # the child writes the same pid itself once it runs
+        rd.update_status(pid=p.pid, pid_create_time=create_time(p.pid))
+    store.sync(rd)
+    return p.pid

@@ -39,28 +39,19 @@ def _parse_gpus(text: str | None) -> list[int] | None:
     return gpus or None
 
 
-def _asked(la: dict) -> str:
-    """What a Slurm run asked for, e.g. " (partition debug, 60 min: the limit of partition debug, no GPU)"."""
-    a = la.get("sbatch") or {}
-    if not a:
-        return ""
-    gpus = f"{a['gpus']} GPU{'s' if a['gpus'] != 1 else ''}" if a.get("gpus") else "no GPU"
-    when = f"{a.get('time')} min" + ("" if a.get("time_from") == "given" else f": {a.get('time_from')}")
-    return f" (partition {a.get('partition') or 'default'}, {when}, {gpus})"
+def _where(st) -> str:
+    """Where a launched run is, in a few words (its launch record says: pid, GPU, Slurm job)."""
+    return st.launch.describe(st) if st.launch is not None else st.state
 
 
 def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, executor: str, slurm: dict) -> None:
     """`advlc run … --detach`: create and start (or queue, or submit) the runs; print their ids."""
     rds = launch(store, planned, gpus=_parse_gpus(gpus), slots_per_gpu=slots_per_gpu, executor=executor,
-                 slurm_params=slurm if executor == "slurm" else None)
+                 slurm_params=slurm)
     for rd, p in zip(rds, planned):
         st = rd.status()
-        la = st.get("launch") or {}
-        where = (f"Slurm job {la.get('job_id')}{_asked(la)}" if la.get("executor") == "slurm"
-                 else f"pid {st.get('pid')}" + (f" GPU {st.get('gpu')}" if st.get("gpu") is not None else "")
-                 if st.get("state") == "running" else f"waiting for a GPU of {la.get('gpus')}")
         point = " ".join(f"{k}={v}" for k, v in p.point.items())
-        out.print(f"{rd.id}  {st.get('state')}  {p.preset}  seed {p.seed}  {point}  {where}  → {rd.path}",
+        out.print(f"{rd.id}  {st.state}  {p.preset}  seed {p.seed}  {point}  {_where(st)}  → {rd.path}",
                   highlight=False)
     ids = " ".join(rd.id for rd in rds)
     out.print(f"[dim]watch: advlc logs {rds[0].id} -f   stop: advlc stop {ids}[/]")
@@ -75,7 +66,7 @@ def stop_cmd(ctx: typer.Context,
     stop(store, rds, grace_s=grace)
     for rd in rds:
         st = rd.status()
-        out.print(f"{rd.id}  {st.get('state')}  (epoch {st.get('epoch', 0)})", highlight=False)
+        out.print(f"{rd.id}  {st.state}  (epoch {st.epoch})", highlight=False)
 
 
 @app.command("resume")
@@ -95,15 +86,13 @@ def resume_cmd(ctx: typer.Context,
     if not foreground:
         resume(store, rd, source=source, slurm_params=slurm)
         st = rd.status()
-        la = st.get("launch") or {}
-        job = f"  Slurm job {la.get('job_id')}{_asked(la)}" if la.get("executor") == "slurm" else ""
-        out.print(f"{rd.id}  {st.get('state')}  resuming from epoch {st.get('resume_epoch', 0)}{job}  → {rd.log_path}",
+        out.print(f"{rd.id}  {st.state}  resuming from epoch {st.resume_epoch or 0}  {_where(st)}  → {rd.log_path}",
                   highlight=False)
         return
     if any(v is not None for v in slurm.values()):
         raise UserError("--partition/--time/--account/--slurm-gpus are for a Slurm run's new job; drop --foreground")
     prepare_resume(store, rd, foreground=True, source=source)
-    out.print(f"resume [bold]{rd.id}[/] from epoch {rd.status().get('resume_epoch', 0)}")
+    out.print(f"resume [bold]{rd.id}[/] from epoch {rd.status().resume_epoch or 0}")
     with Progress(rd.id) as progress:
         try:
             state = facade.train_foreground(rd, store, on_event=progress.event, log=lambda line: None)
@@ -111,7 +100,7 @@ def resume_cmd(ctx: typer.Context,
             state = "stopped"
     print_summary([rd])
     if state == "failed":
-        last = ((rd.status().get("error") or "").strip().splitlines() or ["see its log"])[-1]
+        last = ((rd.status().error or "").strip().splitlines() or ["see its log"])[-1]
         err.print(f"advlc: run {rd.id} failed: {last}", markup=False, highlight=False)
         raise typer.Exit(1)
 
@@ -132,7 +121,7 @@ def logs_cmd(ctx: typer.Context,
             print(line, flush=True)
     except KeyboardInterrupt:
         pass
-    print(f"-- {rd.id}: {rd.status().get('state')}", file=sys.stderr)
+    print(f"-- {rd.id}: {rd.status().state}", file=sys.stderr)
 
 
 @app.command("delete")
@@ -184,7 +173,7 @@ def queue_cmd(ctx: typer.Context,
         for c in ("run", "state", "job", "Slurm state", "reason / node", "partition", "time"):
             t.add_column(c)
         for r in info["slurm"]:
-            slurm_state = r["slurm_state"] or ("(local)" if r["cluster"] == "local" else "? (squeue did not answer)")
+            slurm_state = r["slurm_state"] or ("? (squeue did not answer)" if r["squeue"] else f"({r['cluster']})")
             where = r["nodes"] if r["slurm_state"] == "RUNNING" else r["reason"]
             t.add_row(r["id"], r["state"], str(r["job_id"] or "—"), slurm_state,
                       where if where and where != "None" else "—", r["partition"] or "—",

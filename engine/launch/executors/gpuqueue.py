@@ -1,4 +1,4 @@
-"""The GPU queue: lease files, one per GPU slot, and a scheduler that starts queued runs.
+"""The GPU queue executor: lease files, one per GPU slot, and a scheduler that starts queued runs.
 
     $ADVLC_HOME/leases/<host>/gpu<G>-slot<S>.json   {"gpu", "slot", "run", "pid", "pid_create_time", ...}
     $ADVLC_HOME/leases/<host>/scheduler.lock        held by the one scheduler of this host
@@ -11,7 +11,7 @@ free when its file is missing, or its holder (pid + create time) is dead, or its
 reached a final state: leases of crashed processes are reclaimed without anyone's help.
 
 Queued runs are started in order (`queued_at`) by `schedule_once`, called by `launch` and by
-the scheduler, `python -m engine.launch.gpuqueue HOME`: a detached process started on demand
+the scheduler, `python -m engine.launch.executors.gpuqueue HOME`: a detached process started on demand
 (`ensure_scheduler`) that polls once a second, removes the lease of each run that has ended,
 and exits when no run of this host is queued and none holds a lease. It holds
 `scheduler.lock` (an OS file lock, released if it dies), so two never run at once; it
@@ -28,26 +28,35 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock, Timeout
 
+from engine.config.presets import PlannedRun
 from engine.cores import usable_cores
-from engine.launch import local
+from engine.errors import CorruptFile
+from engine.launch.executors.base import Executor
 from engine.launch.processes import (
     HOST,
     child_env,
     create_time,
+    here,
+    lock,
     process_matches,
     python_module,
     reap,
     spawn_detached,
+    start_detached,
 )
 from engine.store.files import read_json, write_json
 from engine.store.index import Store
+from engine.store.records import GpuQueueLaunch
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, transition
 
 POLL_S = float(os.environ.get("ADVLC_SCHEDULER_POLL_S", "1.0"))
+SCHEDULER_MODULE = "engine.launch.executors.gpuqueue"
+"""`python -m SCHEDULER_MODULE ADVLC_HOME`: the scheduler (this module)."""
 
 
 def host_dir(store: Store) -> Path:
@@ -87,7 +96,7 @@ def _lease_live(store: Store, doc: dict) -> bool:
     run = doc.get("run")
     if run:
         st = store.run_dir(run).status()
-        if st.get("state") in FINAL_STATES or (st.get("pid") not in (None, doc.get("pid"))):
+        if st.state in FINAL_STATES or st.pid not in (None, doc.get("pid")):
             return False
     return True
 
@@ -134,33 +143,34 @@ def queued_runs(store: Store) -> list[RunDir]:
     """Runs of this host waiting for a GPU, in queue order."""
     out = []
     for rd in store.run_dirs():
-        st = rd.status()
-        la = st.get("launch") or {}
-        if st.get("state") == "queued" and la.get("gpus") and la.get("executor", "local") == "local" \
-                and la.get("host") in (None, HOST):
-            out.append((st.get("queued_at") or 0.0, rd.id, rd))
+        try:
+            st = rd.status()
+        except CorruptFile:         # not the queue's business: reconcile shows it `corrupt`
+            continue
+        if st.state == "queued" and isinstance(st.launch, GpuQueueLaunch) and here(st.launch.host):
+            out.append((st.queued_at or 0.0, rd.id, rd))
     return [rd for _, _, rd in sorted(out, key=lambda t: (t[0], t[1]))]
 
 
 def schedule_once(store: Store) -> list[str]:
     """Start every queued run that has a free slot; returns the ids started."""
     started = []
-    with local.lock(store):
+    with lock(store):
         for rd in queued_runs(store):
             st = rd.status()
-            if st.get("state") != "queued":
+            la = st.launch
+            if st.state != "queued" or not isinstance(la, GpuQueueLaunch):
                 continue
-            la = st["launch"]
-            slot = _free_slot(store, [int(g) for g in la["gpus"]], int(la.get("slots_per_gpu", 1)))
+            slot = _free_slot(store, la.gpus, la.slots_per_gpu)
             if slot is None:
                 continue
             gpu, s = slot
             lp = lease_path(store, gpu, s)
             try:
-                slots = len(la["gpus"]) * int(la.get("slots_per_gpu", 1))
-                pid = local.start_detached(store, rd, gpu=gpu, threads=max(1, usable_cores() // slots))
+                slots = len(la.gpus) * la.slots_per_gpu
+                pid = start_detached(store, rd, gpu=gpu, threads=max(1, usable_cores() // slots))
             except Exception as exc:           # noqa: BLE001 - one bad run must not stop the queue
-                if rd.status().get("state") in ("queued", "running"):
+                if rd.status().state in ("queued", "running"):
                     transition(rd, "failed", error=f"could not start: {exc}")
                 store.sync(rd)
                 continue
@@ -191,7 +201,7 @@ def ensure_scheduler(store: Store) -> int | None:
     if scheduler_running(store):
         return None
     d = host_dir(store)
-    p = spawn_detached(python_module("engine.launch.gpuqueue", str(store.home)), log_path=d / "scheduler.log",
+    p = spawn_detached(python_module(SCHEDULER_MODULE, str(store.home)), log_path=d / "scheduler.log",
                        env=child_env(store.home), cwd=d)
     return p.pid
 
@@ -251,13 +261,71 @@ def info(store: Store) -> dict:
     queued = []
     for rd in queued_runs(store):
         st = rd.status()
-        queued.append({"id": rd.id, "gpus": st["launch"]["gpus"], "slots_per_gpu": st["launch"].get("slots_per_gpu", 1),
-                       "queued_at": st.get("queued_at")})
+        if isinstance(st.launch, GpuQueueLaunch):
+            queued.append({"id": rd.id, "gpus": st.launch.gpus, "slots_per_gpu": st.launch.slots_per_gpu,
+                           "queued_at": st.queued_at})
     return {"host": HOST, "leases": leases, "queued": queued, "scheduler_pid": scheduler_pid(store)}
+
+
+def retarget_device(rd: RunDir) -> None:
+    """A queued run sees only its leased GPU (as `cuda`): a `cuda:N` device becomes `cuda` in
+    runtime.json (config.json keeps the device asked for)."""
+    dev = str(rd.config().value("train.device", ""))
+    if dev.startswith("cuda:"):
+        rd.update_runtime(device="cuda")
+
+
+class GpuQueueExecutor(Executor):
+    """Runs of this host that wait `queued` for a GPU lease; chosen by the local executor for `--gpus`."""
+
+    TAG = GpuQueueLaunch.TAG
+    RECORD = GpuQueueLaunch
+    STARTS_LATER = True
+
+    def launch(self, store: Store, planned: list[PlannedRun], create: Callable[[], list[RunDir]], *,
+               gpus: list[int] | None, slots_per_gpu: int, params: dict) -> list[RunDir]:
+        if not gpus:
+            raise ValueError("the GPU queue needs the GPUs its runs may use")
+        rds = create()
+        now = time.time()
+        for i, rd in enumerate(rds):
+            retarget_device(rd)
+            rd.update_status(queued_at=now + i * 1e-6,
+                             launch=GpuQueueLaunch(host=HOST, gpus=list(gpus), slots_per_gpu=slots_per_gpu))
+        store.sync_many(rds)
+        self._start_what_fits(store, rds)
+        return rds
+
+    def resume(self, store: Store, rd: RunDir, launch, checked: dict) -> None:
+        rd.update_status(launch=launch.replace(host=HOST))
+        self._start_what_fits(store, [rd])
+
+    @staticmethod
+    def _start_what_fits(store: Store, rds: list[RunDir]) -> None:
+        """Start what has a free slot now; a scheduler starts the rest as slots free up."""
+        schedule_once(store)
+        if any(rd.status().state == "queued" for rd in rds):
+            ensure_scheduler(store)
+
+    def release(self, store: Store, rd: RunDir) -> None:
+        release_run(store, rd.id)
+
+    def reconcile(self, store: Store, queued: dict[str, RunDir]) -> list[str]:
+        """Stale leases are removed; queued runs of this host get a scheduler if none runs."""
+        reclaim_stale(store)
+        if any(here(rd.status().launch.host) for rd in queued.values()):
+            ensure_scheduler(store)
+        return []
+
+    def queue_info(self, store: Store) -> dict:
+        return info(store)
+
+
+GPU_QUEUE = GpuQueueExecutor()
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m engine.launch.gpuqueue ADVLC_HOME", file=sys.stderr)
+        print(f"usage: python -m {SCHEDULER_MODULE} ADVLC_HOME", file=sys.stderr)
         sys.exit(2)
     sys.exit(scheduler_main(sys.argv[1]))
