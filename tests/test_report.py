@@ -25,6 +25,7 @@ from engine.report import tables as R
 from engine.report.document import build_report
 from engine.run.process import run as train_run
 from engine.store.index import Store
+from engine.store.records import RunRecord
 
 ADVLC = [sys.executable, "-c", "from tui.cli import main; main()"]
 OV = ["train.epochs=3", "eval.n=100", "eval.hs_every=3", "eval.hs_samples=50"]  # HS at the end
@@ -244,7 +245,9 @@ def test_time_unit_falls_back_to_seconds_per_epoch(tmp_path):
                   overrides=["data.dataset=synthetic"])
     t = R.compare_runs(store, run_ids=[rd.id, rd2.id])
     assert t.time_unit == "s/epoch" and t.headers()["time"] == "Time (s/epoch)"
-    assert t.rows[0].cells["time"].mean == pytest.approx(statistics.mean([2.0, 3.0]))
+    # the two runs differ in data.dataset: two rows, never one averaging both configurations
+    assert [r.name for r in t.rows] == ["fgsm_n · data.dataset=digits", "fgsm_n · data.dataset=synthetic"]
+    assert [r.cells["time"].mean for r in t.rows] == [pytest.approx(2.0), pytest.approx(3.0)]
     assert any("seconds per epoch" in n for n in t.notes)
 
 
@@ -268,7 +271,7 @@ def test_group_with_missing_seed_is_incomplete_with_fill_command(tmp_path):
     assert sorted(sets) == ["eval.n=100", "train.epochs=3"]
     # the command plans exactly the missing run: the stored config with seed 1
     [p] = plan_runs("quick/digits-fgsm_n", sets + ["train.seed=1"], seeds=1)
-    stored = store.get(t.rows[0].runs[0]).config()
+    stored = json.loads((store.get(t.rows[0].runs[0]).path / "config.json").read_text())
     want = {k: v for k, v in stored.items() if k not in ("run", "provenance")}
     want["train"] = {**want["train"], "seed": 1}
     assert p.cfg.to_dict() == want
@@ -465,8 +468,9 @@ def test_report_from_real_runs(real_home, tmp_path):
     html = (out / "report.html").read_text()
     assert "<table>" in html and 'src="figures/fig_accuracy.png"' in html
     assert (out / "report.pdf").read_bytes()[:4] == b"%PDF"
-    commit = json.loads((Path(real_home) / "runs" / store.runs()[0]["id"] / "config.json").read_text())["provenance"]["commit"]
-    assert commit[:10] in md
+    # the provenance of the run's (latest) start, runtime.json
+    runtime = json.loads((Path(real_home) / "runs" / store.runs()[0]["id"] / "runtime.json").read_text())
+    assert runtime["starts"][-1]["commit"][:10] in md
 
 
 def test_engine_report_imports_no_matplotlib_or_textual():
@@ -529,9 +533,209 @@ def test_cli_in_process_formats_and_bad_input(real_home, tmp_path, monkeypatch, 
 def test_row_names_of_a_method_sweep():
     """The showcase group sweeps method.name: by preset the point names the row, by label the label
     already does (no "pgd+advlc [method.name=advlc]"); other swept keys stay in both."""
-    cfg = {"run": {"preset": "quick/robust-overfitting", "label": "pgd+advlc",
-                   "point": {"method.name": "advlc", "method.lam": 0.3}}}
-    assert R.row_name(cfg, "label") == "pgd+advlc [method.lam=0.3]"
-    assert R.row_name(cfg, "preset") == "quick/robust-overfitting [method.lam=0.3 method.name=advlc]"
-    cfg["run"]["point"] = {"method.name": "pgd"}
-    assert R.row_name({"run": {**cfg["run"], "label": "pgd"}}, "label") == "pgd"
+    run = {"preset": "quick/robust-overfitting", "label": "pgd+advlc",
+           "point": {"method.name": "advlc", "method.lam": 0.3}}
+    assert R.row_name(RunRecord.from_json(run), "label") == "pgd+advlc [method.lam=0.3]"
+    assert R.row_name(RunRecord.from_json(run), "preset") == "quick/robust-overfitting [method.lam=0.3 method.name=advlc]"
+    run = {**run, "label": "pgd", "point": {"method.name": "pgd"}}
+    assert R.row_name(RunRecord.from_json(run), "label") == "pgd"
+
+
+# ----------------------------------------------------------------------------- configurations
+FGSM = "quick/digits-fgsm_n"
+TWO_CONFIGS = (["train.epochs=1", "eval.n=100"], ["train.epochs=1", "eval.n=100", "attack.eps=1/20"])
+"""`advlc run quick/digits-fgsm_n --set … --seeds 2` twice: the second also overrides attack.eps
+(written as 1/20, so a command filled from the recorded overrides can be told from a derived one)."""
+
+
+def _robust(k: int, seed: int) -> tuple[float, float]:
+    """The fabricated (epoch 0, epoch 1) robust accuracies of configuration k, seed `seed`."""
+    return 0.30 + 0.10 * k + 0.03 * seed, 0.28 + 0.10 * k + 0.05 * seed
+
+
+def two_config_store(home) -> tuple[Store, list[list]]:
+    """Both configurations, two seeds each, created as `advlc run` creates them (config.json
+    run.origin recorded), finished with known records (no training)."""
+    store = Store(home)
+    made = []
+    for k, ov in enumerate(TWO_CONFIGS):
+        rds = create_runs(store, plan_runs(FGSM, ov, seeds=2))
+        for rd in rds:
+            seed = json.loads(rd.config_path.read_text())["run"]["seed"]
+            r0, r1 = _robust(k, seed)
+            db = rd.metrics_db()
+            for rec in recs([(0.7, r0, 1.0 + k, None), (0.72, r1, 2.0 + k, None)]):
+                db.table("epochs").insert(rec)
+            force_status(rd, state="finished")
+            store.sync(rd)
+        made.append(rds)
+    return store, made
+
+
+def _raw_config(rd) -> dict:
+    return json.loads((rd.path / "config.json").read_text())
+
+
+def _check_two_configs(store, made):
+    """Two rows, one per configuration, each of exactly its two runs, named by attack.eps (the key
+    that tells them apart) with each row's own value, numbers hand-computed from the records."""
+    t = R.compare_runs(store, preset=FGSM, columns="attack.eps,train.seed")
+    preset_eps = plan_runs(FGSM)[0].cfg.attack.eps          # the preset's own eps (0.15 for digits)
+    assert len(t.rows) == 2, [r.name for r in t.rows]
+    assert [r.name for r in t.rows] == [f"fgsm_n · attack.eps={preset_eps:.4g}", "fgsm_n · attack.eps=0.05"]
+    for k, (row, rds) in enumerate(zip(t.rows, made)):
+        assert sorted(row.runs) == sorted(rd.id for rd in rds) and row.seeds == [0, 1] and not row.missing
+        best = [100 * max(_robust(k, sd)) for sd in (0, 1)]          # epoch 0 or 1, whichever is higher
+        end = [100 * _robust(k, sd)[1] for sd in (0, 1)]
+        for col, vals in (("robust_best", best), ("robust_end", end)):
+            c = row.cells[col]
+            assert c.n == 2 and close(c.mean, statistics.mean(vals)) and close(c.std, statistics.stdev(vals)), (k, col)
+        assert close(row.cells["ig"].mean, 2.0 + k) and row.cells["ig"].std == 0.0
+        # --columns: the value every run's config.json holds; the seed key lists the runs' seeds
+        eps = {_raw_config(rd)["attack"]["eps"] for rd in rds}
+        assert len(eps) == 1 and row.config_values["attack.eps"] == eps.pop()
+        assert row.config_values["train.seed"] == [0, 1]
+    assert t.rows[0].config_values["attack.eps"] == preset_eps and t.rows[1].config_values["attack.eps"] == 0.05
+    assert any("train.epochs=1" in n and "eval.n=100" in n for n in t.notes)   # shared overrides: in the notes
+    return t
+
+
+def test_two_configurations_of_one_preset_are_two_rows(tmp_path):
+    store, made = two_config_store(tmp_path / "home")
+    t = _check_two_configs(store, made)
+    # the same in every format: csv has the config columns after the run list, at full precision
+    rows = list(csv.DictReader(io.StringIO(R.render(t, "csv"))))
+    assert [r["row"] for r in rows] == [r.name for r in t.rows]
+    assert [r["attack.eps"] for r in rows] == [repr(_raw_config(rds[0])["attack"]["eps"]) for rds in made]
+    assert [r["train.seed"] for r in rows] == ["0/1", "0/1"]
+    plain = R.render(t, "table")
+    head = next(ln for ln in plain.splitlines() if ln.startswith("Training"))
+    assert head.split()[:3] == ["Training", "attack.eps", "train.seed"]
+    line = next(ln for ln in plain.splitlines() if ln.startswith("fgsm_n · attack.eps=0.05 "))
+    assert line.split()[3:5] == ["0.05", "0/1"]
+    md = R.render(t, "md")
+    assert "| Training | attack.eps | train.seed |" in md and "| fgsm\\_n · attack.eps=0.05 | 0.05 | 0/1 |" in md
+    js = json.loads(R.render(t, "json"))
+    assert js["config_columns"] == ["attack.eps", "train.seed"]
+    assert [r["config_values"]["attack.eps"] for r in js["rows"]] == [r.config_values["attack.eps"] for r in t.rows]
+    # by preset the base is the preset; the suffix is the same
+    tp = R.compare_runs(store, preset=FGSM, by="preset")
+    assert [r.name for r in tp.rows] == [FGSM + r.name[len("fgsm_n"):] for r in t.rows]
+    # one configuration alone keeps the plain name (its overrides in the notes)
+    t1 = R.compare_runs(store, run_ids=[rd.id for rd in made[1]])
+    assert [r.name for r in t1.rows] == ["fgsm_n"] and t1.rows[0].seeds == [0, 1]
+    assert any("attack.eps=0.05" in n for n in t1.notes)
+
+
+def test_config_key_that_ignores_overrides_is_caught(tmp_path, monkeypatch):
+    """Mutation check: were configurations grouped by something that ignores the overrides, the
+    two configurations would average into one row, and the check above fails."""
+    from engine.config import origin as O
+
+    store, made = two_config_store(tmp_path / "home")
+    _check_two_configs(store, made)
+    monkeypatch.setattr(O, "config_key", lambda config: "one configuration")
+    with pytest.raises(AssertionError):
+        _check_two_configs(store, made)
+
+
+def test_missing_runs_are_filled_from_the_recorded_overrides(tmp_path):
+    store, made = two_config_store(tmp_path / "home")
+    gone = made[1][1]
+    store.delete(gone)
+    t = R.compare_runs(store, preset=FGSM)
+    a, b = t.rows
+    assert not a.missing and a.fill == [] and b.seeds == [0] and b.missing == ["seed 1 (not run)"]
+    cmd = shlex.split(b.fill[0])
+    assert cmd[:3] == ["advlc", "run", FGSM] and cmd[-4:] == ["--seed", "1", "--seeds", "1"]
+    sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
+    recorded = _raw_config(made[1][0])["run"]["origin"]["overrides"]
+    assert sets == recorded == TWO_CONFIGS[1]            # as given ("1/20"), not re-derived ("0.05")
+    # the command makes exactly the missing run: the stored config of its sibling, with seed 1
+    [p] = plan_runs(FGSM, sets + ["train.seed=1"], seeds=1)
+    want = {k: v for k, v in _raw_config(made[1][0]).items() if k not in ("run", "provenance")}
+    want["train"] = {**want["train"], "seed": 1}
+    assert p.cfg.to_dict() == want
+    # ... and the run it makes joins that row
+    [rd] = create_runs(store, [p])
+    db = rd.metrics_db()
+    for rec in recs([(0.7, 0.5, 2.0, None)]):
+        db.table("epochs").insert(rec)
+    force_status(rd, state="finished")
+    store.sync(rd)
+    t = R.compare_runs(store, preset=FGSM)
+    assert len(t.rows) == 2 and t.rows[1].seeds == [0, 1] and rd.id in t.rows[1].runs and t.complete
+
+
+def test_runs_without_a_recorded_origin_group_by_their_derived_overrides(tmp_path):
+    """Runs made before origins were recorded: the overrides are derived from the preset."""
+    store = Store(tmp_path)
+    e = recs([(0.8, 0.5, 1.0, None)])
+    a = [fab_run(store, FGSM, s, e, overrides=["train.epochs=2"]) for s in (0, 1)]
+    b = [fab_run(store, FGSM, s, e, overrides=["train.epochs=2", "attack.eps=0.1"]) for s in (0, 1)]
+    assert _raw_config(a[0])["run"].get("origin") is None
+    t = R.compare_runs(store, group="gfab")
+    preset_eps = plan_runs(FGSM)[0].cfg.attack.eps
+    assert [r.name for r in t.rows] == [f"fgsm_n · attack.eps={preset_eps:.4g}", "fgsm_n · attack.eps=0.1"]
+    assert [sorted(r.runs) for r in t.rows] == [sorted(x.id for x in a), sorted(x.id for x in b)]
+
+
+def test_bad_column_keys_are_one_line(real_home, monkeypatch, capsys):
+    monkeypatch.setenv("ADVLC_HOME", str(real_home))
+    for bad, words in (("attack.epz", ["attack.epz", "keys of [attack]", "eps"]),
+                       ("bogus", ["bogus", "section.key", "method"]),
+                       ("method.lam,nosuch.key", ["nosuch.key", "section.key"])):
+        code, out, err = _main(["compare", "--preset", "quick", "--columns", bad], capsys)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (bad, err)
+        assert err.startswith("advlc: --columns ") and all(w in err for w in words), err
+    with pytest.raises(UserError, match="attack.epz"):
+        R.compare_runs(Store(real_home), preset="quick", columns=["attack.epz"])
+    code, out, _ = _main(["compare", "--preset", "quick", "--columns", "method.lam,attack.eps", "--format", "csv"],
+                         capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [r["row"] for r in rows] == ["fgsm_n", "fgsm_n+advlc"]
+    for r, preset in zip(rows, PRESETS):
+        cfgs = [_raw_config(Store(real_home).run_dir(d["id"])) for d in Store(real_home).runs(preset=preset)]
+        assert {repr(c["method"]["lam"]) for c in cfgs} == {r["method.lam"]}
+        assert {repr(c["attack"]["eps"]) for c in cfgs} == {r["attack.eps"]}
+
+
+async def test_compare_screen_sets_config_columns(tmp_path):
+    from textual.widgets import DataTable, Input
+
+    from tui.app import make_app
+    from tui.screens.compare import CompareScreen
+
+    store, made = two_config_store(tmp_path / "home")
+    app = make_app(store.home)
+
+    async def until(pilot, cond, timeout=20.0):
+        import time
+
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, "timed out"
+            await pilot.pause(0.05)
+
+    async with app.run_test(size=(200, 40)) as pilot:
+        app.push_screen(CompareScreen(preset=FGSM))
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.table is not None)
+        scr = app.screen
+        assert [r.name for r in scr.table.rows] == ["fgsm_n · attack.eps=0.15", "fgsm_n · attack.eps=0.05"]
+        await pilot.press("c")
+        box = scr.query_one("#compare-columns", Input)
+        assert box.has_focus
+        await pilot.press(*"attack.epz", "enter")                     # a bad key: said, nothing changes
+        await pilot.pause(0.1)
+        assert scr.columns == [] and "attack.epz" in (scr.columns_error or "") and box.has_focus
+        box.value = ""
+        await pilot.press(*"attack.eps", "enter")
+        await until(pilot, lambda: scr.table is not None and scr.table.config_columns == ["attack.eps"])
+        dt = scr.query_one("#compare-table", DataTable)
+        labels = [str(c.label) for c in dt.columns.values()]
+        assert labels[:3] == ["rows", "seeds", "attack.eps"]
+        shown = [str(dt.get_cell(r.name, "__config0")) for r in scr.table.rows]
+        assert shown == [f"{_raw_config(rds[0])['attack']['eps']:.4g}" for rds in made] == ["0.15", "0.05"]
+        assert not box.has_focus and scr.columns_error is None
+        await pilot.press("escape")                                     # the box is closed: esc leaves
+        await until(pilot, lambda: not isinstance(app.screen, CompareScreen))

@@ -15,19 +15,14 @@ from pathlib import Path
 
 from engine.errors import CorruptFile, UserError
 from engine.report import figures as F
-from engine.report.tables import (
-    CompareTable,
-    RunData,
-    export,
-    group_rows,
-    infer_points,
-    load_run,
-    md_escape,
-    point_text,
-    render,
-    select_runs,
-    table_from_specs,
-)
+from engine.report.columns import parse_columns
+from engine.report.model import CompareTable
+from engine.report.render import export, md_escape, render
+from engine.report.resolver import Resolver
+from engine.report.rows import group_rows, infer_points, point_text
+from engine.report.runs import RunData, load_run, select_runs
+from engine.report.tables import table_from_specs
+from engine.store.records import Meta
 from engine.store.rundir import RunDir
 from engine.store.summary import best_and_end
 
@@ -80,32 +75,32 @@ def select_many(store, run_ids=(), presets=(), groups=(), where: str | None = No
             chosen[rd.id] = rd
     if not chosen:
         raise UserError("nothing to report: give run ids, presets, group ids or --where")
-    return sorted(chosen.values(), key=lambda rd: ((rd.config().get("run", {}).get("created") or 0), rd.id))
+    return sorted(chosen.values(), key=lambda rd: (rd.config().run.created or 0, rd.id))
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "report"
 
 
-def _meta(r: RunData) -> dict:
-    """What people said about a run (title, tags, note); {} when meta.json is missing or damaged."""
+def _meta(r: RunData) -> Meta:
+    """What people said about a run (title, tags, note); empty when meta.json is missing or damaged."""
     try:
         return r.rd.meta()
     except (CorruptFile, OSError):
-        return {}
+        return Meta()
 
 
 def _named(r: RunData) -> str:
     """`title #tag #tag`, or — when the run has neither."""
     meta = _meta(r)
-    return " ".join(([meta["title"]] if meta.get("title") else []) + [f"#{t}" for t in meta.get("tags") or []]) or "—"
+    return " ".join(([meta.title] if meta.title else []) + [f"#{t}" for t in meta.tags]) or "—"
 
 
 def _notes(runs: list[RunData]) -> list[str]:
     """The notes of the runs that have one, as markdown list items."""
     out = []
     for r in runs:
-        note = (_meta(r).get("note") or "").strip()
+        note = (_meta(r).note or "").strip()
         if note:
             out.append(f"- **{r.rd.id}**: " + md_escape(note).replace("\n", "  \n  "))
     return out
@@ -114,21 +109,23 @@ def _notes(runs: list[RunData]) -> list[str]:
 def _provenance_rows(runs: list[RunData]) -> list[list[str]]:
     rows = []
     for r in runs:
-        prov = r.config.get("provenance", {}) or {}
+        prov = r.config.provenance.to_json() if r.config.provenance is not None else {}
         run = r.run
         commit = prov.get("commit")
-        commit = (commit[:10] + (" (dirty " + str(prov.get("diff_sha256") or "") + ")" if prov.get("dirty") else "")
-                  if commit else "—")
+        dirty = f" (dirty {prov.get('diff_sha256') or ''})" if prov.get("dirty") else ""
+        commit = str(commit)[:10] + dirty if commit else "—"
         best, _ = best_and_end(r.epochs)
-        rows.append([r.rd.id, _named(r), str(run.get("preset")), str(run.get("label")), point_text(r.point) or "—",
-                     str(run.get("seed")), r.state, f"{len(r.epochs)}/{r.config.get('train', {}).get('epochs')}",
+        overrides = (run.origin.text or "") if run.origin else ""
+        rows.append([r.rd.id, _named(r), str(run.preset), str(run.label), point_text(r.point) or "—",
+                     overrides or "—", str(run.seed), r.state,
+                     f"{len(r.epochs)}/{r.config.value('train.epochs')}",
                      "—" if best is None else str(best["epoch"]), commit, str(prov.get("device_name") or "—"),
-                     str(prov.get("host") or "—"), str(prov.get("torch") or "—"), str(run.get("group") or "—")])
+                     str(prov.get("host") or "—"), str(prov.get("torch") or "—"), str(run.group or "—")])
     return rows
 
 
-PROV_HEAD = ["run", "title / tags", "preset", "label", "point", "seed", "state", "epochs", "best epoch", "commit", "device",
-             "host", "torch", "group"]
+PROV_HEAD = ["run", "title / tags", "preset", "label", "point", "overrides", "seed", "state", "epochs", "best epoch",
+             "commit", "device", "host", "torch", "group"]
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -205,9 +202,10 @@ def _markdown(name: str, store, runs: list[RunData], by: str, include_unfinished
     if skipped:
         md += ["Not produced:", ""] + [f"- {f.title}: {f.skipped}." for f in skipped] + [""]
     md += ["## Provenance", "",
-           "Every run of the report (counted or not): preset, training scheme, sweep point, seed, state, "
+           "Every run of the report (counted or not): preset, training scheme, sweep point, the `--set` "
+           "overrides it was made with, seed, state, "
            "code commit (dirty = uncommitted changes, with the hash of the diff), device and host "
-           "from the run's config.json.", "",
+           "of its latest start (runtime.json; config.json for a run that never started).", "",
            _md_table(PROV_HEAD, _provenance_rows(runs)), ""]
     notes = _notes(runs)
     if notes:
@@ -217,12 +215,13 @@ def _markdown(name: str, store, runs: list[RunData], by: str, include_unfinished
 
 def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=(), presets=(), groups=(),
                  formats=("md", "html"), by: str = "label", include_unfinished: bool = False,
-                 where: str | None = None) -> ReportResult:
+                 where: str | None = None, columns=None) -> ReportResult:
     """Write OUT_DIR/report.md (+ report.html, report.pdf) with the comparison tables (per-epoch
     PGD, and one per final-evaluation attack the runs have) in md/tex/csv/json under tables/,
     the figures (png/pdf/csv) under figures/, missing runs with the commands that fill them,
-    and the provenance of every run."""
+    and the provenance of every run; `columns`: config keys shown as columns of every table."""
     formats = tuple(dict.fromkeys(formats))
+    keys = parse_columns(columns)
     bad = [f for f in formats if f not in ("md", "html", "pdf")]
     if bad:
         raise UserError(f"--format {bad[0]}: must be md, html or pdf")
@@ -231,18 +230,20 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
         run_ids, presets, groups = list(run_ids) + r_ids, list(presets) + r_pre, list(groups) + r_grp
     rds = select_many(store, run_ids, presets, groups, where)
     runs = [load_run(rd) for rd in rds]
-    infer_points(runs, store.home)
-    specs = group_rows(runs, by, include_unfinished)
+    resolver = Resolver(store.home)
+    infer_points(runs, resolver=resolver)
+    specs = group_rows(runs, by, include_unfinished, resolver=resolver)
     grid = bool(presets or groups)
     name = ", ".join(list(presets) + list(groups) + list(run_ids)) or "runs"
     out_dir = Path(out_dir) if out_dir else Path.cwd() / f"report-{_slug(name)}"
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
 
-    tables = [("pgd", None, table_from_specs(specs, home=store.home, grid=grid, by=by))]
+    common = dict(home=store.home, grid=grid, by=by, resolver=resolver, columns=keys)
+    tables = [("pgd", None, table_from_specs(specs, **common))]
     attacks = sorted({str(e.get("attack")) for r in runs for e in r.evals
                       if e.get("attack") and e.get("ckpt") in ("best", "end", "swa_best", "swa_end")})
     for atk in attacks:
-        tables.append((_slug(atk), atk, table_from_specs(specs, home=store.home, grid=grid, by=by, ckpt_eval=atk)))
+        tables.append((_slug(atk), atk, table_from_specs(specs, ckpt_eval=atk, **common)))
     table_files = {}
     for stem, _, t in tables:
         table_files[stem] = export(t, out_dir / "tables", ("md", "latex", "csv", "json"), stem=f"table-{stem}")

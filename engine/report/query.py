@@ -6,9 +6,10 @@
 
 Names are the index document's keys (`state`, `preset`, `label` (the training scheme), `method`,
 `attack`, `dataset`, `arch`, `seed`, `group`, `epoch`, `epochs`, `best_robust_acc`,
-`end_robust_acc`, `best_clean_acc`, `end_clean_acc`, `ig`, `hs`, `title`, `tags`, `note`,
-`archived`, …) and the config's keys written `section.key` (`method.lam`, `train.epochs`,
-`data.dataset`, `attack.eps`, …). Values are numbers, "strings" or 'strings', `true`, `false`,
+`end_robust_acc`, `best_clean_acc`, `end_clean_acc`, `end_ig`, `end_hs` (`ig`, `hs` still read
+as these), `overrides_text` (the run's `--set` overrides), `title`, `tags`, `note`, `archived`,
+…) and the config's keys written `section.key` (`method.lam`, `train.epochs`, `data.dataset`,
+`attack.eps`, …). Values are numbers, "strings" or 'strings', `true`, `false`,
 `null` and [lists]. Operators: `== != < <= > >=`, `in` and `not in` (membership in a list, or a
 substring of a string), `~` (the right-hand string occurs in the left, ignoring case), `and`,
 `or`, `not` and parentheses. A name a run does not have is null, and an order comparison with
@@ -26,13 +27,17 @@ from typing import Any, Callable
 
 from engine.config.schema import section_classes
 from engine.errors import UserError
+from engine.store.summary import SUMMARY_KEYS
 
 INDEX_KEYS = ("id", "preset", "label", "method", "attack", "dataset", "arch", "seed", "group", "created", "state",
-              "epoch", "epochs", "best_epoch", "best_robust_acc", "best_clean_acc", "end_robust_acc",
-              "end_clean_acc", "ig", "hs", "overfit_epoch", "epoch_time_s", "updated", "error", "title", "tags", "note", "archived",
-              "swa_best_epoch", "swa_best_robust_acc", "swa_best_clean_acc", "swa_end_robust_acc",
-              "swa_end_clean_acc", "swa_ig", "swa_hs")
-"""The names of an index document a query may use."""
+              "epoch", "epochs", "overfit_epoch", "updated", "error", "title", "tags", "note", "archived",
+              "overrides_text", "origin_known") + SUMMARY_KEYS + tuple(
+    f"swa_{k}" for k in SUMMARY_KEYS if not k.startswith(("epoch_time", "eval_time")))
+"""The names of an index document a query may use (engine.store.summary)."""
+
+ALIASES = {"ig": "end_ig", "hs": "end_hs", "epoch_time_s": "epoch_time_s_mean", "swa_ig": "swa_end_ig",
+           "swa_hs": "swa_end_hs"}
+"""Names of earlier index rows, read as the keys that replaced them."""
 
 _TOKEN = re.compile(r"""\s*(?:
     (?P<num>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|-?\.\d+(?:[eE][-+]?\d+)?)
@@ -221,12 +226,15 @@ class Query:
         """Whether it names a config key (`section.key`), so each run's config.json must be read."""
         return any("." in n for n in self.names)
 
-    def matches(self, doc: dict, config: dict | None = None) -> bool:
+    def matches(self, doc, config=None) -> bool:
+        """Whether the run of index row `doc` (and config: a ConfigRecord or config.json's JSON) is selected."""
         def get(name: str):
             if "." in name:
+                if hasattr(config, "value"):
+                    return config.value(name)
                 section, _, key = name.partition(".")
                 return ((config or {}).get(section) or {}).get(key)
-            return doc.get(name)
+            return doc.get(ALIASES.get(name, name))
 
         return bool(self.node(get))
 
@@ -240,7 +248,7 @@ def parse(text: str, where: str = "--where") -> Query:
     k, v, col = p.peek()
     if k is not None:
         p.fail(f"unexpected {v!r}", col)
-    known = set(INDEX_KEYS) | _config_keys()
+    known = set(INDEX_KEYS) | set(ALIASES) | _config_keys()
     for name in sorted(p.names):
         if name not in known:
             close = [k for k in sorted(known) if k.split(".")[-1] == name.split(".")[-1]][:3]

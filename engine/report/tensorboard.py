@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from engine.errors import UserError
-from engine.report.tables import select_runs
+from engine.report.runs import select_runs
+from engine.store.records import ConfigRecord, RunRecord
 from engine.store.summary import best_and_end
 
 INSTALL_HINT = "pip install 'advlc[tensorboard]'"
@@ -106,13 +107,14 @@ def run_folder(tag: str) -> Path:
     return Path(*parts)
 
 
-def run_tag(config: Mapping[str, Any], run_id: str) -> str:
-    """``<preset>/<label>/seed<seed>-<run id>`` (a preset given as a TOML path counts by its stem)."""
-    run = config.get("run") or {}
-    preset = str(run.get("preset") or "unknown")
+def run_tag(config: ConfigRecord | Mapping[str, Any], run_id: str) -> str:
+    """``<preset>/<label>/seed<seed>-<run id>`` (a preset given as a TOML path counts by its stem);
+    `config` is the run's config record, or config.json's JSON."""
+    run = config.run if isinstance(config, ConfigRecord) else RunRecord.from_json(config.get("run") or {}, "run")
+    preset = str(run.preset or "unknown")
     if preset.endswith(".toml") or preset.startswith(("/", "~", ".")):
         preset = Path(preset).stem or "unknown"
-    return f"{preset}/{run.get('label') or 'run'}/seed{run.get('seed')}-{run_id}"
+    return f"{preset}/{run.label or 'run'}/seed{run.seed}-{run_id}"
 
 
 def _is_number(v: Any) -> bool:
@@ -239,7 +241,7 @@ def export_runs(store, log_dir: Path, *, run_ids=None, preset=None, group=None) 
         metrics = rd.metrics()
         tag = run_tag(config, rd.id)
         try:
-            folder = write_run(log_dir, tag=tag, config=config, epochs=metrics.get("epochs", []),
+            folder = write_run(log_dir, tag=tag, config=config.to_json(), epochs=metrics.get("epochs", []),
                                evals=metrics.get("evals", []), swa=metrics.get("swa", []))
         except OSError as exc:
             raise UserError(f"--tensorboard {log_dir}: cannot write ({exc.strerror or exc})") from None

@@ -1,8 +1,8 @@
 """`advlc compare` and `advlc report`: the paper's tables and figures from the run store.
 
     advlc compare RUN… | --preset P | --group G [--by label|preset] [--eval ATTACK]
-                  [--format table|md|latex|csv|json] [--out FILE] [--include-unfinished]
-    advlc report PRESET|GROUP|RUN… [--out DIR] [--format md|html|pdf]… [--by label|preset]
+                  [--columns KEY,…] [--format table|md|latex|csv|json] [--out FILE] [--include-unfinished]
+    advlc report PRESET|GROUP|RUN… [--out DIR] [--format md|html|pdf]… [--by label|preset] [--columns KEY,…]
 
 Both call engine.report.tables only; bad input ends in one line and exit code 2 (tui.cli.main).
 """
@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from engine.errors import UserError
-from engine.facade import build_report, compare_runs, render
+from engine.facade import build_report, compare_runs, parse_columns, render
 from tui.cli.common import store_of
 from tui.cli.root import app
 
@@ -40,16 +40,20 @@ def compare_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     include_unfinished: Annotated[bool, typer.Option("--include-unfinished",
                                                      help="Count runs that have not finished (default: finished only).")] = False,
+    columns: Annotated[Optional[list[str]], typer.Option("--columns", help="Config keys shown as columns after the "
+                                                         "row name, e.g. method.lam,attack.eps (repeatable).")] = None,
 ):
-    """Compare runs in the layout of the paper's Table 1: mean ± std over seeds."""
+    """Compare runs in the layout of the paper's Table 1: mean ± std over seeds; runs average into
+    a row only when their configs are equal but for the seed (rows named by their overrides)."""
     if fmt is None:
         fmt = SUFFIX_FORMATS.get(out.suffix.lower(), "table") if out else "table"
     if fmt not in COMPARE_FORMATS:
         raise UserError(f"--format {fmt}: must be one of {', '.join(COMPARE_FORMATS)}")
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
+    keys = parse_columns(columns)       # a bad key: one line, before any run is read
     table = compare_runs(store_of(ctx), run_ids=runs or None, preset=preset, group=group, by=by,
-                         ckpt_eval=eval_, include_unfinished=include_unfinished, where=where)
+                         ckpt_eval=eval_, include_unfinished=include_unfinished, where=where, columns=keys)
     text = render(table, fmt)
     if out:
         try:
@@ -64,6 +68,7 @@ def compare_cmd(
         print("advlc: note: incomplete: " + "; ".join(f"{r.name}: {', '.join(r.missing)}"
                                                      for r in table.rows if r.missing), file=sys.stderr)
 
+
 @app.command("report")
 def report_cmd(
     ctx: typer.Context,
@@ -76,6 +81,8 @@ def report_cmd(
     include_unfinished: Annotated[bool, typer.Option("--include-unfinished",
                                                      help="Count runs that have not finished.")] = False,
     where: Annotated[Optional[str], typer.Option("--where", help="Only runs this expression selects.")] = None,
+    columns: Annotated[Optional[list[str]], typer.Option("--columns", help="Config keys shown as columns of every "
+                                                         "table, e.g. method.lam,attack.eps.")] = None,
 ):
     """Write the paper's tables and figures for a preset group or runs into one report folder."""
     formats = [f.strip() for item in fmt for f in item.split(",") if f.strip()] or ["md", "html"]
@@ -83,7 +90,7 @@ def report_cmd(
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
     res = build_report(store_of(ctx), refs or [], out, formats=tuple(formats), by=by,
-                       include_unfinished=include_unfinished, where=where)
+                       include_unfinished=include_unfinished, where=where, columns=parse_columns(columns))
     made = [f.name for f in res.figures if not f.skipped]
     print(f"report: {res.out_dir}")
     for p in res.files:

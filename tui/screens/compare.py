@@ -4,8 +4,12 @@ The table is the engine's `compare_runs` — the same table `advlc compare` prin
 `x` exports (Markdown, LaTeX, CSV, JSON through its `export`). The best value
 of each column (as the report decides it) is bold and coloured. Below it, one chosen
 metric (`m` cycles) is drawn per row as the mean over that row's runs at each epoch.
-Everything is read in a thread worker; the screen reloads every `COMPARE_REFRESH_S`
-while any of its runs is running.
+Runs average into one row only when their configs are equal but for the seed; rows of one
+preset made with different overrides are named by them (`fgsm_n · attack.eps=0.05`). `c` opens
+a box for config columns (`method.lam,attack.eps`: each key's value per row, shown after the
+row name and exported with the table); a bad key is one line under the table and the columns in
+effect stay. Everything is read in a thread worker; the screen reloads every
+`COMPARE_REFRESH_S` while any of its runs is running.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import time
 from pathlib import Path
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
 from engine.errors import UserError
-from engine.facade import fmt_cell, row_curves
+from engine.facade import add_columns, fmt_cell, parse_columns, row_curves
 from tui.messages import ActionDone
 from tui.screens.export import ExportScreen
 from tui.widgets.metric_plot import MetricPlot
@@ -64,6 +69,7 @@ class CompareScreen(Screen):
         Binding("escape", "back", "Back", show=True),
         Binding("m", "metric", "Metric", show=True),
         Binding("b", "by", "Rows by", show=True),
+        Binding("c", "columns", "Columns", show=True),
         Binding("x", "export", "Export", show=True),
         Binding("u", "unfinished", "Unfinished runs", show=False),
         Binding("ctrl+r", "reload", "Reload", show=False),
@@ -75,11 +81,18 @@ class CompareScreen(Screen):
     CompareScreen #compare-plot { height: 1fr; min-height: 6; }
     CompareScreen #compare-note { height: auto; max-height: 4; padding: 0 1; color: $foreground-muted; }
     CompareScreen #compare-paths { height: auto; padding: 0 1; color: $success; }
+    CompareScreen #compare-columns { dock: bottom; display: none; height: 3; border: tall $accent; }
+    CompareScreen #compare-columns.-active { display: block; }
+    CompareScreen #compare-columns.-error { border: tall $error; }
     """
 
     def __init__(self, *, run_ids: list[str] | None = None, preset: str | None = None,
-                 group: str | None = None, title: str = ""):
+                 group: str | None = None, title: str = "", columns: list[str] | None = None):
         super().__init__()
+        self.columns: list[str] = parse_columns(columns)
+        """Config keys shown as columns (`c`)."""
+        self.columns_error: str | None = None
+        """Why the text in the columns box was not taken (one line), or None."""
         self.run_ids, self.preset, self.group = run_ids, preset, group
         self.title_text = title or preset or group or "runs"
         self.metric_index = 0
@@ -99,6 +112,8 @@ class CompareScreen(Screen):
         yield Static("", id="compare-note")
         yield MetricPlot(METRICS[0][1], id="compare-plot")
         yield Static("", id="compare-paths")
+        yield Input(placeholder="config columns, e.g. method.lam,attack.eps — enter applies (empty: none), esc closes",
+                    id="compare-columns")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -113,6 +128,7 @@ class CompareScreen(Screen):
 
     def reload(self) -> None:
         if self._loading:
+            self._reload_again = True       # e.g. new columns while a load is under way
             return
         self._loading = True
         if self.table is None:
@@ -124,10 +140,12 @@ class CompareScreen(Screen):
             store = self.app.store
             table = self.app.compare(run_ids=self.run_ids, preset=self.preset, group=self.group,
                                      by=BY[self.by_index], include_unfinished=self.include_unfinished)
+            if self.columns:
+                add_columns(table, self.columns, store)
             curves = {key: mean_curves(store, table, key, scale) for key, _t, scale in METRICS}
             states = {}
             for rid in self.run_ids or [r for row in table.rows for r in row.runs]:
-                states[rid] = store.run_dir(rid).status().get("state")
+                states[rid] = store.run_dir(rid).status().state
             self.post_message(CompareLoaded(table, curves, states))
         except UserError as exc:
             self.post_message(CompareLoaded(None, {}, {}, str(exc)))
@@ -137,6 +155,9 @@ class CompareScreen(Screen):
             self._loading = False
 
     def on_compare_loaded(self, message: CompareLoaded) -> None:
+        if self._reload_again:              # the load is over (whether or not its worker has returned yet)
+            self._reload_again = self._loading = False
+            self.reload()
         if message.error:
             self.query_one("#compare-note", Static).update(Text("✖ " + message.error, style="bold"))
             return
@@ -147,6 +168,7 @@ class CompareScreen(Screen):
         self._draw_title()
 
     _any_running = False
+    _reload_again = False
 
     # -- drawing -------------------------------------------------------------------
     def _draw_title(self) -> None:
@@ -167,12 +189,15 @@ class CompareScreen(Screen):
         headers = tbl.headers()
         dt.add_column("rows", key="__name")
         dt.add_column("seeds", key="__seeds")
+        for i, key in enumerate(tbl.config_columns):
+            dt.add_column(key, key=f"__config{i}")
         for col in tbl.columns:
             dt.add_column(headers.get(col, col), key=col)
         best = getattr(tbl, "best", {}) or {}
         notes = []
         for row in tbl.rows:
             cells = [Text(str(row.name), style="bold", end=""), Text(str(_fmt_seeds(row)), end="")]
+            cells += [Text(v, justify="right", end="") for v in tbl.config_texts(row)]
             for col in tbl.columns:
                 text = fmt_cell(col, row.cells[col])
                 hl = best.get(col) == row.name
@@ -184,6 +209,8 @@ class CompareScreen(Screen):
                 f" · {'all runs' if self.include_unfinished else 'finished runs only (u: include unfinished)'}")
         if notes:
             note += "\nnot counted (unfinished or never run; listed in the export): " + " · ".join(notes)
+        if self.columns_error:
+            note += f"\n⚠ {self.columns_error} — the columns stay {', '.join(self.columns) or 'none'}"
         self.query_one("#compare-note", Static).update(Text(note, end=""))
 
     def _draw_plot(self) -> None:
@@ -198,7 +225,44 @@ class CompareScreen(Screen):
 
     # -- actions -------------------------------------------------------------------
     def action_back(self) -> None:
+        box = self.query_one("#compare-columns", Input)
+        if box.has_focus:                   # esc in the columns box closes it, not the screen
+            self._close_columns()
+            return
         self.app.pop_screen()
+
+    def action_columns(self) -> None:
+        box = self.query_one("#compare-columns", Input)
+        box.value = ",".join(self.columns)
+        box.add_class("-active")
+        box.focus()
+
+    def _close_columns(self) -> None:
+        box = self.query_one("#compare-columns", Input)
+        box.remove_class("-active", "-error")
+        self.query_one("#compare-table", DataTable).focus()
+
+    @on(Input.Submitted, "#compare-columns")
+    def _columns_done(self, event: Input.Submitted) -> None:
+        self.set_columns(event.value)
+
+    def set_columns(self, text: str) -> bool:
+        """Show the config keys of `text` ("method.lam,attack.eps"; empty: none) as columns; a bad key
+        leaves the columns as they were and says why under the table. Whether it was taken."""
+        try:
+            keys = parse_columns(text)
+        except UserError as exc:
+            self.columns_error = str(exc)
+            self.query_one("#compare-columns", Input).add_class("-error")
+            if self.table is not None:
+                self._draw_table()
+            else:
+                self.query_one("#compare-note", Static).update(Text("⚠ " + self.columns_error, end=""))
+            return False
+        self.columns, self.columns_error = keys, None
+        self._close_columns()
+        self.reload()
+        return True
 
     def action_metric(self) -> None:
         self.metric_index = (self.metric_index + 1) % len(METRICS)

@@ -1,0 +1,222 @@
+"""A run's data as the reports read it: config, status and every metrics table (`RunData`), the
+paper's per-run numbers (`run_values`, `summary_from`), seconds per mini-batch, and which runs a
+comparison is about (`select_runs`).
+
+Per run: `best` is the epoch with the highest PGD robust accuracy on the test data (the paper's
+checkpoint selection; ties go to the later epoch, as in the authors' code); `end` is the last
+evaluated epoch; `diff` = best - end (the robust-overfitting gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from statistics import fmean
+
+from engine.errors import UserError
+from engine.report.query import parse as parse_query
+from engine.store.records import ConfigRecord, MetricRecord, RunRecord, Status
+from engine.store.rundir import RunDir
+from engine.store.summary import best_and_end, last_value, summarize
+
+# Training-set sizes, for seconds per batch when a record has no images_per_s.
+TRAIN_SIZES = {"digits": 1437, "cifar10": 50000, "cifar100": 50000, "svhn": 73257, "tinyimagenet": 100000}
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _pct(v):
+    return None if v is None else 100.0 * v
+
+
+def summary_from(config: ConfigRecord, status: Status, epochs: list) -> dict:
+    """One run's headline numbers (fractions, as stored)."""
+    best, end = best_and_end(epochs)
+    run = config.run
+    times = [e["time_s"] for e in epochs if e.get("time_s") is not None]
+    out = {
+        "label": run.label,
+        "preset": run.preset,
+        "seed": run.seed,
+        "state": status.state,
+        "epochs_done": len(epochs),
+        "best_epoch": best["epoch"] if best else None,
+        "clean_best": best.get("clean_acc") if best else None,
+        "clean_end": end.get("clean_acc") if end else None,
+        "robust_best": best["robust_acc"] if best else None,
+        "robust_end": end["robust_acc"] if end else None,
+        "ig": end.get("ig") if end else None,
+        "hs": last_value(epochs, "hs"),
+        "epoch_time_s": fmean(times) if times else None,
+    }
+    out["clean_diff"] = _diff(out["clean_best"], out["clean_end"])
+    out["robust_diff"] = _diff(out["robust_best"], out["robust_end"])
+    return out
+
+
+def run_summary(rd: RunDir) -> dict:
+    return {"id": rd.id, **summary_from(rd.config(), rd.status(), rd.epochs())}
+
+
+@dataclass(eq=False)
+class RunData:
+    """One run as a comparison reads it: its effective config record, status and metrics tables."""
+
+    rd: RunDir
+    config: ConfigRecord
+    status: Status
+    epochs: list[MetricRecord]
+    swa: list[MetricRecord]
+    evals: list[MetricRecord]
+    points: list[MetricRecord] = field(default_factory=list)   # experiment runs (Fig. 4, A.1)
+    inferred_point: dict | None = None
+    """The sweep point of a run that records none but was made with the swept key pinned
+    (engine.report.rows.infer_points)."""
+
+    @cached_property
+    def config_json(self) -> dict:
+        """The config as config.json's JSON (what engine.config.origin's functions read)."""
+        return self.config.to_json()
+
+    @property
+    def experiment(self) -> str | None:
+        """The experiment kind (fig4a, fig4b, fig4c, a1) of a post-hoc analysis run, else None."""
+        return self.config.value("experiment.kind") or None
+
+    @property
+    def run(self) -> RunRecord:
+        return self.config.run
+
+    @property
+    def state(self) -> str:
+        return self.status.state
+
+    @property
+    def seed(self):
+        return self.run.seed
+
+    @property
+    def point(self) -> dict:
+        return dict(self.run.point) or dict(self.inferred_point or {})
+
+    def has_evaluated(self, table: str = "epochs") -> bool:
+        return any(e.get("robust_acc") is not None for e in self.records(table))
+
+    def records(self, table: str) -> list:
+        return {"swa": self.swa, "points": self.points, "evals": self.evals}.get(table, self.epochs)
+
+    def progress(self) -> str:
+        return f"epoch {len(self.epochs)}/{self.config.value('train.epochs')}"
+
+
+def load_run(rd: RunDir) -> RunData:
+    """Config, status and every metrics table of a run (metrics.json is read once)."""
+    m = rd.metrics()
+    return RunData(rd, rd.config(), rd.status(), m.get("epochs", []), m.get("swa", []), m.get("evals", []),
+                   m.get("points", []))
+
+
+# ----------------------------------------------------------------------------- time
+def batches_per_epoch(config: ConfigRecord, rec=None) -> int | None:
+    """Mini-batches per epoch: from the record's images_per_s * time_s, else data.n_train,
+    else the dataset's known training-set size; None when none of those is known."""
+    bs = config.value("train.batch_size")
+    if not bs:
+        return None
+    if rec and rec.get("images_per_s") and rec.get("time_s"):
+        seen = rec["images_per_s"] * rec["time_s"]
+        if seen >= bs:
+            return max(1, round(seen / bs))
+    n = config.value("data.n_train") or 0
+    size = TRAIN_SIZES.get(config.value("data.dataset"))
+    if n and size:
+        n = min(n, size)
+    n = n or size
+    return n // bs if n and n >= bs else None
+
+
+def time_per_batch(config: ConfigRecord, epochs: list) -> float | None:
+    """Mean over epochs of time_s / batches per epoch (None if any epoch can't be converted)."""
+    vals = []
+    for e in epochs:
+        if e.get("time_s") is None:
+            continue
+        nb = batches_per_epoch(config, e)
+        if nb is None:
+            return None
+        vals.append(e["time_s"] / nb)
+    return fmean(vals) if vals else None
+
+
+def time_per_epoch(epochs: list) -> float | None:
+    vals = [e["time_s"] for e in epochs if e.get("time_s") is not None]
+    return fmean(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------- one run's numbers
+def _final_eval(run: RunData, ckpt: str, attack: str):
+    """The run's evaluation of `ckpt` under `attack`: the one on the most images, then the latest."""
+    recs = [(e.get("n") or 0, i, e) for i, e in enumerate(run.evals)
+            if e.get("ckpt") == ckpt and e.get("attack") == attack and e.get("robust_acc") is not None]
+    return max(recs, key=lambda t: (t[0], t[1]))[2] if recs else None
+
+
+def run_values(run: RunData, table: str = "epochs", ckpt_eval: str | None = None) -> dict:
+    """One run's numbers in the table's units (accuracies in %); None where not available."""
+    recs = run.records(table)
+    best, end = best_and_end(recs)
+    out = {"clean_best": _pct(best.get("clean_acc")) if best else None,
+           "clean_end": _pct(end.get("clean_acc")) if end else None,
+           "robust_best": _pct(best["robust_acc"]) if best else None,
+           "robust_end": _pct(end["robust_acc"]) if end else None,
+           "best_epoch": best["epoch"] if best else None,
+           "ig": end.get("ig") if end else None,
+           "hs": last_value(recs, "hs"),
+           "time_batch": time_per_batch(run.config, run.epochs),
+           "time_epoch": time_per_epoch(run.epochs),
+           "evals": {}}
+    if ckpt_eval:
+        prefix = "swa_" if table == "swa" else ""
+        for which in ("best", "end"):
+            ev = _final_eval(run, prefix + which, ckpt_eval)
+            out["evals"][which] = ev
+            out[f"clean_{which}"] = _pct(ev.get("clean_acc")) if ev else None
+            out[f"robust_{which}"] = _pct(ev.get("robust_acc")) if ev else None
+    return out
+
+
+# ----------------------------------------------------------------------------- selection
+def select_runs(store, *, run_ids=None, preset=None, group=None, where: str | None = None) -> list[RunDir]:
+    """The runs named by ids (or unique prefixes), a preset (or preset folder) and/or a group id
+    (archived runs only when named by id), in creation order, each once, and of those the ones
+    `where` (engine.report.query) selects; with only `where`, every run it selects. Unknown ids
+    and empty selections raise UserError."""
+    if not (run_ids or preset or group or where):
+        raise UserError("nothing to compare: give run ids, --preset, --group or --where")
+    chosen: dict[str, tuple] = {}
+    if where and not (run_ids or preset or group):
+        chosen = {d["id"]: (d.get("created") or 0, store.run_dir(d["id"])) for d in store.runs()}
+    for ref in run_ids or []:
+        rd = store.get(ref)
+        chosen[rd.id] = (rd.config().run.created or 0, rd)
+    for kind, value in (("preset", preset), ("group", group)):
+        if not value:
+            continue
+        docs = store.runs(**{kind: value})
+        if not docs:
+            raise UserError(f"no runs of {kind} '{value}' in {store.home} (see `advlc runs`)")
+        for d in docs:
+            rd = store.run_dir(d["id"])
+            if rd.exists():
+                chosen[rd.id] = (d.get("created") or 0, rd)
+    out = [rd for _, rd in sorted(chosen.values(), key=lambda t: (t[0], t[1].id))]
+    if where:
+        q = parse_query(where)
+        docs = {d["id"]: d for d in store.index()}
+        out = [rd for rd in out
+               if q.matches(docs.get(rd.id) or summarize(rd), rd.config_json() if q.needs_config else None)]
+        if not out:
+            raise UserError(f"--where {where!r}: no selected run matches")
+    return out
