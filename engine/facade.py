@@ -46,20 +46,20 @@ from engine.report.diff import diff_runs
 from engine.report.document import build_report
 from engine.report.query import parse as parse_query
 from engine.report.query import select as select_runs_where
-from engine.report.tables import (
-    CompareTable,
-    compare_runs,
-    export,
-    fmt_cell,
-    render,
-    row_curves,
-    run_summary,
-)
+from engine.report.columns import add_columns, parse_columns
+from engine.report.curves import row_curves
+from engine.report.model import CompareTable
+from engine.report.render import export, fmt_cell, render
+from engine.report.runs import run_summary
+from engine.report.tables import compare_runs
 from engine.report.tensorboard import TensorBoardMissing
+from engine.run.origins import backfill_origins
 from engine.report.tensorboard import export_runs as export_tensorboard
 from engine.store.index import Store
 from engine.store.pack import pack, unpack
 from engine.store.repair import repair
+from engine.launch.executors import executor_named
+from engine.store.records import ConfigRecord, Meta, Origin, Status
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, STATES
 from engine.store.summary import RO_POINTS, RO_STREAK, format_epoch, overfitting_onset
@@ -99,10 +99,12 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_PRESET", "DEVICES_RE", "EXPERIMENT_KINDS", "FINAL_ATTACKS", "FINAL_CKPTS", "FINAL_STATES", "POINT_KEYS",
-    "STATES", "build_store", "fabricate_run", "synthetic_epoch", "CompareTable", "IndexReader", "IndexSnapshot", "PlannedRun", "RunDelta", "RunDir", "RunFollower",
+    "STATES", "build_store", "fabricate_run", "synthetic_epoch", "CompareTable", "add_columns", "parse_columns", "IndexReader", "IndexSnapshot", "PlannedRun", "RunDelta", "RunDir", "RunFollower",
     "RunHistory", "Store", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
     "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
-    "RO_POINTS", "RO_STREAK", "overfitting_onset", "TensorBoardMissing", *_LAZY,
+    "RO_POINTS", "RO_STREAK", "overfitting_onset", "TensorBoardMissing", "backfill_origins",
+    "ConfigRecord", "Meta", "Origin", "Status", "executor_named",
+    *_LAZY,
 ]

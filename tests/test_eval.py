@@ -143,7 +143,7 @@ def test_bad_eval_arguments_are_one_line(trained, capsys, args, needle):
 
 def test_run_final_evals_follows_the_config_and_skips_done_ones(trained):
     _, store, rd = trained
-    conf = rd.config()
+    conf = json.loads(rd.config_path.read_text())      # config.json as written, edited by hand
     saved = json.loads(json.dumps(conf))
     conf["eval"].update(final=["pgd20", "pgd50"], final_ckpts=["best", "end", "swa_end"], final_n=30)
     write_json(rd.config_path, conf)

@@ -46,7 +46,7 @@ def _experiment(store, preset, overrides):
     [rd] = create_runs(store, plan_runs(preset, overrides))
     lines = []
     state = run(rd, store, log=lines.append)
-    assert state == "finished", (rd.status().get("error"), lines[-3:])
+    assert state == "finished", (rd.status().error, lines[-3:])
     return rd, {p["index"]: p for p in rd.records("points")}
 
 
@@ -132,8 +132,8 @@ def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
     for p in pts.values():
         assert set(X.POINT_KEYS["fig4a"]) <= set(p) and p["kind"] == "fig4a"
     conf = rd.config()
-    assert conf["source"]["run"] == src.id and conf["run"]["label"] == "fig4a:pgd"
-    assert conf["model"] == src.config()["model"]
+    assert conf.source.run == src.id and conf.run.label == "fig4a:pgd"
+    assert conf.section("model") == src.config_json()["model"]
     [row] = [r for r in store.runs() if r["id"] == rd.id]
     assert row["state"] == "finished" and row["label"] == "fig4a:pgd"
 
@@ -195,7 +195,7 @@ def test_source_resolution_and_bad_experiments(source):
         X.resolve_source(store, "quick/digits-fgsm_n")
     [rd] = create_runs(store, plan_runs("quick/digits-fig4b", ["experiment.source=quick/digits-fgsm_n"]))
     assert run(rd, store, log=lambda s: None) == "failed"
-    assert "train it first" in rd.status()["error"]
+    assert "train it first" in rd.status().error
     _, cfg, _ = load_preset("quick/digits-fig4c", ["experiment.values=[0.5, 1.5]"])
     with pytest.raises(UserError, match="flipped fractions"):
         X.validate(cfg)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import cli, force_status
+from helpers import cli, force_status, one_line
 
 from engine.errors import CorruptFile
-from engine.launch import gpuqueue
+from engine.launch.executors import gpuqueue, local
 from engine.launch import supervisor as S
 from engine.launch.plan import plan_runs
 from engine.store import files
@@ -50,14 +50,6 @@ def home(tmp_path, monkeypatch):
 def advlc(*args, code=None):
     """`advlc ARGS` in this process: (exit code, stdout, stderr)."""
     return cli(*args, code=code)
-
-
-def one_line(err: str) -> str:
-    """The error output must be exactly one line starting `advlc:`, with no traceback."""
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("advlc: ") and "Traceback" not in err and "^^^" not in err, err
-    return lines[0]
 
 
 def finished_run(store: Store, epochs: int = 2, extra=()) -> "RunDir":  # noqa: F821
@@ -150,9 +142,9 @@ def test_truncated_status_shows_corrupt_refuses_resume_and_repairs_from_the_chec
     assert "status.json" in one_line(err) and "advlc repair" in err
     advlc("repair", rd.id, code=0)
     st = rd.status()
-    assert st["state"] == "stopped" and st["epoch"] == 2 and "rebuilt" in st["error"]
+    assert st.state == "stopped" and st.epoch == 2 and "rebuilt" in st.error
     rc, out, _ = advlc("resume", rd.id, "--foreground", code=0)    # runs the (no) remaining epochs
-    assert "from epoch 2" in out and rd.status()["state"] == "finished"
+    assert "from epoch 2" in out and rd.status().state == "finished"
 
 
 def test_truncated_config_is_one_line_and_rebuilt_from_the_log(copy):
@@ -163,7 +155,8 @@ def test_truncated_config_is_one_line_and_rebuilt_from_the_log(copy):
     assert "config.json" in one_line(err)
     advlc("repair", rd.id, code=0)
     got = rd.config()
-    assert got["train"] == want["train"] and got["method"] == want["method"] and got["run"]["preset"] == PRESET
+    assert got.section("train") == want.section("train") and got.section("method") == want.section("method")
+    assert got.run.preset == PRESET
 
 
 def test_a_corrupt_index_is_rebuilt_with_a_warning(copy):
@@ -182,7 +175,7 @@ def test_damaged_checkpoints(copy):
     line = one_line(err)
     assert "last.pt" in line and "--from best" in line and "--from scratch" in line
     rc, out, _ = advlc("resume", rd.id, "--foreground", "--from", "best", code=0)
-    assert "from epoch" in out and rd.status()["state"] == "finished"
+    assert "from epoch" in out and rd.status().state == "finished"
     assert list(rd.ckpt_dir.glob("last.pt.corrupt-*"))
     rd.ckpt("best").write_text("not a checkpoint")
     rc, _, err = advlc("eval", rd.id, "--ckpt", "best", "--attack", "pgd20", "--n", "10", code=1)
@@ -261,7 +254,7 @@ def test_a_full_disk_during_training_ends_the_run_failed_with_the_reason(home, m
     assert run(rd, store, log=lambda s: None) == "failed"
     monkeypatch.setattr(files, "atomic_write_text", real)
     st = rd.status()
-    assert st["state"] == "failed" and "the disk is full" in st["error"] and "ENOSPC" in st["error"]
+    assert st.state == "failed" and "the disk is full" in st.error and "ENOSPC" in st.error
     assert [r["epoch"] for r in rd.epochs()] == [0]
 
 
@@ -302,12 +295,12 @@ def test_runs_of_a_killed_launcher_become_lost_and_resumable(home, monkeypatch):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     store = Store(home)
-    assert [store.run_dir(i).status()["state"] for i in ids] == ["queued"] * 3
+    assert [store.run_dir(i).status().state for i in ids] == ["queued"] * 3
     rc, out, _ = advlc("runs", "--json", code=0)
     rows = {r["id"]: r for r in json.loads(out)}
     assert all(rows[i]["state"] == "lost" and f"pid {p.pid}" in rows[i]["error"] for i in ids)
     rc, out, _ = advlc("resume", ids[0], "--foreground", code=0)
-    assert store.run_dir(ids[0]).status()["state"] == "finished"
+    assert store.run_dir(ids[0]).status().state == "finished"
 
 
 def test_a_killed_gpu_scheduler_is_restarted_by_the_next_command(home, monkeypatch):
@@ -321,7 +314,7 @@ def test_a_killed_gpu_scheduler_is_restarted_by_the_next_command(home, monkeypat
     while not gpuqueue.scheduler_pid(store) and time.time() < deadline:
         time.sleep(0.1)
     pid = gpuqueue.scheduler_pid(store)
-    assert pid and rd.status()["state"] == "queued"
+    assert pid and rd.status().state == "queued"
     os.kill(pid, signal.SIGKILL)
     psutil.Process(pid).wait(10) if psutil.pid_exists(pid) else None
     while gpuqueue.scheduler_running(store) and time.time() < deadline:
@@ -345,7 +338,7 @@ def test_a_missing_data_folder_is_found_at_launch_before_any_run_folder(home, tm
 
 
 def test_cuda_asked_on_a_machine_without_it_is_refused_at_launch(home):
-    if S.visible_gpu_count():
+    if local.visible_gpu_count():
         pytest.skip("this machine has a GPU")
     rc, _, err = advlc("run", PRESET, "--device", "cuda", "--detach", code=2)
     assert "no CUDA device" in one_line(err)
@@ -359,9 +352,9 @@ def test_everything_advlc_writes_is_user_only(home):
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     [rd] = S.launch(store, plan_runs(PRESET, ["train.epochs=1", "eval.n=100"]))
     deadline = time.time() + 180
-    while rd.status().get("state") not in ("finished", "failed") and time.time() < deadline:
+    while rd.status().state not in ("finished", "failed") and time.time() < deadline:
         time.sleep(0.2)
-    assert rd.status()["state"] == "finished" and rd.log_path.exists() and rd.ckpt("last").exists()
+    assert rd.status().state == "finished" and rd.log_path.exists() and rd.ckpt("last").exists()
     for p in [home, *home.rglob("*")]:
         mode = stat.S_IMODE(p.lstat().st_mode)
         assert mode & 0o077 == 0, f"{p} is {oct(mode)}"

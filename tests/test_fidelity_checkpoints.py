@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op th
 
 
 def _ig_by_hand(rd, state):
-    cfg = C.from_json(rd.config())
+    cfg = C.from_json(rd.config_json())
     data = load_dataset(cfg.data)
     x, y = data.test_x[:50], data.test_y[:50]
     m = build_model(cfg.model, num_classes=10, in_channels=1, image_size=8)

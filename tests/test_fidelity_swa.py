@@ -46,7 +46,7 @@ def test_swa_bn_statistics_are_re_estimated_and_weights_averaged(tmp_path):
     for name in ("conv1.weight", "layer1.block0.conv1.weight", "fc0.weight", "layer1.block0.bn1.weight"):
         torch.testing.assert_close(sd[name], (snaps[0][name] + snaps[1][name]) / 2, rtol=1e-5, atol=1e-7)
     # BN statistics: exact mean of the BN layer's input over the 100 clean training images
-    x_train = load_dataset(C.from_json(rd.config()).data).train_x.float()
+    x_train = load_dataset(C.from_json(rd.config_json()).data).train_x.float()
     assert x_train.shape == (100, 1, 8, 8) and 0.0 <= x_train.min() and x_train.max() <= 1.0
     with torch.no_grad():
         feats = torch.nn.functional.conv2d(x_train, sd["conv1.weight"], padding=1)

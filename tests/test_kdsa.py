@@ -2,6 +2,7 @@
 and a digits run distilled from (1-epoch) teacher runs."""
 
 import copy
+import json
 import math
 import textwrap
 
@@ -166,7 +167,7 @@ def test_find_run_newest_finished_same_dataset_arch(tmp_path):
 
     def make(state, created, cfg_changes=()):
         rd = create_runs(store, [p])[0]
-        conf = rd.config()
+        conf = json.loads(rd.config_path.read_text())
         conf["run"]["created"] = created
         for (sec, key), v in dict(cfg_changes).items():
             conf[sec][key] = v
@@ -199,7 +200,7 @@ def test_with_teachers_plans_them_first(home):
     assert planned[0].cfg.train.epochs == 20      # teachers train as their preset says
     assert planned[2].cfg.train.epochs == 2
     rds = create_runs(store, planned)
-    confs = [rd.config()["run"] for rd in rds]
+    confs = [rd.config_json()["run"] for rd in rds]
     assert confs[0]["group"] is None and confs[1]["group"] is None
     assert confs[2]["group"] == confs[3]["group"] is not None
     for c in confs[2:]:
@@ -209,7 +210,7 @@ def test_with_teachers_plans_them_first(home):
         assert c["teachers"]["adversarial"]["checkpoint"] == str(rds[1].ckpt("best"))
     # the student cannot start before its teachers have finished: one clear line
     assert run(rds[2], store, log=lambda s: None) == "failed"
-    err = rds[2].status()["error"]
+    err = rds[2].status().error
     assert "\n" not in err and f"teacher run {rds[0].id} (standard, preset 'quick/digits-standard') is queued" in err
 
 
@@ -245,7 +246,7 @@ def test_kdsa_digits_run_trains(teacher_home, preset):
     assert p.teachers["standard"].run_id == teachers["quick/digits-standard"]
     assert p.teachers["adversarial"].run_id == teachers["quick/digits-pgd10"]
     [rd] = create_runs(store, [p])
-    assert run(rd, store, log=lambda s: None) == "finished", rd.status().get("error")
+    assert run(rd, store, log=lambda s: None) == "finished", rd.status().error
     recs = rd.epochs()
     assert len(recs) == 2
     assert all(math.isfinite(r["train_loss"]) for r in recs)

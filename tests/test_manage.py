@@ -62,13 +62,13 @@ def test_tagging_a_training_run_loses_nothing(tmp_path, monkeypatch):
     [rd] = S.launch(store, plan_runs(PRESET, ["train.epochs=6", "eval.n=100"]))
     tags = []
     i = 0
-    while rd.status().get("state") in ("queued", "running"):
+    while rd.status().state in ("queued", "running"):
         tags.append(f"t{i}")
         store.annotate(rd, title=f"title {i}", add_tags=[f"t{i}"])
         i += 1
         time.sleep(0.05)
-    assert rd.status()["state"] == "finished" and i > 3
-    assert rd.meta()["tags"] == tags and rd.meta()["title"] == f"title {i - 1}"
+    assert rd.status().state == "finished" and i > 3
+    assert rd.meta().tags == tags and rd.meta().title == f"title {i - 1}"
     assert [r["epoch"] for r in rd.epochs()] == list(range(6))
     assert store.runs()[0]["tags"] == tags
 
@@ -93,7 +93,7 @@ def test_where_selects_on_config_and_summary(synth):
     h = synth.home
     advlc("tag", "00000002", "+robust", home=h)
     rows = json.loads(advlc("runs", "--json", "--where", 'method.lam > 0.2 and state == "finished"', home=h)[0])
-    want = [r.id for r in synth.run_dirs() if r.config()["method"]["lam"] > 0.2]
+    want = [r.id for r in synth.run_dirs() if r.config_json()["method"]["lam"] > 0.2]
     assert [r["id"] for r in rows] == want and want
     rows = json.loads(advlc("runs", "--json", "--where", '"robust" in tags', home=h)[0])
     assert [r["id"] for r in rows] == ["00000002"]

@@ -575,7 +575,7 @@ def test_digits_preset_trains(name, tmp_path):
 
     store = Store(tmp_path)
     [rd] = create_runs(store, plan_runs(f"quick/digits-{name}", ["train.epochs=2", "eval.n=100"]))
-    assert rd.config()["method"]["name"] == name
+    assert rd.config_json()["method"]["name"] == name
     assert run(rd, store, log=lambda s: None) == "finished"
     recs = rd.epochs()
     assert len(recs) == 2

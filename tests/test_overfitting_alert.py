@@ -139,7 +139,7 @@ def test_child_env_carries_the_budget(tmp_path):
 
 
 def test_budget_divides_the_cores_among_runs_running_here(tmp_path, monkeypatch):
-    from engine.launch import local
+    from engine.launch.executors import local
     from engine.store.index import Store
 
     store = Store(tmp_path).ensure()
@@ -162,7 +162,7 @@ def test_usable_cores_are_physical_cores_in_the_affinity_mask(monkeypatch):
 
 
 def test_running_cpu_runs_counts_live_local_cpu_runs_only(tmp_path):
-    from engine.launch import local
+    from engine.launch.executors import local
     from engine.launch.processes import HOST, create_time
     from engine.store.index import Store
 
@@ -182,22 +182,23 @@ def test_runs_launched_together_share_the_cores(tmp_path, monkeypatch):
     import time
 
     from engine.config.presets import plan_runs
-    from engine.launch import local, supervisor
+    from engine.launch import supervisor
+    from engine.launch.executors import local
     from engine.store.index import Store
     from engine.store.states import FINAL_STATES
 
     monkeypatch.setenv("ADVLC_HOME", str(tmp_path))
     monkeypatch.setattr(local, "usable_cores", lambda: 4)      # as on a 4-core machine: 2 threads each
-    monkeypatch.setattr(supervisor, "visible_gpu_count", lambda: 0)
+    monkeypatch.setattr(local, "visible_gpu_count", lambda: 0)
     store = Store(tmp_path).ensure()
     planned = plan_runs("quick/digits-standard", ["train.epochs=1", "eval.n=20", "eval.hs_every=0",
                                                   "data.n_train=50", "train.device=cpu"], seeds=2)
     rds = supervisor.launch(store, planned)
     deadline = time.time() + 120
-    while time.time() < deadline and any(rd.status().get("state") not in FINAL_STATES for rd in rds):
+    while time.time() < deadline and any(rd.status().state not in FINAL_STATES for rd in rds):
         time.sleep(0.2)
     for rd in rds:
-        assert rd.status()["state"] == "finished", rd.log_tail(20)
-        assert rd.status()["launch"]["threads"] == 2
+        assert rd.status().state == "finished", rd.log_tail(20)
+        assert rd.status().launch.threads == 2
         assert "CPU threads: 2 (launcher budget)" in rd.log_path.read_text()
-        assert "2 threads" in rd.config()["provenance"]["device_name"]
+        assert "2 threads" in rd.config_json()["provenance"]["device_name"]

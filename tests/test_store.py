@@ -18,14 +18,14 @@ def _config(i=0):
 def test_round_trip(tmp_path):
     s = Store(tmp_path)
     rd = s.create_run(_config())
-    assert rd.status()["state"] == "queued"
+    assert rd.status().state == "queued"
     db = rd.metrics_db()
     for e, acc in enumerate([0.3, 0.5, 0.4]):
         db.table("epochs").insert({"epoch": e, "robust_acc": acc, "clean_acc": 0.9 + e / 100, "ig": 1.0 + e})
     force_status(rd, state="finished")
     doc = s.sync(rd)
     assert (doc["best_robust_acc"], doc["best_epoch"], doc["end_robust_acc"], doc["epoch"]) == (0.5, 1, 0.4, 3)
-    assert doc["best_clean_acc"] == 0.91 and doc["ig"] == 3.0
+    assert doc["best_clean_acc"] == 0.91 and doc["end_ig"] == 3.0
     [row] = s.runs()
     assert row["id"] == rd.id and row["state"] == "finished"
     assert s.get(rd.id[:3]).id == rd.id

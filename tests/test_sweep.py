@@ -27,11 +27,11 @@ def test_lam_sweep_preset_expands_grid_times_seeds(home):
         assert p.cfg.method.lam == p.point["method.lam"] and p.cfg.train.seed == p.seed
         assert p.cfg.method.name == "advlc" and p.cfg.attack.name == "fgsm_n" and p.preset == "quick/digits-advlc-lam-sweep"
     rds = create_runs(Store(home), planned)
-    runs = [rd.config()["run"] for rd in rds]
+    runs = [rd.config_json()["run"] for rd in rds]
     groups = {r["group"] for r in runs}
     assert len(groups) == 1 and None not in groups
     assert [r["point"] for r in runs] == [p.point for p in planned]
-    assert [rd.config()["method"]["lam"] for rd in rds] == [0.05, 0.05, 0.1, 0.1, 0.3, 0.3]
+    assert [rd.config_json()["method"]["lam"] for rd in rds] == [0.05, 0.05, 0.1, 0.1, 0.3, 0.3]
     assert [r["seed"] for r in runs] == [0, 1, 0, 1, 0, 1]
 
 
@@ -71,9 +71,9 @@ def test_cli_overrides_on_top(home):
     assert [(p.point, p.seed) for p in plan_runs("quick/digits-pgd10", home=home)] == [({}, 0)]
     planned = plan_runs("quick/digits-pgd10", seeds=2, home=home)
     rds = create_runs(Store(home), planned)
-    assert rds[0].config()["run"]["group"] == rds[1].config()["run"]["group"] is not None
+    assert rds[0].config().run.group == rds[1].config().run.group is not None
     [single] = create_runs(Store(home), plan_runs("quick/digits-pgd10", home=home))
-    assert single.config()["run"]["group"] is None
+    assert single.config().run.group is None
 
 
 def test_sweep_helpers():

@@ -49,7 +49,7 @@ def test_eval_every_and_ig_against_autograd(tmp_path):
     from engine.nn.datasets import load_dataset
     from engine.nn.models import build_model
 
-    cfg = C.from_json(rd.config())
+    cfg = C.from_json(rd.config_json())
     data = load_dataset(cfg.data)
     m = build_model(cfg.model, num_classes=10, in_channels=1, image_size=8)
     last = torch.load(rd.ckpt("last"), weights_only=True)

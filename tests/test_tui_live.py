@@ -3,8 +3,10 @@ resume, and `q` leaving runs running. Each run is a detached `python -m engine.r
 process on the digits data (CPU), started by engine.launch.supervisor.
 """
 
+import asyncio
 import time
 
+import helpers
 import psutil
 import pytest
 
@@ -12,6 +14,7 @@ from engine.config.presets import plan_runs
 from engine.launch import supervisor
 from engine.store.index import Store
 from engine.store.rundir import RunDir
+from engine.store.states import ALLOWED
 from tui.app import make_app
 
 SIZE = (120, 40)
@@ -37,12 +40,43 @@ def state_of(app, rid):
 
 @pytest.fixture
 def long_run(tmp_path):
-    """A digits run of 50 epochs started detached; stopped at teardown whatever the test did."""
+    """A digits run of 500 epochs started detached: far more than any test here waits for, so it is
+    `running` whenever a test looks (it cannot finish first); stopped at teardown whatever the test did."""
     store = Store(tmp_path / "home").ensure()
-    planned = plan_runs("quick/digits-fgsm_n", ["train.epochs=50", "eval.n=100"], home=store.home)
+    planned = plan_runs("quick/digits-fgsm_n", ["train.epochs=500", "eval.n=100"], home=store.home)
     rds = supervisor.launch(store, planned)
     yield store, rds[0]
     supervisor.stop(store, [RunDir(rd.path) for rd in rds if rd.exists()], grace_s=5)
+
+
+def reachable(state):
+    """Every state a run in `state` can reach by allowed state changes (one or more)."""
+    out, todo = set(), [state]
+    while todo:
+        for nxt in ALLOWED.get(todo.pop(), ()):
+            if nxt not in out:
+                out.add(nxt)
+                todo.append(nxt)
+    return out
+
+
+def record_shown_states(app) -> dict[str, list[str]]:
+    """run id -> the states the Runs screen showed for it, in order (repeats dropped), taken from every
+    snapshot the screen applies: nothing depends on when the test looks."""
+    shown: dict[str, list[str]] = {}
+    scr = app.runs_screen
+    apply = scr._apply
+
+    def recording_apply(snap, rebuild=False):
+        for r in snap.rows:
+            seq = shown.setdefault(r["id"], [])
+            s = r.get("state") or "queued"          # what the table shows for a row without one
+            if not seq or seq[-1] != s:
+                seq.append(s)
+        return apply(snap, rebuild)
+
+    scr._apply = recording_apply
+    return shown
 
 
 async def test_launch_digits_preset_from_presets_screen_and_watch_it_finish(tmp_path):
@@ -51,6 +85,7 @@ async def test_launch_digits_preset_from_presets_screen_and_watch_it_finish(tmp_
     store = Store(tmp_path / "home").ensure()
     app = make_app(store.home)
     async with app.run_test(size=SIZE) as pilot:
+        shown = record_shown_states(app)
         await pilot.press("n")
         await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen) and app.screen.current is not None)
         scr = app.screen
@@ -63,32 +98,39 @@ async def test_launch_digits_preset_from_presets_screen_and_watch_it_finish(tmp_
                        timeout=30, what="the two new runs in the Runs screen")
         ids = sorted(app.runs_screen._ids)
         assert app.runs_screen.cursor_id() in ids
-        seen = []
-        t0 = time.monotonic()
-        while any(state_of(app, rid) != "finished" for rid in ids):
-            s = state_of(app, ids[0])
-            if not seen or seen[-1] != s:
-                seen.append(s)
-            for rid in ids:
-                assert state_of(app, rid) not in ("failed", "lost", "stopped"), \
-                    RunDir(store.runs_dir / rid).log_tail(20)
-            assert time.monotonic() - t0 < 300, f"still {s} after 300 s"
-            await pilot.pause(0.2)
-        assert "finished" not in seen and seen[-1] in ("queued", "running")
+
+        def both_finished():
+            for rid in ids:     # fail at once, with the log, on a state no healthy run gets to
+                assert state_of(app, rid) not in ("failed", "lost", "stopped"), RunDir(store.runs_dir / rid).log_tail(20)
+            return all(state_of(app, rid) == "finished" for rid in ids)
+
+        await wait_for(pilot, both_finished, timeout=300, what="both runs to finish")
+        # Whatever the order the two runs finish in and whenever the screen polled: every change of
+        # state the screen showed is one the state machine allows (a skipped state is fine: the
+        # screen polls), and a run launched here and left alone only ever moves forward along
+        # queued -> running -> finished (never back, never through failed / stopped / lost).
+        forward = ["queued", "running", "finished"]
+        assert sorted(shown) == ids, shown
+        for rid in ids:
+            seq = shown[rid]
+            assert seq[-1] == "finished", (rid, seq)
+            for a, b in zip([None, *seq], seq):
+                assert b in reachable(a), f"{rid}: the screen showed {a} -> {b}: {seq}"
+            assert set(seq) <= set(forward) and seq == sorted(seq, key=forward.index), (rid, seq)
         rds = [RunDir(store.runs_dir / rid) for rid in ids]
-        assert sorted(rd.config()["method"]["name"] for rd in rds) == ["advlc", "pgd"]
-        assert len({rd.config()["run"]["group"] for rd in rds}) == 1           # side by side, one group
+        assert sorted(rd.config_json()["method"]["name"] for rd in rds) == ["advlc", "pgd"]
+        assert len({rd.config().run.group for rd in rds}) == 1           # side by side, one group
         rid = app.runs_screen.cursor_id()
-        cells = app.runs_screen.query_one("#runs-table").get_cell(rid, "epoch")
-        await wait_for(pilot, lambda: str(app.runs_screen.query_one("#runs-table").get_cell(rid, "epoch"))
-                       .startswith("2/2"), timeout=10, what=f"2/2 in {cells}")
+        table = app.runs_screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: str(table.get_cell(rid, "epoch")).startswith("2/2"), timeout=10,
+                       what=f"2/2 in the epoch cell of {rid}")
         rd = RunDir(store.runs_dir / rid)
-        assert rd.config()["train"]["epochs"] == 2 and rd.config()["eval"]["n"] == 100
+        assert rd.config_json()["train"]["epochs"] == 2 and rd.config_json()["eval"]["n"] == 100
         assert [e["epoch"] for e in rd.epochs()] == [0, 1]
         # the detail screen of the finished run plots its two epochs
         await pilot.press("enter")
-        await wait_for(pilot, lambda: "robust" in getattr(app.screen, "plots", {}).get("acc", None).series
-                       if hasattr(app.screen, "plots") else False, timeout=10)
+        await wait_for(pilot, lambda: "acc" in getattr(app.screen, "plots", {})
+                       and "robust" in app.screen.plots["acc"].series, timeout=10, what="the accuracy plot")
         assert app.screen.plots["acc"].series["robust"].ys == pytest.approx(
             [100 * e["robust_acc"] for e in rd.epochs()])
 
@@ -100,23 +142,29 @@ async def test_stop_asks_for_confirmation_then_stops_and_resume_restarts(long_ru
     app = make_app(store.home)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: state_of(app, rd.id) == "running", timeout=120, what="running")
-        pid = rd.status()["pid"]
+        pid = rd.status().pid
+        asked = []                                 # what the app asks the supervisor to do
+        supervise = app.supervise
+        app.supervise = lambda what, ids, **kw: (asked.append((what, list(ids))), supervise(what, ids, **kw))[1]
         await pilot.press("s")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")  # no: nothing happens
-        await pilot.pause(0.5)
-        assert rd.status()["state"] == "running" and psutil.pid_exists(pid)
+        await wait_for(pilot, lambda: app.screen is app.runs_screen, timeout=10, what="the question to close")
+        await pilot.pause()     # the answer's callback (queued on the Runs screen) has run
+        assert asked == [] and rd.status().state == "running" and psutil.pid_exists(pid)
         await pilot.press("s")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
+        await wait_for(pilot, lambda: asked, timeout=10, what="the app to ask for the stop")
+        assert asked == [("stop", [rd.id])]
         await wait_for(pilot, lambda: state_of(app, rd.id) == "stopped", timeout=60, what="stopped")
-        assert rd.status()["state"] == "stopped"
+        assert rd.status().state == "stopped"
         # the run writes `stopped` itself, then exits: the process is gone shortly after
         await wait_for(pilot, lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                        timeout=15, what=f"pid {pid} gone")
         await pilot.press("r")  # resume
         await wait_for(pilot, lambda: state_of(app, rd.id) == "running", timeout=120, what="running again")
-        assert rd.status()["pid"] != pid
+        assert rd.status().pid != pid
 
 
 async def test_q_quits_the_app_and_leaves_runs_running(long_run):
@@ -125,11 +173,16 @@ async def test_q_quits_the_app_and_leaves_runs_running(long_run):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: state_of(app, rd.id) == "running", timeout=120, what="running")
         await pilot.press("q")
-        await pilot.pause(0.2)
-        assert not app.is_running
+        assert app.return_code == 0                # the quit action ran
+        t = time.monotonic()
+        while app.is_running:                      # (it has stopped already: the loop is a safety net)
+            assert time.monotonic() - t < 30, "the app is still running 30 s after q"
+            await asyncio.sleep(0.05)
     st = rd.status()
-    assert st["state"] == "running"
-    proc = psutil.Process(st["pid"])
+    assert st.state == "running"
+    proc = psutil.Process(st.pid)
     assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    time.sleep(1.0)
-    assert rd.status()["state"] == "running" and proc.is_running()
+    # it goes on: it records another epoch after the app is gone (waited for, not slept for)
+    n = len(rd.epochs())
+    helpers.wait_for(lambda: len(rd.epochs()) > n, timeout=120, what=f"epoch {n + 1} after the app quit")
+    assert rd.status().state == "running" and rd.status().pid == st.pid and proc.is_running()

@@ -4,6 +4,7 @@ RunFollower hands it over when it changed, RunHistory keeps it, IndexReader list
 import time
 
 from engine.store.index import Store
+from engine.store.records import Meta
 from engine.store.synthetic import fabricate_run
 from engine.store.watch import IndexReader, RunFollower, RunHistory
 
@@ -22,28 +23,28 @@ def test_run_follower_reports_meta_only_when_it_changed(tmp_path):
     rd = _run(store, "0000000a")
     f = RunFollower(rd)
     h = RunHistory(rd.id)
-    assert h.meta == {}
+    assert h.meta == Meta()
     d = f.poll()
-    assert d.meta == {}  # no meta.json yet: reported once, empty
+    assert d.meta == Meta()  # no meta.json yet: reported once, empty
     h.apply(d)
     assert f.poll().empty()
     store.annotate(rd, title="first try", add_tags=["robust", "table1"], note="line one\nline two")
     d = f.poll()
     assert not d.empty() and not d.reset and d.epochs == []
-    assert d.meta["title"] == "first try" and d.meta["tags"] == ["robust", "table1"]
-    assert d.meta["note"] == "line one\nline two"  # the whole note, not its first line
+    assert d.meta.title == "first try" and d.meta.tags == ["robust", "table1"]
+    assert d.meta.note == "line one\nline two"  # the whole note, not its first line
     h.apply(d)
-    assert h.meta["title"] == "first try"
+    assert h.meta.title == "first try"
     nothing = f.poll()
     assert nothing.meta is None and nothing.empty()
     h.apply(nothing)
-    assert h.meta["tags"] == ["robust", "table1"]  # a delta without meta keeps it
+    assert h.meta.tags == ["robust", "table1"]  # a delta without meta keeps it
     time.sleep(0.01)
     store.annotate(rd, remove_tags=["table1"], archived=True)
     d = f.poll()
-    assert d.meta["tags"] == ["robust"] and d.meta["archived"] is True
+    assert d.meta.tags == ["robust"] and d.meta.archived is True
     h.apply(d)
-    assert h.meta["archived"] is True
+    assert h.meta.archived is True
 
 
 def test_index_reader_lists_archived_runs_too(tmp_path):

@@ -126,6 +126,8 @@ class AdvlcApp(App):
     # -- engine calls (run in thread workers by the screens) -------------------------
     def launch(self, planned, *, gpus=None, executor: str = "local") -> list[RunDir]:
         """Create the runs and start them as detached processes (engine.launch.supervisor.launch)."""
+        for p in planned:
+            p.command = p.command or "app"
         return facade.launch(self.store, planned, gpus=gpus, executor=executor)
 
     def compare(self, *, run_ids=None, preset=None, group=None, by="label", include_unfinished=False):

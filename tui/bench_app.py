@@ -37,7 +37,7 @@ def _writer(home: str, rid: str, epoch_s: float, status_s: float, stop_at: float
     store = Store(home)
     rd = store.run_dir(rid)
     table = rd.metrics_table("epochs")
-    total = rd.config()["train"]["epochs"]
+    total = rd.config().value("train.epochs")
     rng = random.Random(rid)
     next_epoch = time.time() + epoch_s
     batch = 0
@@ -48,7 +48,7 @@ def _writer(home: str, rid: str, epoch_s: float, status_s: float, stop_at: float
         if time.time() >= next_epoch:
             n = len(table)
             if n < total:
-                table.insert(synthetic_epoch(n, total, rng, advlc="advlc" in rd.config()["run"]["preset"]))
+                table.insert(synthetic_epoch(n, total, rng, advlc="advlc" in (rd.config().run.preset or "")))
             rd.update_status(heartbeat=time.time(), epoch=n + 1, batch=0, batches=500)
             store.sync(rd)
             batch = 0

@@ -175,7 +175,7 @@ def _train_digits_model(epochs: int, device: torch.device, seed: int):
 def _run_model(run: str, home, ckpt: str, device: torch.device):
 
     rd = Store(home).get(run)
-    cfg = from_json(rd.config())
+    cfg = from_json(rd.config_json())
     name = {"end": "last", "last": "last"}.get(ckpt, ckpt)
     path = rd.ckpt(name)
     if not path.exists():

@@ -47,7 +47,7 @@ def tag_cmd(ctx: typer.Context,
             raise UserError(f"tag {c!r}: a tag is letters, digits and _ . : - (at most 40), after + or -")
         (add if sign == "+" else remove).append(name)
     meta = store.annotate(rd, add_tags=add, remove_tags=remove)
-    out.print(f"{rd.id}  tags: {' '.join(meta['tags']) or '(none)'}", markup=False, highlight=False)
+    out.print(f"{rd.id}  tags: {' '.join(meta.tags) or '(none)'}", markup=False, highlight=False)
 
 
 @app.command("note")
@@ -61,7 +61,7 @@ def note_cmd(ctx: typer.Context,
         if not editor:
             raise UserError("note: set $EDITOR (or give --text)")
         with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False) as f:
-            f.write(rd.meta().get("note") or "")
+            f.write(rd.meta().note or "")
             path = f.name
         try:
             if subprocess.run(shlex.split(editor) + [path]).returncode != 0:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import UserError
-from engine.facade import Store, format_epoch, reconcile, run_summary
+from engine.facade import Store, backfill_origins, format_epoch, reconcile, run_summary
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
@@ -18,7 +18,9 @@ err = Console(stderr=True, highlight=False)
 
 def store_of(ctx: typer.Context) -> Store:
     """The run store of this invocation (--home, $ADVLC_HOME or ~/.advlc), created when missing."""
-    return Store((ctx.obj or {}).get("home")).ensure()
+    store = Store((ctx.obj or {}).get("home")).ensure()
+    backfill_origins(store)       # runs of an older store: their overrides, derived once
+    return store
 
 
 def runs_of(ctx: typer.Context, refs: list[str]):

@@ -26,7 +26,7 @@ def _cell(v) -> str:
 def print_points(rd) -> None:
     """The points of an experiment run as a table, never squeezed (wide tables overflow)."""
     rows = rd.records("points")
-    kind = (rd.config().get("experiment") or {}).get("kind", "")
+    kind = rd.config().value("experiment.kind") or ""
     cols = ["index"] + [k for k in POINT_KEYS.get(kind, ()) if k != "hs_method"] + ["time_s"]
     cells = [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
@@ -67,7 +67,7 @@ def experiment_cmd(ctx: typer.Context,
         state = facade.train_foreground(rd, store, log=lambda line: out.print(line, markup=False))
         print_points(rd)
         if state != "finished":
-            err.print(f"advlc: experiment {rd.id} {state}: {(rd.status().get('error') or '').strip()}",
+            err.print(f"advlc: experiment {rd.id} {state}: {(rd.status().error or '').strip()}",
                       markup=False)
             failed = failed or state == "failed"
     if failed:
@@ -79,11 +79,13 @@ def points_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run 
                as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
     """The `points` records of an experiment run."""
     rd = store_of(ctx).get(run)
-    if not (rd.config().get("experiment") or {}).get("kind"):
+    conf = rd.config()
+    if not conf.is_experiment:
         raise UserError(f"run {rd.id} is a training run, not an experiment: it has no points "
                         f"(see `advlc show {rd.id}`)")
     if as_json:
-        print(json.dumps({"id": rd.id, "experiment": rd.config().get("experiment"),
-                          "source": rd.config().get("source"), "points": rd.records("points")}, indent=1))
+        src = conf.source.to_json() if conf.source else None
+        print(json.dumps({"id": rd.id, "experiment": conf.section("experiment"), "source": src,
+                          "points": [r.to_json() for r in rd.records("points")]}, indent=1))
         return
     print_points(rd)

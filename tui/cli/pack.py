@@ -36,6 +36,5 @@ def unpack_cmd(ctx: typer.Context,
     """Add the runs of an archive to this store, ids kept (refused if an id is taken or the archive is damaged)."""
     rds = unpack(store_of(ctx), archive)
     for rd in rds:
-        st = rd.status()
-        out.print(f"{rd.id}  {st.get('state')}  {rd.config().get('run', {}).get('preset')}  → {rd.path}",
+        out.print(f"{rd.id}  {rd.status().state}  {rd.config().run.preset}  → {rd.path}",
                   highlight=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -41,11 +43,14 @@ def run_cmd(ctx: typer.Context,
     if seed is not None:
         overrides.append(f"train.seed={seed}")
     store = store_of(ctx)
-    background = detach or gpus is not None or executor != "local"
+    background = detach or gpus is not None or not facade.executor_named(executor).FOREGROUND
     if with_teachers and background:
         raise UserError("--with-teachers trains the teachers before the student, so it runs in the foreground; "
                         "drop --detach/--gpus/--executor, or run the teacher presets detached first")
     planned = plan_runs(preset, overrides, seeds=seeds, home=ctx.obj["home"], with_teachers=with_teachers)
+    command = "advlc " + shlex.join(sys.argv[1:])
+    for p in planned:
+        p.command = command
     if background:
         launch_detached(store, planned, gpus=gpus, slots_per_gpu=slots_per_gpu, executor=executor,
                         slurm={"partition": partition, "time": time_limit, "account": account, "gpus": slurm_gpus})
@@ -64,7 +69,7 @@ def run_cmd(ctx: typer.Context,
             out.print(f"[yellow]stopped[/] {rd.id} (resume with `advlc resume {rd.id}`)")
             break
         if states[rd.id] == "failed":
-            last = ((rd.status().get("error") or "").strip().splitlines() or ["see its log"])[-1]
+            last = ((rd.status().error or "").strip().splitlines() or ["see its log"])[-1]
             err.print(f"advlc: run {rd.id} failed: {last}", markup=False, highlight=False)
             if get_method(p.cfg.method.name).teachers or any(q.role for q in planned):
                 break  # a student needs its teachers
@@ -90,9 +95,9 @@ def runs_cmd(ctx: typer.Context,
         n = store.reindex()
         err.print(f"reindexed {n} runs")
     rows = store.runs(state=status, preset=preset, archived=archived)
-    rows = facade.select_runs_where(rows, query, lambda rid: store.run_dir(rid).config())
+    rows = facade.select_runs_where(rows, query, lambda rid: store.run_dir(rid).config_json())
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([dict(r) for r in rows], indent=1))
         return
     if not rows:
         out.print(f"no runs in {store.home}")
@@ -124,6 +129,10 @@ then it is what tells them apart, and goes last."""
 
 PRESET_ROOM = 20
 """Characters the preset column gets before columns are hidden to make room."""
+
+SETS_ROOM = 12
+"""The least room the `--set` column (a run's overrides, "attack.eps=0.05, …") is shown in; with
+less, a run with overrides has `*` after its seed."""
 
 
 def shorten(name: str, width: int) -> str:
@@ -175,7 +184,7 @@ def runs_table(rows: list[dict], width: int) -> Table:
     cells = [{"id": r["id"], "preset": str(r.get("preset")), "label": str(r.get("label")), "seed": str(r.get("seed")),
               "state": r.get("state", "?"), "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}",
               "best": pct(r.get("best_robust_acc")), "end": pct(r.get("end_robust_acc")),
-              "clean": pct(r.get("end_clean_acc")), "ig": num(r.get("ig"))} for r in rows]
+              "clean": pct(r.get("end_clean_acc")), "ig": num(r.get("end_ig"))} for r in rows]
     widths = {key: max([len(line) for line in head.split("\n")] + [len(c[key]) for c in cells])
               for key, head, _right, _drop in RUNS_COLUMNS}
     shown = list(RUNS_COLUMNS)
@@ -195,12 +204,23 @@ def runs_table(rows: list[dict], width: int) -> Table:
         shown.remove(col)
     preset_w = max(8, min(widths["preset"], room()))
     short = shorten_all([c["preset"] for c in cells], preset_w)
-    t = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)
+    sets = {r["id"]: str(r.get("overrides_text") or "") for r in rows}
+    sets_w = min(max(len(v) for v in sets.values()), room() - preset_w - 1) if any(sets.values()) else 0
+    if sets_w >= SETS_ROOM:            # the overrides get what the other columns leave
+        shown.append(("sets", "--set", False, 0))
+    elif sets_w or any(sets.values()):   # no room: a mark on the seed, `advlc show` has them
+        for c in cells:
+            c["seed"] += "*" if sets[c["id"]] else ""
+    t = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=True, caption_justify="left",
+              caption="* made with --set overrides (`advlc show RUN` lists them)"
+              if any(c["seed"].endswith("*") for c in cells) else None)
     for key, head, right, _drop in shown:
+        w = preset_w if key == "preset" else sets_w if key == "sets" else None
         t.add_column(head, justify="right" if right else "left", no_wrap=True, overflow="ellipsis",
-                     min_width=preset_w if key == "preset" else None, max_width=preset_w if key == "preset" else None)
+                     min_width=w, max_width=w)
     for c in cells:
-        t.add_row(*[short[c["preset"]] if key == "preset" else c[key] for key, *_rest in shown])
+        t.add_row(*[short[c["preset"]] if key == "preset" else sets[c["id"]] if key == "sets" else c[key]
+                    for key, *_rest in shown])
     return t
 
 
@@ -209,36 +229,42 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
     """Config, status and per-epoch history of one run."""
     rd = store_of(ctx).get(run)
-    doc = {"id": rd.id, "config": rd.config(), "status": rd.status(), "meta": rd.meta(), "epochs": rd.epochs(),
-           "evals": rd.evals(), "swa": rd.records("swa"), "points": rd.records("points")}
+    c, st, meta = rd.config(), rd.status(), rd.meta()
+    epochs, evals, points = rd.epochs(), rd.evals(), rd.records("points")
     if as_json:
+        doc = {"id": rd.id, "config": c.to_json(), "status": st.to_json(), "meta": meta.to_json(),
+               "epochs": [r.to_json() for r in epochs], "evals": [r.to_json() for r in evals],
+               "swa": [r.to_json() for r in rd.records("swa")], "points": [r.to_json() for r in points]}
         print(json.dumps(doc, indent=1))
         return
-    c = doc["config"]
-    st = doc["status"]
-    meta = doc["meta"]
-    out.print(f"[bold]{rd.id}[/]  {c['run'].get('preset')}  ({c['run'].get('label')})  seed {c['run'].get('seed')}  "
-              f"state {st.get('state')}{'  [dim](archived)[/]' if meta.get('archived') else ''}  {rd.path}")
-    if meta.get("title") or meta.get("tags"):
-        out.print(f"[bold]{escape(meta.get('title') or '')}[/]"
-                  + "".join(f"  [cyan]#{escape(t)}[/]" for t in meta.get("tags") or []))
-    if meta.get("note"):
-        out.print("[dim]note:[/] " + escape(meta["note"]).replace("\n", "\n      "))
-    prov = c.get("provenance", {})
-    if prov:
-        out.print(f"commit {str(prov.get('commit'))[:10]}{' (dirty)' if prov.get('dirty') else ''}  "
-                  f"torch {prov.get('torch')}  {prov.get('device_name')}  host {prov.get('host')}")
-    if st.get("error"):
-        out.print("[red]error:[/] " + escape(st["error"].strip()))
+    out.print(f"[bold]{rd.id}[/]  {escape(str(c.run.preset))}  ({escape(str(c.run.label))})  seed {c.run.seed}  "
+              f"state {st.state}{'  [dim](archived)[/]' if meta.archived else ''}  {rd.path}")
+    origin = c.run.origin
+    if origin is not None:
+        how = "derived from the preset" if origin.derived else "as given"
+        out.print(f"[dim]overrides ({how}):[/] " + (escape(" ".join(f"--set {o}" for o in origin.overrides))
+                                                    or "none (the preset as it is)"))
+        if origin.command:
+            out.print("[dim]command:[/] " + escape(origin.command))
+    if meta.title or meta.tags:
+        out.print(f"[bold]{escape(meta.title or '')}[/]" + "".join(f"  [cyan]#{escape(t)}[/]" for t in meta.tags))
+    if meta.note:
+        out.print("[dim]note:[/] " + escape(meta.note).replace("\n", "\n      "))
+    prov = c.provenance
+    if prov is not None:
+        out.print(f"commit {str(prov.commit)[:10]}{' (dirty)' if prov.dirty else ''}  "
+                  f"torch {prov.torch}  {prov.device_name or prov.device}  host {prov.host}")
+    if st.error:
+        out.print("[red]error:[/] " + escape(st.error.strip()))
     t = Table(box=None)
     cols = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "av", "ig", "hs", "time_s")
     for col in cols:
         t.add_column(col, justify="right")
-    for r in doc["epochs"]:
+    for r in epochs:
         t.add_row(*[pct(r.get(k)) if k.endswith("_acc") else num(r.get(k)) for k in cols])
     out.print(t)
-    for ev in doc["evals"]:
+    for ev in evals:
         out.print(f"eval {ev.get('ckpt')} {ev.get('attack')}: clean {pct(ev.get('clean_acc'))} "
                   f"robust {pct(ev.get('robust_acc'))}  ({ev.get('implementation', '')})")
-    if doc["points"]:
+    if points:
         print_points(rd)

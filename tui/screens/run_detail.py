@@ -195,24 +195,27 @@ class RunDetailScreen(Screen):
     def _draw_header(self) -> None:
         h = self.history
         c = palette(self.app)
-        run = h.config.get("run", {})
+        run = h.config.run if h.config else None
         st = h.status
-        total = h.config.get("train", {}).get("epochs")
+        total = h.config.value("train.epochs") if h.config else None
         t = Text(no_wrap=True, overflow="ellipsis", end="")
         t.append(self.run_id, style=f"bold {c.get('accent', '')}")
-        t.append(f"  {run.get('preset') or run.get('label') or ''}")
+        t.append(f"  {(run.preset or run.label or '') if run else ''}")
+        origin = (run.origin.text or "") if run and run.origin else ""
+        if origin:
+            t.append(f" ✎ {origin}", style=c.get("warning", ""))
         meta = h.meta
-        if meta.get("title"):
-            t.append(f" · {meta['title']}", style=c.get("muted", ""))
-        for tag in meta.get("tags") or []:
+        if meta.title:
+            t.append(f" · {meta.title}", style=c.get("muted", ""))
+        for tag in meta.tags:
             t.append(f" #{tag}", style=c.get("accent", ""))
-        if meta.get("archived"):
+        if meta.archived:
             t.append(" (archived)", style=c.get("warning", ""))
-        t.append(f"  seed {run.get('seed', '?')}  ")
-        t.append_text(badge(st.get("state"), c, short=False))
+        t.append(f"  seed {'?' if run is None or run.seed is None else run.seed}  ")
+        t.append_text(badge(st.state, c, short=False))
         t.append(f"  epoch {len(h.epochs)}/{total or '?'}")
-        if st.get("state") == "running" and st.get("batch") and st.get("batches"):
-            t.append(f" (batch {st['batch']}/{st['batches']})")
+        if st.state == "running" and st.batch and st.batches:
+            t.append(f" (batch {st.batch}/{st.batches})")
         if h.epochs:
             last = h.epochs[-1]
             t.append(f"  lr {last.get('lr', 0):.3g}")
@@ -220,9 +223,9 @@ class RunDetailScreen(Screen):
             if times:
                 per = sum(times) / len(times)
                 t.append(f"  {per:.1f} s/epoch")
-                if st.get("state") == "running" and total:
+                if st.state == "running" and total:
                     t.append(f"  ETA {duration(per * (total - len(h.epochs)))}")
-        prov = h.config.get("provenance", {})
+        prov = h.config.provenance.to_json() if h.config and h.config.provenance else {}
         if prov.get("commit"):
             t.append(f"  commit {str(prov['commit'])[:7]}{' (dirty)' if prov.get('dirty') else ''}",
                      style=c.get("muted", ""))
@@ -231,10 +234,10 @@ class RunDetailScreen(Screen):
     def _draw_alerts(self) -> None:
         st = self.history.status
         extra = []
-        if st.get("state") == "failed":
-            err = (st.get("error") or "").strip().splitlines()
+        if st.state == "failed":
+            err = (st.error or "").strip().splitlines()
             extra.append(f"run failed: {err[-1] if err else 'see the log (l)'}")
-        elif st.get("state") == "lost":
+        elif st.state == "lost":
             extra.append("the run's process is gone without a final state; resume with r")
         self.query_one("#alerts", AlertBar).show_alerts(detect_alerts(self.history.epochs), extra)
 
@@ -242,12 +245,22 @@ class RunDetailScreen(Screen):
         h = self.history
         c = palette(self.app)
         t = Text(end="")
-        cfg = h.config
-        sections = [k for k in cfg if k not in ("run", "provenance")]
+        cfg = h.config.to_json() if h.config else {}
+        sections = [k for k in cfg if k not in ("run", "provenance", "source")]
         self._draw_meta(t, c)
+        run = dict(cfg.get("run", {}))
+        origin = run.pop("origin", None)
         t.append("run\n", style=f"bold {c.get('accent', '')}")
-        for k, v in cfg.get("run", {}).items():
+        for k, v in run.items():
             t.append(f"  {k} = {json.dumps(v)}\n")
+        if origin:
+            t.append("origin" + (" (derived from the preset)" if origin.get("derived") else "") + "\n",
+                     style=f"bold {c.get('accent', '')}")
+            t.append(f"  overrides = {' '.join(origin.get('overrides') or []) or '—'}\n")
+            for k, v in (origin.get("changed") or {}).items():
+                t.append(f"  {k} = {json.dumps(v)}  (preset differs)\n")
+            if origin.get("command"):
+                t.append(f"  command = {origin['command']}\n")
         for s in sections:
             if not isinstance(cfg[s], dict):
                 continue
@@ -258,7 +271,7 @@ class RunDetailScreen(Screen):
         for k, v in cfg.get("provenance", {}).items():
             t.append(f"  {k} = {json.dumps(v) if not isinstance(v, str) else v}\n")
         t.append("status\n", style=f"bold {c.get('accent', '')}")
-        for k, v in h.status.items():
+        for k, v in h.status.to_json().items():
             if k in ("heartbeat", "started", "ended", "created") and isinstance(v, (int, float)):
                 v = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
             if k == "error" and v:
@@ -279,16 +292,16 @@ class RunDetailScreen(Screen):
         meta = self.history.meta
         t.append("meta", style=f"bold {c.get('accent', '')}")
         t.append("  (e edits)\n", style=c.get("muted", ""))
-        t.append(f"  title = {meta.get('title') or '—'}\n")
-        t.append(f"  tags = {' '.join('#' + x for x in meta.get('tags') or []) or '—'}\n")
-        note = (meta.get("note") or "").rstrip()
+        t.append(f"  title = {meta.title or '—'}\n")
+        t.append(f"  tags = {' '.join('#' + x for x in meta.tags) or '—'}\n")
+        note = (meta.note or "").rstrip()
         if note:
             t.append("  note:\n")
             for line in note.split("\n"):
                 t.append(f"    {line}\n")
         else:
             t.append("  note = —\n")
-        t.append(f"  archived = {'yes' if meta.get('archived') else 'no'}\n")
+        t.append(f"  archived = {'yes' if meta.archived else 'no'}\n")
 
     # -- actions -------------------------------------------------------------------
     def action_back(self) -> None:
@@ -314,7 +327,7 @@ class RunDetailScreen(Screen):
         self.notify("SWA curves " + ("shown" if self.show_swa else "hidden"))
 
     def action_stop(self) -> None:
-        if self.history.status.get("state") not in ("running", "queued"):
+        if self.history.status.state not in ("running", "queued"):
             self.notify("This run is not running.", severity="warning")
             return
 
@@ -326,13 +339,13 @@ class RunDetailScreen(Screen):
                                            yes="Stop"), done)
 
     def action_resume(self) -> None:
-        if self.history.status.get("state") not in ("stopped", "failed", "lost"):
+        if self.history.status.state not in ("stopped", "failed", "lost"):
             self.notify("Only stopped, failed or lost runs can be resumed.", severity="warning")
             return
         self.app.supervise("resume", [self.run_id], on_screen=self)
 
     def action_compare_group(self) -> None:
-        group = self.history.config.get("run", {}).get("group")
+        group = self.history.config.run.group if self.history.config else None
 
         if group:
             self.app.push_screen(CompareScreen(group=group, title=f"group {group}"))
@@ -341,10 +354,10 @@ class RunDetailScreen(Screen):
 
     def action_edit(self) -> None:
         meta = self.history.meta
-        run = self.history.config.get("run", {})
-        self.app.push_screen(AnnotateScreen([self.run_id], tags=list(meta.get("tags") or []),
-                                            title=meta.get("title") or "", note=meta.get("note") or "",
-                                            heading=f"Edit run {self.run_id}  {run.get('preset') or ''}"),
+        preset = self.history.config.run.preset if self.history.config else None
+        self.app.push_screen(AnnotateScreen([self.run_id], tags=list(meta.tags),
+                                            title=meta.title or "", note=meta.note or "",
+                                            heading=f"Edit run {self.run_id}  {preset or ''}"),
                              self._edited)
 
     def _edited(self, a: Annotation | None) -> None:

@@ -34,7 +34,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from engine.errors import UserError
-from engine.facade import IndexSnapshot, parse_query
+from engine.facade import IndexSnapshot, Meta, parse_query
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
 from tui.screens.annotate import AnnotateScreen, Annotation, describe
 from tui.screens.compare import CompareScreen
@@ -264,7 +264,7 @@ class RunsScreen(Screen):
         for r in rows:
             if r["id"] not in self._configs:
                 try:
-                    self._configs[r["id"]] = self.app.store.run_dir(r["id"]).config()
+                    self._configs[r["id"]] = self.app.store.run_dir(r["id"]).config_json()
                     n += 1
                 except (UserError, OSError):
                     pass  # damaged or half-made: no config keys (null), read again next time
@@ -283,8 +283,9 @@ class RunsScreen(Screen):
     def _row_key(self, r: dict, live: dict | None) -> tuple:
         """Everything a row's cells depend on (compared to find the rows to redraw)."""
         return (tuple(r.get(k) for k in ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc",
-                                         "end_clean_acc", "ig", "hs", "epoch_time_s", "preset", "seed", "title")),
-                tuple(r.get("tags") or ()), (live or {}).get("batch"), (live or {}).get("batches"),
+                                         "end_clean_acc", "end_ig", "end_hs", "epoch_time_s_mean", "preset", "seed", "title",
+                                         "overrides_text")),
+                tuple(r.get("tags") or ()), live.batch if live else None, live.batches if live else None,
                 r["id"] in self.selected, r.get("preset") in self._multi_label)
 
     def cells_for(self, rid: str) -> tuple:
@@ -314,12 +315,12 @@ class RunsScreen(Screen):
             self._preset_cell(r),
             Text("" if r.get("seed") is None else str(r["seed"]), justify="right", end=""),
             badge(state, c),
-            progress_cell(r.get("epoch"), r.get("epochs"), c, batch=(live or {}).get("batch"),
-                          batches=(live or {}).get("batches"), state=state, width=6),
+            progress_cell(r.get("epoch"), r.get("epochs"), c, batch=live.batch if live else None,
+                          batches=live.batches if live else None, state=state, width=6),
             rob,
             Text(_pct(r.get("end_clean_acc")), justify="right", end=""),
-            Text(_num(r.get("ig")), justify="right", end=""),
-            Text(_num(r.get("hs")), justify="right", end=""),
+            Text(_num(r.get("end_ig")), justify="right", end=""),
+            Text(_num(r.get("end_hs")), justify="right", end=""),
             Text(eta_text(r, live), justify="right", end=""),
         )
         return cells
@@ -604,9 +605,9 @@ class RunsScreen(Screen):
 
         self.app.work(self, work, name="edit")
 
-    def _open_editor(self, ids: list[str], meta: dict, heading: str) -> None:
-        self.app.push_screen(AnnotateScreen(ids, tags=list(meta.get("tags") or []), title=meta.get("title") or "",
-                                            note=meta.get("note") or "", heading=heading), self._edited)
+    def _open_editor(self, ids: list[str], meta: Meta, heading: str) -> None:
+        self.app.push_screen(AnnotateScreen(ids, tags=list(meta.tags), title=meta.title or "",
+                                            note=meta.note or "", heading=heading), self._edited)
 
     def _edited(self, a: Annotation | None) -> None:
         if a is not None and not a.empty():

@@ -38,13 +38,13 @@ def eta_text(row: dict, live: dict | None) -> str:
     """Time left for a running run: epochs left x seconds per epoch (minus the current epoch's progress)."""
     if row.get("state") != "running":
         return ""
-    per = row.get("epoch_time_s")
+    per = (row.get("epoch_time_s_mean") or 0) + (row.get("eval_time_s_mean") or 0)
     total, epoch = row.get("epochs"), row.get("epoch") or 0
     if not per or not total:
         return "…"
     left = total - epoch
-    if live and live.get("batch") and live.get("batches"):
-        left -= min(1.0, live["batch"] / live["batches"])
+    if live and live.batch and live.batches:
+        left -= min(1.0, live.batch / live.batches)
     return duration(max(0.0, left * per))
 
 
