@@ -46,3 +46,12 @@ def one_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("advlc: ") and "Traceback" not in err and "^^^" not in err, err
     return lines[0]
+
+
+TIMING_KEYS = ("time_s", "eval_time_s", "images_per_s")
+"""The keys of an epoch record that measure time: they differ between two identical runs."""
+
+
+def without_timing(recs) -> list[dict]:
+    """Epoch records without their timings: what must be equal between two identical runs."""
+    return [{k: v for k, v in dict(r).items() if k not in TIMING_KEYS} for r in recs]

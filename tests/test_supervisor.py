@@ -20,7 +20,7 @@ from pathlib import Path
 import helpers
 import psutil
 import pytest
-from helpers import force_status
+from helpers import TIMING_KEYS, force_status
 
 from engine.errors import UserError
 from engine.launch import supervisor as S
@@ -34,7 +34,7 @@ from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES
 
 PRESET = "quick/digits-fgsm_n"
-NOISE = ("time_s", "eval_time_s", "images_per_s")     # timings
+NOISE = TIMING_KEYS
 TIMEOUT = 180          # generous: the test machine is shared and slow
 
 

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+from helpers import without_timing
 import torch
 import torch.nn as nn
 from conftest import TinyNet
@@ -17,10 +18,6 @@ from engine.store.summary import summarize
 
 PRESET = "quick/digits-fgsm_n-advlc-swa"
 OV = ["train.epochs=4", "swa.start=1", "eval.n=100", "data.n_train=500"]
-
-
-def _strip(recs):
-    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in recs]
 
 
 def test_average_equals_mean_of_snapshots(tiny_model):
@@ -173,7 +170,7 @@ def test_digits_swa_run_records_checkpoints_and_average(tmp_path):
     store = Store(tmp_path / "b")
     [rd_b] = create_runs(store, plan_runs(PRESET, OV + ["swa.enabled=false"], home=tmp_path / "b"))
     assert run(rd_b, store, log=lambda s: None) == "finished"
-    assert _strip(rd_b.epochs()) == _strip(rd.epochs())
+    assert without_timing(rd_b.epochs()) == without_timing(rd.epochs())
     assert rd_b.records("swa") == [] and not rd_b.ckpt("swa_end").exists()
     assert summarize(rd_b)["swa_best_robust_acc"] is None
 
@@ -193,8 +190,8 @@ def test_resume_with_swa_is_exact(tmp_path):
     store = Store(tmp_path / "part")
     prepare_resume(store, part, foreground=True)
     assert run(part, store, log=lambda s: None) == "finished"
-    assert _strip(part.epochs()) == _strip(full.epochs())
-    assert _strip(part.records("swa")) == _strip(full.records("swa"))
+    assert without_timing(part.epochs()) == without_timing(full.epochs())
+    assert without_timing(part.records("swa")) == without_timing(full.records("swa"))
     for name in ("swa_end", "swa_best", "best"):
         a = torch.load(full.ckpt(name), weights_only=True)
         b = torch.load(part.ckpt(name), weights_only=True)

@@ -1,6 +1,7 @@
 """The run process: determinism, the learning-rate schedule, and what each epoch records."""
 
 import pytest
+from helpers import without_timing
 import torch
 
 from engine.config import schema as C
@@ -18,18 +19,14 @@ def _run(home, preset, overrides):
     return rd
 
 
-def _strip(recs):
-    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in recs]
-
-
 @pytest.mark.slow
 def test_same_seed_same_records(tmp_path):
     ov = ["train.epochs=3", "eval.n=100"]
     a = _run(tmp_path / "a", "quick/digits-fgsm_n-advlc", ov)
     b = _run(tmp_path / "b", "quick/digits-fgsm_n-advlc", ov)
     c = _run(tmp_path / "c", "quick/digits-fgsm_n-advlc", ov + ["train.seed=1"])
-    assert _strip(a.epochs()) == _strip(b.epochs())
-    assert _strip(a.epochs()) != _strip(c.epochs())
+    assert without_timing(a.epochs()) == without_timing(b.epochs())
+    assert without_timing(a.epochs()) != without_timing(c.epochs())
 
 
 def test_lr_schedule_piecewise():

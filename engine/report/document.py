@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CorruptFile, UserError
+from engine.printable import printable
 from engine.report import figures as F
 from engine.report.columns import parse_columns
 from engine.report.model import CompareTable
@@ -252,6 +253,7 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
 
     text = _markdown(name, store, runs, by, include_unfinished, tables, table_files, figs)
     files = []
+    text = printable(text, multiline=True)          # titles, notes and names come from the store
     p = out_dir / "report.md"
     p.write_text(text)
     files.append(p)
@@ -260,7 +262,7 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
             MarkdownIt,  # a dependency of rich; only for the html report
         )
 
-        body = MarkdownIt("commonmark").enable("table").render(text)
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)   # raw HTML shown as text
         html = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>advlc report: {_html_escape(name)}"
                 f"</title><style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
         p = out_dir / "report.html"

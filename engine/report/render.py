@@ -12,11 +12,13 @@ import csv
 import io
 import json
 import math
+import re
 import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.printable import printable
 from engine.report.model import COLUMN_INFO, Cell, CompareRow, CompareTable
 
 SIG_DIGITS = {"ig": 4, "hs": 3, "time": 3}   # like the paper: IG 48.00 / 276.0, HS 0.230, time 0.047
@@ -64,16 +66,26 @@ def _latex_escape(s: str) -> str:
     return "".join(rep.get(ch, ch) for ch in s)
 
 
-def md_escape(s: str) -> str:
-    return s.replace("|", r"\|").replace("*", r"\*").replace("_", r"\_")
+MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#!~])")
+
+
+def md_escape(s) -> str:
+    """Text from the store inside Markdown: control characters shown (engine.printable), and every
+    character that could start markup (emphasis, a link, raw HTML, a table cell's end) escaped."""
+    return MD_SPECIAL.sub(r"\\\1", printable(s))
 
 
 def render(table: CompareTable, fmt: str, *, width: int | None = None) -> str:
     """The table as text: "table" (plain, best marked *; fitted to `width` columns where it can),
     "md", "latex", "csv" or "json"."""
     fmt = {"markdown": "md", "tex": "latex", "text": "table"}.get(fmt, fmt)
-    if fmt == "json":
+    if fmt == "json":        # JSON escapes control characters itself
         return json.dumps(to_json(table), indent=1, default=str)
+    text = _render_text(table, fmt, width)
+    return printable(text, multiline=True)   # names and notes hold strings from the store
+
+
+def _render_text(table: CompareTable, fmt: str, width: int | None) -> str:
     if fmt == "csv":
         return _render_csv(table)
     if fmt == "md":

@@ -24,6 +24,7 @@ from tinydb import Query
 
 from engine.errors import CorruptFile, UserError, os_error_line
 from engine.paths import default_home
+from engine.printable import has_control, printable
 from engine.store.files import (
     TMP_SUFFIX,
     load_json,
@@ -232,6 +233,7 @@ class Store:
                  note: str | None = None, archived: bool | None = None) -> Meta:
         """Change what people say about a run (meta.json) and its index row, under the store's lock.
         The run's own process never writes meta.json, so this is safe while it trains."""
+        _refuse_controls(title=title, tags=list(add_tags), note=note)
         with self._lock:
             meta = rd.meta()
             changes: dict = {"updated": time.time()}
@@ -265,3 +267,12 @@ class Store:
         if group:
             rows = [r for r in rows if r.get("group") == group]
         return sorted(rows, key=lambda r: (r.get("created") or 0, r["id"]))
+
+
+def _refuse_controls(*, title, tags, note) -> None:
+    """Titles, tags and notes are shown in terminals and reports: no control characters in them
+    (a note keeps its newlines and tabs)."""
+    for what, text, multi in [("title", title, False), ("note", note, True)] + [("tag", t, False) for t in tags]:
+        if isinstance(text, str) and has_control(text, multiline=multi):
+            raise UserError(f"{what} {printable(text)!r}: control characters (escape sequences, direction "
+                            f"marks) are not allowed" + ("; newlines and tabs are" if multi else ""))

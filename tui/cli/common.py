@@ -7,9 +7,11 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import UserError
+from engine.printable import printable
 from engine.facade import Store, backfill_origins, format_epoch, reconcile, run_summary
 
 out = Console(highlight=False, soft_wrap=False)
@@ -33,6 +35,12 @@ def runs_of(ctx: typer.Context, refs: list[str]):
             seen.add(rd.id)
             rds.append(rd)
     return store, rds
+
+
+def safe(v, *, multiline: bool = False) -> str:
+    """A string from the store inside console markup: control characters shown as `cat -v` does
+    (engine.printable), markup escaped; it may come from someone else's archive."""
+    return escape(printable(v, multiline=multiline))
 
 
 def pct(v) -> str:

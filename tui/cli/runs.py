@@ -8,13 +8,14 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from engine import facade
 from engine.errors import UserError
 from engine.facade import STATES, create_runs, get_method, plan_runs
-from tui.cli.common import Progress, err, num, out, pct, print_summary, store_of
+from engine.printable import printable
+from tui.cli.common import Progress, err, num, out, pct, print_summary, safe, store_of
 from tui.cli.experiments import print_points
 from tui.cli.root import app
 from tui.cli.supervise import launch_detached
@@ -181,8 +182,9 @@ def shorten_all(names: list[str], width: int) -> dict[str, str]:
 
 def runs_table(rows: list[dict], width: int) -> Table:
     """The `advlc runs` table for a terminal `width` columns wide: one line per run."""
-    cells = [{"id": r["id"], "preset": str(r.get("preset")), "label": str(r.get("label")), "seed": str(r.get("seed")),
-              "state": r.get("state", "?"), "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}",
+    cells = [{"id": r["id"], "preset": printable(r.get("preset")), "label": printable(r.get("label")),
+              "seed": printable(r.get("seed")), "state": printable(r.get("state", "?")),
+              "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}",
               "best": pct(r.get("best_robust_acc")), "end": pct(r.get("end_robust_acc")),
               "clean": pct(r.get("end_clean_acc")), "ig": num(r.get("end_ig"))} for r in rows]
     widths = {key: max([len(line) for line in head.split("\n")] + [len(c[key]) for c in cells])
@@ -204,7 +206,7 @@ def runs_table(rows: list[dict], width: int) -> Table:
         shown.remove(col)
     preset_w = max(8, min(widths["preset"], room()))
     short = shorten_all([c["preset"] for c in cells], preset_w)
-    sets = {r["id"]: str(r.get("overrides_text") or "") for r in rows}
+    sets = {r["id"]: printable(r.get("overrides_text") or "") for r in rows}
     sets_w = min(max(len(v) for v in sets.values()), room() - preset_w - 1) if any(sets.values()) else 0
     if sets_w >= SETS_ROOM:            # the overrides get what the other columns leave
         shown.append(("sets", "--set", False, 0))
@@ -219,8 +221,8 @@ def runs_table(rows: list[dict], width: int) -> Table:
         t.add_column(head, justify="right" if right else "left", no_wrap=True, overflow="ellipsis",
                      min_width=w, max_width=w)
     for c in cells:
-        t.add_row(*[short[c["preset"]] if key == "preset" else sets[c["id"]] if key == "sets" else c[key]
-                    for key, *_rest in shown])
+        t.add_row(*[Text(short[c["preset"]] if key == "preset" else sets[c["id"]] if key == "sets" else c[key])
+                    for key, *_rest in shown])       # Text: never read as console markup
     return t
 
 
@@ -237,25 +239,25 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
                "swa": [r.to_json() for r in rd.records("swa")], "points": [r.to_json() for r in points]}
         print(json.dumps(doc, indent=1))
         return
-    out.print(f"[bold]{rd.id}[/]  {escape(str(c.run.preset))}  ({escape(str(c.run.label))})  seed {c.run.seed}  "
+    out.print(f"[bold]{rd.id}[/]  {safe(str(c.run.preset))}  ({safe(str(c.run.label))})  seed {c.run.seed}  "
               f"state {st.state}{'  [dim](archived)[/]' if meta.archived else ''}  {rd.path}")
     origin = c.run.origin
     if origin is not None:
         how = "derived from the preset" if origin.derived else "as given"
-        out.print(f"[dim]overrides ({how}):[/] " + (escape(" ".join(f"--set {o}" for o in origin.overrides))
+        out.print(f"[dim]overrides ({how}):[/] " + (safe(" ".join(f"--set {o}" for o in origin.overrides))
                                                     or "none (the preset as it is)"))
         if origin.command:
-            out.print("[dim]command:[/] " + escape(origin.command))
+            out.print("[dim]command:[/] " + safe(origin.command))
     if meta.title or meta.tags:
-        out.print(f"[bold]{escape(meta.title or '')}[/]" + "".join(f"  [cyan]#{escape(t)}[/]" for t in meta.tags))
+        out.print(f"[bold]{safe(meta.title or '')}[/]" + "".join(f"  [cyan]#{safe(t)}[/]" for t in meta.tags))
     if meta.note:
-        out.print("[dim]note:[/] " + escape(meta.note).replace("\n", "\n      "))
+        out.print("[dim]note:[/] " + safe(meta.note, multiline=True).replace("\n", "\n      "))
     prov = c.provenance
     if prov is not None:
-        out.print(f"commit {str(prov.commit)[:10]}{' (dirty)' if prov.dirty else ''}  "
-                  f"torch {prov.torch}  {prov.device_name or prov.device}  host {prov.host}")
+        out.print(f"commit {safe(str(prov.commit)[:10])}{' (dirty)' if prov.dirty else ''}  "
+                  f"torch {safe(prov.torch)}  {safe(prov.device_name or prov.device)}  host {safe(prov.host)}")
     if st.error:
-        out.print("[red]error:[/] " + escape(st.error.strip()))
+        out.print("[red]error:[/] " + safe(st.error.strip(), multiline=True))
     t = Table(box=None)
     cols = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "av", "ig", "hs", "time_s")
     for col in cols:
@@ -264,7 +266,7 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
         t.add_row(*[pct(r.get(k)) if k.endswith("_acc") else num(r.get(k)) for k in cols])
     out.print(t)
     for ev in evals:
-        out.print(f"eval {ev.get('ckpt')} {ev.get('attack')}: clean {pct(ev.get('clean_acc'))} "
-                  f"robust {pct(ev.get('robust_acc'))}  ({ev.get('implementation', '')})")
+        out.print(f"eval {safe(ev.get('ckpt'))} {safe(ev.get('attack'))}: clean {pct(ev.get('clean_acc'))} "
+                  f"robust {pct(ev.get('robust_acc'))}  ({safe(ev.get('implementation', ''))})")
     if points:
         print_points(rd)

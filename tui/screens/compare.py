@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,6 +27,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from engine.errors import UserError
 from engine.facade import add_columns, fmt_cell, parse_columns, row_curves
 from tui.messages import ActionDone
+from tui.safe_text import SafeText
 from tui.screens.export import ExportScreen
 from tui.widgets.metric_plot import MetricPlot
 from tui.widgets.palette import palette
@@ -132,7 +132,7 @@ class CompareScreen(Screen):
             return
         self._loading = True
         if self.table is None:
-            self.query_one("#compare-note", Static).update(Text("loading the runs…", style="italic"))
+            self.query_one("#compare-note", Static).update(SafeText("loading the runs…", style="italic"))
         self.app.work(self, self._load, name="compare")
 
     def _load(self) -> None:
@@ -159,7 +159,7 @@ class CompareScreen(Screen):
             self._reload_again = self._loading = False
             self.reload()
         if message.error:
-            self.query_one("#compare-note", Static).update(Text("✖ " + message.error, style="bold"))
+            self.query_one("#compare-note", Static).update(SafeText("✖ " + message.error, style="bold"))
             return
         self.table, self.curves = message.table, message.curves
         self._any_running = any(s in ("running", "queued") for s in message.states.values())
@@ -173,7 +173,7 @@ class CompareScreen(Screen):
     # -- drawing -------------------------------------------------------------------
     def _draw_title(self) -> None:
         c = palette(self.app)
-        t = Text(no_wrap=True, overflow="ellipsis", end="")
+        t = SafeText(no_wrap=True, overflow="ellipsis", end="")
         t.append("Compare ", style=f"bold {c.get('accent', '')}")
         t.append(self.title_text)
         if self.table is not None:
@@ -196,12 +196,12 @@ class CompareScreen(Screen):
         best = getattr(tbl, "best", {}) or {}
         notes = []
         for row in tbl.rows:
-            cells = [Text(str(row.name), style="bold", end=""), Text(str(_fmt_seeds(row)), end="")]
-            cells += [Text(v, justify="right", end="") for v in tbl.config_texts(row)]
+            cells = [SafeText(str(row.name), style="bold", end=""), SafeText(str(_fmt_seeds(row)), end="")]
+            cells += [SafeText(v, justify="right", end="") for v in tbl.config_texts(row)]
             for col in tbl.columns:
                 text = fmt_cell(col, row.cells[col])
                 hl = best.get(col) == row.name
-                cells.append(Text(text, style=f"bold {c.get('success', '')}" if hl else "", justify="right", end=""))
+                cells.append(SafeText(text, style=f"bold {c.get('success', '')}" if hl else "", justify="right", end=""))
             dt.add_row(*cells, key=str(row.name))
             if row.missing:
                 notes.append(f"{row.name} {len(row.missing)}")
@@ -211,7 +211,7 @@ class CompareScreen(Screen):
             note += "\nnot counted (unfinished or never run; listed in the export): " + " · ".join(notes)
         if self.columns_error:
             note += f"\n⚠ {self.columns_error} — the columns stay {', '.join(self.columns) or 'none'}"
-        self.query_one("#compare-note", Static).update(Text(note, end=""))
+        self.query_one("#compare-note", Static).update(SafeText(note, end=""))
 
     def _draw_plot(self) -> None:
         key, title, _scale = METRICS[self.metric_index]
@@ -257,7 +257,7 @@ class CompareScreen(Screen):
             if self.table is not None:
                 self._draw_table()
             else:
-                self.query_one("#compare-note", Static).update(Text("⚠ " + self.columns_error, end=""))
+                self.query_one("#compare-note", Static).update(SafeText("⚠ " + self.columns_error, end=""))
             return False
         self.columns, self.columns_error = keys, None
         self._close_columns()
@@ -310,10 +310,10 @@ class CompareScreen(Screen):
             return
         if message.ok:
             self.exported = list(message.data)
-            self.query_one("#compare-paths", Static).update(Text(message.text, end=""))
+            self.query_one("#compare-paths", Static).update(SafeText(message.text, end=""))
             self.notify(message.text, title="export", timeout=8)
         else:
-            self.query_one("#compare-paths", Static).update(Text("✖ " + message.text, end=""))
+            self.query_one("#compare-paths", Static).update(SafeText("✖ " + message.text, end=""))
             self.notify(message.text, severity="error")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 from rich.table import Table
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -19,18 +18,20 @@ from textual.widgets import Footer, Static
 
 from engine.facade import diff_runs
 from tui.messages import ActionDone
+from tui.safe_text import SafeText
 from tui.widgets.palette import palette
 
 SECTIONS = (("config", "config: keys that differ"), ("origin", "origin: what differs"), ("metrics", "results"))
 """(key of diff_runs' result, heading), top to bottom."""
 
 
-def cell(v) -> str:
+def cell(v) -> SafeText:
+    """A value of a run's files as a table cell (never read as console markup)."""
     if v is None:
-        return "—"
+        return SafeText("—")
     if isinstance(v, float):
-        return f"{v:.6g}"
-    return v if isinstance(v, str) else json.dumps(v)
+        return SafeText(f"{v:.6g}")
+    return SafeText(v if isinstance(v, str) else json.dumps(v))
 
 
 class DiffScreen(Screen):
@@ -53,7 +54,7 @@ class DiffScreen(Screen):
         self.diff: dict | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(f"Diff {self.run_ids[0]} ↔ {self.run_ids[1]}   reading…", end=""), id="diff-title")
+        yield Static(SafeText(f"Diff {self.run_ids[0]} ↔ {self.run_ids[1]}   reading…", end=""), id="diff-title")
         with VerticalScroll(id="diff-scroll"):
             for key, _heading in SECTIONS:
                 yield Static("", id=f"diff-{key}", classes="diff-section")
@@ -88,19 +89,19 @@ class DiffScreen(Screen):
         c = palette(self.app)
         heads = self._heads()
         self.query_one("#diff-title", Static).update(
-            Text(f"Diff {heads[0]}  ↔  {heads[1]}   (esc back · s swaps)", end=""))
+            SafeText(f"Diff {heads[0]}  ↔  {heads[1]}   (esc back · s swaps)", end=""))
         for key, heading in SECTIONS:
             rows = d.get(key) or []
             box = self.query_one(f"#diff-{key}", Static)
             if not rows:
-                box.update(Text(f"{heading}: none", style=c.get("muted", ""), end=""))
+                box.update(SafeText(f"{heading}: none", style=c.get("muted", ""), end=""))
                 continue
-            t = Table(title=Text(heading, style=f"bold {c.get('accent', '')}"), title_justify="left",
+            t = Table(title=SafeText(heading, style=f"bold {c.get('accent', '')}"), title_justify="left",
                       box=None, pad_edge=False, expand=True)
             for col in ("key", *heads):
                 t.add_column(col, overflow="fold", ratio=1 if col != "key" else None)
             for k, va, vb in rows:
-                t.add_row(k, cell(va), cell(vb))
+                t.add_row(SafeText(k), cell(va), cell(vb))
             box.update(t)
 
     def action_swap(self) -> None:

@@ -25,7 +25,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
 
 from engine.facade import RunFollower, RunHistory
+from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, RunChanged
+from tui.safe_text import SafeText, safe_lines
 from tui.screens.annotate import AnnotateScreen, Annotation, describe
 from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ConfirmScreen
@@ -152,7 +154,7 @@ class RunDetailScreen(Screen):
         if d.log_reset:
             self.query_one("#log", Log).clear()
         if d.log_lines:
-            self.query_one("#log", Log).write_lines(d.log_lines)
+            self.query_one("#log", Log).write_lines(safe_lines(d.log_lines))
         if d.status is not None or d.config is not None or d.meta is not None or d.epochs or d.reset:
             self._draw_header()
             self._draw_alerts()
@@ -198,7 +200,7 @@ class RunDetailScreen(Screen):
         run = h.config.run if h.config else None
         st = h.status
         total = h.config.value("train.epochs") if h.config else None
-        t = Text(no_wrap=True, overflow="ellipsis", end="")
+        t = SafeText(no_wrap=True, overflow="ellipsis", end="")
         t.append(self.run_id, style=f"bold {c.get('accent', '')}")
         t.append(f"  {(run.preset or run.label or '') if run else ''}")
         origin = (run.origin.text or "") if run and run.origin else ""
@@ -236,7 +238,7 @@ class RunDetailScreen(Screen):
         extra = []
         if st.state == "failed":
             err = (st.error or "").strip().splitlines()
-            extra.append(f"run failed: {err[-1] if err else 'see the log (l)'}")
+            extra.append(f"run failed: {printable(err[-1]) if err else 'see the log (l)'}")
         elif st.state == "lost":
             extra.append("the run's process is gone without a final state; resume with r")
         self.query_one("#alerts", AlertBar).show_alerts(detect_alerts(self.history.epochs), extra)
@@ -244,7 +246,7 @@ class RunDetailScreen(Screen):
     def _draw_config(self) -> None:
         h = self.history
         c = palette(self.app)
-        t = Text(end="")
+        t = SafeText(end="")
         cfg = h.config.to_json() if h.config else {}
         sections = [k for k in cfg if k not in ("run", "provenance", "source")]
         self._draw_meta(t, c)

@@ -36,6 +36,7 @@ from textual.widgets import Footer, Input, Static
 from engine.errors import UserError
 from engine.facade import IndexSnapshot, Meta, parse_query
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
+from tui.safe_text import SafeText
 from tui.screens.annotate import AnnotateScreen, Annotation, describe
 from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ConfirmScreen
@@ -328,7 +329,7 @@ class RunsScreen(Screen):
     def _preset_cell(self, r: dict) -> Text:
         """`preset · title #tag #tag` (title muted, tags in the accent colour)."""
         c = self._colors
-        t = Text(str(r.get("preset") or r.get("label") or "?"), end="")
+        t = SafeText(str(r.get("preset") or r.get("label") or "?"), end="")
         if r.get("preset") in self._multi_label and r.get("label"):
             t.append(f" [{r['label']}]")          # a sweep of method.name: the label tells its runs apart
         if r.get("title"):
