@@ -40,6 +40,7 @@ from engine.launch.supervisor import (
     resume_epoch,
     stop,
     tail,
+    unpack,
 )
 from engine.nn.methods import get_method
 from engine.report.diff import diff_runs
@@ -56,7 +57,7 @@ from engine.report.tensorboard import TensorBoardMissing
 from engine.run.origins import backfill_origins
 from engine.report.tensorboard import export_runs as export_tensorboard
 from engine.store.index import Store
-from engine.store.pack import pack, unpack
+from engine.store.pack import pack
 from engine.store.repair import repair
 from engine.launch.executors import executor_named
 from engine.store.records import ConfigRecord, Meta, Origin, Status

@@ -112,9 +112,10 @@ async def test_the_app_shows_hostile_strings_as_text(hostile):
             if rd.id in app.runs_screen._ids:
                 break
             await pilot.pause(0.05)
-        cell = app.runs_screen.query_one("#runs-table").get_cell(rd.id, "preset")
-        _clean(cell.plain)
-        assert "^[]0;pwned^G" in cell.plain
+        table = app.runs_screen.query_one("#runs-table")
+        cells = [table.get_cell(rd.id, col) for col in ("preset", "title")]
+        _clean("".join(c.plain for c in cells))
+        assert "^[]0;pwned^G" in cells[1].plain
         await pilot.press("enter")
         for _ in range(200):
             if getattr(app.screen, "history", None) is not None and app.screen.history.meta.title:

@@ -274,12 +274,12 @@ def test_reconcile_liveness_rules(store):
 def test_reconcile_repairs_the_index(store):
     a, b = S.create_runs(store, plan(seeds=2))
     force_status(a, state="finished")               # ended before its index update
-    (store.runs_dir / b.id / "config.json").unlink()   # half-deleted run directory
+    (store.runs_dir / b.id / "config.json").unlink()   # a run that lost its config: listed, never hidden
     [c] = S.create_runs(store, plan())
     shutil.rmtree(c.path)                          # an index row without a directory
     S.reconcile(store)
     rows = {r["id"]: r["state"] for r in store.runs()}
-    assert rows == {a.id: "finished"}
+    assert rows == {a.id: "finished", b.id: "corrupt"}
 
 
 # ------------------------------------------------------------------------------ store under stress

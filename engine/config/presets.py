@@ -3,6 +3,12 @@
 A preset's name is its path below its root without `.toml`, e.g. `quick/digits-fgsm_n-advlc`
 or `paper/table1/pgd10-advlc`; user presets appear as `user/<name>`. A path to any TOML
 file also works wherever a preset name does.
+
+Bounds: an `extends` chain is at most `MAX_EXTENDS` files long and may not come back to a file
+already in it (compared by resolved path); a plan is at most `max_runs()` runs (ADVLC_MAX_RUNS,
+default `MAX_RUNS`), counted from the sweep's sizes and the seeds before any point is planned;
+a run's seeds stay within `schema.SEED_MAX`. A preset file that cannot be read is listed as
+broken by `list_presets`, never an error for the other presets.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import itertools
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +30,28 @@ from engine.paths import default_home
 
 DEFAULT_PRESET = "quick/robust-overfitting"
 
+MAX_RUNS = 1000
+"""The most runs one plan may have (sweep points x seeds) unless ADVLC_MAX_RUNS allows more."""
+MAX_RUNS_ENV = "ADVLC_MAX_RUNS"
+MAX_EXTENDS = 32
+"""The longest `extends` chain (a preset, its base, that one's base, ...)."""
+
+
+def env_limit(name: str, default: int) -> int:
+    """A limit from the environment variable `name` (an integer >= 1), else `default`."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
+        raise UserError(f"environment variable {name}={text[:40]!r}: must be an integer between 1 and "
+                        f"999999999999999999 (default {default})")
+    return int(text)
+
+
+def max_runs() -> int:
+    """The most runs one plan may have: ADVLC_MAX_RUNS, else MAX_RUNS."""
+    return env_limit(MAX_RUNS_ENV, MAX_RUNS)
+
 
 @dataclass
 class PresetEntry:
@@ -31,6 +60,7 @@ class PresetEntry:
     description: str
     reference: str
     group: str           # folder part of the name, e.g. "paper/table1"
+    error: str = ""      # why the file cannot be read ("" when it can); the description says it too
 
 
 def builtin_root() -> Path:
@@ -55,17 +85,21 @@ def list_presets(home=None) -> list[PresetEntry]:
             if path.name.startswith("_"):
                 continue  # bases for `extends`, not runnable on their own
             name = prefix + path.relative_to(root).with_suffix("").as_posix()
+            error = ""
             try:
                 info = C.load_toml(path).get("preset", {})
-            except UserError:
-                info = {"description": "(invalid TOML)"}
+                _read(name, home, (), hints=False)   # its extends chain too
+            except UserError as exc:   # a broken file is listed as broken, never breaks the others
+                error = str(exc).removeprefix(f"{_where(name, path)}: ").removeprefix(f"{path}: ")
+                info = {"description": f"(broken: {error})"}
             out.append(PresetEntry(name, path, str(info.get("description", "")),
-                                   str(info.get("reference", "")), name.rpartition("/")[0]))
+                                   str(info.get("reference", "")), name.rpartition("/")[0], error))
     return sorted(out, key=lambda e: (e.name.startswith("user/"), e.name))
 
 
-def find_preset(ref: str, home=None) -> tuple[str, Path]:
-    """A preset name (or a path to a TOML file) -> (name, path)."""
+def find_preset(ref: str, home=None, hints: bool = True) -> tuple[str, Path]:
+    """A preset name (or a path to a TOML file) -> (name, path); `hints`: name similar presets
+    when there is none (which lists them all, so list_presets itself passes False)."""
     p = Path(ref).expanduser()
     if ref.endswith(".toml") and p.is_file():
         return str(p), p
@@ -76,6 +110,8 @@ def find_preset(ref: str, home=None) -> tuple[str, Path]:
         cand = root / (name[len(prefix):] + ".toml")
         if cand.is_file():
             return name, cand
+    if not hints:
+        raise UserError(f"no preset '{ref}' (see `advlc presets`)")
     names = [e.name for e in list_presets(home)]
     close = [n for n in names if name.split("/")[-1] in n][:3]
     hint = f" (did you mean {', '.join(close)}?)" if close else " (see `advlc presets`)"
@@ -93,15 +129,48 @@ def merge(base: dict, child: dict) -> dict:
     return out
 
 
-def read_preset(ref: str, home=None, _seen: tuple = ()) -> tuple[str, Path, dict]:
+def _check_tables(raw: dict, where: str) -> None:
+    """Each known top-level name of a preset ([preset], the sections, [sweep], ...) is a table."""
+    known = set(C.section_classes()) | set(C.EXTRA_TABLES)
+    for key, value in raw.items():
+        if key in known and not isinstance(value, dict):
+            raise UserError(f"{where}: '{key}' must be a table [{key}], not {C._fmt(value)[:40]}")
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):   # a symlink loop: the path as it is
+        return path.absolute()
+
+
+def read_preset(ref: str, home=None) -> tuple[str, Path, dict]:
     """Read a preset's TOML with its `extends` chain merged -> (name, path, tables)."""
-    name, path = find_preset(ref, home)
+    return _read(ref, home, ())
+
+
+def _read(ref: str, home, chain: tuple, hints: bool = True) -> tuple[str, Path, dict]:
+    """`read_preset`; `chain` holds (resolved path, where) of the presets extending this one."""
+    name, path = find_preset(ref, home, hints)
+    where = _where(name, path)
     raw = C.load_toml(path)
+    _check_tables(raw, where)
     parent = raw.get("preset", {}).get("extends", "")
+    if not isinstance(parent, str):
+        raise UserError(f"{where}: preset.extends = {C._fmt(parent)[:40]}: must be a preset name (a string)")
     if parent:
-        if parent in _seen:
-            raise UserError(f"{path}: preset.extends = {parent!r}: circular (via {', '.join(_seen)})")
-        _, _, base = read_preset(parent, home, _seen + (name,))
+        chain = chain + ((_resolved(path), where),)
+        try:
+            pname, ppath = find_preset(parent, home, hints)
+        except UserError as exc:
+            raise UserError(f"{where}: preset.extends = {parent!r}: {exc}") from None
+        if _resolved(ppath) in {p for p, _ in chain}:
+            names = " -> ".join(w for _, w in chain)
+            raise UserError(f"{where}: preset.extends = {parent!r}: circular ({names} -> {_where(pname, ppath)})")
+        if len(chain) >= MAX_EXTENDS:
+            raise UserError(f"{where}: preset.extends = {parent!r}: the extends chain is longer than "
+                            f"{MAX_EXTENDS} presets")
+        _, _, base = _read(parent, home, chain, hints)
         base.get("preset", {}).pop("description", None)
         base.get("preset", {}).pop("reference", None)
         raw = merge(base, raw)
@@ -112,8 +181,7 @@ def read_preset(ref: str, home=None, _seen: tuple = ()) -> tuple[str, Path, dict
 def load_preset(ref: str, overrides: list[str] | None = None, home=None) -> tuple[str, C.RunConfig, dict]:
     """Read, override, resolve and validate a preset -> (name, RunConfig, raw TOML dict)."""
     name, path, raw = read_preset(ref, home)
-    where = os.path.relpath(path) if not str(path).startswith(str(builtin_root())) else f"presets/{name}.toml"
-    cfg = C.build(raw, where, overrides)
+    cfg = C.build(raw, _where(name, path), overrides)
     return name, cfg, raw
 
 
@@ -134,8 +202,13 @@ class PlannedRun:
 
 
 def _where(name: str, path: Path) -> str:
-    """How errors name a preset file (as load_preset does)."""
-    return os.path.relpath(path) if not str(path).startswith(str(builtin_root())) else f"presets/{name}.toml"
+    """How errors name a preset file: presets/NAME.toml for a built-in one, else its path."""
+    if str(path).startswith(str(builtin_root())):
+        return f"presets/{name}.toml"
+    try:
+        return os.path.relpath(path)
+    except ValueError:   # another drive (Windows)
+        return str(path)
 
 
 def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]]]:
@@ -198,7 +271,8 @@ class Plan:
     where: str               # how errors name the preset file
 
 
-def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None) -> Plan:
+def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None,
+         limit: int | None = None) -> Plan:
     """Every run a preset stands for: its sweep grid (if any) x its seeds.
 
     Precedence, lowest first: the preset's tables (with `extends`), then the `[sweep]` point,
@@ -206,6 +280,7 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
     grid (rather than giving identical runs). `seeds` (e.g. from --seeds) replaces the
     preset's `[sweep] seeds`; the seeds of each point count up from its train.seed (--seed).
     Every point is validated; an invalid value is a UserError naming the file, key and value.
+    More than `limit` runs (default `max_runs()`) is a UserError, said before any point is planned.
     Teacher runs (KDSA's [teachers]) are resolved against a store by engine.launch.plan.
     """
     overrides = list(overrides or [])
@@ -214,7 +289,10 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
     sweep_seeds, axes = read_sweep(raw, where)
     pinned = {f"{s}.{k}" for s, k, _ in (C.parse_override(o) for o in overrides)}
     axes = [(k, v) for k, v in axes if k not in pinned]
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise UserError(f"--seeds {seeds}: must be an integer >= 1")
     n = seeds if seeds else (sweep_seeds or 1)
+    check_size(where, axes, n, "--seeds" if seeds else "[sweep] seeds" if sweep_seeds else "", limit)
     digest = preset_hash(raw)
     runs: list[PlannedRun] = []
     for values in sweep_points(axes):
@@ -228,6 +306,9 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
         C.apply_overrides(cfg, overrides)
         desc = where + (" [sweep] " + ", ".join(f"{k}={C._fmt(v)}" for k, v in point.items()) if point else "")
         C.resolve(cfg, f"{desc} (with --set)" if overrides else desc)
+        if cfg.train.seed + n - 1 > C.SEED_MAX:
+            raise UserError(f"{desc}: train.seed = {cfg.train.seed} with {n} seeds: the last seed would be "
+                            f"{cfg.train.seed + n - 1}, seeds must be <= {C.SEED_MAX} (2**32 - 1)")
         for i in range(n):
             runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i,
                                    overrides=list(overrides), reference=reference or cfg.to_dict(),
@@ -235,10 +316,26 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
     return Plan(runs, raw, where)
 
 
+def check_size(where: str, axes: list[tuple[str, list]], seeds: int, seeds_from: str,
+               limit: int | None = None) -> int:
+    """The number of runs of a plan (points of the sweep x seeds); a UserError past `limit`
+    (default `max_runs()`), computed from the sizes alone, before any point is planned."""
+    limit = max_runs() if limit is None else limit
+    total = math.prod(len(v) for _, v in axes) * seeds
+    if total > limit:
+        sizes = " x ".join(str(len(v)) for _, v in axes)
+        what = (f"[sweep] of {sizes} points" if axes else "1 point") + \
+            f" x {seeds} seed{'s' if seeds != 1 else ''}" + (f" ({seeds_from})" if seeds_from else "")
+        shown = str(total) if total < 10 ** 15 else f"about 10^{len(str(total)) - 1}"
+        raise UserError(f"{where}: {what} is {shown} runs, more than the {limit} one plan may have "
+                        f"(fewer sweep values or seeds, or {MAX_RUNS_ENV}=N to allow N)")
+    return total
+
+
 def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
-              home=None) -> list[PlannedRun]:
+              home=None, limit: int | None = None) -> list[PlannedRun]:
     """`plan(...).runs`: the runs a preset stands for, without their teachers."""
-    return plan(ref, overrides, seeds=seeds, home=home).runs
+    return plan(ref, overrides, seeds=seeds, home=home, limit=limit).runs
 
 
 def preset_hash(raw: dict) -> str:

@@ -49,6 +49,18 @@ ARCHS = ("cnn_small", "preact_resnet18", "wide_resnet")
 ATTACKS = ("none", "fgsm", "fgsm_rs", "fgsm_n", "pgd")
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
+# Upper bounds of the integer fields: no value passes validation that fails later with a traceback
+# (a seed torch or numpy refuses) or asks for absurd work (a batch of 2**70 images).
+SEED_MAX = 2**32 - 1
+"""The largest seed: numpy's RandomState takes 0 ... 2**32 - 1 (torch.manual_seed up to 2**64 - 1);
+the trainer's derived seeds (seed + 1 + 1_000_003 * (epoch + 1), ...) stay below 2**64."""
+MAX_EPOCHS = 100_000
+"""Epochs, and epoch counts (milestones, every N epochs, SWA's start)."""
+MAX_IMAGES = 10_000_000
+"""Image counts (the first N images, samples of a metric) and counts of batches or entries."""
+MAX_BATCH = 1_000_000
+"""Batch sizes, in images."""
+
 
 @dataclass
 class PresetInfo:
@@ -70,10 +82,11 @@ class DataConfig:
         "(e.g. ROOT/cifar-10-batches-py). Unused for digits and synthetic.",
     )
     download: bool = opt(False, "Let torchvision download the dataset into `root` if it is missing.")
-    n_train: int = opt(0, "Use only the first N training images (0 = all).", unit="images", min=0)
+    n_train: int = opt(0, "Use only the first N training images (0 = all).", unit="images", min=0,
+                       max=MAX_IMAGES)
     crop_padding: int = opt(4, "Random-crop padding for training images (0 = no crop).", unit="px", min=0, max=32)
     flip: bool = opt(True, "Random horizontal flip of training images.")
-    split_seed: int = opt(0, "Seed of the fixed train/test split (digits only).", min=0)
+    split_seed: int = opt(0, "Seed of the fixed train/test split (digits only).", min=0, max=SEED_MAX)
     label_noise: float = opt(
         0.0, "Symmetric label noise: this fraction of the (first n_train) training labels is replaced by a "
         "different class drawn uniformly, once, from a generator seeded by split_seed (the same noisy "
@@ -94,8 +107,8 @@ class ModelConfig:
         "'authors' takes it from the block input (the AdvLC reference code).",
         choices=("common", "authors"),
     )
-    depth: int = opt(34, "WideResNet depth (6n + 4).", min=10)
-    width: int = opt(10, "WideResNet widening factor.", min=1)
+    depth: int = opt(34, "WideResNet depth (6n + 4).", min=10, max=1000)
+    width: int = opt(10, "WideResNet widening factor.", min=1, max=64)
     cnn_width: int = opt(1, "cnn_small channel multiplier: conv 32k and 64k channels, a 128k-unit hidden layer "
                          "(k = 1: the 151k-parameter default).", min=1, max=64)
 
@@ -139,7 +152,7 @@ class MethodConfig:
         choices=("constant", "linear"),
     )
     top_n: int = opt(100, "AdvLC: N, the number of logit differences in the batch that are penalised (Eq. 15).",
-                     unit="entries", min=1)
+                     unit="entries", min=1, max=MAX_IMAGES)
     clean: str = opt(
         "start",
         "AdvLC clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
@@ -176,16 +189,16 @@ class MethodConfig:
 class TrainConfig:
     """[train]: optimisation. SGD with a piecewise-constant learning rate."""
 
-    epochs: int = opt(200, "Number of epochs.", min=1, max=100000)
-    batch_size: int = opt(100, "Mini-batch size M.", unit="images", min=1)
+    epochs: int = opt(200, "Number of epochs.", min=1, max=MAX_EPOCHS)
+    batch_size: int = opt(100, "Mini-batch size M.", unit="images", min=1, max=MAX_BATCH)
     lr: float = opt(0.1, "Initial learning rate.", min=0.0)
     lr_milestones: list[int] = opt(None, "Epochs (0-based) at which the learning rate is multiplied by lr_gamma.",
-                                   factory=lambda: [100, 150])
+                                   min=0, max=MAX_EPOCHS, factory=lambda: [100, 150])
     lr_gamma: float = opt(0.1, "Learning-rate decay factor at each milestone.", min=0.0, max=1.0)
     momentum: float = opt(0.9, "SGD momentum.", min=0.0, max=1.0)
     weight_decay: float = opt(1e-4, "Weight decay (all parameters).", min=0.0)
     nesterov: bool = opt(False, "Nesterov momentum.")
-    seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0)
+    seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0, max=SEED_MAX)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
     threads: int = opt(
         0, "CPU threads of the run process (torch.set_num_threads). 0 = the launcher's budget: for detached CPU "
@@ -234,18 +247,20 @@ POINT_KEYS = {  # the keys of an experiment's `points` records, by kind (engine.
 class EvalConfig:
     """[eval]: per-epoch evaluation on the test data (the paper selects `best` on it)."""
 
-    every: int = opt(1, "Evaluate every N epochs (the last epoch is always evaluated).", unit="epochs", min=1)
-    n: int = opt(0, "Test images used (0 = the whole test set).", unit="images", min=0)
-    batch_size: int = opt(500, "Evaluation batch size.", unit="images", min=1)
+    every: int = opt(1, "Evaluate every N epochs (the last epoch is always evaluated).", unit="epochs", min=1,
+                     max=MAX_EPOCHS)
+    n: int = opt(0, "Test images used (0 = the whole test set).", unit="images", min=0, max=MAX_IMAGES)
+    batch_size: int = opt(500, "Evaluation batch size.", unit="images", min=1, max=MAX_BATCH)
     eps: float | None = opt(None, "PGD budget; default attack.eps.", unit="pixel [0,1]", min=0.0, max=1.0)
     pgd_steps: int = opt(10, "PGD steps of the per-epoch robust accuracy (paper caption: 5; code: 10).",
                          min=1, max=10000)
     pgd_alpha: float | None = opt(None, "PGD step; default eps/4.", unit="pixel [0,1]", min=0.0, max=1.0)
     ig: bool = opt(True, "Record the input-gradient norm IG.")
-    hs_every: int = opt(0, "Record HS every N epochs (0 = never).", unit="epochs", min=0)
-    hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1)
+    hs_every: int = opt(0, "Record HS every N epochs (0 = never).", unit="epochs", min=0, max=MAX_EPOCHS)
+    hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1,
+                          max=MAX_IMAGES)
     hs_batch: int = opt(100, "Batch over which the input Hessian is taken (HS depends on it; paper: 100).",
-                        unit="images", min=1)
+                        unit="images", min=1, max=MAX_BATCH)
     hs_reduce: str = opt(
         "mean", "How HS reduces the top-20 |eigenvalues| of a batch: 'mean' (the authors' code, and the values "
         "of Table 1) or 'sum' (the paper's text: 'the l1 norm of the top 20 eigenvalues', 20x larger).",
@@ -258,17 +273,18 @@ class EvalConfig:
         "evaluated test images), eff_fgsm, eff_fgsm_n, eff_pgd10, eff_train (effectiveness, Eq. 7, against "
         "PGD-50 on the first `effect_samples` training images), ga (gradient alignment, A.5), whess_top, "
         "whess_trace (weight-space Hessian, pyhessian).", choices=_EachOf(EXTRA_METRICS), factory=list)
-    extra_every: int = opt(1, "Record the extra metrics every N epochs (the last epoch always).", unit="epochs", min=1)
+    extra_every: int = opt(1, "Record the extra metrics every N epochs (the last epoch always).", unit="epochs", min=1,
+                           max=MAX_EPOCHS)
     extra_samples: int = opt(2000, "Training images (the first N) for the train_* metrics and ga (0 = all).",
-                             unit="images", min=0)
+                             unit="images", min=0, max=MAX_IMAGES)
     effect_samples: int = opt(2000, "Training images (the first N) the eff_* metrics average over (paper: 2000).",
-                              unit="images", min=1)
+                              unit="images", min=1, max=MAX_IMAGES)
     effect_train_mode: bool = opt(
         False, "Generate the eff_fgsm / eff_fgsm_n / eff_pgd10 perturbations in train mode (BN batch statistics, "
         "running statistics restored); eff_train always follows attack.train_mode. The losses of Eq. 7 and the "
         "PGD-50 reference are always taken in eval mode.")
     whess_samples: int = opt(200, "Training images (the first N, one batch) for whess_top / whess_trace.",
-                             unit="images", min=1)
+                             unit="images", min=1, max=MAX_IMAGES)
     # -- final evaluation (engine.run.final_eval; `advlc eval`)
     final: list[str] = opt(
         None, "Attacks of the final evaluation run when training ends (results in the `evals` table): pgd20, "
@@ -279,7 +295,7 @@ class EvalConfig:
         None, "Checkpoints the final evaluation covers (swa_* are skipped when the run has none).",
         choices=_EachOf(FINAL_CKPTS), factory=lambda: ["best", "end"])
     final_n: int = opt(0, "Test images (the first N) of the final evaluation (0 = the whole test set).",
-                       unit="images", min=0)
+                       unit="images", min=0, max=MAX_IMAGES)
 
 
 @dataclass
@@ -287,10 +303,12 @@ class SWAConfig:
     """[swa]: stochastic weight averaging (as used with KDSA and AdvLC in Table 1)."""
 
     enabled: bool = opt(False, "Keep an equal-weight running average of the weights.")
-    start: int = opt(50, "First 0-based epoch whose end updates the average (paper: 50).", unit="epochs", min=0)
-    every: int = opt(1, "Update the average every N epochs (paper: once per epoch).", unit="epochs", min=1)
+    start: int = opt(50, "First 0-based epoch whose end updates the average (paper: 50).", unit="epochs", min=0,
+                     max=MAX_EPOCHS)
+    every: int = opt(1, "Update the average every N epochs (paper: once per epoch).", unit="epochs", min=1,
+                     max=MAX_EPOCHS)
     bn_batches: int = opt(0, "Clean training batches for re-estimating BN statistics after each update "
-                          "(0 = one full pass, as in the reference code).", unit="batches", min=0)
+                          "(0 = one full pass, as in the reference code).", unit="batches", min=0, max=MAX_IMAGES)
 
 
 @dataclass
@@ -312,7 +330,8 @@ class ExperimentConfig:
     values: list[float] = opt(
         None, "Grid: fig4a noise sizes s; fig4b perturbation multipliers p; fig4c flipped fractions p.",
         min=0.0, factory=list)
-    random_values: int = opt(0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0)
+    random_values: int = opt(0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0,
+                             max=100_000)
     value_max: float = opt(1.0, "fig4a: upper end of the drawn noise sizes.", min=0.0)
     noise: str = opt(
         "absolute", "fig4a: 'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
@@ -327,11 +346,14 @@ class ExperimentConfig:
     lr: float | None = opt(None, "fig4b/c: learning rate of the one training epoch; default the source's "
                            "learning rate at the checkpoint's epoch.", min=0.0)
     train_eff_every: int = opt(1, "fig4b/c: measure the effectiveness of the modified examples on every N-th "
-                               "training batch (0 = never).", unit="batches", min=0)
+                               "training batch (0 = never).", unit="batches", min=0,
+                               max=MAX_IMAGES)
     train_images: int = opt(0, "fig4b/c: train the one epoch on the first N training images only (0 = the "
-                            "source's whole training set).", unit="images", min=0)
+                            "source's whole training set).", unit="images", min=0,
+                            max=MAX_IMAGES)
     samples: int = opt(2000, "Images (the first N of each split) HS, effectiveness and the a1 curves use "
-                       "(paper: 2000; 0 = all).", unit="images", min=0)
+                       "(paper: 2000; 0 = all).", unit="images", min=0,
+                       max=MAX_IMAGES)
     steps: list[int] = opt(None, "a1: PGD step counts (step eps/4, no random start).", min=0, max=100000,
                            factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
     splits: list[str] = opt(None, "a1: data the curves are measured on.", choices=_EachOf(("train", "test")),
@@ -457,12 +479,17 @@ def _allowed(meta: dict) -> str | None:
             (" (or empty)" if "" in meta["choices"] else "")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and hi is not None:
-        return f"between {lo:g} and {hi:g}"
+        return f"between {_num(lo)} and {_num(hi)}"
     if lo is not None:
-        return f">= {lo:g}"
+        return f">= {_num(lo)}"
     if hi is not None:
-        return f"<= {hi:g}"
+        return f"<= {_num(hi)}"
     return None
+
+
+def _num(v) -> str:
+    """A bound as `allowed` says it: an integer in full (4294967295), a float in %g."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def _check_range(value, meta) -> str | None:
@@ -544,6 +571,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except (RecursionError, MemoryError, ValueError, TypeError):   # e.g. [[[[... thousands deep
+        raise UserError(f"--set {path}=…: the value cannot be read (nested too deeply or too large)") from None
+    if _too_deep(value, MAX_TOML_DEPTH):
+        raise UserError(f"--set {path}=…: the value is nested more than {MAX_TOML_DEPTH} deep")
     return section, key, value
 
 
@@ -622,7 +653,37 @@ def from_json(d: dict) -> RunConfig:
     return cfg
 
 
+MAX_TOML_BYTES = 1 << 20
+"""The largest preset file (1 MiB; the built-in ones are under 2 KiB)."""
+MAX_TOML_DEPTH = 16
+"""How deeply a preset's tables, arrays and inline tables may nest (the built-in ones: 3)."""
+
+
+def _too_deep(value, limit: int) -> bool:
+    """Whether lists and dicts nest more than `limit` deep in `value` (a scalar: 0), without recursion."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, (list, tuple)):
+            if d + 1 > limit:
+                return True
+            stack.extend((x, d + 1) for x in v)
+    return False
+
+
 def load_toml(path: Path) -> dict:
+    """A preset file's tables; every way it can fail to be read or parsed is one UserError line
+    naming the file (the parser's own RecursionError on [[[[... included)."""
+    try:
+        size = Path(path).stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such preset file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if size > MAX_TOML_BYTES:
+        raise UserError(f"{path}: {size} bytes, larger than the {MAX_TOML_BYTES} a preset file may have")
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -632,9 +693,18 @@ def load_toml(path: Path) -> dict:
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid TOML: arrays or tables nested too deeply for the parser "
+                        f"(at most {MAX_TOML_DEPTH} levels)") from None
+    except Exception as exc:  # noqa: BLE001 - any other parser failure is still one line naming the file
+        raise UserError(f"{path}: cannot be parsed as TOML ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:120]})") from None
+    if _too_deep(data, MAX_TOML_DEPTH + 1):   # + 1: the file's own top-level table
+        raise UserError(f"{path}: values nested more than {MAX_TOML_DEPTH} deep (tables, arrays, inline tables)")
+    return data
 
 
 def schema() -> list[dict]:

@@ -9,14 +9,22 @@ seconds.
 Every state change that a launcher, the GPU scheduler, `stop` or `reconcile` makes happens
 under one lock, `$ADVLC_HOME/supervisor.lock`, so two of them (the app and a CLI command, or
 the scheduler) never start or stop the same run twice.
+
+Signals go only to our own processes (`owned`): a pid is signalled only when the host, the pid
+and its start time all match what the store recorded, and the process runs a command advlc
+starts for that very run (`python -m engine.run RUN_DIR`, or a submitit process of the run's
+`submitit/` folder); never pid 1, this process or its parents. A status.json edited by hand or
+brought from elsewhere cannot make `stop` signal anything else.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -124,6 +132,85 @@ def python_module(module: str, *args: str) -> list[str]:
 # ------------------------------------------------------------------------------ runs started here
 RUN_MODULE = "engine.run"
 """`python -m engine.run RUN_DIR`: the run process."""
+
+Command = tuple[str, Path]
+"""`python -m MODULE PATH`, as (MODULE, PATH): what a process advlc started for a run runs."""
+
+
+@dataclass
+class Verdict:
+    """What a recorded (pid, start time, host) is: `ours` (the process, to signal), `gone`
+    (nothing runs under it any more), or `foreign` (something else runs there: `why`)."""
+
+    kind: str
+    process: psutil.Process | None = None
+    why: str = ""
+
+
+def _runs_command(argv: list[str], commands: list[Command], cwd: str | None) -> bool:
+    """Does `argv` run one of `commands`: `PYTHON [-flags] -m MODULE PATH` with PATH this very
+    folder, or a shell (`sh -c "SETUP && PYTHON -m MODULE PATH"`, submitit's local controller with
+    setup lines) whose last command is that?"""
+    if len(argv) == 3 and Path(argv[0]).name in ("sh", "bash", "dash") and argv[1] == "-c":
+        try:
+            argv = shlex.split(argv[2].rsplit("&&", 1)[-1])
+        except ValueError:
+            return False
+    if not argv or "-m" not in argv or not Path(argv[0]).name.startswith("python"):
+        return False
+    i = argv.index("-m")
+    if any(not a.startswith("-") for a in argv[1:i]) or len(argv) != i + 3:
+        return False
+    module, path = argv[i + 1], argv[i + 2]
+    where = os.path.realpath(os.path.join(cwd, path) if cwd and not os.path.isabs(path) else path)
+    return any(module == m and where == os.path.realpath(p) for m, p in commands)
+
+
+def _mine() -> set[int]:
+    """This process and its parents: never signalled, whatever a file says."""
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.parents())}
+
+
+def owned(pid: int | None, created: float | None, host: str | None, commands: list[Command]) -> Verdict:
+    """Is the process a store recorded (`pid`, its start time `created`, `host`) one advlc started
+    for a run, i.e. one running one of `commands`? Only a `Verdict("ours")` may be signalled."""
+    if not pid:
+        return Verdict("gone")
+    where = f"pid {pid} on {host or 'an unrecorded host'}"
+    if host != HOST:
+        return Verdict("foreign", why=f"{where} is not on this host ({HOST})")
+    if pid <= 1 or pid in _mine():
+        return Verdict("foreign", why=f"{where} is {'init' if pid <= 1 else 'this advlc process or its parent'}")
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return Verdict("gone")
+        if created is None:
+            return Verdict("foreign", why=f"{where}: its start time is not recorded, so it cannot be told "
+                                          f"from another process")
+        if abs(p.create_time() - float(created)) > 1.0:
+            return Verdict("gone")              # the pid was recycled: the recorded process is gone
+        started = next((c for c in _CHILDREN if c.pid == p.pid), None)
+        if started is not None and _runs_command([str(a) for a in started.args], commands, None):
+            return Verdict("ours", p)           # started by this process (it may not have exec'd yet)
+        if _runs_command(p.cmdline(), commands, p.cwd()):
+            return Verdict("ours", p)
+        return Verdict("foreign", why=f"{where} runs {p.name()!r}, not this run's command")
+    except psutil.NoSuchProcess:
+        return Verdict("gone")
+    except (psutil.Error, ValueError, TypeError, OSError) as exc:
+        return Verdict("foreign", why=f"{where} cannot be inspected ({type(exc).__name__})")
+
+
+def own_session(p: psutil.Process) -> bool:
+    """Is `p` the leader of a session and process group of its own (`start_new_session`), not
+    this process's: then the whole group is the run's and may be signalled."""
+    try:
+        return os.getsid(p.pid) == p.pid == os.getpgid(p.pid) and p.pid != os.getpgrp() \
+            and p.pid != os.getsid(0)
+    except OSError:
+        return False
 
 
 def lock(store: Store) -> FileLock:

@@ -18,25 +18,29 @@ State changes made here (not by the run process) happen under the supervisor loc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
 import time
+from pathlib import Path
 from typing import Iterator
 
 import psutil
 
 from engine.config import origin
 from engine.config.presets import PlannedRun
-from engine.config.schema import from_json
+from engine.config.schema import build, from_json, section_classes
 from engine.errors import CorruptFile, UserError
 from engine.launch.executors import EXECUTORS, Executor, executor_for, executor_named
 from engine.launch.plan import run_record
-from engine.launch.processes import HOST, create_time, here, is_alive, lock, process_matches, reap
+from engine.launch.processes import HOST, create_time, is_alive, lock, own_session, owned, reap
 from engine.nn.dataset_files import check_data
 from engine.store.checkpoint_files import inspect as inspect_checkpoint
 from engine.store.files import move_aside
 from engine.store.index import Store
+from engine.store.pack import sweep_unpacking
+from engine.store.pack import unpack as unpack_archive
 from engine.store.records import Launch, LocalLaunch, Process, Status
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, transition
@@ -108,25 +112,32 @@ def launch(store: Store, planned: list[PlannedRun], *, gpus: list[int] | None = 
 
 
 # ------------------------------------------------------------------------------ stop
-def _targets(st: Status) -> tuple[list, list[int]]:
-    """(psutil processes to signal, process groups to signal) for a run's status."""
-    procs, groups = [], []
-    pids = [(st.pid, st.pid_create_time)] if st.pid and here(st.host) else []
-    pids += executor_for(st.launch).processes(st)
-    own_group = os.getpgrp()
-    for pid, ct in pids:
-        if not process_matches(pid, ct):
+def _targets(rd: RunDir, st: Status) -> tuple[list, list[int], str | None]:
+    """(psutil processes to signal, process groups to signal, why the run's recorded process is
+    not signalled, or None) for a run's status. Only processes `owned` says are this run's are
+    signalled, with their descendants; a whole process group only when the run's process leads
+    its own session (`start_new_session`)."""
+    ex = executor_for(st.launch)
+    procs, groups, why = [], [], None
+    wanted = [(True, st.pid, st.pid_create_time, st.host, ex.run_commands(rd))] if st.pid else []
+    wanted += [(False, *w) for w in ex.processes(st, rd)]
+    for its_own, pid, ct, host, commands in wanted:
+        verdict = owned(pid, ct, host, commands)
+        if verdict.kind == "foreign":
+            if its_own and st.state == "running" and not (ex.REMOTE and host != HOST):
+                why = verdict.why           # a remote cluster's run is stopped by cancelling its job
             continue
+        if verdict.kind != "ours":
+            continue
+        p = verdict.process
         try:
-            p = psutil.Process(int(pid))
-            procs.append(p)
-            procs.extend(p.children(recursive=True))
-            pg = os.getpgid(p.pid)
-            if pg == p.pid and pg != own_group:     # a session we started: signal the whole group
-                groups.append(pg)
-        except (psutil.Error, ProcessLookupError):
-            pass
-    return procs, groups
+            kids = p.children(recursive=True)
+        except psutil.Error:
+            kids = []
+        procs += [p, *kids]
+        if own_session(p):
+            groups.append(p.pid)
+    return procs, groups, why
 
 
 def _signal(procs: list, groups: list[int], sig: int) -> None:
@@ -162,15 +173,26 @@ def _remote_running(rd: RunDir) -> bool:
     return st.state == "running" and executor_for(st.launch).REMOTE
 
 
-def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
-    """Stop runs: SIGTERM to each process group, up to `grace_s` to exit cleanly (the run
-    writes `stopped` and keeps last.pt), then SIGKILL; queued runs leave the queue; a cluster's
-    jobs are cancelled. Every run ends `stopped` (or the final state it reached on its own),
-    what it held (a GPU lease) given back."""
+def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> dict[str, str]:
+    """`_stop`; returns {run id: one line} for each run left alone (its recorded process is not its own)."""
+    return {rid: f"run {rid}: its recorded process is not this run's ({why}); nothing was signalled and "
+                 f"the run is left running" for rid, why in _stop(store, rds, grace_s=grace_s).items()}
+
+
+def _stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> dict[str, str]:
+    """Stop runs: SIGTERM to each run's own processes (its process group when it leads its own
+    session), up to `grace_s` to exit cleanly (the run writes `stopped` and keeps last.pt), then
+    SIGKILL; queued runs leave the queue; a cluster's jobs are cancelled. Every run ends
+    `stopped` (or the final state it reached on its own), what it held (a GPU lease) given back.
+
+    A process is signalled only when engine.launch.processes.owned says it is the run's (host,
+    pid and start time as recorded, and the command advlc starts for that run). A `running` run
+    whose recorded process is something else is left as it is and nothing is signalled; returns
+    {run id: what that process is} for those."""
     reap()
     for ex in {ex for ex, job in (_job(rd.status()) for rd in rds) if job}:
         ex.check_cancel()               # e.g. no scancel here: refuse before any run is marked stopped
-    procs, groups, jobs = [], [], {}
+    procs, groups, jobs, refused = [], [], {}, {}
     with lock(store):
         for rd in rds:
             st = rd.status()
@@ -179,7 +201,9 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
                 jobs.setdefault(ex, []).append(job)
             if st.state == "queued" and rd.status_path.exists():
                 transition(rd, "stopped", pid=None)
-            p, g = _targets(st)
+            p, g, why = _targets(rd, st)
+            if why:
+                refused[rd.id] = why
             procs += p
             groups += g
     for ex, ids in jobs.items():
@@ -190,7 +214,7 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
     while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.05)
     # a process on another host (a Slurm node) is signalled by its cluster (scancel): it writes `stopped` itself
-    remote = [rd for rd in rds if rd.exists() and _remote_running(rd)]
+    remote = [rd for rd in rds if rd.id not in refused and rd.exists() and _remote_running(rd)]
     while remote and time.monotonic() < deadline:
         time.sleep(0.1)
         remote = [rd for rd in remote if rd.status().state == "running"]
@@ -203,11 +227,14 @@ def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> None:
     reap()
     with lock(store):
         for rd in rds:
+            if rd.id in refused:
+                continue
             st = rd.status()
             if st.state in ("queued", "running") and rd.status_path.exists():
                 transition(rd, "stopped", pid=None)
             executor_for(st.launch).release(store, rd)
     store.sync_many([rd for rd in rds if rd.exists()])
+    return refused
 
 
 # ------------------------------------------------------------------------------ resume
@@ -297,7 +324,8 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     - the index follows status.json (a run that ended between its last status write and its
       index update, a run directory missing from the index, an index row without a directory);
       a run whose files cannot be read shows as `corrupt` with what to do;
-    - temporary files left by killed writers are removed (a full pass only).
+    - temporary files left by killed writers, and the staging folders of killed unpacks, are
+      removed (a full pass only).
     """
     if not store.runs_dir.exists():
         return []
@@ -310,6 +338,8 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     for rd in rds:
         try:
             st = rd.status()
+            if not rd.config_path.exists():     # a run whose config.json is lost: listed as corrupt
+                raise CorruptFile(rd.config_path, "is missing", "")
         except CorruptFile:
             if rd.id not in index or index[rd.id]["state"] != "corrupt":
                 store.sync(rd)
@@ -330,6 +360,7 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     if full:
         store.prune([rid for rid in index if not _exists(store, rid)])
         store.sweep_temporary()
+        sweep_unpacking(store)
     return list(dict.fromkeys(changed))
 
 
@@ -370,9 +401,10 @@ def _mark_lost(store: Store, rd: RunDir, seen: Status) -> bool:
 
 
 # ------------------------------------------------------------------------------ delete
-def delete(store: Store, rds: list[RunDir], *, force: bool = False) -> None:
+def delete(store: Store, rds: list[RunDir], *, force: bool = False) -> dict[str, str]:
     """Delete runs (directory and index row). Running or queued runs are refused unless
-    `force`, which stops them first."""
+    `force`, which stops them first (`stop`: only the runs' own processes are signalled);
+    returns {run id: why} for runs whose recorded process was not theirs and was left alone."""
     reconcile(store, rds)
     statuses = {rd.id: rd.status() for rd in rds}
     active = [rd for rd in rds if statuses[rd.id].state == "running"
@@ -380,11 +412,34 @@ def delete(store: Store, rds: list[RunDir], *, force: bool = False) -> None:
     if active and not force:
         ids = ", ".join(f"{rd.id} ({statuses[rd.id].state})" for rd in active)
         raise UserError(f"not deleting active runs: {ids}; stop them first or use --force")
-    if active:
-        stop(store, active)
+    refused = _stop(store, active) if active else {}
     for rd in rds:
         executor_for(statuses[rd.id].launch).release(store, rd)
         store.delete(rd)
+    return {rid: f"run {rid}: its recorded process is not this run's ({why}); nothing was signalled, the run's "
+                 f"folder is deleted all the same" for rid, why in refused.items()}
+
+
+# ------------------------------------------------------------------------------ unpack
+def check_config(config: dict, where: str) -> None:
+    """A run's config (config.json's JSON) validated like a preset (engine.config.schema.build:
+    each value's type and allowed values, then the cross-field rules and the method's own); a
+    one-line UserError naming `where` and the key otherwise. Keys this advlc does not know are
+    left out: the run reads them from nowhere (engine.config.schema.from_json skips them too)."""
+    tables = {}
+    for name, cls in section_classes().items():
+        table = config.get(name)
+        if isinstance(table, dict):
+            known = {f.name for f in dataclasses.fields(cls)}
+            tables[name] = {k: v for k, v in table.items() if k in known}
+    build(tables, where)
+
+
+def unpack(store: Store, path: Path) -> list[RunDir]:
+    """`advlc unpack`: the runs of an archive added to the store as data (engine.store.pack.unpack),
+    each run's config checked like a preset first. Imported runs have no launch record: resuming
+    one uses the executor the user's own command asks for."""
+    return unpack_archive(store, Path(path), check_config=check_config)
 
 
 # ------------------------------------------------------------------------------ logs

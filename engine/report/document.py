@@ -103,7 +103,7 @@ def _notes(runs: list[RunData]) -> list[str]:
     for r in runs:
         note = (_meta(r).note or "").strip()
         if note:
-            out.append(f"- **{r.rd.id}**: " + md_escape(note).replace("\n", "  \n  "))
+            out.append(f"- **{r.rd.id}**: " + md_escape(note, multiline=True).replace("\n", "  \n  "))
     return out
 
 

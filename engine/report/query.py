@@ -17,6 +17,10 @@ null (or between a number and a string) is false.
 
 The text is tokenized and parsed here; nothing is evaluated as Python. A mistake is one line
 saying where: `--where 'method.lam >': expected a value at column 13 (the end)`.
+
+The text is bounded, so a hostile or runaway expression is one line too, never a traceback:
+at most `MAX_LENGTH` characters, `MAX_DEPTH` nested parentheses, `not`s and lists, `MAX_TERMS`
+values (names and literals) and number literals of `MAX_NUMBER` characters.
 """
 
 from __future__ import annotations
@@ -50,15 +54,34 @@ _ORDER = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: 
 
 Node = Callable[[Callable[[str], Any]], Any]
 
+MAX_LENGTH = 2000
+"""Characters an expression may have."""
+MAX_DEPTH = 32
+"""How deeply parentheses, `not`s and lists may nest (counted together)."""
+MAX_TERMS = 256
+"""Values (names and literals, list items included) an expression may have."""
+MAX_NUMBER = 32
+"""Characters of a number literal (a float's shortest exact form needs at most 24)."""
+
 
 def _config_keys() -> set[str]:
     return {f"{s}.{f.name}" for s, cls in section_classes().items() for f in dataclasses.fields(cls)}
 
 
+def _shown(text: str) -> str:
+    """The expression as an error line shows it: whole when short, else its start."""
+    return repr(text) if len(text) <= 80 else repr(text[:60]) + f"… ({len(text)} characters)"
+
+
 class _Parser:
     def __init__(self, text: str, where: str):
         self.text, self.where = text, where
+        if len(text) > MAX_LENGTH:
+            raise UserError(f"{where} {_shown(text)}: the expression is {len(text)} characters long, "
+                            f"at most {MAX_LENGTH} are allowed")
         self.tokens: list[tuple[str, Any, int]] = []
+        self.depth = 0
+        self.terms = 0
         pos = 0
         while pos < len(text):
             m = _TOKEN.match(text, pos)
@@ -72,6 +95,8 @@ class _Parser:
             col = m.start(kind) + 1
             if kind == "name" and val in _WORDS:
                 kind = "word"
+            if kind == "num" and len(val) > MAX_NUMBER:
+                self.fail(f"a number of {len(val)} characters (at most {MAX_NUMBER})", col)
             self.tokens.append((kind, val, col))
             pos = m.end()
         self.i = 0
@@ -79,7 +104,13 @@ class _Parser:
 
     def fail(self, what: str, col: int | None = None):
         at = "the end" if col is None or col > len(self.text) else f"column {col}"
-        raise UserError(f"{self.where} {self.text!r}: {what} at {at}")
+        raise UserError(f"{self.where} {_shown(self.text)}: {what} at {at}")
+
+    def enter(self, col: int) -> None:
+        """One level deeper (a parenthesis, a `not`, a list); refused past MAX_DEPTH."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail(f"nested more than {MAX_DEPTH} deep (parentheses, 'not's and lists)", col)
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else (None, None, len(self.text) + 1)
@@ -97,23 +128,29 @@ class _Parser:
         return False
 
     # expr := and ("or" and)* ; and := not ("and" not)* ; not := "not" not | cmp
+    # A chain of `or`s (`and`s) is one node over a list, so evaluating it does not recurse per term.
     def expr(self) -> Node:
-        left = self.conj()
+        parts = [self.conj()]
         while self.accept("word", "or"):
-            right = self.conj()
-            left = (lambda a, b: lambda get: bool(a(get)) or bool(b(get)))(left, right)
-        return left
+            parts.append(self.conj())
+        if len(parts) == 1:
+            return parts[0]
+        return lambda get: any(bool(p(get)) for p in parts)
 
     def conj(self) -> Node:
-        left = self.neg()
+        parts = [self.neg()]
         while self.accept("word", "and"):
-            right = self.neg()
-            left = (lambda a, b: lambda get: bool(a(get)) and bool(b(get)))(left, right)
-        return left
+            parts.append(self.neg())
+        if len(parts) == 1:
+            return parts[0]
+        return lambda get: all(bool(p(get)) for p in parts)
 
     def neg(self) -> Node:
+        col = self.peek()[2]
         if self.accept("word", "not"):
+            self.enter(col)
             inner = self.neg()
+            self.depth -= 1
             return lambda get: not inner(get)
         return self.cmp()
 
@@ -156,6 +193,9 @@ class _Parser:
         k, v, col = self.take()
         if k is None:
             self.fail("expected a value")
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            self.fail(f"more than {MAX_TERMS} values (names and literals)", col)
         if k == "num":
             n = float(v) if any(c in v for c in ".eE") else int(v)
             return lambda get: n
@@ -169,11 +209,14 @@ class _Parser:
             self.names.add(v)
             return lambda get: get(v)
         if k == "op" and v == "(":
+            self.enter(col)
             inner = self.expr()
             if not self.accept("op", ")"):
                 self.fail("expected ')'", self.peek()[2])
+            self.depth -= 1
             return inner
         if k == "op" and v == "[":
+            self.enter(col)
             items = []
             if not self.accept("op", "]"):
                 while True:
@@ -182,6 +225,7 @@ class _Parser:
                         break
                     if not self.accept("op", ","):
                         self.fail("expected ',' or ']'", self.peek()[2])
+            self.depth -= 1
             return lambda get: [f(get) for f in items]
         self.fail(f"expected a value, found {v!r}", col)
 
@@ -243,7 +287,7 @@ def parse(text: str, where: str = "--where") -> Query:
     """Parse an expression; a UserError naming the column of the first mistake, or an unknown name."""
     p = _Parser(text, where)
     if not p.tokens:
-        raise UserError(f"{where} {text!r}: the expression is empty (e.g. {where} 'state == \"finished\"')")
+        raise UserError(f"{where} {_shown(text)}: the expression is empty (e.g. {where} 'state == \"finished\"')")
     node = p.expr()
     k, v, col = p.peek()
     if k is not None:
@@ -254,7 +298,7 @@ def parse(text: str, where: str = "--where") -> Query:
             close = [k for k in sorted(known) if k.split(".")[-1] == name.split(".")[-1]][:3]
             hint = f" (did you mean {', '.join(close)}?)" if close else " (names: the columns of `advlc runs --json` " \
                                                                      "and section.key of the config)"
-            raise UserError(f"{where} {text!r}: unknown name {name!r}{hint}")
+            raise UserError(f"{where} {_shown(text)}: unknown name {name!r}{hint}")
     return Query(text, node, frozenset(p.names))
 
 

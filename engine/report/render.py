@@ -66,13 +66,13 @@ def _latex_escape(s: str) -> str:
     return "".join(rep.get(ch, ch) for ch in s)
 
 
-MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#!~])")
+MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 
 
-def md_escape(s) -> str:
+def md_escape(s, *, multiline: bool = False) -> str:
     """Text from the store inside Markdown: control characters shown (engine.printable), and every
     character that could start markup (emphasis, a link, raw HTML, a table cell's end) escaped."""
-    return MD_SPECIAL.sub(r"\\\1", printable(s))
+    return MD_SPECIAL.sub(r"\\\1", printable(s, multiline=multiline))
 
 
 def render(table: CompareTable, fmt: str, *, width: int | None = None) -> str:

@@ -110,6 +110,10 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
     emit = on_event or (lambda kind, info: None)
     pid = os.getpid()
     interval = heartbeat_interval()
+    try:        # what `advlc repair` rebuilds config.json from, for a run made before create wrote it
+        rd.keep_config_copy()
+    except OSError as exc:
+        log(f"{rd.config_copy_path.name} not written: {os_error_line(exc)}")
     transition(rd, "running", pid=pid, pid_create_time=process_start_time(pid), host=os.uname().nodename,
                started=time.time(), heartbeat=time.time(), heartbeat_s=interval, error=None, ended=None)
     store.sync(rd)
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m engine.run RUN_DIR", file=sys.stderr)
         return 2
     rd = RunDir(Path(argv[0]).resolve())
-    if not rd.exists():
+    if not rd.config_path.exists():
         print(f"engine.run: {rd.path}: not a run directory (no config.json)", file=sys.stderr)
         return 2
 

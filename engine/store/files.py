@@ -6,10 +6,15 @@ the new file, never half of one. `load_json` is the one place that reads them: a
 file is None, a file that is there but does not parse is a `CorruptFile` error naming it and
 what to do, and the TinyDB storage refuses to write over a corrupt file (a command that would
 add a record to a truncated metrics.json stops instead of replacing the old records).
+A damaged file that is rebuilt (`advlc repair`) goes through `replace_keeping_aside`: the
+replacement is written first, the damaged file gets a second name `<name>.corrupt-<time>` (a hard
+link: no data to write), then the replacement takes the name; so the name is never empty and no
+damaged file is ever lost or written over.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -96,20 +101,86 @@ def table_rows(data, name: str) -> list[dict]:
     return [rows[k] for k in sorted(rows, key=int)]
 
 
+ASIDE = ".corrupt-"
+"""What a damaged file kept aside is called: `<name>.corrupt-<time>` (`-<n>` added when taken)."""
+
+
+def _aside_names(path: Path):
+    """`<name>.corrupt-<time>`, then `<name>.corrupt-<time>-1`, `-2`, ...: a new name each, so an
+    earlier damaged copy is never written over."""
+    base = path.with_name(f"{path.name}{ASIDE}{time.strftime('%Y%m%d-%H%M%S')}")
+    yield base
+    n = 1
+    while True:
+        yield base.with_name(f"{base.name}-{n}")
+        n += 1
+
+
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+"""What a file system without hard links answers to os.link."""
+
+
+def _link_aside(path: Path) -> Path:
+    """A second name for the damaged file `path` (a hard link: no data written, so it works on a
+    full disk, and the file under its own name is untouched); a copy where links are not
+    supported. A name that already links to it is reused (a repair killed midway, run again)."""
+    for old in path.parent.glob(f"{_glob_escape(path.name)}{ASIDE}*"):
+        try:
+            if os.path.samefile(old, path):
+                return old
+        except OSError:
+            pass
+    for dest in _aside_names(path):
+        try:
+            os.link(path, dest)
+            return dest
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+        if not dest.exists():           # a file system without hard links: a copy
+            atomic_write_bytes(dest, path.read_bytes())
+            return dest
+    raise AssertionError("unreachable")
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def replace_keeping_aside(path: Path, data: bytes) -> Path | None:
+    """Replace a damaged file by `data`, keeping the damaged one as `<name>.corrupt-<time>`;
+    returns that name (None when there was no file). In this order: the replacement is written
+    to a temporary file and synced, the damaged file gets its second name, then the replacement
+    is renamed over the first. Killed or refused (a full disk) at any step, the name holds the
+    damaged file or its replacement, never nothing, and the damaged file is never lost."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        aside = _link_aside(path) if os.path.lexists(path) else None
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return aside
+
+
 def move_aside(path: Path) -> Path:
-    """Rename a damaged file out of the way (`<name>.corrupt-<time>`), keeping it; returns the new path."""
+    """Take a damaged file out of the way under a new name (`<name>.corrupt-<time>`), keeping it;
+    returns the new name. The file gets its new name before it loses the old one: killed
+    between the two, it has both, never neither. For a file that must stay under its name (a
+    store file that is rebuilt), use `replace_keeping_aside`."""
     path = Path(path)
-    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, dest)
-    return dest
-
-
-def copy_aside(path: Path) -> Path:
-    """Keep a copy of a damaged file (`<name>.corrupt-<time>`) before it is replaced atomically:
-    unlike moving it aside, the run's file is never missing, whenever the process is killed."""
-    path = Path(path)
-    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    atomic_write_bytes(dest, path.read_bytes())
+    dest = _link_aside(path)
+    os.unlink(path)
     return dest
 
 

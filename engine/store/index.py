@@ -33,7 +33,7 @@ from engine.store.files import (
     table,
 )
 from engine.store.records import IndexRow, Meta, Shape, hint_for, table_records
-from engine.store.rundir import CONFIG, RUN_ID, RunDir, valid_run_id
+from engine.store.rundir import CONFIG, RUN_ID, RunDir, run_folders, valid_run_id
 from engine.store.summary import INDEX_VERSION, summarize
 
 INDEX = "index.json"
@@ -115,10 +115,7 @@ class Store:
             raise UserError(f"cannot write to the run store: {os_error_line(exc, self.runs_dir)}", code=1) from None
 
     def run_dirs(self) -> list[RunDir]:
-        if not self.runs_dir.exists():
-            return []
-        return [RunDir(p) for p in sorted(self.runs_dir.iterdir())
-                if RUN_ID.match(p.name) and not p.is_symlink() and (p / CONFIG).exists()]
+        return run_folders(self.runs_dir)
 
     def get(self, ref: str) -> RunDir:
         """Resolve a run id or unique id prefix, inside runs/ only."""

@@ -205,8 +205,8 @@ def hint_for(path) -> str:
     """What to do about a damaged store file, naming the run it belongs to."""
     name = Path(path).name
     hint = {
-        "config.json": "it cannot be rebuilt from elsewhere: `advlc repair RUN` moves it aside and rebuilds "
-                       "what the log holds",
+        "config.json": "`advlc repair RUN` rebuilds it from .config.json.orig, the copy kept at creation "
+                       "(the damaged file is kept aside)",
         "status.json": "run `advlc repair RUN` to rebuild it from the checkpoint and the log",
         "metrics.json": "run `advlc repair RUN` to keep the records that can still be read",
         "meta.json": "run `advlc repair RUN` (it keeps the fields that can be read) or delete the file",

@@ -1,21 +1,26 @@
 """`advlc repair`: rebuild what a damaged run directory or index can still give, and say what was done.
 
 For each run:
-- config.json damaged: moved aside; rebuilt from the `config:` line the run process writes
-  at the top of log.txt and the run's row of the index, when both are there (provenance is
-  then lost); otherwise the run cannot be used until the file is restored;
-- status.json damaged or missing: moved aside; rebuilt as `stopped` at the epoch of last.pt
-  (so `advlc resume` finishes it), with an error saying it was rebuilt;
-- metrics.json damaged: kept aside; every record that can still be read, and has the right
-  shape, is kept (a truncated file loses only its tail, a garbled record only itself);
-- meta.json damaged: kept aside; the fields that can still be read are kept;
-- runtime.json damaged: kept aside (the provenance of the run's starts is then unknown);
-- a checkpoint that is not intact: moved aside (resume then offers --from best / scratch);
+- config.json damaged or missing: rebuilt from .config.json.orig, its copy written at creation
+  (or by the run process of a run made before that copy was kept), byte for byte; for a run
+  without a readable copy, from the `config:` line the run process writes at the top of a
+  detached run's log.txt and the run's row of the index, when both are there (provenance is then
+  lost); otherwise the run stays listed as `corrupt`, with the reason, until the file is restored;
+- status.json damaged or missing: rebuilt as `stopped` at the epoch of last.pt (so `advlc
+  resume` finishes it), with an error saying it was rebuilt;
+- metrics.json damaged: every record that can still be read, and has the right shape, is kept
+  (a truncated file loses only its tail, a garbled record only itself);
+- meta.json damaged: the fields that can still be read are kept;
+- runtime.json damaged: emptied (the provenance of the run's starts is then unknown);
+- a checkpoint that is not intact: named and left where it is (`advlc resume --from best` or
+  `--from scratch` sets it aside; a missing last.pt would make a resume start over silently);
 - temporary files of killed writers: removed.
 Then the index is rebuilt. A file that parses but has the wrong shape (a string where a number
-belongs) is damaged like one that does not parse. Damaged files are copied to
-`<name>.corrupt-<time>` and then replaced atomically, so the run's file is never missing, and never
-deleted.
+belongs) is damaged like one that does not parse. Each damaged file is replaced by
+`engine.store.files.replace_keeping_aside`: the replacement is written first, the damaged file
+keeps a second name `<name>.corrupt-<time>`, then the replacement takes its name; killed at any
+instant, the name holds the damaged file or its replacement, and running `repair` again finishes
+the job. Damaged files are never deleted.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from pathlib import Path
 
 from engine.errors import CorruptFile
 from engine.store.checkpoint_files import inspect as inspect_checkpoint
-from engine.store.files import copy_aside, load_json, move_aside, write_json
+from engine.store.files import dumps, load_json, replace_keeping_aside
 from engine.store.records import TABLE_RECORDS, ConfigRecord, Meta, MetricRecord, RuntimeRecord, Shape
 from engine.store.index import Store
-from engine.store.rundir import RunDir
+from engine.store.rundir import CONFIG_COPY, RunDir, run_folders
 
 
 @dataclass
@@ -41,39 +46,58 @@ class Repair:
     run_id: str
     done: list[str] = field(default_factory=list)
     unrecoverable: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
+    """Damage named but left as it is (a damaged checkpoint: `resume` offers the ways on)."""
+    copied: bool = False
+    """.config.json.orig was written from an intact config.json (a run made before it was kept)."""
 
     @property
     def ok(self) -> bool:
         return not self.unrecoverable
 
 
+_TABLE = re.compile(r'^ "([^"\n]+)": \{', re.M)
+_RECORD = re.compile(r'^  "(\d{1,12})": ', re.M)
+_UNREADABLE = re.compile(r"[\udc80-\udcff\ufffd]")
+"""A byte that was not UTF-8 (decoded with surrogateescape, or replaced)."""
+
+
 def salvage_tables(text: str) -> dict[str, dict[str, dict]]:
-    """The TinyDB tables of a (possibly truncated) metrics.json as written by advlc
-    (`json.dumps(indent=1)`): every record that parses completely, table by table."""
+    """The TinyDB tables of a damaged metrics.json as written by advlc (`json.dumps(indent=1)`:
+    a table at one space of indent, each record at two): every record that parses completely,
+    table by table, before and after any damaged one. A record is kept only when its JSON ends
+    before the next record begins and holds no byte that was not UTF-8 (`text` decoded with
+    errors="surrogateescape"), so a record that lost its closing brace, and so swallowed its
+    successors, is dropped, and they are kept."""
     dec = json.JSONDecoder()
     out: dict[str, dict[str, dict]] = {}
-    starts = [(m.group(1), m.end()) for m in re.finditer(r'^ "([^"\n]+)": \{', text, re.M)]
-    for k, (name, pos) in enumerate(starts):
-        end = starts[k + 1][1] if k + 1 < len(starts) else len(text)
+    tables = [(m.group(1), m.start(), m.end()) for m in _TABLE.finditer(text)]
+    for k, (name, _, pos) in enumerate(tables):
+        end = tables[k + 1][1] if k + 1 < len(tables) else len(text)
         rows = out.setdefault(name, {})
-        for m in re.finditer(r'^  "(\d+)": ', text[pos:end], re.M):
+        starts = [(m.group(1), m.start(), m.end()) for m in _RECORD.finditer(text, pos, end)]
+        for j, (key, _, value) in enumerate(starts):
+            limit = starts[j + 1][1] if j + 1 < len(starts) else end
             try:
-                rec, _ = dec.raw_decode(text, pos + m.end())
-            except json.JSONDecodeError:
+                rec, stop = dec.raw_decode(text, value)
+            except (ValueError, RecursionError):
                 continue                    # a garbled record, or the truncated tail
-            if isinstance(rec, dict):
-                rows[m.group(1)] = rec
+            if stop <= limit and isinstance(rec, dict) and not _UNREADABLE.search(text, value, stop):
+                rows.setdefault(key, rec)
     return out
 
 
 def _config_from_log(rd: RunDir, row: dict | None) -> dict | None:
-    if not rd.log_path.exists() or not row:
+    """config.json as the `config:` line of log.txt and the run's index row give it (None unless both do)."""
+    if not rd.log_path.exists() or not row or row.get("state") == "corrupt" or not row.get("preset"):
         return None
     for line in rd.log_tail(10_000):
         if line.startswith("config: "):
             try:
                 cfg = json.loads(line[len("config: "):])
             except json.JSONDecodeError:
+                continue
+            if not isinstance(cfg, dict):
                 continue
             cfg["run"] = {k: row.get(k) for k in ("preset", "label", "seed", "group", "created")} | {"id": rd.id}
             return cfg
@@ -82,28 +106,33 @@ def _config_from_log(rd: RunDir, row: dict | None) -> dict | None:
 
 def _repair_config(rd: RunDir, rep: Repair, row: dict | None) -> None:
     try:
-        rd.config()
+        rd.written_config()         # config.json alone: a damaged runtime.json is not config.json's
+        rep.copied = rd.keep_config_copy()
         return
-    except CorruptFile:
-        pass
-    cfg = _config_from_log(rd, row)
-    if cfg is None:
-        rep.unrecoverable.append(f"config.json is damaged and cannot be rebuilt (no config line in log.txt): "
-                                 f"restore it from a backup")
+    except CorruptFile as exc:
+        damage = "missing" if not rd.config_path.exists() else "damaged"
+        why = str(exc).split(": ", 1)[-1].split("; ")[0]     # what is wrong, without the file's hint
+    data = rd.config_copy()
+    source = f"{CONFIG_COPY}, the copy written at creation"
+    if data is None:
+        cfg = _config_from_log(rd, row)
+        try:
+            data = dumps(ConfigRecord.from_json(cfg, "config").to_json()).encode() if cfg is not None else None
+        except Shape:
+            data = None
+        source = "log.txt's config line and the index (provenance lost)"
+    if data is None:
+        rep.unrecoverable.append(f"config.json is {damage} and cannot be rebuilt (no readable {CONFIG_COPY}, no "
+                                 f"config line in log.txt): restore it from a backup"
+                                 + (f" (it {why})" if damage == "damaged" else ""))
         return
-    try:
-        ConfigRecord.from_json(cfg)
-    except Shape as exc:
-        rep.unrecoverable.append(f"config.json is damaged and log.txt's config line is too ({exc}): "
-                                 f"restore it from a backup")
-        return
-    aside = copy_aside(rd.config_path)
-    write_json(rd.config_path, cfg)
-    rep.done.append(f"config.json was damaged (kept as {aside.name}): rebuilt from log.txt's config line and "
-                    f"the index (provenance lost)")
+    aside = replace_keeping_aside(rd.config_path, data)
+    rd.keep_config_copy()
+    rep.done.append(f"config.json was {damage}{f' (kept as {aside.name})' if aside else ''}: rebuilt from {source}")
 
 
 def _checkpoint_epoch(rd: RunDir, rep: Repair) -> int:
+    """The epoch of last.pt (0 when it is missing or damaged); damaged checkpoints are named."""
     epoch = 0
     for name in ("last", "best", "swa_best", "swa_end"):
         path = rd.ckpt(name)
@@ -112,9 +141,10 @@ def _checkpoint_epoch(rd: RunDir, rep: Repair) -> int:
         try:
             info = inspect_checkpoint(path)
         except CorruptFile as exc:
-            aside = move_aside(path)
-            rep.done.append(f"checkpoints/{path.name} is damaged ({str(exc).split(': ', 1)[1].split(';')[0]}): "
-                            f"kept as {aside.name}")
+            why = str(exc).split(": ", 1)[-1].split(";")[0]
+            way = (f"`advlc resume {rd.id} --from best` or `--from scratch` sets it aside" if name == "last"
+                   else "commands that need it name it")
+            rep.found.append(f"checkpoints/{path.name} is damaged ({why}): left where it is; {way}")
             continue
         if name == "last":
             epoch = int(info.get("epoch") or 0)
@@ -128,12 +158,11 @@ def _repair_status(rd: RunDir, rep: Repair, epoch: int) -> None:
             return
     except CorruptFile:
         pass
-    aside = copy_aside(rd.status_path) if rd.status_path.exists() else None
-    created = rd.config().run.created
-    write_json(rd.status_path, {
+    created = rd.written_config().run.created
+    aside = replace_keeping_aside(rd.status_path, dumps({
         "state": "stopped", "epoch": epoch, "created": created or time.time(), "ended": time.time(), "pid": None,
         "error": f"status.json was rebuilt by `advlc repair` from the checkpoint (epoch {epoch}); "
-                 f"`advlc resume {rd.id}` continues"})
+                 f"`advlc resume {rd.id}` continues"}).encode())
     rep.done.append(f"status.json was {'damaged (kept as ' + aside.name + ')' if aside else 'missing'}: "
                     f"rebuilt as stopped at epoch {epoch}")
 
@@ -170,10 +199,9 @@ def _repair_metrics(rd: RunDir, rep: Repair) -> None:
         data = load_json(rd.metrics_path)
         tables = data if isinstance(data, dict) else {}
     except CorruptFile:
-        tables = salvage_tables(rd.metrics_path.read_bytes().decode("utf-8", "replace"))
+        tables = salvage_tables(rd.metrics_path.read_bytes().decode("utf-8", "surrogateescape"))
     tables, dropped = _good_rows(tables)
-    aside = copy_aside(rd.metrics_path)
-    write_json(rd.metrics_path, tables)
+    aside = replace_keeping_aside(rd.metrics_path, dumps(tables).encode())
     kept = ", ".join(f"{len(rows)} {name}" for name, rows in tables.items()) or "no records"
     rep.done.append(f"metrics.json was damaged (kept as {aside.name}): kept {kept}"
                     + (f", dropped {dropped} record(s) of the wrong shape" if dropped else ""))
@@ -201,8 +229,7 @@ def _repair_meta(rd: RunDir, rep: Repair) -> None:
                 good = [t for t in value if isinstance(t, str)]
                 good = [t for t in good if _is_tag(t)]
                 kept = Meta.from_json({**kept, "tags": good}).to_json()
-    aside = copy_aside(rd.meta_path)
-    write_json(rd.meta_path, Meta.from_json(kept).to_json())
+    aside = replace_keeping_aside(rd.meta_path, dumps(Meta.from_json(kept).to_json()).encode())
     names = ", ".join(k for k in kept if k != "updated") or "nothing"
     rep.done.append(f"meta.json was damaged (kept as {aside.name}): kept {names}")
 
@@ -223,8 +250,7 @@ def _repair_runtime(rd: RunDir, rep: Repair) -> None:
         return
     except CorruptFile:
         pass
-    aside = copy_aside(rd.runtime_path)
-    write_json(rd.runtime_path, RuntimeRecord().to_json())
+    aside = replace_keeping_aside(rd.runtime_path, dumps(RuntimeRecord().to_json()).encode())
     rep.done.append(f"runtime.json was damaged (kept as {aside.name}): the provenance of the run's starts is "
                     f"now unknown")
 
@@ -253,7 +279,10 @@ def repair(store: Store, rds: list[RunDir] | None = None) -> tuple[list[Repair],
         pass
     if store.repaired:
         notes.append(f"index.json was damaged (kept as {Path(store.repaired).name})")
-    reps = [repair_run(store, rd, rows.get(rd.id)) for rd in (store.run_dirs() if rds is None else rds)]
+    reps = [repair_run(store, rd, rows.get(rd.id)) for rd in (run_folders(store.runs_dir) if rds is None else rds)]
+    copied = sum(r.copied for r in reps)
+    if copied:
+        notes.append(f"kept a copy of config.json ({CONFIG_COPY}) for {copied} run(s) made before it was kept")
     gone = store.sweep_temporary()
     if gone:
         notes.append(f"removed {len(gone)} temporary file(s) of killed writers")

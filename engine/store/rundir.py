@@ -2,6 +2,8 @@
 
     config.json     resolved RunConfig sections + "run" (id, preset, seed, group, created)
                     + "provenance" (code commit and dirty-diff hash, versions, device, host)
+    .config.json.orig  config.json's bytes as written at creation: what `advlc repair` rebuilds
+                    config.json from (written by `create`, and by the run process when missing)
     status.json     state, pid + process start time, heartbeat, epoch/batch progress, error
     metrics.json    TinyDB written only by this run's process: tables `epochs`, `evals`, `swa`, `points`
     meta.json       what people say about the run: title, tags, note, archived (written only by
@@ -21,6 +23,7 @@ A run id is a name, never a path: `valid_run_id` is checked wherever an id comes
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import tempfile
@@ -30,7 +33,7 @@ from pathlib import Path
 from tinydb import TinyDB
 
 from engine.errors import CorruptFile, UserError, os_error_line
-from engine.store.files import atomic_write_text, dumps, load_json, open_db, table, write_json
+from engine.store.files import atomic_write_bytes, atomic_write_text, dumps, load_json, open_db, table, write_json
 from engine.store.records import (
     ConfigRecord,
     EpochRecord,
@@ -47,6 +50,7 @@ from engine.store.records import (
 from engine.store.states import transition
 
 CONFIG = "config.json"
+CONFIG_COPY = ".config.json.orig"
 STATUS = "status.json"
 METRICS = "metrics.json"
 LOG = "log.txt"
@@ -54,6 +58,9 @@ CHECKPOINTS = "checkpoints"
 SUBMITIT = "submitit"
 META = "meta.json"
 RUNTIME = "runtime.json"
+
+RUN_FILES = (CONFIG, CONFIG_COPY, STATUS, METRICS, RUNTIME, META, LOG)
+"""The files that make a folder of runs/ a run's, even when config.json is lost."""
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """What a run id looks like (advlc makes 8 hex digits; no '/', '.', or anything a path needs)."""
@@ -114,7 +121,12 @@ class RunDir:
         return sorted(p.stem for p in self.ckpt_dir.glob("*.pt")) if self.ckpt_dir.exists() else []
 
     def exists(self) -> bool:
-        return self.config_path.exists()
+        """Whether this is a run's folder: it holds config.json or, config.json lost, another file of
+        a run (listed then as corrupt, never hidden). A folder whose making was interrupted before
+        its config.json holds none of them."""
+        return self.config_path.exists() or (
+            self.path.is_dir() and (any((self.path / name).exists() for name in RUN_FILES)
+                                    or any(self.path.glob(f"{CONFIG}.corrupt-*"))))
 
     def _load(self, path: Path, name: str):
         data = load_json(path, hint_for(path))
@@ -130,9 +142,37 @@ class RunDir:
             raise CorruptFile(path, f"has a wrong value: {exc}", hint_for(path)) from None
 
     # -- config ----------------------------------------------------------------------
+    @property
+    def config_copy_path(self) -> Path:
+        return self.path / CONFIG_COPY
+
     def written_config(self) -> ConfigRecord:
-        """config.json as written at creation (CorruptFile when damaged or of the wrong shape)."""
+        """config.json as written at creation (CorruptFile when missing, damaged or of the wrong shape)."""
+        if not self.config_path.exists():
+            raise CorruptFile(self.config_path, "is missing", hint_for(self.config_path))
         return self._parse(ConfigRecord, self.config_path, CONFIG)
+
+    def config_copy(self) -> bytes | None:
+        """The bytes of .config.json.orig when it reads as a config.json; None when missing or not."""
+        try:
+            data = self.config_copy_path.read_bytes()
+            ConfigRecord.from_json(json.loads(data.decode("utf-8")) or None, "")
+            return data
+        except (OSError, ValueError, Shape):
+            return None
+
+    def keep_config_copy(self) -> bool:
+        """Write .config.json.orig from config.json when it is missing or unreadable and config.json
+        reads well (what `advlc repair` rebuilds config.json from); True when written."""
+        if self.config_copy() is not None:
+            return False
+        try:
+            data = self.config_path.read_bytes()
+            self.written_config()
+        except (OSError, CorruptFile):
+            return False
+        atomic_write_bytes(self.config_copy_path, data)
+        return True
 
     def config(self) -> ConfigRecord:
         """The run's config as it ran: config.json with runtime.json laid over it (an experiment's
@@ -144,14 +184,16 @@ class RunDir:
         return self.config().to_json()
 
     def create(self, config: dict | ConfigRecord, **status) -> None:
-        """Make the directory of a new run: config.json (its one and only write), then status
-        `queued` (with `status` fields). A failure (a full disk, say) removes what was made, so no
-        half-made run directory is left."""
+        """Make the directory of a new run: config.json (its one and only write) and its copy
+        .config.json.orig, then status `queued` (with `status` fields). A failure (a full disk,
+        say) removes what was made, so no half-made run directory is left."""
         record = config if isinstance(config, ConfigRecord) else ConfigRecord.from_json(config, "config")
         self.path.mkdir(mode=0o700, parents=True, exist_ok=False)
         try:
             self.ckpt_dir.mkdir(mode=0o700)
-            write_json(self.config_path, record.to_json())
+            data = dumps(record.to_json()).encode()
+            atomic_write_bytes(self.config_path, data)
+            atomic_write_bytes(self.config_copy_path, data)
             transition(self, "queued", created=time.time(), **status)
         except BaseException:
             _remove_tree(self.path)
@@ -263,6 +305,16 @@ class RunDir:
         except FileNotFoundError:
             return []
         return text.splitlines()[-lines:]
+
+
+def run_folders(runs_dir: Path) -> list[RunDir]:
+    """The run folders of a store's runs/, sorted by id: named as a run id, not a symlink, holding
+    a run's files (`RunDir.exists`: a run whose config.json is lost is one, listed as corrupt)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(runs_dir.iterdir())
+            if RUN_ID.match(p.name) and not p.is_symlink() and RunDir(p).exists()]
 
 
 def _rewrite_in_place(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ the run's log and the command line show an epoch record as `format_epoch`'s one 
 from __future__ import annotations
 
 from engine.errors import CorruptFile
-from engine.store.records import ConfigRecord, IndexRow, Meta, Status
+from engine.store.records import ConfigRecord, IndexRow, Meta, Shape, Status
 from engine.store.rundir import RunDir
 
 CORRUPT = "corrupt"
@@ -159,8 +159,11 @@ def summarize(rd: RunDir) -> IndexRow:
         cfg, st, tables, meta = rd.config(), rd.status(), rd.metrics(), rd.meta()
         return IndexRow.from_json(summarize_records(rd.id, rd.path, cfg, st, tables, meta))
     except CorruptFile as exc:
-        return IndexRow({"v": INDEX_VERSION, "id": rd.id, "state": CORRUPT, "error": str(exc),
-                         "path": str(rd.path), "epoch": 0, "tags": [], "archived": False})
+        error = str(exc)
+    except Shape as exc:        # a config value the summary cannot hold ("epochs": "many")
+        error = f"{rd.config_path}: has a wrong value: {exc}; run `advlc repair {rd.id}`"
+    return IndexRow({"v": INDEX_VERSION, "id": rd.id, "state": CORRUPT, "error": error,
+                     "path": str(rd.path), "epoch": 0, "tags": [], "archived": False})
 
 
 def format_epoch(rec) -> str:

@@ -33,7 +33,9 @@ def pack_cmd(ctx: typer.Context,
 @app.command("unpack")
 def unpack_cmd(ctx: typer.Context,
                archive: Annotated[Path, typer.Argument(help="An archive written by `advlc pack`.")]):
-    """Add the runs of an archive to this store, ids kept (refused if an id is taken or the archive is damaged)."""
+    """Add the runs of an archive to this store as data, ids kept: a run that was running arrives stopped
+    (resumable here), no launch settings or processes of the sender are kept, each config is checked like
+    a preset; refused if an id is taken or the archive is damaged or over the size limits."""
     rds = unpack(store_of(ctx), archive)
     for rd in rds:
         out.print(f"{rd.id}  {rd.status().state}  {rd.config().run.preset}  → {rd.path}",

@@ -15,8 +15,9 @@ from tui.cli.root import app
 def repair_cmd(ctx: typer.Context,
                runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (default: every run).",
                                                                    show_default=False)] = None):
-    """Check runs and the index; move damaged files aside (kept, with a timestamp), rebuild status
-    from the checkpoint and the log, keep every record that can still be read, rebuild the index."""
+    """Check runs and the index; rebuild each damaged file and keep the damaged one beside it (with a
+    timestamp): config from its copy, status from the checkpoint, every record that can still be
+    read; rebuild the index. Killed midway, running it again finishes the job."""
     if runs:
         store, rds = runs_of(ctx, runs)
     else:
@@ -26,6 +27,8 @@ def repair_cmd(ctx: typer.Context,
     for rep in reps:
         for line in rep.done:
             out.print(f"{rep.run_id}  repaired: {line}", markup=False, highlight=False)
+        for line in rep.found:
+            out.print(f"{rep.run_id}  found: {line}", markup=False, highlight=False)
         for line in rep.unrecoverable:
             bad += 1
             out.print(f"{rep.run_id}  NOT repaired: {line}", markup=False, highlight=False)

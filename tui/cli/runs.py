@@ -20,17 +20,22 @@ from tui.cli.experiments import print_points
 from tui.cli.root import app
 from tui.cli.supervise import launch_detached
 
+SEED_MAX = 2**32 - 1
+"""`--seed`'s upper end: engine.config.schema.SEED_MAX (numpy's and torch's seeds)."""
+MAX_SLOTS_PER_GPU = 64
+"""`--slots-per-gpu`'s upper end: more runs than that on one GPU at once is a typo."""
+
 
 @app.command("run")
 def run_cmd(ctx: typer.Context,
             preset: Annotated[str, typer.Argument(help="Preset name (see `advlc presets`) or a TOML file.")],
             set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value (repeatable).")] = [],
-            seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Number of seeds (seed, seed+1, ...); default: the preset's.")] = None,
-            seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="First seed (default: the preset's).")] = None,
+            seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Number of seeds (seed, seed+1, ...); default: the preset's. A plan has at most 1000 runs (sweep points x seeds) unless ADVLC_MAX_RUNS allows more.")] = None,
+            seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=SEED_MAX, help="First seed, 0 ... 2**32-1 (default: the preset's).")] = None,
             device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: preset).")] = None,
             detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return at once (survives the terminal).")] = False,
             gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU queue: run on these GPUs, e.g. 0,1 (implies --detach; default: all visible when the preset uses CUDA).")] = None,
-            slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", min=1, help="Runs at once per GPU in the queue.")] = 1,
+            slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", min=1, max=MAX_SLOTS_PER_GPU, help="Runs at once per GPU in the queue (at most 64).")] = 1,
             executor: Annotated[str, typer.Option("--executor", help="local | slurm (slurm implies --detach; submits through submitit).")] = "local",
             partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition (default: the preset's [slurm] table).")] = None,
             time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit: minutes or HH:MM:SS (default: the partition's limit).")] = None,

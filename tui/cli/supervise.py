@@ -25,6 +25,7 @@ from engine.facade import (
     stop,
     tail,
 )
+from engine.printable import printable
 from tui.cli.common import Progress, err, out, print_summary, runs_of, store_of
 from tui.cli.root import app
 
@@ -63,10 +64,20 @@ def stop_cmd(ctx: typer.Context,
              grace: Annotated[float, typer.Option("--grace", min=0, help="Seconds to wait for a clean stop before SIGKILL.")] = 10.0):
     """Stop runs (SIGTERM, grace period, SIGKILL); they keep last.pt and can be resumed."""
     store, rds = runs_of(ctx, runs)
-    stop(store, rds, grace_s=grace)
+    refused = stop(store, rds, grace_s=grace)
     for rd in rds:
         st = rd.status()
         out.print(f"{rd.id}  {st.state}  (epoch {st.epoch})", highlight=False)
+    _refused(refused)
+
+
+def _refused(refused: dict[str, str]) -> None:
+    """One line on stderr for each run whose recorded process was not its own (nothing was
+    signalled), and exit code 1 when there is any."""
+    for line in refused.values():
+        err.print(f"advlc: {printable(' '.join(line.split()))}", markup=False, highlight=False, soft_wrap=True)
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command("resume")
@@ -114,11 +125,11 @@ def logs_cmd(ctx: typer.Context,
     _, [rd] = runs_of(ctx, [run])
     if not follow_:
         for line in tail(rd, lines):
-            print(line)
+            print(printable(line))
         return
     try:
         for line in follow(rd, lines=lines):
-            print(line, flush=True)
+            print(printable(line), flush=True)
     except KeyboardInterrupt:
         pass
     print(f"-- {rd.id}: {rd.status().state}", file=sys.stderr)
@@ -136,8 +147,9 @@ def delete_cmd(ctx: typer.Context,
             raise UserError(f"delete {' '.join(rd.id for rd in rds)}: add --yes to confirm (no terminal to ask)")
         if not typer.confirm(f"delete {len(rds)} run(s) {' '.join(rd.id for rd in rds)} and all their files?"):
             raise typer.Exit(1)
-    delete(store, rds, force=force)
+    refused = delete(store, rds, force=force)
     out.print(f"deleted {' '.join(rd.id for rd in rds)}", highlight=False)
+    _refused(refused)
 
 
 @app.command("queue")

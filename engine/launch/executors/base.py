@@ -7,6 +7,7 @@ from typing import Callable, ClassVar
 
 from engine.config.presets import PlannedRun
 from engine.errors import UserError
+from engine.launch.processes import RUN_MODULE, Command
 from engine.store.index import Store
 from engine.store.records import Status
 from engine.store.rundir import RunDir
@@ -53,8 +54,14 @@ class Executor:
         raise NotImplementedError
 
     # -- stopping ----------------------------------------------------------------------
-    def processes(self, status: Status) -> list[tuple[int | None, float | None]]:
-        """(pid, create time) of processes on this host to signal besides the run's own."""
+    def run_commands(self, rd: RunDir) -> list[Command]:
+        """What the run's own process (status.json `pid`) runs when this executor started it:
+        `stop` signals that pid only when its command is one of these (engine.launch.processes.owned)."""
+        return [(RUN_MODULE, rd.path)]
+
+    def processes(self, status: Status, rd: RunDir) -> list[tuple[int | None, float | None, str | None, list[Command]]]:
+        """(pid, create time, host, the commands it runs) of processes to signal besides the run's
+        own; each is signalled only when it is still that process (engine.launch.processes.owned)."""
         return []
 
     def job(self, status: Status) -> str | None:

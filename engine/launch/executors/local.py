@@ -13,7 +13,7 @@ import os
 import subprocess
 from typing import Callable
 
-from engine.config.presets import PlannedRun
+from engine.config.presets import PlannedRun, env_limit
 from engine.cores import usable_cores
 from engine.errors import UserError
 from engine.launch.executors.base import Executor
@@ -23,6 +23,11 @@ from engine.store.index import Store
 from engine.store.records import LocalLaunch, Status
 from engine.store.rundir import RunDir
 from engine.store.states import transition
+
+
+MAX_DETACHED = 32
+"""The most CPU runs started detached on this host that may run at once (ADVLC_MAX_DETACHED allows more)."""
+MAX_DETACHED_ENV = "ADVLC_MAX_DETACHED"
 
 
 def running_cpu_runs(store: Store) -> int:
@@ -43,6 +48,18 @@ def cpu_thread_budget(store: Store, starting: int) -> int | None:
     in the foreground) when a run has the machine to itself."""
     sharing = starting + running_cpu_runs(store)
     return None if sharing <= 1 else max(1, usable_cores() // sharing)
+
+
+def check_concurrency(store: Store, starting: int) -> None:
+    """Refuse, before anything is created, to start `starting` detached CPU runs when that makes more
+    than ADVLC_MAX_DETACHED (default MAX_DETACHED) running on this host at once."""
+    limit = env_limit(MAX_DETACHED_ENV, MAX_DETACHED)
+    running = running_cpu_runs(store) if starting <= limit else 0
+    if starting + running > limit:
+        now = f" ({running} already running)" if running else ""
+        raise UserError(f"starting {starting} detached CPU runs{now} would run {starting + running} at once on this "
+                        f"host, more than the {limit} allowed (fewer --seeds, --gpus or --executor slurm to queue "
+                        f"them, or {MAX_DETACHED_ENV}=N to allow N)")
 
 
 def visible_gpu_count() -> int:
@@ -120,6 +137,7 @@ class LocalExecutor(Executor):
         if gpus:
             return GPU_QUEUE.launch(store, planned, create, gpus=gpus, slots_per_gpu=slots_per_gpu, params=params)
         check_devices(planned)
+        check_concurrency(store, len(planned))
         rds = create()
         threads = cpu_thread_budget(store, len(rds))
         for rd in rds:

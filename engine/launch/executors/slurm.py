@@ -56,7 +56,7 @@ from typing import Callable
 from engine.config.presets import PlannedRun, read_preset
 from engine.errors import CorruptFile, UserError
 from engine.launch.executors.base import Executor
-from engine.launch.processes import HOST, create_time, here, lock, process_matches
+from engine.launch.processes import HOST, Command, create_time, here, lock, process_matches
 from engine.store.index import Store
 from engine.store.records import SlurmLaunch, Status
 from engine.store.rundir import RunDir
@@ -72,6 +72,10 @@ LOCAL_DEFAULT_MIN = 7 * 24 * 60      # submitit's LocalExecutor would stop a job
 DEFAULT_TIME_MIN = 24 * 60
 """The time limit asked for when none is given and the partition has none (or sinfo cannot say).
 A run that reaches it is requeued by submitit and continues from last.pt (up to max_requeue times)."""
+JOB_MODULE = "submitit.core._submit"
+"""What submitit runs for a job (`python -u -m submitit.core._submit FOLDER`): the run's process on the node."""
+CONTROLLER_MODULE = "submitit.local._local"
+"""submitit's LocalExecutor's job controller (`python -m submitit.local._local FOLDER`)."""
 CLIENT_TIMEOUT_S = 20.0
 """sinfo/squeue/sacct: a controller that does not answer makes them fail after ~10 s."""
 
@@ -648,10 +652,17 @@ class SlurmExecutor(Executor):
     def resume(self, store: Store, rd: RunDir, launch, checked: dict) -> None:
         submit(store, rd, checked)
 
-    def processes(self, status: Status) -> list[tuple[int | None, float | None]]:
-        """The local cluster's job controller (a child of the launching process, on its host)."""
+    def run_commands(self, rd: RunDir) -> list[Command]:
+        """The job's process: submitit's `python -u -m submitit.core._submit <run>/submitit`."""
+        return [(JOB_MODULE, rd.submitit_dir)]
+
+    def processes(self, status: Status, rd: RunDir) -> list[tuple[int | None, float | None, str | None, list[Command]]]:
+        """The local cluster's job controller (a child of the launching process, on its host):
+        `python -m submitit.local._local <run>/submitit`, behind a shell when there are setup lines."""
         la = status.launch
-        return [(la.controller_pid, la.controller_create_time)] if la.local_cluster and here(la.host) else []
+        if not la.local_cluster:
+            return []
+        return [(la.controller_pid, la.controller_create_time, la.host, [(CONTROLLER_MODULE, rd.submitit_dir)])]
 
     def job(self, status: Status) -> str | None:
         la = status.launch
