@@ -7,8 +7,11 @@ store (reads, in thread workers, with the watchers of engine.store.watch), the s
 engine.facade. Quitting (`q`) closes
 the app only: runs are detached processes and keep training.
 
-Worker failures are reported in one place (`on_worker_state_changed`): a notification,
-never a crash of the app.
+Worker failures are reported in one place (`work`): a notification, never a crash of the app.
+
+Typed-ahead keys: a key that opens a text field after a read (`e`: the run's meta.json, read in
+a worker) calls `hold_keys`; the keys typed after it wait, in order, until the field has focus
+(`release_keys`), then go to it as if typed then. Over SSH a burst of keys arrives at once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+from textual import events
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -25,14 +29,25 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from engine import facade
 from engine.errors import UserError
 from engine.facade import IndexReader, RunDir, Store
+from engine.printable import printable
 from tui.messages import RECONCILE_S, ActionDone
 from tui.screens.help import HelpScreen
 from tui.screens.presets import PresetsScreen, list_items
 from tui.screens.run_detail import RunDetailScreen
 from tui.screens.runs import RunsScreen
 
+HOLD_MAX_S = 3.0
+"""Keys are held at most this long (a read that never ends must not freeze the keyboard)."""
+
 DEFAULT_THEME = "textual-dark"
 """Theme unless ADVLC_THEME names another (e.g. textual-light); ctrl+p → 'theme' switches live."""
+
+
+def run_words(r) -> str:
+    """A run as the command palette matches it: id, preset, label, seed, title and #tags."""
+    words = [f"Open run {r['id']}", r.get("preset") or "", f"[{r['label']}]" if r.get("label") else "",
+             f"seed {r.get('seed')}", r.get("title") or "", " ".join(f"#{t}" for t in r.get("tags") or [])]
+    return " ".join(w for w in words if w)
 
 
 class AdvlcCommands(Provider):
@@ -55,8 +70,7 @@ class AdvlcCommands(Provider):
             yield f"New run: {p.name}", p.description, partial(app.action_presets, p.ref)
         snap = app.runs_screen.snapshot if app.runs_screen else None
         for r in (snap.rows if snap else [])[-2000:]:
-            yield (f"Open run {r['id']} {r.get('preset') or ''} seed {r.get('seed')}", r.get("state") or "",
-                   partial(app.open_run, r["id"]))
+            yield (printable(run_words(r)), r.get("state") or "", partial(app.open_run, r["id"]))
 
     async def discover(self) -> Hits:
         for name, help_text, cb in list(self._commands())[:4]:
@@ -80,6 +94,7 @@ class AdvlcApp(App):
         Binding("q", "quit", "Quit", show=True),
         Binding("question_mark", "help", "Help", show=True),
         Binding("f1", "help", "Help", show=False),
+        Binding("ctrl+c", "quit", "Quit", show=False),
     ]
 
     def __init__(self, home: Path | None = None, presets_dir: Path | None = None):
@@ -91,12 +106,48 @@ class AdvlcApp(App):
         self.reader = IndexReader(self.store)
         self.runs_screen = None
         self.theme = os.environ.get("ADVLC_THEME") or DEFAULT_THEME
+        self._held: list[events.Key] | None = None
+        self._hold_timer = None
+        self._holds = 0
+        """How many holds began (a release belongs to the hold it was asked for)."""
 
     def on_mount(self) -> None:
         self.runs_screen = RunsScreen()
         self.push_screen(self.runs_screen)
         # `advlc` reconciles before the app opens; here it repeats, after the first render
         self.set_interval(RECONCILE_S, self.reconcile)
+
+    # -- typed-ahead keys --------------------------------------------------------------
+    def hold_keys(self) -> None:
+        """Keys from now on wait, in order, until `release_keys` (or HOLD_MAX_S)."""
+        if self._held is None:
+            self._held = []
+            self._holds += 1
+            self._hold_timer = self.set_timer(HOLD_MAX_S, self.release_keys)
+
+    def release_keys(self) -> None:
+        """Hand the held keys on, after what is already queued (e.g. the focus a new screen asked for)."""
+        if self._held is not None:
+            self.call_later(self._release, self._holds)
+
+    async def _release(self, hold: int) -> None:
+        if self._held is None or hold != self._holds:
+            return  # released already (by the timer, or the screen): a later hold is not this one
+        held, self._held = self._held, None
+        if self._hold_timer is not None:
+            self._hold_timer.stop()
+            self._hold_timer = None
+        for i, event in enumerate(held):
+            if self._held is not None:  # a held key held the keys again (e.g. a second `e`)
+                self._held[:0] = held[i:]
+                return
+            await super().on_event(event)
+
+    async def on_event(self, event: events.Event) -> None:
+        if self._held is not None and isinstance(event, events.Key) and not event.is_forwarded:
+            self._held.append(event)
+            return
+        await super().on_event(event)
 
     # -- navigation ----------------------------------------------------------------
     def action_help(self) -> None:

@@ -7,6 +7,14 @@ added, and `-tag` removes a tag even when it is not shown; the runs' other tags 
 are. Enter (in a one-line field) or ctrl+s saves, through `Store.annotate` in a thread worker
 (meta.json: the run's own process never writes it, so a training run can be edited); esc
 cancels. A bad tag or title is one line in the modal, and nothing is written.
+
+Typed ahead: `tab` / `shift+tab` (and `esc`) are priority bindings, so they act in the order the
+keys were typed: in a burst of keys (a paste, a slow SSH link) what follows a tab lands in the
+next field, not in the one the tab left. The keys typed after the `e` that opened the modal wait
+until the first field has focus (AdvlcApp.hold_keys / release_keys). And the fields run their own
+keys (cursor moves, backspace, enter in the title) when they come to them, in the order typed:
+Textual runs a widget's key bindings only once the key has travelled up to the app, after the
+letters typed behind it were inserted.
 """
 
 from __future__ import annotations
@@ -23,6 +31,27 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 
 from engine.errors import UserError
 from tui.messages import ActionDone
+
+
+class InOrder:
+    """A text field that runs its own key bindings (backspace, arrows, enter…) when it handles the key,
+    in the order the keys were typed, instead of after the key bubbled up to the app."""
+
+    async def _on_key(self, event) -> None:
+        for binding in self._bindings.key_to_bindings.get(event.key, ()):
+            if not binding.priority and await self.app.run_action(binding.action, self):
+                event.stop()
+                event.prevent_default()  # the field's own handler (inserting text) is not run
+                return
+
+
+class FieldInput(InOrder, Input):
+    """An Input that keeps typed-ahead keys in order (see InOrder)."""
+
+
+class FieldTextArea(InOrder, TextArea):
+    """A TextArea that keeps typed-ahead keys in order (see InOrder)."""
+
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$")
 """The rule of `advlc tag` (tui/cli/annotate.py TAG), repeated: importing the CLI module would register its commands."""
@@ -70,7 +99,9 @@ class AnnotateScreen(ModalScreen[Annotation | None]):
 
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", show=True),
-        Binding("escape", "cancel", "Cancel", show=True),
+        Binding("escape", "cancel", "Cancel", show=True, priority=True),
+        Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True),
     ]
 
     DEFAULT_CSS = """
@@ -107,18 +138,18 @@ class AnnotateScreen(ModalScreen[Annotation | None]):
                                                f"Tags of {n} runs"), end=""), id="annotate-heading")
             if self.single:
                 yield Label("Title (one line; empty: none)")
-                yield Input(self.title_text, id="annotate-title", placeholder="e.g. lambda sweep, best so far",
+                yield FieldInput(self.title_text, id="annotate-title", placeholder="e.g. lambda sweep, best so far",
                             compact=True)
             yield Static("Tags, separated by spaces: delete one to remove it, type one to add it, -tag removes it"
                          + ("" if self.single else f" (shown: the tags all {n} runs share; their other tags stay)"),
                          classes="annotate-label")
             # no select-all on focus: a tag typed after tab adds to the tags shown, it does not replace them
-            yield Input(" ".join(self.tags), id="annotate-tags", placeholder="no tags: type some, e.g. robust table1",
+            yield FieldInput(" ".join(self.tags), id="annotate-tags", placeholder="no tags: type some, e.g. robust table1",
                         select_on_focus=False,
                         compact=True)
             if self.single:
                 yield Label("Note (several lines; its first line shows in the runs list)")
-                yield TextArea(self.note_text, id="annotate-note", soft_wrap=True, compact=True)
+                yield FieldTextArea(self.note_text, id="annotate-note", soft_wrap=True, compact=True)
             yield Static("", id="annotate-error")
             with Horizontal(id="annotate-bottom"):
                 yield Static("enter (one-line field) or ctrl+s saves · esc cancels · tab: next field",
@@ -128,6 +159,9 @@ class AnnotateScreen(ModalScreen[Annotation | None]):
 
     def on_mount(self) -> None:
         self.query_one("#annotate-title" if self.single else "#annotate-tags", Input).focus()
+        release = getattr(self.app, "release_keys", None)
+        if release is not None:
+            release()  # the keys typed since `e` go to the field just focused
 
     def changes(self) -> Annotation:
         """What the fields say, as changes to write; ValueError with one line when a field is bad."""

@@ -22,13 +22,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from engine.errors import UserError
 from engine.facade import add_columns, fmt_cell, parse_columns, row_curves
 from tui.messages import ActionDone
 from tui.safe_text import SafeText
 from tui.screens.export import ExportScreen
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.metric_plot import MetricPlot
 from tui.widgets.palette import palette
 
@@ -114,7 +115,7 @@ class CompareScreen(Screen):
         yield Static("", id="compare-paths")
         yield Input(placeholder="config columns, e.g. method.lam,attack.eps — enter applies (empty: none), esc closes",
                     id="compare-columns")
-        yield Footer(compact=True)
+        yield KeyBar()           # ? and q first, whole entries only, at any width
 
     def on_mount(self) -> None:
         self._draw_title()

@@ -14,11 +14,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.facade import diff_runs
 from tui.messages import ActionDone
 from tui.safe_text import SafeText
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.palette import palette
 
 SECTIONS = (("config", "config: keys that differ"), ("origin", "origin: what differs"), ("metrics", "results"))
@@ -58,7 +59,7 @@ class DiffScreen(Screen):
         with VerticalScroll(id="diff-scroll"):
             for key, _heading in SECTIONS:
                 yield Static("", id=f"diff-{key}", classes="diff-section")
-        yield Footer(compact=True)
+        yield KeyBar()           # ? and q first, whole entries only, at any width
 
     def on_mount(self) -> None:
         self.query_one("#diff-scroll").focus()

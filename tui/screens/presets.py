@@ -10,6 +10,11 @@ the new run(s).
 
 Resolving a preset imports the method registry (and so torch): that happens only in
 thread workers, never on the UI thread.
+
+A sweep preset (e.g. the showcase: `[sweep] "method.name" = ["pgd", "advlc"]`, 1 seed) stands for
+several runs per seed: the seeds field shows the preset's number of seeds (what typing a number
+there replaces), and the plan line names each run's scheme (its label, or the swept values when
+the label does not tell them apart) and the seeds: `2 runs: pgd, pgd+advlc × seed 0`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, Tree
+from textual.widgets import Button, Input, Label, Select, Static, Tree
 
 from engine.errors import UserError
 from engine.facade import (
@@ -36,6 +41,7 @@ from engine.facade import (
     read_preset,
 )
 from tui.messages import ActionDone
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.palette import palette
 from tui.widgets.store_header import StoreHeader
 
@@ -173,7 +179,7 @@ class PresetsScreen(Screen):
                 yield Static("", id="preset-error")
                 yield Static("", id="preset-plan")
                 yield Static("", id="preset-config")
-        yield Footer(compact=True)
+        yield KeyBar(id="presets-keys")
 
     def on_mount(self) -> None:
         snap = getattr(self.app.runs_screen, "snapshot", None)
@@ -312,12 +318,11 @@ class PresetsScreen(Screen):
         self.query_one("#launch", Button).disabled = False
         planned = message.planned
         cfg = planned[0].cfg
-        seeds = ", ".join(str(p.seed) for p in planned)
-        plan.update(Text(f"will launch {len(planned)} run{'s' if len(planned) > 1 else ''} "
-                         f"(seed{'s' if len(planned) > 1 else ''} {seeds}) · {cfg.label} · {cfg.train.epochs} epochs "
+        plan.update(Text(f"will launch {plan_text(planned)} · {cfg.train.epochs} epochs "
                          f"· {cfg.data.dataset} · device {cfg.train.device}"))
         if not self.query_one("#seeds", Input).value:
-            self.query_one("#seeds", Input).placeholder = str(len(planned))
+            self.query_one("#seeds", Input).placeholder = str(len(seeds_of(
+                [p for p in planned if not p.role.startswith("teacher")])))
         self.query_one("#preset-config", Static).update(self._config_text(cfg))
 
     def _config_text(self, cfg) -> Text:
@@ -388,6 +393,40 @@ class PresetsScreen(Screen):
 
     def action_focus_overrides(self) -> None:
         self.query_one("#overrides", Input).focus()
+
+
+def seeds_of(planned) -> list[int]:
+    """The seeds of a plan, in order (each point of a sweep has the same ones)."""
+    return list(dict.fromkeys(p.seed for p in planned))
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def scheme_names(planned) -> list[str]:
+    """One name per point of the plan: its label (`pgd+advlc`) when the labels tell the points apart,
+    else the swept values (`lam=0.3`), with the label in front when there is more than one."""
+    points: dict[tuple, object] = {}
+    for p in planned:
+        points.setdefault(tuple(sorted((k, repr(v)) for k, v in p.point.items())), p)
+    firsts = list(points.values())
+    labels = [p.cfg.label for p in firsts]
+    if len(set(labels)) == len(labels):
+        return labels
+    many = len(set(labels)) > 1
+    return [(f"{p.cfg.label} " if many else "") + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}"
+                                                              for k, v in p.point.items()) for p in firsts]
+
+
+def plan_text(planned) -> str:
+    """`2 runs: pgd, pgd+advlc × seed 0` — every run a launch makes, by scheme and seed."""
+    runs = [p for p in planned if not p.role.startswith("teacher")]
+    seeds = seeds_of(runs)
+    n, teachers = len(runs), len(planned) - len(runs)
+    return (f"{n} run{'' if n == 1 else 's'}: {', '.join(scheme_names(runs))} × "
+            f"seed{'' if len(seeds) == 1 else 's'} {', '.join(map(str, seeds))}"
+            + (f" (+ {teachers} teacher run{'' if teachers == 1 else 's'} first)" if teachers else ""))
 
 
 def _walk(node):

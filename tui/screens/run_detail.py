@@ -9,22 +9,32 @@ run records them (`swa` table), shown dotted-thinner next to the plain model's.
 
 The header shows the run's title and `#tags` (meta.json, written by the store: `e` edits them
 here, `advlc label/tag/note` from a shell) and redraws when they change, like the config tab's
-`meta` block.
+`meta` block. Its state, epoch and learning rate are never cut: when the line is too short, the
+header takes two lines (who: id, preset, overrides, seed, title, tags; how far: state, epoch,
+lr, then the rate, ETA, elapsed time and launch time of tui/widgets/pace.py, and the commit,
+as many as fit).
+
+An experiment run (`experiment.kind`: Fig. 4, A.1) has points, not epochs: the plots tab shows
+its points table (one row per record of its `points` table, read in the poll worker when
+metrics.json changed) and the header its points done / planned.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Log, Static, TabbedContent, TabPane
 
-from engine.facade import RunFollower, RunHistory
+from engine.errors import UserError
+from engine.facade import POINT_KEYS, RunFollower, RunHistory
 from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, RunChanged
 from tui.safe_text import SafeText, safe_lines
@@ -32,9 +42,10 @@ from tui.screens.annotate import AnnotateScreen, Annotation, describe
 from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.alert_bar import AlertBar, detect_alerts
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.metric_plot import MetricPlot
+from tui.widgets.pace import clock, duration, history_pace
 from tui.widgets.palette import palette
-from tui.widgets.progress_cell import duration
 from tui.widgets.status_badge import badge
 
 PLOTS = (
@@ -58,6 +69,26 @@ PLOTS = (
 """The plots of the detail screen and the series each holds."""
 
 
+class PointsRead(Message):
+    """The records of an experiment run's `points` table (all of them: a few dozen at most)."""
+
+    def __init__(self, points: list):
+        super().__init__()
+        self.points = points
+
+
+def fit(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> list[tuple[str, str]]:
+    """The (text, style) parts that fit in `width` cells, whole, in order (the first always)."""
+    out, used = [], 0
+    for text, style in parts:
+        need = len(text) + (len(sep) if out else 0)
+        if out and used + need > width:
+            break
+        out.append((text, style))
+        used += need
+    return out
+
+
 class RunDetailScreen(Screen):
     """One run, live."""
 
@@ -66,16 +97,20 @@ class RunDetailScreen(Screen):
         Binding("p", "tab('tab-plots')", "Plots", show=True),
         Binding("l", "tab('tab-log')", "Log", show=True),
         Binding("g", "tab('tab-config')", "Config", show=True),
+        # priority: runs in the order keys were typed, so the keys typed after it reach the editor
+        Binding("e", "edit", "Edit", show=True, priority=True),
+        Binding("s", "stop", "Stop", show=True),
         Binding("f", "zoom", "Zoom plot", show=True),
         Binding("w", "toggle_swa", "SWA curves", show=False),
-        Binding("s", "stop", "Stop", show=True),
         Binding("r", "resume", "Resume", show=False),
         Binding("c", "compare_group", "Compare group", show=False),
-        Binding("e", "edit", "Edit", show=True),
     ]
 
     DEFAULT_CSS = """
-    RunDetailScreen #detail-header { height: 1; padding: 0 1; background: $panel; }
+    RunDetailScreen #detail-header { height: auto; max-height: 2; padding: 0 1; background: $panel; }
+    RunDetailScreen #points-table { display: none; height: auto; max-height: 100%; }
+    RunDetailScreen.-experiment #points-table { display: block; }
+    RunDetailScreen.-experiment #plot-grid { display: none; }
     RunDetailScreen #plot-grid { grid-size: 2; grid-rows: 13; grid-gutter: 0 1; height: auto; }
     RunDetailScreen.-narrow #plot-grid { grid-size: 1; grid-rows: 12; }
     RunDetailScreen MetricPlot { height: 100%; }
@@ -96,6 +131,11 @@ class RunDetailScreen(Screen):
         self.show_swa = True
         self._polling = False
         self.plots: dict[str, MetricPlot] = {}
+        self.kind = ""
+        """The experiment kind of an experiment run ("" for a training run)."""
+        self.points: list = []
+        """An experiment run's `points` records."""
+        self._points_sig = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="detail-header")
@@ -103,6 +143,7 @@ class RunDetailScreen(Screen):
         with TabbedContent(initial="tab-plots"):
             with TabPane("plots", id="tab-plots"):
                 with VerticalScroll(id="plots-scroll"):
+                    yield DataTable(id="points-table", cursor_type="row", zebra_stripes=True)
                     with Grid(id="plot-grid"):
                         for pid, title, _series in PLOTS:
                             plot = MetricPlot(title, id=f"plot-{pid}")
@@ -114,7 +155,7 @@ class RunDetailScreen(Screen):
             with TabPane("config", id="tab-config"):
                 with VerticalScroll():
                     yield Static("", id="config-text")
-        yield Footer(compact=True)
+        yield KeyBar(id="detail-keys")
 
     def on_mount(self) -> None:
         store = self.app.store
@@ -126,6 +167,8 @@ class RunDetailScreen(Screen):
 
     def on_resize(self, event=None) -> None:
         self.set_class(self.size.width < 100, "-narrow")
+        if self.history.config is not None:
+            self._draw_header()
 
     def on_screen_resume(self) -> None:
         self.request_poll()
@@ -140,10 +183,36 @@ class RunDetailScreen(Screen):
     def _poll(self) -> None:
         try:
             d = self.follower.poll()
+            if d.config is not None:
+                self.kind = str(d.config.value("experiment.kind") or "")
             if not d.empty():
                 self.post_message(RunChanged(d))
+            if self.kind:
+                self._read_points()
         finally:
             self._polling = False
+
+    def _read_points(self) -> None:
+        """(Thread worker.) An experiment run's points, when metrics.json changed."""
+        rd = self.follower.rd
+        try:
+            st = os.stat(rd.metrics_path)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            sig = None
+        if sig == self._points_sig:
+            return
+        try:
+            points = rd.records("points") if sig else []
+        except (UserError, OSError):
+            return  # half-visible or damaged: read again next time
+        self._points_sig = sig
+        self.post_message(PointsRead(points))
+
+    def on_points_read(self, message: PointsRead) -> None:
+        self.points = list(message.points)
+        self._draw_points()
+        self._draw_header()
 
     def on_run_changed(self, message: RunChanged) -> None:
         d = message.delta
@@ -155,6 +224,10 @@ class RunDetailScreen(Screen):
             self.query_one("#log", Log).clear()
         if d.log_lines:
             self.query_one("#log", Log).write_lines(safe_lines(d.log_lines))
+        if d.config is not None:
+            self.set_class(bool(self.kind), "-experiment")
+            if self.kind:
+                self._draw_points()
         if d.status is not None or d.config is not None or d.meta is not None or d.epochs or d.reset:
             self._draw_header()
             self._draw_alerts()
@@ -195,43 +268,97 @@ class RunDetailScreen(Screen):
                 f"HS {f('hs')} · {f('time_s')} s", end=""))
 
     def _draw_header(self) -> None:
-        h = self.history
+        """Who (line 1) and how far (line 2); one line when both fit (see the module docstring)."""
         c = palette(self.app)
+        width = max(20, self.size.width - 2)
+        who, words = self._who(c)
+        how = self._how_far(c)
+        one = sum(len(x) for x, _s in who + words) + 2 + sum(len(x) + 2 for x, _s in how)
+        t = SafeText(end="")
+        for text, style in who + words:
+            t.append(text, style=style)
+        if one <= width:
+            for text, style in how:
+                t.append("  ")
+                t.append(text, style=style)
+        else:
+            t.truncate(width, overflow="ellipsis")
+            t.append("\n")
+            for i, (text, style) in enumerate(fit(how, width)):
+                t.append(("  " if i else "") + text, style=style)
+        t.no_wrap = True
+        self.query_one("#detail-header", Static).update(t)
+
+    def _who(self, c: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(id, preset, overrides, seed; title and #tags): the run's identity, then what people say of it."""
+        h = self.history
         run = h.config.run if h.config else None
-        st = h.status
-        total = h.config.value("train.epochs") if h.config else None
-        t = SafeText(no_wrap=True, overflow="ellipsis", end="")
-        t.append(self.run_id, style=f"bold {c.get('accent', '')}")
-        t.append(f"  {(run.preset or run.label or '') if run else ''}")
+        who = [(self.run_id, f"bold {c.get('accent', '')}"),
+               (f"  {(run.preset or run.label or '') if run else ''}", "")]
+        if self.kind:
+            who.append((f" [{run.label if run and (run.label or '').startswith(self.kind) else self.kind}]", ""))
         origin = (run.origin.text or "") if run and run.origin else ""
         if origin:
-            t.append(f" ✎ {origin}", style=c.get("warning", ""))
+            who.append((f" ✎ {origin}", c.get("warning", "")))
+        who.append((f"  seed {'?' if run is None or run.seed is None else run.seed}", ""))
+        words = []
         meta = h.meta
         if meta.title:
-            t.append(f" · {meta.title}", style=c.get("muted", ""))
+            words.append((f" · {meta.title}", c.get("muted", "")))
         for tag in meta.tags:
-            t.append(f" #{tag}", style=c.get("accent", ""))
+            words.append((f" #{tag}", c.get("accent", "")))
         if meta.archived:
-            t.append(" (archived)", style=c.get("warning", ""))
-        t.append(f"  seed {'?' if run is None or run.seed is None else run.seed}  ")
-        t.append_text(badge(st.state, c, short=False))
-        t.append(f"  epoch {len(h.epochs)}/{total or '?'}")
-        if st.state == "running" and st.batch and st.batches:
-            t.append(f" (batch {st.batch}/{st.batches})")
-        if h.epochs:
-            last = h.epochs[-1]
-            t.append(f"  lr {last.get('lr', 0):.3g}")
-            times = [e["time_s"] for e in h.epochs[-5:] if e.get("time_s")]
-            if times:
-                per = sum(times) / len(times)
-                t.append(f"  {per:.1f} s/epoch")
-                if st.state == "running" and total:
-                    t.append(f"  ETA {duration(per * (total - len(h.epochs)))}")
+            words.append((" (archived)", c.get("warning", "")))
+        return who, words
+
+    def _how_far(self, c: dict) -> list[tuple[str, str]]:
+        """State, epoch (or points), lr, then rate, ETA, elapsed, launch time and commit: most needed first."""
+        h = self.history
+        st = h.status
+        total = h.config.value("train.epochs") if h.config else None
+        b = badge(st.state, c, short=False)
+        parts = [(b.plain, str(b.style))]
+        if self.kind:
+            parts.append((f"point {st.point or len(self.points)}/{st.points or '?'}", ""))
+        else:
+            batch = f" (batch {st.batch}/{st.batches})" if st.state == "running" and st.batch and st.batches else ""
+            parts.append((f"epoch {len(h.epochs)}/{total or '?'}{batch}", ""))
+            lr = h.epochs[-1].get("lr") if h.epochs else None
+            parts.append((f"lr {'—' if lr is None else f'{lr:.3g}'}", ""))
+        pace = history_pace(h.epochs, st, h.config.run.created if h.config else None, total)
+        if pace.eta is not None:
+            parts.append((f"ETA {duration(pace.eta)}", f"bold {c.get('primary', '')}"))
+        if pace.elapsed is not None:
+            parts.append((f"{duration(pace.elapsed)} since {clock(pace.launched)}", c.get("muted", "")))
+        if pace.per_epoch and not self.kind:
+            parts.append((f"{pace.per_epoch:.1f} s/epoch", ""))
         prov = h.config.provenance.to_json() if h.config and h.config.provenance else {}
         if prov.get("commit"):
-            t.append(f"  commit {str(prov['commit'])[:7]}{' (dirty)' if prov.get('dirty') else ''}",
-                     style=c.get("muted", ""))
-        self.query_one("#detail-header", Static).update(t)
+            parts.append((f"commit {str(prov['commit'])[:7]}{' (dirty)' if prov.get('dirty') else ''}",
+                          c.get("muted", "")))
+        return parts
+
+    def _draw_points(self) -> None:
+        """The points table of an experiment run: one row per record, the kind's keys as columns."""
+        table = self.query_one("#points-table", DataTable)
+        keys = [k for k in POINT_KEYS.get(self.kind, ()) if k != "hs_method"]
+        extra = sorted({k for p in self.points for k in p} - set(keys) - {"kind", "index", "hs_method", "time_s", "n"})
+        cols = ["#", *keys, *extra, "time_s"]
+        if [str(col.label) for col in table.columns.values()] != cols:
+            table.clear(columns=True)
+            table.add_columns(*cols)
+        else:
+            table.clear()
+        for i, p in enumerate(sorted(self.points, key=lambda r: (r.get("index") is None, r.get("index") or 0))):
+            idx = p.get("index")
+            table.add_row(str((idx if isinstance(idx, int) else i) + 1), *(_cell(p.get(k)) for k in cols[1:]))
+        src = self.history.config.source if self.history.config else None
+        what = f"{self.kind}: {len(self.points)} point{'' if len(self.points) == 1 else 's'}"
+        if src is not None:
+            what += (f" of run {src.run} ({src.preset or src.label or ''}, {src.ckpt or 'end'} checkpoint"
+                     f"{'' if src.epoch is None else f', epoch {src.epoch}'})")
+        table.border_title = what
+        self.query_one("#detail-latest", Static).update(SafeText(what, end=""))
 
     def _draw_alerts(self) -> None:
         st = self.history.status
@@ -357,6 +484,9 @@ class RunDetailScreen(Screen):
     def action_edit(self) -> None:
         meta = self.history.meta
         preset = self.history.config.run.preset if self.history.config else None
+        hold = getattr(self.app, "hold_keys", None)
+        if hold is not None:
+            hold()  # the keys typed after `e` wait for the editor's first field
         self.app.push_screen(AnnotateScreen([self.run_id], tags=list(meta.tags),
                                             title=meta.title or "", note=meta.note or "",
                                             heading=f"Edit run {self.run_id}  {preset or ''}"),
@@ -369,3 +499,14 @@ class RunDetailScreen(Screen):
 
     def on_action_done(self, message: ActionDone) -> None:
         self.request_poll(force=True)
+
+
+def _cell(v) -> SafeText:
+    """A points-table cell: numbers to 4 significant digits, text shown safely."""
+    if v is None:
+        return SafeText("—")
+    if isinstance(v, float):
+        return SafeText(f"{v:.4g}", justify="right")
+    if isinstance(v, int) and not isinstance(v, bool):
+        return SafeText(str(v), justify="right")
+    return SafeText(str(v))

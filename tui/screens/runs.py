@@ -17,13 +17,21 @@ not change). A mistake is one line in the info line and the previous filter stay
 
 Archived runs (`x` archives, meta.json) are hidden; `A` shows only them (like `advlc runs
 --archived`). `e` edits the title, tags and note (tui/screens/annotate.py), `D` diffs two runs
-(tui/screens/diff.py).
+(tui/screens/diff.py), `y` copies the run id under the cursor (OSC 52).
+
+Columns: the preset (and, where it tells runs apart, the label; an experiment run's kind) is never
+hidden by a title or tags, which have their own column that gets only the room left over and goes
+before any number. ETA, elapsed and launch time come from tui/widgets/pace.py (one rate for the
+app). An experiment run (config `experiment.kind`: its index row has no epochs) shows its kind and
+its points done / planned (status.json); its config and status are read in the poll worker (a
+config once; a status when its index row changes), only for runs without epoch records.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from rich.text import Text
 from textual import on
@@ -31,10 +39,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from engine.errors import UserError
-from engine.facade import IndexSnapshot, Meta, parse_query
+from engine.facade import IndexSnapshot, Meta, RunDir, Status, parse_query
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
 from tui.safe_text import SafeText
 from tui.screens.annotate import AnnotateScreen, Annotation, describe
@@ -44,26 +52,36 @@ from tui.screens.diff import DiffScreen
 from tui.screens.run_detail import RunDetailScreen
 from tui.widgets.alert_bar import robust_overfit
 from tui.widgets.palette import palette
-from tui.widgets.progress_cell import eta_text, progress_cell
+from tui.widgets.key_bar import KeyBar
+from tui.widgets.pace import clock, duration, row_pace
+from tui.widgets.progress_cell import progress_cell
 from tui.widgets.run_table import Column, RunTable
 from tui.widgets.status_badge import badge
 from tui.widgets.store_header import StoreHeader
 
 COLUMNS = (
     Column("id", "  id", 10),
-    Column("preset", "preset", 16, stretch=True, overflow="start"),
+    Column("preset", "preset", 16, stretch=1, overflow="start"),
     Column("seed", "seed", 4, "right"),
     Column("state", "status", 9),
-    Column("epoch", "epoch", 14),
-    Column("robust", "robust b/now", 13),
+    Column("epoch", "progress", 12),
+    Column("robust", "robust b/now", 12),
     Column("clean", "clean", 5, "right", drop=2),
     Column("ig", "IG", 6, "right", drop=1),
     Column("hs", "HS", 6, "right", drop=3),
     Column("eta", "ETA", 6, "right"),
+    Column("launched", "launched", 12, drop=6),
+    Column("title", "title #tags", 16, stretch=2, drop=5, yields=True),
 )
-"""The runs table, left to right: the preset column takes the room left over and, when too
-narrow, keeps the distinctive end of the name (`…ts-fgsm_n-advlc`); at 80 columns HS, then
-clean, then IG are hidden (the detail screen has them all)."""
+"""The runs table, left to right. The preset column is as wide as its longest name (with the label
+or the experiment kind) when there is room and, when too narrow, keeps the distinctive end of the
+name (`…ts-fgsm_n-advlc`); the title column (hidden while no run shown has a title or tags) gets
+what is left. When the terminal is narrow, columns go in this order: launch time and elapsed,
+title and tags, HS, clean, IG — at 80 columns all of them (the detail screen has them all); the
+title column also goes while the preset column is narrower than its longest name."""
+
+TICK_S = 20.0
+"""Seconds between two redraws of the elapsed time of queued and running runs (nothing else changes them)."""
 
 SORTS = (
     ("created", "newest first", lambda r: (r.get("created") or 0, r["id"]), True),
@@ -71,15 +89,34 @@ SORTS = (
     ("preset", "preset", lambda r: (r.get("preset") or "", r.get("seed") or 0, r["id"]), False),
     ("robust", "best robust acc", lambda r: (r.get("best_robust_acc") is not None, r.get("best_robust_acc") or 0), True),
     ("progress", "progress", lambda r: ((r.get("epoch") or 0) / (r.get("epochs") or 1)), True),
+    ("eta", "time left", lambda r: (r.get("state") != "running", _eta(r), r["id"]), False),
+    ("title", "title", lambda r: (not r.get("title"), (r.get("title") or "").lower(), r["id"]), False),
 )
-"""(key, description, sort key, descending by default) — `o` cycles through them."""
+"""(key, description, sort key, descending by default) — `o` cycles through them, `O` reverses; a click
+on a column's header sorts by it (SORT_OF_COLUMN)."""
+
+SORT_OF_COLUMN = {"id": "created", "launched": "created", "state": "state", "preset": "preset", "robust": "robust",
+                  "epoch": "progress", "eta": "eta", "title": "title"}
 
 _STATE_ORDER = {"running": 0, "queued": 1, "lost": 2, "failed": 3, "stopped": 4, "finished": 5}
 
 FIELDS = ("id", "preset", "label", "title", "tags", "method", "attack", "dataset", "group", "state")
+ACTIVE = ("running", "queued")
+ROW_KEYS = ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc", "end_clean_acc", "end_ig", "end_hs",
+            "overfit_epoch", "best_epoch", "epoch_time_s_mean", "eval_time_s_mean", "preset", "label", "seed", "title",
+            "overrides_text", "created", "updated")
+"""The index keys a Runs row shows (with its tags): a change to one of them redraws the row."""
 
 _EXPRESSION = re.compile(r"==|!=|[<>~]|\s(?:in|and|or)\s|^not\s")
 """What makes the filter text an expression rather than words (no word or key:value has these)."""
+
+
+NO_RUNS = "No runs in the store yet. Press n to pick a preset and launch one."
+
+
+def _eta(r: dict) -> float:
+    eta = row_pace(r).eta
+    return float("inf") if eta is None else eta
 
 
 def is_expression(text: str) -> bool:
@@ -130,22 +167,28 @@ class RunsScreen(Screen):
     """Table of runs with live progress; the home screen."""
 
     BINDINGS = [
+        # the key bar (tui/widgets/key_bar.py) shows `?` and `q`, then these in this order while they fit
         Binding("enter", "open", "Open", show=True),
         Binding("space", "toggle_select", "Select", show=True),
-        Binding("c", "compare", "Compare", show=True),
+        # `/` and `e` open a text field, `esc` and `enter` leave the filter box: as priority bindings they run
+        # in the order keys were typed, so the keys typed after them reach the field (or the table) they
+        # meant; `/` and `e` are off while the filter box has focus, `enter` on only then
+        Binding("slash", "filter", "Filter", show=True, priority=True),
+        Binding("e", "edit", "Edit", show=True, priority=True),
         Binding("n", "new_run", "New run", show=True),
+        Binding("c", "compare", "Compare", show=True),
         Binding("s", "stop", "Stop", show=True),
         Binding("r", "resume", "Resume", show=True),
-        Binding("e", "edit", "Edit", show=True),
+        Binding("o", "sort", "Sort", show=True),
+        Binding("y", "copy_id", "Copy id", show=True),
         Binding("x", "archive", "Archive/restore", show=False),
         Binding("A", "toggle_archived", "Archived", show=False),
         Binding("D", "diff", "Diff", show=False),
         Binding("d", "delete", "Delete", show=False),
-        Binding("slash", "filter", "Filter", show=True),
-        Binding("o", "sort", "Sort", show=False),
         Binding("O", "sort_reverse", "Reverse sort", show=False),
         Binding("a", "select_all", "Select all/none", show=False),
-        Binding("escape", "clear", "Clear filter/selection", show=False),
+        Binding("escape", "clear", "Clear filter/selection", show=False, priority=True),
+        Binding("enter", "filter_done", "Keep the filter", show=False, priority=True),  # in the filter box only
     ]
 
     DEFAULT_CSS = """
@@ -153,7 +196,9 @@ class RunsScreen(Screen):
     RunsScreen #runs-filter { dock: bottom; display: none; height: 3; border: tall $accent; }
     RunsScreen #runs-filter.-active { display: block; }
     RunsScreen #runs-filter.-error { border: tall $error; }
-    RunsScreen #runs-info { height: auto; max-height: 3; padding: 0 1; color: $foreground-muted; }
+    RunsScreen #runs-info {
+        height: auto; max-height: 2; padding: 0 1; color: $foreground-muted; text-wrap: nowrap; text-overflow: ellipsis;
+    }
     RunsScreen #runs-alerts { height: auto; max-height: 2; padding: 0 1; color: $warning; }
     RunsScreen #runs-empty { padding: 1 2; color: $foreground-muted; display: none; }
     RunsScreen #runs-empty.-active { display: block; }
@@ -184,6 +229,12 @@ class RunsScreen(Screen):
         self._polling = False
         self._colors: dict[str, str] = {}
         self._focus_ids: list[str] = []
+        self._kinds: dict[str, str] = {}
+        """run id -> its experiment kind ("" for a training run), read once for runs without epochs."""
+        self._lens: dict[str, tuple[int, int]] = {}
+        """run id -> (preset cell, title cell) lengths when the columns were last sized."""
+        self._exp_status: dict[str, tuple] = {}
+        """run id -> (index `updated`, Status) of experiment runs that are not running (their points)."""
         self.last_apply_s = 0.0
         """Seconds the UI thread spent applying the last snapshot (for the benchmark)."""
         self.last_apply_cpu_s = 0.0
@@ -193,23 +244,38 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield StoreHeader(self.app.store.home, id="header")
         with Vertical():
-            yield Static("No runs yet. Press n to pick a preset and launch one.", id="runs-empty")
+            yield Static(NO_RUNS, id="runs-empty")
             yield RunTable(list(COLUMNS), id="runs-table")
             yield Static("", id="runs-alerts")
             yield Static("", id="runs-info")
         yield Input(placeholder='filter: words, key:value, #tag, or an expression (method.lam > 0.1 and state == '
                                 '"finished") — enter keeps, esc clears', id="runs-filter")
-        yield Footer(compact=True)
+        yield KeyBar(id="runs-keys")
 
     def on_mount(self) -> None:
         self._colors = palette(self.app)
         self.app.theme_changed_signal.subscribe(self, self._on_theme)
         self.set_interval(REFRESH_S, self.request_poll)
+        self.set_interval(TICK_S, self._tick)
         self.request_poll(force=True)
         self._update_info()
 
     def on_screen_resume(self) -> None:
         self.request_poll()
+
+    def _tick(self) -> None:
+        """Redraw the rows of active runs: their elapsed time moves on while nothing is written."""
+        if self.snapshot and self.is_current and any(r.get("state") in ACTIVE for r in self.snapshot.rows):
+            self._apply(self.snapshot)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        # the priority keys type into the filter box while it has focus; enter keeps the filter only there
+        typing = isinstance(self.focused, Input)
+        if action in ("filter", "edit"):
+            return not typing
+        if action == "filter_done":
+            return typing
+        return True
 
     def _on_theme(self, _theme) -> None:
         self._colors = palette(self.app)
@@ -230,6 +296,7 @@ class RunsScreen(Screen):
             snap = self.app.reader.poll(force=force)
             if snap is not None:
                 self._read_configs(snap.rows)  # new runs, when the filter names config keys
+                self._read_experiments(snap)
                 self.post_message(IndexChanged(snap))
         finally:
             self._polling = False
@@ -271,6 +338,32 @@ class RunsScreen(Screen):
                     pass  # damaged or half-made: no config keys (null), read again next time
         return n
 
+    def _read_experiments(self, snap: IndexSnapshot) -> None:
+        """(Thread worker.) The experiment kind of runs without epoch records (config.json, once), and
+        the points done / planned of experiment runs that are not running (status.json, when their
+        index row changed; a running run's status is in the snapshot already)."""
+        for r in snap.rows:
+            rid = r["id"]
+            if rid not in self._kinds and not r.get("epoch") and r.get("state") != "corrupt":
+                try:
+                    self._kinds[rid] = str(_run_dir(self.app.store, r).config().value("experiment.kind") or "")
+                except (UserError, OSError):
+                    continue  # half-made or damaged: read again next time
+            if self._kinds.get(rid) and rid not in snap.live and \
+                    self._exp_status.get(rid, (None,))[0] != r.get("updated"):
+                try:
+                    self._exp_status[rid] = (r.get("updated"), _run_dir(self.app.store, r).status())
+                except (UserError, OSError):
+                    pass
+
+    def experiment(self, rid: str) -> tuple[str, Status | None]:
+        """(experiment kind or "", the status that counts its points) of a run."""
+        kind = self._kinds.get(rid, "")
+        if not kind:
+            return "", None
+        live = self.snapshot.live.get(rid) if self.snapshot else None
+        return kind, live if live is not None else self._exp_status.get(rid, (None, None))[1]
+
     def _load_configs(self) -> None:
         """After a filter naming config keys is set: read the configs it needs, then filter again."""
         rows = list(self.snapshot.rows) if self.snapshot else []
@@ -281,19 +374,21 @@ class RunsScreen(Screen):
 
         self.app.work(self, work, name="runs-configs")
 
-    def _row_key(self, r: dict, live: dict | None) -> tuple:
+    def _row_key(self, r: dict, live: Status | None, minute: int) -> tuple:
         """Everything a row's cells depend on (compared to find the rows to redraw)."""
-        return (tuple(r.get(k) for k in ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc",
-                                         "end_clean_acc", "end_ig", "end_hs", "epoch_time_s_mean", "preset", "seed", "title",
-                                         "overrides_text")),
-                tuple(r.get("tags") or ()), live.batch if live else None, live.batches if live else None,
-                r["id"] in self.selected, r.get("preset") in self._multi_label)
+        d = r.to_json() if hasattr(r, "to_json") else r   # a plain dict: its .get is C, a record's is Python
+        kind, st = self.experiment(d["id"])
+        return (tuple(map(d.get, ROW_KEYS)), tuple(d.get("tags") or ()),
+                live.batch if live else None, live.batches if live else None, live.heartbeat if live else None,
+                kind, st.point if st else None, st.points if st else None,
+                minute if d.get("state") in ACTIVE else None,
+                d["id"] in self.selected, d.get("preset") in self._multi_label)
 
     def cells_for(self, rid: str) -> tuple:
         """The cells of one row, made when the row is first drawn (and again after it changed)."""
         r = self._rows_by_id[rid]
         live = self.snapshot.live.get(rid) if self.snapshot else None
-        key = self._row_key(r, live)
+        key = self._keys.get(rid) or self._row_key(r, live, int(time.time() // 60))
         hit = self._cache.get(rid)
         if hit and hit[0] == key:
             return hit[1]
@@ -301,7 +396,7 @@ class RunsScreen(Screen):
         self._cache[rid] = (key, cells)
         return cells
 
-    def _row_cells(self, r: dict, live: dict | None) -> tuple:
+    def _row_cells(self, r: dict, live: Status | None) -> tuple:
         rid = r["id"]
         sel = rid in self.selected
         c = self._colors
@@ -310,32 +405,54 @@ class RunsScreen(Screen):
         best, end = r.get("best_robust_acc"), r.get("end_robust_acc")
         rob = Text(f"{_pct(best):>5}/{_pct(end):<5}", end="")
         if robust_overfit(r):
-            rob.append(" ⚠", style=c.get("warning", ""))
-        cells = (
+            rob.append("⚠", style=c.get("warning", ""))
+        kind, st = self.experiment(rid)
+        if kind:  # points, not epochs
+            progress = progress_cell(st.point if st else 0, st.points if st else None, c, state=state, width=4,
+                                     unit="pts")
+        else:
+            progress = progress_cell(r.get("epoch"), r.get("epochs"), c, batch=live.batch if live else None,
+                                     batches=live.batches if live else None, state=state, width=4)
+        pace = row_pace(r, live)
+        when = Text(clock(pace.launched), end="")
+        if pace.elapsed is not None:
+            when.append(f" {duration(pace.elapsed)}", style=c.get("muted", ""))
+        return (
             idt,
-            self._preset_cell(r),
+            self._preset_cell(r, kind),
             Text("" if r.get("seed") is None else str(r["seed"]), justify="right", end=""),
             badge(state, c),
-            progress_cell(r.get("epoch"), r.get("epochs"), c, batch=live.batch if live else None,
-                          batches=live.batches if live else None, state=state, width=6),
+            progress,
             rob,
             Text(_pct(r.get("end_clean_acc")), justify="right", end=""),
             Text(_num(r.get("end_ig")), justify="right", end=""),
             Text(_num(r.get("end_hs")), justify="right", end=""),
-            Text(eta_text(r, live), justify="right", end=""),
+            Text(duration(pace.eta) if state == "running" and pace.eta is not None else
+                 ("…" if state == "running" else ""), justify="right", end=""),
+            when,
+            self._title_cell(r),
         )
-        return cells
 
-    def _preset_cell(self, r: dict) -> Text:
-        """`preset · title #tag #tag` (title muted, tags in the accent colour)."""
+    def _preset_text(self, r: dict, kind: str = "") -> str:
+        """The preset cell's words: the preset, then the label where the preset's runs differ in it,
+        or an experiment run's kind (its label once started: `fig4a:pgd`)."""
+        text = str(r.get("preset") or r.get("label") or "?")
+        label = r.get("label") or ""
+        if kind:
+            text += f" [{label if label.startswith(kind) else kind}]"
+        elif r.get("preset") in self._multi_label and label:
+            text += f" [{label}]"   # a sweep of method.name: the label tells its runs apart
+        return text
+
+    def _preset_cell(self, r: dict, kind: str = "") -> Text:
+        return SafeText(self._preset_text(r, kind), end="")
+
+    def _title_cell(self, r: dict) -> Text:
+        """`title #tag #tag` (title muted, tags in the accent colour): its own column, after the numbers."""
         c = self._colors
-        t = SafeText(str(r.get("preset") or r.get("label") or "?"), end="")
-        if r.get("preset") in self._multi_label and r.get("label"):
-            t.append(f" [{r['label']}]")          # a sweep of method.name: the label tells its runs apart
-        if r.get("title"):
-            t.append(f" · {r['title']}", style=c.get("muted", ""))
+        t = SafeText(str(r.get("title") or ""), style=c.get("muted", ""), end="")
         for tag in r.get("tags") or []:
-            t.append(f" #{tag}", style=c.get("accent", ""))
+            t.append(f"{' ' if t.plain else ''}#{tag}", style=c.get("accent", ""))
         return t
 
     def _apply(self, snap: IndexSnapshot, rebuild: bool = False) -> None:
@@ -350,19 +467,24 @@ class RunsScreen(Screen):
         rows = self.visible_rows()
         ids = [r["id"] for r in rows]
         self.selected &= set(self._rows_by_id)
-        keys = {r["id"]: self._row_key(r, snap.live.get(r["id"])) for r in rows}
+        minute = int(time.time() // 60)
+        keys = {r["id"]: self._row_key(r, snap.live.get(r["id"]), minute) for r in rows}
         if rebuild or ids != self._ids:
+            self._size_columns(table, rows)
             cursor_id = None
             if self._focus_ids:
                 cursor_id = next((i for i in self._focus_ids if i in ids), None)
                 self._focus_ids = []
+            self._keys = keys
             table.set_rows(ids, self.cells_for, cursor_key=cursor_id)
             self._ids = ids
         else:
-            for rid, key in keys.items():
-                if self._keys.get(rid) != key:
-                    table.invalidate(rid)
-        self._keys = keys
+            changed = [rid for rid, key in keys.items() if self._keys.get(rid) != key]
+            self._keys = keys
+            if any(self._lens.get(rid) != self._cell_lens(self._rows_by_id[rid]) for rid in changed):
+                self._size_columns(table, rows)
+            for rid in changed:
+                table.invalidate(rid)
         self._update_empty(snap, rows)
         if snap.version == 1 and not snap.rows and self.is_current:
             self.app.action_presets()  # an empty store: start where a new user starts, at the presets
@@ -371,6 +493,19 @@ class RunsScreen(Screen):
         self._update_info()
         self.last_apply_s = time.perf_counter() - t0
         self.last_apply_cpu_s = time.thread_time() - c0
+
+    def _cell_lens(self, r: dict) -> tuple[int, int]:
+        """(preset cell, title cell) lengths of a row."""
+        return (len(self._preset_text(r, self._kinds.get(r["id"], ""))),
+                len(r.get("title") or "") + sum(len(t) + 2 for t in r.get("tags") or []))
+
+    def _size_columns(self, table: RunTable, rows: list[dict]) -> None:
+        """The preset column as wide as its longest cell; the title column only when a run shown has one."""
+        self._lens = {r["id"]: self._cell_lens(r) for r in rows}
+        preset = max((p for p, _t in self._lens.values()), default=0)
+        title = max((t for _p, t in self._lens.values()), default=0)
+        table.configure("preset", max_width=max(preset, COLUMNS[1].width))
+        table.configure("title", max_width=max(title, COLUMNS[-1].width), hidden=title == 0)
 
     def _update_alerts(self, rows: list[dict]) -> None:
         lines = []
@@ -385,9 +520,13 @@ class RunsScreen(Screen):
     def _update_empty(self, snap: IndexSnapshot, rows: list[dict]) -> None:
         empty = self.query_one("#runs-empty", Static)
         if not snap.rows:
-            text = "No runs yet. Press n to pick a preset and launch one."
-        elif rows or self.query_text:
+            text = NO_RUNS
+        elif rows:
             text = ""
+        elif self.query_text:
+            n = sum(bool(r.get("archived")) == self.show_archived for r in snap.rows)
+            text = (f"No runs match the filter {self.query_text!r} ({n} {'archived ' if self.show_archived else ''}"
+                    f"run{'' if n == 1 else 's'} in the store). esc clears it.")
         elif self.show_archived:
             text = "No archived runs. x archives the run under the cursor (or the selection); A goes back."
         else:
@@ -408,9 +547,9 @@ class RunsScreen(Screen):
             parts.append(f"filter: {self.query_text!r} ({n} shown)")
         if self.selected:
             parts.append(f"{len(self.selected)} selected")
-        parts.append("? help · q quit (runs keep going)")
-        t = Text("  ·  ".join(parts), end="")
-        if self.filter_error:
+        parts.append("q quits, runs keep going")
+        t = Text("  ·  ".join(parts), no_wrap=True, overflow="ellipsis", end="")
+        if self.filter_error:   # one line: the filter in effect stays the last one that parsed
             t.append(f"\n⚠ {self.filter_error} — {'the filter above stays' if self.query_text else 'no filter'}",
                      style=self._colors.get("error", ""))
         self.query_one("#runs-info", Static).update(t)
@@ -466,10 +605,12 @@ class RunsScreen(Screen):
 
     def action_clear(self) -> None:
         box = self.query_one("#runs-filter", Input)
-        if box.has_focus:
-            box.value = ""
-            box.remove_class("-active")
-            self.query_one("#runs-table").focus()
+        if self.focused is box:  # (has_focus follows a Focus event, later than the keys typed ahead)
+            # the focus moves now (the keys typed after esc are the table's); the box is emptied after the
+            # letters typed before esc, which are still on their way to it
+            self.set_focus(self.query_one("#runs-table"))
+            box.call_later(self._empty_filter_box)
+            return
         elif self.selected:
             self.selected.clear()
         elif self.query_text or self.filter_error:
@@ -478,10 +619,22 @@ class RunsScreen(Screen):
             box.remove_class("-active")
         self._refresh_rows()
 
+    def _empty_filter_box(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.value = ""
+        box.remove_class("-active")
+        self.set_filter("")
+
+    def action_filter_done(self) -> None:
+        """`enter` in the filter box: keep the filter, back to the table (now, for the keys typed after it)."""
+        box = self.query_one("#runs-filter", Input)
+        self.set_focus(self.query_one("#runs-table"))
+        box.call_later(lambda: box.set_class(bool(box.value), "-active"))
+
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
         box.add_class("-active")
-        box.focus()
+        self.set_focus(box)  # now, not after the keys already typed: they are the filter's
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -508,7 +661,7 @@ class RunsScreen(Screen):
     def _filter_done(self, event: Input.Submitted) -> None:
         box = self.query_one("#runs-filter", Input)
         box.set_class(bool(box.value), "-active")
-        self.query_one("#runs-table").focus()
+        self.set_focus(self.query_one("#runs-table"))
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
@@ -522,8 +675,7 @@ class RunsScreen(Screen):
     @on(RunTable.HeaderClicked, "#runs-table")
     def _header_clicked(self, event: RunTable.HeaderClicked) -> None:
         keys = [s[0] for s in SORTS]
-        col = {"id": "created", "state": "state", "preset": "preset", "robust": "robust", "epoch": "progress"}.get(
-            event.column)
+        col = SORT_OF_COLUMN.get(event.column)
         if col:
             if keys.index(col) == self.sort_index:
                 self.sort_desc = not self.sort_desc
@@ -588,11 +740,15 @@ class RunsScreen(Screen):
         self.app.push_screen(ConfirmScreen(text, yes="Delete", danger=True), done)
 
     def action_edit(self) -> None:
-        """Title, tags and note of the run under the cursor; the tags of the selected runs."""
+        """Title, tags and note of the run under the cursor; the tags of the selected runs.
+
+        The keys typed after `e` are held until the editor has focus (AdvlcApp.hold_keys): they are
+        the title (or tags) typed ahead, not Runs keys."""
         rows = self.targets()
         if not rows:
             return
         ids = [r["id"] for r in rows]
+        self.app.hold_keys()
         if len(rows) > 1:
             common = [t for t in rows[0].get("tags") or [] if all(t in (r.get("tags") or []) for r in rows)]
             self.app.push_screen(AnnotateScreen(ids, tags=common, heading=f"Tags of {len(ids)} runs ({_list(ids)})"),
@@ -601,10 +757,23 @@ class RunsScreen(Screen):
         rd, heading = self.app.store.run_dir(ids[0]), f"Edit run {ids[0]}  {rows[0].get('preset') or ''}"
 
         def work() -> None:  # the whole note is in meta.json (the index has its first line)
-            meta = rd.meta()  # a damaged file: a UserError, which AdvlcApp.work notifies
+            try:
+                meta = rd.meta()  # a damaged file: a UserError, which AdvlcApp.work notifies
+            except BaseException:
+                self.app.call_from_thread(self.app.release_keys)
+                raise
             self.app.call_from_thread(self._open_editor, ids, meta, heading)
 
         self.app.work(self, work, name="edit")
+
+    def action_copy_id(self) -> None:
+        """Copy the id of the run under the cursor to the clipboard (OSC 52: works over SSH where the
+        terminal allows it)."""
+        rid = self.cursor_id()
+        if rid:
+            self.app.copy_to_clipboard(rid)
+            self.notify(f"copied {rid} (OSC 52: if nothing was copied, the terminal does not allow it)",
+                        title="copy")
 
     def _open_editor(self, ids: list[str], meta: Meta, heading: str) -> None:
         self.app.push_screen(AnnotateScreen(ids, tags=list(meta.tags), title=meta.title or "",
@@ -656,6 +825,11 @@ class RunsScreen(Screen):
 
     def on_action_done(self, message: ActionDone) -> None:
         self.request_poll(force=True)
+
+
+def _run_dir(store, row: dict) -> RunDir:
+    """A row's run directory (where the index says it is, as IndexReader finds it)."""
+    return RunDir(Path(row["path"])) if row.get("path") else store.run_dir(row["id"])
 
 
 def _list(ids: list[str], n: int = 4) -> str:

@@ -1,4 +1,5 @@
-"""Epoch progress as a table cell: `143/200 ▇▇▇▇▇▆░░` (fraction of epochs, batch-accurate)."""
+"""Progress as a table cell: `143/200 ▇▇▇▇▆` (fraction of epochs, batch-accurate), or the points of an
+experiment run: `3/9 pts ▇▇░` (rates, ETA and elapsed time: tui/widgets/pace.py)."""
 
 from __future__ import annotations
 
@@ -16,45 +17,22 @@ def bar(frac: float, width: int) -> str:
     return s + "░" * (width - len(s))
 
 
+ROLE = {"running": "primary", "finished": "success", "failed": "error", "lost": "error", "stopped": "warning"}
+
+
 def progress_cell(epoch: int | None, total: int | None, colors: dict[str, str], *,
                   batch: int | None = None, batches: int | None = None, state: str = "",
-                  width: int = 8) -> Text:
-    """`epoch/total` and a bar; `batch/batches` of the current epoch refine a running run's bar."""
+                  width: int = 8, unit: str = "") -> Text:
+    """`epoch/total` and a bar; `batch/batches` of the current epoch refine a running run's bar.
+    `unit` (e.g. "pts") follows the numbers: an experiment's points done / planned."""
     epoch = epoch or 0
+    suffix = f" {unit}" if unit else ""
     if not total:
-        return Text(f"{epoch}/?", end="")
+        return Text(f"{epoch}/?{suffix}", end="")
     done = epoch
     if state == "running" and batch and batches:
         done = epoch + min(1.0, batch / batches)
     digits = len(str(total))
-    t = Text(f"{epoch:>{digits}}/{total} ", end="")
-    role = {"running": "primary", "finished": "success", "failed": "error", "lost": "error",
-            "stopped": "warning"}.get(state, "muted")
-    t.append(bar(done / total, width), style=colors.get(role, ""))
+    t = Text(f"{epoch:>{digits}}/{total}{suffix} ", end="")
+    t.append(bar(done / total, max(1, width - len(suffix))), style=colors.get(ROLE.get(state, "muted"), ""))
     return t
-
-
-def eta_text(row: dict, live: dict | None) -> str:
-    """Time left for a running run: epochs left x seconds per epoch (minus the current epoch's progress)."""
-    if row.get("state") != "running":
-        return ""
-    per = (row.get("epoch_time_s_mean") or 0) + (row.get("eval_time_s_mean") or 0)
-    total, epoch = row.get("epochs"), row.get("epoch") or 0
-    if not per or not total:
-        return "…"
-    left = total - epoch
-    if live and live.batch and live.batches:
-        left -= min(1.0, live.batch / live.batches)
-    return duration(max(0.0, left * per))
-
-
-def duration(s: float) -> str:
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    h, m = divmod(s // 60, 60)
-    if h < 48:
-        return f"{h}h{m:02d}m"
-    return f"{h // 24}d{h % 24}h"

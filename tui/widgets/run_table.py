@@ -2,7 +2,7 @@
 
 Textual's DataTable measures every cell of every new row to size its columns; with 1,000
 runs x 10 columns that alone costs a visible pause at every rebuild. Here the columns have
-fixed widths (one column may stretch), `set_rows` takes the row keys and a function that
+fixed widths (some columns stretch, up to a width), `set_rows` takes the row keys and a function that
 makes a row's cells (Rich `Text`), called only for rows that come on screen; `invalidate`
 redraws one row; each visible line is drawn from a cached `Strip`.
  Keys: up/down (j/k), page up/down, home/end;
@@ -31,14 +31,23 @@ class Column:
     key: str
     label: str
     width: int
+    """The column's width, or for a stretching column its least width."""
     justify: str = "left"
-    stretch: bool = False
-    """The one column that takes the room left over (never narrower than `width`)."""
+    stretch: int = 0
+    """0: a fixed width. Columns with stretch > 0 take the room left over, stretch 1 first, each up
+    to its `max_width` (None: all that is left); what is still left goes to the last of them."""
     drop: int = 0
     """When the table is too narrow, columns with drop > 0 are hidden, highest first."""
     overflow: str = "end"
     """Where a too-long cell is cut: "end" (`abc…`), "middle" (`ab…yz`, for paths) or "start"
     (`…xyz`, for names whose distinctive part is their end, such as presets)."""
+    max_width: int | None = None
+    """A stretching column's widest useful width (e.g. its longest cell); set by `configure`."""
+    hidden: bool = False
+    """Not shown whatever the width (e.g. a column with nothing in it); set by `configure`."""
+    yields: bool = False
+    """Hidden (highest `drop` first) while a stretching column that does not yield is narrower than its
+    `max_width`: e.g. a title column that must never cut the preset before it."""
 
 
 class RunTable(ScrollView, can_focus=True):
@@ -154,13 +163,54 @@ class RunTable(ScrollView, can_focus=True):
     # -- geometry --------------------------------------------------------------------
     def _layout_widths(self) -> None:
         width = (self.size.width or 10_000) - 1  # room for the vertical scrollbar
-        shown = list(range(len(self.columns)))
-        droppable = sorted((c.drop, i) for i, c in enumerate(self.columns) if c.drop > 0)
-        while sum(self.columns[i].width + 1 for i in shown) > width and droppable:
-            shown.remove(droppable.pop()[1])
-        spare = max(0, width - sum(self.columns[i].width + 1 for i in shown))
+        cols = self.columns
+        gone: set[int] = set()
+        while True:
+            shown, widths = self._fit(width, gone)
+            cut = any(cols[i].stretch and not cols[i].yields and cols[i].max_width and widths[i] < cols[i].max_width
+                      for i in shown)
+            yielding = sorted((cols[i].drop, i) for i in shown if cols[i].yields)
+            if not (cut and yielding):
+                break
+            gone.add(yielding[-1][1])
         self._shown = shown
-        self._widths = [c.width + (spare if c.stretch else 0) for c in self.columns]
+        self._widths = widths
+
+    def _fit(self, width: int, gone: set[int]) -> tuple[list[int], list[int]]:
+        """(the columns shown, every column's width) in `width` cells, without the columns `gone`."""
+        cols = self.columns
+        shown = [i for i, c in enumerate(cols) if not c.hidden and i not in gone]
+        droppable = sorted((c.drop, i) for i, c in enumerate(cols) if c.drop > 0 and i in shown)
+        while sum(cols[i].width + 1 for i in shown) > width and droppable:
+            shown.remove(droppable.pop()[1])
+        spare = max(0, width - sum(cols[i].width + 1 for i in shown))
+        widths = [c.width for c in cols]
+        stretching = sorted((cols[i].stretch, i) for i in shown if cols[i].stretch > 0)
+        for _s, i in stretching:
+            c = cols[i]
+            give = spare if c.max_width is None else min(spare, max(0, c.max_width - c.width))
+            widths[i] += give
+            spare -= give
+        if stretching and spare:
+            widths[stretching[-1][1]] += spare
+        return shown, widths
+
+    def configure(self, key: str, *, max_width: int | None = None, hidden: bool | None = None) -> None:
+        """Change a column's `max_width` and / or `hidden`; the table is laid out again if that changes it."""
+        col = next(c for c in self.columns if c.key == key)
+        before = (col.max_width, col.hidden)
+        if max_width is not None:
+            col.max_width = max_width
+        if hidden is not None:
+            col.hidden = hidden
+        if (col.max_width, col.hidden) != before and self.size.width:
+            self.on_resize()
+            self.refresh()
+
+    def column_width(self, key: str) -> int:
+        """The width a column has now (0 when it is not shown)."""
+        i = next(i for i, c in enumerate(self.columns) if c.key == key)
+        return self._widths[i] if i in self._shown else 0
 
     @property
     def shown_columns(self) -> list[str]:
