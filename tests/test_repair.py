@@ -529,10 +529,9 @@ def test_annotate_killed_at_every_step_leaves_the_run_listed_with_its_old_or_new
     assert k == 3                                        # meta.json, then index.json: two writes
 
 
-@pytest.mark.xfail(strict=True, reason="killed between meta.json and index.json, the index keeps the old title "
-                                       "until `advlc runs --reindex`: reconcile does not compare meta.json "
-                                       "(engine/store/index.py, engine/launch/supervisor.py)")
 def test_annotate_killed_between_its_two_writes_is_finished_by_the_next_command(annotated, tmp_path, monkeypatch):
+    """Killed between meta.json and index.json: the next command's reconcile sees a meta.json newer
+    than index.json (one stat per run) and brings the run's row up to date, no --reindex needed."""
     pristine, rid = annotated
     s, killed = _annotate_killed_at(pristine, tmp_path / "k2", rid, 2, monkeypatch)
     assert killed and s.run_dir(rid).meta().title == "new"

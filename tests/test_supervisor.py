@@ -547,7 +547,7 @@ def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
 
-    assert [SL.parse_time(t) for t in (90, "90", "1:30", "01:30:00", "1-00:00:00", "0:00:30")] == [90, 90, 90, 90, 1440, 1]
+    assert [SL.parse_time(t) for t in (90, "90", "1:30", "01:30:00", "1-00:00:00", "0:00:30")] == [90, 90, 2, 90, 1440, 1]
     with pytest.raises(UserError, match="slurm time"):
         SL.parse_time("soon")
     user = store.home / "presets"

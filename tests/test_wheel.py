@@ -128,7 +128,7 @@ def test_wheel_in_a_fresh_venv(tmp_path):
         time.sleep(1)
     assert sorted((r["seed"], r["state"], r["epoch"]) for r in runs) == [(0, "finished", 2), (1, "finished", 1)], runs
     for r in runs:
-        prov = json.loads((home / "runs" / r["id"] / "config.json").read_text())["provenance"]
+        prov = json.loads((home / "runs" / r["id"] / "runtime.json").read_text())["starts"][-1]   # this start
         assert prov["commit"] is None and prov["version"] == "0.1.0", prov  # not the enclosing repo's commit
 
     # --write-docs without --docs: one line, nothing written into site-packages

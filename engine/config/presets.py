@@ -87,8 +87,8 @@ def list_presets(home=None) -> list[PresetEntry]:
             name = prefix + path.relative_to(root).with_suffix("").as_posix()
             error = ""
             try:
+                _read(name, home, (), hints=False)   # its extends chain too (first: a symlink out is never read)
                 info = C.load_toml(path).get("preset", {})
-                _read(name, home, (), hints=False)   # its extends chain too
             except UserError as exc:   # a broken file is listed as broken, never breaks the others
                 error = str(exc).removeprefix(f"{_where(name, path)}: ").removeprefix(f"{path}: ")
                 info = {"description": f"(broken: {error})"}
@@ -99,7 +99,12 @@ def list_presets(home=None) -> list[PresetEntry]:
 
 def find_preset(ref: str, home=None, hints: bool = True) -> tuple[str, Path]:
     """A preset name (or a path to a TOML file) -> (name, path); `hints`: name similar presets
-    when there is none (which lists them all, so list_presets itself passes False)."""
+    when there is none (which lists them all, so list_presets itself passes False).
+
+    A path to a `.toml` file is the user's own file, typed on their command line: read where it is.
+    A preset NAME is looked up only in the shipped presets folder and the user's ($ADVLC_HOME/presets):
+    a name that leads anywhere else (`user/../../x`, a symlink out of those folders) is refused in
+    one line, before the file is read."""
     p = Path(ref).expanduser()
     if ref.endswith(".toml") and p.is_file():
         return str(p), p
@@ -109,13 +114,25 @@ def find_preset(ref: str, home=None, hints: bool = True) -> tuple[str, Path]:
             continue
         cand = root / (name[len(prefix):] + ".toml")
         if cand.is_file():
-            return name, cand
+            return name, _inside_preset_folders(ref, cand, home)
     if not hints:
-        raise UserError(f"no preset '{ref}' (see `advlc presets`)")
+        raise UserError(f"no preset {ref!r} (see `advlc presets`)")
     names = [e.name for e in list_presets(home)]
     close = [n for n in names if name.split("/")[-1] in n][:3]
     hint = f" (did you mean {', '.join(close)}?)" if close else " (see `advlc presets`)"
-    raise UserError(f"no preset '{ref}'{hint}")
+    raise UserError(f"no preset {ref!r}{hint}")
+
+
+def _inside_preset_folders(ref: str, path: Path, home) -> Path:
+    """`path` when it resolves (symlinks followed, `..` taken) inside the shipped presets folder or
+    the user's presets folder; a one-line UserError naming both folders otherwise."""
+    real = _resolved(path)
+    folders = [_resolved(builtin_root()), _resolved(user_root(home))]
+    if any(real == f or real.is_relative_to(f) for f in folders):
+        return path
+    where = f" (it leads to {real})" if real != path.absolute() else ""
+    raise UserError(f"preset {ref!r}: {path}{where} is outside the preset folders ({folders[0]} and "
+                    f"{folders[1]}): presets are read only from there; copy the file into {folders[1]}")
 
 
 def merge(base: dict, child: dict) -> dict:

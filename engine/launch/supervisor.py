@@ -322,7 +322,9 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
       starting makes it `lost` (`stopped` when cancelled); stale GPU leases are removed and
       queued GPU runs get a scheduler if none is running;
     - the index follows status.json (a run that ended between its last status write and its
-      index update, a run directory missing from the index, an index row without a directory);
+      index update, a run directory missing from the index, an index row without a directory)
+      and meta.json (an annotation killed between its meta.json and its index write: a meta.json
+      newer than index.json, seen with one stat per run, re-syncs the run's row);
       a run whose files cannot be read shows as `corrupt` with what to do;
     - temporary files left by killed writers, and the staging folders of killed unpacks, are
       removed (a full pass only).
@@ -332,6 +334,7 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     reap()
     full = rds is None
     rds = store.run_dirs() if full else rds
+    indexed_at = _mtime_ns(store.index_path)      # before the index is read: a later write only adds a sync
     index = {r["id"]: r for r in store.index()}
     changed: list[str] = []
     queued: dict[Executor, dict[str, RunDir]] = {}
@@ -351,10 +354,16 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
         elif st.state == "queued":
             queued.setdefault(executor_for(st.launch), {})[rd.id] = rd
         row = index.get(rd.id)
-        if row is None or row["state"] != rd.status().state:
+        moved = row is None or row["state"] != rd.status().state
+        if moved:
             store.sync(rd)          # summarised under the index lock: never an older summary
             if row is not None:
                 changed.append(rd.id)
+        elif _mtime_ns(rd.meta_path) > indexed_at:
+            try:                    # an annotation newer than the index: its row brought up to date
+                store.sync(rd)
+            except OSError:         # a read-only store: the row waits, its meta.json is whole
+                pass
     for ex in EXECUTORS:
         changed += ex.reconcile(store, queued.get(ex, {}))
     if full:
@@ -362,6 +371,14 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
         store.sweep_temporary()
         sweep_unpacking(store)
     return list(dict.fromkeys(changed))
+
+
+def _mtime_ns(path: Path) -> int:
+    """A file's modification time in ns; -1 when there is none (a run without meta.json)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
 
 
 def _exists(store: Store, rid: str) -> bool:

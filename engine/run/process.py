@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -160,6 +161,29 @@ def _sync_index(store: Store, rd: RunDir, log) -> None:
         log(f"index not updated: {os_error_line(exc)}")
 
 
+def own_log_output(rd: RunDir) -> bool:
+    """Never write the log through a link: when this process's output (fd 1) is the file that a
+    log.txt symbolic link leads to (a launcher opened log.txt and followed the link), stdout and
+    stderr are sent to a regular log.txt of the run's own instead (`RunDir.open_log` replaces the
+    link, whose target is left as it was). Returns True when it did."""
+    try:
+        out = os.fstat(1)
+        if not stat.S_ISREG(out.st_mode) or not rd.log_path.is_symlink():
+            return False
+        target = os.stat(rd.log_path)
+    except OSError:
+        return False
+    if (out.st_dev, out.st_ino) != (target.st_dev, target.st_ino):
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = rd.open_log()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a detached run process: `python -m engine.run RUN_DIR`.
 
@@ -174,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rd.config_path.exists():
         print(f"engine.run: {rd.path}: not a run directory (no config.json)", file=sys.stderr)
         return 2
+    own_log_output(rd)
 
     def on_sigterm(signum, frame):
         if _Heartbeat.training.is_set():

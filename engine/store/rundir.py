@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -290,20 +291,68 @@ class RunDir:
         return self.records("evals")
 
     # -- log -------------------------------------------------------------------------
+    def open_log(self) -> int:
+        """A file descriptor of log.txt opened for appending (created 0600), never through a link.
+
+        advlc writes only regular files in a run's folder: a log.txt that is a symbolic link (to
+        a file outside the store, in a store copied from elsewhere, say) or not a regular file (a
+        FIFO) is first replaced by a new, empty regular file, whose first line says so; what the
+        link led to is left as it was, never written or read. A log.txt that is a directory is
+        a one-line error."""
+        replaced = self._own_log()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(self.log_path, flags, 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):     # swapped since it was looked at
+                raise UserError(f"{self.log_path}: is not a regular file of this run's: left as it is, "
+                                f"nothing written to it", code=1)
+            if hasattr(os, "O_NONBLOCK"):
+                os.set_blocking(fd, True)
+            if replaced:
+                os.write(fd, (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: log.txt was {replaced}; it is now a "
+                              f"regular file of this run's, and what it led to was left as it was\n").encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _own_log(self) -> str | None:
+        """Replace log.txt by a regular file of its own when it is not one (`open_log`); returns
+        what it was, None when it needed nothing."""
+        path = self.log_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{path}: is a directory, not the run's log: remove or rename it "
+                            f"(advlc writes the log there)", code=1)
+        what = f"a symbolic link to {os.readlink(path)!r}" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        atomic_write_bytes(path, b"")     # os.replace: the link itself is replaced, never what it leads to
+        return what
+
     def append_log(self, line: str) -> None:
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "ab") as log:
+        """Append one line to log.txt (`open_log`: never through a link)."""
+        with os.fdopen(self.open_log(), "ab") as log:
             log.write((line.rstrip("\n") + "\n").encode())
 
     def log_tail(self, lines: int = 20) -> list[str]:
+        """The last `lines` lines of log.txt; none when it is missing or not a regular file of the
+        run's own (a link is never followed: what it leads to is not the run's)."""
         try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, 2)
-                size = f.tell()
-                f.seek(max(0, size - 64 * 1024))
-                text = f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
+            fd = os.open(self.log_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
             return []
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
         return text.splitlines()[-lines:]
 
 

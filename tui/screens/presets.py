@@ -74,6 +74,8 @@ def list_items(home: Path | None, presets_dir: Path | None) -> list[PresetItem]:
             info = load_toml(path).get("preset", {})
         except UserError:
             info = {"description": "(invalid TOML)"}
+        if not isinstance(info, dict):   # `preset = "x"`: shown as broken, never a crash of the screen
+            info = {"description": "(broken: 'preset' must be a table [preset])"}
         out.append(PresetItem(str(path), name, str(info.get("description", "")), str(info.get("reference", "")),
                               name.rpartition("/")[0]))
     return out

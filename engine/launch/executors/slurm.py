@@ -7,7 +7,9 @@ directory on the shared filesystem, monitored like any other run (heartbeat in s
 Parameters come from the preset's `[slurm]` table, overridden by the command line:
 
     partition   str     --partition     sbatch --partition (default: the cluster's default partition)
-    time        str|int --time          wall-clock limit: minutes, "HH:MM:SS", "HH:MM" or "D-HH:MM:SS";
+    time        str|int --time          wall-clock limit, read as Slurm reads --time: minutes ("90"), minutes:seconds
+                                        ("1:30" is 1 min 30 s, rounded up to 2 min), hours:minutes:seconds,
+                                        days-hours ("2-12"), days-hours:minutes, days-hours:minutes:seconds;
                                         default: the partition's limit (sinfo), DEFAULT_TIME_MIN when it has none
     gpus        int     --slurm-gpus    GPUs per node for a CUDA run (default 1); see `gpus_for`
     account     str     --account       sbatch --account
@@ -80,45 +82,80 @@ CLIENT_TIMEOUT_S = 20.0
 """sinfo/squeue/sacct: a controller that does not answer makes them fail after ~10 s."""
 
 
+SLURM_TIME_FORMATS = ("minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours", "days-hours:minutes",
+                      "days-hours:minutes:seconds")
+"""What Slurm's --time reads (sbatch(1)); seconds are rounded up to the next minute."""
+_SLURM_TIME = re.compile(r"(?:(\d{1,9})-(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?|(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?)")
+NO_LIMIT = {"0", "-1", "infinite", "unlimited"}
+"""What Slurm reads as no time limit at all."""
+MAX_TIME_S = 2 ** 31 - 1
+"""Slurm keeps a time limit in a C int of seconds."""
+
+
+def slurm_seconds(text: str) -> int | None:
+    """A duration written as Slurm reads and prints one -> seconds, exactly as Slurm's
+    time_str2secs: "90" minutes, "1:30" minutes:seconds, "1:30:00" hours:minutes:seconds,
+    "2-12" days-hours, "2-12:30" days-hours:minutes, "2-12:30:15" days-hours:minutes:seconds
+    (fields are not bounded: "1:90" is 150 s). None for anything else."""
+    m = _SLURM_TIME.fullmatch((text or "").strip())
+    if not m:
+        return None
+    d, dh, dm, ds, a, b, c = (int(x) if x is not None else None for x in m.groups())
+    if d is not None:                                    # days-hours[:minutes[:seconds]]
+        return d * 86400 + dh * 3600 + (dm or 0) * 60 + (ds or 0)
+    if c is not None:                                    # hours:minutes:seconds
+        return a * 3600 + b * 60 + c
+    return a * 60 + (b or 0)                             # minutes[:seconds]
+
+
 def parse_time(value) -> int:
-    """A Slurm time limit -> minutes: 90, "90", "1:30:00", "01:30", "2-00:00:00"."""
+    """A Slurm time limit -> whole minutes, read as Slurm reads `--time` (`slurm_seconds`, the
+    seconds rounded up to the next minute): 90 and "90" are 90 min, "1:30" 2 min (1 min 30 s),
+    "1:30:00" 90 min, "2-12" 3600 min. A number (a preset's `time = 90`) is minutes. No limit
+    ("0", "unlimited", ...) is refused: leave the time out to get the partition's limit."""
+    formats = ", ".join(SLURM_TIME_FORMATS)
     if isinstance(value, bool):
-        raise UserError(f"slurm time = {value!r}: give minutes or HH:MM:SS")
+        raise UserError(f"slurm time = {value!r}: give a time as Slurm reads it ({formats})")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise UserError(f"slurm time = {value!r}: must be positive")
+        if not value > 0 or value * 60 > MAX_TIME_S:
+            raise UserError(f"slurm time = {value!r}: must be a number of minutes above 0 and at most "
+                            f"{MAX_TIME_S // 60}")
         return max(1, int(round(value)))
     s = str(value).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", s)
-    if not m:
-        raise UserError(f"slurm time = {value!r}: give minutes, HH:MM, HH:MM:SS or D-HH:MM:SS")
-    d, a, b, c = m.groups()
-    if b is None and c is None and d is None:
-        minutes = int(a)                                 # "90": minutes
-    elif c is None and d is None:
-        minutes = int(a) * 60 + int(b)                   # "HH:MM"
-    else:
-        h, mi, se = int(a), int(b or 0), int(c or 0)
-        minutes = int(d or 0) * 1440 + h * 60 + mi + (1 if se else 0)
-    if minutes <= 0:
-        raise UserError(f"slurm time = {value!r}: must be positive")
-    return minutes
+    if s.lower() in NO_LIMIT:
+        raise UserError(f"slurm time = {value!r}: Slurm reads it as no time limit; leave the time out to get the "
+                        f"partition's limit, or give one ({formats})")
+    secs = slurm_seconds(s)
+    if secs is None:
+        raise UserError(f"slurm time = {str(value)[:40]!r}: not a time as Slurm reads it ({formats}; "
+                        f"e.g. 90, 1:30:00, 2-12)")
+    if secs <= 0:
+        raise UserError(f"slurm time = {value!r}: must be above 0 (Slurm reads a zero time as no limit)")
+    if secs > MAX_TIME_S:
+        raise UserError(f"slurm time = {value!r}: is longer than Slurm can hold ({MAX_TIME_S // 86400} days)")
+    return -(-secs // 60)
 
 
 def slurm_duration_min(text: str) -> int | None:
-    """A duration as Slurm prints it (sinfo %l, squeue %l) -> whole minutes; None for
-    "infinite", "UNLIMITED", "n/a" or anything else. Slurm prints M:SS, H:MM:SS, D-H:MM:SS."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", (text or "").strip())
-    if not m:
-        return None
-    d, a, b, c = m.groups()
-    if c is not None:                                    # [D-]H:MM:SS
-        secs = int(d or 0) * 86400 + int(a) * 3600 + int(b) * 60 + int(c)
-    elif b is not None:                                  # D-H:MM, or M:SS
-        secs = int(d) * 86400 + int(a) * 3600 + int(b) * 60 if d else int(a) * 60 + int(b)
-    else:                                                # D-H, or minutes
-        secs = int(d) * 86400 + int(a) * 3600 if d else int(a) * 60
-    return max(1, -(-secs // 60)) if secs else None
+    """A duration as Slurm prints it (sinfo %l, squeue %l) -> whole minutes (seconds rounded up);
+    None for "infinite", "UNLIMITED", "n/a", zero or anything else."""
+    secs = slurm_seconds(text)
+    return -(-secs // 60) if secs else None
+
+
+@contextlib.contextmanager
+def user_only():
+    """The process's umask made user-only (077) while submitit submits: the files it writes in
+    <run>/submitit/ (the pickled job, its result, its stdout and stderr) and those of the
+    processes it starts there (the local cluster's controller and job, sbatch, whose umask Slurm
+    gives the job) are 0600, folders 0700, as everything else advlc writes. The umask is the
+    process's, not the thread's: meanwhile other threads' new files are at most more private."""
+    old = os.umask(0o077)
+    os.umask(old | 0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def _client(argv: list[str]) -> subprocess.CompletedProcess | None:
@@ -327,7 +364,8 @@ class SlurmTrain:
 
         self.requeued = False
         rd = RunDir(Path(run_dir))
-        saved = _redirect_output(rd.log_path)
+        os.umask(os.umask(0o077) | 0o077)     # what the job writes (its result, its files) is user-only
+        saved = _redirect_output(rd)
         try:
             if not self._should_run(rd):
                 return 0
@@ -377,9 +415,10 @@ class SlurmTrain:
         return DelayedSubmission(self, run_dir)
 
 
-def _redirect_output(log: Path) -> tuple[int, int, list]:
-    """Send this process's stdout/stderr to the run's log.txt, and submitit's log messages to
-    where they went before (its own files in <run>/submitit/). Returns what `_restore_output` needs."""
+def _redirect_output(rd: RunDir) -> tuple[int, int, list]:
+    """Send this process's stdout/stderr to the run's log.txt (`RunDir.open_log`: never through a
+    link), and submitit's log messages to where they went before (its own files in
+    <run>/submitit/). Returns what `_restore_output` needs."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
@@ -388,7 +427,14 @@ def _redirect_output(log: Path) -> tuple[int, int, list]:
         if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             fd = saved[0] if h.stream in (sys.stdout, sys.__stdout__) else saved[1]
             moved.append((h, h.setStream(os.fdopen(os.dup(fd), "w", buffering=1))))
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fd = rd.open_log()
+    except BaseException:
+        for h, old in moved:
+            h.setStream(old)
+        os.close(saved[0])
+        os.close(saved[1])
+        raise
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -428,7 +474,7 @@ def submit(store: Store, rd: RunDir, params: dict) -> str:
         raise
     transition(rd, "queued", queued_at=time.time(), pid=None, error=None, ended=None, launch=launch)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):     # submitit echoes sbatch's errors; we say them once
+        with contextlib.redirect_stderr(io.StringIO()), user_only():  # submitit echoes sbatch's errors; we say them once
             job = ex.submit(SlurmTrain(), str(rd.path))
     except FileNotFoundError as exc:
         transition(rd, "failed", error=f"submission failed: {exc}")
