@@ -23,7 +23,7 @@ def advlc(*args, home, check=True):
 @pytest.mark.slow
 def test_full_digits_fgsm_n_run_through_cli(tmp_path):
     p = advlc("run", "quick/digits-fgsm_n", home=tmp_path)
-    assert "robust best/end" in p.stdout
+    assert "robust %" in p.stdout and "best/end" in p.stdout     # the summary's two-line header
     runs = json.loads(advlc("runs", "--json", home=tmp_path).stdout)
     assert len(runs) == 1
     r = runs[0]

@@ -26,11 +26,26 @@ Results go into the run's metrics.json table `evals`, one record per (ckpt, atta
     ckpt, attack, implementation, eps, n, clean_acc, robust_acc, epoch, device, time_s, created
 metrics.json has one writer, the run's process: `eval_run` refuses a run whose state is
 `running`; `run_final_evals` is what the run's own process calls when training ends.
+
+Progress: `eval_run(..., progress=callback)` calls `callback(event)` with a dict whose "event" is
+    start       {ckpt, epoch, attack, n, eps, device}: one checkpoint x attack begins
+    clean       {attack, n, correct, forward_s_per_image}: the clean pass is done (its speed, measured)
+    sub_start   {attack, sub}: a sub-attack begins (AutoAttack: apgd-ce, apgd-t, fab-t, square;
+                the attack itself for the others)
+    batch       {attack, sub, done, batches}: a batch of it is done
+    sub_done    {attack, sub, robust_acc, time_s}: AutoAttack's robust accuracy after a sub-attack
+    note        {attack, text}: a warning of the attack library (e.g. its checks of the model)
+    result      the record just stored
+AutoAttack's steps are read from pyautoattack's own log records (logger "auto-attack"), so the
+attack runs exactly as without a callback.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Callable
 
@@ -89,40 +104,108 @@ def check_choices(ckpts: list[str], attacks: list[str]) -> None:
 
 # ---------------------------------------------------------------------------- attacks
 
-def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_classes: int):
+Progress = Callable[[dict], None]
+
+
+def _batched(perturb, x, y, batch_size: int, attack: str, progress: Progress | None):
+    """perturb(x_b, y_b) over the batches of x, concatenated; a `batch` event after each."""
+    parts, spans = [], list(batches(len(x), batch_size))
+    if progress:
+        progress({"event": "sub_start", "attack": attack, "sub": attack})
+    for i, s in enumerate(spans):
+        parts.append(perturb(x[s], y[s]))
+        if progress:
+            progress({"event": "batch", "attack": attack, "sub": attack, "done": i + 1, "batches": len(spans)})
+    return torch.cat(parts)
+
+
+_AA_RUNNING = re.compile(r"^running (?P<sub>[\w-]+)$")
+_AA_BATCH = re.compile(r"^(?P<sub>[\w-]+) - (?P<done>\d+)/(?P<batches>\d+) - ")
+_AA_AFTER = re.compile(r"^robust accuracy after (?P<sub>[\w-]+): (?P<acc>[\d.]+)% \(total time (?P<s>[\d.]+) s\)")
+
+
+class _AutoAttackSteps(logging.Handler):
+    """pyautoattack's log records ("running apgd-t", "apgd-t - 1/2 - …", "robust accuracy after
+    APGD-T: 43.00% (total time 80.1 s)") as progress events; its warnings as `note` events (this
+    handler is the logger's while it runs, so they are passed on rather than lost)."""
+
+    def __init__(self, attack: str, progress: Progress):
+        super().__init__(logging.DEBUG)
+        self.attack, self.progress = attack, progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                self.progress({"event": "note", "attack": self.attack, "text": " ".join(text.split())})
+            elif m := _AA_RUNNING.match(text):
+                self.progress({"event": "sub_start", "attack": self.attack, "sub": m["sub"]})
+            elif m := _AA_BATCH.match(text):
+                self.progress({"event": "batch", "attack": self.attack, "sub": m["sub"], "done": int(m["done"]),
+                               "batches": int(m["batches"])})
+            elif m := _AA_AFTER.match(text):
+                self.progress({"event": "sub_done", "attack": self.attack, "sub": m["sub"].lower(),
+                               "robust_acc": float(m["acc"]) / 100, "time_s": float(m["s"])})
+            elif text.startswith("no robust datapoints left"):
+                self.progress({"event": "note", "attack": self.attack,
+                               "text": "every image is broken: the remaining sub-attacks are skipped"})
+        except Exception:  # noqa: BLE001, S110 - progress must never stop (or print over) an evaluation
+            pass
+
+
+@contextmanager
+def _autoattack_progress(attack: str, progress: Progress | None):
+    """While pyautoattack runs: its logger at DEBUG with `_AutoAttackSteps` (when there is a callback)."""
+    if progress is None:
+        yield
+        return
+    logger = logging.getLogger("auto-attack")
+    handler, level = _AutoAttackSteps(attack, progress), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_classes: int,
+                 progress: Progress | None = None):
     """Adversarial examples for all of x (model in eval mode). The attack libraries are imported
     where they are used: optional, heavy, and needed only by the attack that is asked for."""
     if attack in ("pgd20", "pgd50"):
         perturb = pgd_perturb(model, eps=eps, alpha=eps / 4, steps=int(attack[3:]))
-        return torch.cat([perturb(x[s], y[s]) for s in batches(len(x), batch_size)])
+        return _batched(perturb, x, y, batch_size, attack, progress)
     if attack == "aa":
         from pyautoattack import AutoAttack
 
         aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", device=x.device, seed=0)
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        with _autoattack_progress(attack, progress):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
         return x_adv
     if attack == "aa-torchattacks":
         import torchattacks
 
         atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
                                       n_classes=num_classes, seed=0)
-        return torch.cat([atk(x[s], y[s]) for s in batches(len(x), batch_size)])
+        return _batched(atk, x, y, batch_size, attack, progress)
     if attack == "apgd50x5":
         from pyautoattack.autopgd_base import APGDAttack
 
         apgd = APGDAttack(model, n_iter=50, n_restarts=5, norm="Linf", eps=eps, seed=0, loss="ce",
                           device=x.device)
-        return torch.cat([apgd.perturb(x[s], y[s]) for s in batches(len(x), batch_size)])
+        return _batched(apgd.perturb, x, y, batch_size, attack, progress)
     raise UserError(f"--attack {attack}: must be one of {', '.join(ATTACKS)}")
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str, eps: float,
-                    batch_size: int = 500, num_classes: int = 10) -> dict:
+                    batch_size: int = 500, num_classes: int = 10, progress: Progress | None = None) -> dict:
     """Clean and robust accuracy (fractions) of `model` on (x, y) under `attack` (see the module doc).
 
     Runs in eval mode (the caller's mode is restored) with the global RNG forked and seeded 0,
     so the caller's random state is untouched and results repeat. Returns
-    {"clean_acc", "robust_acc", "n", "implementation", "time_s"}.
+    {"clean_acc", "robust_acc", "n", "implementation", "time_s"}. `progress`: see the module doc.
     """
     impl = implementation(attack)
     n = len(x)
@@ -133,8 +216,13 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     with model_mode(model, False), torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
         _, clean = per_sample(model, x, y, batch_size=batch_size)
+        if progress:
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            progress({"event": "clean", "attack": attack, "n": n, "correct": int(clean.sum()),
+                      "forward_s_per_image": (time.perf_counter() - t0) / n})
         x_adv = _adv_batches(model, x, y, attack=attack, eps=eps, batch_size=batch_size,
-                             num_classes=num_classes).detach()
+                             num_classes=num_classes, progress=progress).detach()
         dist = (x_adv - x).abs().flatten(1).amax(1) if n else x.new_zeros(0)
         bad = (dist > eps * (1 + 1e-5) + 1e-6) | (x_adv.flatten(1).amin(1) < -1e-6) | \
               (x_adv.flatten(1).amax(1) > 1 + 1e-6)
@@ -171,13 +259,15 @@ def _has_record(rd: RunDir, ckpt: str, attack: str, n: int, eps: float) -> bool:
 def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[str] | tuple = ("aa",),
              n: int = 0, batch_size: int | None = None, device: str | None = None, store=None,
              log: Callable[[str], None] = print, from_run_process: bool = False, data=None,
-             skip_existing: bool = False, skip_missing_swa: bool = False) -> list[dict]:
+             skip_existing: bool = False, skip_missing_swa: bool = False,
+             progress: Progress | None = None) -> list[dict]:
     """Evaluate checkpoints `ckpts` of run `rd` under `attacks` on its first `n` test images
     (0 = all); store one `evals` record each and return them.
 
     Refuses (UserError) a run whose state is `running` unless `from_run_process` (the run's
     own process, the single writer of its metrics.json, at the end of training).
     `device` defaults to the run's train.device; `batch_size` to its eval.batch_size.
+    `progress` is called with the events of the module doc as the work goes on.
     """
     check_choices(list(ckpts), list(attacks))
     st = rd.status()
@@ -220,14 +310,22 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
                 continue
             if attack == "aa-torchattacks":
                 log(TORCHATTACKS_NOTE)
-            log(f"eval {rd.id} {ckpt} (epoch {info['epoch']}) {attack} on {len(x)} test images, eps {eps:.6g} ...")
-            r = robust_accuracy(model, x, y, attack=attack, eps=eps, batch_size=bs, num_classes=data.num_classes)
+            if progress:        # the caller shows it (and the result) its own way
+                progress({"event": "start", "ckpt": ckpt, "epoch": info["epoch"], "attack": attack, "n": len(x),
+                          "eps": eps, "device": str(dev)})
+            else:
+                log(f"eval {rd.id} {ckpt} (epoch {info['epoch']}) {attack} on {len(x)} test images, eps {eps:.6g} ...")
+            r = robust_accuracy(model, x, y, attack=attack, eps=eps, batch_size=bs, num_classes=data.num_classes,
+                                progress=progress)
             rec = {"ckpt": ckpt, "attack": attack, "implementation": r["implementation"], "eps": eps,
                    "n": r["n"], "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"],
                    "epoch": info["epoch"], "device": str(dev), "time_s": r["time_s"], "created": time.time()}
             _save_record(rd, rec)
-            log(f"eval {rd.id} {ckpt} {attack}: clean {100 * rec['clean_acc']:.2f}  robust "
-                f"{100 * rec['robust_acc']:.2f}  ({rec['implementation']}; {rec['time_s']:.1f}s)")
+            if progress:
+                progress({"event": "result", **rec})
+            else:
+                log(f"eval {rd.id} {ckpt} {attack}: clean {100 * rec['clean_acc']:.2f}  robust "
+                    f"{100 * rec['robust_acc']:.2f}  ({rec['implementation']}; {rec['time_s']:.1f}s)")
             out.append(rec)
     if store is not None:
         store.sync(rd)

@@ -26,7 +26,7 @@ TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$"
 def label_cmd(ctx: typer.Context,
               run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
               text: Annotated[str, typer.Argument(help='The title, e.g. "lambda sweep, best so far" ("" clears it).')]):
-    """Give a run a human title, shown in `runs`, `show`, the app and reports."""
+    """Give a run a human title, shown in `advlc runs` (a title column), `advlc show`, the app and reports."""
     store, [rd] = runs_of(ctx, [run])
     if "\n" in text or len(text) > 200:
         raise UserError("label: one line of at most 200 characters")
@@ -53,26 +53,40 @@ def tag_cmd(ctx: typer.Context,
 @app.command("note")
 def note_cmd(ctx: typer.Context,
              run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-             text: Annotated[Optional[str], typer.Option("--text", help="The note (default: edit it in $EDITOR).")] = None):
-    """Write a run's note (free text; its first line shows in `runs`)."""
+             text: Annotated[Optional[str], typer.Option("--text", help="The note (\"\" clears it).")] = None,
+             edit: Annotated[bool, typer.Option("--edit", help="Edit the note in $VISUAL or $EDITOR (the default "
+                                                              "without --text).")] = False):
+    """Write a run's note (free text, several lines), shown by `advlc show`, the app and reports."""
+    if text is not None and edit:
+        raise UserError("note: give --text T or --edit, not both")
     store, [rd] = runs_of(ctx, [run])
     if text is None:
-        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
-        if not editor:
-            raise UserError("note: set $EDITOR (or give --text)")
-        with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False) as f:
-            f.write(rd.meta().note or "")
-            path = f.name
-        try:
-            if subprocess.run(shlex.split(editor) + [path]).returncode != 0:
-                raise UserError(f"note: {editor} exited with an error; the note is unchanged")
-            with open(path) as f:
-                text = f.read()
-        finally:
-            os.unlink(path)
+        text = _edit(rd.meta().note or "")
     store.annotate(rd, note=text)
     first = (text or "").strip().split("\n", 1)[0]
     out.print(f"{rd.id}  note: {first or '(empty)'}", markup=False, highlight=False)
+
+
+def _edit(note: str) -> str:
+    """The note after the user's editor ($VISUAL, else $EDITOR) has changed it in a temporary file."""
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        raise UserError("note --edit: set $EDITOR (e.g. export EDITOR=nano) or give --text")
+    with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False) as f:
+        f.write(note)
+        path = f.name
+    try:
+        try:
+            rc = subprocess.run(shlex.split(editor) + [path]).returncode
+        except (OSError, ValueError) as exc:
+            raise UserError(f"note --edit: cannot start the editor {editor!r} "
+                            f"({getattr(exc, 'strerror', None) or exc})") from None
+        if rc != 0:
+            raise UserError(f"note --edit: {editor} exited with status {rc}; the note is unchanged")
+        with open(path) as f:
+            return f.read()
+    finally:
+        os.unlink(path)
 
 
 @app.command("archive")

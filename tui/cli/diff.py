@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from engine.facade import diff_runs
-from tui.cli.common import out, runs_of
+from engine.printable import printable
+from tui.cli.common import compact, out, pct, print_table, runs_of
 from tui.cli.root import app
 
 
@@ -35,15 +37,46 @@ def diff_cmd(ctx: typer.Context,
         print(json.dumps({**d, **{k: [list(r) for r in d[k]] for k in ("config", "origin", "metrics")}}, indent=1))
         return
     a, b = d["runs"]
-    heads = [f"{a} ({d['titles'][0] or d['labels'][0]})", f"{b} ({d['titles'][1] or d['labels'][1]})"]
-    for title, rows in (("config: keys that differ", d["config"]), ("origin: what differs", d["origin"]),
-                        ("results", d["metrics"])):
+    heads = [Text(f"{ab}: {rid} ({printable(d['titles'][i] or d['labels'][i])})")   # Text: never read as markup
+             for i, (ab, rid) in enumerate((("A", a), ("B", b)))]
+    for title, rows in (("config: keys that differ", d["config"]), ("origin: what differs", d["origin"])):
+        if not rows:
+            out.print(f"{title}: none", highlight=False, markup=False)
+            continue
         t = Table(title=title, box=None, pad_edge=False, title_justify="left")
         for c in ("key", *heads):
             t.add_column(c, overflow="fold")
         for key, va, vb in rows:
-            t.add_row(key, _cell(va), _cell(vb))
-        if rows:
-            out.print(t)
-        else:
-            out.print(f"{title}: none", highlight=False)
+            t.add_row(key, Text(_cell(va)), Text(_cell(vb)))
+        print_table(t)
+    t = Table(title="results (accuracies in %; Δ = B − A, in points for accuracies)", box=None, pad_edge=False,
+              title_justify="left")
+    for c in ("key", *heads):
+        t.add_column(c, overflow="fold", justify="left" if c == "key" else "right")
+    t.add_column("Δ", justify="right", no_wrap=True)
+    for key, va, vb in d["metrics"]:
+        t.add_row(key + (" %" if key.endswith("_acc") else ""), Text(_metric(key, va)), Text(_metric(key, vb)),
+                  _delta(key, va, vb))
+    print_table(t)
+
+
+def _metric(key: str, v) -> str:
+    """A result as the tables show it: accuracies in %, other numbers in 4 significant digits."""
+    if key.endswith("_acc"):
+        return pct(v)
+    if isinstance(v, float):
+        return compact(v)
+    return _cell(v)
+
+
+def _delta(key: str, va, vb) -> str:
+    """B − A for numbers (accuracies in percentage points), blank otherwise."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
+    if not numbers:
+        return ""
+    dv = vb - va
+    if key.endswith("_acc"):
+        return f"{100 * dv:+.2f}"
+    if isinstance(va, int) and isinstance(vb, int):
+        return f"{dv:+d}"
+    return "0" if dv == 0 else f"{dv:+.4g}"

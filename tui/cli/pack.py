@@ -3,31 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from engine.errors import UserError
-from engine.facade import pack, unpack
-from tui.cli.common import out, runs_of, store_of
+from engine.facade import FINAL_STATES, pack, unpack
+from tui.cli.common import err, out, runs_of, store_of
 from tui.cli.root import app
 
 
 @app.command("pack")
 def pack_cmd(ctx: typer.Context,
-             runs: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
-             output: Annotated[Path, typer.Option("-o", "--output", help="The archive to write, e.g. runs.tar.gz.")],
+             runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (or unique prefixes).",
+                                                                 show_default=False)] = None,
+             output: Annotated[Path, typer.Option("-o", "--output", help="The archive to write, e.g. runs.tar.gz.")] = ...,
+             preset: Annotated[Optional[str], typer.Option("--preset", help="Every run of this preset (or preset "
+                                                                            "folder, e.g. quick), archived ones "
+                                                                            "aside.")] = None,
              ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoints to include: best, end, swa_best, swa_end, "
                                                                "comma-separated, or none.")] = "best,end"):
-    """Pack runs (config, status, records, log, notes and the chosen checkpoints) into one file."""
-    store, rds = runs_of(ctx, runs)
+    """Pack runs (config, status, records, log, notes and the chosen checkpoints) into one file:
+    the runs named, and with --preset every run of a preset."""
+    if not runs and not preset:
+        raise UserError("pack: name runs (ids or prefixes) or --preset P")
+    store, rds = runs_of(ctx, runs or [])
+    if preset:
+        docs = store.runs(preset=preset)
+        if not docs:
+            raise UserError(f"pack --preset {preset}: no runs of that preset in {store.home} (see `advlc runs`)")
+        seen = {rd.id for rd in rds}
+        ended = [d for d in docs if d.get("state") in FINAL_STATES]
+        going = [d["id"] for d in docs if d not in ended and d["id"] not in seen]
+        if not ended:
+            raise UserError(f"pack --preset {preset}: none of its {len(docs)} run(s) has ended yet "
+                            f"({', '.join(going[:5])}); pack runs that have ended")
+        if going:
+            err.print(f"advlc: pack --preset {preset}: left out {len(going)} run(s) still going: "
+                      f"{' '.join(going[:5])}{' …' if len(going) > 5 else ''}", markup=False, highlight=False,
+                      soft_wrap=True)
+        rds += [store.get(d["id"]) for d in ended if d["id"] not in seen]
     ckpts = [] if ckpt.strip() == "none" else [c.strip() for c in ckpt.split(",") if c.strip()]
     if output.exists():
         raise UserError(f"-o {output}: exists already; choose another name")
     manifest = pack(store, rds, output, ckpts)
     size = output.stat().st_size
     out.print(f"packed {len(rds)} run(s), {len(manifest['files'])} files, {size / 1e6:.1f} MB → {output}",
-              highlight=False)
+              highlight=False, markup=False)
 
 
 @app.command("unpack")

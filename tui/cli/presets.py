@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from engine.facade import list_presets, load_preset
-from tui.cli.common import out
+from tui.cli.common import out, print_table, term_width
 from tui.cli.root import app, preset_app
 
 
@@ -21,19 +21,25 @@ def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
         print(json.dumps([{"name": e.name, "group": e.group, "description": e.description,
                            "reference": e.reference, "path": str(e.path)} for e in entries], indent=1))
         return
-    # One line per preset; names are never wrapped or cut (they are copied into `advlc run`), the
-    # other columns end in "…" when the terminal is narrow (`preset show NAME` has the whole text).
+    # One line per preset; names are never wrapped or cut (they are copied into `advlc run`). In a
+    # terminal (or at $COLUMNS) the other columns end in "…" when it is narrow (`preset show NAME` has
+    # the whole text); piped, every line is whole.
     name_w = max([len(e.name) for e in entries] + [6])
-    ref_w = max([len(e.reference) for e in entries] + [10])
-    rest = max(0, out.width - name_w - 4)  # two gaps of two spaces
-    ref_w = min(ref_w, max(10, rest * 2 // 5))
     t = Table(box=None, pad_edge=False)
     t.add_column("preset", no_wrap=True, min_width=name_w)
-    t.add_column("reproduces", no_wrap=True, overflow="ellipsis", width=ref_w)
-    t.add_column("description", no_wrap=True, overflow="ellipsis", width=max(10, rest - ref_w))
+    width = term_width()
+    if width is None:
+        t.add_column("reproduces", no_wrap=True)
+        t.add_column("description", no_wrap=True)
+    else:
+        ref_w = max([len(e.reference) for e in entries] + [10])
+        rest = max(0, width - name_w - 4)  # two gaps of two spaces
+        ref_w = min(ref_w, max(10, rest * 2 // 5))
+        t.add_column("reproduces", no_wrap=True, overflow="ellipsis", width=ref_w)
+        t.add_column("description", no_wrap=True, overflow="ellipsis", width=max(10, rest - ref_w))
     for e in entries:
         t.add_row(e.name, e.reference, e.description)
-    out.print(t)
+    print_table(t)
 
 
 @preset_app.command("show")

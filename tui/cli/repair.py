@@ -23,6 +23,12 @@ def repair_cmd(ctx: typer.Context,
     else:
         store, rds = store_of(ctx), None
     reps, notes = repair(store, rds)
+    healthy = not any(r.done or r.found or r.unrecoverable for r in reps) and \
+        all(line.startswith("index rebuilt") for line in notes)
+    if healthy:       # the index is rebuilt every time: nothing to tell but that all is well
+        out.print(f"healthy: {len(reps)} run(s) checked in {store.home}, nothing to repair", markup=False,
+                  highlight=False, soft_wrap=True)
+        return
     bad = 0
     for rep in reps:
         for line in rep.done:

@@ -10,18 +10,35 @@ Both call engine.report.tables only; bad input ends in one line and exit code 2 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from engine.errors import UserError
-from engine.facade import build_report, compare_runs, parse_columns, render
-from tui.cli.common import store_of
+from engine.facade import build_report, compare_runs, parse_columns, parse_query, render
+from tui.cli.common import percent_hint, store_of, term_width
 from tui.cli.root import app
 
 COMPARE_FORMATS = ("table", "md", "latex", "csv", "json")
 SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".tex": "latex", ".csv": "csv", ".json": "json", ".txt": "table"}
+
+
+@contextmanager
+def where_hint(where: str | None):
+    """A selection that fails while --where compares an accuracy with a percentage (`> 60`): the
+    one-line error says that accuracies are fractions."""
+    try:
+        yield
+    except UserError as exc:
+        try:
+            hint = percent_hint(parse_query(where)) if where else None
+        except UserError:       # the expression itself is wrong: that is the error
+            hint = None
+        if hint is None:
+            raise
+        raise UserError(f"{exc}; {hint}", exc.code) from None
 
 
 @app.command("compare")
@@ -52,9 +69,11 @@ def compare_cmd(
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
     keys = parse_columns(columns)       # a bad key: one line, before any run is read
-    table = compare_runs(store_of(ctx), run_ids=runs or None, preset=preset, group=group, by=by,
-                         ckpt_eval=eval_, include_unfinished=include_unfinished, where=where, columns=keys)
-    text = render(table, fmt)
+    with where_hint(where):
+        table = compare_runs(store_of(ctx), run_ids=runs or None, preset=preset, group=group, by=by,
+                             ckpt_eval=eval_, include_unfinished=include_unfinished, where=where, columns=keys)
+    # the plain table fits the terminal (or $COLUMNS); written to a file or piped, its lines are whole
+    text = render(table, fmt, width=None if out else term_width()) if fmt == "table" else render(table, fmt)
     if out:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +108,9 @@ def report_cmd(
     formats = ["md"] + [f for f in formats if f != "md"]
     if by not in ("label", "preset"):
         raise UserError(f"--by {by}: must be label or preset")
-    res = build_report(store_of(ctx), refs or [], out, formats=tuple(formats), by=by,
-                       include_unfinished=include_unfinished, where=where, columns=parse_columns(columns))
+    with where_hint(where):
+        res = build_report(store_of(ctx), refs or [], out, formats=tuple(formats), by=by,
+                           include_unfinished=include_unfinished, where=where, columns=parse_columns(columns))
     made = [f.name for f in res.figures if not f.skipped]
     print(f"report: {res.out_dir}")
     for p in res.files:

@@ -9,13 +9,15 @@ of this package, one per group, each parsing its arguments and calling engine.fa
 from __future__ import annotations
 
 import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from engine.errors import UserError, os_error_line
-from tui.cli.common import reconcile_home
+from tui.cli.common import fit_consoles, reconcile_home
 
 try:  # typer >= 0.20 vendors click; older versions use the click package
     from typer._click.exceptions import ClickException
@@ -28,12 +30,29 @@ preset_app = typer.Typer(help="Inspect one preset.")
 app.add_typer(preset_app, name="preset")
 
 
+def version() -> str:
+    """advlc's version: the installed distribution's (a checkout installed with -e has one too)."""
+    try:
+        return dist_version("advlc")
+    except PackageNotFoundError:   # pragma: no cover - sources on sys.path without installing
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"advlc {version()}")
+        raise typer.Exit(0)
+
+
 @app.callback(invoke_without_command=True)
 def root(ctx: typer.Context,
          home: Annotated[Optional[Path], typer.Option("--home", envvar="ADVLC_HOME",
-                                                      help="Run store directory (default ~/.advlc).")] = None):
+                                                      help="Run store directory (default ~/.advlc).")] = None,
+         _version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="Print advlc's version and exit.")] = False):
     """With no command, open the app."""
     ctx.obj = {"home": home}
+    fit_consoles()       # this terminal's width, $COLUMNS, or whole lines when piped
     reconcile_home(home)  # truthful states first
     if ctx.invoked_subcommand is None:
         from tui.app import make_app  # Textual loads only when the app opens

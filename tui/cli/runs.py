@@ -15,7 +15,22 @@ from engine import facade
 from engine.errors import UserError
 from engine.facade import STATES, create_runs, get_method, plan_runs
 from engine.printable import printable
-from tui.cli.common import Progress, err, num, out, pct, print_summary, safe, store_of
+from tui.cli.common import (
+    FULL_WIDTH,
+    Progress,
+    compact,
+    err,
+    num,
+    out,
+    pct,
+    percent_hint,
+    print_summary,
+    print_table,
+    run_or_latest,
+    safe,
+    store_of,
+    term_width,
+)
 from tui.cli.experiments import print_points
 from tui.cli.root import app
 from tui.cli.supervise import launch_detached
@@ -38,7 +53,7 @@ def run_cmd(ctx: typer.Context,
             slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", min=1, max=MAX_SLOTS_PER_GPU, help="Runs at once per GPU in the queue (at most 64).")] = 1,
             executor: Annotated[str, typer.Option("--executor", help="local | slurm (slurm implies --detach; submits through submitit).")] = "local",
             partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition (default: the preset's [slurm] table).")] = None,
-            time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit: minutes or HH:MM:SS (default: the partition's limit).")] = None,
+            time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit, read as Slurm reads --time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]] (1:30 is 1 min 30 s; default: the partition's limit).")] = None,
             account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.")] = None,
             slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="GPUs of a CUDA run's Slurm job (default 1; a CPU run asks for none).")] = None,
             with_teachers: Annotated[bool, typer.Option("--with-teachers", help="KDSA: train missing teacher runs first (foreground).")] = False):
@@ -102,13 +117,26 @@ def runs_cmd(ctx: typer.Context,
         err.print(f"reindexed {n} runs")
     rows = store.runs(state=status, preset=preset, archived=archived)
     rows = facade.select_runs_where(rows, query, lambda rid: store.run_dir(rid).config_json())
+    hint = percent_hint(query)
     if as_json:
         print(json.dumps([dict(r) for r in rows], indent=1))
-        return
-    if not rows:
-        out.print(f"no runs in {store.home}")
-        return
-    out.print(runs_table(rows, out.width))
+    elif rows:
+        print_table(runs_table(rows, term_width()))
+    else:
+        everything = len(store.runs(archived=archived))
+        filters = [f"--status {status}"] * bool(status) + [f"--preset {preset}"] * bool(preset) + \
+                  [f"--where {where!r}"] * bool(where)
+        what = "archived runs" if archived else "runs"
+        if not filters or not everything:
+            out.print(f"no {what} in {store.home}", markup=False, highlight=False)
+        else:
+            out.print(f"no runs match {' '.join(filters)} ({everything} {what} in the store)", markup=False,
+                      highlight=False, soft_wrap=True)
+            if hint:
+                out.print(f"hint: {hint}", markup=False, highlight=False, soft_wrap=True)
+            return
+    if hint:
+        err.print(f"advlc: note: {hint}", markup=False, highlight=False, soft_wrap=True)
 
 
 RUNS_COLUMNS = (
@@ -139,6 +167,10 @@ PRESET_ROOM = 20
 SETS_ROOM = 12
 """The least room the `--set` column (a run's overrides, "attack.eps=0.05, …") is shown in; with
 less, a run with overrides has `*` after its seed."""
+
+TITLE_ROOM = 14
+"""The room a title (`advlc label`) gets before columns are hidden to make it: when any run has
+one, the title column follows the preset and is cut with "…" only past this."""
 
 
 def shorten(name: str, width: int) -> str:
@@ -185,8 +217,10 @@ def shorten_all(names: list[str], width: int) -> dict[str, str]:
     return {n: shorten(n, width) for n in distinct}
 
 
-def runs_table(rows: list[dict], width: int) -> Table:
-    """The `advlc runs` table for a terminal `width` columns wide: one line per run."""
+def runs_table(rows: list[dict], width: int | None) -> Table:
+    """The `advlc runs` table for a terminal `width` columns wide (None: piped, every column
+    whole): one line per run, with its title (`advlc label`) when any run has one."""
+    width = FULL_WIDTH if width is None else width
     cells = [{"id": r["id"], "preset": printable(r.get("preset")), "label": printable(r.get("label")),
               "seed": printable(r.get("seed")), "state": printable(r.get("state", "?")),
               "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}",
@@ -205,14 +239,22 @@ def runs_table(rows: list[dict], width: int) -> Table:
     def room() -> int:  # what the preset column gets: the width minus the others and one space between columns
         return width - sum(widths[c[0]] for c in shown if c[0] != "preset") - (len(shown) - 1)
 
+    titles = {r["id"]: printable(r.get("title") or "") for r in rows}
+    title_max = max(len(v) for v in titles.values()) if any(titles.values()) else 0
+    title_need = min(title_max, TITLE_ROOM) + 1 if title_max else 0   # its width and one space
     for col in sorted((c for c in RUNS_COLUMNS if c[3]), key=lambda c: order[c[0]]):
-        if room() >= min(widths["preset"], PRESET_ROOM):
+        if room() >= min(widths["preset"], PRESET_ROOM) + title_need:
             break
         shown.remove(col)
-    preset_w = max(8, min(widths["preset"], room()))
+    preset_w = max(8, min(widths["preset"], room() - title_need))
     short = shorten_all([c["preset"] for c in cells], preset_w)
+    left = room() - preset_w                       # for the title and the overrides, each after a space
+    title_w = max(0, min(title_max, left - 1)) if title_max else 0
+    if title_w:
+        shown.insert([c[0] for c in shown].index("preset") + 1, ("title", "title", False, 0))
+        left -= title_w + 1
     sets = {r["id"]: printable(r.get("overrides_text") or "") for r in rows}
-    sets_w = min(max(len(v) for v in sets.values()), room() - preset_w - 1) if any(sets.values()) else 0
+    sets_w = min(max(len(v) for v in sets.values()), left - 1) if any(sets.values()) else 0
     if sets_w >= SETS_ROOM:            # the overrides get what the other columns leave
         shown.append(("sets", "--set", False, 0))
     elif sets_w or any(sets.values()):   # no room: a mark on the seed, `advlc show` has them
@@ -222,20 +264,61 @@ def runs_table(rows: list[dict], width: int) -> Table:
               caption="* made with --set overrides (`advlc show RUN` lists them)"
               if any(c["seed"].endswith("*") for c in cells) else None)
     for key, head, right, _drop in shown:
-        w = preset_w if key == "preset" else sets_w if key == "sets" else None
+        w = {"preset": preset_w, "sets": sets_w, "title": title_w}.get(key)
         t.add_column(head, justify="right" if right else "left", no_wrap=True, overflow="ellipsis",
                      min_width=w, max_width=w)
     for c in cells:
-        t.add_row(*[Text(short[c["preset"]] if key == "preset" else sets[c["id"]] if key == "sets" else c[key])
+        t.add_row(*[Text(short[c["preset"]] if key == "preset" else sets[c["id"]] if key == "sets"
+                         else titles[c["id"]] if key == "title" else c[key])
                     for key, *_rest in shown])       # Text: never read as console markup
     return t
 
 
+SHOW_LAST = 10
+"""Epochs `advlc show` lists unless --last says otherwise (0: all)."""
+
+SHOW_COLUMNS = (
+    # record key, header (two lines), format
+    ("epoch", "\nepoch", "int"), ("lr", "\nlr", "num"), ("train_loss", "train\nloss", "num"),
+    ("train_acc", "train\nacc %", "pct"), ("clean_acc", "clean\nacc %", "pct"),
+    ("robust_acc", "robust\nacc %", "pct"), ("av", "\nAV", "num"), ("ig", "\nIG", "num"), ("hs", "\nHS", "num"),
+    ("time_s", "\ns", "time"),
+)
+"""The epoch table of `advlc show`: short two-line headers and numbers in at most 8 characters
+(engine names in `--json`), so the ten columns fit 80 without cutting a value."""
+
+
+def _show_cell(kind: str, v) -> str:
+    if v is None:
+        return "—"
+    if kind == "int":
+        return str(v)
+    if kind == "pct":
+        return pct(v)
+    if kind == "time":
+        return f"{v:.1f}"
+    return compact(v)
+
+
+def epochs_table(epochs) -> Table:
+    """The per-epoch records as `advlc show` prints them."""
+    t = Table(box=None, pad_edge=False, padding=(0, 0, 0, 2), collapse_padding=True)
+    for _key, head, _kind in SHOW_COLUMNS:
+        t.add_column(head, justify="right", no_wrap=True)
+    for r in epochs:
+        t.add_row(*[_show_cell(kind, r.get(key)) for key, _head, kind in SHOW_COLUMNS])
+    return t
+
+
 @app.command("show")
-def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
-    """Config, status and per-epoch history of one run."""
-    rd = store_of(ctx).get(run)
+def show_cmd(ctx: typer.Context,
+             run: Annotated[Optional[str], typer.Argument(help="Run id (or unique prefix); default: the most "
+                                                               "recent run.", show_default=False)] = None,
+             last: Annotated[int, typer.Option("--last", min=0, help=f"Show the last N epochs (0: all; default "
+                                                                    f"{SHOW_LAST}).")] = SHOW_LAST,
+             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (every epoch).")] = False):
+    """Config, status and per-epoch history of one run (the most recent when no id is given)."""
+    _, rd = run_or_latest(ctx, run, "show")
     c, st, meta = rd.config(), rd.status(), rd.meta()
     epochs, evals, points = rd.epochs(), rd.evals(), rd.records("points")
     if as_json:
@@ -245,7 +328,8 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
         print(json.dumps(doc, indent=1))
         return
     out.print(f"[bold]{rd.id}[/]  {safe(str(c.run.preset))}  ({safe(str(c.run.label))})  seed {c.run.seed}  "
-              f"state {st.state}{'  [dim](archived)[/]' if meta.archived else ''}  {rd.path}")
+              f"state {st.state}{'  [dim](archived)[/]' if meta.archived else ''}")
+    out.print(f"[dim]folder:[/] {safe(str(rd.path))}")
     origin = c.run.origin
     if origin is not None:
         how = "derived from the preset" if origin.derived else "as given"
@@ -263,15 +347,14 @@ def show_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id
                   f"torch {safe(prov.torch)}  {safe(prov.device_name or prov.device)}  host {safe(prov.host)}")
     if st.error:
         out.print("[red]error:[/] " + safe(st.error.strip(), multiline=True))
-    t = Table(box=None)
-    cols = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "av", "ig", "hs", "time_s")
-    for col in cols:
-        t.add_column(col, justify="right")
-    for r in epochs:
-        t.add_row(*[pct(r.get(k)) if k.endswith("_acc") else num(r.get(k)) for k in cols])
-    out.print(t)
+    shown = epochs[-last:] if last else epochs
+    if epochs:
+        print_table(epochs_table(shown))
+    if len(shown) < len(epochs):
+        out.print(f"[dim]{len(epochs) - len(shown)} earlier epochs left out (--last 0 shows all {len(epochs)})[/]")
     for ev in evals:
-        out.print(f"eval {safe(ev.get('ckpt'))} {safe(ev.get('attack'))}: clean {pct(ev.get('clean_acc'))} "
-                  f"robust {pct(ev.get('robust_acc'))}  ({safe(ev.get('implementation', ''))})")
+        out.print(f"eval {safe(ev.get('ckpt'))} {safe(ev.get('attack'))}: clean {pct(ev.get('clean_acc'))} %  "
+                  f"robust {pct(ev.get('robust_acc'))} % on {safe(ev.get('n'))} images  "
+                  f"[dim]({safe(ev.get('implementation', ''))})[/]")
     if points:
         print_points(rd)

@@ -26,7 +26,7 @@ from engine.facade import (
     tail,
 )
 from engine.printable import printable
-from tui.cli.common import Progress, err, out, print_summary, runs_of, store_of
+from tui.cli.common import Progress, err, out, print_summary, run_or_latest, runs_of, store_of
 from tui.cli.root import app
 
 
@@ -87,7 +87,7 @@ def resume_cmd(ctx: typer.Context,
                source: Annotated[str, typer.Option("--from", help="last (last.pt: exact), best (the best epoch's model, "
                                                                  "fresh optimiser) or scratch (epoch 0; old checkpoints kept aside).")] = "last",
                partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm runs: another partition for the new job.")] = None,
-               time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm runs: another time limit (minutes or HH:MM:SS).")] = None,
+               time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm runs: another time limit, read as Slurm reads --time (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]).")] = None,
                account: Annotated[Optional[str], typer.Option("--account", help="Slurm runs: another account.")] = None,
                slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="Slurm runs: GPUs per job (a CUDA run's; 0 = none).")] = None):
     """Continue a stopped, lost or failed run from its last checkpoint (last.pt); a Slurm run
@@ -118,11 +118,12 @@ def resume_cmd(ctx: typer.Context,
 
 @app.command("logs")
 def logs_cmd(ctx: typer.Context,
-             run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+             run: Annotated[Optional[str], typer.Argument(help="Run id (or unique prefix); default: the most "
+                                                               "recent run.", show_default=False)] = None,
              follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends (Ctrl-C to leave; the run goes on).")] = False,
              lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines from the end to show first.")] = 40):
-    """Show a run's log.txt (its process output)."""
-    _, [rd] = runs_of(ctx, [run])
+    """Show a run's log.txt (its process output); the most recent run's when no id is given."""
+    _, rd = run_or_latest(ctx, run, "logs")
     if not follow_:
         for line in tail(rd, lines):
             print(printable(line))
