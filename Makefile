@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow venv clean
+.PHONY: run test test-slow gpu-check venv clean
 
 # Python >= 3.10: vermin checks it statically (tests/test_py310.py compiles the sources and resolves the presets
 # under real 3.10/3.12/3.13 interpreters when they are installed).
@@ -21,6 +21,11 @@ test: $(STAMP)
 # The slow end-to-end tests: real training runs, detached runs, the wheel in a fresh venv.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m 'slow and not gpu'
+
+# On a GPU machine: every GPU measurement and `pytest -m gpu` in under 8 minutes, into one folder
+# (scripts/gpu-check.sh; GPU_CHECK_ARGS='--out DIR' or '--smoke'); then `$(BIN)/advlc bench --fold DIR`.
+gpu-check: $(STAMP)
+	scripts/gpu-check.sh $(GPU_CHECK_ARGS)
 
 venv: $(STAMP)
 

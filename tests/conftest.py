@@ -54,3 +54,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped (with the reason) on a machine without it, so
+    `pytest -m gpu` on a CPU reports skips rather than failures."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (a GPU machine: scripts/gpu-check.sh)")
+    for item in gpu:
+        item.add_marker(skip)

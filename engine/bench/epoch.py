@@ -38,6 +38,24 @@ from engine.nn.metrics.evaluation import evaluate
 from engine.nn.metrics.hessian import hs_metric
 
 
+AMP_SPECS = ("off", "bf16", "off+compile", "bf16+compile")
+"""`--amp` entries of `--epoch`: a precision, optionally with `+compile` (that fast variant only is compiled)."""
+
+
+def amp_spec(spec: str, compile_all: bool = False) -> tuple[str, bool]:
+    """'bf16+compile' -> ('bf16', True); 'off' -> ('off', compile_all). A bad entry is a UserError."""
+    if spec not in AMP_SPECS:
+        raise UserError(f"--amp {spec}: must be off or bf16, optionally with +compile (e.g. off,bf16+compile)")
+    amp, _, comp = spec.partition("+")
+    return amp, compile_all or comp == "compile"
+
+
+def spec_name(spec: str, compile_all: bool = False) -> str:
+    """The variant's name in tables: 'fp32', 'bf16', 'fp32+compile', 'bf16+compile'."""
+    amp, comp = amp_spec(spec, compile_all)
+    return ("bf16" if amp == "bf16" else "fp32") + ("+compile" if comp and not compile_all else "")
+
+
 def _parse_label(label: str) -> tuple[str, str]:
     """'fgsm_n+advlc' -> ('advlc', 'fgsm_n'); 'pgd10' -> ('pgd', '')."""
     label = ALIASES.get(label, label)
@@ -91,12 +109,13 @@ def _variants(schemes, amps, *, arch, batch, dev, channels_last, compile, seed, 
     teachers = random_teachers(roles, arch, dev, seed) if roles else None
     variants: dict[str, dict] = {}
     for lab, m, atk in schemes:
-        for loop, amp in [("reference", "off")] + [("fast", a) for a in amps]:
+        for loop, spec in [("reference", "off")] + [("fast", a) for a in amps]:
             fast = loop == "fast"
+            amp, comp = amp_spec(spec, compile) if fast else ("off", False)
             try:
                 cfg = make_config(m, atk, arch=arch, batch=batch, device=dev,
                                   channels_last=channels_last and fast, amp=amp,
-                                  compile=compile and fast, where="advlc bench --epoch")
+                                  compile=comp, where="advlc bench --epoch")
             except UserError as exc:
                 skipped[lab] = str(exc)
                 break
@@ -104,8 +123,8 @@ def _variants(schemes, amps, *, arch, batch, dev, channels_last, compile, seed, 
             notes: list[str] = []
             if fast:
                 model = prepare_model(model, cfg, log=notes.append)
-            name = f"{lab} | {loop}" + (f" {'bf16' if amp == 'bf16' else 'fp32'}" if fast else "")
-            variants[name] = {"scheme": lab, "loop": loop, "amp": amp, "cfg": cfg, "model": model,
+            name = f"{lab} | {loop}" + (f" {spec_name(spec, compile)}" if fast else "")
+            variants[name] = {"scheme": lab, "loop": loop, "amp": amp, "spec": spec, "cfg": cfg, "model": model,
                               "opt": bench_optimizer(model), "method": get_method(m),
                               "ctx": StepContext(cfg=cfg, epoch=0, lam=lam_at(cfg, 0),
                                                  extras={"teachers": teachers} if get_method(m).teachers else {}),
@@ -119,7 +138,7 @@ def _costs(model, data: _Batches, amps, eval_n: int, hs_n: int, eval_batch: int,
     """Seconds of the per-epoch evaluation per 10,000 images and of HS per 2000 samples."""
     costs = {}
     eps = 8 / 255
-    for a in amps:
+    for a in dict.fromkeys(amp_spec(s)[0] for s in amps) if eval_n else ():   # per precision, never compiled
         say(progress, f"evaluation cost ({'bf16' if a == 'bf16' else 'fp32'}): {eval_n} images")
         with autocast(SimpleNamespace(amp=a), dev):
             w = min(eval_batch, eval_n)
@@ -133,6 +152,8 @@ def _costs(model, data: _Batches, amps, eval_n: int, hs_n: int, eval_batch: int,
         dt = time.perf_counter() - t0
         costs[f"eval_{a}"] = {"images": eval_n, "seconds": dt, "s_per_10k": dt * 10_000 / eval_n,
                               "extrapolated": eval_n < 10_000}
+    if not hs_n:
+        return costs
     say(progress, f"HS cost: {hs_n} samples")
     hs_metric(model, data.eval_x[:min(100, hs_n)], data.eval_y[:min(100, hs_n)], n=min(100, hs_n), batch=100)  # warm-up
     sync(dev)
@@ -157,7 +178,7 @@ def _schemes(labels: list[str], skipped: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def _rows(schemes, amps, variants: dict, times: dict, ratios: dict, per_epoch: int) -> list[dict]:
+def _rows(schemes, amps, variants: dict, times: dict, ratios: dict, per_epoch: int, compile: bool) -> list[dict]:
     """Per scheme: the reference loop's seconds and each precision's fast-path seconds and speed-up."""
     rows = []
     for lab, _, _ in schemes:
@@ -167,7 +188,7 @@ def _rows(schemes, amps, variants: dict, times: dict, ratios: dict, per_epoch: i
         row = {"scheme": lab, "reference_s_per_batch": median(times[ref]),
                "reference_s_per_epoch": median(times[ref]) * per_epoch, "fast": {}}
         for a in amps:
-            name = f"{lab} | fast {'bf16' if a == 'bf16' else 'fp32'}"
+            name = f"{lab} | fast {spec_name(a, compile)}"
             if name not in times:
                 continue
             t = times[name]
@@ -190,7 +211,8 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
 
     Fast path: uint8 images resident on the device, `epoch_stream` (shuffle + on-device crop
     and flip), `prepare_model` (channels_last, compile), `autocast` for each entry of `amps`
-    ("off" = fp32, "bf16"), no host read inside the loop. Reference: `engine.bench.reference_loop`
+    ("off" = fp32, "bf16"; "+compile" after one, e.g. "bf16+compile", compiles that variant only,
+    `compile` every fast variant), no host read inside the loop. Reference: `engine.bench.reference_loop`
     (PIL transforms in a DataLoader with `workers` processes, per-batch `.item()`, fp32 NCHW).
     Each (scheme, loop, precision) trains its own copy of one initial model.
 
@@ -204,15 +226,14 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
 
     Also: the per-epoch evaluation (`engine.nn.metrics.evaluation.evaluate`: clean + PGD-10 with step
     eps/4 + IG, batch `eval_batch`) per 10,000 test images, and HS (`hs_metric`, exact) per
-    2000 samples, both on the fast-path model, extrapolated from `eval_n` / `hs_n` images.
+    2000 samples, both on the fast-path model, extrapolated from `eval_n` / `hs_n` images (0: not measured).
     """
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     arch = arch or default_arch(dev)
     amps = amps or (["off", "bf16"] if cuda else ["off"])
     for a in amps:
-        if a not in ("off", "bf16"):
-            raise UserError(f"--amp {a}: must be off or bf16")
+        amp_spec(a)
     per_epoch = n_train // batch
     if per_epoch < 1:
         raise UserError(f"--n-train {n_train}: smaller than one batch of {batch}")
@@ -221,15 +242,15 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
     per_round = math.ceil(batches / rounds)
     warmup = (5 if cuda else 1) if warmup is None else warmup
     workers = (4 if cuda else 0) if workers is None else workers
-    eval_n = eval_n or (10_000 if cuda else 500)
-    hs_n = hs_n or (2000 if cuda else 200)
+    eval_n = (10_000 if cuda else 500) if eval_n is None else eval_n   # 0: no evaluation cost
+    hs_n = (2000 if cuda else 200) if hs_n is None else hs_n           # 0: no HS cost
 
     skipped: dict[str, str] = {}
     schemes = _schemes(list(methods) if methods else list(EPOCH_VARIANTS), skipped)
 
     say(progress, f"data: {n_train} synthetic CIFAR-shaped images")
     data = _Batches(n_train, max(eval_n, hs_n), batch, dev, workers, seed)
-    if compile:
+    if compile or any(amp_spec(a)[1] for a in amps):
         allow_recompiles()
     variants = _variants(schemes, amps, arch=arch, batch=batch, dev=dev, channels_last=channels_last,
                          compile=compile, seed=seed, skipped=skipped)
@@ -267,12 +288,15 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
                                  progress=progress)
     measured = rounds * per_round
 
-    rows = _rows(schemes, amps, variants, times, ratios, per_epoch)
-    fast_model = next((variants[n]["model"] for n in ready if variants[n]["loop"] == "fast"), None)
+    rows = _rows(schemes, amps, variants, times, ratios, per_epoch, compile)
+    fast_model = next((variants[n]["model"] for n in ready if variants[n]["loop"] == "fast"
+                       and not variants[n]["cfg"].train.compile), None)
+    fast_model = fast_model or next((variants[n]["model"] for n in ready if variants[n]["loop"] == "fast"), None)
     costs = _costs(fast_model, data, amps, eval_n, hs_n, eval_batch, dev, progress) if fast_model is not None else {}
 
     return {"kind": "epoch", **environment(dev), "model": arch, "reduced_model": arch != "preact_resnet18",
             "batch": batch, "n_train": n_train, "batches_per_epoch": per_epoch,
             "measured_batches": measured, "warmup": warmup, "rounds": rounds, "extrapolated": measured < per_epoch,
-            "channels_last": channels_last, "compile": compile, "amps": amps, "workers": workers,
+            "channels_last": channels_last, "compile": compile, "amps": amps,
+            "amp_names": {a: spec_name(a, compile) for a in amps}, "workers": workers,
             "results": rows, "costs": costs, "skipped": skipped}

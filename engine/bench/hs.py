@@ -65,6 +65,25 @@ def _dense_topk(model, x, y, k: int) -> torch.Tensor:
     return top
 
 
+def _dense_checks(model, xs, ys, k: int, methods, exact: bool, seed: int) -> dict:
+    """Each method's top-k on a float64 copy (exact also in the model's dtype) against the dense Hessian of xs."""
+    val = {}
+    xs = xs.detach()
+    m64 = copy.deepcopy(model).double()
+    x64 = xs.double()
+    dense = _dense_topk(m64, x64, ys, k)
+    if exact:
+        ex = hessian_spectrum_with_method(model, xs, ys, k, "exact")[0]
+        val["exact_vs_dense"] = topk_rel_err(ex, dense)
+        ex64 = hessian_spectrum_with_method(m64, x64, ys, k, "exact")[0]
+        val["exact64_vs_dense"] = topk_rel_err(ex64, dense)
+    for m in ("power", "lanczos"):
+        if m in methods:
+            v64 = hessian_spectrum_with_method(m64, x64, ys, k, m, seed=seed)[0]
+            val[f"{m}_vs_dense"] = topk_rel_err(v64, dense)
+    return val
+
+
 def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
                  methods=("exact", "power", "lanczos"), repeats: int = 1,
                  dense_samples: int = 2, seed: int = 0) -> dict:
@@ -83,7 +102,7 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
                                  vs exact (model's dtype)
       }}
     The dense Hessian is computed on ONE batch of the first `dense_samples` samples, on a
-    float64 copy of the model. Errors use `topk_rel_err`. Exact needs a piecewise-linear
+    float64 copy of the model (0: no dense check; one CIFAR image is a 3072 x 3072 Hessian). Errors use `topk_rel_err`. Exact needs a piecewise-linear
     model; otherwise it is reported as failed and the comparisons use what is available.
     """
     n = len(x)
@@ -123,24 +142,12 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
         t = out["methods"].get(m, {}).get("sec_per_batch")
         out[f"speedup_exact_vs_{m}"] = (t / t_exact) if (t and t_exact) else None
 
-    # validation
-    val: dict = {}
+    # validation (dense_samples = 0: no dense Hessian)
     ns = min(dense_samples, n)
-    xs, ys = x[:ns].detach(), y[:ns]
-    m64 = copy.deepcopy(model).double()
-    x64 = xs.double()
-    dense = _dense_topk(m64, x64, ys, k)
+    val: dict = _dense_checks(model, x[:ns], y[:ns], k, methods, "exact" in spectra, seed) if ns > 0 else {}
     val["dense_samples"] = ns
-    val["dense_dim"] = xs.numel()
-    if "exact" in spectra:
-        ex = hessian_spectrum_with_method(model, xs, ys, k, "exact")[0]
-        val["exact_vs_dense"] = topk_rel_err(ex, dense)
-        ex64 = hessian_spectrum_with_method(m64, x64, ys, k, "exact")[0]
-        val["exact64_vs_dense"] = topk_rel_err(ex64, dense)
+    val["dense_dim"] = x[:ns].numel()
     for m in ("power", "lanczos"):
-        if m in methods:
-            v64 = hessian_spectrum_with_method(m64, x64, ys, k, m, seed=seed)[0]
-            val[f"{m}_vs_dense"] = topk_rel_err(v64, dense)
         if m in spectra and "exact" in spectra:
             errs = [topk_rel_err(a, b) for a, b in zip(spectra[m], spectra["exact"])]
             val[f"{m}_vs_exact"] = {
@@ -189,7 +196,7 @@ def _run_model(run: str, home, ckpt: str, device: torch.device):
 
 def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: str = "cpu",
              n: int = 2000, power_n: int | None = None, epochs: int = 5, seed: int = 0,
-             progress: Progress = None) -> dict:
+             dense_samples: int = 2, progress: Progress = None) -> dict:
     """HS by the exact formula vs power iteration vs Lanczos (`engine.bench.hs.benchmark_hs`)
     on `n` samples of batch 100, with the validation errors.
 
@@ -199,7 +206,8 @@ def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: s
     Power iteration is timed on the first `power_n` samples (default all n; it is the slow
     one: ~2 s per batch of 100 digits on one CPU thread) against exact on the same samples;
     exact and Lanczos on all n. The HS of every method is reported on the samples it ran on,
-    with exact's on the power samples beside power's.
+    with exact's on the power samples beside power's. `dense_samples`: the dense-Hessian check's
+    batch (`benchmark_hs`; 0 = none).
     """
     dev = resolve_device(device)
     if run:
@@ -217,9 +225,10 @@ def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: s
     x, y = as_float(x[:n]), y[:n]
     power_n = min(n, power_n or n)
     say(progress, f"exact and lanczos on {n} samples")
-    a = benchmark_hs(model, x, y, batch=100, methods=("exact", "lanczos"), seed=seed)
+    a = benchmark_hs(model, x, y, batch=100, methods=("exact", "lanczos"), seed=seed, dense_samples=dense_samples)
     say(progress, f"exact and power on {power_n} samples")
-    b = benchmark_hs(model, x[:power_n], y[:power_n], batch=100, methods=("exact", "power"), seed=seed)
+    b = benchmark_hs(model, x[:power_n], y[:power_n], batch=100, methods=("exact", "power"), seed=seed,
+                     dense_samples=dense_samples)
     sec = {"exact": a["methods"].get("exact", {}).get("sec_per_batch"),
            "lanczos": a["methods"].get("lanczos", {}).get("sec_per_batch"),
            "power": b["methods"].get("power", {}).get("sec_per_batch"),

@@ -1,9 +1,13 @@
-"""The sections of docs/BENCHMARKS.md that `advlc bench --write-docs` writes from a result."""
+"""The sections of docs/BENCHMARKS.md that `advlc bench --write-docs` writes from a result, and the
+block `advlc bench --fold DIR` writes from the output folder of scripts/gpu-check.sh."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+
+from engine.errors import UserError
 
 SECTION_STEPS = "Method step cost (advlc bench)"
 SECTION_EPOCH = "Epoch time: fast path vs reference loop (advlc bench --epoch)"
@@ -65,8 +69,8 @@ def markdown_epoch(r: dict, command: str = "advlc bench --epoch") -> str:
               f"per-image PIL RandomHorizontalFlip/RandomCrop(padding 4)/ToTensor, fp32, `loss.item()` per batch.",
               ""]
     amps = r["amps"]
-    head = "| scheme | reference s/epoch |" + "".join(
-        f" fast {'bf16' if a == 'bf16' else 'fp32'} s/epoch | speed-up |" for a in amps)
+    names = r.get("amp_names") or {a: "bf16" if a == "bf16" else "fp32" for a in amps}
+    head = "| scheme | reference s/epoch |" + "".join(f" fast {names[a]} s/epoch | speed-up |" for a in amps)
     lines += [head, "|---|---:|" + "---:|---:|" * len(amps)]
     for row in r["results"]:
         cells = f"| {row['scheme']} | {_f(row['reference_s_per_epoch'], '{:.1f}')} |"
@@ -77,7 +81,7 @@ def markdown_epoch(r: dict, command: str = "advlc bench --epoch") -> str:
     c = r["costs"]
     if c:
         lines += [""]
-        for a in amps:
+        for a in dict.fromkeys(a.partition("+")[0] for a in amps):   # one evaluation per precision
             e = c.get(f"eval_{a}")
             if e:
                 lines.append(f"- Per-epoch evaluation (clean + PGD-10 + IG, batch 500) "
@@ -87,6 +91,15 @@ def markdown_epoch(r: dict, command: str = "advlc bench --epoch") -> str:
             h = c["hs"]
             lines.append(f"- HS ({h['method']}, batch 100): {h['s_per_2000']:.1f} s per 2000 samples"
                          + (f" (extrapolated from {h['samples']})" if h["extrapolated"] else "") + ".")
+    skipped_compile = sorted({row["scheme"] for row in r["results"] for f in row["fast"].values()
+                              if any("compile skipped" in n for n in f.get("notes") or [])})
+    if skipped_compile:
+        lines += ["", f"torch.compile skipped for {', '.join(skipped_compile)} (double backprop, which "
+                  "torch.compile cannot differentiate): their compiled columns run eagerly."]
+    if any(not f.get("finite", True) for row in r["results"] for f in row["fast"].values()):
+        lines += ["", "**Loss not finite** in: " + ", ".join(
+            f"{row['scheme']} ({names[a]})" for row in r["results"] for a, f in row["fast"].items()
+            if not f.get("finite", True)) + "."]
     if r["skipped"]:
         lines += ["", "Not timed: " + "; ".join(f"{k} ({v})" for k, v in r["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"
@@ -100,7 +113,7 @@ def markdown_hs(r: dict, command: str = "advlc bench --hs") -> str:
               f"batches of {r['batch']}, top-{r['k']} eigenvalues"
               + ("." if r["power_samples"] == r["n_samples"] else
                  f"; power iteration timed on the first {r['power_samples']} samples against exact on the same "
-                 f"samples.") + " The dense-Hessian checks use one batch of 2 samples (a 128 x 128 Hessian).", "",
+                 f"samples.") + " " + _dense_note(v), "",
               "| method | s/batch | exact is faster by | HS |", "|---|---:|---:|---:|",
               f"| exact | {_f(s['exact'], '{:.4f}')} | — | {_f(r['hs'].get('exact'), '{:.4g}')} |",
               f"| Lanczos | {_f(s['lanczos'], '{:.3f}')} | {_f(r['speedup_exact_vs_lanczos'], '{:.0f}')}× | "
@@ -130,6 +143,14 @@ def markdown_hs(r: dict, command: str = "advlc bench --hs") -> str:
               f"{_yes(g['exact_vs_dense_within_1e-3'])}; power iteration within 1e-3 of exact: "
               f"{_yes(g['power_vs_exact_within_1e-3'])}."]
     return "\n".join(lines) + "\n"
+
+
+def _dense_note(v: dict) -> str:
+    ns, dim = v.get("dense_samples", 2), v.get("dense_dim")
+    if not ns:
+        return "No dense-Hessian check (`--dense-samples 0`)."
+    return (f"The dense-Hessian checks use one batch of {ns} sample{'' if ns == 1 else 's'}"
+            + (f" (a {dim} x {dim} Hessian)." if dim else "."))
 
 
 def _yes(b) -> str:
@@ -188,3 +209,140 @@ def markdown_concurrency(r: dict, command: str = "advlc bench --concurrency") ->
     if r.get("default_vs_budget") is not None:
         lines.append(f"- Together at torch's default: **{r['default_vs_budget']:.2f}×** the wall time with the budget.")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# scripts/gpu-check.sh: its output folder, rendered as one generated block (`advlc bench --fold DIR`)
+# ---------------------------------------------------------------------------------------
+
+SECTION_GPU_CHECK = "GPU check (scripts/gpu-check.sh)"
+GPU_CHECK_RESULTS = ("env", "data", "pytest", "train", "hs", "epoch", "epoch_compile", "step_cost")
+"""The JSON files (`<name>.json`) a gpu-check folder may hold, besides status.jsonl (one line per step)."""
+
+
+def load_gpu_check(folder: Path) -> dict:
+    """The results of a gpu-check folder: {name: parsed JSON or {"unreadable": why}} for each file of
+    GPU_CHECK_RESULTS that exists, and "status": the steps' lines of status.jsonl (the last line of
+    a step wins). Refuses (UserError) a folder with neither env.json nor status.jsonl."""
+    folder = Path(folder)
+    if not (folder / "status.jsonl").is_file() and not (folder / "env.json").is_file():
+        raise UserError(f"--fold {folder}: not the output folder of scripts/gpu-check.sh (no status.jsonl, no env.json)")
+    out: dict = {"folder": folder.name}
+    for name in GPU_CHECK_RESULTS:
+        p = folder / f"{name}.json"
+        if p.is_file():
+            try:
+                out[name] = json.loads(p.read_text())
+            except (OSError, ValueError) as exc:
+                out[name] = {"unreadable": f"{p.name} does not parse: {exc}"}
+    steps: dict[str, dict] = {}
+    p = folder / "status.jsonl"
+    for line in (p.read_text().splitlines() if p.is_file() else []):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("step"), str):
+            steps[doc["step"]] = doc
+    out["status"] = list(steps.values())
+    return out
+
+
+def _gib(b) -> str:
+    return "—" if b is None else f"{b / 2**30:.2f} GiB"
+
+
+def markdown_train(t: dict) -> str:
+    """The paper preset's short run (scripts/gpu_check.py train): its epochs and peak memory."""
+    lines = [f"`{t.get('command', 'advlc run')}`: run {t.get('run', '—')} {t.get('state', '—')}"
+             f" on {t.get('device_name') or t.get('device') or '—'}, model {t.get('model', '—')}, batch "
+             f"{t.get('batch_size', '—')}, fast path {t.get('fast_path', {})}; wall {t.get('wall_s', 0):.1f} s "
+             f"(process start, data, training, evaluation, checkpoints).", "",
+             "| epoch | train s | images/s | eval s | train loss | clean acc | robust acc |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in t.get("epochs", []):
+        lines.append(f"| {r.get('epoch')} | {_f(r.get('time_s'), '{:.2f}')} | {_f(r.get('images_per_s'), '{:.0f}')} | "
+                     f"{_f(r.get('eval_time_s'), '{:.2f}')} | {_f(r.get('train_loss'), '{:.4f}')} | "
+                     f"{_f(r.get('clean_acc'), '{:.4f}')} | {_f(r.get('robust_acc'), '{:.4f}')} |")
+    lines += ["", f"Peak GPU memory (torch.cuda.max_memory_allocated / max_memory_reserved over the whole run): "
+              f"{_gib(t.get('peak_gpu_memory_allocated_bytes'))} / {_gib(t.get('peak_gpu_memory_reserved_bytes'))}"
+              + (f" of {_gib(t['gpu_memory_total_bytes'])}" if t.get("gpu_memory_total_bytes") else "")
+              + f"; peak host memory (max RSS) {_gib(t.get('max_rss_bytes'))}. The images are random: "
+              "the accuracies mean nothing, the times and memory are those of CIFAR-10."]
+    if t.get("error"):
+        lines += ["", f"Error: {t['error']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _env_line(e: dict, folder: str) -> list[str]:
+    if not e or "unreadable" in e:
+        return [f"GPU check `{folder}`: no env.json ({(e or {}).get('unreadable', 'missing')}).", ""]
+    smi = (e.get("nvidia_smi") or {}).get("gpus") or [{}]
+    dirty = " (with uncommitted changes)" if e.get("dirty") else ""
+    lines = [f"Measured {e.get('date')} by `scripts/gpu-check.sh{' --smoke' if e.get('smoke') else ''}` on "
+             f"**{e.get('device_name')}**" + (f" ({len(e.get('devices', []))} visible, driver "
+                                              f"{smi[0].get('driver_version', '—')})" if e.get("devices") else "")
+             + f", torch {e.get('torch')} (built with CUDA {e.get('cuda')}), cuDNN {e.get('cudnn') or '—'}, "
+             f"Python {e.get('python')}, "
+             f"commit {str(e.get('commit'))[:10]}{dirty}; output folder `{folder}`.", ""]
+    if e.get("smoke"):
+        lines += ["**A smoke run (`--smoke`: a CPU, tiny sizes): it checks that every step works; its numbers "
+                  "are not measurements.**", ""]
+    return lines
+
+
+def _result(d: dict, name: str, title: str, render, steps: dict) -> list[str]:
+    r = d.get(name)
+    st = steps.get(name, {})
+    if not isinstance(r, dict) or "unreadable" in r:
+        why = (r or {}).get("unreadable") if isinstance(r, dict) else None
+        return [f"**{title}**: no result (step {st.get('status', 'not run')}"
+                + (f" after {st['seconds']:.0f} s" if st.get("status") in ("cut", "failed") else "")
+                + (f"; {why}" if why else "")
+                + (f"; see logs/{name}.log" if st.get("status") in ("ok", "cut", "failed") else "") + ").", ""]
+    try:
+        body = render(r, r["command"]) if "command" in r and render is not markdown_train else render(r)
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"**{title}**: {name}.json cannot be rendered ({type(exc).__name__}: {exc}).", ""]
+    return [f"**{title}**" + ("" if st.get("status", "ok") == "ok" else f" (step {st['status']})") + ":", "",
+            body.rstrip(), ""]
+
+
+def markdown_gpu_check(d: dict) -> str:
+    """The generated block of SECTION_GPU_CHECK from `load_gpu_check`: environment, each step's
+    status and time against its limit, pytest -m gpu, the paper preset's run, epoch time, HS, step cost."""
+    steps = {s["step"]: s for s in d.get("status", [])}
+    lines = _env_line(d.get("env") or {}, d.get("folder", "?"))
+    lines += ["| step | status | seconds | limit s | expected on a GPU (s) | note |", "|---|---|---:|---:|---:|---|"]
+    for s in d.get("status", []):
+        lines.append(f"| {s['step']} | {s.get('status')} | {_f(s.get('seconds'), '{:.1f}')} | {s.get('limit_s', '—')} | "
+                     f"{s.get('expected_gpu_s', '—')} | {s.get('note') or ''} |")
+    lines.append("")
+    p = d.get("pytest")
+    if isinstance(p, dict) and "total" in p:
+        bad = [t["id"] for t in p.get("tests", []) if t.get("outcome") in ("failed", "error")]
+        lines += [f"**pytest -m gpu**: {p['passed']} passed, {p['failed']} failed, {p['error']} errors, "
+                  f"{p['skipped']} skipped" + (f" (failed: {', '.join(bad)})" if bad else "") + ".", ""]
+    else:
+        lines += [f"**pytest -m gpu**: no result (step {steps.get('pytest', {}).get('status', 'not run')}).", ""]
+    data = d.get("data") or {}
+    title = "Paper preset, short run" + (f" on a generated random CIFAR-10 folder ({data['n_train']:,} + "
+                                         f"{data['n_test']:,} images)" if "n_train" in data else "")
+    lines += _result(d, "train", title, markdown_train, steps)
+    lines += _result(d, "epoch", "Epoch time: fast path (fp32, bf16) vs reference loop", markdown_epoch, steps)
+    lines += _result(d, "epoch_compile", "Epoch time: fast path bf16 + torch.compile vs reference loop",
+                     markdown_epoch, steps)
+    lines += _result(d, "hs", "Input-Hessian spectrum at CIFAR size", markdown_hs, steps)
+    lines += _result(d, "step_cost", "Method step cost", markdown_steps, steps)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def fold(folder: Path, docs: Path, *, allow_smoke: bool = False) -> str:
+    """Write a gpu-check folder's results into `docs` (SECTION_GPU_CHECK's generated block);
+    returns the section's heading. A --smoke folder is refused unless `allow_smoke`."""
+    d = load_gpu_check(folder)
+    if (d.get("env") or {}).get("smoke") and not allow_smoke:
+        raise UserError(f"--fold {folder}: a --smoke run (a CPU, tiny sizes): its numbers are not measurements; "
+                        f"name another file with --docs to fold it anyway")
+    write_section(docs, SECTION_GPU_CHECK, markdown_gpu_check(d))
+    return SECTION_GPU_CHECK

@@ -5,6 +5,7 @@
     advlc bench --epoch [--iters BATCHES] [--amp off,bf16] [--compile] [--workers N] [--n-train 50000] ...
     advlc bench --hs [--run RUN] [--ckpt best|last] [--n 2000] ...
     advlc bench --concurrency [--preset quick/robust-overfitting] [--set k=v]...
+    advlc bench --fold DIR [--docs FILE]     the results of scripts/gpu-check.sh into docs/BENCHMARKS.md
 
 Progress goes to stderr; the table (or, with --json, the whole result) to stdout.
 `--write-docs` replaces the matching section of docs/BENCHMARKS.md (`--docs` names another file;
@@ -64,7 +65,7 @@ def _print_epoch(r: dict) -> None:
     t.add_column("scheme")
     t.add_column("reference s/epoch", justify="right")
     for a in r["amps"]:
-        name = "bf16" if a == "bf16" else "fp32"
+        name = r.get("amp_names", {}).get(a) or ("bf16" if a == "bf16" else "fp32")
         t.add_column(f"fast {name} s/epoch", justify="right")
         t.add_column("speed-up", justify="right")
     for row in r["results"]:
@@ -118,7 +119,7 @@ def _command_line(ctx: typer.Context) -> str:
     parts = ["advlc", "bench"]
     for p in sorted(ctx.command.params, key=lambda p: p.name not in ("epoch", "hs")):  # the mode first
         v = ctx.params.get(p.name)
-        if p.name in ("as_json", "write_docs", "docs") or v == p.default or v is None or v == []:
+        if p.name in ("as_json", "write_docs", "docs", "fold") or v == p.default or v is None or v == []:
             continue
         if isinstance(v, bool):
             if v:
@@ -148,35 +149,43 @@ def bench_cmd(ctx: typer.Context,
               iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Measured steps per method (--epoch: batches per variant).")] = None,
               warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Warm-up steps per method.")] = None,
               rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Alternating timing rounds.")] = None,
-              amp: Annotated[Optional[str], typer.Option("--amp", help="off | bf16 (--epoch: a list, e.g. off,bf16; default off on CPU, off,bf16 on CUDA).")] = None,
+              amp: Annotated[Optional[str], typer.Option("--amp", help="off | bf16 (--epoch: a list, e.g. off,bf16,bf16+compile; +compile compiles that fast variant only; default off on CPU, off,bf16 on CUDA).")] = None,
               channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last model (default: off for the step cost, on for the --epoch fast path).")] = None,
               compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (fast path).")] = False,
               epoch: Annotated[bool, typer.Option("--epoch", help="Epoch time: fast path vs the reference loop.")] = False,
               n_train: Annotated[int, typer.Option("--n-train", min=1, help="--epoch: images per epoch.")] = 50_000,
               workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="--epoch: reference DataLoader workers (default 0 on CPU, 4 on CUDA).")] = None,
-              eval_n: Annotated[Optional[int], typer.Option("--eval-n", min=1, help="--epoch: images the evaluation cost is measured on.")] = None,
-              hs_n: Annotated[Optional[int], typer.Option("--hs-n", min=1, help="--epoch: samples the HS cost is measured on.")] = None,
+              eval_n: Annotated[Optional[int], typer.Option("--eval-n", min=0, help="--epoch: images the evaluation cost is measured on (0: none).")] = None,
+              hs_n: Annotated[Optional[int], typer.Option("--hs-n", min=0, help="--epoch: samples the HS cost is measured on (0: none).")] = None,
               hs: Annotated[bool, typer.Option("--hs", help="HS: exact vs power iteration vs Lanczos.")] = False,
               run: Annotated[Optional[str], typer.Option("--run", help="--hs: use this run's checkpoint and data.")] = None,
               ckpt: Annotated[str, typer.Option("--ckpt", help="--hs --run: best | last.")] = "best",
               n: Annotated[int, typer.Option("--n", min=1, help="--hs: samples.")] = 2000,
               power_n: Annotated[Optional[int], typer.Option("--power-n", min=1, help="--hs: samples power iteration is timed on (default: all).")] = None,
               epochs: Annotated[int, typer.Option("--epochs", min=0, help="--hs: training epochs of the digits model.")] = 5,
+              dense_samples: Annotated[int, typer.Option("--dense-samples", min=0, help="--hs: samples of the dense-Hessian check (0: none; one CIFAR image is a 3072 x 3072 Hessian).")] = 2,
               seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data and models.")] = 0,
               concurrency: Annotated[bool, typer.Option("--concurrency", help="CPU runs started together with a thread budget, at torch's default threads, and one after another.")] = False,
               preset: Annotated[str, typer.Option("--preset", help="--concurrency: the preset whose runs are timed (several: a sweep or --set seeds).")] = "quick/robust-overfitting",
               set_: Annotated[list[str], typer.Option("--set", help="--concurrency: override section.key=value (repeatable).")] = [],
               as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
               write_docs: Annotated[bool, typer.Option("--write-docs", help="Write the result into docs/BENCHMARKS.md.")] = False,
-              docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs updates.")] = None):
+              docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs (or --fold) updates.")] = None,
+              fold: Annotated[Optional[Path], typer.Option("--fold", help="Write the results of a scripts/gpu-check.sh output folder into docs/BENCHMARKS.md (no benchmark is run).")] = None):
     """Time training steps per method (ratio to the base attack), a fast-path epoch against
-    the reference loop (--epoch), the HS methods (--hs), or concurrent CPU runs (--concurrency)."""
-    if epoch + hs + concurrency > 1:
-        raise UserError("--epoch, --hs and --concurrency: pick one")
-    if write_docs and docs is None and not _docs_default().is_file():
-        raise UserError(f"--write-docs: {_docs_default()} does not exist (advlc is installed, not a source "
+    the reference loop (--epoch), the HS methods (--hs), or concurrent CPU runs (--concurrency);
+    --fold writes the results of scripts/gpu-check.sh into docs/BENCHMARKS.md."""
+    if epoch + hs + concurrency + (fold is not None) > 1:
+        raise UserError("--epoch, --hs, --concurrency and --fold: pick one")
+    if (write_docs or fold is not None) and docs is None and not _docs_default().is_file():
+        raise UserError(f"{'--write-docs' if write_docs else '--fold'}: {_docs_default()} does not exist (advlc is installed, not a source "
                         f"checkout): name the markdown file to update with --docs FILE")
     md = facade.bench_markdown
+    if fold is not None:
+        path = docs or _docs_default()
+        section = md.fold(fold, path, allow_smoke=docs is not None)
+        out.print(f"wrote section '{section}' of {path} from {fold}", markup=False, highlight=False)
+        return
     progress = (lambda line: err.print(f"[dim]bench:[/] {line}")) if not as_json else \
         (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
     if concurrency:
@@ -184,7 +193,8 @@ def bench_cmd(ctx: typer.Context,
         section, body, show = md.SECTION_CONCURRENCY, md.markdown_concurrency, _print_concurrency
     elif hs:
         r = facade.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n,
-                           power_n=power_n, epochs=epochs, seed=seed, progress=progress)
+                           power_n=power_n, epochs=epochs, seed=seed, dense_samples=dense_samples,
+                           progress=progress)
         section, body, show = md.SECTION_HS, md.markdown_hs, _print_hs
     elif epoch:
         r = facade.bench_epoch(_split(methods), arch=model, device=device, batch=batch, n_train=n_train,
