@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from textual.widgets import DataTable, Input, Log
+from textual.widgets import DataTable, Input
 
 from engine.store.index import Store
 from engine.store.records import Meta
@@ -259,7 +259,7 @@ async def test_detail_plots_hold_the_epoch_data_and_alerts_show(store):
             fh.write("epoch  30 new line\n")
         await wait_for(pilot, lambda: len(scr.plots["acc"].series["robust"].xs) == total + 1, timeout=10)
         await pilot.press("l")
-        log = scr.query_one("#log", Log)
+        log = scr.query_one("#log")
         await wait_for(pilot, lambda: any("epoch  30 new line" in ln for ln in log.lines))
         await pilot.press("g")
         assert "3e1c9a2f00" in str(scr.query_one("#config-text").render())

@@ -12,12 +12,20 @@ Worker failures are reported in one place (`work`): a notification, never a cras
 Typed-ahead keys: a key that opens a text field after a read (`e`: the run's meta.json, read in
 a worker) calls `hold_keys`; the keys typed after it wait, in order, until the field has focus
 (`release_keys`), then go to it as if typed then. Over SSH a burst of keys arrives at once.
+
+What the app remembers across restarts (the Runs screen's sort and filter) is `AppState`:
+`$ADVLC_HOME/app-state.json`, read in the Runs screen's first poll worker and written in a worker
+(`remember`) to a temporary file that replaces it, so a crash leaves the old file or the new one.
+A damaged file is ignored with a notification (the next change writes a good one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import tempfile
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +49,91 @@ HOLD_MAX_S = 3.0
 
 DEFAULT_THEME = "textual-dark"
 """Theme unless ADVLC_THEME names another (e.g. textual-light); ctrl+p → 'theme' switches live."""
+
+STATE_FILE = "app-state.json"
+"""What the app remembers across restarts, in the store's home (see AppState)."""
+STATE_VERSION = 1
+STATE_MAX_BYTES = 64 * 1024
+"""A state file larger than this is not read (it is damaged, or not ours)."""
+
+
+class AppState:
+    """`$ADVLC_HOME/app-state.json`: {"version": 1, "<section>": {...}} — e.g. "runs": sort and filter.
+
+    `load` (a worker) gives the sections and, when the file is damaged, one line saying so (the
+    sections are then empty: the app starts as if there were no file). `want` (UI thread) records a
+    section's new value; `save` (a worker) writes the newest wanted document, atomically: a temporary
+    file in the same folder, fsynced, then `os.replace`d over the old one. Writers are serialised; a
+    write that fails stops the writing (one error, not one per key) until the app is restarted.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._wanted: dict | None = None
+        """The newest document asked for (replaced, never changed in place: read by the writer thread)."""
+        self._written: dict | None = None
+        self._lock = threading.Lock()
+        self.failed = False
+
+    def load(self) -> tuple[dict, str | None]:
+        """(sections, None), or ({}, why the file is ignored)."""
+        name = f"{self.path.name} ({self.path.parent})"
+        try:
+            if self.path.stat().st_size > STATE_MAX_BYTES:
+                return {}, f"{name} is larger than {STATE_MAX_BYTES // 1024} KiB: ignored"
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            return {}, f"cannot read {name}: {exc.strerror or exc}: ignored"
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return {}, f"{name} is damaged ({type(exc).__name__}): ignored, the next change rewrites it"
+        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+            return {}, f"{name} is not an app-state file of version {STATE_VERSION}: ignored"
+        sections = {k: v for k, v in doc.items() if k != "version"}
+        self._wanted = self._written = {**doc}
+        return sections, None
+
+    def want(self, section: str, value: dict) -> bool:
+        """(UI thread.) Record a section's value; True when that changes the document (save it then)."""
+        base = self._wanted or {"version": STATE_VERSION}
+        if base.get(section) == value or self.failed:
+            return False
+        self._wanted = {**base, "version": STATE_VERSION, section: dict(value)}
+        return True
+
+    def save(self) -> None:
+        """(Worker.) Write the newest wanted document, unless it is written already."""
+        with self._lock:
+            while not self.failed and self._wanted is not None and self._wanted != self._written:
+                doc = self._wanted
+                try:
+                    _write_atomic(self.path, json.dumps(doc, indent=1) + "\n")
+                except OSError as exc:
+                    self.failed = True
+                    raise UserError(f"cannot save {self.path}: {exc.strerror or exc} (the sort and filter "
+                                    "will not be remembered)") from None
+                self._written = doc
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """`text` to `path` through a temporary file in the same folder (`.<name>.*.tmp`, swept by the store
+    when a writer was killed) that replaces it: a reader or a crash sees the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def run_words(r) -> str:
@@ -104,6 +197,8 @@ class AdvlcApp(App):
         self.store = Store(self.home_arg).ensure()
         self.presets_dir = Path(presets_dir) if presets_dir else None
         self.reader = IndexReader(self.store)
+        self.state = AppState(self.store.home / STATE_FILE)
+        """What the app remembers across restarts (the Runs screen's sort and filter)."""
         self.runs_screen = None
         self.theme = os.environ.get("ADVLC_THEME") or DEFAULT_THEME
         self._held: list[events.Key] | None = None
@@ -233,6 +328,20 @@ class AdvlcApp(App):
             facade.reconcile(self.store, [self.store.run_dir(rid) for rid in active])
 
         self.work(self, work, name="reconcile", exclusive=True)
+
+    # -- remembered across restarts ----------------------------------------------------
+    def remember(self, section: str, value: dict) -> None:
+        """Keep `value` as the state file's `section` (written in a worker, when it changed)."""
+        if self.state.want(section, value):
+            self.work(self, self.state.save, name="save app state", group="app-state")
+
+    def exit(self, *args, **kwargs) -> None:
+        # the last change may still wait for its worker: write it now (a small file, once)
+        try:
+            self.state.save()
+        except UserError:
+            pass
+        super().exit(*args, **kwargs)
 
     # -- workers -------------------------------------------------------------------
     def work(self, node, fn, *, name: str, group: str | None = None, exclusive: bool = False):

@@ -14,7 +14,7 @@ from tui.screens.annotate import AnnotateScreen
 from tui.screens.compare import CompareScreen
 from tui.screens.diff import DiffScreen
 from tui.screens.presets import PresetsScreen
-from tui.screens.run_detail import RunDetailScreen
+from tui.screens.run_detail import LogView, RunDetailScreen
 from tui.screens.runs import RunsScreen
 from tui.widgets.alert_bar import (
     CO_DROP,
@@ -23,13 +23,16 @@ from tui.widgets.alert_bar import (
     RO_POINTS,
     RO_STREAK,
 )
+from tui.widgets.metric_plot import MetricPlot
+from tui.widgets.run_table import RunTable
 
 EXTRA = {
     "Everywhere": [("ctrl+p", "command palette: open a run or a preset, switch theme, …"),
                    ("tab / shift+tab", "move between panels and fields"),
                    ("mouse", "click rows, tabs, buttons and column headers (optional)")],
-    "Runs": [("↑ ↓ pgup pgdn home end", "move the cursor"),
-             ("click a header", "sort by that column (again: reverse)")],
+    "Runs": [("click a header", "sort by that column (again: reverse)")],
+    "Run detail: log": [("↑ ↓ pgup pgdn home", "scroll (scrolling up pauses following the tail)"),
+                        ("/ … enter, esc", "type a search, then jump to it / cancel")],
 }
 
 NOTES = (
@@ -53,6 +56,15 @@ NOTES = (
     f"within {CO_WINDOW} epochs (from at least {100 * CO_MIN_ROBUST:.0f}%) while training accuracy rises; "
     f"robust overfitting = after the first learning-rate decay, robust accuracy ≥ {100 * RO_POINTS:g} points "
     f"below its best for {RO_STREAK} evaluated epochs while training accuracy rises.\n"
+    "Find (f): the cursor jumps to the next run whose id, preset, title or tag contains the text (htop's "
+    "search); F finds the next; every run stays shown (the filter hides the others). < and > sort by the "
+    "column left or right of the sorted one. The sort and the filter are remembered across restarts "
+    "($ADVLC_HOME/app-state.json).\n"
+    "Plots (the focused one; tab moves between them): ← → move an epoch cursor, shared by every plot — each "
+    "plot's bottom border reads its values there, the line under the plots every metric of that epoch; + and "
+    "- show fewer / more of the last epochs, 0 every epoch again; y a log y axis (HS spans 1e-6 to 0.07).\n"
+    "Log: follows the tail until you scroll up (the line under it says paused and counts new lines); G or end "
+    "follows again. / searches (lower case: any case), n and N jump between matches, w wraps long lines.\n"
     "q quits the app only: training runs are separate processes and keep going; reopen with `advlc`."
 )
 
@@ -69,9 +81,12 @@ def sections(app) -> list[tuple[str, list[tuple[str, str]]]]:
         return out
 
     out = [("Everywhere", keys(type(app).BINDINGS) + EXTRA["Everywhere"])]
-    for title, cls in (("Runs", RunsScreen), ("Run detail", RunDetailScreen), ("Presets (new run)", PresetsScreen),
-                       ("Compare", CompareScreen), ("Diff", DiffScreen), ("Edit title/tags/note", AnnotateScreen)):
-        out.append((title, keys(cls.BINDINGS) + EXTRA.get(title, [])))
+    for title, classes in (("Runs", (RunsScreen, RunTable)), ("Run detail", (RunDetailScreen,)),
+                           ("Run detail: plots", (MetricPlot,)), ("Run detail: log", (LogView,)),
+                           ("Presets (new run)", (PresetsScreen,)), ("Compare", (CompareScreen,)),
+                           ("Diff", (DiffScreen,)), ("Edit title/tags/note", (AnnotateScreen,))):
+        items = [k for cls in classes for k in keys(cls.BINDINGS)]
+        out.append((title, [k for i, k in enumerate(items) if k not in items[:i]] + EXTRA.get(title, [])))
     return out
 
 

@@ -17,6 +17,12 @@ as many as fit).
 An experiment run (`experiment.kind`: Fig. 4, A.1) has points, not epochs: the plots tab shows
 its points table (one row per record of its `points` table, read in the poll worker when
 metrics.json changed) and the header its points done / planned.
+
+Habits of htop, less and TensorBoard: the plots share one epoch window (`+` / `-` / `0`) and one
+epoch cursor (`←` / `→`: each plot's readout in its bottom border, every metric of that epoch in
+the line under the plots); `y` puts the focused plot on a log axis (tui/widgets/metric_plot.py).
+The log tab (`LogView`) follows the tail until scrolled up (`G` / `end` follows again), wraps
+(`w`) and searches (`/`, `n`, `N`), with its state in the line under it.
 """
 
 from __future__ import annotations
@@ -24,14 +30,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from bisect import bisect_left
 
+from rich.cells import cell_len, chop_cells
+from rich.segment import Segment
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
+from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Log, Static, TabbedContent, TabPane
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from engine.errors import UserError
 from engine.facade import POINT_KEYS, RunFollower, RunHistory
@@ -43,7 +56,7 @@ from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.alert_bar import AlertBar, detect_alerts
 from tui.widgets.key_bar import KeyBar
-from tui.widgets.metric_plot import MetricPlot
+from tui.widgets.metric_plot import MetricPlot, fmt_value
 from tui.widgets.pace import clock, duration, history_pace
 from tui.widgets.palette import palette
 from tui.widgets.status_badge import badge
@@ -89,8 +102,388 @@ def fit(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> list[tuple
     return out
 
 
+LOG_MAX_LINES = 5000
+"""Lines the log tab keeps (the oldest go first)."""
+
+
+class LogView(ScrollView, can_focus=True):
+    """The run's log as `less +F` shows it: follows the tail until scrolled up, searches, wraps.
+
+    - Following: new lines scroll into view. Scrolling up (keys, wheel, scrollbar, a search jump)
+      pauses it: the view stays put and counts the lines that arrive; `G` / `end` (or scrolling back
+      to the bottom) follows again.
+    - `w` wraps long lines at the widget's width (off: one line per row, scrolled sideways).
+    - `/` types a search into the status line (the keys go to this widget, so a burst of keys lands in
+      order); `enter` jumps to the first match from the top of the view, `esc` cancels; `n` / `N` next /
+      previous match (wrapping). Every match is highlighted, the current one more. Lower-case text
+      matches any case, text with a capital its case only (vim's smartcase).
+    Lines are shown as given (the screen makes them printable first: tui/safe_text.py).
+    """
+
+    BINDINGS = [
+        # priority: the keys typed after `/` are the search text (they must not reach bindings first)
+        Binding("slash", "search", "Search", show=True, priority=True),
+        Binding("n", "next_match(1)", "Next match", show=True),
+        Binding("N", "next_match(-1)", "Previous match", show=False),
+        Binding("w", "toggle_wrap", "Wrap", show=True),
+        Binding("G,end", "follow", "Follow", show=True, key_display="G"),
+        Binding("k", "scroll_up", "Up", show=False),
+        Binding("j", "scroll_down", "Down", show=False),
+    ]
+
+    COMPONENT_CLASSES = {"log-view--match", "log-view--match-current"}
+
+    DEFAULT_CSS = """
+    LogView { background: $surface; height: 1fr; scrollbar-size-vertical: 1; }
+    LogView:focus { background-tint: $foreground 5%; }
+    LogView > .log-view--match { background: $warning 35%; }
+    LogView > .log-view--match-current { background: $accent; color: $foreground; text-style: bold; }
+    """
+
+    class Status(Message):
+        """Following or paused, wrap, the search: for the line under the log (the newest only counts)."""
+
+        def __init__(self, view: "LogView"):
+            super().__init__()
+            self.view = view
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, LogView.Status)
+
+    def __init__(self, *, max_lines: int = LOG_MAX_LINES, id: str | None = None):
+        super().__init__(id=id)
+        self.max_lines = max_lines
+        self._lines: list[str] = []
+        self._rows: list[tuple[int, int, int]] = []
+        """Display rows: (line, start, end) — one per line, or one per piece of a wrapped line."""
+        self._first_row: list[int] = []
+        """line -> its first display row."""
+        self._strips: dict[int, Strip] = {}
+        self._width = 0
+        self._wrap_width = 0
+        self.wrap = False
+        self.following = True
+        self.new_while_paused = 0
+        """Lines that arrived while paused."""
+        self.prompt: str | None = None
+        """The search being typed after `/` (None: not typing)."""
+        self.search = ""
+        self.matches: list[tuple[int, int, int]] = []
+        """(line, start, end) of every match of `search`, in order."""
+        self.current: int | None = None
+        """Index into `matches` of the match jumped to."""
+        self.wrapped_around = False
+        """The last jump went past the last (first) match and started again."""
+        self._moving = False
+
+    # -- content ---------------------------------------------------------------------
+    @property
+    def lines(self) -> list[str]:
+        return self._lines
+
+    def clear(self) -> None:
+        self._lines.clear()
+        self.matches.clear()
+        self.current = None
+        self.new_while_paused = 0
+        self._relayout()
+
+    def write_lines(self, lines) -> None:
+        """Append lines (already printable); follow the tail, or count them while paused."""
+        new = [part for line in lines for part in (str(line).splitlines() or [""])]
+        if not new:
+            return
+        start = len(self._lines)
+        self._lines.extend(new)
+        for i in range(start, len(self._lines)):
+            self._first_row.append(len(self._rows))
+            self._rows.extend(self._split(i))
+            self._width = max(self._width, cell_len(self._lines[i]))
+            self.matches.extend(self._find(i))
+        if len(self._lines) > self.max_lines + self.max_lines // 10:
+            self._prune(len(self._lines) - self.max_lines)
+        if not self.following:
+            self.new_while_paused += len(new)
+        self._resize_virtual()
+        if self.following:
+            self._scroll(self.max_scroll_y)
+        self.refresh()
+        self._status()
+
+    def _prune(self, n: int) -> None:
+        """Drop the first `n` lines; a paused view stays on the lines it showed."""
+        top_line = self._rows[int(self.scroll_y)][0] if self._rows and int(self.scroll_y) < len(self._rows) else 0
+        del self._lines[:n]
+        cur = self.matches[self.current] if self.current is not None else None
+        self.matches = [(ln - n, a, b) for ln, a, b in self.matches if ln >= n]
+        if cur is not None:
+            cur = (cur[0] - n, cur[1], cur[2])
+            self.current = self.matches.index(cur) if cur in self.matches else None
+        self._relayout()
+        if not self.following:
+            line = max(0, top_line - n)
+            self._scroll(self._first_row[line] if line < len(self._first_row) else 0)
+
+    def _split(self, i: int) -> list[tuple[int, int, int]]:
+        line = self._lines[i]
+        w = self._wrap_width
+        if not self.wrap or w <= 0 or len(line) <= w and line.isascii():
+            return [(i, 0, len(line))]
+        if line.isascii():
+            return [(i, a, min(a + w, len(line))) for a in range(0, len(line), w)]
+        out, a = [], 0
+        for piece in chop_cells(line, w):
+            out.append((i, a, a + len(piece)))
+            a += len(piece)
+        return out or [(i, 0, 0)]
+
+    def _relayout(self) -> None:
+        """Display rows from the lines again (wrap toggled, a new width, lines dropped)."""
+        self._rows, self._first_row = [], []
+        for i in range(len(self._lines)):
+            self._first_row.append(len(self._rows))
+            self._rows.extend(self._split(i))
+        self._width = max((cell_len(x) for x in self._lines), default=0)
+        self._strips.clear()
+        self._resize_virtual()
+        self.refresh()
+
+    def _resize_virtual(self) -> None:
+        self.virtual_size = Size(self._wrap_width if self.wrap else self._width, len(self._rows))
+
+    def on_resize(self) -> None:
+        width = self.scrollable_content_region.width
+        if width != self._wrap_width:
+            top = self._top_line()
+            self._wrap_width = width
+            if self.wrap:
+                self._relayout()
+                self._keep_top(top)
+        self._strips.clear()
+        if self.following:
+            self.call_after_refresh(self._scroll_end_now)
+
+    def _top_line(self) -> int:
+        y = int(self.scroll_y)
+        return self._rows[y][0] if 0 <= y < len(self._rows) else 0
+
+    def _keep_top(self, line: int) -> None:
+        if self.following:
+            self._scroll(self.max_scroll_y)
+        elif line < len(self._first_row):
+            self._scroll(self._first_row[line])
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+
+    # -- following -------------------------------------------------------------------
+    def _scroll(self, y: float) -> None:
+        """Scroll the view (not the user: following stays as it is)."""
+        self._moving = True
+        try:
+            self.scroll_to(y=y, animate=False, immediate=True, force=True)
+        finally:
+            self._moving = False
+
+    def _scroll_end_now(self) -> None:
+        if self.following:
+            self._scroll(self.max_scroll_y)
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if self._moving:
+            return
+        at_end = new_value >= self.max_scroll_y
+        if new_value < old_value and not at_end and self.following:
+            self.following = False
+            self.new_while_paused = 0
+            self._status()
+        elif at_end and not self.following and new_value > old_value:
+            self.action_follow()
+
+    def action_follow(self) -> None:
+        """Follow the tail again (`G`, `end`)."""
+        self.following = True
+        self.new_while_paused = 0
+        self._scroll(self.max_scroll_y)
+        self._status()
+
+    def action_toggle_wrap(self) -> None:
+        top = self._top_line()
+        self.wrap = not self.wrap
+        self._relayout()
+        self._keep_top(top)
+        if self.wrap:
+            self._scroll_x_home()
+        self._status()
+
+    def _scroll_x_home(self) -> None:
+        self._moving = True
+        try:
+            self.scroll_to(x=0, animate=False, immediate=True, force=True)
+        finally:
+            self._moving = False
+
+    # -- search ----------------------------------------------------------------------
+    def check_action(self, action: str, parameters) -> bool | None:
+        return not (action == "search" and self.prompt is not None)
+
+    def action_search(self) -> None:
+        self.prompt = ""
+        self._status()
+
+    async def _on_key(self, event: events.Key) -> None:
+        """While a search is typed: its letters, backspace, enter (search) and esc (cancel)."""
+        if self.prompt is None:
+            return
+        if event.key == "escape":
+            self.prompt = None
+        elif event.key == "enter":
+            text, self.prompt = self.prompt, None
+            self.set_search(text)
+            self.jump(first=True)
+        elif event.key == "backspace":
+            self.prompt = self.prompt[:-1]
+        elif event.is_printable and event.character:
+            self.prompt += event.character
+        else:
+            return  # other keys (ctrl+c, arrows) do what they do
+        event.stop()
+        event.prevent_default()
+        self._status()
+
+    def _find(self, i: int) -> list[tuple[int, int, int]]:
+        needle = self.search
+        if not needle:
+            return []
+        hay = self._lines[i] if needle != needle.lower() else self._lines[i].lower()
+        out, a = [], hay.find(needle)
+        while a >= 0:
+            out.append((i, a, a + len(needle)))
+            a = hay.find(needle, a + len(needle))
+        return out
+
+    def set_search(self, text: str) -> None:
+        """Highlight every match of `text` (an empty text: no search)."""
+        self.search = text
+        self.matches = [m for i in range(len(self._lines)) for m in self._find(i)]
+        self.current = None
+        self._strips.clear()
+        self.refresh()
+        self._status()
+
+    def jump(self, *, first: bool = False, step: int = 1) -> None:
+        """To the first match from the top of the view (`first`), else to the next (`step` 1) or previous (-1)
+        match, wrapping around; the view pauses there."""
+        self.wrapped_around = False
+        if not self.matches:
+            self._status()
+            return
+        if first or self.current is None:
+            top = self._top_line()
+            after = [k for k, m in enumerate(self.matches) if m[0] >= top]
+            k = after[0] if after else 0
+            self.wrapped_around = not after
+            if not first and step < 0:
+                before = [k for k, m in enumerate(self.matches) if m[0] < top]
+                k = before[-1] if before else len(self.matches) - 1
+                self.wrapped_around = not before
+        else:
+            k = self.current + step
+            self.wrapped_around = not 0 <= k < len(self.matches)
+            k %= len(self.matches)
+        self.current = k
+        self._show_match()
+
+    def action_next_match(self, step: int) -> None:
+        if not self.search:
+            self.notify("no search yet: / and the text", severity="warning")
+            return
+        self.jump(step=step)
+
+    def _show_match(self) -> None:
+        line, a, _b = self.matches[self.current]
+        row = self._first_row[line]
+        if self.wrap:
+            row += next((j for j, r in enumerate(self._rows[row:]) if r[0] == line and r[1] <= a < max(r[2], a + 1)
+                         ), 0)
+        h = self.scrollable_content_region.height
+        self.following = False
+        self.new_while_paused = 0
+        self._scroll(max(0, min(row - h // 2, self.max_scroll_y)))
+        if not self.wrap:
+            w = self.scrollable_content_region.width
+            x = 0 if a < w - 8 else a - w // 2
+            self._moving = True
+            try:
+                self.scroll_to(x=x, animate=False, immediate=True, force=True)
+            finally:
+                self._moving = False
+        self._strips.clear()
+        self.refresh()
+        self._status()
+
+    def status_text(self) -> str:
+        """The line under the log: following or paused, wrap, the search."""
+        if self.prompt is not None:
+            return f"/{self.prompt}▏  enter searches, esc cancels"
+        parts = ["● following the tail" if self.following else
+                 f"⏸ paused{f' ({self.new_while_paused} new lines)' if self.new_while_paused else ''} — G or end follows"]
+        parts.append(f"wrap {'on' if self.wrap else 'off'} (w)")
+        if self.search:
+            if not self.matches:
+                parts.append(f"/{self.search}: no match")
+            else:
+                where = "" if self.current is None else f"match {self.current + 1}/"
+                n = len(self.matches)
+                parts.append(f"/{self.search}: {where}{n}{'' if where else ' match' + ('' if n == 1 else 'es')}"
+                             f"{' (wrapped)' if self.wrapped_around else ''} · n next, N previous")
+        return "  ·  ".join(parts)
+
+    def _status(self) -> None:
+        self.post_message(self.Status(self))
+
+    # -- drawing ---------------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        sx, sy = self.scroll_offset
+        i = int(sy) + y
+        width = self.size.width
+        if i >= len(self._rows):
+            return Strip.blank(width, self.rich_style)
+        strip = self._strips.get(i)
+        if strip is None:
+            strip = self._strips[i] = self._row_strip(i)
+        return strip.crop_extend(int(sx), int(sx) + width, self.rich_style)
+
+    def _row_strip(self, i: int) -> Strip:
+        line, a, b = self._rows[i]
+        t = Text(self._lines[line][a:b], no_wrap=True, end="")
+        if self.matches:
+            hit = self.get_component_rich_style("log-view--match")
+            cur = self.get_component_rich_style("log-view--match-current")
+            current = self.matches[self.current] if self.current is not None else None
+            for m in self._matches_of(line):
+                lo, hi = max(m[1], a), min(m[2], b)
+                if lo < hi:
+                    t.stylize(cur if m == current else hit, lo - a, hi - a)
+        segments = list(Segment.apply_style(list(t.render(self.app.console)), self.rich_style))
+        return Strip(segments, t.cell_len)
+
+    def _matches_of(self, line: int) -> list[tuple[int, int, int]]:
+        k = bisect_left(self.matches, (line, -1, -1))
+        out = []
+        while k < len(self.matches) and self.matches[k][0] == line:
+            out.append(self.matches[k])
+            k += 1
+        return out
+
+
 class RunDetailScreen(Screen):
     """One run, live."""
+
+    AUTO_FOCUS = "#plot-acc"
+    """The plots' keys (cursor, window, log y) work from the start."""
 
     BINDINGS = [
         Binding("escape", "back", "Back", show=True),
@@ -120,6 +513,8 @@ class RunDetailScreen(Screen):
     RunDetailScreen TabPane { padding: 0; height: 1fr; }
     RunDetailScreen #plots-scroll { height: 1fr; }
     RunDetailScreen #log { height: 1fr; }
+    RunDetailScreen #log-status { height: 1; padding: 0 1; background: $panel; color: $foreground-muted;
+                                  text-wrap: nowrap; text-overflow: ellipsis; }
     RunDetailScreen #config-text { padding: 0 1; }
     """
 
@@ -151,7 +546,8 @@ class RunDetailScreen(Screen):
                             yield plot
                     yield Static("", id="detail-latest")
             with TabPane("log", id="tab-log"):
-                yield Log(id="log", max_lines=5000, auto_scroll=True)
+                yield LogView(id="log")
+                yield Static("", id="log-status")
             with TabPane("config", id="tab-config"):
                 with VerticalScroll():
                     yield Static("", id="config-text")
@@ -221,13 +617,15 @@ class RunDetailScreen(Screen):
         if d.reset or d.epochs or d.swa:
             self.redraw_plots()
         if d.log_reset:
-            self.query_one("#log", Log).clear()
+            self.query_one("#log", LogView).clear()
         if d.log_lines:
-            self.query_one("#log", Log).write_lines(safe_lines(d.log_lines))
+            self.query_one("#log", LogView).write_lines(safe_lines(d.log_lines))
         if d.config is not None:
             self.set_class(bool(self.kind), "-experiment")
             if self.kind:
                 self._draw_points()
+                if isinstance(self.focused, MetricPlot):  # hidden: the points table is what there is
+                    self.set_focus(self.query_one("#points-table", DataTable))
         if d.status is not None or d.config is not None or d.meta is not None or d.epochs or d.reset:
             self._draw_header()
             self._draw_alerts()
@@ -257,15 +655,33 @@ class RunDetailScreen(Screen):
                          if pid == "acc" else "")
                 plot.mark(best["epoch"], label)
             plot.replot()
-        last = h.epochs[-1] if h.epochs else None
+        self._draw_latest()
+
+    def _draw_latest(self) -> None:
+        """The line under the plots: every metric of the cursor's epoch, or of the last epoch."""
+        h = self.history
+        cursor = self.plots["acc"].cursor
+        rec = next((e for e in h.epochs if e["epoch"] == cursor), None) if cursor is not None else None
+        last = rec or (h.epochs[-1] if h.epochs else None)
         if last:
             def f(k, pct=False):
                 v = last.get(k)
-                return "—" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.4g}")
+                return "—" if v is None else (f"{100 * v:.1f}%" if pct else fmt_value(v))
             self.query_one("#detail-latest", Static).update(Text(
-                f"epoch {last['epoch']}: train loss {f('train_loss')} acc {f('train_acc', True)} · clean "
-                f"{f('clean_acc', True)} · robust {f('robust_acc', True)} · AV {f('av')} · IG {f('ig')} · "
-                f"HS {f('hs')} · {f('time_s')} s", end=""))
+                f"{'▸ cursor ' if rec else ''}epoch {last['epoch']}: train loss {f('train_loss')} acc "
+                f"{f('train_acc', True)} · clean {f('clean_acc', True)} · robust {f('robust_acc', True)} · AV "
+                f"{f('av')} · IG {f('ig')} · HS {f('hs')} · {f('time_s')} s", end=""))
+
+    def on_metric_plot_view_changed(self, message: MetricPlot.ViewChanged) -> None:
+        """One window and one cursor for every plot (TensorBoard's linked epochs)."""
+        src = message.plot
+        for plot in self.plots.values():
+            if plot is not src:
+                plot.set_view(window=src.window, cursor=src.cursor)
+        self._draw_latest()
+
+    def on_log_view_status(self, message: LogView.Status) -> None:
+        self.query_one("#log-status", Static).update(SafeText(message.view.status_text(), end=""))
 
     def _draw_header(self) -> None:
         """Who (line 1) and how far (line 2); one line when both fit (see the module docstring)."""
@@ -441,6 +857,18 @@ class RunDetailScreen(Screen):
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        # the tab's own keys work at once: a plot's (or the points table), the log's
+        if tab == "tab-log":
+            self.set_focus(self.query_one("#log", LogView))
+        elif tab == "tab-plots" and not isinstance(self.focused, MetricPlot):
+            self.set_focus(self.query_one("#points-table", DataTable) if self.kind else self.plots["acc"])
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        # `e` is a priority key: while a log search is typed it is a letter of the search
+        if action == "edit":
+            logs = self.query("#log").results(LogView)
+            return not any(v.prompt is not None for v in logs)
+        return True
 
     def action_zoom(self) -> None:
         if self.maximized is not None:

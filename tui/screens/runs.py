@@ -15,6 +15,15 @@ operators: `method.lam > 0.1 and state == "finished"`, `"robust" in tags`, `pres
 A config key (`section.key`) has each run's config.json read once, in a thread worker (it does
 not change). A mistake is one line in the info line and the previous filter stays in effect.
 
+Find (`f`, htop's search): typing moves the cursor to the first run from where it was whose id,
+preset (with its label or kind), title or tag contains the text; `enter` keeps it there, `F` goes to
+the next one (wrapping); unlike the filter, every run stays in the table.
+
+Sort: `o` / `O` cycle through the orders / reverse; `<` / `>` sort by the column left / right of the
+one sorted by (every column has an order, `SORT_OF_COLUMN`), as does a click on its header. The sort
+and the filter are remembered across restarts (`AdvlcApp.remember`: $ADVLC_HOME/app-state.json,
+section "runs"; read in the first poll worker, a bad value ignored with a notification).
+
 Archived runs (`x` archives, meta.json) are hidden; `A` shows only them (like `advlc runs
 --archived`). `e` edits the title, tags and note (tui/screens/annotate.py), `D` diffs two runs
 (tui/screens/diff.py), `y` copies the run id under the cursor (OSC 52).
@@ -38,11 +47,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from engine.errors import UserError
 from engine.facade import IndexSnapshot, Meta, RunDir, Status, parse_query
+from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
 from tui.safe_text import SafeText
 from tui.screens.annotate import AnnotateScreen, Annotation, describe
@@ -91,12 +102,22 @@ SORTS = (
     ("progress", "progress", lambda r: ((r.get("epoch") or 0) / (r.get("epochs") or 1)), True),
     ("eta", "time left", lambda r: (r.get("state") != "running", _eta(r), r["id"]), False),
     ("title", "title", lambda r: (not r.get("title"), (r.get("title") or "").lower(), r["id"]), False),
+    ("seed", "seed", lambda r: (r.get("seed") is None, r.get("seed") or 0, r["id"]), False),
+    ("clean", "clean acc", lambda r: (r.get("end_clean_acc") is not None, r.get("end_clean_acc") or 0), True),
+    ("ig", "IG", lambda r: (r.get("end_ig") is None, r.get("end_ig") or 0, r["id"]), False),
+    ("hs", "HS", lambda r: (r.get("end_hs") is None, r.get("end_hs") or 0, r["id"]), False),
+    ("id", "id", lambda r: r["id"], False),
 )
-"""(key, description, sort key, descending by default) — `o` cycles through them, `O` reverses; a click
-on a column's header sorts by it (SORT_OF_COLUMN)."""
+"""(key, description, sort key, descending by default) — `o` cycles through them, `O` reverses; `<` / `>`
+and a click on a column's header sort by a column (SORT_OF_COLUMN). Runs without the value go last."""
 
-SORT_OF_COLUMN = {"id": "created", "launched": "created", "state": "state", "preset": "preset", "robust": "robust",
-                  "epoch": "progress", "eta": "eta", "title": "title"}
+SORT_OF_COLUMN = {"id": "id", "preset": "preset", "seed": "seed", "state": "state", "epoch": "progress",
+                  "robust": "robust", "clean": "clean", "ig": "ig", "hs": "hs", "eta": "eta", "launched": "created",
+                  "title": "title"}
+"""Every column's order (the id column: by id; the launch time: newest first)."""
+
+FILTER_MAX = 1000
+"""The longest filter the state file may give back (a longer one is not ours)."""
 
 _STATE_ORDER = {"running": 0, "queued": 1, "lost": 2, "failed": 3, "stopped": 4, "finished": 5}
 
@@ -112,6 +133,50 @@ _EXPRESSION = re.compile(r"==|!=|[<>~]|\s(?:in|and|or)\s|^not\s")
 
 
 NO_RUNS = "No runs in the store yet. Press n to pick a preset and launch one."
+
+
+class Remembered(Message):
+    """The state file's "runs" section (sort and filter), read by the first poll; `problem`: why it was not."""
+
+    def __init__(self, state: dict, problem: str | None):
+        super().__init__()
+        self.state, self.problem = state, problem
+        self.good, self.bad = restore(state)
+
+
+def restore(state) -> tuple[dict, list[str]]:
+    """The valid parts of a remembered "runs" section ({"sort", "desc", "filter"}) and what was wrong."""
+    if not isinstance(state, dict):
+        return {}, [f"runs: {type(state).__name__}, not an object"] if state is not None else []
+    good, bad = {}, []
+    sort = state.get("sort")
+    if sort is not None:
+        if sort in [k for k, *_rest in SORTS]:
+            good["sort"] = sort
+        else:
+            bad.append(f"runs.sort {printable(str(sort))[:40]!r} is not an order")
+    desc = state.get("desc")
+    if desc is not None:
+        if isinstance(desc, bool):
+            good["desc"] = desc
+        else:
+            bad.append("runs.desc is not true or false")
+    text = state.get("filter")
+    if text is not None:
+        if isinstance(text, str) and len(text) <= FILTER_MAX and printable(text) == text and "\n" not in text:
+            good["filter"] = text
+        else:
+            bad.append("runs.filter is not one line of printable text")
+    return good, bad
+
+
+class FindBox(Input):
+    """The find line (`f`): each change moves the cursor at once, in the order the keys were typed."""
+
+    def watch_value(self, value: str) -> None:
+        screen = self.screen
+        if isinstance(screen, RunsScreen):
+            screen.find_typed(value)
 
 
 def _eta(r: dict) -> float:
@@ -181,14 +246,20 @@ class RunsScreen(Screen):
         Binding("r", "resume", "Resume", show=True),
         Binding("o", "sort", "Sort", show=True),
         Binding("y", "copy_id", "Copy id", show=True),
+        Binding("f", "find", "Find", show=True, priority=True),  # priority: as `/` (the text typed after it)
         Binding("x", "archive", "Archive/restore", show=False),
         Binding("A", "toggle_archived", "Archived", show=False),
         Binding("D", "diff", "Diff", show=False),
         Binding("d", "delete", "Delete", show=False),
         Binding("O", "sort_reverse", "Reverse sort", show=False),
+        Binding("<", "sort_column(-1)", "Sort by the column to the left", show=False),
+        Binding(">", "sort_column(1)", "Sort by the column to the right", show=False),
+        Binding("F", "find_next", "Find the next match", show=False),
+        Binding("g", "jump(0)", "First run", show=False),
+        Binding("G", "jump(-1)", "Last run", show=False),
         Binding("a", "select_all", "Select all/none", show=False),
         Binding("escape", "clear", "Clear filter/selection", show=False, priority=True),
-        Binding("enter", "filter_done", "Keep the filter", show=False, priority=True),  # in the filter box only
+        Binding("enter", "filter_done", "Keep the filter / found run", show=False, priority=True),  # in a box only
     ]
 
     DEFAULT_CSS = """
@@ -196,6 +267,9 @@ class RunsScreen(Screen):
     RunsScreen #runs-filter { dock: bottom; display: none; height: 3; border: tall $accent; }
     RunsScreen #runs-filter.-active { display: block; }
     RunsScreen #runs-filter.-error { border: tall $error; }
+    RunsScreen #runs-find { dock: bottom; display: none; height: 3; border: tall $primary; }
+    RunsScreen #runs-find.-active { display: block; }
+    RunsScreen #runs-find.-error { border: tall $error; }
     RunsScreen #runs-info {
         height: auto; max-height: 2; padding: 0 1; color: $foreground-muted; text-wrap: nowrap; text-overflow: ellipsis;
     }
@@ -220,6 +294,12 @@ class RunsScreen(Screen):
         """run id -> config.json, read when an expression names a config key (it does not change)."""
         self.sort_index = 0
         self.sort_desc = SORTS[0][3]
+        self.find_text = ""
+        """The text of the last find (`f`); `F` goes to the next run it matches."""
+        self._find_start = 0
+        """The cursor row when `f` was pressed: typing finds from there."""
+        self._remembered = False
+        """The state file was read (the first poll reads it)."""
         self._ids: list[str] = []
         self._keys: dict[str, tuple] = {}
         self._rows_by_id: dict[str, dict] = {}
@@ -250,6 +330,8 @@ class RunsScreen(Screen):
             yield Static("", id="runs-info")
         yield Input(placeholder='filter: words, key:value, #tag, or an expression (method.lam > 0.1 and state == '
                                 '"finished") — enter keeps, esc clears', id="runs-filter")
+        yield FindBox(placeholder="find: id, preset, title or tag — the cursor jumps; enter stays, esc closes, "
+                                  "F finds the next", id="runs-find")
         yield KeyBar(id="runs-keys")
 
     def on_mount(self) -> None:
@@ -271,7 +353,7 @@ class RunsScreen(Screen):
     def check_action(self, action: str, parameters) -> bool | None:
         # the priority keys type into the filter box while it has focus; enter keeps the filter only there
         typing = isinstance(self.focused, Input)
-        if action in ("filter", "edit"):
+        if action in ("filter", "edit", "find"):
             return not typing
         if action == "filter_done":
             return typing
@@ -293,16 +375,49 @@ class RunsScreen(Screen):
 
     def _poll(self, force: bool) -> None:
         try:
+            remembered = None
+            if not self._remembered:   # first: the sort and filter of the last session
+                self._remembered = True
+                sections, problem = self.app.state.load()
+                remembered = Remembered(sections.get("runs"), problem)
             snap = self.app.reader.poll(force=force)
             if snap is not None:
                 self._read_configs(snap.rows)  # new runs, when the filter names config keys
                 self._read_experiments(snap)
+            if remembered is not None:
+                self.post_message(remembered)   # before the snapshot: the first table is sorted and filtered
+            if snap is not None:
                 self.post_message(IndexChanged(snap))
         finally:
             self._polling = False
 
     def on_index_changed(self, message: IndexChanged) -> None:
         self._apply(message.snapshot)
+
+    # -- remembered across restarts --------------------------------------------------
+    def on_remembered(self, message: Remembered) -> None:
+        """Put the last session's sort and filter back (what is wrong in them is left out, and said)."""
+        good = message.good
+        problems = ([message.problem] if message.problem else []) + message.bad
+        if problems:
+            self.notify("; ".join(problems), title="app state", severity="warning", timeout=10)
+        if "sort" in good:
+            self.sort_index = [k for k, *_rest in SORTS].index(good["sort"])
+            self.sort_desc = good.get("desc", SORTS[self.sort_index][3])
+        if good.get("filter"):
+            box = self.query_one("#runs-filter", Input)
+            box.add_class("-active")
+            self.set_filter(good["filter"])
+            # its Changed message, after the first snapshot, sets the filter again: the configs an expression
+            # names are read then (there are no rows yet)
+            box.value = good["filter"]
+        self._refresh_rows()
+        self._update_info()
+
+    def remember(self) -> None:
+        """Keep the sort and the filter in effect for the next session."""
+        self.app.remember("runs", {"sort": SORTS[self.sort_index][0], "desc": self.sort_desc,
+                                   "filter": self.query_text})
 
     # -- table ---------------------------------------------------------------------
     def visible_rows(self) -> list[dict]:
@@ -545,10 +660,13 @@ class RunsScreen(Screen):
         if self.query_text:
             n = len(self._ids)
             parts.append(f"filter: {self.query_text!r} ({n} shown)")
+        if self.find_text.strip() and self.query_one("#runs-find", FindBox).has_class("-active"):
+            found = self.find(self.find_text, self._find_start) is not None
+            parts.append(f"find: {self.find_text!r}{'' if found else ' — no run matches'}")
         if self.selected:
             parts.append(f"{len(self.selected)} selected")
         parts.append("q quits, runs keep going")
-        t = Text("  ·  ".join(parts), no_wrap=True, overflow="ellipsis", end="")
+        t = SafeText("  ·  ".join(parts), no_wrap=True, overflow="ellipsis", end="")  # a remembered filter too
         if self.filter_error:   # one line: the filter in effect stays the last one that parsed
             t.append(f"\n⚠ {self.filter_error} — {'the filter above stays' if self.query_text else 'no filter'}",
                      style=self._colors.get("error", ""))
@@ -603,8 +721,16 @@ class RunsScreen(Screen):
         self.selected = set() if visible and visible <= self.selected else self.selected | visible
         self._refresh_rows()
 
+    def focused_find_closes(self) -> None:
+        """Close the find line after the keys typed before (still on their way to it)."""
+        self.query_one("#runs-find", FindBox).call_later(self._close_find)
+
     def action_clear(self) -> None:
         box = self.query_one("#runs-filter", Input)
+        if isinstance(self.focused, FindBox):   # esc in the find line: closed, the cursor stays
+            self.set_focus(self.query_one("#runs-table"))
+            self.focused_find_closes()
+            return
         if self.focused is box:  # (has_focus follows a Focus event, later than the keys typed ahead)
             # the focus moves now (the keys typed after esc are the table's); the box is emptied after the
             # letters typed before esc, which are still on their way to it
@@ -626,7 +752,12 @@ class RunsScreen(Screen):
         self.set_filter("")
 
     def action_filter_done(self) -> None:
-        """`enter` in the filter box: keep the filter, back to the table (now, for the keys typed after it)."""
+        """`enter` in the filter box: keep the filter, back to the table (now, for the keys typed after it);
+        in the find line: the cursor stays on the run found."""
+        if isinstance(self.focused, FindBox):
+            self.set_focus(self.query_one("#runs-table"))
+            self.focused_find_closes()
+            return
         box = self.query_one("#runs-filter", Input)
         self.set_focus(self.query_one("#runs-table"))
         box.call_later(lambda: box.set_class(bool(box.value), "-active"))
@@ -654,6 +785,8 @@ class RunsScreen(Screen):
                 return
         self.query_text, self.filter_query, self.filter_error = text, query, None
         self._refresh_rows()
+        if self._remembered:
+            self.remember()
         if query is not None and query.needs_config:
             self._load_configs()
 
@@ -666,23 +799,111 @@ class RunsScreen(Screen):
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
         self.sort_desc = SORTS[self.sort_index][3]
-        self._refresh_rows()
+        self._sorted()
 
     def action_sort_reverse(self) -> None:
         self.sort_desc = not self.sort_desc
+        self._sorted()
+
+    def _sorted(self) -> None:
         self._refresh_rows()
+        self._update_info()
+        self.remember()
+
+    def sort_by(self, key: str) -> None:
+        """Sort by `key` (SORTS); the order it has already: reverse it."""
+        keys = [s[0] for s in SORTS]
+        if keys.index(key) == self.sort_index:
+            self.sort_desc = not self.sort_desc
+        else:
+            self.sort_index = keys.index(key)
+            self.sort_desc = SORTS[self.sort_index][3]
+        self._sorted()
+
+    def sort_column(self) -> str | None:
+        """The column shown whose order is the one in effect (None: the column is not shown)."""
+        key = SORTS[self.sort_index][0]
+        shown = self.query_one("#runs-table", RunTable).shown_columns
+        return next((c for c in shown if SORT_OF_COLUMN.get(c) == key), None)
+
+    def action_sort_column(self, step: int) -> None:
+        """`<` / `>`: sort by the column shown left / right of the one sorted by (htop's `<` `>`)."""
+        shown = [c for c in self.query_one("#runs-table", RunTable).shown_columns if c in SORT_OF_COLUMN]
+        if not shown:
+            return
+        cur = self.sort_column()
+        i = (shown.index(cur) + step) % len(shown) if cur in shown else (0 if step > 0 else len(shown) - 1)
+        keys = [s[0] for s in SORTS]
+        self.sort_index = keys.index(SORT_OF_COLUMN[shown[i]])
+        self.sort_desc = SORTS[self.sort_index][3]
+        self._sorted()
 
     @on(RunTable.HeaderClicked, "#runs-table")
     def _header_clicked(self, event: RunTable.HeaderClicked) -> None:
-        keys = [s[0] for s in SORTS]
         col = SORT_OF_COLUMN.get(event.column)
         if col:
-            if keys.index(col) == self.sort_index:
-                self.sort_desc = not self.sort_desc
-            else:
-                self.sort_index = keys.index(col)
-                self.sort_desc = SORTS[self.sort_index][3]
-            self._refresh_rows()
+            self.sort_by(col)
+
+    def action_jump(self, where: int) -> None:
+        """`g` / `G`: the first / last run (vim)."""
+        self.query_one("#runs-table", RunTable).action_jump(where)
+
+    # -- find (f, F) -----------------------------------------------------------------
+    def action_find(self) -> None:
+        box = self.query_one("#runs-find", FindBox)
+        self._find_start = self.query_one("#runs-table", RunTable).cursor_row
+        box.value = ""
+        box.remove_class("-error")
+        box.add_class("-active")
+        self.set_focus(box)  # now: the keys typed after `f` are the text
+
+    def find_words(self, rid: str) -> str:
+        """What find matches in a run: its id, its preset as shown (label or kind), title and #tags."""
+        r = self._rows_by_id.get(rid) or {}
+        return " ".join([rid, self._preset_text(r, self._kinds.get(rid, "")), str(r.get("title") or ""),
+                         *(f"#{t}" for t in r.get("tags") or [])]).lower()
+
+    def find(self, text: str, start: int, *, include_start: bool = True) -> int | None:
+        """The row of the first run from `start` (wrapping) that `text` matches, or None."""
+        text = text.strip().lower()
+        n = len(self._ids)
+        if not text or not n:
+            return None
+        for k in range(0 if include_start else 1, n + (0 if include_start else 1)):
+            i = (start + k) % n
+            if text in self.find_words(self._ids[i]):
+                return i
+        return None
+
+    def find_typed(self, value: str) -> None:
+        """(The find line changed.) The cursor to the first match from where `f` found it."""
+        self.find_text = value
+        box = self.query_one("#runs-find", FindBox)
+        i = self.find(value, self._find_start)
+        box.set_class(bool(value.strip()) and i is None, "-error")
+        if i is not None:
+            self.query_one("#runs-table", RunTable).move_cursor(i)
+        self._update_info()
+
+    def action_find_next(self) -> None:
+        # after the keys still on their way to the find line (typed before this one)
+        self.query_one("#runs-find", FindBox).call_later(self._find_next)
+
+    def _find_next(self) -> None:
+        if not self.find_text.strip():
+            self.notify("f first: find a run by id, preset, title or tag", severity="warning")
+            return
+        table = self.query_one("#runs-table", RunTable)
+        i = self.find(self.find_text, table.cursor_row, include_start=False)
+        if i is None:
+            self.notify(f"no run matches {self.find_text!r}", severity="warning")
+            return
+        table.move_cursor(i)
+
+    def _close_find(self) -> None:
+        box = self.query_one("#runs-find", FindBox)
+        box.remove_class("-active")
+        box.remove_class("-error")
 
     def action_new_run(self) -> None:
         self.app.action_presets()
