@@ -56,6 +56,7 @@ from engine.report.tables import compare_runs
 from engine.report.tensorboard import TensorBoardMissing
 from engine.run.origins import backfill_origins
 from engine.report.tensorboard import export_runs as export_tensorboard
+from engine.store.files import atomic_write_text
 from engine.store.index import Store
 from engine.store.pack import pack
 from engine.store.repair import repair
@@ -106,6 +107,6 @@ __all__ = [
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
     "RO_POINTS", "RO_STREAK", "overfitting_onset", "TensorBoardMissing", "backfill_origins",
-    "ConfigRecord", "Meta", "Origin", "Status", "executor_named",
+    "ConfigRecord", "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
     *_LAZY,
 ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import threading
 from functools import partial
 from pathlib import Path
@@ -36,7 +35,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from engine import facade
 from engine.errors import UserError
-from engine.facade import IndexReader, RunDir, Store
+from engine.facade import IndexReader, RunDir, Store, atomic_write_text
 from engine.printable import printable
 from tui.messages import RECONCILE_S, ActionDone
 from tui.screens.help import HelpScreen
@@ -110,30 +109,12 @@ class AppState:
             while not self.failed and self._wanted is not None and self._wanted != self._written:
                 doc = self._wanted
                 try:
-                    _write_atomic(self.path, json.dumps(doc, indent=1) + "\n")
+                    atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
                 except OSError as exc:
                     self.failed = True
                     raise UserError(f"cannot save {self.path}: {exc.strerror or exc} (the sort and filter "
                                     "will not be remembered)") from None
                 self._written = doc
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """`text` to `path` through a temporary file in the same folder (`.<name>.*.tmp`, swept by the store
-    when a writer was killed) that replaces it: a reader or a crash sees the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def run_words(r) -> str:

@@ -37,13 +37,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and os.replace."""
-    path = Path(path)
+    _write_then_replace(Path(path), data)
+
+
+def _write_then_replace(path: Path, data: bytes, before_replace=None):
+    """`data` written and synced to a temporary file beside `path` (`.<name>.*.tmp`, swept when a
+    writer was killed), `before_replace()` called, then the file renamed over `path`: a reader or a
+    crash sees the old file or the new one. The temporary file is removed on any failure; returns
+    what `before_replace` returned."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        result = before_replace() if before_replace is not None else None
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -51,6 +59,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    return result
 
 
 def _json_default(o):
@@ -156,21 +165,7 @@ def replace_keeping_aside(path: Path, data: bytes) -> Path | None:
     is renamed over the first. Killed or refused (a full disk) at any step, the name holds the
     damaged file or its replacement, never nothing, and the damaged file is never lost."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        aside = _link_aside(path) if os.path.lexists(path) else None
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return aside
+    return _write_then_replace(path, data, lambda: _link_aside(path) if os.path.lexists(path) else None)
 
 
 def move_aside(path: Path) -> Path:
