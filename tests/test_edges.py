@@ -46,13 +46,6 @@ def _one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ADVLC_HOME", str(h))
-    return h
-
-
 def stopped_run(home: Path, rid: str = "0000abcd", done: int = 2):
     store = Store(home).ensure()
     rd = fabricate_run(store, rid, preset=PRESET, seed=0, group=None, total=4, done=done, state="stopped",

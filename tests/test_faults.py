@@ -40,13 +40,6 @@ def _one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("ADVLC_HOME", str(h))
-    return h
-
-
 def advlc(*args, code=None):
     """`advlc ARGS` in this process: (exit code, stdout, stderr)."""
     return cli(*args, code=code)
