@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 
+from engine.config.caveats import caveats
+from engine.config.plan_text import plan_text, seeds_of
 from engine.config.presets import (
     DEFAULT_PRESET,
     PlannedRun,
@@ -18,6 +20,7 @@ from engine.config.presets import (
     load_preset,
     read_preset,
 )
+from engine.config.presets import plan_runs as preset_runs
 from engine.config.schema import (
     DEVICES_RE,
     EXPERIMENT_KINDS,
@@ -108,5 +111,6 @@ __all__ = [
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
     "RO_POINTS", "RO_STREAK", "overfitting_onset", "TensorBoardMissing", "backfill_origins",
     "ConfigRecord", "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
+    "caveats", "plan_text", "preset_runs", "seeds_of",
     *_LAZY,
 ]

@@ -69,6 +69,53 @@ def test_presets_fit_80_columns_and_are_whole_when_piped(monkeypatch, tmp_path):
     assert line.endswith(longest.description), line      # whole, and no padding after it
 
 
+def test_preset_show_lists_the_sweep_points_and_warns_of_a_decay_that_never_happens(home):
+    _, out, err = cli("preset", "show", "quick/robust-overfitting", code=0)
+    assert "plan: 2 runs: pgd, pgd+advlc × seed 0" in out
+    points = [ln.split() for ln in out.splitlines() if "→" in ln]
+    assert points == [["method.name", "=", '"pgd"', "→", "pgd"], ["method.name", "=", '"advlc"', "→", "pgd+advlc"]]
+    assert err == ""                                              # milestones [40, 80] < 100 epochs
+    _, out, err = cli("preset", "show", "quick/robust-overfitting", "--set", "train.epochs=20", code=0)
+    assert one_line(err) == ("advlc: warning: train.epochs = 20 with train.lr_milestones = [40, 80]: the lr never "
+                             "decays (robust overfitting shows after the first decay)")
+    _, out, _ = cli("preset", "show", "quick/robust-overfitting", "--set", "train.epochs=60", "--json", code=0)
+    doc = json.loads(out)
+    assert doc["caveats"] == ["train.epochs = 60 with train.lr_milestones = [40, 80]: the decay at epoch 80 never happens"]
+    assert [p["label"] for p in doc["points"]] == ["pgd", "pgd+advlc"]
+    _, out, err = cli("preset", "show", "quick/digits-pgd10", code=0)  # no sweep: no points listed
+    assert "[sweep]" not in out and "plan: 1 run: pgd × seed 0" in out
+
+
+def test_caveats_of_swa_and_of_milestones_at_the_last_epoch():
+    from engine.facade import caveats, load_preset
+
+    _, cfg, _ = load_preset("quick/digits-fgsm_n-advlc-swa")
+    assert caveats(cfg) == []
+    cfg.train.epochs = cfg.swa.start          # the first update would come after the last epoch
+    assert any("SWA starts at epoch" in c for c in caveats(cfg))
+    cfg.train.lr_milestones, cfg.train.epochs = [4], 5
+    assert not any("decay" in c for c in caveats(cfg))      # epoch 4 is the last one: it decays
+    cfg.train.epochs = 4
+    assert any("never decays" in c for c in caveats(cfg))
+
+
+def test_queue_tables_piped_have_no_padding(monkeypatch, home):
+    """Piped (no COLUMNS), a table's last column is not padded with spaces."""
+    from engine import facade
+
+    info = {"host": "h", "scheduler_pid": 12, "queued": [],
+            "leases": [{"gpu": 0, "slot": 0, "run": "0000aaaa", "pid": 5, "since": 0, "live": True},
+                       {"gpu": 1, "slot": 0, "run": "0000bbbb", "pid": 6, "since": 0, "live": False}],
+            "slurm": [{"id": "0000cccc", "state": "queued", "job_id": 7, "slurm_state": "PENDING", "nodes": "",
+                       "reason": "Priority", "partition": "gpu", "time": 90, "squeue": True, "cluster": "c"}]}
+    monkeypatch.setattr(facade, "queue_info", lambda store: info)
+    monkeypatch.setattr("tui.cli.supervise.queue_info", lambda store: info)
+    monkeypatch.delenv("COLUMNS")
+    _, out, _ = cli("queue", code=0)
+    assert "gone (stale)" in out and "Priority" in out
+    assert [ln for ln in out.splitlines() if ln != ln.rstrip()] == []
+
+
 def test_compare_fits_80_columns_and_is_whole_when_piped(monkeypatch, synth):
     _at(monkeypatch, synth)
     _, out, _ = cli("compare", "--preset", "paper", code=0)
@@ -152,6 +199,10 @@ def test_in_a_terminal_the_progress_bar_goes_when_the_run_ends(monkeypatch, home
             progress.event("batch", {"batch": 29})
             progress.p.refresh()                                 # drawn, as the refresh thread would
             progress.event("epoch", dict(r))
+            live = Console(file=io.StringIO(), width=WIDTH, color_system=None)
+            live.print(progress.p.get_renderable())              # the live bar as an 80-column screen shows it
+            bar = live.file.getvalue().splitlines()[0]
+            assert re.search(r"robust \d+\.\d+ IG \d+\.\d", bar) and len(bar) <= WIDTH, bar  # the numbers, uncut
     common.print_summary([rd])
     assert "━" in buf.getvalue()                                  # the bar was there
     shown = [ln for ln in _screen(buf.getvalue()) if ln]

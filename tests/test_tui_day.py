@@ -351,12 +351,16 @@ async def test_sweep_preset_shows_its_seeds_and_names_each_run(store, size):
         scr.query_one("#seeds", Input).value = "3"
         await wait_for(pilot, lambda: "6 runs" in str(plan.render()))
         assert "6 runs: pgd, pgd+advlc × seeds 0, 1, 2" in str(plan.render())
+        assert "⚠" not in str(plan.render())
+        scr.query_one("#overrides", Input).value = "train.epochs=20"
+        await wait_for(pilot, lambda: "⚠" in str(plan.render()), what="the caveat")
+        assert "⚠ train.epochs = 20 with train.lr_milestones = [40, 80]: the lr never decays" in str(plan.render())
 
 
 def test_plan_names_swept_values_when_the_label_does_not_change():
     from types import SimpleNamespace as NS
 
-    from tui.screens.presets import plan_text
+    from engine.facade import plan_text
 
     def run(lam, seed):
         return NS(cfg=NS(label="fgsm_n+advlc"), point={"method.lam": lam}, seed=seed, role="")

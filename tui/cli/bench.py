@@ -27,7 +27,7 @@ from rich.table import Table
 from engine import facade
 from engine.errors import UserError
 from engine.paths import CODE_ROOT
-from tui.cli.common import err, out
+from tui.cli.common import err, out, print_table
 from tui.cli.root import app
 
 
@@ -49,7 +49,7 @@ def _print_steps(r: dict) -> None:
     for row in r["results"]:
         t.add_row(row["label"] + ("" if row["finite"] else " (NaN)"), row["base"] or "—",
                   _f(row["s_per_batch"], "{:.4f}"), _f(row["ratio"], "{:.3f}"), _f(row["paper_ratio"], "{:.3f}"))
-    out.print(t)
+    print_table(t)
     for lab, a in r["advlc_vs_paper"].items():
         out.print(f"{lab}: +{a['overhead_pct']:.1f} % over its base (paper +{a['paper_overhead_pct']:.1f} %): "
                   f"{'within' if a['within_paper'] else 'above'} the paper's overhead")
@@ -74,7 +74,7 @@ def _print_epoch(r: dict) -> None:
             f = row["fast"].get(a) or {}
             cells += [_f(f.get("s_per_epoch"), "{:.1f}"), _f(f.get("speedup"), "{:.2f}x")]
         t.add_row(*cells)
-    out.print(t)
+    print_table(t)
     for k, c in r["costs"].items():
         if k.startswith("eval_"):
             out.print(f"evaluation ({k[5:]}): {c['s_per_10k']:.1f} s per 10,000 images"
@@ -107,7 +107,7 @@ def _print_concurrency(r: dict) -> None:
         t.add_column(c, justify="left" if c == "schedule" else "right")
     for name, sc in r["schedules"].items():
         t.add_row(name, str(sc["threads"]), f"{sc['wall_s']:.1f}", f"{sc['epoch_s']:.2f}")
-    out.print(t)
+    print_table(t)
     if r.get("budget_vs_sequential") is not None:
         out.print(f"together with the budget: {r['budget_vs_sequential']:.2f}x the time of one after another")
     if r.get("default_vs_budget") is not None:

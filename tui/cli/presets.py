@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.facade import list_presets, load_preset
-from tui.cli.common import out, print_table, term_width
+from engine.facade import caveats, list_presets, load_preset, plan_text, preset_runs
+from tui.cli.common import err, out, print_table, term_width
 from tui.cli.root import app, preset_app
 
 
@@ -46,17 +46,32 @@ def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 def preset_show(ctx: typer.Context, name: str,
                 set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
                 as_json: Annotated[bool, typer.Option("--json")] = False):
-    """Show a preset's fully resolved config."""
+    """Show a preset's fully resolved config, the runs it plans (each sweep point) and its caveats."""
     pname, cfg, _ = load_preset(name, set_, ctx.obj["home"])
+    planned = preset_runs(name, set_, home=ctx.obj["home"])
+    notes = list(dict.fromkeys(c for p in planned for c in caveats(p.cfg)))
+    points = list({json.dumps(p.point, sort_keys=True, default=str): p for p in planned}.values())
     d = cfg.to_dict()
     if as_json:
-        print(json.dumps({"name": pname, "label": cfg.label, "config": d}, indent=1))
+        print(json.dumps({"name": pname, "label": cfg.label, "config": d, "plan": plan_text(planned),
+                          "points": [{"point": p.point, "label": p.cfg.label} for p in points if p.point],
+                          "caveats": notes}, indent=1, default=str))
         return
     out.print(f"[bold]{pname}[/]  ({cfg.label})")
     if cfg.preset.description:
         out.print(cfg.preset.description)
     if cfg.preset.reference:
         out.print(f"reproduces: {cfg.preset.reference}")
+    out.print(f"plan: {plan_text(planned)}", markup=False, highlight=False)
+    if any(p.point for p in points):
+        out.print(f"[bold]\\[sweep][/] {len(points)} point{'s' if len(points) != 1 else ''} "
+                  "(the tables below are the preset's own values)")
+        shown = [", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in p.point.items()) for p in points]
+        w = max(map(len, shown))
+        for values, p in zip(shown, points):
+            out.print(f"  {values.ljust(w)}  → {p.cfg.label}", markup=False, highlight=False)
+    for line in notes:
+        err.print(f"advlc: warning: {line}", markup=False, highlight=False, soft_wrap=True)
     for section, table in d.items():
         if section == "preset":
             continue

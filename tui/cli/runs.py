@@ -69,6 +69,8 @@ def run_cmd(ctx: typer.Context,
         raise UserError("--with-teachers trains the teachers before the student, so it runs in the foreground; "
                         "drop --detach/--gpus/--executor, or run the teacher presets detached first")
     planned = plan_runs(preset, overrides, seeds=seeds, home=ctx.obj["home"], with_teachers=with_teachers)
+    for line in dict.fromkeys(c for p in planned for c in facade.caveats(p.cfg)):
+        err.print(f"advlc: warning: {line}", markup=False, highlight=False, soft_wrap=True)
     command = "advlc " + shlex.join(sys.argv[1:])
     for p in planned:
         p.command = command

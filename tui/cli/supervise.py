@@ -26,7 +26,7 @@ from engine.facade import (
     tail,
 )
 from engine.printable import printable
-from tui.cli.common import Progress, err, out, print_summary, run_or_latest, runs_of, store_of
+from tui.cli.common import Progress, err, out, print_summary, print_table, run_or_latest, runs_of, store_of
 from tui.cli.root import app
 
 
@@ -171,7 +171,7 @@ def queue_cmd(ctx: typer.Context,
             since = time.strftime("%H:%M:%S", time.localtime(le["since"])) if le.get("since") else "—"
             t.add_row(str(le.get("gpu")), str(le.get("slot")), str(le.get("run")), str(le.get("pid")), since,
                       "alive" if le["live"] else "gone (stale)")
-        out.print(t)
+        print_table(t)
     else:
         out.print("no GPU leases")
     if info["queued"]:
@@ -191,4 +191,4 @@ def queue_cmd(ctx: typer.Context,
             t.add_row(r["id"], r["state"], str(r["job_id"] or "—"), slurm_state,
                       where if where and where != "None" else "—", r["partition"] or "—",
                       f"{r['time']} min" if r.get("time") else "—")
-        out.print(t)
+        print_table(t)

@@ -35,10 +35,13 @@ from textual.widgets import Button, Input, Label, Select, Static, Tree
 from engine.errors import UserError
 from engine.facade import (
     DEFAULT_PRESET,
+    caveats,
     list_presets,
     load_toml,
     plan_runs,
+    plan_text,
     read_preset,
+    seeds_of,
 )
 from tui.messages import ActionDone
 from tui.widgets.key_bar import KeyBar
@@ -320,8 +323,11 @@ class PresetsScreen(Screen):
         self.query_one("#launch", Button).disabled = False
         planned = message.planned
         cfg = planned[0].cfg
-        plan.update(Text(f"will launch {plan_text(planned)} · {cfg.train.epochs} epochs "
-                         f"· {cfg.data.dataset} · device {cfg.train.device}"))
+        text = Text(f"will launch {plan_text(planned)} · {cfg.train.epochs} epochs "
+                    f"· {cfg.data.dataset} · device {cfg.train.device}")
+        for line in dict.fromkeys(c for p in planned for c in caveats(p.cfg)):
+            text.append(f"\n⚠ {line}", style="yellow")
+        plan.update(text)
         if not self.query_one("#seeds", Input).value:
             self.query_one("#seeds", Input).placeholder = str(len(seeds_of(
                 [p for p in planned if not p.role.startswith("teacher")])))
@@ -395,40 +401,6 @@ class PresetsScreen(Screen):
 
     def action_focus_overrides(self) -> None:
         self.query_one("#overrides", Input).focus()
-
-
-def seeds_of(planned) -> list[int]:
-    """The seeds of a plan, in order (each point of a sweep has the same ones)."""
-    return list(dict.fromkeys(p.seed for p in planned))
-
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def scheme_names(planned) -> list[str]:
-    """One name per point of the plan: its label (`pgd+advlc`) when the labels tell the points apart,
-    else the swept values (`lam=0.3`), with the label in front when there is more than one."""
-    points: dict[tuple, object] = {}
-    for p in planned:
-        points.setdefault(tuple(sorted((k, repr(v)) for k, v in p.point.items())), p)
-    firsts = list(points.values())
-    labels = [p.cfg.label for p in firsts]
-    if len(set(labels)) == len(labels):
-        return labels
-    many = len(set(labels)) > 1
-    return [(f"{p.cfg.label} " if many else "") + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}"
-                                                              for k, v in p.point.items()) for p in firsts]
-
-
-def plan_text(planned) -> str:
-    """`2 runs: pgd, pgd+advlc × seed 0` — every run a launch makes, by scheme and seed."""
-    runs = [p for p in planned if not p.role.startswith("teacher")]
-    seeds = seeds_of(runs)
-    n, teachers = len(runs), len(planned) - len(runs)
-    return (f"{n} run{'' if n == 1 else 's'}: {', '.join(scheme_names(runs))} × "
-            f"seed{'' if len(seeds) == 1 else 's'} {', '.join(map(str, seeds))}"
-            + (f" (+ {teachers} teacher run{'' if teachers == 1 else 's'} first)" if teachers else ""))
 
 
 def _walk(node):
