@@ -67,7 +67,8 @@ from engine.launch.executors import executor_named
 from engine.store.records import ConfigRecord, Meta, Origin, Status
 from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, STATES
-from engine.store.summary import RO_POINTS, RO_STREAK, format_epoch, overfitting_onset
+from engine.store.alerts import CO_DROP, CO_MIN_ROBUST, CO_WINDOW, RO_POINTS, RO_STREAK, Alert, detect_alerts, overfitting_onset, robust_key
+from engine.store.summary import format_epoch
 from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
 from engine.store.watch import (
     IndexReader,
@@ -109,7 +110,7 @@ __all__ = [
     "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
-    "RO_POINTS", "RO_STREAK", "overfitting_onset", "TensorBoardMissing", "backfill_origins",
+    "RO_POINTS", "RO_STREAK", "overfitting_onset", "Alert", "detect_alerts", "robust_key", "CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "TensorBoardMissing", "backfill_origins",
     "ConfigRecord", "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
     "caveats", "plan_text", "preset_runs", "seeds_of",
     *_LAZY,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store.summary import RO_POINTS, RO_STREAK, overfitting_onset
+from engine.store.alerts import RO_POINTS, RO_STREAK, overfitting_onset
 
 DATA = Path(__file__).parent / "data" / "robust_overfitting_runs.json"
 

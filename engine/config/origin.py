@@ -59,10 +59,17 @@ def _canon(v):
     return json.dumps(v, sort_keys=True, default=str)
 
 
+ADDED_KEYS = {"data.val_size": 0, "train.select_on": "test", "train.stop_on_overfit": False,
+              "train.overfit_patience": 5}
+"""Result-bearing keys added after runs were first stored, with the value a run made before them
+behaved as: an older run without them is a seed of the same configuration as a new run with these
+values."""
+
+
 def config_key(config: dict) -> str:
     """What runs that are seeds of one configuration share: the resolved result-bearing config
     (the seed, device and threads aside), as one canonical string."""
-    f = {k: v for k, v in flat(config).items() if k not in NON_RESULT_KEYS}
+    f = {k: v for k, v in {**ADDED_KEYS, **flat(config)}.items() if k not in NON_RESULT_KEYS}
     return _canon(f)
 
 

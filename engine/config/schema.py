@@ -92,6 +92,12 @@ class DataConfig:
         "different class drawn uniformly, once, from a generator seeded by split_seed (the same noisy "
         "training set for every train.seed; Dong et al. 2021). Test labels are never changed.",
         unit="fraction", min=0.0, max=1.0)
+    val_size: int = opt(
+        0, "Validation split: this many images held out of the training set (chosen by split_seed, the same for "
+        "every method and train.seed), never trained on, evaluated every evaluated epoch like the test set "
+        "(val_clean_acc, val_robust_acc). Taken before n_train, so n_train counts the images left; with "
+        "label_noise the split gets the same rate of noisy labels as the training set (it is part of it). "
+        "0 = none (the paper).", unit="images", min=0, max=MAX_IMAGES)
 
 
 @dataclass
@@ -198,6 +204,16 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum.", min=0.0, max=1.0)
     weight_decay: float = opt(1e-4, "Weight decay (all parameters).", min=0.0)
     nesterov: bool = opt(False, "Nesterov momentum.")
+    select_on: str = opt(
+        "test", "Which split's PGD robust accuracy selects best.pt, the 'best' of every table and the overfitting "
+        "alert: 'test' (the paper and its reference code: test-set selection, optimistically biased) or 'val' "
+        "(the held-out data.val_size images; Rice et al. 2020).", choices=("test", "val"))
+    stop_on_overfit: bool = opt(
+        False, "Early stopping: end the run (finished, its reason recorded) once robust overfitting on the "
+        "selection split has held for train.overfit_patience evaluated epochs; best.pt is the selected model.")
+    overfit_patience: int = opt(
+        5, "Early stopping's patience: consecutive evaluated epochs at which the robust-overfitting condition "
+        "(docs/APP.md) holds before the run stops.", unit="epochs", min=1, max=MAX_EPOCHS)
     seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0, max=SEED_MAX)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
     threads: int = opt(
@@ -619,6 +635,9 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
         e.eps = a.eps  # the threat model: standard training is evaluated at the same eps
     if e.pgd_alpha is None:
         e.pgd_alpha = e.eps / 4
+    if cfg.train.select_on == "val" and cfg.data.val_size == 0:
+        raise UserError(f"{where}: train.select_on = \"val\" needs a validation split: set data.val_size "
+                        f"(images held out of the training set, e.g. data.val_size=200)")
     ms = cfg.train.lr_milestones
     if any(m < 0 for m in ms) or ms != sorted(ms):
         raise UserError(f"{where}: train.lr_milestones = {ms}: must be increasing epochs >= 0")

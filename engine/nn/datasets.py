@@ -49,6 +49,8 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    val_x: torch.Tensor | None = None   # data.val_size images held out of the training set (None: no split)
+    val_y: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -67,6 +69,8 @@ class Dataset:
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
             num_classes=self.num_classes,
+            val_x=None if self.val_x is None else self.val_x.to(device),
+            val_y=None if self.val_y is None else self.val_y.to(device),
         )
 
 
@@ -155,14 +159,38 @@ def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
     else:
         raise UserError(f"data.dataset = {name!r}: unknown dataset (one of digits, cifar10, cifar100, "
                         f"svhn, tinyimagenet, synthetic)")
+    if getattr(cfg, "val_size", 0) > 0:
+        hold_out(ds, cfg.val_size, cfg.split_seed)
     if cfg.n_train > 0:
         ds.train_x = ds.train_x[: cfg.n_train]
         ds.train_y = ds.train_y[: cfg.n_train]
     if cfg.label_noise > 0:
         ds.train_y = symmetric_label_noise(ds.train_y, cfg.label_noise, ds.num_classes, cfg.split_seed)
+        if ds.val_y is not None:   # the split has the training set's label quality (it is part of it)
+            ds.val_y = symmetric_label_noise(ds.val_y, cfg.label_noise, ds.num_classes, cfg.split_seed + VAL_NOISE_SEED)
     ds.train_x = ds.train_x.contiguous()
     ds.test_x = ds.test_x.contiguous()
     return ds.to(device)
+
+
+VAL_NOISE_SEED = 7919
+"""Added to split_seed for the validation split's label noise: a stream of its own, drawn the same way
+as the training labels' (which are drawn exactly as without a split)."""
+
+
+def hold_out(ds: Dataset, n: int, seed: int) -> None:
+    """Move `n` training images, chosen by a CPU generator seeded with `seed` (the same split for every
+    method and train.seed), into ds.val_x/val_y; the rest stay training images in their order."""
+    total = len(ds.train_x)
+    if n >= total:
+        raise UserError(f"data.val_size = {n}: must be less than the {total} training images of {ds.name} "
+                        f"(some must be left to train on)")
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    keep = torch.ones(total, dtype=torch.bool)
+    keep[chosen] = False
+    val = chosen.sort().values
+    ds.val_x, ds.val_y = ds.train_x[val], ds.train_y[val]
+    ds.train_x, ds.train_y = ds.train_x[keep], ds.train_y[keep]
 
 
 def symmetric_label_noise(y: torch.Tensor, frac: float, num_classes: int, seed: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from engine.report.runs import RunData, load_run, select_runs
 from engine.report.tables import table_from_specs
 from engine.store.records import Meta
 from engine.store.rundir import RunDir
+from engine.store.alerts import robust_key
 from engine.store.summary import best_and_end
 
 
@@ -115,7 +116,7 @@ def _provenance_rows(runs: list[RunData]) -> list[list[str]]:
         commit = prov.get("commit")
         dirty = f" (dirty {prov.get('diff_sha256') or ''})" if prov.get("dirty") else ""
         commit = str(commit)[:10] + dirty if commit else "—"
-        best, _ = best_and_end(r.epochs)
+        best, _ = best_and_end(r.epochs, robust_key(r.select_on))
         overrides = (run.origin.text or "") if run.origin else ""
         rows.append([r.rd.id, _named(r), str(run.preset), str(run.label), point_text(r.point) or "—",
                      overrides or "—", str(run.seed), r.state,

@@ -7,7 +7,8 @@
 Names are the index document's keys (`state`, `preset`, `label` (the training scheme), `method`,
 `attack`, `dataset`, `arch`, `seed`, `group`, `epoch`, `epochs`, `best_robust_acc`,
 `end_robust_acc`, `best_clean_acc`, `end_clean_acc`, `end_ig`, `end_hs` (`ig`, `hs` still read
-as these), `overrides_text` (the run's `--set` overrides), `title`, `tags`, `note`, `archived`,
+as these), `overfit_epoch`, `catastrophic_epoch` (the alerts' epochs), `select_on`, `test_best_robust_acc`,
+`stopped_early_at`, `epochs_saved`, `overrides_text` (the run's `--set` overrides), `title`, `tags`, `note`, `archived`,
 …) and the config's keys written `section.key` (`method.lam`, `train.epochs`, `data.dataset`,
 `attack.eps`, …). Values are numbers, "strings" or 'strings', `true`, `false`,
 `null` and [lists]. Operators: `== != < <= > >=`, `in` and `not in` (membership in a list, or a
@@ -34,8 +35,9 @@ from engine.errors import UserError
 from engine.store.summary import SUMMARY_KEYS
 
 INDEX_KEYS = ("id", "preset", "label", "method", "attack", "dataset", "arch", "seed", "group", "created", "state",
-              "epoch", "epochs", "overfit_epoch", "updated", "error", "title", "tags", "note", "archived",
-              "overrides_text", "origin_known") + SUMMARY_KEYS + tuple(
+              "epoch", "epochs", "overfit_epoch", "catastrophic_epoch", "select_on", "stopped_early_at",
+              "epochs_saved", "updated", "error", "title", "tags", "note", "archived", "overrides_text",
+              "origin_known") + SUMMARY_KEYS + tuple(
     f"swa_{k}" for k in SUMMARY_KEYS if not k.startswith(("epoch_time", "eval_time")))
 """The names of an index document a query may use (engine.store.summary)."""
 

@@ -2,9 +2,11 @@
 paper's per-run numbers (`run_values`, `summary_from`), seconds per mini-batch, and which runs a
 comparison is about (`select_runs`).
 
-Per run: `best` is the epoch with the highest PGD robust accuracy on the test data (the paper's
-checkpoint selection; ties go to the later epoch, as in the authors' code); `end` is the last
-evaluated epoch; `diff` = best - end (the robust-overfitting gap).
+Per run: `best` is the epoch with the highest PGD robust accuracy on the run's selection split
+(train.select_on: the test data, the paper's checkpoint selection, or the held-out validation
+split; ties go to the later epoch, as in the authors' code); `end` is the last evaluated epoch;
+`diff` = best - end (the robust-overfitting gap). With a validation split the test-selected best
+is kept beside it (`robust_best_test`), an optimistic upper bound.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from engine.errors import UserError
 from engine.report.query import parse as parse_query
 from engine.store.records import ConfigRecord, MetricRecord, RunRecord, Status
 from engine.store.rundir import RunDir
+from engine.store.alerts import robust_key
 from engine.store.summary import best_and_end, last_value, summarize
 
 # Training-set sizes, for seconds per batch when a record has no images_per_s.
@@ -31,10 +34,24 @@ def _pct(v):
     return None if v is None else 100.0 * v
 
 
+def seconds_saved(status: Status, epochs: list) -> float | None:
+    """About how long the epochs an early stop left out would have taken: their number times the
+    run's mean wall time per epoch (training + evaluation), None for a run that did not stop early."""
+    stop = status.early_stop
+    per_epoch = [(e.get("time_s") or 0.0) + (e.get("eval_time_s") or 0.0) for e in epochs
+                 if e.get("time_s") is not None]
+    if stop is None or not per_epoch:
+        return None
+    return stop.saved_epochs * fmean(per_epoch)
+
+
 def summary_from(config: ConfigRecord, status: Status, epochs: list) -> dict:
     """One run's headline numbers (fractions, as stored)."""
-    best, end = best_and_end(epochs)
+    select_on = config.value("train.select_on") or "test"
+    best, end = best_and_end(epochs, robust_key(select_on))
+    test_best, _ = best_and_end(epochs)
     run = config.run
+    stop = status.early_stop
     times = [e["time_s"] for e in epochs if e.get("time_s") is not None]
     out = {
         "label": run.label,
@@ -45,8 +62,15 @@ def summary_from(config: ConfigRecord, status: Status, epochs: list) -> dict:
         "best_epoch": best["epoch"] if best else None,
         "clean_best": best.get("clean_acc") if best else None,
         "clean_end": end.get("clean_acc") if end else None,
-        "robust_best": best["robust_acc"] if best else None,
-        "robust_end": end["robust_acc"] if end else None,
+        "robust_best": best.get("robust_acc") if best else None,
+        "robust_end": end.get("robust_acc") if end else None,
+        "select_on": select_on,
+        "robust_best_test": test_best["robust_acc"] if test_best else None,
+        "best_epoch_test": test_best["epoch"] if test_best else None,
+        "val_robust_best": best.get("val_robust_acc") if best else None,
+        "stopped_early_at": stop.epoch if stop else None,
+        "epochs_saved": stop.saved_epochs if stop else None,
+        "seconds_saved": seconds_saved(status, epochs),
         "ig": end.get("ig") if end else None,
         "hs": last_value(epochs, "hs"),
         "epoch_time_s": fmean(times) if times else None,
@@ -84,6 +108,11 @@ class RunData:
     def experiment(self) -> str | None:
         """The experiment kind (fig4a, fig4b, fig4c, a1) of a post-hoc analysis run, else None."""
         return self.config.value("experiment.kind") or None
+
+    @property
+    def select_on(self) -> str:
+        """The split that selects the run's best checkpoint (train.select_on; "test" for older runs)."""
+        return self.config.value("train.select_on") or "test"
 
     @property
     def run(self) -> RunRecord:
@@ -166,11 +195,13 @@ def _final_eval(run: RunData, ckpt: str, attack: str):
 def run_values(run: RunData, table: str = "epochs", ckpt_eval: str | None = None) -> dict:
     """One run's numbers in the table's units (accuracies in %); None where not available."""
     recs = run.records(table)
-    best, end = best_and_end(recs)
+    best, end = best_and_end(recs, robust_key(run.select_on))
+    test_best, _ = best_and_end(recs)
     out = {"clean_best": _pct(best.get("clean_acc")) if best else None,
            "clean_end": _pct(end.get("clean_acc")) if end else None,
-           "robust_best": _pct(best["robust_acc"]) if best else None,
-           "robust_end": _pct(end["robust_acc"]) if end else None,
+           "robust_best": _pct(best.get("robust_acc")) if best else None,
+           "robust_end": _pct(end.get("robust_acc")) if end else None,
+           "robust_best_test": _pct(test_best["robust_acc"]) if test_best else None,
            "best_epoch": best["epoch"] if best else None,
            "ig": end.get("ig") if end else None,
            "hs": last_value(recs, "hs"),

@@ -55,7 +55,7 @@ from engine.errors import UserError
 from engine.report.columns import add_columns, column_values, parse_columns
 from engine.report.curves import row_curves, series
 from engine.report.missing import fill_command, grid_holes, missing, overrides_for
-from engine.report.model import COLUMN_INFO, COLUMNS, DIFFS, Cell, CompareRow, CompareTable, cell
+from engine.report.model import COLUMN_INFO, COLUMNS, DIFFS, VAL_COLUMNS, Cell, CompareRow, CompareTable, cell
 from engine.report.render import EXTENSIONS, SIG_DIGITS, export, fmt_cell, md_escape, render, to_json
 from engine.report.resolver import Resolver
 from engine.report.rows import LABEL_KEYS, RowSpec, group_rows, infer_points, point_text, row_name, shared_overrides
@@ -66,6 +66,7 @@ from engine.report.runs import (
     load_run,
     run_summary,
     run_values,
+    seconds_saved,
     select_runs,
     summary_from,
     time_per_batch,
@@ -141,21 +142,34 @@ def table_from_specs(specs: list[RowSpec], *, home=None, grid: bool = False, ckp
     if experiments:
         notes.append("Not in the table: post-hoc experiment runs (" + ", ".join(s.name for s in experiments)
                      + "); `advlc report` plots them.")
+    stopped = _early_stops(specs)
+    if stopped:
+        notes.append("Stopped early on robust overfitting (train.stop_on_overfit; end = the last trained epoch): "
+                     + "; ".join(stopped) + ".")
     if any(r.missing for r in rows):
         notes.append("Incomplete: " + "; ".join(f"{r.name}: {', '.join(r.missing)}" for r in rows if r.missing))
     title = f"Clean and robust accuracy (%); robust: {source}"
-    return CompareTable(title, list(COLUMNS), rows, _best(rows), notes, time_unit, source, ckpt_eval, keys)
+    on_val = [s.name for s in specs if any(r.select_on == "val" for r in s.counted or s.runs)]
+    columns = list(COLUMNS)
+    if on_val:
+        at = columns.index("robust_diff") + 1
+        columns[at:at] = VAL_COLUMNS
+        notes.insert(3, "Rows whose best is selected on a validation split held out of the training set "
+                     "(train.select_on = \"val\"): " + ", ".join(on_val) + "; the others select on the test "
+                     "set (the paper). Robust best (test-sel.) = the same runs' best per-epoch PGD robust "
+                     "accuracy selected on the test set: an optimistic upper bound, shown for comparison.")
+    return CompareTable(title, columns, rows, _best(rows, columns), notes, time_unit, source, ckpt_eval, keys)
 
 
 def _row(s: RowSpec, vals: list, time_key: str, miss: list, fill: list, ckpt_eval, notes: list) -> CompareRow:
     """One row's cells from its runs' values; missing final evaluations and repeated seeds noted."""
     cells = {col: cell([v[col] for _, v in vals]) for col in ("clean_best", "clean_end", "robust_best",
-                                                               "robust_end", "ig", "hs")}
+                                                               "robust_end", "robust_best_test", "ig", "hs")}
     cells["time"] = cell([v[time_key] for _, v in vals])
     for col, (b, e) in DIFFS.items():
         cb, ce = cells[b], cells[e]
         cells[col] = Cell(None if cb.mean is None or ce.mean is None else cb.mean - ce.mean, None, min(cb.n, ce.n))
-    cells = {col: cells[col] for col in COLUMNS}
+    cells = {col: cells[col] for col in COLUMNS + VAL_COLUMNS}
     if ckpt_eval:
         for r, v in vals:
             for which in ("best", "end"):
@@ -172,9 +186,24 @@ def _row(s: RowSpec, vals: list, time_key: str, miss: list, fill: list, ckpt_eva
                       dict(s.point), dict(s.overrides), config=s.config)
 
 
-def _best(rows: list[CompareRow]) -> dict[str, str]:
+def _early_stops(specs: list[RowSpec]) -> list[str]:
+    """Per row with runs that stopped early: their last epochs and what they did not train."""
+    out = []
+    for s in specs:
+        stops = [(r, r.status.early_stop) for r in s.counted if r.status.early_stop is not None]
+        if not stops:
+            continue
+        saved = [seconds_saved(r.status, r.epochs) for r, _ in stops]
+        minutes = sum(x for x in saved if x is not None) / 60
+        out.append(f"{s.name}: {len(stops)} of {len(s.counted)} runs, at epoch "
+                   f"{', '.join(str(st.epoch) for _, st in stops)} of {stops[0][1].planned} "
+                   f"({sum(st.saved_epochs for _, st in stops)} epochs, about {minutes:.0f} min, not trained)")
+    return out
+
+
+def _best(rows: list[CompareRow], columns: list[str]) -> dict[str, str]:
     best = {}
-    for col in COLUMNS:
+    for col in columns:
         rule = COLUMN_INFO[col][1]
         cand = [(r.cells[col].mean, i, r.name) for i, r in enumerate(rows) if r.cells[col].mean is not None]
         if len(cand) < 2:
@@ -190,7 +219,7 @@ def _best(rows: list[CompareRow]) -> dict[str, str]:
 
 
 def _notes(source: str, ckpt_eval, time_unit: str, batch_sizes: list) -> list[str]:
-    sel = "best = epoch of highest per-epoch PGD robust accuracy (ties: later epoch)"
+    sel = "best = epoch of highest per-epoch PGD robust accuracy on the selection split (ties: later epoch)"
     if ckpt_eval:
         sel += f"; clean and robust best/end measured by {source} on the best and end checkpoints"
     bs = f" of {batch_sizes[0]}" if len(batch_sizes) == 1 else ""

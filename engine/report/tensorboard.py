@@ -55,6 +55,7 @@ from typing import Any, Iterable, Mapping
 from engine.errors import UserError
 from engine.report.runs import select_runs
 from engine.store.records import ConfigRecord, RunRecord
+from engine.store.alerts import robust_key
 from engine.store.summary import best_and_end
 
 INSTALL_HINT = "pip install 'advlc[tensorboard]'"
@@ -162,10 +163,11 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _headline(epochs, swa) -> list[tuple[int, str, float]]:
+def _headline(epochs, swa, select_on: str = "test") -> list[tuple[int, str, float]]:
     out = []
+    key = robust_key(select_on)     # best as the run selected it (test or validation split)
     for prefix, records in (("", epochs), ("swa_", swa)):
-        best, end = best_and_end([r for r in records if _is_number(r.get("robust_acc"))])
+        best, end = best_and_end([r for r in records if _is_number(r.get("robust_acc"))], key)
         for which, rec in (("best", best), ("end", end)):
             for key in ("robust_acc",) if prefix else ("robust_acc", "clean_acc"):
                 if rec is not None and _is_number(rec.get(key)):
@@ -173,7 +175,7 @@ def _headline(epochs, swa) -> list[tuple[int, str, float]]:
     return out
 
 
-def scalar_series(epochs, evals, swa) -> list[tuple[int, str, float]]:
+def scalar_series(epochs, evals, swa, select_on: str = "test") -> list[tuple[int, str, float]]:
     """(step, tag, value) for every scalar, in write order (raises ValueError on a bad record)."""
     out: list[tuple[int, str, float]] = []
     for prefix, records in (("epoch", epochs), ("swa", swa)):
@@ -188,7 +190,7 @@ def scalar_series(epochs, evals, swa) -> list[tuple[int, str, float]]:
         for key in ("clean_acc", "robust_acc"):
             if _is_number(rec.get(key)):
                 out.append((step, f"eval/{ckpt}/{attack}/{key}", float(rec[key])))
-    return out + _headline(list(epochs), list(swa))
+    return out + _headline(list(epochs), list(swa), select_on)
 
 
 # ------------------------------------------------------------------ the writer
@@ -196,7 +198,8 @@ def write_run(log_dir: Path, *, tag: str, config: dict, epochs: list[dict], eval
               swa: list[dict] = (), overwrite: bool = True) -> Path:
     """Write one run's TensorBoard events into ``log_dir / run_folder(tag)``; return that folder."""
     event_pb2, summary_pb2, hp, text_summary, EventFileWriter = _tensorboard()
-    scalars = scalar_series(epochs, evals, swa)        # validates before touching the disk
+    select_on = (config.get("train") or {}).get("select_on") or "test"
+    scalars = scalar_series(epochs, evals, swa, select_on)        # validates before touching the disk
     hparams = flatten(config)
     run_dir = Path(log_dir) / run_folder(tag)
     old = sorted(run_dir.glob(EVENTS_GLOB)) if run_dir.is_dir() else []

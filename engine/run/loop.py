@@ -42,12 +42,14 @@ def lr_at(tcfg, epoch: int) -> float:
 def train(model, optimizer, method, data, cfg, *, device: torch.device, generator: torch.Generator,
           start_epoch: int = 0, extras: dict | None = None,
           on_batch: Callable[[int, int, int], None] | None = None,
-          on_epoch: Callable[[EpochResult], None] | None = None) -> None:
+          on_epoch: Callable[[EpochResult], bool | None] | None = None) -> int:
     """Train `model` with `method` (a registered Method) from `start_epoch` to cfg.train.epochs.
 
     `data` is an engine.nn.datasets.Dataset on `device`; `generator` draws the batch order and
     the augmentation; `extras` reach the method as ctx.extras (teachers; the un-augmented
     batch for methods that declare `raw_batch`). A non-finite training loss is a UserError.
+    `on_epoch` returning True ends training after that epoch (early stopping). Returns the number
+    of epochs trained to (the last trained epoch + 1).
     """
     t, d = cfg.train, cfg.data
     extras = {} if extras is None else extras
@@ -81,5 +83,7 @@ def train(model, optimizer, method, data, cfg, *, device: torch.device, generato
         if not math.isfinite(train_loss):
             raise UserError(f"training diverged at epoch {epoch} (train loss {train_loss}); "
                             f"lower method.lam or train.lr")
-        if on_epoch is not None:
-            on_epoch(EpochResult(epoch, lr, train_loss / seen, train_correct / seen, time_s, seen))
+        if on_epoch is not None and on_epoch(EpochResult(epoch, lr, train_loss / seen, train_correct / seen,
+                                                          time_s, seen)):
+            return epoch + 1
+    return t.epochs

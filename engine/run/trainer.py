@@ -7,13 +7,14 @@
   resume    from last.pt when it exists (model, optimiser, RNG states, best so far, SWA), and
             drops the records past its epoch, so a resumed run repeats an uninterrupted one;
   the loop  engine.run.loop.train, with `on_epoch` doing the per-epoch evaluation (clean and
-            PGD on the test data, IG, HS when due), the SWA update and its evaluation, the
-            extra metrics of eval.extra, then the records, best.pt / swa_*.pt / last.pt, the
-            status and the index, in that order;
+            PGD on the test data and on the validation split if any, IG, HS when due), the SWA
+            update and its evaluation, the extra metrics of eval.extra, then the records,
+            best.pt (selected on train.select_on's split) / swa_*.pt / last.pt, the status and
+            the index, in that order; then early stopping (train.stop_on_overfit);
   the end   the final evaluations of eval.final (engine.run.final_eval).
 
-Records of table `epochs` have the keys `EPOCH_KEYS` (+ the eval.extra names); the SWA model's
-records (table `swa`) have the same keys.
+Records of table `epochs` have the keys `EPOCH_KEYS` (+ `VAL_KEYS` with a validation split, + the
+eval.extra names); the SWA model's records (table `swa`) have the same keys.
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ from engine.run.epoch_metrics import extra_epoch_metrics
 from engine.run.final_eval import run_final_evals
 from engine.run.loop import EpochResult, train
 from engine.run.teachers import load_teachers
+from engine.store.alerts import early_stop, robust_key
 from engine.store.index import Store
-from engine.store.records import ConfigRecord
+from engine.store.records import ConfigRecord, EarlyStop
 from engine.store.rundir import RunDir
 from engine.store.summary import format_epoch
 
 EPOCH_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_loss", "clean_acc", "robust_loss",
               "robust_acc", "av", "ig", "hs", "time_s", "eval_time_s", "images_per_s")
+VAL_KEYS = ("val_clean_loss", "val_clean_acc", "val_robust_loss", "val_robust_acc")
+"""The validation split's records (data.val_size > 0): the test evaluation's clean and PGD numbers."""
 STATUS_EVERY_S = 5.0
 """Seconds between two batch-progress writes of status.json."""
 
@@ -83,6 +87,8 @@ class _Trainer:
         self.method = get_method(cfg.method.name)
         n_eval = len(data.test_x) if e.n == 0 else min(e.n, len(data.test_x))
         self.x_test, self.y_test = as_float(data.test_x[:n_eval]), data.test_y[:n_eval]
+        self.x_val = as_float(data.val_x) if data.val_x is not None else None
+        self.select_key = robust_key(t.select_on)   # robust_acc, or val_robust_acc: what picks best.pt
         if len(data.train_x) < t.batch_size:
             raise UserError(f"train.batch_size = {t.batch_size}: larger than the {len(data.train_x)} training images")
         # teachers: built under a forked RNG so they do not shift the run's random stream
@@ -122,7 +128,7 @@ class _Trainer:
         elif from_best and best.exists():
             ck = checkpoints.load(best, self.device, hint=f"start over with `advlc resume {self.rd.id} --from scratch`")
             self.model.load_state_dict(ck["model"])
-            start, self.best_acc = int(ck["epoch"]) + 1, float(ck["robust_acc"])
+            start, self.best_acc = int(ck["epoch"]) + 1, float(ck.get("score", ck["robust_acc"]))
             self.log(f"resumed from {best} (its epoch {start - 1}) at epoch {start}: fresh optimiser and "
                      f"random streams, so not bit-identical to an uninterrupted run")
         db = self.rd.metrics_db()
@@ -147,13 +153,18 @@ class _Trainer:
         if (epoch + 1) % e.every == 0 or last or force:
             out.update(evaluate(model, self.x_test, self.y_test, eps=e.eps, alpha=e.pgd_alpha, steps=e.pgd_steps,
                                 batch_size=e.batch_size, ig=e.ig))
+            if self.x_val is not None:    # the same attack on the held-out training images
+                v = evaluate(model, self.x_val, self.data.val_y, eps=e.eps, alpha=e.pgd_alpha, steps=e.pgd_steps,
+                             batch_size=e.batch_size, ig=False)
+                out.update({f"val_{k}": v[k] for k in ("clean_loss", "clean_acc", "robust_loss", "robust_acc")})
         if e.hs_every and ((epoch + 1) % e.hs_every == 0 or last or force):
             out["hs"], _ = hs_metric(model, self.x_test, self.y_test, n=e.hs_samples, batch=e.hs_batch, reduce=e.hs_reduce)
         return out
 
-    def on_epoch(self, r: EpochResult) -> None:
+    def on_epoch(self, r: EpochResult) -> bool:
+        """Evaluate, record and checkpoint epoch `r.epoch`; True when the run stops early here."""
         epoch = r.epoch
-        rec = dict.fromkeys(EPOCH_KEYS)
+        rec = dict.fromkeys(EPOCH_KEYS + (VAL_KEYS if self.x_val is not None else ()))
         rec.update(epoch=epoch, lr=r.lr, train_loss=r.train_loss, train_acc=r.train_acc, time_s=r.time_s,
                    images_per_s=r.images / r.time_s if r.time_s > 0 else None)
         t0 = time.perf_counter()
@@ -167,14 +178,33 @@ class _Trainer:
         if swa_rec is not None:
             self.log(self.swa.format(swa_rec))
             self.emit("swa", swa_rec)
+        return self.stop_early(epoch)
+
+    def stop_early(self, epoch: int) -> bool:
+        """train.stop_on_overfit: stop after this epoch once robust overfitting on the selection split
+        has held for train.overfit_patience evaluated epochs; the reason goes to status.json."""
+        t = self.cfg.train
+        if not t.stop_on_overfit or epoch + 1 >= t.epochs:
+            return False
+        found = early_stop(self.epochs_table.all(), t.overfit_patience, self.select_key)
+        if found is None:
+            return False
+        stop = EarlyStop(epoch=epoch, onset=found["onset"], planned=t.epochs, split=t.select_on)
+        self.rd.update_status(early_stop=stop)
+        self.store.sync(self.rd)
+        self.log(stop.text())
+        self.emit("early_stop", {"epoch": epoch, "onset": stop.onset, "planned": t.epochs, "text": stop.text()})
+        return True
 
     def save(self, epoch: int, rec: dict, swa_rec: dict | None) -> None:
         """Records first, then best.pt / swa_*.pt, then last.pt, then status and index."""
         self.epochs_table.insert(rec)
-        if rec["robust_acc"] is not None and rec["robust_acc"] >= self.best_acc:
-            self.best_acc = rec["robust_acc"]
+        score = rec[self.select_key]
+        if score is not None and score >= self.best_acc:
+            self.best_acc = score
             checkpoints.save({"model": self.model.state_dict(), "epoch": epoch, "robust_acc": rec["robust_acc"],
-                              "clean_acc": rec["clean_acc"]}, self.rd.ckpt("best"))
+                              "clean_acc": rec["clean_acc"], "selected_on": self.cfg.train.select_on,
+                              "score": score}, self.rd.ckpt("best"))
         if swa_rec is not None:
             self.swa_table.insert(swa_rec)
             self.swa.save(epoch, swa_rec)
@@ -237,17 +267,20 @@ class _RunSWA:
         self.avg.average.eval()
         if self.tr.device.type == "cuda":
             torch.cuda.synchronize(self.tr.device)
-        rec = dict.fromkeys(EPOCH_KEYS)   # time_s = seconds of the update + BN re-estimation
+        rec = dict.fromkeys(EPOCH_KEYS + (VAL_KEYS if self.tr.x_val is not None else ()))
+        # time_s = seconds of the update + BN re-estimation
         rec.update(epoch=epoch, lr=lr, time_s=time.perf_counter() - ts)
         # evaluated when the main model is, and always after the last update
         rec.update(self.tr.evaluate(self.avg.average, epoch, force=epoch == self.last_epoch))
         return rec
 
     def save(self, epoch: int, rec: dict) -> None:
+        score = rec[self.tr.select_key]
         ck = {"model": self.avg.average.state_dict(), "epoch": epoch, "n": self.avg.n,
-              "robust_acc": rec["robust_acc"], "clean_acc": rec["clean_acc"]}
-        if rec["robust_acc"] is not None and rec["robust_acc"] >= self.best_acc:
-            self.best_acc = rec["robust_acc"]
+              "robust_acc": rec["robust_acc"], "clean_acc": rec["clean_acc"],
+              "selected_on": self.tr.cfg.train.select_on, "score": score}
+        if score is not None and score >= self.best_acc:
+            self.best_acc = score
             checkpoints.save(ck, self.tr.rd.ckpt("swa_best"))
         checkpoints.save(ck, self.tr.rd.ckpt("swa_end"))
 

@@ -345,7 +345,7 @@ def _check_member(name: str, doc, bad):
 
 
 # ------------------------------------------------------------------------------ unpack: data, not intent
-_KEPT = ("created", "started", "ended", "epoch", "batch", "batches", "point", "points", "error")
+_KEPT = ("created", "started", "ended", "epoch", "batch", "batches", "point", "points", "error", "early_stop")
 """What an imported status.json keeps of the sender's: its progress and its story, nothing that
 names a process, a host, a launcher or how to start it again."""
 IMPORTED_STATES = ("finished", "stopped", "failed")

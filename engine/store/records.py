@@ -327,6 +327,35 @@ Launch = Union[LocalLaunch, GpuQueueLaunch, SlurmLaunch]
 
 
 @dataclass
+class EarlyStop(Record):
+    """Why a run finished before its last epoch (train.stop_on_overfit): robust overfitting on the
+    selection split since epoch `onset`, held for the patience up to epoch `epoch`."""
+
+    epoch: int
+    onset: int
+    planned: int
+    """train.epochs: the run would have trained epochs 0 .. planned - 1."""
+    split: str = "test"
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def saved_epochs(self) -> int:
+        return self.planned - (self.epoch + 1)
+
+    def text(self) -> str:
+        on = " (validation)" if self.split == "val" else ""
+        return (f"stopped early at epoch {self.epoch}: robust overfitting{on} since epoch {self.onset}; "
+                f"{self.saved_epochs} of {self.planned} epochs not trained")
+
+    def validate(self, path):
+        if not 0 <= self.onset <= self.epoch < self.planned:
+            raise Shape(f"{path}.epoch" if path else "epoch", self.epoch,
+                        f"must satisfy 0 <= onset ({self.onset}) <= epoch < planned ({self.planned})")
+        if self.split not in ("test", "val"):
+            raise Shape(f"{path}.split" if path else "split", self.split, "must be test or val")
+
+
+@dataclass
 class Status(Record):
     """status.json: the state (changed only by engine.store.states.transition) and progress."""
 
@@ -356,6 +385,8 @@ class Status(Record):
     point: int | None = None
     """An experiment run's progress: points done of `points` planned."""
     points: int | None = None
+    early_stop: EarlyStop | None = None
+    """Set when the run ended early on robust overfitting (train.stop_on_overfit)."""
     extra: dict = field(default_factory=dict, repr=False)
 
     def validate(self, path):
@@ -669,7 +700,10 @@ class IndexRow(MetricRecord):
              "label": (str,), "group": (str,), "path": (str,), "end_epoch": (int,), "v": (int,),
              **{k: _NUM for k in ("best_clean_acc", "best_robust_acc", "end_clean_acc", "end_robust_acc",
                                   "clean_diff", "robust_diff", "end_ig", "end_hs", "epoch_time_s_last",
-                                  "epoch_time_s_mean", "eval_time_s_mean")}}
+                                  "epoch_time_s_mean", "eval_time_s_mean", "best_val_robust_acc",
+                                  "best_val_clean_acc", "test_best_clean_acc", "test_best_robust_acc")},
+             "test_best_epoch": (int,), "overfit_epoch": (int,), "catastrophic_epoch": (int,),
+             "stopped_early_at": (int,), "epochs_saved": (int,), "select_on": (str,)}
     """The summary keys (engine.store.summary.SUMMARY_KEYS) are numbers: sorting and `--where` compare them."""
 
     @classmethod

@@ -1,7 +1,8 @@
 """What a run comes to: its best and end epochs, and the index document that lists it.
 
-`best` is the epoch with the highest PGD robust accuracy on the test data (the paper's
-checkpoint selection; ties go to the later epoch, as in the authors' code) and `end` the last
+`best` is the epoch with the highest PGD robust accuracy on the selection split: the test data
+(`train.select_on = "test"`, the paper's checkpoint selection; ties go to the later epoch, as in the
+authors' code) or a validation split held out of the training set (`"val"`); `end` is the last
 evaluated epoch. The index, the reports and the app all take best/end from `best_and_end`;
 the run's log and the command line show an epoch record as `format_epoch`'s one line.
 """
@@ -9,6 +10,7 @@ the run's log and the command line show an epoch record as `format_epoch`'s one 
 from __future__ import annotations
 
 from engine.errors import CorruptFile
+from engine.store.alerts import catastrophic_event, overfitting_onset, robust_key
 from engine.store.records import ConfigRecord, IndexRow, Meta, Shape, Status
 from engine.store.rundir import RunDir
 
@@ -16,49 +18,14 @@ CORRUPT = "corrupt"
 """The state an index document shows for a run whose files cannot be read (never a run's own state)."""
 
 
-def best_and_end(epochs: list[dict]) -> tuple[dict | None, dict | None]:
-    """(best, end) records among those with a robust accuracy; (None, None) if none has one."""
-    evald = [e for e in epochs if e.get("robust_acc") is not None]
+def best_and_end(epochs: list[dict], key: str = "robust_acc") -> tuple[dict | None, dict | None]:
+    """(best, end) records among those with a robust accuracy on the selection split (`key`:
+    robust_acc, or val_robust_acc for train.select_on = "val"); (None, None) if none has one."""
+    evald = [e for e in epochs if e.get(key) is not None]
     if not evald:
         return None, None
-    best = max(evald, key=lambda e: (e["robust_acc"], e["epoch"]))
+    best = max(evald, key=lambda e: (e[key], e["epoch"]))
     return best, evald[-1]
-
-
-RO_POINTS = 0.025
-"""How far (fraction of test robust accuracy; 0.025 = 2.5 points) below its best a robust accuracy
-must be to count towards robust overfitting."""
-RO_STREAK = 10
-"""How many consecutive evaluated epochs that far below the best make robust overfitting."""
-
-
-def overfitting_onset(epochs: list[dict], points: float = RO_POINTS, streak: int = RO_STREAK) -> dict | None:
-    """The first epoch record at which robust overfitting has set in, or None.
-
-    Looks only at records up to each epoch (so it can fire live): after the learning rate has been
-    decayed once (robust overfitting is a post-decay effect; before it, test robust accuracy swings
-    by several points while the model still improves), `streak` consecutive evaluated epochs with a
-    robust accuracy at least `points` below the running best, while the training accuracy has risen
-    since that best epoch (the model fits its adversarial training batches better and the test set
-    worse). Tuned on the robust-overfitting showcase: fires for PGD-10 and FGSM-N AT on every seed,
-    never for their AdvLC runs (docs/PRESETS.md).
-    """
-    lr0 = epochs[0].get("lr") if epochs else None
-    best, run = None, 0
-    for rec in epochs:
-        if rec.get("robust_acc") is None:
-            continue
-        if best is None or rec["robust_acc"] >= best["robust_acc"]:
-            best, run = rec, 0
-            continue
-        run = run + 1 if rec["robust_acc"] <= best["robust_acc"] - points + 1e-12 else 0
-        decayed = lr0 is not None and rec.get("lr") is not None and rec["lr"] < lr0
-        rose = rec.get("train_acc") is not None and best.get("train_acc") is not None \
-            and rec["train_acc"] > best["train_acc"]
-        if decayed and run >= streak and rose:
-            return {**rec, "best_epoch": best["epoch"], "best_robust_acc": best["robust_acc"],
-                    "best_train_acc": best["train_acc"]}
-    return None
 
 
 def last_value(records: list[dict], key: str):
@@ -66,18 +33,22 @@ def last_value(records: list[dict], key: str):
     return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
 
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 """The version of the index row's vocabulary; rows of an older version are rebuilt on read."""
 
 SUMMARY_KEYS = (
     "best_epoch", "best_clean_acc", "best_robust_acc", "end_epoch", "end_clean_acc", "end_robust_acc",
     "clean_diff", "robust_diff", "end_ig", "end_hs", "epoch_time_s_last", "epoch_time_s_mean",
-    "eval_time_s_mean",
+    "eval_time_s_mean", "best_val_robust_acc", "best_val_clean_acc", "test_best_epoch", "test_best_clean_acc",
+    "test_best_robust_acc",
 )
 """What `summarize_epochs` says of a table of epoch records, one key per quantity: `best` is the
 epoch with the highest PGD robust accuracy, `end` the last evaluated one, `*_diff` = best - end,
 `end_hs` the newest recorded HS, `epoch_time_s_*` the training time of an epoch, `eval_time_s_mean`
-the per-epoch evaluation time (PGD, IG, HS on the test data) where it was recorded."""
+the per-epoch evaluation time (PGD, IG, HS on the test data) where it was recorded. With a validation
+split (data.val_size), `best` is chosen on it when train.select_on = "val": `best_val_*` are its
+validation accuracies and `test_best_*` the test-selected best, an optimistic upper bound shown
+beside the honest one (always filled: equal to best_* when the test set selects)."""
 
 
 def _diff(a, b):
@@ -89,16 +60,22 @@ def _mean(values):
     return sum(vals) / len(vals) if vals else None
 
 
-def summarize_epochs(epochs: list) -> dict:
+def summarize_epochs(epochs: list, select_on: str | None = "test") -> dict:
     """The SUMMARY_KEYS of one table of epoch records (`epochs`, or `swa` for the averaged model)."""
-    best, end = best_and_end(epochs)
+    best, end = best_and_end(epochs, robust_key(select_on))
+    test_best, _ = best_and_end(epochs)
     out = {
         "best_epoch": best["epoch"] if best else None,
         "best_clean_acc": best.get("clean_acc") if best else None,
-        "best_robust_acc": best["robust_acc"] if best else None,
+        "best_robust_acc": best.get("robust_acc") if best else None,
+        "best_val_clean_acc": best.get("val_clean_acc") if best else None,
+        "best_val_robust_acc": best.get("val_robust_acc") if best else None,
+        "test_best_epoch": test_best["epoch"] if test_best else None,
+        "test_best_clean_acc": test_best.get("clean_acc") if test_best else None,
+        "test_best_robust_acc": test_best["robust_acc"] if test_best else None,
         "end_epoch": end["epoch"] if end else None,
         "end_clean_acc": end.get("clean_acc") if end else None,
-        "end_robust_acc": end["robust_acc"] if end else None,
+        "end_robust_acc": end.get("robust_acc") if end else None,
         "end_ig": end.get("ig") if end else None,
         "end_hs": last_value(epochs, "hs"),
         "epoch_time_s_last": epochs[-1].get("time_s") if epochs else None,
@@ -115,7 +92,11 @@ def summarize_records(rid: str, path, cfg: ConfigRecord, st: Status, tables: dic
     `show`, the app, compare, report and the TensorBoard export."""
     run = cfg.run
     epochs, swa = tables.get("epochs", []), tables.get("swa", [])
-    onset = overfitting_onset(epochs)
+    select_on = cfg.value("train.select_on") or "test"
+    key = robust_key(select_on)
+    onset = overfitting_onset(epochs, key=key)
+    collapse = catastrophic_event(epochs, key)
+    stop = st.early_stop
     origin = run.origin
     doc = {
         "v": INDEX_VERSION,
@@ -138,6 +119,10 @@ def summarize_records(rid: str, path, cfg: ConfigRecord, st: Status, tables: dic
         "epoch": len(epochs),
         "epochs": cfg.value("train.epochs"),
         "overfit_epoch": onset["epoch"] if onset else None,
+        "catastrophic_epoch": collapse[1]["epoch"] if collapse else None,
+        "select_on": select_on,
+        "stopped_early_at": stop.epoch if stop else None,
+        "epochs_saved": stop.saved_epochs if stop else None,
         "updated": st.heartbeat or st.created,
         "error": st.error,
         "path": str(path),
@@ -146,9 +131,10 @@ def summarize_records(rid: str, path, cfg: ConfigRecord, st: Status, tables: dic
         "note": (meta.note or "").strip().split("\n", 1)[0] or None,
         "archived": meta.archived,
     }
-    doc.update(summarize_epochs(epochs))
+    doc.update(summarize_epochs(epochs, select_on))
     # the SWA model's own records (table `swa`, same keys), when the run averages weights
-    doc.update({f"swa_{k}": v for k, v in summarize_epochs(swa).items() if not k.startswith(("epoch_time", "eval_time"))})
+    doc.update({f"swa_{k}": v for k, v in summarize_epochs(swa, select_on).items()
+                if not k.startswith(("epoch_time", "eval_time"))})
     return doc
 
 

@@ -16,6 +16,7 @@ from rich.text import Text
 from engine.errors import UserError
 from engine.printable import printable
 from engine.facade import Store, backfill_origins, format_epoch, reconcile, run_summary
+from tui.widgets.pace import duration
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
@@ -214,16 +215,26 @@ SUMMARY_TITLE = "accuracy % at best (highest PGD robust accuracy) / end epoch; d
 def print_summary(runs) -> None:
     """Best/end clean and robust accuracy, their differences and IG of finished foreground runs,
     in two-line headers that fit 80 columns (a long label wraps rather than cut a number)."""
-    out.print(SUMMARY_TITLE, markup=False)
+    sums = [run_summary(rd) for rd in runs]
+    title = SUMMARY_TITLE
+    if any(s["select_on"] == "val" for s in sums):
+        title = title.replace("(highest PGD robust accuracy)", "(highest PGD robust accuracy on the selection split)")
+    out.print(title, markup=False)
     t = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), collapse_padding=True)
     for head in ("run", "label", "seed", "clean %\nbest/end", "\ndiff", "robust %\nbest/end", "\ndiff", "\nIG"):
         left = head in ("run", "label")
         t.add_column(head, justify="left" if left else "right", no_wrap=head != "label",
                      overflow="fold" if head == "label" else "ellipsis")
-    for rd in runs:
-        s = run_summary(rd)
+    for rd, s in zip(runs, sums):
         label = s["label"] if s["state"] == "finished" else f"{s['label']} ({s['state']})"
         t.add_row(rd.id, Text(printable(label)), str(s["seed"]),
                   f"{pct(s['clean_best'])}/{pct(s['clean_end'])}", pct(s["clean_diff"]),
                   f"{pct(s['robust_best'])}/{pct(s['robust_end'])}", pct(s["robust_diff"]), num(s["ig"], "{:.3g}"))
     out.print(t)
+    for rd, s in zip(runs, sums):
+        if s["select_on"] == "val" and s["robust_best_test"] is not None:
+            out.print(f"{rd.id}: best chosen on validation; test-chosen best: {pct(s['robust_best_test'])} % "
+                      f"robust (optimistic)", markup=False, highlight=False)
+        if s["stopped_early_at"] is not None:
+            saved = f" (about {duration(s['seconds_saved'])} saved)" if s["seconds_saved"] is not None else ""
+            out.print(f"{rd.id}: {rd.status().early_stop.text()}{saved}", markup=False, highlight=False)

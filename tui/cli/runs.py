@@ -34,6 +34,7 @@ from tui.cli.common import (
 from tui.cli.experiments import print_points
 from tui.cli.root import app
 from tui.cli.supervise import launch_detached
+from tui.widgets.pace import duration
 
 SEED_MAX = 2**32 - 1
 """`--seed`'s upper end: engine.config.schema.SEED_MAX (numpy's and torch's seeds)."""
@@ -225,7 +226,7 @@ def runs_table(rows: list[dict], width: int | None) -> Table:
     width = FULL_WIDTH if width is None else width
     cells = [{"id": r["id"], "preset": printable(r.get("preset")), "label": printable(r.get("label")),
               "seed": printable(r.get("seed")), "state": printable(r.get("state", "?")),
-              "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}",
+              "epoch": f"{r.get('epoch', 0)}/{r.get('epochs')}" + ("⏹" if r.get("stopped_early_at") is not None else ""),
               "best": pct(r.get("best_robust_acc")), "end": pct(r.get("end_robust_acc")),
               "clean": pct(r.get("end_clean_acc")), "ig": num(r.get("end_ig"))} for r in rows]
     widths = {key: max([len(line) for line in head.split("\n")] + [len(c[key]) for c in cells])
@@ -288,6 +289,8 @@ SHOW_COLUMNS = (
 )
 """The epoch table of `advlc show`: short two-line headers and numbers in at most 8 characters
 (engine names in `--json`), so the ten columns fit 80 without cutting a value."""
+VAL_SHOW_COLUMN = ("val_robust_acc", "val rob\nacc %", "pct")
+"""Shown in place of AV when the run has a validation split (data.val_size)."""
 
 
 def _show_cell(kind: str, v) -> str:
@@ -303,12 +306,16 @@ def _show_cell(kind: str, v) -> str:
 
 
 def epochs_table(epochs) -> Table:
-    """The per-epoch records as `advlc show` prints them."""
+    """The per-epoch records as `advlc show` prints them (with a validation split, its robust
+    accuracy in place of AV, so the columns still fit 80)."""
+    cols = SHOW_COLUMNS
+    if any(r.get("val_robust_acc") is not None for r in epochs):
+        cols = tuple(VAL_SHOW_COLUMN if c[0] == "av" else c for c in cols)
     t = Table(box=None, pad_edge=False, padding=(0, 0, 0, 2), collapse_padding=True)
-    for _key, head, _kind in SHOW_COLUMNS:
+    for _key, head, _kind in cols:
         t.add_column(head, justify="right", no_wrap=True)
     for r in epochs:
-        t.add_row(*[_show_cell(kind, r.get(key)) for key, _head, kind in SHOW_COLUMNS])
+        t.add_row(*[_show_cell(kind, r.get(key)) for key, _head, kind in cols])
     return t
 
 
@@ -349,6 +356,14 @@ def show_cmd(ctx: typer.Context,
                   f"torch {safe(prov.torch)}  {safe(prov.device_name or prov.device)}  host {safe(prov.host)}")
     if st.error:
         out.print("[red]error:[/] " + safe(st.error.strip(), multiline=True))
+    s = facade.run_summary(rd)
+    if s["select_on"] == "val" and s["best_epoch"] is not None:
+        out.print(f"best: epoch {s['best_epoch']}, chosen on the validation split (val robust "
+                  f"{pct(s['val_robust_best'])} %, test robust {pct(s['robust_best'])} %); the test-chosen best: "
+                  f"epoch {s['best_epoch_test']}, {pct(s['robust_best_test'])} % (optimistic)", highlight=False)
+    if st.early_stop is not None:
+        saved = f" (about {duration(s['seconds_saved'])} saved)" if s["seconds_saved"] is not None else ""
+        out.print(f"[yellow]{safe(st.early_stop.text())}{saved}[/]")
     shown = epochs[-last:] if last else epochs
     if epochs:
         print_table(epochs_table(shown))

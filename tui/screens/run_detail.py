@@ -47,7 +47,7 @@ from textual.strip import Strip
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from engine.errors import UserError
-from engine.facade import POINT_KEYS, RunFollower, RunHistory
+from engine.facade import POINT_KEYS, RunFollower, RunHistory, robust_key
 from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, RunChanged
 from tui.safe_text import SafeText, safe_lines
@@ -65,6 +65,7 @@ PLOTS = (
     # id, title, [(series name, record key, table, role, scale)]
     ("acc", "accuracy (%)", [("clean", "clean_acc", "epochs", "primary", 100),
                              ("robust", "robust_acc", "epochs", "accent", 100),
+                             ("val robust", "val_robust_acc", "epochs", "warning", 100),
                              ("train", "train_acc", "epochs", "success", 100),
                              ("swa clean", "clean_acc", "swa", "muted", 100),
                              ("swa robust", "robust_acc", "swa", "error", 100)]),
@@ -634,8 +635,14 @@ class RunDetailScreen(Screen):
 
     # -- drawing -------------------------------------------------------------------
     def best_epoch(self) -> dict | None:
-        ev = [e for e in self.history.epochs if e.get("robust_acc") is not None]
-        return max(ev, key=lambda e: (e["robust_acc"], e["epoch"])) if ev else None
+        """The best epoch on the run's selection split (train.select_on), as best.pt holds it."""
+        key = robust_key("val" if self.best_on_val() else "test")
+        ev = [e for e in self.history.epochs if e.get(key) is not None]
+        return max(ev, key=lambda e: (e[key], e["epoch"])) if ev else None
+
+    def best_on_val(self) -> bool:
+        conf = self.history.config
+        return conf is not None and conf.value("train.select_on") == "val"
 
     def redraw_plots(self) -> None:
         h = self.history
@@ -651,8 +658,10 @@ class RunDetailScreen(Screen):
                 plot.set_series(name, [r["epoch"] for r in recs],
                                 [None if r.get(key) is None else r[key] * scale for r in recs], role=role)
             if best is not None and plot.series:
+                on_val = best.get("val_robust_acc") is not None and self.best_on_val()
                 label = (f"best ▼ epoch {best['epoch']}: robust {100 * best['robust_acc']:.1f}%"
-                         if pid == "acc" else "")
+                         + (f" (val {100 * best['val_robust_acc']:.1f}%)" if on_val else "")
+                         if pid == "acc" and best.get("robust_acc") is not None else "")
                 plot.mark(best["epoch"], label)
             plot.replot()
         self._draw_latest()
@@ -784,7 +793,10 @@ class RunDetailScreen(Screen):
             extra.append(f"run failed: {printable(err[-1]) if err else 'see the log (l)'}")
         elif st.state == "lost":
             extra.append("the run's process is gone without a final state; resume with r")
-        self.query_one("#alerts", AlertBar).show_alerts(detect_alerts(self.history.epochs), extra)
+        conf = self.history.config
+        select_on = conf.value("train.select_on") if conf is not None else None
+        notes = [st.early_stop.text()] if st.early_stop is not None else []
+        self.query_one("#alerts", AlertBar).show_alerts(detect_alerts(self.history.epochs, select_on), extra, notes)
 
     def _draw_config(self) -> None:
         h = self.history

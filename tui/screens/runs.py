@@ -125,7 +125,7 @@ FIELDS = ("id", "preset", "label", "title", "tags", "method", "attack", "dataset
 ACTIVE = ("running", "queued")
 ROW_KEYS = ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc", "end_clean_acc", "end_ig", "end_hs",
             "overfit_epoch", "best_epoch", "epoch_time_s_mean", "eval_time_s_mean", "preset", "label", "seed", "title",
-            "overrides_text", "created", "updated")
+            "overrides_text", "created", "updated", "stopped_early_at")
 """The index keys a Runs row shows (with its tags): a change to one of them redraws the row."""
 
 _EXPRESSION = re.compile(r"==|!=|[<>~]|\s(?:in|and|or)\s|^not\s")
@@ -528,6 +528,8 @@ class RunsScreen(Screen):
         else:
             progress = progress_cell(r.get("epoch"), r.get("epochs"), c, batch=live.batch if live else None,
                                      batches=live.batches if live else None, state=state, width=4)
+            if r.get("stopped_early_at") is not None:   # finished early on robust overfitting
+                progress.append("⏹", style=c.get("warning", ""))
         pace = row_pace(r, live)
         when = Text(clock(pace.launched), end="")
         if pace.elapsed is not None:
