@@ -27,9 +27,11 @@ from engine.config.schema import (
     FINAL_ATTACKS,
     FINAL_CKPTS,
     POINT_KEYS,
+    SEED_MAX,
     load_toml,
 )
 from engine.launch.plan import plan_runs
+from engine.launch.request import MAX_SLOTS_PER_GPU, LaunchRequest, parse_gpus, split_overrides
 from engine.launch.supervisor import (
     check_resumable,
     create_runs,
@@ -112,6 +114,6 @@ __all__ = [
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
     "RO_POINTS", "RO_STREAK", "overfitting_onset", "Alert", "detect_alerts", "robust_key", "CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "TensorBoardMissing", "backfill_origins",
     "ConfigRecord", "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
-    "caveats", "plan_text", "preset_runs", "seeds_of",
+    "caveats", "plan_text", "preset_runs", "seeds_of", "LaunchRequest", "parse_gpus", "split_overrides", "MAX_SLOTS_PER_GPU", "SEED_MAX",
     *_LAZY,
 ]

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from engine import facade
 from engine.errors import UserError
-from engine.facade import STATES, create_runs, get_method, plan_runs
+from engine.facade import MAX_SLOTS_PER_GPU, SEED_MAX, STATES, create_runs, get_method
 from engine.printable import printable
 from tui.cli.common import (
     FULL_WIDTH,
@@ -36,10 +36,6 @@ from tui.cli.root import app
 from tui.cli.supervise import launch_detached
 from tui.widgets.pace import duration
 
-SEED_MAX = 2**32 - 1
-"""`--seed`'s upper end: engine.config.schema.SEED_MAX (numpy's and torch's seeds)."""
-MAX_SLOTS_PER_GPU = 64
-"""`--slots-per-gpu`'s upper end: more runs than that on one GPU at once is a typo."""
 
 
 @app.command("run")
@@ -59,25 +55,17 @@ def run_cmd(ctx: typer.Context,
             slurm_gpus: Annotated[Optional[int], typer.Option("--slurm-gpus", min=0, help="GPUs of a CUDA run's Slurm job (default 1; a CPU run asks for none).")] = None,
             with_teachers: Annotated[bool, typer.Option("--with-teachers", help="KDSA: train missing teacher runs first (foreground).")] = False):
     """Train a preset: in the foreground with a progress bar, or detached (--detach, --gpus, --executor slurm)."""
-    overrides = list(set_)
-    if device:
-        overrides.append(f"train.device={device}")
-    if seed is not None:
-        overrides.append(f"train.seed={seed}")
+    req = facade.LaunchRequest(preset, list(set_), seeds=seeds, seed=seed, device=device, gpu_queue=gpus is not None,
+                               gpus=facade.parse_gpus(gpus), slots_per_gpu=slots_per_gpu, executor=executor,
+                               detach=detach, with_teachers=with_teachers, command="advlc " + shlex.join(sys.argv[1:]),
+                               slurm={"partition": partition, "time": time_limit, "account": account,
+                                      "gpus": slurm_gpus})
     store = store_of(ctx)
-    background = detach or gpus is not None or not facade.executor_named(executor).FOREGROUND
-    if with_teachers and background:
-        raise UserError("--with-teachers trains the teachers before the student, so it runs in the foreground; "
-                        "drop --detach/--gpus/--executor, or run the teacher presets detached first")
-    planned = plan_runs(preset, overrides, seeds=seeds, home=ctx.obj["home"], with_teachers=with_teachers)
+    planned = req.plan(home=ctx.obj["home"], store=store)
     for line in dict.fromkeys(c for p in planned for c in facade.caveats(p.cfg)):
         err.print(f"advlc: warning: {line}", markup=False, highlight=False, soft_wrap=True)
-    command = "advlc " + shlex.join(sys.argv[1:])
-    for p in planned:
-        p.command = command
-    if background:
-        launch_detached(store, planned, gpus=gpus, slots_per_gpu=slots_per_gpu, executor=executor,
-                        slurm={"partition": partition, "time": time_limit, "account": account, "gpus": slurm_gpus})
+    if req.background:
+        launch_detached(store, planned, req)
         return
     runs = create_runs(store, planned)
     states = {}

@@ -30,25 +30,15 @@ from tui.cli.common import Progress, err, out, print_summary, print_table, run_o
 from tui.cli.root import app
 
 
-def _parse_gpus(text: str | None) -> list[int] | None:
-    if text is None or text.strip() in ("", "all"):
-        return None
-    try:
-        gpus = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--gpus {text}: give GPU ids separated by commas, e.g. 0,1") from None
-    return gpus or None
-
-
 def _where(st) -> str:
     """Where a launched run is, in a few words (its launch record says: pid, GPU, Slurm job)."""
     return st.launch.describe(st) if st.launch is not None else st.state
 
 
-def launch_detached(store, planned, *, gpus: str | None, slots_per_gpu: int, executor: str, slurm: dict) -> None:
+def launch_detached(store, planned, req) -> None:
     """`advlc run … --detach`: create and start (or queue, or submit) the runs; print their ids."""
-    rds = launch(store, planned, gpus=_parse_gpus(gpus), slots_per_gpu=slots_per_gpu, executor=executor,
-                 slurm_params=slurm)
+    rds = launch(store, planned, gpus=req.gpus, slots_per_gpu=req.slots_per_gpu, executor=req.executor,
+                 slurm_params=req.slurm)
     for rd, p in zip(rds, planned):
         st = rd.status()
         point = " ".join(f"{k}={v}" for k, v in p.point.items())

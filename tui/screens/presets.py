@@ -19,7 +19,6 @@ the label does not tell them apart) and the seeds: `2 runs: pgd, pgd+advlc × se
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +34,14 @@ from textual.widgets import Button, Input, Label, Select, Static, Tree
 from engine.errors import UserError
 from engine.facade import (
     DEFAULT_PRESET,
+    LaunchRequest,
     caveats,
     list_presets,
     load_toml,
-    plan_runs,
     plan_text,
     read_preset,
     seeds_of,
+    split_overrides,
 )
 from tui.messages import ActionDone
 from tui.widgets.key_bar import KeyBar
@@ -81,28 +81,6 @@ def list_items(home: Path | None, presets_dir: Path | None) -> list[PresetItem]:
             info = {"description": "(broken: 'preset' must be a table [preset])"}
         out.append(PresetItem(str(path), name, str(info.get("description", "")), str(info.get("reference", "")),
                               name.rpartition("/")[0]))
-    return out
-
-
-def split_overrides(text: str) -> list[str]:
-    """'train.epochs=2 eval.n=100 train.lr_milestones=[5, 8]' -> ['train.epochs=2', …].
-
-    Words are split like a shell does (quotes keep spaces); a word without '=' continues
-    the previous value, so lists may contain spaces.
-    """
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise UserError(f"overrides: {exc}") from None
-    out: list[str] = []
-    for w in words:
-        if "=" not in w and out:
-            out[-1] += " " + w
-        else:
-            out.append(w)
-    for w in out:
-        if "=" not in w:
-            raise UserError(f"override '{w}': expected section.key=value (e.g. train.epochs=5)")
     return out
 
 
@@ -275,28 +253,14 @@ class PresetsScreen(Screen):
         self.app.work(self, lambda: self._validate(seq, ref, args), name="validate")
 
     def plan(self, ref: str, args) -> tuple[list, dict, dict]:
-        """plan_runs for the inputs -> (planned runs, launch options, the raw preset). Raises UserError."""
+        """The launch the fields ask for (engine.launch.request.LaunchRequest, checked as the command
+        line's) -> (planned runs, launch options, the raw preset). Raises UserError."""
         overrides_text, seeds_text, device, gpus_text, executor = args
-        overrides = split_overrides(overrides_text)
-        if device:
-            overrides.append(f"train.device={device}")
-        seeds = None
-        if seeds_text.strip():
-            try:
-                seeds = int(seeds_text)
-            except ValueError:
-                raise UserError(f"seeds = {seeds_text!r}: must be a whole number >= 1") from None
-            if seeds < 1 or seeds > 1000:
-                raise UserError(f"seeds = {seeds}: must be between 1 and 1000")
-        gpus = None
-        if gpus_text.strip():
-            try:
-                gpus = [int(g) for g in gpus_text.replace(" ", ",").split(",") if g]
-            except ValueError:
-                raise UserError(f"GPUs = {gpus_text!r}: must be GPU numbers, e.g. 0,1") from None
-        planned = plan_runs(ref, overrides, seeds=seeds, home=self.app.home_arg)
+        req = LaunchRequest.from_fields(ref, overrides=overrides_text, seeds=seeds_text, device=device or "",
+                                        gpus=gpus_text, executor=executor)
+        planned = req.plan(home=self.app.home_arg)
         _, _, raw = read_preset(ref, self.app.home_arg)
-        return planned, {"gpus": gpus, "executor": executor}, raw
+        return planned, {"gpus": req.gpus, "executor": req.executor}, raw
 
     def _validate(self, seq: int, ref: str, args) -> None:
         try:
