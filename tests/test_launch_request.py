@@ -62,3 +62,19 @@ def test_gpus_and_overrides_parse_as_documented():
     assert parse_gpus("all") is None and parse_gpus("") is None and parse_gpus(" 0, 2 ") == [0, 2]
     assert split_overrides("train.epochs=2 train.lr_milestones=[5, 8]") == ["train.epochs=2",
                                                                           "train.lr_milestones=[5, 8]"]
+
+
+def test_one_device_rule_for_runs_and_benchmarks(monkeypatch):
+    """Runs (train.device) and `advlc bench --device` read a device by one rule, naming their own field."""
+    import torch
+
+    from engine.bench.common import resolve_device
+    from engine.run.device import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == resolve_device("auto") == resolve_device("") == torch.device("cpu")
+    for name, why in (("tpu", "must be auto, cpu, cuda or cuda:N"), ("cuda:1", "CUDA is not available")):
+        for fn, what in ((pick_device, "train.device"), (resolve_device, "--device")):
+            with pytest.raises(UserError) as exc:
+                fn(name)
+            assert str(exc.value).startswith(f"{what} = {name!r}: {why}")

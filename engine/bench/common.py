@@ -35,6 +35,7 @@ from engine.nn.datasets import load_dataset
 from engine.nn.methods import get_method
 from engine.nn.models import build_model
 from engine.run import provenance
+from engine.run.device import pick_device
 
 BASE_ATTACKS = ("fgsm_n", "pgd")
 ALIASES = {"pgd10": "pgd"}
@@ -56,18 +57,8 @@ Progress = Callable[[str], None] | None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is a UserError."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: must be cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: must be cpu, cuda or cuda:N")
-    return dev
+    """`--device` of a benchmark: the run's own rule (engine.run.device.pick_device)."""
+    return pick_device(name, "--device")
 
 
 def default_arch(device: torch.device) -> str:

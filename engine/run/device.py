@@ -10,13 +10,19 @@ from engine.errors import UserError
 from engine.paths import THREADS_ENV
 
 
-def pick_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; a CUDA device on a machine without CUDA is a UserError."""
-    if name == "auto":
+def pick_device(name: str | None, what: str = "train.device") -> torch.device:
+    """auto (or empty) -> cuda when available, else cpu; a name that is not cpu, cuda or cuda:N, or a
+    CUDA device on a machine without CUDA, is a UserError naming `what` (the key or the option)."""
+    if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{what} = {name!r}: must be auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"{what} = {name!r}: must be auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device = {name!r}: CUDA is not available on this machine (use cpu)")
+        raise UserError(f"{what} = {name!r}: CUDA is not available on this machine (use cpu)")
     return dev
 
 
