@@ -13,9 +13,11 @@ VERMIN := $(BIN)/vermin --no-config-file --no-tips --violations -t=3.10- --eval-
 run: $(STAMP)
 	$(BIN)/advlc
 
-# The default suite (a few minutes on 2 cores): everything but the tests marked slow or gpu.
+# The default suite (a few minutes on 2 cores): vermin (Python 3.10), ruff (lint; pyproject.toml's
+# [tool.ruff]), then every test but those marked slow or gpu.
 test: $(STAMP)
 	$(VERMIN) engine tui tests presets
+	$(BIN)/ruff check --no-cache engine tui tests scripts
 	$(BIN)/python -m pytest
 
 # The slow end-to-end tests: real training runs, detached runs, the wheel in a fresh venv.

@@ -22,4 +22,4 @@ def test_every_paper_preset_is_listed_in_the_doc():
 def test_readme_quick_start_has_exactly_the_two_commands():
     text = (ROOT / "README.md").read_text()
     block = text.split("## Quick start", 1)[1].split("```", 2)[1]
-    assert [l for l in block.splitlines() if l.strip()] == ["make run", "make test"]
+    assert [ln for ln in block.splitlines() if ln.strip()] == ["make run", "make test"]

@@ -449,7 +449,7 @@ def _check_repaired(home: Path, w: dict) -> None:
     assert r.runtime().starts == []
     assert o.config_copy_path.read_bytes() == o.config_path.read_bytes()
     for rid, was in w["before"].items():
-        for name, data in was.items():
+        for name in was:
             if (rid, name) in w["damaged"]:
                 assert w["damaged"][(rid, name)] in [q.read_bytes() for q in h[rid].path.glob(f"{name}.corrupt-*")]
     assert w["index"] in [q.read_bytes() for q in home.glob("index.json.corrupt-*")]

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys

@@ -16,7 +16,7 @@ import unicodedata
 import pytest
 from textual import events
 from textual.keys import REPLACED_KEYS, _character_to_key, _get_unicode_name_from_key
-from textual.widgets import DataTable, Input, Static, TextArea
+from textual.widgets import DataTable, Input, Static
 
 from engine.facade import RunDir, Store, create_runs, fabricate_run, plan_runs
 from tui.app import AdvlcCommands, make_app, run_words

@@ -220,7 +220,6 @@ def test_without_stop_on_overfit_the_same_run_trains_to_the_end(tmp_path, monkey
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 async def test_the_app_marks_a_run_that_stopped_early_and_says_why(tmp_path, size):
     from helpers import force_status
-    from textual.widgets import Static
 
     from engine.facade import fabricate_run
     from tui.app import make_app

@@ -30,7 +30,6 @@ from typing import Callable
 import torch
 
 from engine.config.schema import DataConfig, ModelConfig, RunConfig, resolve
-from engine.errors import UserError
 from engine.nn.datasets import load_dataset
 from engine.nn.methods import get_method
 from engine.nn.models import build_model

@@ -124,7 +124,7 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
             sync(dev)
             vals = []
             t0 = time.perf_counter()
-            for r in range(repeats):
+            for _ in range(repeats):
                 gen = torch.Generator().manual_seed(seed)
                 vals = [hessian_spectrum_with_method(model, x[s], y[s], k, m, generator=gen)[0]
                         for s in slices]

@@ -216,7 +216,7 @@ def name_rows(specs: list[RowSpec], by: str) -> dict[tuple, dict]:
     by_name: dict[tuple, list[RowSpec]] = {}
     for s in specs:
         by_name.setdefault((s.table, s.name), []).append(s)
-    for (_, name), same in by_name.items():
+    for same in by_name.values():
         if len(same) < 2:
             continue
         flats = [O.flat(s.config) for s in same]

@@ -33,7 +33,7 @@ from engine.store.files import (
     table,
 )
 from engine.store.records import IndexRow, Meta, Shape, hint_for, table_records
-from engine.store.rundir import CONFIG, RUN_ID, RunDir, run_folders, valid_run_id
+from engine.store.rundir import RunDir, run_folders, valid_run_id
 from engine.store.summary import INDEX_VERSION, summarize
 
 INDEX = "index.json"
