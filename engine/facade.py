@@ -71,7 +71,6 @@ from engine.store.rundir import RunDir
 from engine.store.states import FINAL_STATES, STATES
 from engine.store.alerts import CO_DROP, CO_MIN_ROBUST, CO_WINDOW, RO_POINTS, RO_STREAK, Alert, detect_alerts, overfitting_onset, robust_key
 from engine.store.summary import format_epoch
-from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
 from engine.store.watch import (
     IndexReader,
     IndexSnapshot,
@@ -107,7 +106,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_PRESET", "DEVICES_RE", "EXPERIMENT_KINDS", "FINAL_ATTACKS", "FINAL_CKPTS", "FINAL_STATES", "POINT_KEYS",
-    "STATES", "build_store", "fabricate_run", "synthetic_epoch", "CompareTable", "add_columns", "parse_columns", "IndexReader", "IndexSnapshot", "PlannedRun", "RunDelta", "RunDir", "RunFollower",
+    "STATES", "CompareTable", "add_columns", "parse_columns", "IndexReader", "IndexSnapshot", "PlannedRun", "RunDelta", "RunDir", "RunFollower",
     "RunHistory", "Store", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
     "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",

@@ -126,7 +126,7 @@ def test_where_at_its_limits_selects_runs(home):
     """An expression at the limits (256 values in an `or` chain, 32 levels deep) selects from a store."""
     import json
 
-    from engine.store.synthetic import build_store
+    from fabricate import build_store
     build_store(home, n_runs=3, n_epochs=2, n_running=0, seeds=3)
     chain = " or ".join(["seed == 9"] * 127 + ["seed == 1"])
     deep = "(" * 31 + "not seed == 0 and not seed == 2" + ")" * 31

@@ -108,7 +108,7 @@ def test_ctrl_c_marks_stopped_and_keeps_last_checkpoint(tmp_path):
 # ---------------------------------------------------------------------------- 80 columns
 def _store_of_presets(home, presets):
     from engine.store.index import Store
-    from engine.store.synthetic import fabricate_run
+    from fabricate import fabricate_run
 
     store = Store(home).ensure()
     for i, preset in enumerate(presets):

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from helpers import cli, force_status, one_line
 
-from engine.facade import build_store, fabricate_run, run_summary
+from fabricate import build_store, fabricate_run
+
+from engine.facade import run_summary
 from engine.store.index import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,8 +78,8 @@ def test_preset_show_lists_the_sweep_points_and_warns_of_a_decay_that_never_happ
     assert points == [["method.name", "=", '"pgd"', "→", "pgd"], ["method.name", "=", '"advlc"', "→", "pgd+advlc"]]
     assert err == ""                                              # milestones [40, 80] < 100 epochs
     _, out, err = cli("preset", "show", "quick/robust-overfitting", "--set", "train.epochs=20", code=0)
-    assert one_line(err) == ("advlc: warning: train.epochs = 20 with train.lr_milestones = [40, 80]: the lr never "
-                             "decays (robust overfitting shows after the first decay)")
+    assert err.strip() == ("advlc: warning: train.epochs = 20 with train.lr_milestones = [40, 80]: the lr never "
+                           "decays (robust overfitting shows after the first decay)")
     _, out, _ = cli("preset", "show", "quick/robust-overfitting", "--set", "train.epochs=60", "--json", code=0)
     doc = json.loads(out)
     assert doc["caveats"] == ["train.epochs = 60 with train.lr_milestones = [40, 80]: the decay at epoch 80 never happens"]

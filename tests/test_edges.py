@@ -35,7 +35,7 @@ from engine.errors import CorruptFile, UserError, os_error_line
 from engine.store import files
 from engine.store.checkpoint_files import inspect as inspect_checkpoint
 from engine.store.index import Store
-from engine.store.synthetic import fabricate_run
+from fabricate import fabricate_run
 
 PRESET = "quick/digits-fgsm_n"
 ROOT = Path(__file__).resolve().parents[1]

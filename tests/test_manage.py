@@ -17,7 +17,7 @@ from engine.launch import supervisor as S
 from engine.launch.plan import plan_runs
 from engine.report.query import parse
 from engine.store.index import Store
-from engine.store.synthetic import build_store
+from fabricate import build_store
 
 PRESET = "quick/digits-fgsm_n"
 

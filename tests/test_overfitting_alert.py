@@ -107,7 +107,7 @@ def test_index_document_carries_the_onset(tmp_path):
 
 
 def _fab(store, rid, state, **kw):
-    from engine.store.synthetic import fabricate_run
+    from fabricate import fabricate_run
 
     return fabricate_run(store, rid, preset="quick/robust-overfitting-pgd10", seed=0, group=None, total=20,
                          done=20, state=state, created=1.7e9, **kw)

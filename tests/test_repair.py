@@ -24,7 +24,7 @@ from engine.store.files import open_db, replace_keeping_aside, table
 from engine.store.index import Store
 from engine.store.repair import repair, salvage_tables
 from engine.store.rundir import CONFIG_COPY, RunDir, run_folders
-from engine.store.synthetic import fabricate_run
+from fabricate import fabricate_run
 
 PRESET = "quick/digits-fgsm_n"
 

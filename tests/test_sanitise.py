@@ -17,7 +17,7 @@ from helpers import cli, one_line
 from engine.printable import printable
 from engine.store.files import write_json
 from engine.store.index import Store
-from engine.store.synthetic import fabricate_run
+from fabricate import fabricate_run
 
 OSC_TITLE = "\x1b]0;pwned\x07"
 CLEAR = "\x1b[2J\x1b[H"

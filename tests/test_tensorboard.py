@@ -14,7 +14,7 @@ import pytest
 
 from engine.report import tensorboard as tbx
 from engine.store.index import Store
-from engine.store.synthetic import fabricate_run
+from fabricate import fabricate_run
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[test]' brings it)")
 from tensorboard.backend.event_processing import (  # noqa: E402

@@ -1,6 +1,6 @@
 """The Textual app on fabricated stores (no training): every screen and key, driven by Pilot.
 
-Run directories are written in the training process's format by `tui.bench_app.fabricate_run`,
+Run directories are written in the training process's format by `tests/fabricate.py`'s `fabricate_run`,
 so these tests are fast and deterministic; tests/test_tui_live.py drives real runs.
 """
 
@@ -18,10 +18,10 @@ from textual.widgets import DataTable, Input
 from engine.store.index import Store
 from engine.store.records import Meta
 from engine.store.rundir import RunDir
-from engine.store.synthetic import build_store, fabricate_run, synthetic_epoch
+from fabricate import build_store, fabricate_run, synthetic_epoch
 from engine.store.watch import IndexReader, RunFollower
 from tui.app import make_app
-from tui.bench_app import measure_open
+from app_bench import measure_open
 from tui.widgets.alert_bar import CO_DROP, RO_POINTS, RO_STREAK, detect_alerts
 from tui.widgets.run_table import RunTable
 

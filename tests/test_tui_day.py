@@ -18,7 +18,9 @@ from textual import events
 from textual.keys import REPLACED_KEYS, _character_to_key, _get_unicode_name_from_key
 from textual.widgets import DataTable, Input, Static
 
-from engine.facade import RunDir, Store, create_runs, fabricate_run, plan_runs
+from fabricate import fabricate_run
+
+from engine.facade import RunDir, Store, create_runs, plan_runs
 from tui.app import AdvlcCommands, make_app, run_words
 from tui.screens.annotate import AnnotateScreen
 from tui.screens.presets import PresetsScreen

@@ -221,7 +221,7 @@ def test_without_stop_on_overfit_the_same_run_trains_to_the_end(tmp_path, monkey
 async def test_the_app_marks_a_run_that_stopped_early_and_says_why(tmp_path, size):
     from helpers import force_status
 
-    from engine.facade import fabricate_run
+    from fabricate import fabricate_run
     from tui.app import make_app
     from tui.screens.run_detail import RunDetailScreen
     from tui.widgets.alert_bar import AlertBar

@@ -5,7 +5,7 @@ import time
 
 from engine.store.index import Store
 from engine.store.records import Meta
-from engine.store.synthetic import fabricate_run
+from fabricate import fabricate_run
 from engine.store.watch import IndexReader, RunFollower, RunHistory
 
 

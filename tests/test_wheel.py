@@ -81,6 +81,11 @@ def test_wheel_in_a_fresh_venv(tmp_path):
     _copy_sources(src)
     _sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, src)
     (wheel,) = dist.glob("advlc-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith("tests/") or "synthetic" in n or "bench_app" in n], \
+        "test scaffolding in the wheel"
 
     _git_repo(project)
     venv = project / ".venv"

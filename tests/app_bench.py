@@ -1,8 +1,9 @@
 """Benchmark of the app at scale: a synthetic store of many runs, and live writers.
 
-    python -m tui.bench_app [--runs 1000] [--epochs 200] [--writers 8] [--seconds 10] [--json]
+    .venv/bin/python tests/app_bench.py [--runs 1000] [--epochs 200] [--writers 8] [--seconds 10] [--json]
 
-`build_store(home, …)` (engine.store.synthetic) fabricates run directories exactly in the
+A development tool, not shipped in the wheel (like tests/fabricate.py, which it uses).
+`build_store(home, …)` (tests/fabricate.py) fabricates run directories exactly in the
 on-disk format the training process writes, plus the index, without training anything. `measure_open(home)` starts the app headless
 (Textual's `run_test`), and reports the time until the Runs table shows every run, the
 cost of one store poll and of applying it, and the time to open a 200-epoch run's detail
@@ -25,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.facade import Store, build_store, synthetic_epoch
+from fabricate import build_store, synthetic_epoch
+
+from engine.facade import Store
 from tui.app import make_app
 from tui.screens.run_detail import RunDetailScreen
 from tui.widgets.run_table import RunTable
@@ -91,7 +94,7 @@ async def _measure_writers(app, pilot, home: Path, writers: int, seconds: float,
     screen = app.runs_screen
     running = [r["id"] for r in screen.snapshot.rows if r.get("state") == "running"][:writers]
     stop_at = time.time() + seconds
-    procs = [subprocess.Popen([sys.executable, "-m", "tui.bench_app", "--writer", str(home), rid,
+    procs = [subprocess.Popen([sys.executable, __file__, "--writer", str(home), rid,
                                str(epoch_s), str(status_s), str(stop_at)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               cwd=str(Path(__file__).resolve().parent.parent))
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         home, rid, epoch_s, status_s, stop_at = argv[1:6]
         _writer(home, rid, float(epoch_s), float(status_s), float(stop_at))
         return 0
-    ap = argparse.ArgumentParser(prog="python -m tui.bench_app", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python tests/app_bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--writers", type=int, default=8)

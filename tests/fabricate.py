@@ -1,6 +1,6 @@
 """Synthetic runs: run directories in exactly the format a training process writes, without training.
 
-For tests and for the app benchmark (`python -m tui.bench_app`): `fabricate_run` writes one run
+For tests and for the app benchmark (tests/app_bench.py), never shipped in the wheel: `fabricate_run` writes one run
 (config.json, status.json in any state, metrics.json as TinyDB tables, log.txt) and
 `build_store` a whole store of them plus its index. The records follow a plausible robust
 overfitting curve (`synthetic_epoch`). Statuses are written whole, as they would be found on
