@@ -25,7 +25,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m 'slow and not gpu'
 
 # On a GPU machine: every GPU measurement and `pytest -m gpu` in under 8 minutes, into one folder
-# (scripts/gpu-check.sh; GPU_CHECK_ARGS='--out DIR' or '--smoke'); then `$(BIN)/advlc bench --fold DIR`.
+# (scripts/gpu-check.sh; GPU_CHECK_ARGS='--out DIR' or '--smoke'); then `$(BIN)/advlc bench fold DIR`.
 gpu-check: $(STAMP)
 	scripts/gpu-check.sh $(GPU_CHECK_ARGS)
 

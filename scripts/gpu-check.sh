@@ -2,7 +2,7 @@
 # scripts/gpu-check.sh — every GPU measurement and GPU test the issues ask for, in one go, into one folder.
 #
 #   scripts/gpu-check.sh [--out DIR] [--smoke] [--budget SECONDS] [--limit STEP=SECONDS]... [--hs-dense N] [--keep-work]
-#   .venv/bin/advlc bench --fold DIR        # then: fold DIR's results into docs/BENCHMARKS.md
+#   .venv/bin/advlc bench fold DIR        # then: fold DIR's results into docs/BENCHMARKS.md
 #
 # On one H100/H200-class GPU it takes about 6 minutes and never more than 8 minutes: each step runs under
 # `timeout` with its own limit (a step that overruns is cut, reported as `cut`, and the next one
@@ -21,19 +21,19 @@
 #                                 --set train.epochs=2 --set train.device=cuda (final AutoAttack off),
 #                                 through a store in the work folder: epoch time, images/s, eval
 #                                 time, peak GPU memory                -> train.json, train-run/
-#   hs             40 s     75 s  advlc bench --hs --run <that run>: exact vs Lanczos on 2000 test
+#   hs             40 s     75 s  advlc bench hs --run <that run>: exact vs Lanczos on 2000 test
 #                                 images, vs power iteration on the first 100 (PreActResNet18,
 #                                 3x32x32)                                                  -> hs.json
-#   epoch          60 s     90 s  advlc bench --epoch: FGSM-N, FGSM-N + AdvLC, PGD10, PGD10 + AdvLC,
+#   epoch          60 s     90 s  advlc bench epoch: FGSM-N, FGSM-N + AdvLC, PGD10, PGD10 + AdvLC,
 #                                 CURE, GradAlign; reference loop vs fast path fp32 and bf16, 20
 #                                 batches each (extrapolated to 500); per-epoch evaluation cost
 #                                 on 10,000 images, HS cost on 2000                      -> epoch.json
 #   epoch_compile 100 s    130 s  the same six, reference loop vs fast path bf16 + torch.compile
 #                                 (most of it is compiling)                      -> epoch_compile.json
-#   step_cost      20 s     40 s  advlc bench: the step cost of the same methods, ratio to their
+#   step_cost      20 s     40 s  advlc bench steps: the step cost of the same methods, ratio to their
 #                                 base attack                                        -> step_cost.json
 #   report          2 s     15 s  summary.json, summary.md, one .md per result, gpu-check.md (the
-#                                 block `advlc bench --fold DIR` writes into docs/BENCHMARKS.md)
+#                                 block `advlc bench fold DIR` writes into docs/BENCHMARKS.md)
 #
 # --limit STEP=SECONDS replaces a step's limit (e.g. --limit epoch_compile=200 where compiling is slow).
 # Every step's output goes to DIR/logs/<step>.log and one line of DIR/status.jsonl (status ok, cut,
@@ -172,17 +172,17 @@ run_step train 90 60 train.json "\"\$PY\" \"\$HELPER\" train \"\$OUT\" --home \"
   --set data.root=\"\$WORK/data\" --set train.epochs=$EPOCHS --set train.device=$DEV --set 'eval.final=[]' $TRAIN_SETS"
 run_step hs 75 40 hs.json "rid=\$(\"\$PY\" -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"run\"])' \"\$OUT/train.json\") \
   || { echo 'no trained run in train.json'; exit 1; }; \
-  advlc bench --hs --run \"\$rid\" --ckpt last $HS_ARGS --dense-samples \$HS_DENSE --device $DEV --json > \"\$OUT/hs.json.part\" && mv \"\$OUT/hs.json.part\" \"\$OUT/hs.json\""
-run_step epoch 90 60 epoch.json "advlc bench --epoch --methods $METHODS --model $ARCH --device $DEV --amp off,bf16 \
+  advlc bench hs --run \"\$rid\" --ckpt last $HS_ARGS --dense-samples \$HS_DENSE --device $DEV --json > \"\$OUT/hs.json.part\" && mv \"\$OUT/hs.json.part\" \"\$OUT/hs.json\""
+run_step epoch 90 60 epoch.json "advlc bench epoch --methods $METHODS --model $ARCH --device $DEV --amp off,bf16 \
   $EPOCH_ARGS --json > \"\$OUT/epoch.json.part\" && mv \"\$OUT/epoch.json.part\" \"\$OUT/epoch.json\""
-run_step epoch_compile 130 100 epoch_compile.json "advlc bench --epoch --methods $COMPILE_METHODS --model $ARCH --device $DEV \
+run_step epoch_compile 130 100 epoch_compile.json "advlc bench epoch --methods $COMPILE_METHODS --model $ARCH --device $DEV \
   --amp bf16+compile --eval-n 0 --hs-n 0 $COMPILE_ARGS --json > \"\$OUT/epoch_compile.json.part\" && mv \"\$OUT/epoch_compile.json.part\" \"\$OUT/epoch_compile.json\""
-run_step step_cost 40 20 step_cost.json "advlc bench --methods $STEP_METHODS --model $ARCH \
+run_step step_cost 40 20 step_cost.json "advlc bench steps --methods $STEP_METHODS --model $ARCH \
   --device $DEV $STEP_ARGS --json > \"\$OUT/step_cost.json.part\" && mv \"\$OUT/step_cost.json.part\" \"\$OUT/step_cost.json\""
 
 # the report is not part of the budget: it always runs
 DEADLINE=$(( $(date +%s) + 15 ))
 run_step report 15 2 summary.json "\"\$PY\" \"\$HELPER\" report \"\$OUT\""
 echo "gpu-check: $(( $(date +%s) - START )) s; results in $OUT (summary.md); fold them into docs/BENCHMARKS.md with:" >&2
-echo "  $ROOT/.venv/bin/advlc bench --fold $OUT" >&2
+echo "  $ROOT/.venv/bin/advlc bench fold $OUT" >&2
 exit $FAILED

@@ -11,7 +11,7 @@
     gpu_check.py status OUT STEP STATUS RC SECONDS LIMIT EXPECTED COMMAND [NOTE]
                                                         one line of OUT/status.jsonl
     gpu_check.py report OUT                             summary.json, summary.md, one .md per result
-                                                        and gpu-check.md (what `advlc bench --fold OUT`
+                                                        and gpu-check.md (what `advlc bench fold OUT`
                                                         puts into docs/BENCHMARKS.md)
 
 Nothing here downloads anything. Only `env` and `train` load torch.

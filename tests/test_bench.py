@@ -101,7 +101,7 @@ def test_write_section_replaces_only_its_block(tmp_path):
 def test_cli_bench_json_subprocess():
     """The console script end to end (batch 20 instead of 100 to keep the test short)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = ["bench", "--json", "--iters", "2", "--warmup", "1", "--methods", "fgsm_n,advlc", "--batch", "20",
+    args = ["bench", "steps", "--json", "--iters", "2", "--warmup", "1", "--methods", "fgsm_n,advlc", "--batch", "20",
             "--device", "cpu"]
     script = Path(sys.executable).with_name("advlc")
     cmd = [str(script)] + args if script.exists() else \
@@ -111,7 +111,7 @@ def test_cli_bench_json_subprocess():
     r = json.loads(p.stdout)
     assert [row["label"] for row in r["results"]] == ["fgsm_n", "fgsm_n+advlc"]
     assert all(row["ratio"] > 0 for row in r["results"])
-    assert r["command"] == "advlc bench --methods fgsm_n,advlc --device cpu --batch 20 --iters 2 --warmup 1"
+    assert r["command"] == "advlc bench steps --methods fgsm_n,advlc --device cpu --batch 20 --iters 2 --warmup 1"
 
 
 def test_cli_bench_bad_input():
@@ -119,12 +119,13 @@ def test_cli_bench_bad_input():
 
     from tui.cli import app
 
-    res = CliRunner().invoke(app, ["bench", "--epoch", "--hs"])
-    assert res.exit_code != 0
+    for args in (["bench", "--epoch"], ["bench", "epoch", "--hs"], ["bench"], ["bench", "steps", "--amp", "fp8"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code != 0, args
 
 
 def test_bench_hs_on_a_run(home):
-    """--hs --run RUN loads the run's checkpoint and data (a one-epoch digits run)."""
+    """bench hs --run RUN loads the run's checkpoint and data (a one-epoch digits run)."""
     from typer.testing import CliRunner
 
     from tui.cli import app
@@ -133,9 +134,9 @@ def test_bench_hs_on_a_run(home):
     res = runner.invoke(app, ["run", "quick/digits-standard", "--set", "train.epochs=1"])
     assert res.exit_code == 0, res.output
     rid = json.loads(runner.invoke(app, ["runs", "--json"]).output)[0]["id"]
-    res = runner.invoke(app, ["bench", "--hs", "--run", rid, "--ckpt", "last", "--n", "20", "--power-n", "10", "--json"])
+    res = runner.invoke(app, ["bench", "hs", "--run", rid, "--ckpt", "last", "--n", "20", "--power-n", "10", "--json"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout[res.stdout.index("{"):])
     assert r["model"]["source"].startswith(f"run {rid}") and r["n_samples"] == 20
-    res = runner.invoke(app, ["bench", "--hs", "--run", rid, "--ckpt", "nosuch"])
+    res = runner.invoke(app, ["bench", "hs", "--run", rid, "--ckpt", "nosuch"])
     assert res.exit_code != 0

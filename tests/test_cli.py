@@ -179,7 +179,7 @@ def test_bench_write_docs_refuses_outside_a_checkout(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(tui.cli.bench, "CODE_ROOT", tmp_path / "site-packages")
     with pytest.raises(SystemExit) as exc:
-        main(["--home", str(tmp_path / "h"), "bench", "--write-docs"])
+        main(["--home", str(tmp_path / "h"), "bench", "steps", "--write-docs"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--docs" in err and "BENCHMARKS.md" in err

@@ -328,7 +328,7 @@ def tour_invocations() -> list[tuple[str, list[str], list[str]]]:
 
     from tui.cli import app
 
-    commands = set(typer.main.get_command(app).commands)
+    commands = typer.main.get_command(app).commands
     found = []
     for line in _tour():
         text = re.sub(r"\s\|\s", " ¦ ", line[len("advlc"):])
@@ -339,8 +339,8 @@ def tour_invocations() -> list[tuple[str, list[str], list[str]]]:
         for alt in alts:
             if alt and isinstance(alt[0], str) and alt[0] in commands:
                 path, alt = [alt[0]], alt[1:]
-                if path == ["preset"]:
-                    path, alt = ["preset", alt[0]], alt[1:]
+                if hasattr(commands[path[0]], "commands"):     # a group: `preset show`, `bench steps`
+                    path, alt = [path[0], alt[0]], alt[1:]
             for words in _expand([alt]):
                 args = [_value(w, k > 0 and words[k - 1].startswith("-")) for k, w in enumerate(words)]
                 found.append((line, list(path), args))

@@ -137,7 +137,7 @@ def test_wheel_in_a_fresh_venv(tmp_path):
         assert prov["commit"] is None and prov["version"] == "0.1.0", prov  # not the enclosing repo's commit
 
     # --write-docs without --docs: one line, nothing written into site-packages
-    p = run("bench", "--write-docs", check=False)
+    p = run("bench", "steps", "--write-docs", check=False)
     assert p.returncode == 2 and "--docs" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (site / "docs").exists()
     print(f"wheel check: {time.monotonic() - t0:.1f} s")

@@ -44,7 +44,7 @@ PAPER_S_PER_BATCH = {"standard": 0.017, "fgsm_n": 0.047, "fgsm_n+advlc": 0.054,
                      "pgd": 0.326, "pgd+advlc": 0.337}
 PAPER_RATIO = {"fgsm_n+advlc": 0.054 / 0.047, "pgd+advlc": 0.337 / 0.326}
 
-# `advlc bench --epoch`: the six schemes (GradAlign and CURE with FGSM-N).
+# `advlc bench epoch`: the six schemes (GradAlign and CURE with FGSM-N).
 EPOCH_VARIANTS = ("fgsm_n", "fgsm_n+advlc", "pgd", "pgd+advlc", "fgsm_n+gradalign", "fgsm_n+cure")
 
 Progress = Callable[[str], None] | None

@@ -1,4 +1,4 @@
-"""`advlc bench --concurrency`: CPU runs started together, with and without a thread budget.
+"""`advlc bench concurrency`: CPU runs started together, with and without a thread budget.
 
 Each detached CPU run used to take torch's default thread count (every core), so N runs on a
 small machine ran N x cores threads and thrashed. The launcher now gives each run a budget

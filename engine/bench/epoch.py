@@ -1,4 +1,4 @@
-"""`advlc bench --epoch`: epoch time of the fast path against the authors'-style reference loop."""
+"""`advlc bench epoch`: epoch time of the fast path against the authors'-style reference loop."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def _variants(schemes, amps, *, arch, batch, dev, channels_last, compile, seed, 
             try:
                 cfg = make_config(m, atk, arch=arch, batch=batch, device=dev,
                                   channels_last=channels_last and fast, amp=amp,
-                                  compile=comp, where="advlc bench --epoch")
+                                  compile=comp, where="advlc bench epoch")
             except UserError as exc:
                 skipped[lab] = str(exc)
                 break

@@ -1,4 +1,4 @@
-"""`advlc bench --hs`: the HS (input-Hessian spectrum) methods of engine.nn.metrics.hessian, timed and checked.
+"""`advlc bench hs`: the HS (input-Hessian spectrum) methods of engine.nn.metrics.hessian, timed and checked.
 
 `benchmark_hs` times "exact", "power" and "lanczos" over the same batches in one process
 and checks them: exact against a dense `torch.autograd.functional.hessian` on one small

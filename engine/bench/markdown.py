@@ -1,5 +1,5 @@
-"""The sections of docs/BENCHMARKS.md that `advlc bench --write-docs` writes from a result, and the
-block `advlc bench --fold DIR` writes from the output folder of scripts/gpu-check.sh."""
+"""The sections of docs/BENCHMARKS.md that `advlc bench steps --write-docs` writes from a result, and the
+block `advlc bench fold DIR` writes from the output folder of scripts/gpu-check.sh."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 from engine.errors import UserError
 
-SECTION_STEPS = "Method step cost (advlc bench)"
-SECTION_EPOCH = "Epoch time: fast path vs reference loop (advlc bench --epoch)"
-SECTION_HS = "Input-Hessian spectrum (advlc bench --hs)"
-SECTION_CONCURRENCY = "Concurrent CPU runs: thread budget (advlc bench --concurrency)"
+SECTION_STEPS = "Method step cost (advlc bench steps)"
+SECTION_EPOCH = "Epoch time: fast path vs reference loop (advlc bench epoch)"
+SECTION_HS = "Input-Hessian spectrum (advlc bench hs)"
+SECTION_CONCURRENCY = "Concurrent CPU runs: thread budget (advlc bench concurrency)"
 
 
 def _f(v, fmt="{:.3g}") -> str:
@@ -26,7 +26,7 @@ def _header(r: dict, command: str) -> list[str]:
             + f", commit {str(r.get('commit'))[:10]}{dirty}.", ""]
 
 
-def markdown_steps(r: dict, command: str = "advlc bench") -> str:
+def markdown_steps(r: dict, command: str = "advlc bench steps") -> str:
     lines = _header(r, command)
     lines += [f"Model {r['model']}, synthetic {r['image'][0]}x{r['image'][1]}x{r['image'][2]} batches of "
               f"{r['batch']}; precision {'bf16' if r['amp'] == 'bf16' else 'fp32'}"
@@ -52,7 +52,7 @@ def markdown_steps(r: dict, command: str = "advlc bench") -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_epoch(r: dict, command: str = "advlc bench --epoch") -> str:
+def markdown_epoch(r: dict, command: str = "advlc bench epoch") -> str:
     lines = _header(r, command)
     ext = (f"**Extrapolated**: {r['measured_batches']} batches measured per variant, × "
            f"{r['batches_per_epoch'] / r['measured_batches']:.0f} to {r['batches_per_epoch']} batches "
@@ -105,7 +105,7 @@ def markdown_epoch(r: dict, command: str = "advlc bench --epoch") -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_hs(r: dict, command: str = "advlc bench --hs") -> str:
+def markdown_hs(r: dict, command: str = "advlc bench hs") -> str:
     lines = _header(r, command)
     s = r["sec_per_batch"]
     v = r["validation"]
@@ -189,7 +189,7 @@ def write_section(path: Path, heading: str, body: str, *, title: str = "# Benchm
     tmp.replace(path)
 
 
-def markdown_concurrency(r: dict, command: str = "advlc bench --concurrency") -> str:
+def markdown_concurrency(r: dict, command: str = "advlc bench concurrency") -> str:
     dirty = " (with uncommitted changes)" if r.get("dirty") else ""
     lines = [f"Measured {r['date']} by `{command}` on **{r['device_name']}**, torch {r['torch']}, commit "
              f"{str(r.get('commit'))[:10]}{dirty}.", "",
@@ -212,7 +212,7 @@ def markdown_concurrency(r: dict, command: str = "advlc bench --concurrency") ->
 
 
 # ---------------------------------------------------------------------------------------
-# scripts/gpu-check.sh: its output folder, rendered as one generated block (`advlc bench --fold DIR`)
+# scripts/gpu-check.sh: its output folder, rendered as one generated block (`advlc bench fold DIR`)
 # ---------------------------------------------------------------------------------------
 
 SECTION_GPU_CHECK = "GPU check (scripts/gpu-check.sh)"

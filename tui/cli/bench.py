@@ -1,11 +1,13 @@
-"""`advlc bench`: method step cost, fast-path epoch time, HS cost (engine/bench/).
+"""`advlc bench`: method step cost, fast-path epoch time, HS cost, concurrent CPU runs (engine/bench/).
 
-    advlc bench [--methods m1,m2] [--model cnn_small|preact_resnet18] [--device cpu|cuda]
-                [--batch 100] [--iters N] [--warmup N] [--json] [--write-docs]
-    advlc bench --epoch [--iters BATCHES] [--amp off,bf16] [--compile] [--workers N] [--n-train 50000] ...
-    advlc bench --hs [--run RUN] [--ckpt best|last] [--n 2000] ...
-    advlc bench --concurrency [--preset quick/robust-overfitting] [--set k=v]...
-    advlc bench --fold DIR [--docs FILE]     the results of scripts/gpu-check.sh into docs/BENCHMARKS.md
+One subcommand per benchmark, each with its own options:
+
+    advlc bench steps [--methods m1,m2] [--model cnn_small|preact_resnet18] [--device cpu|cuda]
+                      [--batch 100] [--iters N] [--warmup N] [--json] [--write-docs]
+    advlc bench epoch [--iters BATCHES] [--amp off,bf16] [--compile] [--workers N] [--n-train 50000] ...
+    advlc bench hs [--run RUN] [--ckpt best|last] [--n 2000] ...
+    advlc bench concurrency [--preset quick/robust-overfitting] [--set k=v]...
+    advlc bench fold DIR [--docs FILE]     the results of scripts/gpu-check.sh into docs/BENCHMARKS.md
 
 Progress goes to stderr; the table (or, with --json, the whole result) to stdout.
 `--write-docs` replaces the matching section of docs/BENCHMARKS.md (`--docs` names another file;
@@ -29,6 +31,10 @@ from engine.errors import UserError
 from engine.paths import CODE_ROOT
 from tui.cli.common import err, out, print_table
 from tui.cli.root import app
+
+bench_app = typer.Typer(help="Benchmarks: step cost, epoch time, HS cost, concurrent CPU runs; fold "
+                             "scripts/gpu-check.sh results into docs/BENCHMARKS.md.")
+app.add_typer(bench_app, name="bench")
 
 
 def _docs_default() -> Path:
@@ -115,11 +121,11 @@ def _print_concurrency(r: dict) -> None:
 
 
 def _command_line(ctx: typer.Context) -> str:
-    """`advlc bench` with the options that were given (those that differ from their defaults)."""
-    parts = ["advlc", "bench"]
-    for p in sorted(ctx.command.params, key=lambda p: p.name not in ("epoch", "hs")):  # the mode first
+    """`advlc bench KIND` with the options that were given (those that differ from their defaults)."""
+    parts = ["advlc", "bench", ctx.info_name]
+    for p in ctx.command.params:
         v = ctx.params.get(p.name)
-        if p.name in ("as_json", "write_docs", "docs", "fold") or v == p.default or v is None or v == []:
+        if p.name in ("as_json", "write_docs", "docs") or v == p.default or v is None or v == []:
             continue
         if isinstance(v, bool):
             if v:
@@ -140,83 +146,130 @@ def _split(text: Optional[str]) -> list[str] | None:
     return items or None
 
 
-@app.command("bench")
-def bench_cmd(ctx: typer.Context,
-              methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (or attack+method); default: all registered (--epoch: FGSM-N, PGD10, each ± AdvLC, and FGSM-N with GradAlign and CURE).")] = None,
-              model: Annotated[Optional[str], typer.Option("--model", help="cnn_small | preact_resnet18 (default: cnn_small on CPU, preact_resnet18 on CUDA).")] = None,
-              device: Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")] = "auto",
-              batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 100,
-              iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Measured steps per method (--epoch: batches per variant).")] = None,
-              warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Warm-up steps per method.")] = None,
-              rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Alternating timing rounds.")] = None,
-              amp: Annotated[Optional[str], typer.Option("--amp", help="off | bf16 (--epoch: a list, e.g. off,bf16,bf16+compile; +compile compiles that fast variant only; default off on CPU, off,bf16 on CUDA).")] = None,
-              channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last model (default: off for the step cost, on for the --epoch fast path).")] = None,
-              compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (fast path).")] = False,
-              epoch: Annotated[bool, typer.Option("--epoch", help="Epoch time: fast path vs the reference loop.")] = False,
-              n_train: Annotated[int, typer.Option("--n-train", min=1, help="--epoch: images per epoch.")] = 50_000,
-              workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="--epoch: reference DataLoader workers (default 0 on CPU, 4 on CUDA).")] = None,
-              eval_n: Annotated[Optional[int], typer.Option("--eval-n", min=0, help="--epoch: images the evaluation cost is measured on (0: none).")] = None,
-              hs_n: Annotated[Optional[int], typer.Option("--hs-n", min=0, help="--epoch: samples the HS cost is measured on (0: none).")] = None,
-              hs: Annotated[bool, typer.Option("--hs", help="HS: exact vs power iteration vs Lanczos.")] = False,
-              run: Annotated[Optional[str], typer.Option("--run", help="--hs: use this run's checkpoint and data.")] = None,
-              ckpt: Annotated[str, typer.Option("--ckpt", help="--hs --run: best | last.")] = "best",
-              n: Annotated[int, typer.Option("--n", min=1, help="--hs: samples.")] = 2000,
-              power_n: Annotated[Optional[int], typer.Option("--power-n", min=1, help="--hs: samples power iteration is timed on (default: all).")] = None,
-              epochs: Annotated[int, typer.Option("--epochs", min=0, help="--hs: training epochs of the digits model.")] = 5,
-              dense_samples: Annotated[int, typer.Option("--dense-samples", min=0, help="--hs: samples of the dense-Hessian check (0: none; one CIFAR image is a 3072 x 3072 Hessian).")] = 2,
-              seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data and models.")] = 0,
-              concurrency: Annotated[bool, typer.Option("--concurrency", help="CPU runs started together with a thread budget, at torch's default threads, and one after another.")] = False,
-              preset: Annotated[str, typer.Option("--preset", help="--concurrency: the preset whose runs are timed (several: a sweep or --set seeds).")] = "quick/robust-overfitting",
-              set_: Annotated[list[str], typer.Option("--set", help="--concurrency: override section.key=value (repeatable).")] = [],
-              as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
-              write_docs: Annotated[bool, typer.Option("--write-docs", help="Write the result into docs/BENCHMARKS.md.")] = False,
-              docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs (or --fold) updates.")] = None,
-              fold: Annotated[Optional[Path], typer.Option("--fold", help="Write the results of a scripts/gpu-check.sh output folder into docs/BENCHMARKS.md (no benchmark is run).")] = None):
-    """Time training steps per method (ratio to the base attack), a fast-path epoch against
-    the reference loop (--epoch), the HS methods (--hs), or concurrent CPU runs (--concurrency);
-    --fold writes the results of scripts/gpu-check.sh into docs/BENCHMARKS.md."""
-    if epoch + hs + concurrency + (fold is not None) > 1:
-        raise UserError("--epoch, --hs, --concurrency and --fold: pick one")
-    if (write_docs or fold is not None) and docs is None and not _docs_default().is_file():
-        raise UserError(f"{'--write-docs' if write_docs else '--fold'}: {_docs_default()} does not exist (advlc is installed, not a source "
+# options several benchmarks share
+Methods = Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (or attack+method); default: all registered (epoch: FGSM-N, PGD10, each ± AdvLC, and FGSM-N with GradAlign and CURE).")]
+Model = Annotated[Optional[str], typer.Option("--model", help="cnn_small | preact_resnet18 (default: cnn_small on CPU, preact_resnet18 on CUDA).")]
+Device = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N | auto.")]
+Batch = Annotated[int, typer.Option("--batch", min=1, help="Batch size.")]
+Warmup = Annotated[Optional[int], typer.Option("--warmup", min=0, help="Warm-up steps per method.")]
+Rounds = Annotated[Optional[int], typer.Option("--rounds", min=1, help="Alternating timing rounds.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (fast path).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the data and models.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")]
+WriteDocs = Annotated[bool, typer.Option("--write-docs", help="Write the result into docs/BENCHMARKS.md.")]
+Docs = Annotated[Optional[Path], typer.Option("--docs", help="The markdown file --write-docs updates.")]
+
+
+def _docs_path(flag: str, docs: Path | None) -> Path:
+    """The markdown file to update: --docs, or the checkout's docs/BENCHMARKS.md (one line when there is none)."""
+    if docs is None and not _docs_default().is_file():
+        raise UserError(f"{flag}: {_docs_default()} does not exist (advlc is installed, not a source "
                         f"checkout): name the markdown file to update with --docs FILE")
-    md = facade.bench_markdown
-    if fold is not None:
-        path = docs or _docs_default()
-        section = md.fold(fold, path, allow_smoke=docs is not None)
-        out.print(f"wrote section '{section}' of {path} from {fold}", markup=False, highlight=False)
-        return
-    progress = (lambda line: err.print(f"[dim]bench:[/] {line}")) if not as_json else \
-        (lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
-    if concurrency:
-        r = facade.bench_concurrency(preset, list(set_), progress=progress)
-        section, body, show = md.SECTION_CONCURRENCY, md.markdown_concurrency, _print_concurrency
-    elif hs:
-        r = facade.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n,
-                           power_n=power_n, epochs=epochs, seed=seed, dense_samples=dense_samples,
-                           progress=progress)
-        section, body, show = md.SECTION_HS, md.markdown_hs, _print_hs
-    elif epoch:
-        r = facade.bench_epoch(_split(methods), arch=model, device=device, batch=batch, n_train=n_train,
-                              batches=iters, warmup=warmup, rounds=rounds, amps=_split(amp),
-                              channels_last=True if channels_last is None else channels_last,
-                              compile=compile_, workers=workers, eval_n=eval_n, hs_n=hs_n, seed=seed,
-                              progress=progress)
-        section, body, show = md.SECTION_EPOCH, md.markdown_epoch, _print_epoch
-    else:
-        amps = _split(amp) or ["off"]
-        if len(amps) != 1 or amps[0] not in ("off", "bf16"):
-            raise UserError(f"--amp {amp}: must be off or bf16")
-        r = facade.bench_steps(_split(methods), arch=model, device=device, batch=batch, iters=iters,
-                              warmup=warmup, rounds=rounds, channels_last=bool(channels_last), amp=amps[0],
-                              compile=compile_, seed=seed, progress=progress)
-        section, body, show = md.SECTION_STEPS, md.markdown_steps, _print_steps
+    return docs or _docs_default()
+
+
+def _progress(as_json: bool):
+    if as_json:
+        return lambda line: print(f"bench: {line}", file=sys.stderr, flush=True)
+    return lambda line: err.print(f"[dim]bench:[/] {line}")
+
+
+def _finish(ctx: typer.Context, r: dict, section: str, body, show, *, as_json: bool, write_docs: bool,
+            docs: Path | None) -> None:
+    """Record the command, write the docs section when asked, print the result."""
     r["command"] = _command_line(ctx)
     if write_docs:
-        path = docs or _docs_default()
-        md.write_section(path, section, body(r, r["command"]))
-        progress(f"wrote section '{section}' of {path}")
+        path = _docs_path("--write-docs", docs)
+        facade.bench_markdown.write_section(path, section, body(r, r["command"]))
+        _progress(as_json)(f"wrote section '{section}' of {path}")
     if as_json:
         print(json.dumps(r, indent=1))
     else:
         show(r)
+
+
+@bench_app.command("steps")
+def steps_cmd(ctx: typer.Context, methods: Methods = None, model: Model = None, device: Device = "auto",
+              batch: Batch = 100,
+              iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Measured steps per method.")] = None,
+              warmup: Warmup = None, rounds: Rounds = None,
+              amp: Annotated[str, typer.Option("--amp", help="off | bf16.")] = "off",
+              channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels_last model.")] = False,
+              compile_: Compile = False, seed: Seed = 0, as_json: AsJson = False, write_docs: WriteDocs = False,
+              docs: Docs = None):
+    """Time one training step per method, as a ratio to its base attack's step."""
+    if write_docs:
+        _docs_path("--write-docs", docs)
+    if amp not in ("off", "bf16"):
+        raise UserError(f"--amp {amp}: must be off or bf16")
+    md = facade.bench_markdown
+    r = facade.bench_steps(_split(methods), arch=model, device=device, batch=batch, iters=iters, warmup=warmup,
+                           rounds=rounds, channels_last=channels_last, amp=amp, compile=compile_, seed=seed,
+                           progress=_progress(as_json))
+    _finish(ctx, r, md.SECTION_STEPS, md.markdown_steps, _print_steps, as_json=as_json, write_docs=write_docs, docs=docs)
+
+
+@bench_app.command("epoch")
+def epoch_cmd(ctx: typer.Context, methods: Methods = None, model: Model = None, device: Device = "auto",
+              batch: Batch = 100,
+              iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Batches per variant.")] = None,
+              warmup: Warmup = None, rounds: Rounds = None,
+              amp: Annotated[Optional[str], typer.Option("--amp", help="A list, e.g. off,bf16,bf16+compile; +compile compiles that fast variant only; default off on CPU, off,bf16 on CUDA.")] = None,
+              channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels_last model for the fast path.")] = True,
+              compile_: Compile = False,
+              n_train: Annotated[int, typer.Option("--n-train", min=1, help="Images per epoch.")] = 50_000,
+              workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Reference DataLoader workers (default 0 on CPU, 4 on CUDA).")] = None,
+              eval_n: Annotated[Optional[int], typer.Option("--eval-n", min=0, help="Images the evaluation cost is measured on (0: none).")] = None,
+              hs_n: Annotated[Optional[int], typer.Option("--hs-n", min=0, help="Samples the HS cost is measured on (0: none).")] = None,
+              seed: Seed = 0, as_json: AsJson = False, write_docs: WriteDocs = False, docs: Docs = None):
+    """Epoch time of the fast path against the reference loop (the authors' DataLoader loop)."""
+    if write_docs:
+        _docs_path("--write-docs", docs)
+    md = facade.bench_markdown
+    r = facade.bench_epoch(_split(methods), arch=model, device=device, batch=batch, n_train=n_train, batches=iters,
+                           warmup=warmup, rounds=rounds, amps=_split(amp), channels_last=channels_last,
+                           compile=compile_, workers=workers, eval_n=eval_n, hs_n=hs_n, seed=seed,
+                           progress=_progress(as_json))
+    _finish(ctx, r, md.SECTION_EPOCH, md.markdown_epoch, _print_epoch, as_json=as_json, write_docs=write_docs, docs=docs)
+
+
+@bench_app.command("hs")
+def hs_cmd(ctx: typer.Context,
+           run: Annotated[Optional[str], typer.Option("--run", help="Use this run's checkpoint and data.")] = None,
+           ckpt: Annotated[str, typer.Option("--ckpt", help="With --run: best | last.")] = "best",
+           n: Annotated[int, typer.Option("--n", min=1, help="Samples.")] = 2000,
+           power_n: Annotated[Optional[int], typer.Option("--power-n", min=1, help="Samples power iteration is timed on (default: all).")] = None,
+           epochs: Annotated[int, typer.Option("--epochs", min=0, help="Training epochs of the digits model (without --run).")] = 5,
+           dense_samples: Annotated[int, typer.Option("--dense-samples", min=0, help="Samples of the dense-Hessian check (0: none; one CIFAR image is a 3072 x 3072 Hessian).")] = 2,
+           device: Device = "auto", seed: Seed = 0, as_json: AsJson = False, write_docs: WriteDocs = False,
+           docs: Docs = None):
+    """The HS methods: exact vs power iteration vs Lanczos, time and agreement."""
+    if write_docs:
+        _docs_path("--write-docs", docs)
+    md = facade.bench_markdown
+    r = facade.bench_hs(run=run, home=(ctx.obj or {}).get("home"), ckpt=ckpt, device=device, n=n, power_n=power_n,
+                        epochs=epochs, seed=seed, dense_samples=dense_samples, progress=_progress(as_json))
+    _finish(ctx, r, md.SECTION_HS, md.markdown_hs, _print_hs, as_json=as_json, write_docs=write_docs, docs=docs)
+
+
+@bench_app.command("concurrency")
+def concurrency_cmd(ctx: typer.Context,
+                    preset: Annotated[str, typer.Option("--preset", help="The preset whose runs are timed (several: a sweep or --set seeds).")] = "quick/robust-overfitting",
+                    set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value (repeatable).")] = [],
+                    as_json: AsJson = False, write_docs: WriteDocs = False, docs: Docs = None):
+    """CPU runs started together with a thread budget, at torch's default threads, and one after another."""
+    if write_docs:
+        _docs_path("--write-docs", docs)
+    md = facade.bench_markdown
+    r = facade.bench_concurrency(preset, list(set_), progress=_progress(as_json))
+    _finish(ctx, r, md.SECTION_CONCURRENCY, md.markdown_concurrency, _print_concurrency, as_json=as_json,
+            write_docs=write_docs, docs=docs)
+
+
+@bench_app.command("fold")
+def fold_cmd(folder: Annotated[Path, typer.Argument(help="An output folder of scripts/gpu-check.sh.")],
+             docs: Annotated[Optional[Path], typer.Option("--docs", help="The markdown file to update (default: docs/BENCHMARKS.md).")] = None):
+    """Write the results of a scripts/gpu-check.sh output folder into docs/BENCHMARKS.md (runs nothing)."""
+    path = _docs_path("fold", docs)
+    section = facade.bench_markdown.fold(folder, path, allow_smoke=docs is not None)
+    out.print(f"wrote section '{section}' of {path} from {folder}", markup=False, highlight=False)
