@@ -357,6 +357,7 @@ def neutral_status(st: Status, rid: str, archive: str) -> Status:
     `lost`, else `stopped` with an error saying so; progress kept; no launch record, pid, process
     start time, host, GPU, launcher, heartbeat or unknown keys of the sender's."""
     kept = {k: getattr(st, k) for k in _KEPT}
+    kept = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in kept.items()}   # nested records as read
     state = st.state if st.state in IMPORTED_STATES else "stopped"
     if state != st.state:
         kept["error"] = (f"imported by `advlc unpack` from {archive}, where it was {st.state}; "
