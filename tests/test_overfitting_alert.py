@@ -176,6 +176,7 @@ def test_running_cpu_runs_counts_live_local_cpu_runs_only(tmp_path):
     assert local.running_cpu_runs(store) == 1
 
 
+@pytest.mark.slow   # real concurrent runs (~7 s)
 def test_runs_launched_together_share_the_cores(tmp_path, monkeypatch):
     """The real launcher: two CPU runs started together each get cores // 2 threads (at least 1),
     and the run process applies it (its log says so and its provenance records it)."""

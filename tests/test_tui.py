@@ -352,6 +352,7 @@ async def test_compare_two_groups_and_export_matches_the_store(store, tmp_path):
 
 
 # ---------------------------------------------------------------------------- presets
+@pytest.mark.slow   # many inputs through the screen (~10 s)
 async def test_presets_invalid_overrides_show_inline_and_never_crash(store):
     app = make_app(store.home)
     async with app.run_test(size=SIZE) as pilot:

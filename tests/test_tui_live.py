@@ -79,6 +79,7 @@ def record_shown_states(app) -> dict[str, list[str]]:
     return shown
 
 
+@pytest.mark.slow   # a real training run watched to its end (~12 s)
 async def test_launch_digits_preset_from_presets_screen_and_watch_it_finish(tmp_path):
     from tui.screens.presets import PresetsScreen
 
@@ -167,6 +168,7 @@ async def test_stop_asks_for_confirmation_then_stops_and_resume_restarts(long_ru
         assert rd.status().pid != pid
 
 
+@pytest.mark.slow   # a real detached run
 async def test_q_quits_the_app_and_leaves_runs_running(long_run):
     store, rd = long_run
     app = make_app(store.home)
