@@ -1,5 +1,6 @@
-"""Stable import path of the attacks (docs/API.md); the code lives in `engine.nn.attacks`."""
+"""Stable import path of PGD (docs/API.md); the code lives in `engine.nn.attacks`. Only what
+docs/API.md declares stable is exported here (the other attacks are internal)."""
 
-from engine.nn.attacks import fgsm, fgsm_n, fgsm_rs, pgd, run_attack
+from engine.nn.attacks import pgd
 
-__all__ = ["fgsm", "fgsm_n", "fgsm_rs", "pgd", "run_attack"]
+__all__ = ["pgd"]

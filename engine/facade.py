@@ -20,7 +20,7 @@ from engine.config.presets import (
     load_preset,
     read_preset,
 )
-from engine.config.presets import plan_runs as preset_runs
+from engine.config.presets import preset_runs as preset_runs
 from engine.config.schema import (
     DEVICES_RE,
     EXPERIMENT_KINDS,

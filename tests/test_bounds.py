@@ -239,7 +239,7 @@ def test_broken_user_presets_are_listed_and_do_not_break_others(home):
     cli("presets", code=0)
     cli("preset", "show", "user/good", code=0)
     cli("preset", "show", "quick/digits-fgsm_n", code=0)
-    assert len(P.plan_runs("user/good", home=home)) == 1
+    assert len(P.preset_runs("user/good", home=home)) == 1
     assert "no preset 'user/nosuch'" in refused(home, "run", "user/nosuch")
     assert runs_written(home) == []
 
@@ -277,12 +277,12 @@ def test_run_cap_raised_by_environment(home, monkeypatch):
     """ADVLC_MAX_RUNS raises (or lowers) the cap; a bad value is one line naming the variable."""
     ref = user_preset(home, "small", '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n'
                       '"method.lam" = [0.1, 0.2, 0.3]\nseeds = 2\n')
-    assert len(P.plan_runs(ref, home=home)) == 6
+    assert len(P.preset_runs(ref, home=home)) == 6
     monkeypatch.setenv("ADVLC_MAX_RUNS", "5")
     assert "[sweep] of 3 points x 2 seeds ([sweep] seeds) is 6 runs, more than the 5" in refused(home, "run", ref)
-    assert len(P.plan_runs(ref, home=home, limit=6)) == 6
+    assert len(P.preset_runs(ref, home=home, limit=6)) == 6
     monkeypatch.setenv("ADVLC_MAX_RUNS", "6")
-    assert len(P.plan_runs(ref, home=home)) == 6
+    assert len(P.preset_runs(ref, home=home)) == 6
     monkeypatch.setenv("ADVLC_MAX_RUNS", "lots")
     assert "environment variable ADVLC_MAX_RUNS='lots': must be an integer" in refused(home, "run", ref)
 
@@ -317,7 +317,7 @@ def test_seed_range(home, args, says):
 
 
 def test_seed_edge_plans(home):
-    runs = P.plan_runs("quick/digits-fgsm_n", [f"train.seed={C.SEED_MAX - 1}"], seeds=2, home=home)
+    runs = P.preset_runs("quick/digits-fgsm_n", [f"train.seed={C.SEED_MAX - 1}"], seeds=2, home=home)
     assert [r.seed for r in runs] == [C.SEED_MAX - 1, C.SEED_MAX]
     from tui.cli import runs as cli_runs
     assert cli_runs.SEED_MAX == C.SEED_MAX

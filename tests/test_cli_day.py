@@ -456,14 +456,14 @@ def untrained(home):
     test images): AutoAttack's APGD-CE breaks all three, so the whole evaluation takes a second."""
     import torch
 
-    from engine.config.presets import plan_runs
+    from engine.config.presets import preset_runs
     from engine.config.schema import from_json
     from engine.launch.supervisor import create_runs
     from engine.nn.models import build_model
     from engine.run.checkpoints import save
 
     store = Store(home).ensure()
-    [rd] = create_runs(store, plan_runs("quick/digits-pgd10", ["train.epochs=1"]))
+    [rd] = create_runs(store, preset_runs("quick/digits-pgd10", ["train.epochs=1"]))
     torch.manual_seed(0)
     model = build_model(from_json(rd.config_json()).model, num_classes=10, in_channels=1, image_size=8)
     weight, bias = list(model.parameters())[-2:]

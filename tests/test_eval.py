@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import force_status
 
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.errors import UserError
 from engine.launch.supervisor import create_runs
 from engine.run.checkpoints import load_run_model
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     """A digits PGD-10 AT run of 3 epochs (robust enough for the attacks to differ)."""
     home = tmp_path_factory.mktemp("home")
     store = Store(home)
-    [rd] = create_runs(store, plan_runs("quick/digits-pgd10", ["train.epochs=3", "eval.n=100"]))
+    [rd] = create_runs(store, preset_runs("quick/digits-pgd10", ["train.epochs=3", "eval.n=100"]))
     assert run(rd, store, log=lambda s: None) == "finished"
     return home, store, rd
 
@@ -161,14 +161,14 @@ def test_run_final_evals_follows_the_config_and_skips_done_ones(trained):
 
 def test_experiment_runs_have_no_checkpoint_to_evaluate(trained):
     _, store, rd = trained
-    [ex] = create_runs(store, plan_runs("quick/digits-figA1", [f"experiment.source={rd.id}"]))
+    [ex] = create_runs(store, preset_runs("quick/digits-figA1", [f"experiment.source={rd.id}"]))
     with pytest.raises(UserError, match="experiment"):
         eval_run(ex, attacks=["pgd20"])
 
 
 def test_training_requests_final_evals(tmp_path):
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs("quick/digits-pgd10", ["train.epochs=1", "eval.n=40", "eval.final=[\"pgd20\"]",
+    [rd] = create_runs(store, preset_runs("quick/digits-pgd10", ["train.epochs=1", "eval.n=40", "eval.final=[\"pgd20\"]",
                                                                "eval.final_ckpts=[\"end\"]", "eval.final_n=40"]))
     assert run(rd, store, log=lambda s: None) == "finished"
     [rec] = rd.evals()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import force_status
 
-from engine.config.presets import list_presets, load_preset, plan_runs
+from engine.config.presets import list_presets, load_preset, preset_runs
 from engine.config.schema import EXTRA_METRICS
 from engine.errors import UserError
 from engine.launch.supervisor import create_runs, prepare_resume
@@ -37,13 +37,13 @@ def source(tmp_path_factory):
     """A finished digits PGD-10 AT run (3 epochs) to analyse."""
     home = tmp_path_factory.mktemp("home")
     store = Store(home)
-    [rd] = create_runs(store, plan_runs("quick/digits-pgd10", ["train.epochs=3", "eval.n=60"]))
+    [rd] = create_runs(store, preset_runs("quick/digits-pgd10", ["train.epochs=3", "eval.n=60"]))
     assert run(rd, store, log=lambda s: None) == "finished"
     return home, store, rd
 
 
 def _experiment(store, preset, overrides):
-    [rd] = create_runs(store, plan_runs(preset, overrides))
+    [rd] = create_runs(store, preset_runs(preset, overrides))
     lines = []
     state = run(rd, store, log=lines.append)
     assert state == "finished", (rd.status().error, lines[-3:])
@@ -105,7 +105,7 @@ def test_standard_training_has_no_eff_train(source):
 
 def test_training_records_extra_metrics(tmp_path):
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs("quick/digits-fig3-fgsm_n", [
+    [rd] = create_runs(store, preset_runs("quick/digits-fig3-fgsm_n", [
         "train.epochs=2", "eval.n=40", "eval.hs_every=0", "eval.extra_samples=40", "eval.effect_samples=40",
         "eval.hs_samples=40", "eval.extra_every=2"]))
     assert run(rd, store, log=lambda s: None) == "finished"
@@ -193,7 +193,7 @@ def test_source_resolution_and_bad_experiments(source):
     assert X.resolve_source(store, "quick/digits-pgd10").id == src.id
     with pytest.raises(UserError, match="train it first: advlc run quick/digits-fgsm_n"):
         X.resolve_source(store, "quick/digits-fgsm_n")
-    [rd] = create_runs(store, plan_runs("quick/digits-fig4b", ["experiment.source=quick/digits-fgsm_n"]))
+    [rd] = create_runs(store, preset_runs("quick/digits-fig4b", ["experiment.source=quick/digits-fgsm_n"]))
     assert run(rd, store, log=lambda s: None) == "failed"
     assert "train it first" in rd.status().error
     _, cfg, _ = load_preset("quick/digits-fig4c", ["experiment.values=[0.5, 1.5]"])
@@ -226,7 +226,7 @@ def test_cli_experiment_and_points(source, capsys):
 
 def test_train_run_dispatches_experiments(source):
     _, store, src = source
-    [rd] = create_runs(store, plan_runs("quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=20",
+    [rd] = create_runs(store, preset_runs("quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=20",
                                                                "experiment.steps=[1]"]))
     assert run(rd, store, log=lambda s: None) == "finished"
     assert len(rd.records("points")) == 2 and rd.epochs() == []

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import engine.run.trainer as trainer
 from engine.config import schema as C
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.launch.supervisor import create_runs
 from engine.nn.datasets import load_dataset
 from engine.nn.models import build_model
@@ -56,7 +56,7 @@ def test_best_checkpoint_is_the_most_robust_epoch_later_on_ties(tmp_path, monkey
 
     monkeypatch.setattr(trainer, "evaluate", scripted)
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs("quick/digits-pgd10", ["train.epochs=5"] + OV, home=tmp_path))
+    [rd] = create_runs(store, preset_runs("quick/digits-pgd10", ["train.epochs=5"] + OV, home=tmp_path))
     snaps = {}
 
     def event(kind, info):

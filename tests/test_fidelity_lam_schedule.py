@@ -6,7 +6,7 @@ epochs with a 0-based epoch): the values of `lam_at` by hand, and the lambda the
 import pytest
 
 from engine.config import schema as C
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.launch.supervisor import create_runs
 from engine.nn.methods import Method, lam_at
 from engine.run.process import run
@@ -43,7 +43,7 @@ def test_training_uses_the_ramp_in_every_step(tmp_path, monkeypatch):
     ov = ["method.lam_schedule=linear", "method.lam=0.3", "train.epochs=3", "data.n_train=50",
           "eval.n=10", "eval.ig=false", "eval.hs_every=0", "eval.final=[]"]
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs("quick/digits-fgsm_n-advlc", ov, home=tmp_path))
+    [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc", ov, home=tmp_path))
     assert run(rd, store, log=lambda s: None) == "finished"
     assert sorted(seen) == [0, 1, 2]
     for epoch, lams in seen.items():

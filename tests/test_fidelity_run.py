@@ -32,7 +32,7 @@ import engine.run.loop as loop
 import engine.run.trainer as trainer
 import reference_training as R
 from engine.config import schema as C
-from engine.config.presets import list_presets, load_preset, plan_runs
+from engine.config.presets import list_presets, load_preset, preset_runs
 from engine.launch.supervisor import create_runs, prepare_resume
 from engine.nn.datasets import load_dataset
 from engine.nn.models import build_model
@@ -117,7 +117,7 @@ def train_run(home, s: R.Setup, extra: list[str] = (), stop_at: tuple[int, int] 
     (Ctrl-C) and resumed. Returns (run dir, {epoch: last.pt}, {epoch: swa_end.pt}) with each
     checkpoint as it was at the end of that epoch."""
     store = Store(home)
-    [rd] = create_runs(store, plan_runs("quick/digits-fgsm_n-advlc", overrides(s) + list(extra), home=home))
+    [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc", overrides(s) + list(extra), home=home))
     last, swa, stops = {}, {}, [stop_at]
 
     def event(kind, info):
@@ -272,7 +272,7 @@ def test_seed_fixes_the_data_order_and_augmentation(home, monkeypatch):
           "eval.n=8", "eval.ig=false", "eval.hs_every=0", "eval.final=[]"]
     for seed in (3, 3, 4):
         batches.append([])
-        [rd] = create_runs(store, plan_runs("quick/digits-standard", ov + [f"train.seed={seed}"], home=home))
+        [rd] = create_runs(store, preset_runs("quick/digits-standard", ov + [f"train.seed={seed}"], home=home))
         assert run(rd, store, log=lambda line: None) == "finished"
     a, b, c = batches
     assert len(a) == len(b) == len(c) == 6
@@ -308,7 +308,7 @@ def test_bn_statistics_move_in_training_steps_only(home, monkeypatch):
     extra = ["eval.extra=[train_ig,train_av,eff_train]", "eval.extra_samples=8", "eval.effect_samples=8",
              "eval.final=[]"]
     store = Store(home)
-    [rd] = create_runs(store, plan_runs("quick/digits-fgsm_n-advlc", overrides(s, n_train=32) + extra, home=home))
+    [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc", overrides(s, n_train=32) + extra, home=home))
     assert run(rd, store, log=lambda line: None) == "finished"
     assert len(snaps) == 2 and rd.epochs()[-1]["eff_train"] is not None
     previous = buffers(new_model())                 # fresh statistics: mean 0, var 1, no batches
@@ -347,7 +347,7 @@ def test_best_and_swa_best_are_the_most_robust_epochs_across_a_resume(home, monk
     store = Store(home)
     ov = ["data.n_train=32", "train.batch_size=16", "train.epochs=4", "swa.start=0", "eval.n=8", "eval.ig=false",
           "eval.hs_every=0", "eval.final=[]"]
-    [rd] = create_runs(store, plan_runs("quick/digits-fgsm_n-advlc-swa", ov, home=home))
+    [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc-swa", ov, home=home))
     last, swa, stops = {}, {}, [(3, 1)]
 
     def event(kind, info):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine.config import schema as C
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.launch.supervisor import create_runs
 from engine.nn.datasets import load_dataset
 from engine.run.process import run
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op th
 
 def test_swa_bn_statistics_are_re_estimated_and_weights_averaged(tmp_path):
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs("quick/digits-fgsm_n-advlc-swa", OV, home=tmp_path))
+    [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc-swa", OV, home=tmp_path))
     snaps = {}
 
     def event(kind, info):

@@ -10,7 +10,7 @@ About 2 s with one thread (plus the one-time import of the training stack).
 
 import pytest
 
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.launch.supervisor import create_runs
 from engine.run.process import run
 from engine.store.index import Store
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op th
 
 
 def _run(store, home, preset, overrides):
-    [rd] = create_runs(store, plan_runs(preset, overrides, home=home))
+    [rd] = create_runs(store, preset_runs(preset, overrides, home=home))
     assert run(rd, store, log=lambda s: None) == "finished"
     return rd
 

@@ -568,13 +568,13 @@ def test_no_host_sync_on_cuda(attack, batch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_digits_preset_trains(name, tmp_path):
-    from engine.config.presets import plan_runs
+    from engine.config.presets import preset_runs
     from engine.launch.supervisor import create_runs
     from engine.run.process import run
     from engine.store.index import Store
 
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs(f"quick/digits-{name}", ["train.epochs=2", "eval.n=100"]))
+    [rd] = create_runs(store, preset_runs(f"quick/digits-{name}", ["train.epochs=2", "eval.n=100"]))
     assert rd.config_json()["method"]["name"] == name
     assert run(rd, store, log=lambda s: None) == "finished"
     recs = rd.epochs()

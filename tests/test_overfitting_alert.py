@@ -182,7 +182,7 @@ def test_runs_launched_together_share_the_cores(tmp_path, monkeypatch):
     and the run process applies it (its log says so and its provenance records it)."""
     import time
 
-    from engine.config.presets import plan_runs
+    from engine.config.presets import preset_runs
     from engine.launch import supervisor
     from engine.launch.executors import local
     from engine.store.index import Store
@@ -192,7 +192,7 @@ def test_runs_launched_together_share_the_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "usable_cores", lambda: 4)      # as on a 4-core machine: 2 threads each
     monkeypatch.setattr(local, "visible_gpu_count", lambda: 0)
     store = Store(tmp_path).ensure()
-    planned = plan_runs("quick/digits-standard", ["train.epochs=1", "eval.n=20", "eval.hs_every=0",
+    planned = preset_runs("quick/digits-standard", ["train.epochs=1", "eval.n=20", "eval.hs_every=0",
                                                   "data.n_train=50", "train.device=cpu"], seeds=2)
     rds = supervisor.launch(store, planned)
     deadline = time.time() + 120

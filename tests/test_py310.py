@@ -80,10 +80,10 @@ if sys.version_info < (3, 11):
     except ImportError:
         import pip._vendor.tomli as tomli
         sys.modules["tomli"] = tomli
-from engine.config.presets import list_presets, load_preset, plan_runs
+from engine.config.presets import list_presets, load_preset, preset_runs
 names = [e.name for e in list_presets(None)]
 for name in names:
-    assert plan_runs(name, home=None), name  # every sweep point and seed, resolved and validated
+    assert preset_runs(name, home=None), name  # every sweep point and seed, resolved and validated
 name, cfg, _ = load_preset("quick/digits-fgsm_n-advlc", ["attack.eps=8/255", "train.epochs=3"], None)
 assert cfg.train.epochs == 3 and abs(cfg.attack.eps - 8 / 255) < 1e-12
 heavy = [m for m in ("torch", "numpy") if m in sys.modules]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import force_status
 
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.errors import UserError
 from engine.launch.supervisor import create_runs
 from engine.report import tables as R
@@ -50,7 +50,7 @@ def real_home(tmp_path_factory):
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and the machine is shared
     try:
         for p in PRESETS:
-            for rd in create_runs(store, plan_runs(p, OV, seeds=2)):
+            for rd in create_runs(store, preset_runs(p, OV, seeds=2)):
                 assert train_run(rd, store, log=lambda s: None) == "finished"
     finally:
         torch.set_num_threads(threads)
@@ -60,7 +60,7 @@ def real_home(tmp_path_factory):
 def fab_run(store, preset, seed, epochs, *, overrides=(), group="gfab", point=None, state="finished",
             evals=(), swa=(), label=None, experiment=None, points=()):
     """A run directory with the given records, its config resolved from the preset like a real run."""
-    [p] = plan_runs(preset, list(overrides) + [f"train.seed={seed}"])
+    [p] = preset_runs(preset, list(overrides) + [f"train.seed={seed}"])
     config = p.cfg.to_dict()
     config["run"] = {"preset": preset, "label": label or p.cfg.label, "seed": seed, "group": group,
                      "point": point or {}, "created": 1000.0 + len(store.run_dirs())}
@@ -270,7 +270,7 @@ def test_group_with_missing_seed_is_incomplete_with_fill_command(tmp_path):
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sorted(sets) == ["eval.n=100", "train.epochs=3"]
     # the command plans exactly the missing run: the stored config with seed 1
-    [p] = plan_runs("quick/digits-fgsm_n", sets + ["train.seed=1"], seeds=1)
+    [p] = preset_runs("quick/digits-fgsm_n", sets + ["train.seed=1"], seeds=1)
     stored = json.loads((store.get(t.rows[0].runs[0]).path / "config.json").read_text())
     want = {k: v for k, v in stored.items() if k not in ("run", "provenance")}
     want["train"] = {**want["train"], "seed": 1}
@@ -299,7 +299,7 @@ def test_sweep_grid_holes_and_fill_commands(tmp_path):
     """A sweep preset's grid (quick/digits-advlc-lam-sweep: 3 lambdas x 2 seeds) with a whole point
     missing; the fill command's run (swept key pinned by --set) joins its point's row."""
     store = Store(tmp_path)
-    planned = plan_runs("quick/digits-advlc-lam-sweep", ["train.epochs=2"])
+    planned = preset_runs("quick/digits-advlc-lam-sweep", ["train.epochs=2"])
     rds = create_runs(store, planned)
     e = recs([(0.8, 0.5, 1.0, None), (0.82, 0.52, 1.0, None)])
     for rd in rds:
@@ -316,7 +316,7 @@ def test_sweep_grid_holes_and_fill_commands(tmp_path):
     cmd = shlex.split(t.rows[2].fill[1])
     assert cmd[:3] == ["advlc", "run", "quick/digits-advlc-lam-sweep"] and "method.lam=0.3" in cmd
     sets = [cmd[k + 1] for k, a in enumerate(cmd) if a == "--set"]
-    [p] = plan_runs(cmd[2], sets + ["train.seed=" + cmd[cmd.index("--seed") + 1]], seeds=1)
+    [p] = preset_runs(cmd[2], sets + ["train.seed=" + cmd[cmd.index("--seed") + 1]], seeds=1)
     assert (p.cfg.method.lam, p.cfg.train.epochs, p.seed) == (0.3, 2, 1)
     [rd] = create_runs(store, [p])
     db = rd.metrics_db()
@@ -559,7 +559,7 @@ def two_config_store(home) -> tuple[Store, list[list]]:
     store = Store(home)
     made = []
     for k, ov in enumerate(TWO_CONFIGS):
-        rds = create_runs(store, plan_runs(FGSM, ov, seeds=2))
+        rds = create_runs(store, preset_runs(FGSM, ov, seeds=2))
         for rd in rds:
             seed = json.loads(rd.config_path.read_text())["run"]["seed"]
             r0, r1 = _robust(k, seed)
@@ -580,7 +580,7 @@ def _check_two_configs(store, made):
     """Two rows, one per configuration, each of exactly its two runs, named by attack.eps (the key
     that tells them apart) with each row's own value, numbers hand-computed from the records."""
     t = R.compare_runs(store, preset=FGSM, columns="attack.eps,train.seed")
-    preset_eps = plan_runs(FGSM)[0].cfg.attack.eps          # the preset's own eps (0.15 for digits)
+    preset_eps = preset_runs(FGSM)[0].cfg.attack.eps          # the preset's own eps (0.15 for digits)
     assert len(t.rows) == 2, [r.name for r in t.rows]
     assert [r.name for r in t.rows] == [f"fgsm_n · attack.eps={preset_eps:.4g}", "fgsm_n · attack.eps=0.05"]
     for k, (row, rds) in enumerate(zip(t.rows, made)):
@@ -652,7 +652,7 @@ def test_missing_runs_are_filled_from_the_recorded_overrides(tmp_path):
     recorded = _raw_config(made[1][0])["run"]["origin"]["overrides"]
     assert sets == recorded == TWO_CONFIGS[1]            # as given ("1/20"), not re-derived ("0.05")
     # the command makes exactly the missing run: the stored config of its sibling, with seed 1
-    [p] = plan_runs(FGSM, sets + ["train.seed=1"], seeds=1)
+    [p] = preset_runs(FGSM, sets + ["train.seed=1"], seeds=1)
     want = {k: v for k, v in _raw_config(made[1][0]).items() if k not in ("run", "provenance")}
     want["train"] = {**want["train"], "seed": 1}
     assert p.cfg.to_dict() == want
@@ -675,7 +675,7 @@ def test_runs_without_a_recorded_origin_group_by_their_derived_overrides(tmp_pat
     b = [fab_run(store, FGSM, s, e, overrides=["train.epochs=2", "attack.eps=0.1"]) for s in (0, 1)]
     assert _raw_config(a[0])["run"].get("origin") is None
     t = R.compare_runs(store, group="gfab")
-    preset_eps = plan_runs(FGSM)[0].cfg.attack.eps
+    preset_eps = preset_runs(FGSM)[0].cfg.attack.eps
     assert [r.name for r in t.rows] == [f"fgsm_n · attack.eps={preset_eps:.4g}", "fgsm_n · attack.eps=0.1"]
     assert [sorted(r.runs) for r in t.rows] == [sorted(x.id for x in a), sorted(x.id for x in b)]
 

@@ -93,10 +93,10 @@ def group_empty(pgid):
 def test_detached_runs_survive_their_parent(store):
     """`launch` in a process that exits at once: the runs go on in their own sessions; one
     finishes, one fails and keeps its error."""
-    code = ("import sys; from engine.store.index import Store; from engine.config.presets import plan_runs; "
+    code = ("import sys; from engine.store.index import Store; from engine.config.presets import preset_runs; "
             "from engine.launch.supervisor import launch; s = Store(sys.argv[1]); "
-            f"[a] = launch(s, plan_runs({PRESET!r}, ['train.epochs=3', 'eval.n=100'])); "
-            f"[b] = launch(s, plan_runs({PRESET!r}, ['train.batch_size=5000'])); "
+            f"[a] = launch(s, preset_runs({PRESET!r}, ['train.epochs=3', 'eval.n=100'])); "
+            f"[b] = launch(s, preset_runs({PRESET!r}, ['train.batch_size=5000'])); "
             "print(a.id, b.id)")
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-c", code, str(store.home)], capture_output=True, text=True, timeout=120)

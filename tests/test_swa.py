@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from conftest import TinyNet
 
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.config.schema import SWAConfig
 from engine.launch.supervisor import create_runs, prepare_resume
 from engine.nn import swa as S
@@ -126,7 +126,7 @@ def test_update_schedule():
 def _snapshots_run(home, overrides, on_epoch=None):
     """Run the SWA digits preset; record the main model's weights after every epoch."""
     store = Store(home)
-    [rd] = create_runs(store, plan_runs(PRESET, overrides, home=home))
+    [rd] = create_runs(store, preset_runs(PRESET, overrides, home=home))
     snaps = {}
 
     def event(kind, info):
@@ -168,7 +168,7 @@ def test_digits_swa_run_records_checkpoints_and_average(tmp_path):
     assert doc["swa_end_clean_acc"] == swa_recs[-1]["clean_acc"]
     # SWA leaves the main model's training untouched: same records as without SWA
     store = Store(tmp_path / "b")
-    [rd_b] = create_runs(store, plan_runs(PRESET, OV + ["swa.enabled=false"], home=tmp_path / "b"))
+    [rd_b] = create_runs(store, preset_runs(PRESET, OV + ["swa.enabled=false"], home=tmp_path / "b"))
     assert run(rd_b, store, log=lambda s: None) == "finished"
     assert without_timing(rd_b.epochs()) == without_timing(rd.epochs())
     assert rd_b.records("swa") == [] and not rd_b.ckpt("swa_end").exists()
@@ -205,7 +205,7 @@ def test_resume_with_swa_is_exact(tmp_path):
 def test_swa_every_and_eval_schedule(tmp_path, every, expected):
     """Updates at start, start+every, ...; the last update is always evaluated."""
     store = Store(tmp_path)
-    [rd] = create_runs(store, plan_runs(PRESET, OV + [f"swa.every={every}", "eval.every=3"], home=tmp_path))
+    [rd] = create_runs(store, preset_runs(PRESET, OV + [f"swa.every={every}", "eval.every=3"], home=tmp_path))
     assert run(rd, store, log=lambda s: None) == "finished"
     recs = rd.records("swa")
     assert [r["epoch"] for r in recs] == expected

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from engine.config.presets import plan_runs, read_sweep, sweep_points
+from engine.config.presets import preset_runs, read_sweep, sweep_points
 from engine.errors import UserError
 from engine.launch.supervisor import create_runs
 from engine.store.index import Store
@@ -18,7 +18,7 @@ def _user_preset(home, name, text):
 
 
 def test_lam_sweep_preset_expands_grid_times_seeds(home):
-    planned = plan_runs("quick/digits-advlc-lam-sweep", home=home)
+    planned = preset_runs("quick/digits-advlc-lam-sweep", home=home)
     assert [(p.point, p.seed) for p in planned] == [
         ({"method.lam": 0.05}, 0), ({"method.lam": 0.05}, 1),
         ({"method.lam": 0.1}, 0), ({"method.lam": 0.1}, 1),
@@ -44,7 +44,7 @@ def test_two_axes_both_key_forms_and_coercion(home):
         method.lam = [0.2, 0.4, 0.6]
         "train.lr_milestones" = [[5, 8]]
     """)
-    planned = plan_runs(ref, home=home)
+    planned = preset_runs(ref, home=home)
     assert len(planned) == 6
     assert [p.point for p in planned] == [
         {"attack.eps": 4 / 255, "method.lam": lam, "train.lr_milestones": [5, 8]} for lam in (0.2, 0.4, 0.6)
@@ -59,20 +59,20 @@ def test_two_axes_both_key_forms_and_coercion(home):
 def test_cli_overrides_on_top(home):
     ref = "quick/digits-advlc-lam-sweep"
     # --set on a swept key pins it: the axis goes, the seeds stay
-    planned = plan_runs(ref, ["method.lam=0.2"], home=home)
+    planned = preset_runs(ref, ["method.lam=0.2"], home=home)
     assert [(p.point, p.seed, p.cfg.method.lam) for p in planned] == [({}, 0, 0.2), ({}, 1, 0.2)]
     # --set on another key applies to every point
-    planned = plan_runs(ref, ["train.epochs=3"], home=home)
+    planned = preset_runs(ref, ["train.epochs=3"], home=home)
     assert len(planned) == 6 and {p.cfg.train.epochs for p in planned} == {3}
     # --seeds replaces [sweep] seeds; --seed (train.seed) is the first seed
-    planned = plan_runs(ref, ["train.seed=5"], seeds=3, home=home)
+    planned = preset_runs(ref, ["train.seed=5"], seeds=3, home=home)
     assert [p.seed for p in planned] == [5, 6, 7] * 3
     # a preset without [sweep]: one run, --seeds gives a group of seeds
-    assert [(p.point, p.seed) for p in plan_runs("quick/digits-pgd10", home=home)] == [({}, 0)]
-    planned = plan_runs("quick/digits-pgd10", seeds=2, home=home)
+    assert [(p.point, p.seed) for p in preset_runs("quick/digits-pgd10", home=home)] == [({}, 0)]
+    planned = preset_runs("quick/digits-pgd10", seeds=2, home=home)
     rds = create_runs(Store(home), planned)
     assert rds[0].config().run.group == rds[1].config().run.group is not None
-    [single] = create_runs(Store(home), plan_runs("quick/digits-pgd10", home=home))
+    [single] = create_runs(Store(home), preset_runs("quick/digits-pgd10", home=home))
     assert single.config().run.group is None
 
 
@@ -106,7 +106,7 @@ def test_bad_sweep_tables_one_line_errors(home, body, match):
         {body}
     """)
     with pytest.raises(UserError, match=match) as exc:
-        plan_runs(ref, home=home)
+        preset_runs(ref, home=home)
     msg = str(exc.value)
     assert "\n" not in msg and "bad.toml" in msg
 
@@ -118,4 +118,4 @@ def test_sweep_must_be_a_table(home):
         extends = "quick/digits-fgsm_n-advlc"
     """)
     with pytest.raises(UserError, match=r"notable.toml: 'sweep' must be a table \[sweep\]"):
-        plan_runs(ref, home=home)
+        preset_runs(ref, home=home)

@@ -5,7 +5,7 @@ from helpers import without_timing
 import torch
 
 from engine.config import schema as C
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.launch.supervisor import create_runs
 from engine.run.loop import lr_at
 from engine.run.process import run
@@ -14,7 +14,7 @@ from engine.store.index import Store
 
 def _run(home, preset, overrides):
     store = Store(home)
-    [rd] = create_runs(store, plan_runs(preset, overrides))
+    [rd] = create_runs(store, preset_runs(preset, overrides))
     assert run(rd, store, log=lambda s: None) == "finished"
     return rd
 

@@ -10,7 +10,7 @@ import helpers
 import psutil
 import pytest
 
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.launch import supervisor
 from engine.store.index import Store
 from engine.store.rundir import RunDir
@@ -43,7 +43,7 @@ def long_run(tmp_path):
     """A digits run of 500 epochs started detached: far more than any test here waits for, so it is
     `running` whenever a test looks (it cannot finish first); stopped at teardown whatever the test did."""
     store = Store(tmp_path / "home").ensure()
-    planned = plan_runs("quick/digits-fgsm_n", ["train.epochs=500", "eval.n=100"], home=store.home)
+    planned = preset_runs("quick/digits-fgsm_n", ["train.epochs=500", "eval.n=100"], home=store.home)
     rds = supervisor.launch(store, planned)
     yield store, rds[0]
     supervisor.stop(store, [RunDir(rd.path) for rd in rds if rd.exists()], grace_s=5)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from engine.bench.common import Progress, say
-from engine.config.presets import plan_runs
+from engine.config.presets import preset_runs
 from engine.cores import usable_cores
 from engine.errors import UserError
 from engine.paths import CODE_ROOT, THREADS_ENV
@@ -93,7 +93,7 @@ def bench_concurrency(preset: str = "quick/robust-overfitting", overrides: list[
     if unknown:
         raise UserError(f"bench --concurrency: schedule {unknown[0]!r}: must be one of {', '.join(SCHEDULES)}")
     overrides = list(overrides or []) + ["train.device=cpu"]
-    planned = plan_runs(preset, overrides)
+    planned = preset_runs(preset, overrides)
     if len(planned) < 2:
         raise UserError(f"bench --concurrency: preset {preset} plans {len(planned)} run; give one that plans "
                         "several (a sweep, or --seeds)")

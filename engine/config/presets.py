@@ -349,7 +349,7 @@ def check_size(where: str, axes: list[tuple[str, list]], seeds: int, seeds_from:
     return total
 
 
-def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
+def preset_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
               home=None, limit: int | None = None) -> list[PlannedRun]:
     """`plan(...).runs`: the runs a preset stands for, without their teachers."""
     return plan(ref, overrides, seeds=seeds, home=home, limit=limit).runs

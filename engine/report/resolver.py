@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from engine.config import origin as O
-from engine.config.presets import plan_runs, read_preset
+from engine.config.presets import preset_runs, read_preset
 from engine.store.records import ConfigRecord
 
 
@@ -29,13 +29,13 @@ class Resolver:
         self._sha: dict = {}
 
     def plan(self, preset: str | None, overrides=()) -> list | None:
-        """The runs the preset asks for (engine.config.presets.plan_runs), None if it cannot be read."""
+        """The runs the preset asks for (engine.config.presets.preset_runs), None if it cannot be read."""
         if not preset:
             return None
         key = (preset, tuple(overrides))
         if key not in self._plans:
             try:
-                self._plans[key] = plan_runs(preset, list(overrides), home=self.home)
+                self._plans[key] = preset_runs(preset, list(overrides), home=self.home)
             except Exception:  # an unloadable preset (renamed, edited, invalid) must not break a comparison
                 self._plans[key] = None
         return self._plans[key]
