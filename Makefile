@@ -14,10 +14,11 @@ run: $(STAMP)
 	$(BIN)/advlc
 
 # The default suite (a few minutes on 2 cores): vermin (Python 3.10), ruff (lint; pyproject.toml's
-# [tool.ruff]), then every test but those marked slow or gpu.
+# [tool.ruff]), mypy on the typed core ([tool.mypy]), then every test but those marked slow or gpu.
 test: $(STAMP)
 	$(VERMIN) engine tui tests presets
 	$(BIN)/ruff check --no-cache engine tui tests scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The slow end-to-end tests: real training runs, detached runs, the wheel in a fresh venv.

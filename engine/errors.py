@@ -42,8 +42,9 @@ def os_error_line(exc: OSError, path=None) -> str:
     atomic write, it is `path` when the caller gives one, else the file advlc was writing
     (`failed_path`), so the line never says `?` for a file of the store."""
     where = failed_path(exc, path) or "?"
-    what = DISK_ERRORS.get(exc.errno) or (exc.strerror or type(exc).__name__).lower()
-    name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    code = exc.errno
+    what = (DISK_ERRORS.get(code) if code is not None else None) or (exc.strerror or type(exc).__name__).lower()
+    name = errno.errorcode.get(code, "") if code is not None else ""
     return f"{where}: {what}" + (f" ({name})" if name else "")
 
 

@@ -109,20 +109,20 @@ def derive(config: dict, home=None) -> dict | None:
     preset into its stored config (seed and sweep point aside), marked `derived`; None when the
     preset can no longer be loaded. Derived keys (attack step, eval eps, ...) are kept only where
     re-resolving the other overrides does not give them."""
-    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    run: dict = config["run"] if isinstance(config.get("run"), dict) else {}
     preset = run.get("preset")
     if not isinstance(preset, str) or not preset:
         return None
-    point = run.get("point") if isinstance(run.get("point"), dict) else {}
+    point: dict = run["point"] if isinstance(run.get("point"), dict) else {}
     base = [f"{k}={fmt_value(v)}" for k, v in point.items()]
     sets: dict[str, str] = {}
-    ref = None
+    ref: dict = {}
     for it in range(4):
         try:
             _, cfg, _ = load_preset(preset, base + [f"{k}={v}" for k, v in sets.items()], home)
         except (UserError, RecursionError):
             return None
-        if ref is None:
+        if not ref:
             ref = cfg.to_dict()
         diff = {k: fmt_value(v) for k, v in differing(config, cfg.to_dict(), skip=set(point)).items()
                 if v is not None}

@@ -7,6 +7,8 @@ tell the points apart, then the seeds.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def seeds_of(planned) -> list[int]:
     """The seeds of a plan, in order (each point of a sweep has the same ones)."""
@@ -20,7 +22,7 @@ def _fmt(v) -> str:
 def scheme_names(planned) -> list[str]:
     """One name per point of the plan: its label (`pgd+advlc`) when the labels tell the points apart,
     else the swept values (`lam=0.3`), with the label in front when there is more than one."""
-    points: dict[tuple, object] = {}
+    points: dict[tuple, Any] = {}
     for p in planned:
         points.setdefault(tuple(sorted((k, repr(v)) for k, v in p.point.items())), p)
     firsts = list(points.values())

@@ -21,7 +21,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from engine.errors import UserError
 from engine.nn.methods import get_method, methods
@@ -489,7 +489,7 @@ def coerce(value: Any, tp) -> Any:
     raise ValueError(f"unsupported type {tp}")
 
 
-def _allowed(meta: dict) -> str | None:
+def _allowed(meta: Mapping) -> str | None:
     if meta.get("choices"):
         return "one of " + ", ".join(repr(c) for c in meta["choices"] if c != "") + \
             (" (or empty)" if "" in meta["choices"] else "")

@@ -56,7 +56,9 @@ def overfit_states(epochs: list[dict], key: str = "robust_acc", points: float = 
     never for their AdvLC runs (docs/PRESETS.md).
     """
     lr0 = epochs[0].get("lr") if epochs else None
-    best, run, out = None, 0, []
+    best: dict | None = None
+    run = 0
+    out: list[tuple[dict, dict | None]] = []
     for rec in epochs:
         if rec.get(key) is None:
             continue

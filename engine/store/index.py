@@ -17,6 +17,8 @@ import secrets
 import shutil
 import tempfile
 import time
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 
 from filelock import FileLock
@@ -144,13 +146,13 @@ class Store:
         self.prune([rd.id])
 
     # -- index -------------------------------------------------------------------------
-    def sync(self, rd: RunDir, doc: dict | None = None) -> dict:
+    def sync(self, rd: RunDir, doc: Mapping | None = None) -> Mapping:
         """Write the run's summary into the index (under the lock, atomically)."""
         self.ensure()
         with self._lock:  # summarise under the lock, so a slower writer never upserts an older summary
-            doc = doc if doc is not None else summarize(rd)
-            self._write_index(lambda t: t.upsert(dict(doc), Query().id == doc["id"]))
-        return doc
+            row: Mapping = doc if doc is not None else summarize(rd)
+            self._write_index(lambda t: t.upsert(dict(row), Query().id == row["id"]))
+        return row
 
     def sync_many(self, rds: list[RunDir]) -> None:
         """`sync` for several runs, under one lock and one write."""
@@ -187,18 +189,22 @@ class Store:
         """All index rows, checked (no lock: the file is replaced atomically). A corrupt or
         wrong-shaped index is rebuilt from the run directories, its damaged copy kept
         (`self.repaired` says where); an index of an older vocabulary is rebuilt in place."""
+        def read(hint: str | None = None) -> list[IndexRow]:
+            data = load_json(self.index_path, hint) if hint else load_json(self.index_path)
+            rows = table_records(data, INDEX_TABLE, self.index_path, IndexRow)
+            return typing.cast("list[IndexRow]", rows)
+
         try:
-            rows = table_records(load_json(self.index_path, hint_for(self.index_path)), INDEX_TABLE,
-                                 self.index_path, IndexRow)
+            rows = read(hint_for(self.index_path))
         except CorruptFile:
             self.repair_index()
-            return table_records(load_json(self.index_path), INDEX_TABLE, self.index_path, IndexRow)
+            return read()
         if any(r.get("v") != INDEX_VERSION for r in rows):
             try:
                 self.reindex()
             except OSError:             # a read-only store: summarise in memory
                 return [summarize(rd) for rd in self.run_dirs()]
-            return table_records(load_json(self.index_path), INDEX_TABLE, self.index_path, IndexRow)
+            return read()
         return rows
 
     def repair_index(self) -> int:

@@ -58,6 +58,7 @@ import shutil
 import tarfile
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -75,8 +76,11 @@ from engine.store.rundir import (
     RunDir,
 )
 from engine.store.files import write_json
-from engine.store.records import ConfigRecord, Meta, RuntimeRecord, Shape, Status, effective, table_records
+from engine.store.records import ConfigRecord, Meta, Record, RuntimeRecord, Shape, Status, effective, table_records
 from engine.store.states import FINAL_STATES
+
+Bad = Callable[[str], NoReturn]
+"""Says what is wrong with an archive, one line, and never returns (unpack's `bad`)."""
 
 MANIFEST = "advlc-pack.json"
 FORMAT = 1
@@ -151,7 +155,7 @@ def _members(store: Store, rd: RunDir, ckpts: list[str]) -> dict[str, bytes]:
     return out
 
 
-def pack(store: Store, rds: list[RunDir], out: Path, ckpts: list[str] = ("best", "end")) -> dict:
+def pack(store: Store, rds: list[RunDir], out: Path, ckpts: Sequence[str] = ("best", "end")) -> dict:
     """Write the archive `out` of runs `rds` with checkpoints `ckpts` (best, end, swa_best,
     swa_end); returns the manifest."""
     bad = [c for c in ckpts if c not in CKPT_FILES]
@@ -244,7 +248,7 @@ def _copy(src, stage: Path, place: str, size: int) -> str:
     return h.hexdigest()
 
 
-def _stream(path: Path, stage: Path, bad) -> dict[str, tuple[int, str]]:
+def _stream(path: Path, stage: Path, bad: Bad) -> dict[str, tuple[int, str]]:
     """Stream the members of archive `path` into `stage`, each checked against the names and the
     limits from its header before any of it is read; {member name: (size, sha256)}."""
     per_member, total_limit, per_json = limits()
@@ -289,7 +293,7 @@ def _read_json(stage: Path, place: str, name: str, bad):
         bad(f"{name} is not valid JSON")
 
 
-def _check_manifest(stage: Path, staged: dict[str, tuple[int, str]], bad) -> list[str]:
+def _check_manifest(stage: Path, staged: dict[str, tuple[int, str]], bad: Bad) -> list[str]:
     """The run ids of the manifest, once it lists exactly the members present with their sizes and
     checksums, and every member belongs to one of its runs."""
     if MANIFEST not in staged:
@@ -324,10 +328,10 @@ def _check_manifest(stage: Path, staged: dict[str, tuple[int, str]], bad) -> lis
     return runs
 
 
-_RECORDS = {CONFIG: ConfigRecord, STATUS: Status, META: Meta, RUNTIME: RuntimeRecord}
+_RECORDS: dict[str, type[Record] | type[ConfigRecord]] = {CONFIG: ConfigRecord, STATUS: Status, META: Meta, RUNTIME: RuntimeRecord}
 
 
-def _check_member(name: str, doc, bad):
+def _check_member(name: str, doc, bad: Bad):
     """An archive's JSON file must have the shape of its record; returns the record (metrics: None)."""
     base = name.rsplit("/", 1)[-1]
     try:
@@ -366,7 +370,7 @@ def neutral_status(st: Status, rid: str, archive: str) -> Status:
     return Status.from_json({"state": state, **kept})
 
 
-def _prepare_run(stage: Path, rid: str, archive: Path, check_config, bad) -> None:
+def _prepare_run(stage: Path, rid: str, archive: Path, check_config, bad: Bad) -> None:
     """Check run `rid`'s staged files (records, its config like a preset) and make them data: a
     fresh neutral status.json, runtime.json without the sender's device."""
     rdir = stage / rid
@@ -414,6 +418,7 @@ def _stage(store: Store) -> tuple[Path, Path, int]:
         token = secrets.token_hex(6)
         lock = store.runs_dir / f"{STAGING}{token}.lock"
         fd = _locked(lock, create=True)
+        assert fd is not None        # with create, _locked waits for the lock: it always returns one
         try:
             if os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino:   # not swept meanwhile
                 break

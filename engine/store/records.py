@@ -106,7 +106,7 @@ def check(tp, v, path: str):
         if not isinstance(v, dict):
             raise Shape(path, v, "must be an object")
         return {k: check(item, x, f"{path}.{k}") for k, x in v.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, Record):
         return tp.from_json(v, path)
     raise TypeError(f"unsupported type {tp}")
 
@@ -136,7 +136,9 @@ def _to_json(v):
 class Record:
     """A dataclass read from JSON with its fields checked; unknown keys kept in `extra`."""
 
-    ALIASES: dict = {}
+    ALIASES: typing.ClassVar[dict] = {}
+    __dataclass_fields__: typing.ClassVar[dict[str, Any]]   # every record is a @dataclass
+    extra: dict
     """Old key -> field name: how files written by earlier advlc versions are read."""
 
     @classmethod

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,12 @@ from engine.store.files import dumps, load_json, replace_keeping_aside
 from engine.store.records import TABLE_RECORDS, ConfigRecord, Meta, MetricRecord, RuntimeRecord, Shape
 from engine.store.index import Store
 from engine.store.rundir import CONFIG_COPY, RunDir, run_folders
+
+
+def _name(aside: Path | None) -> str:
+    """The second name a damaged file was kept under (replace_keeping_aside returns None only when
+    there was no file to keep)."""
+    return aside.name if aside is not None else "nowhere: there was no file"
 
 
 @dataclass
@@ -87,7 +94,7 @@ def salvage_tables(text: str) -> dict[str, dict[str, dict]]:
     return out
 
 
-def _config_from_log(rd: RunDir, row: dict | None) -> dict | None:
+def _config_from_log(rd: RunDir, row: Mapping | None) -> dict | None:
     """config.json as the `config:` line of log.txt and the run's index row give it (None unless both do)."""
     if not rd.log_path.exists() or not row or row.get("state") == "corrupt" or not row.get("preset"):
         return None
@@ -104,7 +111,7 @@ def _config_from_log(rd: RunDir, row: dict | None) -> dict | None:
     return None
 
 
-def _repair_config(rd: RunDir, rep: Repair, row: dict | None) -> None:
+def _repair_config(rd: RunDir, rep: Repair, row: Mapping | None) -> None:
     try:
         rd.written_config()         # config.json alone: a damaged runtime.json is not config.json's
         rep.copied = rd.keep_config_copy()
@@ -128,7 +135,7 @@ def _repair_config(rd: RunDir, rep: Repair, row: dict | None) -> None:
         return
     aside = replace_keeping_aside(rd.config_path, data)
     rd.keep_config_copy()
-    rep.done.append(f"config.json was {damage}{f' (kept as {aside.name})' if aside else ''}: rebuilt from {source}")
+    rep.done.append(f"config.json was {damage}{f' (kept as {_name(aside)})' if aside else ''}: rebuilt from {source}")
 
 
 def _checkpoint_epoch(rd: RunDir, rep: Repair) -> int:
@@ -203,7 +210,7 @@ def _repair_metrics(rd: RunDir, rep: Repair) -> None:
     tables, dropped = _good_rows(tables)
     aside = replace_keeping_aside(rd.metrics_path, dumps(tables).encode())
     kept = ", ".join(f"{len(rows)} {name}" for name, rows in tables.items()) or "no records"
-    rep.done.append(f"metrics.json was damaged (kept as {aside.name}): kept {kept}"
+    rep.done.append(f"metrics.json was damaged (kept as {_name(aside)}): kept {kept}"
                     + (f", dropped {dropped} record(s) of the wrong shape" if dropped else ""))
 
 
@@ -220,7 +227,7 @@ def _repair_meta(rd: RunDir, rep: Repair) -> None:
         data = load_json(rd.meta_path)
     except CorruptFile:
         data = None
-    kept = {}
+    kept: dict = {}
     for key, value in (data.items() if isinstance(data, dict) else ()):
         try:
             kept = Meta.from_json({**kept, key: value}).to_json()
@@ -231,7 +238,7 @@ def _repair_meta(rd: RunDir, rep: Repair) -> None:
                 kept = Meta.from_json({**kept, "tags": good}).to_json()
     aside = replace_keeping_aside(rd.meta_path, dumps(Meta.from_json(kept).to_json()).encode())
     names = ", ".join(k for k in kept if k != "updated") or "nothing"
-    rep.done.append(f"meta.json was damaged (kept as {aside.name}): kept {names}")
+    rep.done.append(f"meta.json was damaged (kept as {_name(aside)}): kept {names}")
 
 
 def _is_tag(t: str) -> bool:
@@ -251,11 +258,11 @@ def _repair_runtime(rd: RunDir, rep: Repair) -> None:
     except CorruptFile:
         pass
     aside = replace_keeping_aside(rd.runtime_path, dumps(RuntimeRecord().to_json()).encode())
-    rep.done.append(f"runtime.json was damaged (kept as {aside.name}): the provenance of the run's starts is "
+    rep.done.append(f"runtime.json was damaged (kept as {_name(aside)}): the provenance of the run's starts is "
                     f"now unknown")
 
 
-def repair_run(store: Store, rd: RunDir, row: dict | None = None) -> Repair:
+def repair_run(store: Store, rd: RunDir, row: Mapping | None = None) -> Repair:
     """Repair one run directory (see the module doc)."""
     rep = Repair(rd.id)
     _repair_config(rd, rep, row)

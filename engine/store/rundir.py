@@ -29,6 +29,7 @@ import re
 import stat
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 from tinydb import TinyDB
@@ -285,10 +286,10 @@ class RunDir:
         return table_records(self._load(self.metrics_path, METRICS), table_name, self.metrics_path)
 
     def epochs(self) -> list[EpochRecord]:
-        return self.records("epochs")
+        return typing.cast("list[EpochRecord]", self.records("epochs"))   # TABLE_RECORDS reads them so
 
     def evals(self) -> list[EvalRecord]:
-        return self.records("evals")
+        return typing.cast("list[EvalRecord]", self.records("evals"))
 
     # -- log -------------------------------------------------------------------------
     def open_log(self) -> int:

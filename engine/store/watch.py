@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+import typing
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 from engine.errors import CorruptFile
 from engine.store.files import read_json
 from engine.store.index import Store
-from engine.store.records import ConfigRecord, EpochRecord, EvalRecord, Meta, Shape, Status, table_records
+from engine.store.records import ConfigRecord, EpochRecord, EvalRecord, IndexRow, Meta, Shape, Status, table_records
 from engine.store.rundir import RunDir
 
 
@@ -57,7 +58,7 @@ def file_sig(path: Path) -> tuple[int, int, int] | None:
 class IndexSnapshot:
     """What the Runs screen shows: every index document, plus live progress of running runs."""
 
-    rows: list[dict]
+    rows: list[IndexRow]
     """Index documents (Store.runs() order: by creation time)."""
     live: dict[str, Status]
     """run id -> status.json of runs that are running (batch, batches, heartbeat, epoch)."""
@@ -82,9 +83,9 @@ class IndexReader:
     def __init__(self, store: Store):
         self.store = store
         self._sig: tuple | None = ()
-        self._rows: list[dict] = []
+        self._rows: list[IndexRow] = []
         self._status_sig: dict[str, tuple | None] = {}
-        self._live: dict[str, dict] = {}
+        self._live: dict[str, Status] = {}
         self._version = 0
 
     def poll(self, force: bool = False) -> IndexSnapshot | None:
@@ -217,7 +218,7 @@ class RunFollower:
             setattr(d, name, rows[self._n[name]:])
             self._n[name] = len(rows)
         if tables["evals"]:
-            d.evals = tables["evals"]
+            d.evals = typing.cast("list[EvalRecord]", tables["evals"])
 
     def _read_log(self, d: RunDelta) -> None:
         path = self.rd.log_path
