@@ -1,6 +1,10 @@
-"""Stable import path of PGD (docs/API.md); the code lives in `engine.nn.attacks`. Only what
-docs/API.md declares stable is exported here (the other attacks are internal)."""
+"""Deprecated import path of PGD (kept for one release): import from `engine.api` (docs/API.md)."""
 
-from engine.nn.attacks import pgd
+import warnings
+
+from engine.api import pgd
+
+warnings.warn("engine.attacks is deprecated: import pgd from engine.api (docs/API.md)", DeprecationWarning,
+              stacklevel=2)
 
 __all__ = ["pgd"]

@@ -1,7 +1,10 @@
-"""Stable import path of the landscape metrics (docs/API.md); the code lives in `engine.nn.metrics`.
-Only what docs/API.md declares stable is exported here."""
+"""Deprecated import path of IG and HS (kept for one release): import from `engine.api` (docs/API.md)."""
 
-from engine.nn.metrics.gradients import input_gradient_norm
-from engine.nn.metrics.hessian import hessian_spectrum
+import warnings
+
+from engine.api import hessian_spectrum, input_gradient_norm
+
+warnings.warn("engine.landscape is deprecated: import hessian_spectrum, input_gradient_norm from engine.api (docs/API.md)", DeprecationWarning,
+              stacklevel=2)
 
 __all__ = ["hessian_spectrum", "input_gradient_norm"]

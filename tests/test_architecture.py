@@ -142,9 +142,7 @@ def test_facade_lazy_names_resolve():
 
 def test_stable_api():
     """The names, kinds and defaults of docs/API.md's parameters."""
-    from engine.attacks import pgd
-    from engine.landscape import hessian_spectrum, input_gradient_norm
-    from engine.methods.advlc import advlc_penalty
+    from engine.api import advlc_penalty, hessian_spectrum, input_gradient_norm, pgd
 
     def params(f):
         return [(p.name, p.kind.name, None if p.default is inspect.Parameter.empty else p.default)
@@ -161,19 +159,26 @@ def test_stable_api():
                                         ("method", pos, "auto"), ("kw", "VAR_KEYWORD", None)]
 
 
-def test_the_stable_paths_export_exactly_what_api_md_declares():
-    """A name a shim exports is a promise: each one is in docs/API.md's table, and each row is exported."""
+def test_the_api_module_exports_exactly_api_md_and_the_old_paths_warn():
+    """engine.api's names are docs/API.md's table, each row exported; the old shim paths still
+    import, with a DeprecationWarning, the same functions."""
     import importlib
     import re
+    import warnings
 
-    rows = re.findall(r"^\| `(engine\.[a-z.]+)\.([a-z_]+)` \|", (ROOT / "docs" / "API.md").read_text(), re.M)
-    declared: dict[str, set] = {}
-    for module, name in rows:
-        declared.setdefault(module, set()).add(name)
-    assert declared == {"engine.attacks": {"pgd"}, "engine.methods.advlc": {"advlc_penalty"},
-                        "engine.landscape": {"input_gradient_norm", "hessian_spectrum"}}
-    for module, names in declared.items():
-        assert set(importlib.import_module(module).__all__) == names, module
+    import engine.api
+
+    rows = re.findall(r"^\| `engine\.api\.([a-z_]+)` \|", (ROOT / "docs" / "API.md").read_text(), re.M)
+    assert sorted(rows) == sorted(engine.api.__all__) == ["advlc_penalty", "hessian_spectrum",
+                                                         "input_gradient_norm", "pgd"]
+    for module, names in (("engine.attacks", ["pgd"]), ("engine.methods.advlc", ["advlc_penalty"]),
+                          ("engine.landscape", ["hessian_spectrum", "input_gradient_norm"])):
+        sys.modules.pop(module, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mod = importlib.import_module(module)
+        assert any(issubclass(w.category, DeprecationWarning) and "engine.api" in str(w.message) for w in caught)
+        assert mod.__all__ == names and all(getattr(mod, n) is getattr(engine.api, n) for n in names)
 
 
 @pytest.mark.parametrize("argv", [["presets"], ["preset", "show", "quick/digits-fgsm_n-advlc"], ["runs"],

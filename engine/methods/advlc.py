@@ -1,5 +1,10 @@
-"""Stable import path of AdvLC's penalty (docs/API.md); the code lives in `engine.nn.methods.advlc`."""
+"""Deprecated import path of AdvLC's penalty (kept for one release): import from `engine.api` (docs/API.md)."""
 
-from engine.nn.methods.advlc import advlc_penalty
+import warnings
+
+from engine.api import advlc_penalty
+
+warnings.warn("engine.methods.advlc is deprecated: import advlc_penalty from engine.api (docs/API.md)", DeprecationWarning,
+              stacklevel=2)
 
 __all__ = ["advlc_penalty"]
