@@ -112,13 +112,13 @@ def test_imports_inside_functions_are_few_and_explained():
         assert "#" in here, f"{m}:{line}: {text} has no reason beside it"
 
 
-def test_functions_are_at_most_100_lines():
+def test_functions_are_at_most_80_lines():
     long = []
     for m, p in _modules().items():
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
-                if n > 100:
+                if n > 80:
                     long.append(f"{m}.{node.name}: {n} lines")
     assert long == []
 

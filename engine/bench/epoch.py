@@ -200,6 +200,38 @@ def _rows(schemes, amps, variants: dict, times: dict, ratios: dict, per_epoch: i
     return rows
 
 
+def _block_runner(variants: dict, data, dev):
+    """run_block(name, k): k training batches of one variant, its reference or fast loop's step."""
+    def run_block(name: str, k: int) -> None:
+        v = variants[name]
+        v["model"].train()
+        if v["loop"] == "reference":
+            for _ in range(k):
+                xb, yb = data.next_reference()
+                reference_step(v["model"], v["opt"], v["method"], v["ctx"], xb, yb, dev)
+        else:
+            for _ in range(k):  # the training loop's step, bookkeeping included
+                xb, yb = data.next_fast()
+                loss, stats = train_step(v["model"], v["opt"], v["method"], v["ctx"], xb, yb, amp=v["autocast"])
+                v["loss_sum"] += loss.detach() * len(yb)
+                v["correct"] += (stats["logits"].detach().argmax(1) == yb).sum()
+
+    return run_block
+
+
+def _warm_up(variants: dict, run_block, warmup: int, skipped: dict, progress) -> list[str]:
+    """Warm every variant up; the ones that fail (a compile error, out of memory) are skipped with why."""
+    ready = []
+    for name in variants:
+        say(progress, f"warm-up {name}")
+        try:
+            run_block(name, max(1, warmup))
+            ready.append(name)
+        except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others' numbers
+            skipped[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return ready
+
+
 def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, device: str = "auto",
                 batch: int = 100, n_train: int = 50_000, batches: int | None = None,
                 warmup: int | None = None, rounds: int | None = None, amps: list[str] | None = None,
@@ -255,28 +287,8 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
     variants = _variants(schemes, amps, arch=arch, batch=batch, dev=dev, channels_last=channels_last,
                          compile=compile, seed=seed, skipped=skipped)
 
-    def run_block(name: str, k: int) -> None:
-        v = variants[name]
-        v["model"].train()
-        if v["loop"] == "reference":
-            for _ in range(k):
-                xb, yb = data.next_reference()
-                reference_step(v["model"], v["opt"], v["method"], v["ctx"], xb, yb, dev)
-        else:
-            for _ in range(k):  # the training loop's step, bookkeeping included
-                xb, yb = data.next_fast()
-                loss, stats = train_step(v["model"], v["opt"], v["method"], v["ctx"], xb, yb, amp=v["autocast"])
-                v["loss_sum"] += loss.detach() * len(yb)
-                v["correct"] += (stats["logits"].detach().argmax(1) == yb).sum()
-
-    ready = []
-    for name in variants:
-        say(progress, f"warm-up {name}")
-        try:
-            run_block(name, max(1, warmup))
-            ready.append(name)
-        except Exception as exc:
-            skipped[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    run_block = _block_runner(variants, data, dev)
+    ready = _warm_up(variants, run_block, warmup, skipped, progress)
     sync(dev)
     say(progress, f"timing {len(ready)} variants: {rounds} rounds x {per_round} batches")
     groups = []

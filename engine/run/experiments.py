@@ -305,20 +305,14 @@ def format_point(rec: dict, n_points: int | None = None) -> str:
         f"  {rec.get('time_s', 0):.2f}s"
 
 
-def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
-                   log: Callable[[str], None]) -> None:
-    """Execute the experiment of run `rd` (the analogue of engine.run.trainer.train_run): see the module doc."""
-    cfg = from_json(rd.config_json())
-    x = cfg.experiment
-    where = f"run {rd.id}"
-    validate(cfg, where)
-    device = pick_device(cfg.train.device)
+def _open_source(rd: RunDir, store: Store, cfg, device, log):
+    """Load the analysed checkpoint and record where it came from (runtime.json, the index, the log)."""
+    x, where = cfg.experiment, f"run {rd.id}"
     src = resolve_source(store, x.source, exclude=rd.id)
     if is_experiment(src):
         raise UserError(f"{where}: experiment.source = {x.source!r} is itself an experiment run")
     sconf = src.config()
     model, scfg, info = load_run_model(src, x.ckpt, device)
-
     srun = sconf.run
     rd.add_start(provenance.collect(device))
     rd.update_runtime(
@@ -330,10 +324,14 @@ def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
     log(f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.preset}, {x.ckpt} checkpoint, "
         f"epoch {info['epoch']}) on {device}")
     log("experiment: " + json.dumps(cfg.to_dict()["experiment"]))
+    return model, scfg, info
 
+
+def _context(rd: RunDir, cfg, scfg, model, info, device) -> dict:
+    """What every point of the experiment reads: the data, eps, the lr of Figs 4b/c, a heartbeat."""
+    x = cfg.experiment
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(scfg.data, device)
-    eps = scfg.eval.eps
     if x.lr is not None:
         lr = x.lr
     else:
@@ -347,52 +345,63 @@ def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
             rd.update_status(heartbeat=now)
             last_beat[0] = now
 
-    ctx = {"cfg": cfg, "scfg": scfg, "model": model, "data": data, "device": device, "eps": eps, "lr": lr,
-           "train_subset": first_n(data.train_x, data.train_y, x.samples), "heartbeat": heartbeat}
+    return {"cfg": cfg, "scfg": scfg, "model": model, "data": data, "device": device, "eps": scfg.eval.eps,
+            "lr": lr, "train_subset": first_n(data.train_x, data.train_y, x.samples), "heartbeat": heartbeat}
 
+
+def _a1_records(ctx, pts: list[dict], done: set):
+    """Fig. A.1's points, one PGD curve per split: (record, ...) for each point not done yet."""
+    cfg, data, eps = ctx["cfg"], ctx["data"], ctx["eps"]
+    for split in cfg.experiment.splits:
+        todo = [p for p in pts if p["split"] == split and p["index"] not in done]
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        xs, ys = first_n(data.train_x if split == "train" else data.test_x,
+                         data.train_y if split == "train" else data.test_y, cfg.experiment.samples)
+        curve = pgd_curve(ctx["model"], xs, ys, eps=eps, alpha=eps / 4, steps=[0] + [p["steps"] for p in todo],
+                          batch_size=cfg.eval.batch_size)
+        dt = (time.perf_counter() - t0) / len(todo)
+        for p in todo:
+            loss, acc = curve[p["steps"]]
+            yield {"kind": "a1", **p, "adv_loss": loss, "adv_acc": acc, "clean_loss": curve[0][0], "n": len(xs),
+                   "time_s": dt}
+
+
+def _point_records(ctx, pts: list[dict], done: set):
+    """Fig. 4a/b/c's points, one at a time: their records, for each point not done yet."""
+    kind, device = ctx["cfg"].experiment.kind, ctx["device"]
+    fn = _run_fig4a if kind == "fig4a" else _run_fig4bc
+    for p in pts:
+        if p["index"] in done:
+            continue
+        t0 = time.perf_counter()
+        rec = {"kind": kind, **p, **fn(ctx, p)}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rec["n"] = len(ctx["train_subset"][0])
+        rec["time_s"] = time.perf_counter() - t0
+        yield rec
+
+
+def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
+                   log: Callable[[str], None]) -> None:
+    """Execute the experiment of run `rd` (the analogue of engine.run.trainer.train_run): see the module doc."""
+    cfg = from_json(rd.config_json())
+    validate(cfg, f"run {rd.id}")
+    device = pick_device(cfg.train.device)
+    model, scfg, info = _open_source(rd, store, cfg, device, log)
+    ctx = _context(rd, cfg, scfg, model, info, device)
     points = rd.metrics_table("points")
     done = {r.get("index") for r in points.all()}
     pts = grid(cfg)
     emit("start", {"epochs": 1, "start_epoch": 0, "batches": len(pts), "device": str(device),
                    "points": len(pts), "done": len(done)})
     rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
-
-    if x.kind == "a1":
-        for split in x.splits:
-            todo = [p for p in pts if p["split"] == split and p["index"] not in done]
-            if not todo:
-                continue
-            t0 = time.perf_counter()
-            xs, ys = first_n(data.train_x if split == "train" else data.test_x,
-                            data.train_y if split == "train" else data.test_y, x.samples)
-            curve = pgd_curve(model, xs, ys, eps=eps, alpha=eps / 4, steps=[0] + [p["steps"] for p in todo],
-                              batch_size=cfg.eval.batch_size)
-            dt = (time.perf_counter() - t0) / len(todo)
-            for p in todo:
-                loss, acc = curve[p["steps"]]
-                rec = {"kind": "a1", **p, "adv_loss": loss, "adv_acc": acc, "clean_loss": curve[0][0],
-                       "n": len(xs), "time_s": dt}
-                points.insert(rec)
-                done.add(p["index"])
-                log(format_point(rec, len(pts)))
-                emit("batch", {"epoch": 0, "batch": len(done), "batches": len(pts)})
-                emit("point", rec)
-            rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
-            store.sync(rd)
-        return
-
-    fn = _run_fig4a if x.kind == "fig4a" else _run_fig4bc
-    for p in pts:
-        if p["index"] in done:
-            continue
-        t0 = time.perf_counter()
-        rec = {"kind": x.kind, **p, **fn(ctx, p)}
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rec["n"] = len(ctx["train_subset"][0])
-        rec["time_s"] = time.perf_counter() - t0
-        points.insert(rec)
-        done.add(p["index"])
+    records = _a1_records if cfg.experiment.kind == "a1" else _point_records
+    for rec in records(ctx, pts, done):
+        points.insert(rec)              # the record first, then the progress that counts it
+        done.add(rec["index"])
         rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
         store.sync(rd)
         log(format_point(rec, len(pts)))

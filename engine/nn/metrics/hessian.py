@@ -168,20 +168,31 @@ def lanczos_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, 
             beta_prev = beta
             q = w / beta
         # convergence check (not right after a breakdown: multiplicities may be missing)
-        if m >= m_min and (m - m_min) % check_every == 0 and beta_prev is not None:
-            theta, S = _ritz(alphas, betas, m)
-            top = _select(theta, k, which)
-            res = (float(betas[m - 1]) * S[m - 1, top]).abs()
-            thr = tol * max(float(theta.abs().max()), 1e-30)
-            if len(top) >= k and bool((res <= thr).all()):
-                break
+        if m >= m_min and (m - m_min) % check_every == 0 and beta_prev is not None \
+                and _converged(alphas, betas, m, k, which, tol):
+            break
+    return _top_values(alphas, betas, m, rest, k, which).to(device=device, dtype=dtype)
+
+
+def _converged(alphas: list, betas: list, m: int, k: int, which: str, tol: float) -> bool:
+    """Are the Ritz residual bounds |beta_m s_mi| of the top k all <= tol * |theta_max|?"""
+    theta, S = _ritz(alphas, betas, m)
+    top = _select(theta, k, which)
+    res = (float(betas[m - 1]) * S[m - 1, top]).abs()
+    thr = tol * max(float(theta.abs().max()), 1e-30)
+    return len(top) >= k and bool((res <= thr).all())
+
+
+def _top_values(alphas: list, betas: list, m: int, rest, k: int, which: str) -> torch.Tensor:
+    """The top k Ritz values in descending order, with the remaining eigenspace's value (`rest`:
+    (eigenvalue, multiplicity)) counted, zero-padded to k."""
     theta, _ = _ritz(alphas, betas, m)
     if rest is not None and rest[1] > 0:
         theta = torch.cat([theta, rest[0].to(theta).expand(min(rest[1], k))])
     vals = torch.sort(theta[_select(theta, k, which)], descending=True).values
     if len(vals) < k:
         vals = torch.cat([vals, vals.new_zeros(k - len(vals))])
-    return vals.to(device=device, dtype=dtype)
+    return vals
 
 
 def power_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, *,
