@@ -180,7 +180,7 @@ class AdvlcApp(App):
         self.reader = IndexReader(self.store)
         self.state = AppState(self.store.home / STATE_FILE)
         """What the app remembers across restarts (the Runs screen's sort and filter)."""
-        self.runs_screen = None
+        self.runs_screen: RunsScreen | None = None
         self.theme = os.environ.get("ADVLC_THEME") or DEFAULT_THEME
         self._held: list[events.Key] | None = None
         self._hold_timer = None
@@ -248,7 +248,8 @@ class AdvlcApp(App):
 
     def compare_visible(self) -> None:
         self.show_runs()
-        self.runs_screen.action_compare()
+        if self.runs_screen is not None:
+            self.runs_screen.action_compare()
 
     # -- engine calls (run in thread workers by the screens) -------------------------
     def launch(self, planned, *, gpus=None, executor: str = "local") -> list[RunDir]:

@@ -40,7 +40,8 @@ def tag_cmd(ctx: typer.Context,
             changes: Annotated[list[str], typer.Argument(help="+tag adds, -tag removes (a bare tag adds), e.g. +robust -draft.")]):
     """Add or remove tags of a run."""
     store, [rd] = runs_of(ctx, [run])
-    add, remove = [], []
+    add: list[str] = []
+    remove: list[str] = []
     for c in changes:
         sign, name = (c[0], c[1:]) if c[:1] in "+-" else ("+", c)
         if not re.match(TAG, name):

@@ -17,7 +17,7 @@ from tui.cli.root import app
 def pack_cmd(ctx: typer.Context,
              runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (or unique prefixes).",
                                                                  show_default=False)] = None,
-             output: Annotated[Path, typer.Option("-o", "--output", help="The archive to write, e.g. runs.tar.gz.")] = ...,
+             output: Annotated[Path, typer.Option("-o", "--output", help="The archive to write, e.g. runs.tar.gz.")] = ...,  # type: ignore[assignment]  # typer: required
              preset: Annotated[Optional[str], typer.Option("--preset", help="Every run of this preset (or preset "
                                                                             "folder, e.g. quick), archived ones "
                                                                             "aside.")] = None,

@@ -296,7 +296,7 @@ def _show_cell(kind: str, v) -> str:
 def epochs_table(epochs) -> Table:
     """The per-epoch records as `advlc show` prints them (with a validation split, its robust
     accuracy in place of AV, so the columns still fit 80)."""
-    cols = SHOW_COLUMNS
+    cols: tuple[tuple[str, str, str], ...] = SHOW_COLUMNS
     if any(r.get("val_robust_acc") is not None for r in epochs):
         cols = tuple(VAL_SHOW_COLUMN if c[0] == "av" else c for c in cols)
     t = Table(box=None, pad_edge=False, padding=(0, 0, 0, 2), collapse_padding=True)

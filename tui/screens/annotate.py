@@ -19,6 +19,8 @@ letters typed behind it were inserted.
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 from dataclasses import dataclass, field
 
@@ -36,6 +38,9 @@ from tui.messages import ActionDone
 class InOrder:
     """A text field that runs its own key bindings (backspace, arrows, enter…) when it handles the key,
     in the order the keys were typed, instead of after the key bubbled up to the app."""
+
+    _bindings: Any   # the widget's, mixed in before Input / TextArea
+    app: Any
 
     async def _on_key(self, event) -> None:
         for binding in self._bindings.key_to_bindings.get(event.key, ()):
@@ -77,7 +82,8 @@ class Annotation:
 def parse_tags(text: str, shown: list[str]) -> tuple[list[str], list[str]]:
     """(tags to add, tags to remove) from the tags field that started as `shown` (see the module
     docstring); `#tag` and `+tag` add like `tag`. ValueError naming the first bad tag."""
-    keep, remove = [], []
+    keep: list[str] = []
+    remove: list[str] = []
     for word in text.replace(",", " ").split():
         sign, name = (word[0], word[1:]) if word[0] in "+-#" else ("+", word)
         if not TAG.match(name):

@@ -25,7 +25,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
 from engine.errors import UserError
-from engine.facade import add_columns, fmt_cell, parse_columns, row_curves
+from engine.facade import CompareTable, add_columns, fmt_cell, parse_columns, row_curves
 from tui.messages import ActionDone
 from tui.safe_text import SafeText
 from tui.screens.export import ExportScreen
@@ -98,7 +98,7 @@ class CompareScreen(Screen):
         self.title_text = title or preset or group or "runs"
         self.metric_index = 0
         self.by_index = 0
-        self.table = None
+        self.table: CompareTable | None = None
         """The CompareTable shown."""
         self.curves: dict[str, dict[str, tuple[list, list]]] = {}
         """metric -> row name -> (epochs, mean values): what the plot draws."""
@@ -187,6 +187,8 @@ class CompareScreen(Screen):
         dt = self.query_one("#compare-table", DataTable)
         dt.clear(columns=True)
         tbl = self.table
+        if tbl is None:          # drawn only after a table arrived
+            return
         headers = tbl.headers()
         dt.add_column("rows", key="__name")
         dt.add_column("seeds", key="__seeds")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import on
@@ -179,7 +180,7 @@ class PresetsScreen(Screen):
         tree = self.query_one("#preset-tree", Tree)
         tree.show_root = False
         tree.root.expand()
-        folders: dict[str, object] = {"": tree.root}
+        folders: dict[str, Any] = {"": tree.root}     # tree nodes
         want = self.select or DEFAULT_PRESET
         target = None
         for it in items:

@@ -93,7 +93,8 @@ class PointsRead(Message):
 
 def fit(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> list[tuple[str, str]]:
     """The (text, style) parts that fit in `width` cells, whole, in order (the first always)."""
-    out, used = [], 0
+    out: list[tuple[str, str]] = []
+    used = 0
     for text, style in parts:
         need = len(text) + (len(sep) if out else 0)
         if out and used + need > width:
@@ -107,7 +108,7 @@ LOG_MAX_LINES = 5000
 """Lines the log tab keeps (the oldest go first)."""
 
 
-class LogView(ScrollView, can_focus=True):
+class LogView(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual is not followed
     """The run's log as `less +F` shows it: follows the tail until scrolled up, searches, wraps.
 
     - Following: new lines scroll into view. Scrolling up (keys, wheel, scrollbar, a search jump)
@@ -404,6 +405,8 @@ class LogView(ScrollView, can_focus=True):
         self.jump(step=step)
 
     def _show_match(self) -> None:
+        if self.current is None:
+            return
         line, a, _b = self.matches[self.current]
         row = self._first_row[line]
         if self.wrap:
@@ -531,7 +534,7 @@ class RunDetailScreen(Screen):
         """The experiment kind of an experiment run ("" for a training run)."""
         self.points: list = []
         """An experiment run's `points` records."""
-        self._points_sig = None
+        self._points_sig: tuple[int, int, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="detail-header")
@@ -579,6 +582,8 @@ class RunDetailScreen(Screen):
 
     def _poll(self) -> None:
         try:
+            if self.follower is None:
+                return
             d = self.follower.poll()
             if d.config is not None:
                 self.kind = str(d.config.value("experiment.kind") or "")
@@ -591,6 +596,8 @@ class RunDetailScreen(Screen):
 
     def _read_points(self) -> None:
         """(Thread worker.) An experiment run's points, when metrics.json changed."""
+        if self.follower is None:
+            return
         rd = self.follower.rd
         try:
             st = os.stat(rd.metrics_path)

@@ -94,6 +94,8 @@ title column also goes while the preset column is narrower than its longest name
 TICK_S = 20.0
 """Seconds between two redraws of the elapsed time of queued and running runs (nothing else changes them)."""
 
+_STATE_ORDER = {"running": 0, "queued": 1, "lost": 2, "failed": 3, "stopped": 4, "finished": 5}
+
 SORTS = (
     ("created", "newest first", lambda r: (r.get("created") or 0, r["id"]), True),
     ("state", "status", lambda r: (_STATE_ORDER.get(r.get("state"), 9), -(r.get("created") or 0)), False),
@@ -119,7 +121,6 @@ SORT_OF_COLUMN = {"id": "id", "preset": "preset", "seed": "seed", "state": "stat
 FILTER_MAX = 1000
 """The longest filter the state file may give back (a longer one is not ours)."""
 
-_STATE_ORDER = {"running": 0, "queued": 1, "lost": 2, "failed": 3, "stopped": 4, "finished": 5}
 
 FIELDS = ("id", "preset", "label", "title", "tags", "method", "attack", "dataset", "group", "state")
 ACTIVE = ("running", "queued")

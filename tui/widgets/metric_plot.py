@@ -185,8 +185,9 @@ class MetricPlot(PlotextPlot):
         span = int(r[1] - r[0]) + 1
         self.window = max(MIN_WINDOW, math.ceil(span / 2))
         epochs = self.epochs_in_view()
-        if self.cursor is not None and epochs and not epochs[0] <= self.cursor <= epochs[-1]:
-            self.cursor = min(epochs, key=lambda x: abs(x - self.cursor))  # the cursor stays in view
+        cursor = self.cursor
+        if cursor is not None and epochs and not epochs[0] <= cursor <= epochs[-1]:
+            self.cursor = min(epochs, key=lambda x: abs(x - cursor))  # the cursor stays in view
         self._view_changed()
 
     def action_widen(self) -> None:
@@ -250,7 +251,7 @@ class MetricPlot(PlotextPlot):
             return
         self._building = True
         colors = palette(self.app)
-        r = self.x_range()
+        r = self.x_range() or (0.0, 0.0)     # None only without series, when nothing below uses it
         series = []
         for s in self.series.values():
             pts = [(x, y) for x, y in zip(s.xs, s.ys) if r[0] <= x <= r[1] and (y > 0 or not self.log_y)]

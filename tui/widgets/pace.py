@@ -66,7 +66,7 @@ def pace(*, state: str | None, epoch: int | None, epochs: int | None, time_s_mea
         if points:   # an experiment: points, not epochs
             if point and started and last_seen and last_seen > started:
                 eta = max(0.0, (points - point) * (last_seen - started) / point)
-        elif per and epochs:
+        elif per and epochs and time_s_mean is not None:
             done = min(1.0, batch / batches) if batch and batches else 0.0
             eta = max(0.0, (epochs - (epoch or 0)) * per - done * time_s_mean)
     end = now if state in ACTIVE else (last_seen or created)

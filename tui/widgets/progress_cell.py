@@ -29,7 +29,7 @@ def progress_cell(epoch: int | None, total: int | None, colors: dict[str, str], 
     suffix = f" {unit}" if unit else ""
     if not total:
         return Text(f"{epoch}/?{suffix}", end="")
-    done = epoch
+    done: float = epoch
     if state == "running" and batch and batches:
         done = epoch + min(1.0, batch / batches)
     digits = len(str(total))

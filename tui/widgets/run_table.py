@@ -50,7 +50,7 @@ class Column:
     `max_width`: e.g. a title column that must never cut the preset before it."""
 
 
-class RunTable(ScrollView, can_focus=True):
+class RunTable(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual is not followed
     """Fixed-width columns, a header line, a row cursor; renders only the visible lines."""
 
     BINDINGS = [
@@ -167,8 +167,8 @@ class RunTable(ScrollView, can_focus=True):
         gone: set[int] = set()
         while True:
             shown, widths = self._fit(width, gone)
-            cut = any(cols[i].stretch and not cols[i].yields and cols[i].max_width and widths[i] < cols[i].max_width
-                      for i in shown)
+            cut = any(cols[i].stretch and not cols[i].yields and bool(cols[i].max_width)
+                      and widths[i] < (cols[i].max_width or 0) for i in shown)
             yielding = sorted((cols[i].drop, i) for i in shown if cols[i].yields)
             if not (cut and yielding):
                 break
