@@ -113,11 +113,11 @@ def test_eval_refuses_a_running_run(trained, capsys):
     home, _, rd = trained
     import os
 
-    from engine.run.process import process_start_time
+    from engine.cores import create_time
 
     n_before = len(rd.evals())
     # a live process (this one) owns the run, so the CLI's reconcile keeps it `running`
-    force_status(rd, state="running", pid=os.getpid(), pid_create_time=process_start_time(os.getpid()),
+    force_status(rd, state="running", pid=os.getpid(), pid_create_time=create_time(os.getpid()),
                     host=os.uname().nodename, heartbeat=time.time())
     try:
         code, out, err = _cli(capsys, home, "eval", rd.id, "--attack", "pgd20")

@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 from filelock import FileLock
 
+from engine.cores import create_time
 from engine.errors import UserError
 from engine.paths import CODE_ROOT, THREADS_ENV
 from engine.store.index import Store
@@ -45,14 +46,6 @@ STALE_MIN_S = 30.0
 
 _CHILDREN: list[subprocess.Popen] = []
 """Detached children of this process, reaped so none stays a zombie."""
-
-
-def create_time(pid: int) -> float | None:
-    """The create time of process `pid`, or None when there is none."""
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, ValueError, TypeError):
-        return None
 
 
 def process_matches(pid: int | None, created: float | None) -> bool:

@@ -22,8 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
+from engine.cores import create_time
 from engine.errors import UserError, os_error_line
 from engine.config.schema import from_json
 from engine.run.device import apply_threads
@@ -46,13 +45,6 @@ def heartbeat_interval() -> float:
         return max(0.05, float(os.environ.get("ADVLC_HEARTBEAT_S", HEARTBEAT_S)))
     except ValueError:
         return HEARTBEAT_S
-
-
-def process_start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 class _RunProcessDir(RunDir):
@@ -115,7 +107,7 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
         rd.keep_config_copy()
     except OSError as exc:
         log(f"{rd.config_copy_path.name} not written: {os_error_line(exc)}")
-    transition(rd, "running", pid=pid, pid_create_time=process_start_time(pid), host=os.uname().nodename,
+    transition(rd, "running", pid=pid, pid_create_time=create_time(pid), host=os.uname().nodename,
                started=time.time(), heartbeat=time.time(), heartbeat_s=interval, error=None, ended=None)
     store.sync(rd)
     beat = _Heartbeat(rd, interval).start()
