@@ -46,7 +46,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _cfg(method="fgsm_n", attack="", **train):
+def _cfg(method="fgsm_n", attack="", *, top_n=8, **train):
+    """A resolved PreActResNet18 config of `method` with `attack` (eps 8/255, 3 steps) and [train] switches."""
     cfg = RunConfig()
     cfg.model.arch = "preact_resnet18"
     cfg.method.name = method
@@ -54,22 +55,23 @@ def _cfg(method="fgsm_n", attack="", **train):
     cfg.attack.eps = 8 / 255
     cfg.attack.steps = 3
     cfg.method.lam = 0.5 if method != "standard" and attack else 0.0
-    cfg.method.top_n = 8
+    cfg.method.top_n = top_n
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return resolve(cfg, "test")
 
 
 class SmallBNNet(nn.Module):
-    """Two convs with BatchNorm (train/eval mode and memory format both matter), pool, linear."""
+    """Two convs with BatchNorm (train/eval mode and memory format both matter), pool, linear;
+    `width` channels, then twice as many."""
 
-    def __init__(self):
+    def __init__(self, width: int = 8):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.fc = nn.Linear(16, 10)
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.fc = nn.Linear(2 * width, 10)
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -13,15 +13,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from engine.bench.reference_loop import reference_step
-from engine.config.schema import RunConfig, build, resolve
+from engine.config.schema import build
 from engine.nn.datasets import as_float, augment, load_dataset
 from engine.nn.fastpath import autocast, epoch_stream, prepare_model, train_step
 from engine.nn.methods import get_method
 from engine.nn.methods.context import StepContext
 from engine.nn.models import PreActResNet18
+from test_fastpath import SmallBNNet, _cfg   # the CPU tests' config and network, wider here
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -34,37 +34,6 @@ def _deterministic_cudnn():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     yield
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
-
-
-def _cfg(method="fgsm_n", attack="", **train):
-    cfg = RunConfig()
-    cfg.model.arch = "preact_resnet18"
-    cfg.method.name = method
-    cfg.attack.name = attack
-    cfg.attack.eps = 8 / 255
-    cfg.attack.steps = 3
-    cfg.method.lam = 0.5 if method != "standard" and attack else 0.0
-    cfg.method.top_n = 16
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return resolve(cfg, "test")
-
-
-class SmallBNNet(nn.Module):
-    """Two convs with BatchNorm, pool, linear: compiles in seconds."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = torch.relu(self.bn2(self.conv2(out)))
-        return self.fc(out.mean((2, 3)))
 
 
 def _batches(n=4, b=16, size=32, seed=0):
@@ -91,7 +60,7 @@ def _sgd(model, lr=0.05, momentum=0.9):
 def _check_fast_equals_reference(dev, method, attack):
     """Teacher-forced over 4 batches (each step starts both loops from the same weights): the fp32
     fast path's loss and weights agree with the reference loop's to fp32 rounding on `dev`."""
-    cfg = _cfg(method, attack)
+    cfg = _cfg(method, attack, top_n=16)
     fn, sc = get_method(method), StepContext(cfg=cfg, epoch=0, lam=cfg.method.lam)
     torch.manual_seed(0)
     ref = PreActResNet18(num_classes=10, in_channels=3).to(dev).train()
@@ -120,10 +89,10 @@ def test_fast_path_matches_reference_loop_on_cuda(method, attack):
 
 def _trajectory(dev, method, attack, steps=6, **train):
     """Losses of `steps` SGD steps of SmallBNNet from one seed, with the given [train] switches."""
-    cfg = _cfg(method, attack, **train)
+    cfg = _cfg(method, attack, top_n=16, **train)
     fn, sc = get_method(method), StepContext(cfg=cfg, epoch=0, lam=cfg.method.lam)
     torch.manual_seed(0)
-    model = prepare_model(SmallBNNet().to(dev), cfg).train()
+    model = prepare_model(SmallBNNet(width=16).to(dev), cfg).train()
     opt = _sgd(model, lr=0.02)
     losses = []
     for i, (x, y) in enumerate(_batches(n=steps, b=32)):
