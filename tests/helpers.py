@@ -56,3 +56,18 @@ TIMING_KEYS = ("time_s", "eval_time_s", "images_per_s")
 def without_timing(recs) -> list[dict]:
     """Epoch records without their timings: what must be equal between two identical runs."""
     return [{k: v for k, v in dict(r).items() if k not in TIMING_KEYS} for r in recs]
+
+
+def train_one(home, preset: str, overrides: list[str], *, log_file: bool = True):
+    """One run of `preset` created in the store at `home` and trained to the end in this process,
+    as the run process does it: (store, run dir). `log_file=False` trains as `advlc run` in the
+    foreground does (no log.txt)."""
+    from engine.launch.plan import plan_runs
+    from engine.launch.supervisor import create_runs
+    from engine.run.process import run
+    from engine.store.index import Store
+
+    store = Store(home).ensure()
+    [rd] = create_runs(store, plan_runs(preset, list(overrides)))
+    assert run(rd, store, log=rd.append_log if log_file else (lambda line: None)) == "finished"
+    return store, rd

@@ -18,10 +18,8 @@ import shutil
 import tarfile
 
 import pytest
-from helpers import cli, one_line
+from helpers import cli, one_line, train_one
 
-from engine.launch import supervisor as S
-from engine.launch.plan import plan_runs
 from engine.store.index import Store
 from engine.store.records import GpuQueueLaunch, LocalLaunch, Meta, Shape, SlurmLaunch, Status, check
 
@@ -31,13 +29,9 @@ PRESET = "quick/digits-fgsm_n"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One finished 1-epoch digits run with a note and a tag, copied fresh for each test."""
-    from engine.run.process import run
-
     h = tmp_path_factory.mktemp("records") / "home"
-    store = Store(h).ensure()
     os.environ["OMP_NUM_THREADS"] = "1"
-    [rd] = S.create_runs(store, plan_runs(PRESET, ["train.epochs=1", "eval.n=50"]))
-    assert run(rd, store, log=rd.append_log) == "finished"
+    store, rd = train_one(h, PRESET, ["train.epochs=1", "eval.n=50"])
     store.annotate(rd, title="kept title", add_tags=["kept"], note="kept note")
     return h, rd.id
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli
+from helpers import cli, train_one
 
 from engine.errors import CorruptFile
 from engine.store import files
@@ -209,15 +209,9 @@ def test_a_refused_write_leaves_the_damaged_file_under_its_name(tmp_path, monkey
 @pytest.fixture(scope="module")
 def foreground(tmp_path_factory):
     """A store with one run trained in the foreground, as `advlc run` without --detach does it."""
-    from engine.launch import supervisor as S
-    from engine.launch.plan import plan_runs
-    from engine.run.process import run
-
     home = tmp_path_factory.mktemp("foreground") / "home"
-    store = Store(home).ensure()
     os.environ["OMP_NUM_THREADS"] = "1"
-    [rd] = S.create_runs(store, plan_runs(PRESET, ["train.epochs=1", "eval.n=50"]))
-    assert run(rd, store, log=lambda line: None) == "finished"
+    _, rd = train_one(home, PRESET, ["train.epochs=1", "eval.n=50"], log_file=False)
     return home, rd.id
 
 

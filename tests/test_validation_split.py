@@ -18,16 +18,13 @@ import random
 
 import pytest
 import torch
-from helpers import cli, one_line
+from helpers import cli, one_line, train_one
 
 from engine.config.origin import config_key
 from engine.config.presets import load_preset
 from engine.errors import UserError
-from engine.launch import supervisor as S
-from engine.launch.plan import plan_runs
 from engine.nn.datasets import load_dataset
 from engine.run import trainer as T
-from engine.run.process import run as run_process
 from engine.store.alerts import early_stop, overfitting_onset
 from engine.store.index import Store
 from engine.store.records import EarlyStop
@@ -148,10 +145,7 @@ def _scripted(monkeypatch, val_curve, test_curve, train_curve=None):
 
 
 def _train(home, overrides):
-    store = Store(home).ensure()
-    [rd] = S.create_runs(store, plan_runs(PRESET, TINY + overrides))
-    assert run_process(rd, store, log=rd.append_log) == "finished"
-    return store, rd
+    return train_one(home, PRESET, TINY + overrides)
 
 
 def _best(rd) -> tuple[int, dict]:
