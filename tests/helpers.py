@@ -71,3 +71,13 @@ def train_one(home, preset: str, overrides: list[str], *, log_file: bool = True)
     [rd] = create_runs(store, plan_runs(preset, list(overrides)))
     assert run(rd, store, log=rd.append_log if log_file else (lambda line: None)) == "finished"
     return store, rd
+
+
+async def pilot_wait(pilot, cond, timeout: float = 20.0, step: float = 0.05, what: str = "") -> None:
+    """Let a Textual app run (Pilot.pause) until `cond()` holds, or fail after `timeout` seconds:
+    the app's tests wait for a condition, never for a fixed time."""
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        await pilot.pause(step)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import force_status
+from helpers import force_status, pilot_wait
 
 from engine.config.presets import preset_runs
 from engine.errors import UserError
@@ -709,17 +709,9 @@ async def test_compare_screen_sets_config_columns(tmp_path):
     store, made = two_config_store(tmp_path / "home")
     app = make_app(store.home)
 
-    async def until(pilot, cond, timeout=20.0):
-        import time
-
-        end = time.monotonic() + timeout
-        while not cond():
-            assert time.monotonic() < end, "timed out"
-            await pilot.pause(0.05)
-
     async with app.run_test(size=(200, 40)) as pilot:
         app.push_screen(CompareScreen(preset=FGSM))
-        await until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.table is not None)
+        await pilot_wait(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.table is not None)
         scr = app.screen
         assert [r.name for r in scr.table.rows] == ["fgsm_n · attack.eps=0.15", "fgsm_n · attack.eps=0.05"]
         await pilot.press("c")
@@ -730,7 +722,7 @@ async def test_compare_screen_sets_config_columns(tmp_path):
         assert scr.columns == [] and "attack.epz" in (scr.columns_error or "") and box.has_focus
         box.value = ""
         await pilot.press(*"attack.eps", "enter")
-        await until(pilot, lambda: scr.table is not None and scr.table.config_columns == ["attack.eps"])
+        await pilot_wait(pilot, lambda: scr.table is not None and scr.table.config_columns == ["attack.eps"])
         dt = scr.query_one("#compare-table", DataTable)
         labels = [str(c.label) for c in dt.columns.values()]
         assert labels[:3] == ["rows", "seeds", "attack.eps"]
@@ -738,4 +730,4 @@ async def test_compare_screen_sets_config_columns(tmp_path):
         assert shown == [f"{_raw_config(rds[0])['attack']['eps']:.4g}" for rds in made] == ["0.15", "0.05"]
         assert not box.has_focus and scr.columns_error is None
         await pilot.press("escape")                                     # the box is closed: esc leaves
-        await until(pilot, lambda: not isinstance(app.screen, CompareScreen))
+        await pilot_wait(pilot, lambda: not isinstance(app.screen, CompareScreen))

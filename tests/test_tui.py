@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from helpers import pilot_wait
 from textual.widgets import DataTable, Input
 
 from engine.store.index import Store
@@ -28,12 +29,7 @@ from tui.widgets.run_table import RunTable
 SIZE = (120, 40)
 
 
-async def wait_for(pilot, cond, timeout=20.0, step=0.05):
-    t = time.monotonic()
-    while not cond():
-        if time.monotonic() - t > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {cond}")
-        await pilot.pause(step)
+wait_for = pilot_wait
 
 
 def table_ids(app) -> list[str]:

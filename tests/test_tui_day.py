@@ -14,6 +14,7 @@ import time
 import unicodedata
 
 import pytest
+from helpers import pilot_wait
 from textual import events
 from textual.keys import REPLACED_KEYS, _character_to_key, _get_unicode_name_from_key
 from textual.widgets import DataTable, Input, Static
@@ -37,12 +38,7 @@ def store(tmp_path):
     return Store(tmp_path / "home").ensure()
 
 
-async def wait_for(pilot, cond, timeout=20.0, step=0.05, what=""):
-    t = time.monotonic()
-    while not cond():
-        if time.monotonic() - t > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        await pilot.pause(step)
+wait_for = pilot_wait
 
 
 def burst(app, *keys: str) -> None:

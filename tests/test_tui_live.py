@@ -4,6 +4,7 @@ process on the digits data (CPU), started by engine.launch.supervisor.
 """
 
 import asyncio
+import functools
 import time
 
 import helpers
@@ -20,12 +21,7 @@ from tui.app import make_app
 SIZE = (120, 40)
 
 
-async def wait_for(pilot, cond, timeout=60.0, step=0.2, what=""):
-    t = time.monotonic()
-    while not cond():
-        if time.monotonic() - t > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        await pilot.pause(step)
+wait_for = functools.partial(helpers.pilot_wait, timeout=60.0, step=0.2)   # real runs: longer, coarser
 
 
 def row(app, rid):

@@ -18,7 +18,7 @@ import random
 
 import pytest
 import torch
-from helpers import cli, one_line, train_one
+from helpers import cli, one_line, pilot_wait, train_one
 
 from engine.config.origin import config_key
 from engine.config.presets import load_preset
@@ -227,19 +227,12 @@ async def test_the_app_marks_a_run_that_stopped_early_and_says_why(tmp_path, siz
     store.sync(rd)
     app = make_app(store.home)
     async with app.run_test(size=size) as pilot:
-        async def until(cond):
-            for _ in range(400):
-                if cond():
-                    return
-                await pilot.pause(0.05)
-            raise AssertionError("timed out")
-
-        await until(lambda: "0000e5a1" in app.runs_screen._ids)
+        await pilot_wait(pilot, lambda: "0000e5a1" in app.runs_screen._ids)
         cell = app.runs_screen.query_one("#runs-table").get_cell("0000e5a1", "epoch")
         assert "13/20" in str(cell) and str(cell).rstrip().endswith("⏹")
         await pilot.press("enter")
-        await until(lambda: isinstance(app.screen, RunDetailScreen))
+        await pilot_wait(pilot, lambda: isinstance(app.screen, RunDetailScreen))
         bar = app.screen.query_one("#alerts", AlertBar)
-        await until(lambda: "stopped early" in str(bar.render()))
+        await pilot_wait(pilot, lambda: "stopped early" in str(bar.render()))
         assert "⏹ stopped early at epoch 12: robust overfitting (validation) since epoch 9; 7 of 20 epochs not " \
                "trained" in str(bar.render())
