@@ -20,14 +20,10 @@ from engine.report.query import parse as parse_query
 from engine.store.records import ConfigRecord, MetricRecord, RunRecord, Status
 from engine.store.rundir import RunDir
 from engine.store.alerts import robust_key
-from engine.store.summary import best_and_end, last_value, summarize
+from engine.store.summary import best_and_end, last_value, summarize, summarize_epochs
 
 # Training-set sizes, for seconds per batch when a record has no images_per_s.
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50000, "cifar100": 50000, "svhn": 73257, "tinyimagenet": 100000}
-
-
-def _diff(a, b):
-    return None if a is None or b is None else a - b
 
 
 def _pct(v):
@@ -46,38 +42,35 @@ def seconds_saved(status: Status, epochs: list) -> float | None:
 
 
 def summary_from(config: ConfigRecord, status: Status, epochs: list) -> dict:
-    """One run's headline numbers (fractions, as stored)."""
+    """One run's headline numbers (fractions, as stored), named as the reports name them: the index's
+    summary of its epochs (engine.store.summary.summarize_epochs, best on the selection split)."""
     select_on = config.value("train.select_on") or "test"
-    best, end = best_and_end(epochs, robust_key(select_on))
-    test_best, _ = best_and_end(epochs)
-    run = config.run
-    stop = status.early_stop
-    times = [e["time_s"] for e in epochs if e.get("time_s") is not None]
-    out = {
+    s = summarize_epochs(epochs, select_on)
+    run, stop = config.run, status.early_stop
+    return {
         "label": run.label,
         "preset": run.preset,
         "seed": run.seed,
         "state": status.state,
         "epochs_done": len(epochs),
-        "best_epoch": best["epoch"] if best else None,
-        "clean_best": best.get("clean_acc") if best else None,
-        "clean_end": end.get("clean_acc") if end else None,
-        "robust_best": best.get("robust_acc") if best else None,
-        "robust_end": end.get("robust_acc") if end else None,
+        "best_epoch": s["best_epoch"],
+        "clean_best": s["best_clean_acc"],
+        "clean_end": s["end_clean_acc"],
+        "robust_best": s["best_robust_acc"],
+        "robust_end": s["end_robust_acc"],
         "select_on": select_on,
-        "robust_best_test": test_best["robust_acc"] if test_best else None,
-        "best_epoch_test": test_best["epoch"] if test_best else None,
-        "val_robust_best": best.get("val_robust_acc") if best else None,
+        "robust_best_test": s["test_best_robust_acc"],
+        "best_epoch_test": s["test_best_epoch"],
+        "val_robust_best": s["best_val_robust_acc"],
         "stopped_early_at": stop.epoch if stop else None,
         "epochs_saved": stop.saved_epochs if stop else None,
         "seconds_saved": seconds_saved(status, epochs),
-        "ig": end.get("ig") if end else None,
-        "hs": last_value(epochs, "hs"),
-        "epoch_time_s": fmean(times) if times else None,
+        "ig": s["end_ig"],
+        "hs": s["end_hs"],
+        "epoch_time_s": s["epoch_time_s_mean"],
+        "clean_diff": s["clean_diff"],
+        "robust_diff": s["robust_diff"],
     }
-    out["clean_diff"] = _diff(out["clean_best"], out["clean_end"])
-    out["robust_diff"] = _diff(out["robust_best"], out["robust_end"])
-    return out
 
 
 def run_summary(rd: RunDir) -> dict:
