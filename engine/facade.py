@@ -56,7 +56,7 @@ from engine.report.columns import add_columns, parse_columns
 from engine.report.curves import row_curves
 from engine.report.model import CompareTable
 from engine.report.render import export, fmt_cell, render
-from engine.report.runs import run_summary
+from engine.report.runs import run_summary, summary_from
 from engine.report.tables import compare_runs
 from engine.report.tensorboard import TensorBoardMissing
 from engine.run.origins import backfill_origins
@@ -110,7 +110,7 @@ __all__ = [
     "RunHistory", "Store", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
     "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
-    "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "stop", "tail", "export_tensorboard",
+    "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "summary_from", "stop", "tail", "export_tensorboard",
     "RO_POINTS", "RO_STREAK", "overfitting_onset", "Alert", "detect_alerts", "robust_key", "CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "TensorBoardMissing", "backfill_origins",
     "ConfigRecord", "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
     "caveats", "plan_text", "preset_runs", "seeds_of", "LaunchRequest", "parse_gpus", "split_overrides", "MAX_SLOTS_PER_GPU", "SEED_MAX",

@@ -65,6 +65,7 @@ def summary_from(config: ConfigRecord, status: Status, epochs: list) -> dict:
         "stopped_early_at": stop.epoch if stop else None,
         "epochs_saved": stop.saved_epochs if stop else None,
         "seconds_saved": seconds_saved(status, epochs),
+        "stopped_early": stop.text() if stop else None,
         "ig": s["end_ig"],
         "hs": s["end_hs"],
         "epoch_time_s": s["epoch_time_s_mean"],

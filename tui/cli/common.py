@@ -237,4 +237,4 @@ def print_summary(runs) -> None:
                       f"robust (optimistic)", markup=False, highlight=False)
         if s["stopped_early_at"] is not None:
             saved = f" (about {duration(s['seconds_saved'])} saved)" if s["seconds_saved"] is not None else ""
-            out.print(f"{rd.id}: {rd.status().early_stop.text()}{saved}", markup=False, highlight=False)
+            out.print(f"{rd.id}: {s['stopped_early']}{saved}", markup=False, highlight=False)

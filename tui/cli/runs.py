@@ -344,14 +344,14 @@ def show_cmd(ctx: typer.Context,
                   f"torch {safe(prov.torch)}  {safe(prov.device_name or prov.device)}  host {safe(prov.host)}")
     if st.error:
         out.print("[red]error:[/] " + safe(st.error.strip(), multiline=True))
-    s = facade.run_summary(rd)
+    s = facade.summary_from(c, st, epochs)      # the records read above, not read again
     if s["select_on"] == "val" and s["best_epoch"] is not None:
         out.print(f"best: epoch {s['best_epoch']}, chosen on the validation split (val robust "
                   f"{pct(s['val_robust_best'])} %, test robust {pct(s['robust_best'])} %); the test-chosen best: "
                   f"epoch {s['best_epoch_test']}, {pct(s['robust_best_test'])} % (optimistic)", highlight=False)
-    if st.early_stop is not None:
+    if s["stopped_early"] is not None:
         saved = f" (about {duration(s['seconds_saved'])} saved)" if s["seconds_saved"] is not None else ""
-        out.print(f"[yellow]{safe(st.early_stop.text())}{saved}[/]")
+        out.print(f"[yellow]{safe(s['stopped_early'])}{saved}[/]")
     shown = epochs[-last:] if last else epochs
     if epochs:
         print_table(epochs_table(shown))
