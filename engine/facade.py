@@ -1,10 +1,12 @@
-"""What the app and the command line may call: the engine's one door for `tui/`.
+"""What the command line calls, and what the app calls that touches no run store.
 
-The import contract (pyproject.toml) lets `tui` import only this module, `engine.errors` and
-`engine.paths`. Everything here is cheap to import (no torch): the store and its watchers,
-presets and plans, the supervisor's actions and the reports. What computes (training in
-the foreground, evaluation, experiments, benchmarks) loads torch and is imported on first
-use through `__getattr__` below, so `advlc runs` or `advlc preset show` never pay for it.
+The import contract (pyproject.toml) lets `tui` import only this module, engine.service,
+`engine.errors` and `engine.paths`. The app reaches the store through engine.service, which
+delegates here; the command line passes its store (`Service.store`) to these functions.
+Everything here is cheap to import (no torch): the store's watchers and records, presets and
+plans, the supervisor's actions and the reports. What computes (training in the foreground,
+evaluation, experiments, benchmarks) loads torch and is imported on first use through
+`__getattr__` below, so `advlc runs` or `advlc preset show` never pay for it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from engine.config.caveats import caveats
 from engine.config.plan_text import plan_text, seeds_of
 from engine.config.presets import (
     DEFAULT_PRESET,
-    PlannedRun,
     list_presets,
     load_preset,
     read_preset,
@@ -30,6 +31,7 @@ from engine.config.schema import (
     SEED_MAX,
     load_toml,
 )
+from engine.config.schema import label as config_label
 from engine.launch.plan import plan_runs
 from engine.launch.request import MAX_SLOTS_PER_GPU, LaunchRequest, parse_gpus, split_overrides
 from engine.launch.supervisor import (
@@ -62,17 +64,14 @@ from engine.report.tensorboard import TensorBoardMissing
 from engine.run.origins import backfill_origins
 from engine.report.tensorboard import export_runs as export_tensorboard
 from engine.store.files import atomic_write_text
-from engine.store.index import Store
 from engine.store.pack import pack
 from engine.store.repair import repair
 from engine.launch.executors import executor_named
-from engine.store.records import ConfigRecord, Meta, Origin, Status
-from engine.store.rundir import RunDir
+from engine.store.records import Meta, Origin, Status
 from engine.store.states import FINAL_STATES, STATES
 from engine.store.alerts import CO_DROP, CO_MIN_ROBUST, CO_WINDOW, RO_POINTS, RO_STREAK, Alert, detect_alerts, overfitting_onset, robust_key
 from engine.store.summary import format_epoch
 from engine.store.watch import (
-    IndexReader,
     IndexSnapshot,
     RunDelta,
     RunFollower,
@@ -106,13 +105,13 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_PRESET", "DEVICES_RE", "EXPERIMENT_KINDS", "FINAL_ATTACKS", "FINAL_CKPTS", "FINAL_STATES", "POINT_KEYS",
-    "STATES", "CompareTable", "add_columns", "parse_columns", "IndexReader", "IndexSnapshot", "PlannedRun", "RunDelta", "RunDir", "RunFollower",
-    "RunHistory", "Store", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
+    "STATES", "CompareTable", "add_columns", "parse_columns", "IndexSnapshot", "RunDelta", "RunFollower",
+    "RunHistory", "build_report", "check_resumable", "compare_runs", "create_runs", "delete", "export",
     "fmt_cell", "follow", "format_epoch", "get_method", "launch", "list_presets", "load_preset", "load_toml",
     "plan_runs", "prepare_resume", "queue_info", "read_preset", "reconcile", "render", "resume", "row_curves",
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "summary_from", "stop", "tail", "export_tensorboard",
     "RO_POINTS", "RO_STREAK", "overfitting_onset", "Alert", "detect_alerts", "robust_key", "CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "TensorBoardMissing", "backfill_origins",
-    "ConfigRecord", "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
-    "caveats", "plan_text", "preset_runs", "seeds_of", "LaunchRequest", "parse_gpus", "split_overrides", "MAX_SLOTS_PER_GPU", "SEED_MAX",
+    "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
+    "caveats", "config_label", "plan_text", "preset_runs", "seeds_of", "LaunchRequest", "parse_gpus", "split_overrides", "MAX_SLOTS_PER_GPU", "SEED_MAX",
     *_LAZY,
 ]

@@ -32,7 +32,7 @@ def test_penalty_gradient_flows_to_both_branches():
 
 def _cfg(attack="pgd", lam=0.4, top_n=20, train_mode=True, clean="start"):
     return C.build({"attack": {"name": attack, "eps": 0.1, "steps": 2, "train_mode": train_mode},
-                    "method": {"name": "advlc", "lam": lam, "top_n": top_n, "clean": clean}}, "test")
+                    "method": {"name": "advlc", "lam": lam, "advlc": {"top_n": top_n, "clean": clean}}}, "test")
 
 
 def test_objective_equals_eq16(tiny_model, digits_batch):

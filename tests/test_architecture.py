@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,64 @@ def test_functions_are_at_most_80_lines():
                 if n > 80:
                     long.append(f"{m}.{node.name}: {n} lines")
     assert long == []
+
+
+_OPTIMIZER_NAME = re.compile(r"(^|_)(opt|optim|optimizer|optimiser)$")
+_OPTIMIZER_CLASS = re.compile(r"(^|\.)(optim\.\w+|SGD|Adam\w*|RMSprop|Adagrad|LBFGS)$")
+
+
+def _optimizer_steps(source: str) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each `X.step()` where X names an optimiser: a name or
+    attribute called opt / optim / optimizer (or ending in _opt, ...), or a name bound to
+    torch.optim.X(...) / SGD(...) in the same module."""
+    tree = ast.parse(source)
+    bound = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+             and _OPTIMIZER_CLASS.search(ast.unparse(n.value.func)) for t in n.targets if isinstance(t, ast.Name)}
+    owner = {}
+    for f in ast.walk(tree):
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for n in ast.walk(f):
+                owner[id(n)] = f.name           # walk is outside-in: the innermost function wins
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "step" and not n.args:
+            recv = n.func.value
+            name = recv.id if isinstance(recv, ast.Name) else recv.attr if isinstance(recv, ast.Attribute) else ""
+            if _OPTIMIZER_NAME.search(name) or name in bound:
+                out.append((owner.get(id(n), "<module>"), n.lineno))
+    return out
+
+
+def test_optimizer_step_finder_finds_steps():
+    src = ("import torch\nfrom torch.optim import SGD\n"
+           "def a(opt, self):\n    opt.step()\n    self.optimizer.step()\n    sched.step()\n    self.avg.step(3)\n"
+           "def b(m):\n    o = torch.optim.SGD(m.parameters(), lr=1)\n    o.step()\n    s = SGD([])\n    s.step()\n")
+    assert _optimizer_steps(src) == [("a", 4), ("a", 5), ("b", 10), ("b", 12)]
+
+
+# the one training loop's step, and the benchmark's copy of the authors' loop it is timed against
+OPTIMIZER_STEPS = {("engine.nn.fastpath", "train_step"), ("engine.bench.reference_loop", "reference_step")}
+
+
+def test_only_the_training_loop_steps_an_optimizer():
+    """One training loop: every SGD step of the engine (training runs, Fig. 4b/c's epoch) is
+    engine.nn.fastpath.train_step, driven by engine.run.loop.train."""
+    found = {(m, f) for m, p in _modules().items() for f, _ in _optimizer_steps(p.read_text())}
+    assert found - OPTIMIZER_STEPS == set()
+    assert OPTIMIZER_STEPS <= found
+
+
+def test_analyses_are_plugins_and_the_runner_is_short():
+    """Each experiment kind is a module of engine.run.analyses; run_experiment only walks the grid."""
+    from engine.config.schema import EXPERIMENT_KINDS
+    from engine.run.analyses import ANALYSES
+
+    assert set(ANALYSES) == set(EXPERIMENT_KINDS)
+    for kind, module in ANALYSES.items():
+        assert all(callable(getattr(module, f, None)) for f in ("check", "grid", "records")), kind
+    tree = ast.parse((ROOT / "engine" / "run" / "experiments.py").read_text())
+    [fn] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_experiment"]
+    assert fn.end_lineno - fn.lineno + 1 < 40
 
 
 def test_import_contract_holds():

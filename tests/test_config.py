@@ -31,7 +31,7 @@ def test_paper_presets_carry_the_paper_hyperparameters():
     assert (c.data.dataset, c.model.arch, c.train.epochs, c.train.batch_size) == ("cifar10", "preact_resnet18", 200, 100)
     assert (c.train.lr, c.train.lr_milestones, c.train.momentum, c.train.weight_decay) == (0.1, [100, 150], 0.9, 1e-4)
     assert abs(c.attack.eps - 8 / 255) < 1e-12 and c.attack.alpha == c.attack.eps and c.attack.noise == c.attack.eps
-    assert (c.method.name, c.method.lam, c.method.top_n) == ("advlc", 0.55, 100)
+    assert (c.method.name, c.method.lam, c.method.params.top_n) == ("advlc", 0.55, 100)
     _, p, _ = load_preset("paper/table1/pgd10-advlc")
     assert (p.attack.name, p.attack.steps, p.attack.random_start, p.method.lam) == ("pgd", 10, False, 0.4)
     assert abs(p.attack.alpha - 2 / 255) < 1e-12 and abs(p.eval.pgd_alpha - 2 / 255) < 1e-12 and p.eval.pgd_steps == 10

@@ -21,6 +21,7 @@ from engine.bench.reference_loop import (
     reference_step,
     train_epoch,
 )
+from engine.config import schema as C
 from engine.config.schema import RunConfig, build, resolve
 from engine.errors import UserError
 from engine.nn.datasets import as_float, augment, epoch_batches
@@ -55,7 +56,8 @@ def _cfg(method="fgsm_n", attack="", *, top_n=8, **train):
     cfg.attack.eps = 8 / 255
     cfg.attack.steps = 3
     cfg.method.lam = 0.5 if method != "standard" and attack else 0.0
-    cfg.method.top_n = top_n
+    if method == "advlc":
+        C.set_key(cfg, "method.advlc.top_n", top_n, "test")
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return resolve(cfg, "test")

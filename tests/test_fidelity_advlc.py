@@ -100,7 +100,7 @@ def _reference(model, x, y, name, detach_clean=False):
 
 def _cfg(name):
     return C.build({"attack": {"name": "pgd", "eps": EPS, "steps": STEPS, "train_mode": True},
-                    "method": {"name": name, "lam": LAM, "top_n": TOP_N}}, "test")
+                    "method": {"name": name, "lam": LAM, "advlc": {"top_n": TOP_N}}}, "test")
 
 
 def _grads(loss, model):

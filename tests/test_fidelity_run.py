@@ -85,7 +85,7 @@ def overrides(s: R.Setup, n_train: int = N_TRAIN) -> list[str]:
           f"train.momentum={s.momentum!r}", f"train.weight_decay={s.weight_decay!r}", f"train.seed={s.seed}",
           f"attack.name={s.attack}", f"attack.eps={s.eps!r}", f"attack.alpha={s.alpha!r}",
           f"attack.steps={s.steps}", f"attack.noise={s.noise!r}", f"attack.train_mode={b(s.train_mode)}",
-          "method.name=advlc", f"method.lam={s.lam!r}", f"method.top_n={s.top_n}", f"method.clean={s.clean}",
+          "method.name=advlc", f"method.lam={s.lam!r}", f"method.advlc.top_n={s.top_n}", f"method.advlc.clean={s.clean}",
           f"method.lam_schedule={'linear' if s.lam_linear else 'constant'}",
           f"eval.eps={s.eval_eps!r}", f"eval.pgd_steps={s.eval_steps}", f"eval.n={s.eval_n}",
           f"eval.batch_size={s.eval_n}", "eval.every=1", "eval.ig=true", f"eval.hs_every={s.hs_every}",
@@ -243,7 +243,7 @@ def test_fgsm_n_advlc_swa_run_with_a_stop_equals_the_reference(home, digits, ste
                                                      ("fgsm_n", "start", False)])
 def test_run_equals_the_reference(home, digits, steps, attack, clean, train_mode):
     """PGD-5 + AdvLC (step eps / 4, so the projection acts; the clean branch is f(x)); FGSM-N +
-    AdvLC with method.clean = "x" (f(x), not the noisy start f(x~)); FGSM-N with the attack in
+    AdvLC with [method.advlc] clean = "x" (f(x), not the noisy start f(x~)); FGSM-N with the attack in
     eval mode (the clean branch is then a train-mode pass of its own at x~, not the attack's
     eval-mode one). Two epochs, constant lambda."""
     pgd = attack == "pgd"

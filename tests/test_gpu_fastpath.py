@@ -141,7 +141,7 @@ def _check_data_stay_on_device(dev, root):
 
     _write_cifar10(root)
     cfg = build({"data": {"dataset": "cifar10", "root": str(root)}, "model": {"arch": "preact_resnet18"},
-                 "attack": {"name": "fgsm_n", "eps": 8 / 255}, "method": {"name": "advlc", "lam": 0.5, "top_n": 50},
+                 "attack": {"name": "fgsm_n", "eps": 8 / 255}, "method": {"name": "advlc", "lam": 0.5, "advlc": {"top_n": 50}},
                  "train": {"batch_size": 50, "epochs": 1, "device": str(dev)}}, "test")
     data = load_dataset(cfg.data, dev)
     for t in (data.train_x, data.test_x):

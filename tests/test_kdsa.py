@@ -32,7 +32,7 @@ def _kdsa_cfg(**method):
     cfg.attack.name = "fgsm"          # deterministic, so the test can redo the attack
     cfg.attack.eps = 0.1
     for k, v in method.items():
-        setattr(cfg.method, k, v)
+        C.set_key(cfg, f"method.kdsa.{k}", v, "test")
     return C.resolve(cfg, "test")
 
 
@@ -58,7 +58,7 @@ def test_loss_equals_formula(digits_batch, T_, a_std, a_adv):
         for p in t.parameters():
             p.requires_grad_(False)
     twin = copy.deepcopy(student)
-    cfg = _kdsa_cfg(kd_temperature=T_, kd_alpha_std=a_std, kd_alpha_adv=a_adv)
+    cfg = _kdsa_cfg(temperature=T_, alpha_std=a_std, alpha_adv=a_adv)
     ctx = StepContext(cfg=cfg, epoch=0, lam=0.0, extras={"teachers": {"standard": t_std, "adversarial": t_adv}})
     loss, stats = get_method("kdsa").loss(student, x, y, ctx)
 
@@ -97,8 +97,8 @@ def test_method_without_teachers_and_bad_weights():
     ctx = StepContext(cfg=cfg, epoch=0, lam=0.0)
     with pytest.raises(UserError, match="teachers"):
         get_method("kdsa").loss(TinyNet(), torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), ctx)
-    with pytest.raises(UserError, match="kd_alpha_std \\+ method.kd_alpha_adv = 1.2"):
-        _kdsa_cfg(kd_alpha_std=0.6, kd_alpha_adv=0.6)
+    with pytest.raises(UserError, match="method.kdsa.alpha_std \\+ method.kdsa.alpha_adv = 1.2: must be <= 1"):
+        _kdsa_cfg(alpha_std=0.6, alpha_adv=0.6)
 
 
 # ------------------------------------------------------------------------------ teachers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import cli
 
+from engine.config.schema import label
 from engine.errors import UserError
 from engine.facade import LaunchRequest, parse_gpus, split_overrides
 
@@ -26,7 +27,7 @@ def test_the_cli_and_the_screen_plan_the_same_runs(home, monkeypatch):
     app_runs = req.plan()
     assert seen["req"].gpus == req.gpus == [0, 1] and seen["req"].background and req.background
     cli_runs = seen["planned"]
-    assert [(p.cfg.label, p.seed) for p in cli_runs] == [(p.cfg.label, p.seed) for p in app_runs] == \
+    assert [(label(p.cfg), p.seed) for p in cli_runs] == [(label(p.cfg), p.seed) for p in app_runs] == \
         [("pgd", 0), ("pgd", 1), ("pgd+advlc", 0), ("pgd+advlc", 1)]
     assert [p.cfg.to_dict() for p in cli_runs] == [p.cfg.to_dict() for p in app_runs]
     assert cli_runs[0].command.startswith("advlc ") and app_runs[0].command == "app"   # sys.argv: pytest's here

@@ -78,8 +78,9 @@ def test_diff_names_what_differs_and_the_results(synth):
     out, _ = advlc("diff", "00000000", "00000002", "--json", home=synth.home)
     d = json.loads(out)
     keys = {k for k, _, _ in d["config"]}
-    assert keys == {"method.name", "method.lam"}
+    assert keys == {"method.name", "method.lam", "method.advlc.top_n", "method.advlc.clean"}
     assert ["method.lam", 0.0, 0.3] in d["config"]
+    assert ["method.advlc.top_n", None, 100] in d["config"]    # AdvLC's own parameter: the other run has none
     assert ["run.preset", "paper/table1/fgsm_n", "paper/table1/fgsm_n-advlc"] in d["origin"]
     metrics = {k: (a, b) for k, a, b in d["metrics"]}
     a, b = synth.run_dir("00000000"), synth.run_dir("00000002")

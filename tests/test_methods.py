@@ -66,7 +66,7 @@ def batch():
 
 
 def make_cfg(method, attack="pgd", lam=1.0, data=None, **method_kw):
-    tables = {"method": {"name": method, "lam": lam, **method_kw},
+    tables = {"method": {"name": method, "lam": lam, **({method: method_kw} if method_kw else {})},
               "attack": {"eps": EPS, "steps": 2},
               "data": data or {"crop_padding": 0, "flip": False}}
     if get_method(method).fixed_attack is None:
@@ -208,14 +208,14 @@ def test_cure_objective(batch):
 
 def test_cure_batch_sq_is_the_default_form(batch):
     x, y = batch
-    assert make_cfg("cure").method.cure_form == "batch_sq"
+    assert make_cfg("cure").method.params.form == "batch_sq"
     a, _ = call("cure", make_model(), x, y, make_cfg("cure", lam=500.0), lam=500.0)
-    b, _ = call("cure", make_model(), x, y, make_cfg("cure", lam=500.0, cure_form="batch_sq"), lam=500.0)
+    b, _ = call("cure", make_model(), x, y, make_cfg("cure", lam=500.0, form="batch_sq"), lam=500.0)
     assert torch.equal(a, b)
 
 
 def test_cure_original_form(batch):
-    """method.cure_form = "original" (the public CURE code): model in EVAL mode for the penalty,
+    """[method.cure] form = "original" (the public CURE code): model in EVAL mode for the penalty,
     (1/B^2) sum_i ||grad_x CE_i(x_i + h_i) - grad_x CE_i(x_i)||_2 (unsquared per-sample norms of
     the per-sample gradient difference, i.e. the mean over samples of the norms of the
     batch-mean-CE gradient's rows), h = eps * sign(grad), the adversarial CE in train mode
@@ -228,7 +228,7 @@ def test_cure_original_form(batch):
     model = make_model()
     ref = copy.deepcopy(model)
     lam = 5.0
-    loss, stats = call("cure", model, x, y, make_cfg("cure", lam=lam, cure_form="original"), lam=lam, seed=9)
+    loss, stats = call("cure", model, x, y, make_cfg("cure", lam=lam, form="original"), lam=lam, seed=9)
     assert model.training                                   # the trainer's mode is restored
     # the original's order: the attack and the train-mode pass on x_adv (both update the BN
     # running statistics), then the eval-mode penalty with the statistics as they are then
@@ -535,7 +535,7 @@ def test_ablation_strength_ranges():
     make_cfg("eq10_grad_penalty", lam=0.0)              # beta = 0 is standard training
     with pytest.raises(UserError, match="attack.name = 'pgd'"):
         C.build({"attack": {"name": "pgd"}, "method": {"name": "eq10_grad_penalty", "lam": 1.0}}, "test")
-    with pytest.raises(UserError, match=r"method.temperature = 0.0: must be between"):
+    with pytest.raises(UserError, match=r"method.consistency.temperature = 0.0: must be between"):
         make_cfg("consistency", "fgsm_n", lam=1.0, temperature=0.0)
 
 

@@ -24,8 +24,8 @@ def test_metadata_read_without_import_equals_what_the_decorators_register():
 
 def test_registry_and_config_validation_load_without_torch():
     code = ("import sys\nfrom engine.config.presets import load_preset\n"
-            "name, cfg, _ = load_preset('quick/digits-pgd10-advlc')\n"
-            "assert cfg.label == 'pgd+advlc', cfg.label\n"
+            "from engine.config import schema as C\nname, cfg, _ = load_preset('quick/digits-pgd10-advlc')\n"
+            "assert C.label(cfg) == 'pgd+advlc', C.label(cfg)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

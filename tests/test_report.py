@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import force_status, pilot_wait
 
+from engine.config import schema as C
 from engine.config.presets import preset_runs
 from engine.errors import UserError
 from engine.launch.supervisor import create_runs
@@ -62,7 +63,7 @@ def fab_run(store, preset, seed, epochs, *, overrides=(), group="gfab", point=No
     """A run directory with the given records, its config resolved from the preset like a real run."""
     [p] = preset_runs(preset, list(overrides) + [f"train.seed={seed}"])
     config = p.cfg.to_dict()
-    config["run"] = {"preset": preset, "label": label or p.cfg.label, "seed": seed, "group": group,
+    config["run"] = {"preset": preset, "label": label or C.label(p.cfg), "seed": seed, "group": group,
                      "point": point or {}, "created": 1000.0 + len(store.run_dirs())}
     if experiment:
         config["experiment"] = {"kind": experiment}

@@ -21,7 +21,9 @@ from textual.widgets import DataTable, Input, Static
 
 from fabricate import fabricate_run
 
-from engine.facade import RunDir, Store, create_runs, plan_runs
+from engine.facade import create_runs, plan_runs
+from engine.store.index import Store
+from engine.store.rundir import RunDir
 from tui.app import AdvlcCommands, make_app, run_words
 from tui.screens.annotate import AnnotateScreen
 from tui.screens.presets import PresetsScreen
@@ -360,12 +362,15 @@ def test_plan_names_swept_values_when_the_label_does_not_change():
 
     from engine.facade import plan_text
 
+    def cfg(method, attack):
+        return NS(method=NS(name=method), attack=NS(name=attack))
+
     def run(lam, seed):
-        return NS(cfg=NS(label="fgsm_n+advlc"), point={"method.lam": lam}, seed=seed, role="")
+        return NS(cfg=cfg("advlc", "fgsm_n"), point={"method.lam": lam}, seed=seed, role="")
 
     assert plan_text([run(0.1, 0), run(0.1, 1), run(0.3, 0), run(0.3, 1)]) == \
         "4 runs: lam=0.1, lam=0.3 × seeds 0, 1"
-    assert plan_text([NS(cfg=NS(label="pgd"), point={}, seed=5, role="")]) == "1 run: pgd × seed 5"
+    assert plan_text([NS(cfg=cfg("pgd", "pgd"), point={}, seed=5, role="")]) == "1 run: pgd × seed 5"
 
 
 # ---------------------------------------------------------------------------- 6. filters

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from engine.config.schema import DataConfig, ModelConfig, RunConfig, resolve
+from engine.config.schema import DataConfig, ModelConfig, RunConfig, config_keys, resolve, set_key
 from engine.nn.datasets import load_dataset
 from engine.nn.methods import get_method
 from engine.nn.models import build_model
@@ -110,7 +110,8 @@ def make_config(method: str, attack: str = "", *, arch: str, batch: int, device:
     # of a step does not depend on lambda
     lam = get_method(method).paper_lam or (0.5, 0.5)   # valid for every lam rule
     cfg.method.lam = lam[1] if attack == "pgd" else lam[0]
-    cfg.method.top_n = max(1, batch)  # 10 % of B x C for C = 10
+    if f"method.{method}.top_n" in config_keys():
+        set_key(cfg, f"method.{method}.top_n", max(1, batch), where)  # 10 % of B x C for C = 10
     cfg.train.batch_size = batch
     cfg.train.device = str(device)
     cfg.train.channels_last = channels_last

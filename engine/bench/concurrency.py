@@ -30,6 +30,7 @@ import torch
 
 from engine.bench.common import Progress, say
 from engine.config.presets import preset_runs
+from engine.config.schema import label
 from engine.cores import usable_cores
 from engine.errors import UserError
 from engine.paths import CODE_ROOT, THREADS_ENV
@@ -74,7 +75,7 @@ def _create(store: Store, planned) -> list[RunDir]:
     out = []
     for p in planned:
         config = p.cfg.to_dict()
-        config["run"] = {"preset": p.preset, "label": p.cfg.label, "seed": p.seed, "point": p.point,
+        config["run"] = {"preset": p.preset, "label": label(p.cfg), "seed": p.seed, "point": p.point,
                          "created": time.time()}
         out.append(store.create_run(config))
     return out

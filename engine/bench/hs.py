@@ -22,13 +22,15 @@ from engine.bench.common import (
     say,
     sync,
 )
-from engine.config.schema import DataConfig, from_json
+from engine.config.schema import RunConfig, from_json, label, resolve
 from engine.errors import UserError
 from engine.nn.attacks import model_mode
-from engine.nn.datasets import as_float, epoch_batches, load_dataset
+from engine.nn.datasets import as_float, load_dataset
+from engine.nn.methods import get_method
 from engine.nn.metrics.hessian import hessian_spectrum_with_method
 from engine.nn.models import build_model
 from engine.run.checkpoints import load
+from engine.run.loop import train
 from engine.store.index import Store
 
 __all__ = ["bench_hs", "benchmark_hs", "topk_rel_err"]
@@ -160,19 +162,18 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
 
 
 def _train_digits_model(epochs: int, device: torch.device, seed: int):
-    """cnn_small trained `epochs` epochs on digits (standard CE, SGD 0.05, momentum 0.9, batch 50)."""
-
-    data = load_dataset(DataConfig(dataset="digits"), device)
+    """cnn_small trained `epochs` epochs on digits by the training loop (standard CE, SGD 0.05,
+    momentum 0.9, batch 50, no augmentation)."""
+    cfg = RunConfig()
+    cfg.data.crop_padding, cfg.data.flip = 0, False
+    t = cfg.train
+    t.epochs, t.batch_size, t.lr, t.lr_milestones, t.momentum, t.weight_decay = epochs, 50, 0.05, [], 0.9, 5e-4
+    resolve(cfg, "bench hs")
+    data = load_dataset(cfg.data, device)
     model = bench_model("cnn_small", device, seed, in_channels=1, image_size=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in epoch_batches(len(data.train_x), 50, gen, device):
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    train(model, opt, get_method("standard"), data, cfg, device=device,
+          generator=torch.Generator(device=device).manual_seed(seed))
     model.eval()
     with torch.no_grad():
         acc = float((model(data.test_x).argmax(1) == data.test_y).float().mean())
@@ -191,7 +192,7 @@ def _run_model(run: str, home, ckpt: str, device: torch.device):
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size).to(device)
     model.load_state_dict(load(path, device)["model"])
-    return model.eval(), data, {"source": f"run {rd.id} ({cfg.label}), {path.name}"}
+    return model.eval(), data, {"source": f"run {rd.id} ({label(cfg)}), {path.name}"}
 
 
 def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: str = "cpu",

@@ -8,6 +8,7 @@ cannot drift from the code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -31,10 +32,10 @@ def _cell(text) -> str:
 def render_schema() -> str:
     lines, section = [], None
     for row in schema():
-        sec = row["key"].split(".")[0]
+        sec = row["key"].rpartition(".")[0]
         if sec != section:
             section = sec
-            about = row["section_doc"].split(":", 1)[-1].strip()
+            about = " ".join(row["section_doc"].split(":", 1)[-1].split())
             lines += ["", f"### [{sec}]", "", about[:1].upper() + about[1:], "",
                       "| key | type | default | unit | allowed | meaning |", "|---|---|---|---|---|---|"]
         default = json.dumps(row["default"]) if row["default"] is not None else "derived"
@@ -44,10 +45,11 @@ def render_schema() -> str:
 
 
 def render_methods() -> str:
-    lines = ["", "| method | training attack | objective |", "|---|---|---|"]
+    lines = ["", "| method | training attack | objective | own parameters |", "|---|---|---|---|"]
     for name, m in sorted(methods().items()):
         attack = f"`{m.fixed_attack}` (fixed)" if m.fixed_attack else "`attack.name`: " + ", ".join(m.attacks)
-        lines.append(f"| `{name}` | {attack} | {_cell(m.doc)} |")
+        own = ", ".join(f"`{f.name}`" for f in dataclasses.fields(m.params)) if m.params else ""
+        lines.append(f"| `{name}` | {attack} | {_cell(m.doc)} | {f'[method.{name}]: ' + own if own else '—'} |")
     return "\n".join(lines + [""])
 
 

@@ -45,13 +45,19 @@ def fmt_value(v) -> str:
 
 
 def flat(config: dict) -> dict[str, Any]:
-    """{"section.key": value} over the result sections of a config.json (or RunConfig.to_dict())."""
+    """{"section.key": value} over the result sections of a config.json (or RunConfig.to_dict()),
+    the run's method's parameters as "method.<name>.key"; a config stored before methods owned
+    their parameters is read in today's shape first (schema.upgrade)."""
     out = {}
+    config = C.upgrade(config)
     for section in SECTIONS:
         table = config.get(section)
         if isinstance(table, dict):
             for key, value in table.items():
-                out[f"{section}.{key}"] = value
+                if section == "method" and isinstance(value, dict):
+                    out.update({f"method.{key}.{k}": v for k, v in value.items()})
+                else:
+                    out[f"{section}.{key}"] = value
     return out
 
 
@@ -80,13 +86,17 @@ def differing(config: dict, reference: dict, *, skip=()) -> dict[str, Any]:
             if k not in NON_RESULT_KEYS and k not in skip and k in ref and _canon(ref[k]) != _canon(v)}
 
 
-def override_keys(overrides: list[str]) -> list[str]:
-    """The "section.key" each override names, in order, once each."""
+def override_keys(overrides: list[str], method: str = "") -> list[str]:
+    """The "section.key" each override names, in order, once each; an old flat method key
+    (`method.top_n`) as the parameter of `method` it sets (`method.advlc.top_n`)."""
     out = []
     for text in overrides or []:
         section, key, _ = C.parse_override(text)
-        if f"{section}.{key}" not in out:
-            out.append(f"{section}.{key}")
+        path = f"{section}.{key}"
+        if section == "method" and key in C.LEGACY_KEYS:
+            path = next((f"method.{m}.{k}" for m, k in C.legacy_keys()[key] if m == method), path)
+        if path not in out:
+            out.append(path)
     return out
 
 
@@ -94,7 +104,8 @@ def make(p: PlannedRun) -> dict:
     """The origin of a new run from its plan (engine.config.presets.plan)."""
     cfg = p.cfg.to_dict()
     mine = flat(cfg)
-    resolved = {k: mine[k] for k in override_keys(p.overrides) if k in mine and k not in NON_RESULT_KEYS}
+    resolved = {k: mine[k] for k in override_keys(p.overrides, p.cfg.method.name)
+                if k in mine and k not in NON_RESULT_KEYS}
     return {"overrides": list(p.overrides),
             "resolved": resolved,
             "text": describe({"resolved": resolved}),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.config.schema import label
+
 
 def seeds_of(planned) -> list[int]:
     """The seeds of a plan, in order (each point of a sweep has the same ones)."""
@@ -26,11 +28,11 @@ def scheme_names(planned) -> list[str]:
     for p in planned:
         points.setdefault(tuple(sorted((k, repr(v)) for k, v in p.point.items())), p)
     firsts = list(points.values())
-    labels = [p.cfg.label for p in firsts]
+    labels = [label(p.cfg) for p in firsts]
     if len(set(labels)) == len(labels):
         return labels
     many = len(set(labels)) > 1
-    return [(f"{p.cfg.label} " if many else "") + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}"
+    return [(f"{label(p.cfg)} " if many else "") + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}"
                                                               for k, v in p.point.items()) for p in firsts]
 
 

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from engine.config import schema as C
 from engine.errors import UserError
@@ -232,8 +233,8 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
     """Validate a preset's `[sweep]` table -> (seeds or None, [("section.key", [values...]), ...]).
 
     Keys are `seeds = N` and `"section.key" = [v1, v2, ...]` (the quoted form; the unquoted
-    dotted form `method.lam = [...]` is read the same). Each problem is one UserError line
-    naming the file and the key.
+    dotted form `method.lam = [...]` is read the same), a method's parameter as
+    `"method.<name>.key"`. Each problem is one UserError line naming the file and the key.
     """
     table = raw.get("sweep")
     if table is None:
@@ -242,6 +243,7 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
         raise UserError(f"{where}: 'sweep' must be a table [sweep]")
     classes = C.section_classes()
     sections = [s for s in classes if s != "preset"]
+    keys = C.config_keys()
     seeds, axes, seen = None, [], set()
     for key, val in table.items():
         if key == "seeds":
@@ -249,17 +251,14 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
                 raise UserError(f"{where}: [sweep] seeds = {C._fmt(val)}: must be an integer >= 1")
             seeds = val
             continue
-        if isinstance(val, dict) and key in classes:   # unquoted dotted key: method.lam = [...]
-            items = [(f"{key}.{k}", v) for k, v in val.items()]
-        else:
-            items = [(key, val)]
+        items = _dotted(key, val) if isinstance(val, dict) and key in classes else [(key, val)]
         for path, values in items:
             section, _, fname = path.partition(".")
-            if section not in sections or not fname or "." in fname:
+            if section not in sections or not fname:
                 raise UserError(f"{where}: [sweep] unknown key '{path}': must be seeds or \"section.key\" "
                                 f"(sections: {', '.join(sections)})")
-            names = [f.name for f in dataclasses.fields(classes[section])]
-            if fname not in names:
+            if path not in keys:
+                names = [k.partition(".")[2] for k in keys if k.startswith(section + ".")]
                 raise UserError(f"{where}: [sweep] unknown key '{path}' (keys of [{section}]: {', '.join(names)})")
             if path in seen:
                 raise UserError(f"{where}: [sweep] '{path}' is given twice")
@@ -271,6 +270,15 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
             seen.add(path)
             axes.append((path, values))
     return seeds, axes
+
+
+def _dotted(key: str, val: dict) -> list[tuple[str, Any]]:
+    """An unquoted dotted sweep key (`method.lam = [...]`, `method.kdsa.temperature = [...]`) as
+    TOML reads it, nested tables, back to ("method.lam", [...]) pairs."""
+    out: list[tuple[str, Any]] = []
+    for k, v in val.items():
+        out += _dotted(f"{key}.{k}", v) if isinstance(v, dict) else [(f"{key}.{k}", v)]
+    return out
 
 
 def sweep_points(axes: list[tuple[str, list]]) -> list[dict]:
@@ -316,9 +324,8 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
         cfg = C.from_dict(raw, where)
         point = {}
         for key, value in values.items():
-            section, fname = key.split(".")
-            C._set_field(getattr(cfg, section), section, fname, value, f"{where} [sweep]")
-            point[key] = getattr(getattr(cfg, section), fname)
+            C.set_key(cfg, key, value, f"{where} [sweep]")
+            point[key] = C.get_key(cfg, key)
         reference = C.resolve(copy.deepcopy(cfg), where).to_dict() if overrides else None
         C.apply_overrides(cfg, overrides)
         desc = where + (" [sweep] " + ", ".join(f"{k}={C._fmt(v)}" for k, v in point.items()) if point else "")
@@ -330,6 +337,7 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
             runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i,
                                    overrides=list(overrides), reference=reference or cfg.to_dict(),
                                    preset_sha256=digest))
+    C.check_method_overrides(overrides, {p.cfg.method.name for p in runs}, where)
     return Plan(runs, raw, where)
 
 

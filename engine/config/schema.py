@@ -2,7 +2,9 @@
 
 A preset is a TOML file whose tables mirror the sections below (`[data]`, `[model]`,
 `[attack]`, `[method]`, `[train]`, `[eval]`, `[swa]`, plus `[preset]` for its description).
-`--set section.key=value` overrides any field after the file is read. Derived fields
+A method's own parameters are the table `[method.<name>]` (declared by the method's module,
+engine/nn/methods/) and `--set method.<name>.key=value`. `--set section.key=value` overrides any
+field after the file is read. Derived fields
 (e.g. an attack step left out) are filled in by `resolve`, so the config a run stores
 is complete and explicit.
 
@@ -19,388 +21,28 @@ import math
 import re
 import sys
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from engine.errors import UserError
-from engine.nn.methods import get_method, methods
+from engine.nn.methods import Method, get_method, methods
+from engine.sections import (  # noqa: F401 - the sections are this module's vocabulary; importers use C.X
+    ARCHS, ATTACKS, DATASETS, DEVICES_RE, EXPERIMENT_KINDS, EXTRA_METRICS, FINAL_ATTACKS, FINAL_CKPTS, MAX_BATCH,
+    MAX_EPOCHS, MAX_IMAGES, POINT_KEYS, SEED_MAX, AttackConfig, DataConfig, EachOf, EvalConfig, ExperimentConfig,
+    MethodConfig, ModelConfig, PresetInfo, RunConfig, SWAConfig, TrainConfig, opt, option_fields)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-# ---------------------------------------------------------------------------------------
-# field helper
-# ---------------------------------------------------------------------------------------
 
-
-def opt(default, doc: str, *, unit: str = "", choices=None, min=None, max=None, factory=None):
-    """A dataclass field with its documentation and its allowed values."""
-    meta = {"doc": doc, "unit": unit, "choices": choices, "min": min, "max": max}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "tinyimagenet", "synthetic")
-ARCHS = ("cnn_small", "preact_resnet18", "wide_resnet")
-ATTACKS = ("none", "fgsm", "fgsm_rs", "fgsm_n", "pgd")
-DEVICES_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
-
-# Upper bounds of the integer fields: no value passes validation that fails later with a traceback
-# (a seed torch or numpy refuses) or asks for absurd work (a batch of 2**70 images).
-SEED_MAX = 2**32 - 1
-"""The largest seed: numpy's RandomState takes 0 ... 2**32 - 1 (torch.manual_seed up to 2**64 - 1);
-the trainer's derived seeds (seed + 1 + 1_000_003 * (epoch + 1), ...) stay below 2**64."""
-MAX_EPOCHS = 100_000
-"""Epochs, and epoch counts (milestones, every N epochs, SWA's start)."""
-MAX_IMAGES = 10_000_000
-"""Image counts (the first N images, samples of a metric) and counts of batches or entries."""
-MAX_BATCH = 1_000_000
-"""Batch sizes, in images."""
-
-
-@dataclass
-class PresetInfo:
-    """[preset]: what the preset is and which part of the paper it reproduces."""
-
-    description: str = opt("", "One-line description shown in `advlc presets` and the app.")
-    reference: str = opt("", "The paper table/figure row this preset reproduces, if any.")
-    extends: str = opt("", "Name of a preset whose tables this one starts from (keys here win).")
-
-
-@dataclass
-class DataConfig:
-    """[data]: the dataset, where it is read from, and training augmentation."""
-
-    dataset: str = opt("digits", "Dataset name.", choices=DATASETS)
-    root: str = opt(
-        "",
-        "Folder holding the dataset in torchvision's on-disk format "
-        "(e.g. ROOT/cifar-10-batches-py). Unused for digits and synthetic.",
-    )
-    download: bool = opt(False, "Let torchvision download the dataset into `root` if it is missing.")
-    n_train: int = opt(0, "Use only the first N training images (0 = all).", unit="images", min=0,
-                       max=MAX_IMAGES)
-    crop_padding: int = opt(4, "Random-crop padding for training images (0 = no crop).", unit="px", min=0, max=32)
-    flip: bool = opt(True, "Random horizontal flip of training images.")
-    split_seed: int = opt(0, "Seed of the fixed train/test split (digits only).", min=0, max=SEED_MAX)
-    label_noise: float = opt(
-        0.0, "Symmetric label noise: this fraction of the (first n_train) training labels is replaced by a "
-        "different class drawn uniformly, once, from a generator seeded by split_seed (the same noisy "
-        "training set for every train.seed; Dong et al. 2021). Test labels are never changed.",
-        unit="fraction", min=0.0, max=1.0)
-    val_size: int = opt(
-        0, "Validation split: this many images held out of the training set (chosen by split_seed, the same for "
-        "every method and train.seed), never trained on, evaluated every evaluated epoch like the test set "
-        "(val_clean_acc, val_robust_acc). Taken before n_train, so n_train counts the images left; with "
-        "label_noise the split gets the same rate of noisy labels as the training set (it is part of it). "
-        "0 = none (the paper).", unit="images", min=0, max=MAX_IMAGES)
-
-
-@dataclass
-class ModelConfig:
-    """[model]: the network. Inputs are in [0, 1]; there is no normalisation layer."""
-
-    arch: str = opt("cnn_small", "Architecture.", choices=ARCHS)
-    activation: str = opt("relu", "Non-linearity (softplus makes the input Hessian exact curvature).",
-                          choices=("relu", "softplus"))
-    shortcut: str = opt(
-        "common",
-        "PreActResNet18 projection shortcut: 'common' takes it after bn1+ReLU (He et al.); "
-        "'authors' takes it from the block input (the AdvLC reference code).",
-        choices=("common", "authors"),
-    )
-    depth: int = opt(34, "WideResNet depth (6n + 4).", min=10, max=1000)
-    width: int = opt(10, "WideResNet widening factor.", min=1, max=64)
-    cnn_width: int = opt(1, "cnn_small channel multiplier: conv 32k and 64k channels, a 128k-unit hidden layer "
-                         "(k = 1: the 151k-parameter default).", min=1, max=64)
-
-
-@dataclass
-class AttackConfig:
-    """[attack]: the training adversary (l-inf)."""
-
-    name: str = opt(
-        "",
-        "Training attack. Left empty for plain methods (fgsm, fgsm_rs, fgsm_n, pgd, standard), "
-        "whose name fixes it; required for regularised methods (advlc, ...).",
-        choices=("",) + ATTACKS,
-    )
-    eps: float = opt(8 / 255, "Perturbation budget epsilon.", unit="pixel [0,1]", min=0.0, max=1.0)
-    alpha: float | None = opt(
-        None, "Step size; default eps for single-step attacks, eps/4 for PGD.", unit="pixel [0,1]",
-        min=0.0, max=1.0,
-    )
-    steps: int = opt(10, "PGD iterations (pgd only).", min=1, max=10000)
-    random_start: bool = opt(False, "PGD random start U(-eps, eps) (pgd only; authors' code: off).")
-    noise: float | None = opt(
-        None, "FGSM-N noise magnitude k: x~ = clip(x + U(-k, k)); default eps.", unit="pixel [0,1]",
-        min=0.0, max=1.0,
-    )
-    train_mode: bool = opt(
-        True, "Generate training attacks with the model in train mode (BN sees adversarial batches), "
-        "as the authors' code does; false = eval mode.",
-    )
-
-
-@dataclass
-class MethodConfig:
-    """[method]: the training objective, by its registered name, and its strength."""
-
-    name: str = opt("standard", "Registered method (see `advlc presets` / docs/PRESETS.md).")
-    lam: float = opt(0.0, "Regularisation strength lambda (alpha of Eq. 9, beta of Eq. 10).", min=0.0)
-    lam_schedule: str = opt(
-        "constant", "'constant', or 'linear': lambda ramps from 0 to `lam` over the epochs "
-        "(lam * (epoch + 1) / epochs, as for TinyImageNet).",
-        choices=("constant", "linear"),
-    )
-    top_n: int = opt(100, "AdvLC: N, the number of logit differences in the batch that are penalised (Eq. 15).",
-                     unit="entries", min=1, max=MAX_IMAGES)
-    clean: str = opt(
-        "start",
-        "AdvLC clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
-        "f(x~) for FGSM-N, as in the authors' code); 'x' adds a separate forward pass on x.",
-        choices=("start", "x"),
-    )
-    temperature: float = opt(
-        1.0, "Consistency: softmax temperature tau of the JS term, softmax(logits / tau) "
-        "(the paper: 1; Tack et al. 2022: 0.5).", min=0.01, max=100.0)
-    kd_temperature: float = opt(
-        2.0, "KDSA: distillation temperature T (Chen et al. 2021 code: 2); the KD terms are scaled by T^2.",
-        min=1e-6, max=1000.0)
-    kd_alpha_std: float = opt(
-        0.1, "KDSA: weight of the KD term towards the standard-trained teacher (original code: coef_kd1 = 0.1). "
-        "The CE weight is 1 - kd_alpha_std - kd_alpha_adv (original: 0.3).", min=0.0, max=1.0)
-    kd_alpha_adv: float = opt(
-        0.6, "KDSA: weight of the KD term towards the adversarially-trained teacher (original code: "
-        "coef_kd2 = 0.6).", min=0.0, max=1.0)
-    kd_std_checkpoint: str = opt(
-        "end", "KDSA: which checkpoint of the standard teacher run: 'end' (the last epoch; the original "
-        "uses the best-clean-accuracy model, which for standard training is ~ the end) or 'best' "
-        "(highest PGD robust accuracy).", choices=("end", "best"))
-    kd_adv_checkpoint: str = opt(
-        "best", "KDSA: which checkpoint of the adversarial teacher run: 'best' (highest PGD robust "
-        "accuracy, the original's early-stopped RA-best teacher) or 'end'.", choices=("best", "end"))
-    cure_form: str = opt(
-        "batch_sq", "CURE's penalty: 'batch_sq' = the squared l2 norm of the difference of the batch-mean-CE "
-        "input gradients, model in train mode (the form under which the paper's lambda = 1500 is on the scale of "
-        "the CE); 'original' = the public CURE code's mean over samples of the unsquared per-sample norms, "
-        "model in eval mode.", choices=("batch_sq", "original"))
-
-
-@dataclass
-class TrainConfig:
-    """[train]: optimisation. SGD with a piecewise-constant learning rate."""
-
-    epochs: int = opt(200, "Number of epochs.", min=1, max=MAX_EPOCHS)
-    batch_size: int = opt(100, "Mini-batch size M.", unit="images", min=1, max=MAX_BATCH)
-    lr: float = opt(0.1, "Initial learning rate.", min=0.0)
-    lr_milestones: list[int] = opt(None, "Epochs (0-based) at which the learning rate is multiplied by lr_gamma.",
-                                   min=0, max=MAX_EPOCHS, factory=lambda: [100, 150])
-    lr_gamma: float = opt(0.1, "Learning-rate decay factor at each milestone.", min=0.0, max=1.0)
-    momentum: float = opt(0.9, "SGD momentum.", min=0.0, max=1.0)
-    weight_decay: float = opt(1e-4, "Weight decay (all parameters).", min=0.0)
-    nesterov: bool = opt(False, "Nesterov momentum.")
-    select_on: str = opt(
-        "test", "Which split's PGD robust accuracy selects best.pt, the 'best' of every table and the overfitting "
-        "alert: 'test' (the paper and its reference code: test-set selection, optimistically biased) or 'val' "
-        "(the held-out data.val_size images; Rice et al. 2020).", choices=("test", "val"))
-    stop_on_overfit: bool = opt(
-        False, "Early stopping: end the run (finished, its reason recorded) once robust overfitting on the "
-        "selection split has held for train.overfit_patience evaluated epochs; best.pt is the selected model.")
-    overfit_patience: int = opt(
-        5, "Early stopping's patience: consecutive evaluated epochs at which the robust-overfitting condition "
-        "(docs/APP.md) holds before the run stops.", unit="epochs", min=1, max=MAX_EPOCHS)
-    seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0, max=SEED_MAX)
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
-    threads: int = opt(
-        0, "CPU threads of the run process (torch.set_num_threads). 0 = the launcher's budget: for detached CPU "
-        "runs, the physical cores divided among the CPU runs running on this host (a run alone keeps torch's "
-        "default); under the GPU queue, the cores divided among its slots; in the foreground, torch's default.",
-        min=0, max=4096)
-    channels_last: bool = opt(
-        False, "Fast path: keep the model's conv weights in channels_last (NHWC) memory format; "
-        "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/nn/fastpath.py).")
-    amp: str = opt(
-        "off", "Fast path: mixed precision. 'off' = exact fp32; 'bf16' = bfloat16 autocast of the forward "
-        "passes (attacks included) on CUDA and on CPU; changes results at the bf16 rounding level.",
-        choices=("off", "bf16"))
-    compile: bool = opt(
-        False, "Fast path: torch.compile the model's forward (first epoch pays the compile). Ignored, with a "
-        "log line, for double-backprop methods (igr, cure, gradalign, eq10_grad_penalty), which torch.compile "
-        "cannot differentiate twice.")
-
-
-class _EachOf(tuple):
-    """`choices` of a list field: a list is allowed when each of its items is one of these."""
-
-    def __contains__(self, value) -> bool:
-        if isinstance(value, list):
-            return all(tuple.__contains__(self, v) for v in value)
-        return tuple.__contains__(self, value)
-
-
-EXTRA_METRICS = ("train_ig", "train_hs", "train_clean_loss", "train_adv_loss", "train_av", "train_clean_acc",
-                 "train_adv_acc", "test_adv_loss20", "test_av20", "test_adv_acc20", "eff_fgsm", "eff_fgsm_n",
-                 "eff_pgd10", "eff_train", "ga", "whess_top", "whess_trace")
-FINAL_ATTACKS = ("pgd20", "pgd50", "aa", "aa-torchattacks", "apgd50x5")
-FINAL_CKPTS = ("best", "end", "swa_best", "swa_end")
-EXPERIMENT_KINDS = ("fig4a", "fig4b", "fig4c", "a1")
-POINT_KEYS = {  # the keys of an experiment's `points` records, by kind (engine.run.experiments)
-    "fig4a": ("s", "hs", "hs_method", "eff_fgsm", "eff_pgd10", "clean_loss", "clean_acc"),
-    "fig4b": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
-              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
-    "fig4c": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
-              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
-    "a1": ("split", "steps", "adv_loss", "adv_acc", "clean_loss"),
-}
-
-
-@dataclass
-class EvalConfig:
-    """[eval]: per-epoch evaluation on the test data (the paper selects `best` on it)."""
-
-    every: int = opt(1, "Evaluate every N epochs (the last epoch is always evaluated).", unit="epochs", min=1,
-                     max=MAX_EPOCHS)
-    n: int = opt(0, "Test images used (0 = the whole test set).", unit="images", min=0, max=MAX_IMAGES)
-    batch_size: int = opt(500, "Evaluation batch size.", unit="images", min=1, max=MAX_BATCH)
-    eps: float | None = opt(None, "PGD budget; default attack.eps.", unit="pixel [0,1]", min=0.0, max=1.0)
-    pgd_steps: int = opt(10, "PGD steps of the per-epoch robust accuracy (paper caption: 5; code: 10).",
-                         min=1, max=10000)
-    pgd_alpha: float | None = opt(None, "PGD step; default eps/4.", unit="pixel [0,1]", min=0.0, max=1.0)
-    ig: bool = opt(True, "Record the input-gradient norm IG.")
-    hs_every: int = opt(0, "Record HS every N epochs (0 = never).", unit="epochs", min=0, max=MAX_EPOCHS)
-    hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1,
-                          max=MAX_IMAGES)
-    hs_batch: int = opt(100, "Batch over which the input Hessian is taken (HS depends on it; paper: 100).",
-                        unit="images", min=1, max=MAX_BATCH)
-    hs_reduce: str = opt(
-        "mean", "How HS reduces the top-20 |eigenvalues| of a batch: 'mean' (the authors' code, and the values "
-        "of Table 1) or 'sum' (the paper's text: 'the l1 norm of the top 20 eigenvalues', 20x larger).",
-        choices=("mean", "sum"))
-    # -- recordable extra metrics (engine.run.epoch_metrics; Figs 1, 3, A.2)
-    extra: list[str] = opt(
-        None, "Extra per-epoch metrics (engine.run.epoch_metrics, docs/EVALUATION.md): train_ig, train_hs, "
-        "train_clean_loss, train_adv_loss, train_av, train_clean_acc, train_adv_acc (PGD-20 on the first "
-        "`extra_samples` training images), test_adv_loss20, test_av20, test_adv_acc20 (PGD-20 on the "
-        "evaluated test images), eff_fgsm, eff_fgsm_n, eff_pgd10, eff_train (effectiveness, Eq. 7, against "
-        "PGD-50 on the first `effect_samples` training images), ga (gradient alignment, A.5), whess_top, "
-        "whess_trace (weight-space Hessian, pyhessian).", choices=_EachOf(EXTRA_METRICS), factory=list)
-    extra_every: int = opt(1, "Record the extra metrics every N epochs (the last epoch always).", unit="epochs", min=1,
-                           max=MAX_EPOCHS)
-    extra_samples: int = opt(2000, "Training images (the first N) for the train_* metrics and ga (0 = all).",
-                             unit="images", min=0, max=MAX_IMAGES)
-    effect_samples: int = opt(2000, "Training images (the first N) the eff_* metrics average over (paper: 2000).",
-                              unit="images", min=1, max=MAX_IMAGES)
-    effect_train_mode: bool = opt(
-        False, "Generate the eff_fgsm / eff_fgsm_n / eff_pgd10 perturbations in train mode (BN batch statistics, "
-        "running statistics restored); eff_train always follows attack.train_mode. The losses of Eq. 7 and the "
-        "PGD-50 reference are always taken in eval mode.")
-    whess_samples: int = opt(200, "Training images (the first N, one batch) for whess_top / whess_trace.",
-                             unit="images", min=1, max=MAX_IMAGES)
-    # -- final evaluation (engine.run.final_eval; `advlc eval`)
-    final: list[str] = opt(
-        None, "Attacks of the final evaluation run when training ends (results in the `evals` table): pgd20, "
-        "pgd50, aa (original AutoAttack, pyautoattack), aa-torchattacks (torchattacks' weaker 10-step "
-        "version), apgd50x5 (APGD-CE 50 steps x 5 restarts). Empty = none.",
-        choices=_EachOf(FINAL_ATTACKS), factory=list)
-    final_ckpts: list[str] = opt(
-        None, "Checkpoints the final evaluation covers (swa_* are skipped when the run has none).",
-        choices=_EachOf(FINAL_CKPTS), factory=lambda: ["best", "end"])
-    final_n: int = opt(0, "Test images (the first N) of the final evaluation (0 = the whole test set).",
-                       unit="images", min=0, max=MAX_IMAGES)
-
-
-@dataclass
-class SWAConfig:
-    """[swa]: stochastic weight averaging (as used with KDSA and AdvLC in Table 1)."""
-
-    enabled: bool = opt(False, "Keep an equal-weight running average of the weights.")
-    start: int = opt(50, "First 0-based epoch whose end updates the average (paper: 50).", unit="epochs", min=0,
-                     max=MAX_EPOCHS)
-    every: int = opt(1, "Update the average every N epochs (paper: once per epoch).", unit="epochs", min=1,
-                     max=MAX_EPOCHS)
-    bn_batches: int = opt(0, "Clean training batches for re-estimating BN statistics after each update "
-                          "(0 = one full pass, as in the reference code).", unit="batches", min=0, max=MAX_IMAGES)
-
-
-@dataclass
-class ExperimentConfig:
-    """[experiment]: a post-hoc analysis of a trained run's checkpoint (Fig. 4, A.1) instead of training.
-
-    With `kind` set, the run does not train: its process (engine.run.experiments) loads `source`'s
-    checkpoint and writes one record per grid point into the `points` table of metrics.json.
-    The analysed model, its data and its attack come from the source run's config.
-    """
-
-    kind: str = opt(
-        "", "Empty for a training run; fig4a = parameter noise U(-s, s) on the checkpoint; fig4b = train one "
-        "epoch on PGD-20 perturbations scaled by p; fig4c = the same with the sign of a fraction p flipped; "
-        "a1 = PGD loss and accuracy against the number of steps.", choices=("",) + EXPERIMENT_KINDS)
-    source: str = opt("", "The trained model analysed: a run id (or unique prefix), or a preset name "
-                      "(its most recent finished run).")
-    ckpt: str = opt("end", "Checkpoint of the source run.", choices=FINAL_CKPTS)
-    values: list[float] = opt(
-        None, "Grid: fig4a noise sizes s; fig4b perturbation multipliers p; fig4c flipped fractions p.",
-        min=0.0, factory=list)
-    random_values: int = opt(0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0,
-                             max=100_000)
-    value_max: float = opt(1.0, "fig4a: upper end of the drawn noise sizes.", min=0.0)
-    noise: str = opt(
-        "absolute", "fig4a: 'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
-        "theta * (1 + U(-s, s)), elementwise over all parameters (buffers untouched).",
-        choices=("absolute", "relative"))
-    flip_unit: str = opt(
-        "sample", "fig4c: reverse the whole perturbation of a random fraction p of the examples ('sample'), "
-        "or the sign of a random fraction p of all perturbation entries ('element').",
-        choices=("sample", "element"))
-    pgd_steps: int = opt(20, "fig4b/c: PGD steps of the perturbations before they are modified (paper: 20).",
-                         min=1, max=10000)
-    lr: float | None = opt(None, "fig4b/c: learning rate of the one training epoch; default the source's "
-                           "learning rate at the checkpoint's epoch.", min=0.0)
-    train_eff_every: int = opt(1, "fig4b/c: measure the effectiveness of the modified examples on every N-th "
-                               "training batch (0 = never).", unit="batches", min=0,
-                               max=MAX_IMAGES)
-    train_images: int = opt(0, "fig4b/c: train the one epoch on the first N training images only (0 = the "
-                            "source's whole training set).", unit="images", min=0,
-                            max=MAX_IMAGES)
-    samples: int = opt(2000, "Images (the first N of each split) HS, effectiveness and the a1 curves use "
-                       "(paper: 2000; 0 = all).", unit="images", min=0,
-                       max=MAX_IMAGES)
-    steps: list[int] = opt(None, "a1: PGD step counts (step eps/4, no random start).", min=0, max=100000,
-                           factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
-    splits: list[str] = opt(None, "a1: data the curves are measured on.", choices=_EachOf(("train", "test")),
-                            factory=lambda: ["train", "test"])
-
-
-@dataclass
-class RunConfig:
-    """A complete, resolved description of one training run."""
-
-    preset: PresetInfo = field(default_factory=PresetInfo)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    swa: SWAConfig = field(default_factory=SWAConfig)
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-
-    # -- convenience -------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        """Short human name of the training scheme, e.g. 'fgsm_n+advlc' or 'pgd'."""
-        m = get_method(self.method.name)
-        if m.fixed_attack is not None:
-            return self.method.name
-        return f"{self.attack.name}+{self.method.name}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+def label(cfg: RunConfig) -> str:
+    """Short human name of a config's training scheme, e.g. 'fgsm_n+advlc' or 'pgd'."""
+    m = get_method(cfg.method.name)
+    if m.fixed_attack is not None:
+        return cfg.method.name
+    return f"{cfg.attack.name}+{cfg.method.name}"
 
 
 def section_classes() -> dict[str, type]:
@@ -540,10 +182,11 @@ EXTRA_TABLES = ("sweep", "teachers", "slurm")
 
 def _set_field(section_obj, section: str, key: str, raw, where: str):
     hints = field_hints(type(section_obj))
-    fields = {f.name: f for f in dataclasses.fields(section_obj)}
+    fields = {f.name: f for f in option_fields(type(section_obj))}
     if key not in fields:
         allowed = ", ".join(fields)
-        raise UserError(f"{where}: unknown key '{section}.{key}' (keys of [{section}]: {allowed})")
+        more = " and a table [method.<name>] of a method's own parameters" if section == "method" else ""
+        raise UserError(f"{where}: unknown key '{section}.{key}' (keys of [{section}]: {allowed}{more})")
     meta = fields[key].metadata
     try:
         value = coerce(raw, hints[key])
@@ -555,10 +198,77 @@ def _set_field(section_obj, section: str, key: str, raw, where: str):
     setattr(section_obj, key, value)
 
 
+def with_params() -> dict[str, Method]:
+    """The registered methods that have parameters of their own, by name."""
+    return {n: m for n, m in sorted(methods().items()) if m.params is not None}
+
+
+def _method_table(mcfg: MethodConfig, name: str, where: str):
+    """The `[method.<name>]` table of `mcfg` (made with its defaults when first named)."""
+    owners = with_params()
+    if name not in owners:
+        known = ", ".join(f"method.{n}" for n in owners)
+        what = f"method '{name}' has no parameters of its own" if name in methods() else "no such method"
+        raise UserError(f"{where}: unknown table [method.{name}]: {what} (tables of methods' parameters: {known})")
+    if name not in mcfg.tables:
+        mcfg.tables[name] = owners[name].params()   # type: ignore[misc]
+    return mcfg.tables[name]
+
+
+def set_key(cfg: RunConfig, key: str, raw, where: str) -> None:
+    """Set one option by its key: "section.key", or "method.<name>.key" for a method's parameter."""
+    section, _, rest = key.partition(".")
+    obj = getattr(cfg, section)
+    if section == "method" and "." in rest:
+        name, _, pkey = rest.partition(".")
+        _set_field(_method_table(cfg.method, name, where), f"method.{name}", pkey, raw, where)
+    elif section == "method" and rest in LEGACY_KEYS:
+        _set_legacy(cfg.method, rest, raw, where)
+    else:
+        _set_field(obj, section, rest, raw, where)
+
+
+def get_key(cfg: RunConfig, key: str):
+    """The value of one option by its key (see `set_key`)."""
+    section, _, rest = key.partition(".")
+    if section == "method" and "." in rest:
+        name, _, pkey = rest.partition(".")
+        return getattr(cfg.method.tables[name], pkey)
+    return getattr(getattr(cfg, section), rest)
+
+
+def legacy_keys() -> dict[str, list[tuple[str, str]]]:
+    """The flat [method] keys of method parameters before each method owned its own table:
+    {old key: [(method, its parameter), ...]} from the parameters classes' FLAT_KEYS."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, m in with_params().items():
+        for old, new in getattr(m.params, "FLAT_KEYS", {}).items():
+            out.setdefault(old, []).append((name, new))
+    return out
+
+
+class _LegacyKeys:
+    """`key in LEGACY_KEYS`: read lazily from the registry (it is read from source files)."""
+
+    def __contains__(self, key) -> bool:
+        return key in legacy_keys()
+
+
+LEGACY_KEYS = _LegacyKeys()
+
+
+def _set_legacy(mcfg: MethodConfig, key: str, raw, where: str) -> None:
+    """An old flat key (`method.top_n`, `method.kd_temperature`, ...) read as the parameter of
+    every method that took it (`[method.advlc] top_n`, `[method.kdsa] temperature`, ...)."""
+    for name, pkey in legacy_keys()[key]:
+        _set_field(_method_table(mcfg, name, where), f"method.{name}", pkey, raw, f"{where} (method.{key})")
+
+
 def from_dict(data: dict, where: str) -> RunConfig:
     """Build a RunConfig from a preset's tables; `where` names the file in errors."""
     cfg = RunConfig()
     classes = section_classes()
+    options = {f.name for f in option_fields(MethodConfig)}
     for section, table in data.items():
         if section in EXTRA_TABLES:
             continue
@@ -567,21 +277,27 @@ def from_dict(data: dict, where: str) -> RunConfig:
             raise UserError(f"{where}: unknown table [{section}] (allowed: {allowed})")
         if not isinstance(table, dict):
             raise UserError(f"{where}: '{section}' must be a table [{section}]")
-        obj = getattr(cfg, section)
         for key, raw in table.items():
-            _set_field(obj, section, key, raw, where)
+            if section == "method" and isinstance(raw, dict) and key not in options:
+                for pkey, value in raw.items():
+                    set_key(cfg, f"method.{key}.{pkey}", value, where)
+            else:
+                set_key(cfg, f"{section}.{key}", raw, where)
     return cfg
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """'attack.eps=8/255' -> ('attack', 'eps', value-as-parsed-by-TOML-or-string)."""
+    """'attack.eps=8/255' -> ('attack', 'eps', value-as-parsed-by-TOML-or-string);
+    'method.kdsa.temperature=3' -> ('method', 'kdsa.temperature', 3.0)."""
     if "=" not in text:
         raise UserError(f"--set {text}: expected section.key=value (e.g. --set train.epochs=5)")
     path, _, raw = text.partition("=")
     path = path.strip()
-    if path.count(".") != 1:
-        raise UserError(f"--set {text}: key must be section.key (e.g. attack.eps), got '{path}'")
-    section, key = path.split(".")
+    section = path.partition(".")[0]
+    if not (path.count(".") == 1 or (section == "method" and path.count(".") == 2)) or "" in path.split("."):
+        raise UserError(f"--set {text}: key must be section.key (e.g. attack.eps) or method.<name>.key "
+                        f"(e.g. method.kdsa.temperature), got '{path}'")
+    key = path.partition(".")[2]
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -594,15 +310,29 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def key_type(key: str):
+    """The type of option `key` ("section.key" or "method.<name>.key"), or None if unknown."""
+    section, _, rest = key.partition(".")
+    if section == "method" and "." in rest:
+        name, _, pkey = rest.partition(".")
+        m = with_params().get(name)
+        return field_hints(m.params).get(pkey) if m else None
+    if section == "method" and rest in LEGACY_KEYS:
+        name, pkey = legacy_keys()[rest][0]
+        return field_hints(with_params()[name].params).get(pkey)
+    cls = section_classes().get(section)
+    return field_hints(cls).get(rest) if cls else None
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     classes = section_classes()
     for text in overrides or []:
         section, key, value = parse_override(text)
         if section not in classes:
             raise UserError(f"--set {text}: unknown section '{section}' (sections: {', '.join(classes)})")
-        if field_hints(classes[section]).get(key) is str and not isinstance(value, str):
+        if key_type(f"{section}.{key}") is str and not isinstance(value, str):
             value = text.partition("=")[2].strip()   # a string field takes the text as written (run id 1234)
-        _set_field(getattr(cfg, section), section, key, value, f"--set {text}")
+        set_key(cfg, f"{section}.{key}", value, f"--set {text}")
     return cfg
 
 
@@ -644,31 +374,73 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
     if not DEVICES_RE.match(cfg.train.device):
         raise UserError(f"{where}: train.device = {cfg.train.device!r}: must be auto, cpu, cuda or cuda:N")
     method.validate(cfg, where)
-    m = cfg.method
-    if m.kd_alpha_std + m.kd_alpha_adv > 1.0 + 1e-12:
-        raise UserError(f"{where}: method.kd_alpha_std + method.kd_alpha_adv = {m.kd_alpha_std + m.kd_alpha_adv:g}: "
-                        f"must be <= 1 (the CE weight is 1 - their sum; original: 0.1 + 0.6)")
+    if method.params is not None:
+        params = _method_table(cfg.method, cfg.method.name, where)
+        problem = params.problem() if hasattr(params, "problem") else None
+        if problem:
+            raise UserError(f"{where}: {problem}")
     return cfg
+
+
+def check_method_overrides(overrides: list[str], names: set[str], where: str) -> None:
+    """A `--set method.<name>.key` for a method none of the planned runs trains with is an error
+    (it would change nothing), named with the methods they do train with."""
+    for text in overrides or []:
+        section, key, _ = parse_override(text)
+        if section == "method" and "." in key and key.partition(".")[0] not in names:
+            raise UserError(f"--set {text}: no run of {where} trains with method '{key.partition('.')[0]}' "
+                            f"(method.name: {', '.join(sorted(names))}); [method.{key.partition('.')[0]}] "
+                            f"would change nothing")
 
 
 def build(data: dict, where: str, overrides: list[str] | None = None) -> RunConfig:
     cfg = from_dict(data, where)
     apply_overrides(cfg, overrides or [])
-    return resolve(cfg, where if not overrides else f"{where} (with --set)")
+    resolve(cfg, where if not overrides else f"{where} (with --set)")
+    check_method_overrides(overrides or [], {cfg.method.name}, where)
+    return cfg
+
+
+def upgrade(d: dict) -> dict:
+    """A stored config.json's sections in today's shape: the old flat method keys (`top_n`, `clean`,
+    `temperature`, `kd_*`, `cure_form`) moved into the run's method's table `method.<name>`, the
+    other methods' dropped, and the table completed with defaults for parameters added since.
+    A new run with the same values gives the same dict (so the two are seeds of one configuration)."""
+    table = d.get("method")
+    if not isinstance(table, dict):
+        return d
+    name = table.get("name")
+    owner = with_params().get(name) if isinstance(name, str) else None
+    old = legacy_keys()
+    out = {k: v for k, v in table.items() if k not in old}
+    if owner is not None:
+        params = dict(out[name]) if isinstance(out.get(name), dict) else {}
+        for key, pkey in getattr(owner.params, "FLAT_KEYS", {}).items():
+            if key in table and pkey not in params:
+                params[pkey] = table[key]
+        defaults = dataclasses.asdict(owner.params())  # type: ignore[misc]
+        out[name] = {**defaults, **params}
+    return {**d, "method": out}
 
 
 def from_json(d: dict) -> RunConfig:
-    """Rebuild a stored (already resolved) config, e.g. from a run's config.json."""
+    """Rebuild a stored (already resolved) config, e.g. from a run's config.json (older layouts
+    upgraded first, see `upgrade`)."""
     cfg = RunConfig()
     classes = section_classes()
-    for section, table in d.items():
-        if section not in classes:
+    for section, table in upgrade(d).items():
+        if section not in classes or not isinstance(table, dict):
             continue
         obj = getattr(cfg, section)
-        names = {f.name for f in dataclasses.fields(obj)}
+        names = {f.name for f in option_fields(type(obj))}
         for key, value in table.items():
             if key in names:
                 setattr(obj, key, value)
+    owner = with_params().get(cfg.method.name)
+    stored = upgrade(d).get("method", {}).get(cfg.method.name) if owner else None
+    if owner is not None and isinstance(stored, dict):
+        names = {f.name for f in dataclasses.fields(owner.params)}
+        cfg.method.tables[cfg.method.name] = owner.params(**{k: v for k, v in stored.items() if k in names})
     return cfg
 
 
@@ -727,20 +499,34 @@ def load_toml(path: Path) -> dict:
 
 
 def schema() -> list[dict]:
-    """Every field of every section, for docs and the app."""
+    """Every option of every section, then every method's own parameters, for docs and the app."""
     out = []
     defaults = RunConfig()
     for section, cls in section_classes().items():
-        hints = field_hints(cls)
-        for f in dataclasses.fields(cls):
-            m = f.metadata
-            out.append({
-                "key": f"{section}.{f.name}",
-                "type": _describe(hints[f.name]),
-                "default": getattr(getattr(defaults, section), f.name),
-                "unit": m.get("unit", ""),
-                "allowed": _allowed(m) or "",
-                "doc": m.get("doc", ""),
-                "section_doc": (cls.__doc__ or "").strip(),
-            })
+        out += _rows(section, cls, getattr(defaults, section))
+        if section == "method":
+            for name, m in with_params().items():
+                out += _rows(f"method.{name}", m.params, m.params())  # type: ignore[misc]
+    return out
+
+
+def _rows(section: str, cls, default_obj) -> list[dict]:
+    hints = field_hints(cls)
+    return [{"key": f"{section}.{f.name}",
+             "type": _describe(hints[f.name]),
+             "default": getattr(default_obj, f.name),
+             "unit": f.metadata.get("unit", ""),
+             "allowed": _allowed(f.metadata) or "",
+             "doc": f.metadata.get("doc", ""),
+             "section_doc": (cls.__doc__ or "").strip()} for f in option_fields(cls)]
+
+
+def config_keys() -> dict[str, Any]:
+    """Every option's key ("section.key", "method.<name>.key") with its type: what --columns,
+    --where and sweeps may name."""
+    out = {f"{s}.{f.name}": field_hints(cls)[f.name] for s, cls in section_classes().items()
+           for f in option_fields(cls)}
+    for name, m in with_params().items():
+        out.update({f"method.{name}.{k}": tp for k, tp in field_hints(m.params).items()
+                    if k in {f.name for f in dataclasses.fields(m.params)}})
     return out

@@ -14,7 +14,8 @@ planned before the student. `engine.launch.supervisor.create_runs` writes the te
 and checkpoint paths into the student's config.json, `run.teachers.<role>` =
 `{"preset", "run", "checkpoint", "which"}`; the run process loads them (engine.run.teachers).
 
-Checkpoint choice (method.kd_std_checkpoint / kd_adv_checkpoint): the original code loads the
+Checkpoint choice (`<role>_checkpoint` among the method's parameters, e.g. `[method.kdsa]
+standard_checkpoint`): the original code loads the
 standard teacher's best-*clean*-accuracy model and the adversarial teacher's best-*robust*-
 accuracy (early-stopped) model. The store keeps `best.pt` (highest PGD robust accuracy, =
 RA-best) and the end model (`last.pt`); for standard training the clean accuracy peaks at ~ the
@@ -54,7 +55,8 @@ def ckpt_name(which: str) -> str:
 
 
 def which_for(cfg, role: str) -> str:
-    return cfg.method.kd_std_checkpoint if role == "standard" else cfg.method.kd_adv_checkpoint
+    """Which checkpoint of the `role` teacher: the method's `<role>_checkpoint` parameter ('end' without one)."""
+    return getattr(cfg.method.params, f"{role}_checkpoint", "end")
 
 
 def teacher_overrides(overrides: list[str] | None) -> list[str]:

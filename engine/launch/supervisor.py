@@ -30,7 +30,7 @@ import psutil
 
 from engine.config import origin
 from engine.config.presets import PlannedRun
-from engine.config.schema import build, from_json, section_classes
+from engine.config.schema import build, from_json, label, option_fields, section_classes, upgrade, with_params
 from engine.errors import CorruptFile, UserError
 from engine.launch.executors import EXECUTORS, Executor, executor_for, executor_named
 from engine.launch.plan import run_record
@@ -71,7 +71,7 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
     made: dict[int, RunDir] = {}
     for p in planned:
         config = p.cfg.to_dict()
-        config["run"] = {"preset": p.preset, "label": p.cfg.label, "seed": p.seed,
+        config["run"] = {"preset": p.preset, "label": label(p.cfg), "seed": p.seed,
                          "group": None if p.role else group, "point": p.point, "created": time.time(),
                          "origin": origin.make(p)}
         if p.role:
@@ -443,12 +443,18 @@ def check_config(config: dict, where: str) -> None:
     each value's type and allowed values, then the cross-field rules and the method's own); a
     one-line UserError naming `where` and the key otherwise. Keys this advlc does not know are
     left out: the run reads them from nowhere (engine.config.schema.from_json skips them too)."""
-    tables = {}
+    config = upgrade(config)
+    tables: dict[str, dict] = {}
     for name, cls in section_classes().items():
         table = config.get(name)
         if isinstance(table, dict):
-            known = {f.name for f in dataclasses.fields(cls)}
+            known = {f.name for f in option_fields(cls)}
             tables[name] = {k: v for k, v in table.items() if k in known}
+    method = config.get("method") if isinstance(config.get("method"), dict) else {}
+    owner = with_params().get(method.get("name")) if isinstance(method.get("name"), str) else None
+    if owner is not None and isinstance(method.get(owner.name), dict):
+        known = {f.name for f in dataclasses.fields(owner.params)}
+        tables["method"][owner.name] = {k: v for k, v in method[owner.name].items() if k in known}
     build(tables, where)
 
 

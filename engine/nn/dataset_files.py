@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.sections import DataConfig
 
 DEFAULT_ROOT = Path("~/.cache/advlc/datasets")
 """Where data.download=true puts a dataset when data.root is empty."""
@@ -25,7 +26,7 @@ TIN_LAYOUT = ("tiny-imagenet-200/train/<wnid>/images/*.JPEG and tiny-imagenet-20
 BUNDLED = ("digits", "synthetic")
 
 
-def data_root(cfg) -> Path:
+def data_root(cfg: DataConfig) -> Path:
     """The folder holding the dataset (`cfg`: a RunConfig's [data] section)."""
     if cfg.root:
         return Path(cfg.root).expanduser()
@@ -53,7 +54,7 @@ def expected_files(name: str, root: Path) -> tuple[list[Path], str, str]:
     raise ValueError(name)
 
 
-def check_data(cfg) -> None:
+def check_data(cfg: DataConfig) -> None:
     """A one-line UserError when the dataset's files are not where the config says. With
     data.download=true a missing CIFAR/SVHN is fetched by the run instead, so it passes."""
     name = cfg.dataset

@@ -33,6 +33,7 @@ from engine.nn.dataset_files import (
     expected_files,
     missing_message,
 )
+from engine.sections import DataConfig
 
 # ---------------------------------------------------------------------------------------
 # the dataset container
@@ -143,7 +144,7 @@ def epoch_batches(
 # loading
 # ---------------------------------------------------------------------------------------
 
-def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
+def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     """Read `cfg.dataset` (`cfg`: a RunConfig's [data] section) into tensors on `device`; any
     problem with the files is a UserError."""
     name = cfg.dataset
@@ -159,7 +160,7 @@ def load_dataset(cfg, device: torch.device | str = "cpu") -> Dataset:
     else:
         raise UserError(f"data.dataset = {name!r}: unknown dataset (one of digits, cifar10, cifar100, "
                         f"svhn, tinyimagenet, synthetic)")
-    if getattr(cfg, "val_size", 0) > 0:
+    if cfg.val_size > 0:
         hold_out(ds, cfg.val_size, cfg.split_seed)
     if cfg.n_train > 0:
         ds.train_x = ds.train_x[: cfg.n_train]

@@ -51,13 +51,14 @@ import torch.nn as nn
 
 from engine.nn.datasets import as_float, augment, epoch_batches
 from engine.nn.methods import get_method
+from engine.sections import RunConfig, TrainConfig
 
 __all__ = [
     "needs_double_backprop", "prepare_model", "autocast", "amp_dtype",
     "train_step", "epoch_stream", "describe",
 ]
 
-def _train_cfg(cfg):
+def _train_cfg(cfg: RunConfig | TrainConfig) -> TrainConfig:
     """A RunConfig's [train] section, or the TrainConfig itself."""
     return getattr(cfg, "train", cfg)
 
@@ -74,7 +75,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_model(model: nn.Module, cfg, *, log: Callable[[str], None] | None = None) -> nn.Module:
+def prepare_model(model: nn.Module, cfg: RunConfig | TrainConfig, *, log: Callable[[str], None] | None = None) -> nn.Module:
     """Apply `cfg.train.channels_last` and `cfg.train.compile` to `model` (in place) and return it.
 
     Call after moving the model to its device and before building the optimiser (the
@@ -108,7 +109,7 @@ def prepare_model(model: nn.Module, cfg, *, log: Callable[[str], None] | None = 
     return model
 
 
-def amp_dtype(cfg) -> torch.dtype | None:
+def amp_dtype(cfg: RunConfig | TrainConfig) -> torch.dtype | None:
     """The autocast dtype `cfg.train.amp` asks for (None = fp32)."""
     amp = _train_cfg(cfg).amp
     if amp == "off":
@@ -118,7 +119,7 @@ def amp_dtype(cfg) -> torch.dtype | None:
     raise ValueError(f"train.amp = {amp!r}: must be 'off' or 'bf16'")
 
 
-def autocast(cfg, device) -> contextlib.AbstractContextManager:
+def autocast(cfg: RunConfig | TrainConfig, device) -> contextlib.AbstractContextManager:
     """A fresh context for one training step's forward passes: bf16 autocast on `device`
     when `cfg.train.amp == "bf16"` and the device is CUDA or CPU; a no-op otherwise (exact
     fp32: nothing is changed, not even the autocast state)."""
@@ -129,7 +130,7 @@ def autocast(cfg, device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
-def describe(cfg) -> str:
+def describe(cfg: RunConfig | TrainConfig) -> str:
     """A short label of the fast-path settings, e.g. 'fp32 channels_last' or 'bf16 compile'."""
     t = _train_cfg(cfg)
     parts = ["bf16" if t.amp == "bf16" else "fp32"]

@@ -7,7 +7,6 @@ seeds (train.seed, train.device, train.threads) the column lists the distinct va
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 from engine.config import origin as O
@@ -22,14 +21,14 @@ def parse_columns(spec) -> list[str]:
         return []
     items = [spec] if isinstance(spec, str) else list(spec)
     keys = list(dict.fromkeys(k.strip() for item in items for k in str(item).split(",") if k.strip()))
-    classes = C.section_classes()
+    known = C.config_keys()
     for key in keys:
         section, dot, name = key.partition(".")
-        if section not in O.SECTIONS or section not in classes:
+        if section not in O.SECTIONS or section not in C.section_classes():
             raise UserError(f"--columns {key}: unknown config key; give section.key with a section of "
                             f"{', '.join(O.SECTIONS)} (e.g. method.lam)")
-        fields = [f.name for f in dataclasses.fields(classes[section])]
-        if not dot or name not in fields:
+        if key not in known:
+            fields = [k.partition(".")[2] for k in known if k.startswith(section + ".")]
             raise UserError(f"--columns {key}: unknown config key (keys of [{section}]: {', '.join(fields)})")
     return keys
 
@@ -62,8 +61,7 @@ def fmt_value(key: str, value, *, full: bool = False) -> str:
 
 def _distinct(key: str, value: list) -> bool:
     """Is this list the distinct values of several runs (rather than one list-valued config key)?"""
-    section, _, name = key.partition(".")
-    tp = C.field_hints(C.section_classes()[section]).get(name)
+    tp = C.key_type(key)
     return not (typing.get_origin(tp) is list or tp is list)
 
 

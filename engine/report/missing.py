@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 
 from engine.config import origin as O
+from engine.config.schema import label
 from engine.report.resolver import Resolver
 from engine.report.rows import SEP, RowSpec, family, point_key, suffixes, with_point
 from engine.store.records import ConfigRecord
@@ -113,7 +114,7 @@ def grid_holes(specs: list[RowSpec], resolver: Resolver, by: str) -> list[tuple[
             if (fam, key) in seen:
                 continue
             if key not in holes:
-                base = p.cfg.label if by == "label" else sib.preset
+                base = label(p.cfg) if by == "label" else sib.preset
                 base = with_point(f"{base} ({sib.preset})" if labelled else base, p.point, by)
                 spec = RowSpec(base + (SEP + suf[fam] if suf.get(fam) else ""), sib.preset, dict(p.point), "epochs",
                                [], base=base, config=p.cfg.to_dict(), overrides=dict(sib.overrides),

@@ -10,7 +10,7 @@ Names are the index document's keys (`state`, `preset`, `label` (the training sc
 as these), `overfit_epoch`, `catastrophic_epoch` (the alerts' epochs), `select_on`, `test_best_robust_acc`,
 `stopped_early_at`, `epochs_saved`, `overrides_text` (the run's `--set` overrides), `title`, `tags`, `note`, `archived`,
 …) and the config's keys written `section.key` (`method.lam`, `train.epochs`, `data.dataset`,
-`attack.eps`, …). Values are numbers, "strings" or 'strings', `true`, `false`,
+`attack.eps`, …), a method's own parameters `method.<name>.key` (`method.advlc.top_n`). Values are numbers, "strings" or 'strings', `true`, `false`,
 `null` and [lists]. Operators: `== != < <= > >=`, `in` and `not in` (membership in a list, or a
 substring of a string), `~` (the right-hand string occurs in the left, ignoring case), `and`,
 `or`, `not` and parentheses. A name a run does not have is null, and an order comparison with
@@ -27,10 +27,12 @@ values (names and literals) and number literals of `MAX_NUMBER` characters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Callable
 
-from engine.config.schema import section_classes
+from engine.config.origin import flat
+from engine.config.schema import config_keys
 from engine.errors import UserError
 from engine.store.summary import SUMMARY_KEYS
 
@@ -48,7 +50,7 @@ ALIASES = {"ig": "end_ig", "hs": "end_hs", "epoch_time_s": "epoch_time_s_mean", 
 _TOKEN = re.compile(r"""\s*(?:
     (?P<num>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|-?\.\d+(?:[eE][-+]?\d+)?)
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*){0,2})
   | (?P<op>==|!=|<=|>=|<|>|~|\(|\)|\[|\]|,)
 )""", re.X)
 _WORDS = {"and", "or", "not", "in", "true", "false", "null"}
@@ -67,7 +69,7 @@ MAX_NUMBER = 32
 
 
 def _config_keys() -> set[str]:
-    return {f"{s}.{f.name}" for s, cls in section_classes().items() for f in dataclasses.fields(cls)}
+    return set(config_keys())
 
 
 def _shown(text: str) -> str:
@@ -274,12 +276,13 @@ class Query:
 
     def matches(self, doc, config=None) -> bool:
         """Whether the run of index row `doc` (and config: a ConfigRecord or config.json's JSON) is selected."""
+        @functools.lru_cache(maxsize=1)
+        def keys() -> dict:   # the config's "section.key" and "method.<name>.key" values, read once
+            return flat(config.to_json() if hasattr(config, "to_json") else config or {})
+
         def get(name: str):
             if "." in name:
-                if hasattr(config, "value"):
-                    return config.value(name)
-                section, _, key = name.partition(".")
-                return ((config or {}).get(section) or {}).get(key)
+                return keys().get(name)
             return doc.get(ALIASES.get(name, name))
 
         return bool(self.node(get))

@@ -26,7 +26,8 @@ from engine.store.summary import best_and_end, last_value, summarize, summarize_
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50000, "cifar100": 50000, "svhn": 73257, "tinyimagenet": 100000}
 
 
-def _pct(v):
+def _in_percent(v):
+    """A fraction as a number of percent (the summary's unit), None kept."""
     return None if v is None else 100.0 * v
 
 
@@ -191,11 +192,11 @@ def run_values(run: RunData, table: str = "epochs", ckpt_eval: str | None = None
     recs = run.records(table)
     best, end = best_and_end(recs, robust_key(run.select_on))
     test_best, _ = best_and_end(recs)
-    out = {"clean_best": _pct(best.get("clean_acc")) if best else None,
-           "clean_end": _pct(end.get("clean_acc")) if end else None,
-           "robust_best": _pct(best.get("robust_acc")) if best else None,
-           "robust_end": _pct(end.get("robust_acc")) if end else None,
-           "robust_best_test": _pct(test_best["robust_acc"]) if test_best else None,
+    out = {"clean_best": _in_percent(best.get("clean_acc")) if best else None,
+           "clean_end": _in_percent(end.get("clean_acc")) if end else None,
+           "robust_best": _in_percent(best.get("robust_acc")) if best else None,
+           "robust_end": _in_percent(end.get("robust_acc")) if end else None,
+           "robust_best_test": _in_percent(test_best["robust_acc"]) if test_best else None,
            "best_epoch": best["epoch"] if best else None,
            "ig": end.get("ig") if end else None,
            "hs": last_value(recs, "hs"),
@@ -207,8 +208,8 @@ def run_values(run: RunData, table: str = "epochs", ckpt_eval: str | None = None
         for which in ("best", "end"):
             ev = _final_eval(run, prefix + which, ckpt_eval)
             out["evals"][which] = ev
-            out[f"clean_{which}"] = _pct(ev.get("clean_acc")) if ev else None
-            out[f"robust_{which}"] = _pct(ev.get("robust_acc")) if ev else None
+            out[f"clean_{which}"] = _in_percent(ev.get("clean_acc")) if ev else None
+            out[f"robust_{which}"] = _in_percent(ev.get("robust_acc")) if ev else None
     return out
 
 

@@ -43,39 +43,36 @@ a1     (Fig. A1, PGD convergence): for split in experiment.splits and k in exper
        of the split; one PGD trajectory of max(steps) steps per batch gives every k (PGD-k is the
        k-th iterate). Keys: split, steps, adv_loss, adv_acc, clean_loss.
 
+Each kind is one module of engine.run.analyses (registered in its ANALYSES); this module is the
+runner: it opens the source, builds the context, walks the grid and stores the records. Fig. 4b/c
+train their epoch with the training loop (engine.run.loop.train), their modified perturbation
+being the objective it is given.
+
 The paper's text and its Fig. 4 caption disagree on the panel letters; the kinds follow the
 caption (a = parameter noise, b = scaling, c = sign flips).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from engine.config.schema import EXPERIMENT_KINDS, POINT_KEYS, from_json
 from engine.errors import UserError
-from engine.nn.attacks import grad_sign, model_mode, project, run_attack
-from engine.nn.datasets import as_float, augment, epoch_batches, load_dataset
-from engine.nn.metrics.effectiveness import (
-    attack_all,
-    attack_effectiveness,
-    effectiveness,
-)
-from engine.nn.metrics.evaluation import clean_and_robust, clean_loss_and_accuracy
-from engine.nn.metrics.hessian import hs_metric
+from engine.nn.datasets import load_dataset
 from engine.run import provenance
+from engine.run.analyses import ANALYSES
+from engine.run.analyses.common import Context
 from engine.run.checkpoints import load_run_model
 from engine.run.device import pick_device
 from engine.run.epoch_metrics import first_n
-from engine.run.loop import lr_at
 from engine.store.index import Store
 from engine.store.rundir import RunDir
+
+__all__ = ["POINT_KEYS", "format_point", "grid", "is_experiment", "resolve_source", "run_experiment", "validate"]
 
 # ---------------------------------------------------------------------------- config helpers
 
@@ -88,6 +85,12 @@ def is_experiment(obj) -> bool:
     return bool(getattr(getattr(obj, "experiment", None), "kind", ""))
 
 
+def _analysis(kind: str):
+    if kind not in ANALYSES:
+        raise UserError(f"experiment.kind = {kind!r}: must be one of {', '.join(EXPERIMENT_KINDS)}")
+    return ANALYSES[kind]
+
+
 def validate(cfg, where: str = "[experiment]") -> None:
     """Cross-field checks of an experiment config (one-line UserError)."""
     x = cfg.experiment
@@ -95,31 +98,12 @@ def validate(cfg, where: str = "[experiment]") -> None:
         raise UserError(f"{where}: experiment.kind = {x.kind!r}: must be one of {', '.join(EXPERIMENT_KINDS)}")
     if not x.source:
         raise UserError(f"{where}: experiment.source is empty: name the trained run (its id) or its preset")
-    if x.kind in ("fig4a", "fig4b", "fig4c") and not x.values and not (x.kind == "fig4a" and x.random_values):
-        raise UserError(f"{where}: experiment.values is empty: give the grid of "
-                        f"{'s' if x.kind == 'fig4a' else 'p'} values")
-    if x.kind == "fig4c" and any(v > 1 for v in x.values):
-        raise UserError(f"{where}: experiment.values = {x.values}: flipped fractions must be in [0, 1]")
-    if x.kind == "a1" and (not x.steps or not x.splits):
-        raise UserError(f"{where}: experiment.steps and experiment.splits must not be empty for a1")
+    _analysis(x.kind).check(cfg, where)
 
 
 def grid(cfg) -> list[dict]:
     """The grid points of an experiment: [{"index": i, <param>: value}, ...]."""
-    x = cfg.experiment
-    if x.kind == "fig4a":
-        vals = [float(v) for v in x.values]
-        if x.random_values:
-            g = torch.Generator().manual_seed(cfg.train.seed)
-            vals += (torch.rand(x.random_values, generator=g, dtype=torch.float64) * x.value_max).tolist()
-        return [{"index": i, "s": v} for i, v in enumerate(vals)]
-    if x.kind in ("fig4b", "fig4c"):
-        return [{"index": i, "p": float(v)} for i, v in enumerate(x.values)]
-    if x.kind == "a1":
-        steps = sorted(set(int(k) for k in x.steps))
-        return [{"index": i * len(steps) + j, "split": sp, "steps": k}
-                for i, sp in enumerate(x.splits) for j, k in enumerate(steps)]
-    raise UserError(f"experiment.kind = {x.kind!r}: must be one of {', '.join(EXPERIMENT_KINDS)}")
+    return _analysis(cfg.experiment.kind).grid(cfg)
 
 
 def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
@@ -140,153 +124,6 @@ def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
         raise UserError(f"experiment.source = {ref!r}: no run with that id and no finished run of preset "
                         f"'{ref}' in {store.runs_dir} (train it first: advlc run {ref})")
     return store.run_dir(rows[-1]["id"])
-
-
-# ---------------------------------------------------------------------------- measurements
-
-def landscape_point(model, x, y, *, eps: float, hs_batch: int, seed: int, batch_size: int,
-                    effect_train_mode: bool = False, hs_reduce: str = "mean") -> dict:
-    """HS (reduced as `hs_reduce`: mean or sum |lambda|), FGSM / PGD-10 effectiveness and clean
-    loss/accuracy of `model` on (x, y)."""
-    dev = x.device
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        hs, method = hs_metric(model, x, y, n=len(x), batch=hs_batch, seed=seed, reduce=hs_reduce)
-        advs = {}
-        for name, s in (("eff_fgsm", dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1)),
-                        ("eff_pgd10", dict(attack_name="pgd", eps=eps, alpha=eps / 4, steps=10))):
-            torch.manual_seed(seed)
-            advs[name] = attack_all(model, x, y, train_mode=effect_train_mode, batch_size=batch_size, **s)
-        out = effectiveness(model, x, y, advs, eps=eps, batch_size=batch_size)
-        cl, ca = clean_loss_and_accuracy(model, x, y, batch_size=batch_size)
-    return {"hs": hs, "hs_method": method, **out, "clean_loss": cl, "clean_acc": ca}
-
-
-def add_parameter_noise(model, s: float, *, mode: str = "absolute", seed: int = 0):
-    """A copy of `model` with every parameter perturbed by U(-s, s) noise (mode "absolute") or
-    multiplied by 1 + U(-s, s) ("relative"); noise drawn on the CPU from `seed` (device-independent)."""
-    m = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            u = torch.rand(p.shape, generator=g, dtype=torch.float64)
-            noise = ((2 * u - 1) * s).to(device=p.device, dtype=p.dtype)
-            if mode == "absolute":
-                p.add_(noise)
-            elif mode == "relative":
-                p.mul_(1 + noise)
-            else:
-                raise ValueError(f"noise mode {mode!r}")
-    return m
-
-
-def modify_perturbation(delta: torch.Tensor, kind: str, p: float, u: torch.Tensor | None) -> torch.Tensor:
-    """fig4b: p * delta; fig4c: delta with the sign reversed where u < p (u per sample or per entry)."""
-    if kind == "fig4b":
-        return delta * p
-    if kind == "fig4c":
-        flip = (u < p).to(delta.dtype)
-        while flip.dim() < delta.dim():
-            flip = flip.unsqueeze(-1)
-        return delta * (1 - 2 * flip)
-    raise ValueError(kind)
-
-
-def pgd_curve(model, x, y, *, eps: float, alpha: float, steps: list[int], batch_size: int = 500) -> dict:
-    """{k: (mean CE, accuracy)} of PGD-k (step alpha, no random start, eval mode) for every k in
-    `steps` (0 = clean), from one trajectory per batch: PGD-k is its k-th iterate."""
-    want = sorted(set(int(k) for k in steps))
-    K = max(want)
-    dev = x.device
-    sums = {k: torch.zeros(2, device=dev, dtype=torch.float64) for k in want}
-
-    def record(k, xa, yb):
-        with torch.no_grad():
-            o = model(xa)
-            sums[k] += torch.stack([F.cross_entropy(o, yb, reduction="sum").double(),
-                                    (o.argmax(1) == yb).sum().double()])
-
-    with model_mode(model, False):
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            xa = xb.detach()
-            if 0 in sums:
-                record(0, xa, yb)
-            for t in range(1, K + 1):
-                g, _ = grad_sign(model, xa, yb)
-                xa = project(xa + alpha * g, xb, eps)
-                if t in sums:
-                    record(t, xa, yb)
-    n = len(x)
-    return {k: tuple((v / n).tolist()) for k, v in sums.items()}
-
-
-# ---------------------------------------------------------------------------- the kinds
-
-def _run_fig4a(ctx, pt) -> dict:
-    cfg, x = ctx["cfg"], ctx["cfg"].experiment
-    m = add_parameter_noise(ctx["model"], pt["s"], mode=x.noise, seed=cfg.train.seed * 1_000_003 + pt["index"])
-    m.eval()
-    xs, ys = ctx["train_subset"]
-    return landscape_point(m, xs, ys, eps=ctx["eps"], hs_batch=cfg.eval.hs_batch, seed=cfg.train.seed,
-                           batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode,
-                           hs_reduce=cfg.eval.hs_reduce)
-
-
-def _run_fig4bc(ctx, pt) -> dict:
-    cfg, scfg, data, dev = ctx["cfg"], ctx["scfg"], ctx["data"], ctx["device"]
-    x, kind, p, eps = cfg.experiment, cfg.experiment.kind, pt["p"], ctx["eps"]
-    seed = cfg.train.seed
-    m = copy.deepcopy(ctx["model"])
-    lr = ctx["lr"]
-    st = scfg.train
-    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=st.momentum, weight_decay=st.weight_decay,
-                          nesterov=st.nesterov)
-    n_train = len(data.train_x) if not x.train_images else min(x.train_images, len(data.train_x))
-    bs = min(st.batch_size, n_train)
-    gen = torch.Generator(device=dev).manual_seed(seed + 1)      # batches + augmentation: same for every p
-    flip_gen = torch.Generator().manual_seed(seed + 2)           # nested flip masks across p
-    a = scfg.attack
-    loss_sum, seen, effs = 0.0, 0, []
-    losses = torch.zeros((), device=dev, dtype=torch.float64)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for i, idx in enumerate(epoch_batches(n_train, bs, gen, dev)):
-            xb = as_float(augment(data.train_x[idx], padding=scfg.data.crop_padding, flip=scfg.data.flip,
-                                  generator=gen))
-            yb = data.train_y[idx]
-            xa = run_attack(m, xb, yb, name="pgd", eps=eps, alpha=eps / 4, steps=x.pgd_steps,
-                            random_start=False, train_mode=a.train_mode).x_adv
-            delta = xa - xb
-            u = None
-            if kind == "fig4c":
-                shape = (len(xb),) if x.flip_unit == "sample" else tuple(xb.shape)
-                u = torch.rand(shape, generator=flip_gen, dtype=torch.float64).to(dev)
-            xm = (xb + modify_perturbation(delta, kind, p, u)).clamp(0.0, 1.0).detach()
-            if x.train_eff_every and i % x.train_eff_every == 0:
-                e = attack_effectiveness(m, xb, yb, xm, eps=eps, batch_size=cfg.eval.batch_size)
-                if math.isfinite(e):
-                    effs.append(e)
-            m.train()
-            loss = F.cross_entropy(m(xm), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses += loss.detach().double() * len(yb)
-            seen += len(yb)
-            ctx["heartbeat"]()
-        loss_sum = float(losses)
-    m.eval()
-    xs, ys = ctx["train_subset"]
-    rec = {"lr": lr, "train_loss": loss_sum / max(seen, 1),
-           "train_adv_eff": sum(effs) / len(effs) if effs else None}
-    rec.update(landscape_point(m, xs, ys, eps=eps, hs_batch=cfg.eval.hs_batch, seed=seed,
-                               batch_size=cfg.eval.batch_size, effect_train_mode=cfg.eval.effect_train_mode,
-                               hs_reduce=cfg.eval.hs_reduce))
-    xt, yt = first_n(data.test_x, data.test_y, cfg.eval.n)
-    ev = clean_and_robust(m, xt, yt, eps=eps, alpha=eps / 4, steps=scfg.eval.pgd_steps,
-                          batch_size=cfg.eval.batch_size)
-    rec.update(test_clean_acc=ev["clean_acc"], test_robust_acc=ev["robust_acc"])
-    return rec
 
 
 # ---------------------------------------------------------------------------- the process
@@ -327,16 +164,10 @@ def _open_source(rd: RunDir, store: Store, cfg, device, log):
     return model, scfg, info
 
 
-def _context(rd: RunDir, cfg, scfg, model, info, device) -> dict:
-    """What every point of the experiment reads: the data, eps, the lr of Figs 4b/c, a heartbeat."""
-    x = cfg.experiment
+def _context(rd: RunDir, cfg, scfg, model, info, device) -> Context:
+    """What every point of the experiment reads: the data, eps, the checkpoint's epoch, a heartbeat."""
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(scfg.data, device)
-    if x.lr is not None:
-        lr = x.lr
-    else:
-        ep = info["epoch"] if info["epoch"] is not None else scfg.train.epochs - 1
-        lr = lr_at(scfg.train, int(ep))
     last_beat = [0.0]
 
     def heartbeat():
@@ -345,43 +176,9 @@ def _context(rd: RunDir, cfg, scfg, model, info, device) -> dict:
             rd.update_status(heartbeat=now)
             last_beat[0] = now
 
-    return {"cfg": cfg, "scfg": scfg, "model": model, "data": data, "device": device, "eps": scfg.eval.eps,
-            "lr": lr, "train_subset": first_n(data.train_x, data.train_y, x.samples), "heartbeat": heartbeat}
-
-
-def _a1_records(ctx, pts: list[dict], done: set):
-    """Fig. A.1's points, one PGD curve per split: (record, ...) for each point not done yet."""
-    cfg, data, eps = ctx["cfg"], ctx["data"], ctx["eps"]
-    for split in cfg.experiment.splits:
-        todo = [p for p in pts if p["split"] == split and p["index"] not in done]
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        xs, ys = first_n(data.train_x if split == "train" else data.test_x,
-                         data.train_y if split == "train" else data.test_y, cfg.experiment.samples)
-        curve = pgd_curve(ctx["model"], xs, ys, eps=eps, alpha=eps / 4, steps=[0] + [p["steps"] for p in todo],
-                          batch_size=cfg.eval.batch_size)
-        dt = (time.perf_counter() - t0) / len(todo)
-        for p in todo:
-            loss, acc = curve[p["steps"]]
-            yield {"kind": "a1", **p, "adv_loss": loss, "adv_acc": acc, "clean_loss": curve[0][0], "n": len(xs),
-                   "time_s": dt}
-
-
-def _point_records(ctx, pts: list[dict], done: set):
-    """Fig. 4a/b/c's points, one at a time: their records, for each point not done yet."""
-    kind, device = ctx["cfg"].experiment.kind, ctx["device"]
-    fn = _run_fig4a if kind == "fig4a" else _run_fig4bc
-    for p in pts:
-        if p["index"] in done:
-            continue
-        t0 = time.perf_counter()
-        rec = {"kind": kind, **p, **fn(ctx, p)}
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rec["n"] = len(ctx["train_subset"][0])
-        rec["time_s"] = time.perf_counter() - t0
-        yield rec
+    return Context(cfg=cfg, scfg=scfg, model=model, data=data, device=device, eps=scfg.eval.eps,
+                   ckpt_epoch=info["epoch"], train_subset=first_n(data.train_x, data.train_y, cfg.experiment.samples),
+                   heartbeat=heartbeat)
 
 
 def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
@@ -398,8 +195,7 @@ def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
     emit("start", {"epochs": 1, "start_epoch": 0, "batches": len(pts), "device": str(device),
                    "points": len(pts), "done": len(done)})
     rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
-    records = _a1_records if cfg.experiment.kind == "a1" else _point_records
-    for rec in records(ctx, pts, done):
+    for rec in _analysis(cfg.experiment.kind).records(ctx, pts, done):
         points.insert(rec)              # the record first, then the progress that counts it
         done.add(rec["index"])
         rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))

@@ -21,6 +21,12 @@ robust accuracy (`robust_acc`, the paper's habit) or the held-out validation spl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+
+from engine.numbers import percent
+
+_pc = partial(percent, digits=1, unit="%")
+"""A fraction as the alerts write it: 45.7%."""
 
 RO_POINTS = 0.025
 """How far (fraction of robust accuracy; 0.025 = 2.5 points) below its best a robust accuracy
@@ -120,10 +126,6 @@ class Alert:
     text: str
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
 def detect_alerts(epochs: list[dict], select_on: str | None = "test") -> list[Alert]:
     """The alerts the epoch records of one run raise, judged on the selection split (catastrophic first)."""
     key = robust_key(select_on)
@@ -134,14 +136,14 @@ def detect_alerts(epochs: list[dict], select_on: str | None = "test") -> list[Al
         peak, e = co
         out.append(Alert("catastrophic", e["epoch"],
                          f"catastrophic overfitting at epoch {e['epoch']}: robust accuracy{on} "
-                         f"{_pct(peak[key])} → {_pct(e[key])} in {e['epoch'] - peak['epoch']} "
-                         f"epoch(s) while training accuracy rose {_pct(peak['train_acc'])} → {_pct(e['train_acc'])}"))
+                         f"{_pc(peak[key])} → {_pc(e[key])} in {e['epoch'] - peak['epoch']} "
+                         f"epoch(s) while training accuracy rose {_pc(peak['train_acc'])} → {_pc(e['train_acc'])}"))
     onset = overfitting_onset(epochs, key=key)
     if onset:
         out.append(Alert("robust_overfitting", onset["epoch"],
                          f"robust overfitting since epoch {onset['epoch']}: robust accuracy{on} ≥ {100 * RO_POINTS:g} "
-                         f"points below its best ({_pct(onset['best_robust_acc'])} at epoch {onset['best_epoch']}) "
+                         f"points below its best ({_pc(onset['best_robust_acc'])} at epoch {onset['best_epoch']}) "
                          f"for {RO_STREAK} evaluated epochs while training accuracy rose "
-                         f"{_pct(onset['best_train_acc'])} → {_pct(onset['train_acc'])}; best.pt holds the "
+                         f"{_pc(onset['best_train_acc'])} → {_pc(onset['train_acc'])}; best.pt holds the "
                          "early-stopped model"))
     return out

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.facade import caveats, list_presets, load_preset, plan_text, preset_runs
+from engine.facade import caveats, config_label, list_presets, load_preset, plan_text, preset_runs
 from tui.cli.common import err, out, print_table, term_width
 from tui.cli.root import app, preset_app
 
@@ -53,11 +53,11 @@ def preset_show(ctx: typer.Context, name: str,
     points = list({json.dumps(p.point, sort_keys=True, default=str): p for p in planned}.values())
     d = cfg.to_dict()
     if as_json:
-        print(json.dumps({"name": pname, "label": cfg.label, "config": d, "plan": plan_text(planned),
-                          "points": [{"point": p.point, "label": p.cfg.label} for p in points if p.point],
+        print(json.dumps({"name": pname, "label": config_label(cfg), "config": d, "plan": plan_text(planned),
+                          "points": [{"point": p.point, "label": config_label(p.cfg)} for p in points if p.point],
                           "caveats": notes}, indent=1, default=str))
         return
-    out.print(f"[bold]{pname}[/]  ({cfg.label})")
+    out.print(f"[bold]{pname}[/]  ({config_label(cfg)})")
     if cfg.preset.description:
         out.print(cfg.preset.description)
     if cfg.preset.reference:
@@ -69,7 +69,7 @@ def preset_show(ctx: typer.Context, name: str,
         shown = [", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in p.point.items()) for p in points]
         w = max(map(len, shown))
         for values, p in zip(shown, points):
-            out.print(f"  {values.ljust(w)}  → {p.cfg.label}", markup=False, highlight=False)
+            out.print(f"  {values.ljust(w)}  → {config_label(p.cfg)}", markup=False, highlight=False)
     for line in notes:
         err.print(f"advlc: warning: {line}", markup=False, highlight=False, soft_wrap=True)
     for section, table in d.items():

@@ -29,18 +29,38 @@ What a method declares about itself (register's keyword arguments):
                   "double_backprop": its loss differentiates an input gradient (no torch.compile);
                   "doubled_batch": it trains on a 2B batch (two views)
     teachers      roles of the teacher runs it distils from (ctx.extras["teachers"][role])
+    params        its parameters class: the keys of its own table `[method.<name>]`
+
+A method with knobs of its own declares them as a dataclass in its module, next to its loss,
+each field an `opt(default, doc, min=, max=, choices=)` (engine.sections), and names it in
+`register(..., params=KDSAParams)`; the loss reads them as `ctx.params.temperature`:
+
+    @dataclass
+    class KDSAParams:
+        '''[method.kdsa]: ...'''
+        temperature: float = opt(2.0, "Distillation temperature T.", min=1e-6, max=1000.0)
+        FLAT_KEYS: ClassVar[dict[str, str]] = {"kd_temperature": "temperature"}
+
+        def problem(self) -> str | None:      # optional: a rule across fields, as one line
+            ...
+
+The registry reads that class without importing the module: it executes the class statement
+alone (its body may use only `opt`, `dataclass`, `ClassVar` and builtins). `FLAT_KEYS` maps the
+keys the parameters had before methods owned them (flat in `[method]`) to their names here.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 from engine.errors import UserError
+from engine.sections import RunConfig, opt
 
 TRAIN_ATTACKS = ("fgsm", "fgsm_rs", "fgsm_n", "pgd")
 NEEDS = ("raw_batch", "double_backprop", "doubled_batch")
@@ -61,6 +81,7 @@ class Method:
     paper_lam: tuple[float, float] | None = None
     needs: tuple[str, ...] = ()
     teachers: tuple[str, ...] = ()
+    params: type | None = field(default=None, compare=False)   # the dataclass of [method.<name>], or None
 
     def loss(self, model, x, y, ctx):
         return loss_function(self.name)(model, x, y, ctx)
@@ -69,7 +90,7 @@ class Method:
     def double_backprop(self) -> bool:
         return "double_backprop" in self.needs
 
-    def validate(self, cfg, where: str) -> None:
+    def validate(self, cfg: RunConfig, where: str) -> None:
         """The method's rule for method.lam, as one UserError line."""
         lam = cfg.method.lam
         if (self.lam == "> 0" and lam <= 0) or (self.lam == "0..1" and not 0.0 <= lam <= 1.0):
@@ -83,8 +104,7 @@ _DECLARED: dict[str, Method] = {}
 
 def register(name: str, *, doc: str, fixed_attack: str | None = None, attacks: tuple[str, ...] = TRAIN_ATTACKS,
              lam: str | None = None, lam_error: str = "", paper_lam: tuple[float, float] | None = None,
-             needs: tuple[str, ...] = (),
-             teachers: tuple[str, ...] = ()):
+             needs: tuple[str, ...] = (), teachers: tuple[str, ...] = (), params: type | None = None):
     """Decorator: register `fn(model, x, y, ctx) -> (loss, stats)` under `name` (literal arguments only)."""
 
     def deco(fn):
@@ -93,7 +113,7 @@ def register(name: str, *, doc: str, fixed_attack: str | None = None, attacks: t
         _FUNCTIONS[name] = fn
         _DECLARED[name] = Method(name, fn.__module__.rpartition(".")[2], doc, fixed_attack, tuple(attacks), lam,
                                  lam_error, None if paper_lam is None else tuple(paper_lam), tuple(needs),
-                                 tuple(teachers))
+                                 tuple(teachers), params)
         return fn
 
     return deco
@@ -107,15 +127,48 @@ def _literal(node: ast.expr, where: str):
                            f"without importing the module)") from None
 
 
+PARAMS_NAMESPACE = {"opt": opt, "dataclass": dataclass, "ClassVar": ClassVar, "Any": Any}
+"""All a parameters class statement may use besides builtins (the registry runs it alone)."""
+
+
+def _params_class(tree: ast.Module, node: ast.expr, path: Path, where: str) -> type:
+    """The parameters class `register(params=Name)` names: its class statement, found at the top of
+    the module, executed alone (so without the module's imports, torch among them)."""
+    if not isinstance(node, ast.Name):
+        raise RuntimeError(f"{where}: register(params=...) must name a class defined in {path.name}")
+    found = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == node.id]
+    if not found:
+        raise RuntimeError(f"{where}: register(params={node.id}): no class {node.id} at the top of {path.name}")
+    namespace = dict(PARAMS_NAMESPACE, __name__=f"{__name__}.{path.stem}")
+    try:
+        code = compile(ast.Module(body=found, type_ignores=[]), str(path), "exec", dont_inherit=True)
+        exec(code, namespace)   # noqa: S102 - the class statement of a module of this package
+    except NameError as exc:
+        raise RuntimeError(f"{where}: class {node.id} uses a name the registry does not give it ({exc}); "
+                           f"a parameters class may use only {', '.join(PARAMS_NAMESPACE)}") from None
+    cls = namespace[node.id]
+    if not dataclasses.is_dataclass(cls):
+        raise RuntimeError(f"{where}: class {node.id} must be a @dataclass")
+    return cls
+
+
 def _read_module(path: Path) -> list[Method]:
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    classes: dict[str, type] = {}
+    for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         for dec in node.decorator_list:
             if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Name) and dec.func.id == "register":
                 where = f"{path.name}:{dec.lineno}"
-                kw = {k.arg: _literal(k.value, where) for k in dec.keywords}
+                kw = {k.arg: (None if k.arg == "params" else _literal(k.value, where)) for k in dec.keywords}
+                for k in dec.keywords:
+                    if k.arg == "params" and not (isinstance(k.value, ast.Constant) and k.value.value is None):
+                        key = getattr(k.value, "id", "")
+                        if key not in classes:   # one class object per module, shared by its methods
+                            classes[key] = _params_class(tree, k.value, path, where)
+                        kw["params"] = classes[key]
                 name = _literal(dec.args[0], where)
                 for key in ("attacks", "paper_lam"):
                     if kw.get(key) is not None:
@@ -157,7 +210,7 @@ def loss_function(name: str) -> Callable:
     return _FUNCTIONS[name]
 
 
-def lam_at(cfg, epoch: int) -> float:
+def lam_at(cfg: RunConfig, epoch: int) -> float:
     """The scheduled regularisation strength at 0-based `epoch`."""
     m = cfg.method
     if m.lam_schedule == "linear":

@@ -5,7 +5,8 @@ Same frame as `advlc` (Eq. 16, Algorithm 1), only L_reg changes:
     loss = (sum_i CE(f(x_i + delta), y_i) + lambda * L_reg) / M
 
 with the clean logits from `engine.nn.methods.advlc.clean_and_adv` (train mode, not detached,
-shared with the attack's first forward pass when `method.clean = "start"`). With
+shared with the attack's first forward pass when `clean = "start"`, each variant's one
+parameter, `[method.advlc_l1] clean = "x"` etc.). With
 D = f(x + delta) - f(x) (raw logits, B x C), P = softmax(f(x)), Q = softmax(f(x + delta)):
 
     advlc_l1       L_reg = sum_ij |D_ij|              (all w = 1, Eq. 15 with N = B*C)
@@ -21,11 +22,26 @@ All are sums over the batch (the division by M is the frame's), so KL/JS enter a
 mean. Table 3 does not state the strengths used; the quick presets give digits values.
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch.nn.functional as F
 
 from engine.nn.methods import register
 from engine.nn.methods.advlc import clean_and_adv
 from engine.nn.methods.penalties import js_rows, kl_rows, nuclear_norm
+from engine.sections import opt
+
+
+@dataclass
+class VariantParams:
+    """[method.advlc_<variant>]: the clean branch, as AdvLC's (`[method.advlc] clean`)."""
+
+    clean: str = opt(
+        "start", "The clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
+        "f(x~) for FGSM-N, as in the authors' code); 'x' adds a separate forward pass on x.",
+        choices=("start", "x"))
+    FLAT_KEYS: ClassVar[dict[str, str]] = {"clean": "clean"}
 
 PENALTIES = {
     "l1": lambda adv, clean: (adv - clean).abs().sum(),
@@ -47,35 +63,35 @@ def _frame(model, x, y, ctx, penalty):
     return total, {"logits": logits_adv, "reg": reg.detach() / m}
 
 
-@register("advlc_l1", lam="> 0", lam_error="advlc_l1 needs lambda > 0 (Table 3 does not state it; AdvLC "
+@register("advlc_l1", lam="> 0", params=VariantParams, lam_error="advlc_l1 needs lambda > 0 (Table 3 does not state it; AdvLC "
           "itself uses 0.55 with FGSM-N)",
           doc="AdvLC variant (Table 3): adversarial CE + lambda * sum |f(x+delta) - f(x)| (all w = 1), / M.")
 def advlc_l1(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["l1"])
 
 
-@register("advlc_sql2", lam="> 0", lam_error="advlc_sql2 needs lambda > 0 (Table 3 does not state it; AdvLC "
+@register("advlc_sql2", lam="> 0", params=VariantParams, lam_error="advlc_sql2 needs lambda > 0 (Table 3 does not state it; AdvLC "
           "itself uses 0.55 with FGSM-N)",
           doc="AdvLC variant (Table 3): adversarial CE + lambda * sum (f(x+delta) - f(x))^2 (w = o), / M.")
 def advlc_sql2(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["sql2"])
 
 
-@register("advlc_kl", lam="> 0", lam_error="advlc_kl needs lambda > 0 (Table 3 does not state it; AdvLC "
+@register("advlc_kl", lam="> 0", params=VariantParams, lam_error="advlc_kl needs lambda > 0 (Table 3 does not state it; AdvLC "
           "itself uses 0.55 with FGSM-N)",
           doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i KL(softmax f(x) || softmax f(x+delta)), / M.")
 def advlc_kl(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["kl"])
 
 
-@register("advlc_js", lam="> 0", lam_error="advlc_js needs lambda > 0 (Table 3 does not state it; AdvLC "
+@register("advlc_js", lam="> 0", params=VariantParams, lam_error="advlc_js needs lambda > 0 (Table 3 does not state it; AdvLC "
           "itself uses 0.55 with FGSM-N)",
           doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i JS(softmax f(x), softmax f(x+delta)), / M.")
 def advlc_js(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["js"])
 
 
-@register("advlc_nuclear", lam="> 0", lam_error="advlc_nuclear needs lambda > 0 (Table 3 does not state it; "
+@register("advlc_nuclear", lam="> 0", params=VariantParams, lam_error="advlc_nuclear needs lambda > 0 (Table 3 does not state it; "
           "AdvLC itself uses 0.55 with FGSM-N)",
           doc="AdvLC variant (Table 3): adversarial CE + lambda * nuclear norm of the B x C logit-difference "
               "matrix, / M.")

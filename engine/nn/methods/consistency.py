@@ -10,7 +10,7 @@ As the authors' code (alinlab/consistency-adversarial, training/adv_train/
 adv_train_consistency.py and training/__init__.py): the two views are concatenated into one
 batch for the attack and for a single forward pass (so BatchNorm sees both views together),
 the CE is the mean over all 2B examples, and the JS divergence is averaged over the B pairs
-('batchmean', log of the mean distribution clamped at 1e-8). T = `method.temperature`.
+('batchmean', log of the mean distribution clamped at 1e-8). T = `[method.consistency] temperature`.
 
 The views: the trainer hands the method a batch already augmented with the run's
 `data.crop_padding` / `data.flip`; that is view 1, and view 2 is a fresh augmentation
@@ -23,15 +23,30 @@ original image. Without augmentation (digits: padding 0, no flip) the views are 
 JS term only sees the two attacks' randomness (FGSM-N noise, random starts).
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from engine.nn.datasets import as_float, augment
 from engine.nn.methods import register
 from engine.nn.methods.penalties import js_rows
+from engine.sections import opt
+
+
+@dataclass
+class ConsistencyParams:
+    """[method.consistency]: Consistency's own parameter."""
+
+    temperature: float = opt(
+        1.0, "Softmax temperature tau of the JS term, softmax(logits / tau) (the paper: 1; Tack et al. "
+        "2022: 0.5).", min=0.01, max=100.0)
+    FLAT_KEYS: ClassVar[dict[str, str]] = {"temperature": "temperature"}
 
 
 @register("consistency", lam="> 0", paper_lam=(50.0, 50.0), needs=("raw_batch", "doubled_batch"),
+          params=ConsistencyParams,
           lam_error="Consistency needs lambda > 0 (paper: 50 with FGSM-N and with PGD10)",
           doc="Consistency (Tack et al. 2022): adversarial CE on two augmented views + lambda * JS between them.")
 def consistency(model, x, y, ctx):
@@ -42,6 +57,6 @@ def consistency(model, x, y, ctx):
     logits = model(pair_adv)
     ce = F.cross_entropy(logits, torch.cat([y, y]))
     logits1, logits2 = logits.chunk(2)
-    reg = js_rows(logits1, logits2, ctx.cfg.method.temperature).mean()
+    reg = js_rows(logits1, logits2, ctx.params.temperature).mean()
     loss = ce + ctx.lam * reg
     return loss, {"logits": logits1, "reg": reg.detach()}

@@ -7,16 +7,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.nn.attacks import AttackResult, run_attack
+from engine.sections import RunConfig
 
 
 @dataclass
 class StepContext:
     """What a method may use besides the batch."""
 
-    cfg: Any                      # RunConfig
+    cfg: RunConfig
     epoch: int                    # 0-based
     lam: float                    # lambda for this epoch (after the schedule)
     extras: dict = field(default_factory=dict)   # e.g. teacher models for KDSA
+
+    @property
+    def params(self) -> Any:
+        """The method's own parameters (its `[method.<name>]` table), e.g. `ctx.params.top_n`."""
+        return self.cfg.method.params
 
     def attack(self, model, x, y, keep_start_logits: bool = False) -> AttackResult:
         """Run the configured training attack on (x, y); see engine.nn.attacks.run_attack."""

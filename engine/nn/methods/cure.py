@@ -16,7 +16,7 @@ via curvature regularization, and vice versa", CVPR), with Li & Spratling's modi
 - x + h is not clipped to [0, 1]: the paper fixes the neighbour's distance to exactly
   eps * sign(...) (and the original CURE does not clip either).
 
-`method.cure_form` picks the penalty (Li & Spratling publish no CURE code, so which form their
+`[method.cure] form` picks the penalty (Li & Spratling publish no CURE code, so which form their
 lambda = 1500 belongs to is not known; docs/FIDELITY.md):
 
   "batch_sq"  (default) the above: || g(x + h) - g(x) ||_2^2 over the whole batch tensor,
@@ -38,14 +38,30 @@ lambda = 1500 belongs to is not known; docs/FIDELITY.md):
               pass would silently change the penalty's gradient).
 """
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from engine.nn.attacks import model_mode
 from engine.nn.methods import register
 from engine.nn.methods.penalties import adversarial_ce_plus, sq_norm
+from engine.sections import opt
 
 CURE_FORMS = ("batch_sq", "original")
+
+
+@dataclass
+class CUREParams:
+    """[method.cure]: which CURE penalty (docs/FIDELITY.md, row 5.1)."""
+
+    form: str = opt(
+        "batch_sq", "'batch_sq' = the squared l2 norm of the difference of the batch-mean-CE input gradients, "
+        "model in train mode (the form under which the paper's lambda = 1500 is on the scale of the CE); "
+        "'original' = the public CURE code's mean over samples of the unsquared per-sample norms, model in "
+        "eval mode.", choices=("batch_sq", "original"))
+    FLAT_KEYS: ClassVar[dict[str, str]] = {"cure_form": "form"}
 
 
 def _grad_difference(model, x, y, eps: float):
@@ -72,12 +88,12 @@ def cure_penalty(model, x, y, eps: float, form: str = "batch_sq"):
     raise ValueError(f"unknown CURE form {form!r}; choose one of {CURE_FORMS}")
 
 
-@register("cure", lam="> 0", paper_lam=(1500.0, 1500.0), needs=("double_backprop",),
+@register("cure", lam="> 0", paper_lam=(1500.0, 1500.0), needs=("double_backprop",), params=CUREParams,
           lam_error="CURE needs lambda > 0 (paper: 1500 with FGSM-N and with PGD10)",
           doc="CURE (Moosavi-Dezfooli et al. 2019): adversarial CE + lambda * ||g(x + eps sign g) - g(x)||^2 "
-              "(method.cure_form: batch_sq, or the public code's 'original').")
+              "([method.cure] form: batch_sq, or the public code's 'original').")
 def cure(model, x, y, ctx):
-    eps, form = ctx.cfg.attack.eps, ctx.cfg.method.cure_form
+    eps, form = ctx.cfg.attack.eps, ctx.params.form
     if form != "original":
         return adversarial_ce_plus(model, x, y, ctx, lambda: cure_penalty(model, x, y, eps, form))
     # the original's order: attack, train-mode forward pass, then the eval-mode penalty (see above)

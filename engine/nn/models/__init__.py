@@ -17,6 +17,7 @@ from engine.nn.models.activation import ACTIVATIONS, activation, is_piecewise_li
 from engine.nn.models.cnn_small import CNNSmall
 from engine.nn.models.preact_resnet import SHORTCUTS, PreActBlock, PreActResNet18
 from engine.nn.models.wide_resnet import WideBasic, WideResNet
+from engine.sections import ModelConfig
 
 __all__ = [
     "build_model", "is_piecewise_linear", "activation", "ARCHS",
@@ -26,7 +27,7 @@ __all__ = [
 ARCHS = ("cnn_small", "preact_resnet18", "wide_resnet")
 
 
-def build_model(cfg, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """The network `cfg.arch` with `cfg.activation` (`cfg`: a RunConfig's [model] section), for (B, in_channels, image_size, image_size)
     inputs in [0, 1] and `num_classes` logits. Built on the CPU; the caller moves it.
 
