@@ -134,7 +134,7 @@ def cmd_make_cifar(a) -> int:
 
 
 def _run_records(home: Path, rid: str) -> dict:
-    from engine.facade import Store
+    from engine.store.index import Store
 
     rd = Store(home).get(rid)
     st = rd.status()
@@ -179,7 +179,7 @@ def cmd_train(a) -> int:
     else:
         doc["peak_gpu_memory_allocated_bytes"] = doc["peak_gpu_memory_reserved_bytes"] = None
     doc["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    from engine.facade import Store
+    from engine.store.index import Store
 
     rows = Store(home).runs() if home.exists() else []
     if rows:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fabricate import build_store, synthetic_epoch
 
-from engine.facade import Store
+from engine.store.index import Store
 from tui.app import make_app
 from tui.screens.run_detail import RunDetailScreen
 from tui.widgets.run_table import RunTable

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Static
 
-from engine.facade import Store
+from engine.store.index import Store
 from tui.app import STATE_FILE, AppState, make_app
 from tui.screens.run_detail import LogView, RunDetailScreen
 from tui.screens.runs import SORT_OF_COLUMN, SORTS
@@ -142,7 +142,7 @@ async def test_plot_epoch_window_narrows_widens_and_resets_every_plot(store, siz
         # a new epoch: a window of the last N epochs follows the tail
         await pilot.press("plus")
         await wait_for(pilot, lambda: acc.x_range() == (6, 11))
-        rd = app.store.run_dir("0000c0c1")
+        rd = store.run_dir("0000c0c1")
         rd.metrics_db().table("epochs", cache_size=0).insert(dict(records(13)[12]))
         await wait_for(pilot, lambda: acc.x_range() == (7, 12), what="the window moved with the new epoch")
 

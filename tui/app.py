@@ -1,11 +1,11 @@
 """The advlc Textual app: one factory, `make_app(home, presets_dir) -> App`.
 
 Screens (tui/screens/, one a file): Runs (home), Run detail, Presets (new run), Compare,
-and the modals Help, Confirm and Export. The app talks to the engine only through the
-store (reads, in thread workers, with the watchers of engine.store.watch), the supervisor
-(launch, stop, resume, delete, reconcile) and the reports (compare, export), all through
-engine.facade. Quitting (`q`) closes
-the app only: runs are detached processes and keep training.
+and the modals Help, Confirm and Export. The app reaches the run store only through
+`app.service` (engine.service: reads by run id in thread workers, the watchers of
+engine.store.watch, the supervisor's launch, stop, resume, delete and reconcile, the reports'
+compare, diff and export); engine.facade gives it only what touches no store (presets, parsing,
+formatting, alerts). Quitting (`q`) closes the app only: runs are detached processes and keep training.
 
 Worker failures are reported in one place (`work`): a notification, never a crash of the app.
 
@@ -33,9 +33,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from engine import facade
 from engine.errors import UserError
-from engine.facade import IndexReader, RunDir, Store, atomic_write_text
+from engine.facade import atomic_write_text
+from engine.service import Service
 from engine.printable import printable
 from tui.messages import RECONCILE_S, ActionDone
 from tui.screens.help import HelpScreen
@@ -175,10 +175,11 @@ class AdvlcApp(App):
         super().__init__()
         self.home_arg = Path(home).expanduser() if home else None
         """The --home given (None: ADVLC_HOME or ~/.advlc); passed on to preset lookups."""
-        self.store = Store(self.home_arg).ensure()
+        self.service = Service(self.home_arg)
+        """The run store's operations (engine.service): the app's one way to the store."""
         self.presets_dir = Path(presets_dir) if presets_dir else None
-        self.reader = IndexReader(self.store)
-        self.state = AppState(self.store.home / STATE_FILE)
+        self.reader = self.service.watch()
+        self.state = AppState(self.service.home / STATE_FILE)
         """What the app remembers across restarts (the Runs screen's sort and filter)."""
         self.runs_screen: RunsScreen | None = None
         self.theme = os.environ.get("ADVLC_THEME") or DEFAULT_THEME
@@ -252,35 +253,26 @@ class AdvlcApp(App):
             self.runs_screen.action_compare()
 
     # -- engine calls (run in thread workers by the screens) -------------------------
-    def launch(self, planned, *, gpus=None, executor: str = "local") -> list[RunDir]:
-        """Create the runs and start them as detached processes (engine.launch.supervisor.launch)."""
+    def launch(self, planned, *, gpus=None, executor: str = "local") -> list[str]:
+        """Create the runs and start them as detached processes; their ids."""
         for p in planned:
             p.command = p.command or "app"
-        return facade.launch(self.store, planned, gpus=gpus, executor=executor)
-
-    def compare(self, *, run_ids=None, preset=None, group=None, by="label", include_unfinished=False):
-        return facade.compare_runs(self.store, run_ids=run_ids, preset=preset, group=group, by=by,
-                                   include_unfinished=include_unfinished)
-
-    def export(self, table, folder: Path, formats: list[str]) -> list[Path]:
-        return facade.export(table, folder, formats)
+        return self.service.launch(planned, gpus=gpus, executor=executor)
 
     def supervise(self, what: str, run_ids: list[str], *, on_screen=None) -> None:
         """Stop / resume / delete runs in a thread worker; the result goes to `on_screen` as ActionDone."""
         target = on_screen or self.screen
 
         def work() -> None:
-            rds = [self.store.run_dir(rid) for rid in run_ids]
             try:
                 if what == "stop":
-                    facade.stop(self.store, rds)
+                    self.service.stop(run_ids)
                     text = f"stopped {', '.join(run_ids)}"
                 elif what == "resume":
-                    for rd in rds:
-                        facade.resume(self.store, rd)
+                    self.service.resume(run_ids)
                     text = f"resumed {', '.join(run_ids)}"
                 elif what == "delete":
-                    facade.delete(self.store, rds)
+                    self.service.delete(run_ids)
                     text = f"deleted {', '.join(run_ids)}"
                 else:
                     raise ValueError(what)
@@ -296,7 +288,7 @@ class AdvlcApp(App):
         self.work(self, work, name=what, group="actions")
 
     def reconcile(self) -> None:
-        """Mark active runs whose process is gone as lost (facade.reconcile), in a worker.
+        """Mark active runs whose process is gone as lost (Service.reconcile), in a worker.
 
         Only the runs the index shows as running or queued are checked (a full scan of a
         1,000-run store costs ~0.2 s of Python; `advlc` does one before the app opens).
@@ -306,10 +298,7 @@ class AdvlcApp(App):
         if not active:
             return
 
-        def work() -> None:
-            facade.reconcile(self.store, [self.store.run_dir(rid) for rid in active])
-
-        self.work(self, work, name="reconcile", exclusive=True)
+        self.work(self, lambda: self.service.reconcile(active), name="reconcile", exclusive=True)
 
     # -- remembered across restarts ----------------------------------------------------
     def remember(self, section: str, value: dict) -> None:

@@ -15,7 +15,8 @@ from rich.text import Text
 
 from engine.errors import UserError
 from engine.printable import printable
-from engine.facade import Store, backfill_origins, format_epoch, reconcile, run_summary
+from engine.facade import backfill_origins, format_epoch, reconcile, run_summary
+from engine.service import Service
 from tui.widgets.pace import duration
 
 out = Console(highlight=False, soft_wrap=False)
@@ -62,9 +63,10 @@ def print_table(renderable, console: Console | None = None) -> None:
     con.file.flush()
 
 
-def store_of(ctx: typer.Context) -> Store:
-    """The run store of this invocation (--home, $ADVLC_HOME or ~/.advlc), created when missing."""
-    store = Store((ctx.obj or {}).get("home")).ensure()
+def store_of(ctx: typer.Context):
+    """The run store of this invocation (--home, $ADVLC_HOME or ~/.advlc), created when missing: what
+    the commands pass to the facade's functions."""
+    store = Service((ctx.obj or {}).get("home")).store
     backfill_origins(store)       # runs of an older store: their overrides, derived once
     return store
 
@@ -147,7 +149,7 @@ def compact(v) -> str:
 def reconcile_home(home) -> None:
     """Called at every start: make run states truthful (dead `running` runs -> `lost`)."""
     try:
-        store = Store(home)
+        store = Service(home, create=False).store
         if store.runs_dir.exists():
             reconcile(store)
             if store.repaired:

@@ -4,7 +4,7 @@ the tags of several (what `advlc label`, `advlc tag` and `advlc note` do).
 Tags are words separated by spaces. The field starts with the run's tags (with several runs:
 the tags they all share). A tag deleted from the field is removed, a tag typed into it is
 added, and `-tag` removes a tag even when it is not shown; the runs' other tags stay as they
-are. Enter (in a one-line field) or ctrl+s saves, through `Store.annotate` in a thread worker
+are. Enter (in a one-line field) or ctrl+s saves, through `Service.annotate` in a thread worker
 (meta.json: the run's own process never writes it, so a training run can be edited); esc
 cancels. A bad tag or title is one line in the modal, and nothing is written.
 
@@ -32,6 +32,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from engine.errors import UserError
+from engine.facade import Meta
+from engine.service import Service
 from tui.messages import ActionDone
 
 
@@ -94,10 +96,9 @@ def parse_tags(text: str, shown: list[str]) -> tuple[list[str], list[str]]:
     return add, remove
 
 
-def save(store, a: Annotation) -> list[dict]:
-    """Write `a` to every run (Store.annotate, under the store's lock); the new meta of each."""
-    return [store.annotate(store.run_dir(rid), title=a.title, add_tags=a.add_tags, remove_tags=a.remove_tags,
-                           note=a.note) for rid in a.run_ids]
+def save(service: Service, a: Annotation) -> list[Meta]:
+    """Write `a` to every run (Service.annotate, under the store's lock); the new meta of each."""
+    return service.annotate(a.run_ids, title=a.title, add_tags=a.add_tags, remove_tags=a.remove_tags, note=a.note)
 
 
 class AnnotateScreen(ModalScreen[Annotation | None]):
@@ -196,11 +197,11 @@ class AnnotateScreen(ModalScreen[Annotation | None]):
             return
         err.update("")
         self.saving = True
-        store = self.app.store
+        service = self.app.service
 
         def work() -> None:
             try:
-                save(store, a)
+                save(service, a)
             except Exception as exc:  # noqa: BLE001 - shown in the modal, which stays open
                 text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
                 self.post_message(ActionDone("annotate", False, f"not saved: {text}", a.run_ids))

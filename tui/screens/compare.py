@@ -25,7 +25,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
 from engine.errors import UserError
-from engine.facade import CompareTable, add_columns, fmt_cell, parse_columns, row_curves
+from engine.facade import CompareTable, fmt_cell, parse_columns
+from engine.service import Service
 from tui.messages import ActionDone
 from tui.safe_text import SafeText
 from tui.screens.export import ExportScreen
@@ -51,10 +52,10 @@ ROLES = ("primary", "accent", "success", "error", "muted", "foreground", "second
 COMPARE_REFRESH_S = 5.0
 
 
-def mean_curves(store, table, metric: str, scale: float) -> dict[str, tuple[list, list]]:
+def mean_curves(service: Service, table: CompareTable, metric: str, scale: float) -> dict[str, tuple[list, list]]:
     """Row name -> (epochs, mean over the row's runs of `metric` * scale at each epoch)."""
     return {name: ([p["epoch"] for p in pts], [p["mean"] for p in pts])
-            for name, pts in row_curves(store, table, metric, scale).items()}
+            for name, pts in service.curves(table, metric, scale).items()}
 
 
 class CompareLoaded(Message):
@@ -138,15 +139,14 @@ class CompareScreen(Screen):
 
     def _load(self) -> None:
         try:
-            store = self.app.store
-            table = self.app.compare(run_ids=self.run_ids, preset=self.preset, group=self.group,
-                                     by=BY[self.by_index], include_unfinished=self.include_unfinished)
-            if self.columns:
-                add_columns(table, self.columns, store)
-            curves = {key: mean_curves(store, table, key, scale) for key, _t, scale in METRICS}
+            service = self.app.service
+            table = service.compare(run_ids=self.run_ids, preset=self.preset, group=self.group,
+                                    by=BY[self.by_index], include_unfinished=self.include_unfinished,
+                                    columns=self.columns)
+            curves = {key: mean_curves(service, table, key, scale) for key, _t, scale in METRICS}
             states = {}
             for rid in self.run_ids or [r for row in table.rows for r in row.runs]:
-                states[rid] = store.run_dir(rid).status().state
+                states[rid] = service.status(rid).state
             self.post_message(CompareLoaded(table, curves, states))
         except UserError as exc:
             self.post_message(CompareLoaded(None, {}, {}, str(exc)))
@@ -285,7 +285,7 @@ class CompareScreen(Screen):
 
     def default_export_dir(self) -> Path:
         slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.title_text)[:40].strip("-")
-        return self.app.store.home / "exports" / f"compare-{slug or 'runs'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return self.app.service.home / "exports" / f"compare-{slug or 'runs'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def action_export(self) -> None:
         if self.table is None:
@@ -301,7 +301,7 @@ class CompareScreen(Screen):
 
     def _export(self, folder: Path, formats: list[str]) -> None:
         try:
-            paths = self.app.export(self.table, folder, formats)
+            paths = self.app.service.export(self.table, folder, formats)
         except Exception as exc:
             self.post_message(ActionDone("export", False, f"export failed: {exc}"))
         else:

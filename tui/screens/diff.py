@@ -1,8 +1,8 @@
 """`D` on two runs: what differs between them (what `advlc diff A B` prints).
 
-Three tables from `facade.diff_runs`, read in a thread worker: the config keys whose values
-differ (`section.key`), where the numbers came from when it differs (preset, sweep point, seed,
-commit, versions, device, host), and the headline results side by side. esc goes back.
+Three tables from `Service.diff` (engine.report.diff), read in a thread worker: the config keys
+whose values differ (`section.key`), where the numbers came from when it differs (preset, sweep
+point, seed, commit, versions, device, host), and the headline results side by side. esc goes back.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
-from engine.facade import diff_runs
 from tui.messages import ActionDone
 from tui.safe_text import SafeText
 from tui.widgets.key_bar import KeyBar
 from tui.widgets.palette import palette
 
 SECTIONS = (("config", "config: keys that differ"), ("origin", "origin: what differs"), ("metrics", "results"))
-"""(key of diff_runs' result, heading), top to bottom."""
+"""(key of Service.diff's result, heading), top to bottom."""
 
 
 def cell(v) -> SafeText:
@@ -36,7 +35,7 @@ def cell(v) -> SafeText:
 
 
 class DiffScreen(Screen):
-    """Two runs side by side; `diff` holds facade.diff_runs' result once read."""
+    """Two runs side by side; `diff` holds Service.diff's result once read."""
 
     BINDINGS = [
         Binding("escape", "back", "Back", show=True),
@@ -66,10 +65,10 @@ class DiffScreen(Screen):
         self._read()
 
     def _read(self) -> None:
-        store, (a, b) = self.app.store, self.run_ids
+        service, (a, b) = self.app.service, self.run_ids
 
         def work() -> None:
-            d = diff_runs(store.run_dir(a), store.run_dir(b))
+            d = service.diff(a, b)
             self.post_message(ActionDone("diff", True, "", [a, b], data=d))
 
         self.app.work(self, work, name="diff")

@@ -134,7 +134,7 @@ class PresetsScreen(Screen):
 
     # -- layout --------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield StoreHeader(self.app.store.home, id="header")
+        yield StoreHeader(self.app.service.home, id="header")
         with Horizontal():
             yield Tree("presets", id="preset-tree")
             with VerticalScroll(id="preset-side"):
@@ -259,7 +259,7 @@ class PresetsScreen(Screen):
         overrides_text, seeds_text, device, gpus_text, executor = args
         req = LaunchRequest.from_fields(ref, overrides=overrides_text, seeds=seeds_text, device=device or "",
                                         gpus=gpus_text, executor=executor)
-        planned = req.plan(home=self.app.home_arg)
+        planned = self.app.service.plan(req)
         _, _, raw = read_preset(ref, self.app.home_arg)
         return planned, {"gpus": req.gpus, "executor": req.executor}, raw
 
@@ -337,13 +337,12 @@ class PresetsScreen(Screen):
     def _launch(self, ref: str, args) -> None:
         try:
             planned, opts, _raw = self.plan(ref, args)
-            rds = self.app.launch(planned, **opts)
+            ids = self.app.launch(planned, **opts)
         except UserError as exc:
             self.post_message(ActionDone("launch", False, str(exc)))
         except Exception as exc:
             self.post_message(ActionDone("launch", False, f"{type(exc).__name__}: {exc}"))
         else:
-            ids = [rd.id for rd in rds]
             self.post_message(ActionDone("launch", True, f"launched {len(ids)} run(s): {', '.join(ids)}", ids))
 
     def on_action_done(self, message) -> None:

@@ -1,7 +1,7 @@
 """Run detail: live plots of one run, its alerts, its log and its config + provenance.
 
-A `RunFollower` (engine.store.watch) polls the run directory in a thread worker every
-`REFRESH_S`; only new epoch records and new log lines come back, and the plots are redrawn
+A `RunFollower` (engine.store.watch, from `app.service.follow`) polls the run in a thread worker
+every `REFRESH_S`; only new epoch records and new log lines come back, and the plots are redrawn
 from the accumulated `RunHistory`. Plots: accuracy (clean and PGD robust on the test data,
 training accuracy on the training attack's examples), losses and AV, IG, HS, learning
 rate; a vertical mark at the best epoch (highest robust accuracy); SWA curves when the
@@ -28,7 +28,6 @@ The log tab (`LogView`) follows the tail until scrolled up (`G` / `end` follows 
 from __future__ import annotations
 
 import json
-import os
 import time
 from bisect import bisect_left
 
@@ -558,8 +557,7 @@ class RunDetailScreen(Screen):
         yield KeyBar(id="detail-keys")
 
     def on_mount(self) -> None:
-        store = self.app.store
-        self.follower = RunFollower(store.run_dir(self.run_id))
+        self.follower = self.app.service.follow(self.run_id)
         self.set_interval(REFRESH_S, self.request_poll)
         self.request_poll(force=True)
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._draw_header())
@@ -596,21 +594,13 @@ class RunDetailScreen(Screen):
 
     def _read_points(self) -> None:
         """(Thread worker.) An experiment run's points, when metrics.json changed."""
-        if self.follower is None:
-            return
-        rd = self.follower.rd
         try:
-            st = os.stat(rd.metrics_path)
-            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            sig = None
-        if sig == self._points_sig:
-            return
-        try:
-            points = rd.records("points") if sig else []
+            read = self.app.service.points(self.run_id, self._points_sig)
         except (UserError, OSError):
             return  # half-visible or damaged: read again next time
-        self._points_sig = sig
+        if read is None:
+            return
+        self._points_sig, points = read
         self.post_message(PointsRead(points))
 
     def on_points_read(self, message: PointsRead) -> None:

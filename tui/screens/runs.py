@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 from rich.text import Text
 from textual import on
@@ -52,7 +51,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from engine.errors import UserError
-from engine.facade import IndexSnapshot, Meta, RunDir, Status, parse_query
+from engine.facade import IndexSnapshot, Meta, Status, parse_query
 from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
 from tui.safe_text import SafeText
@@ -323,7 +322,7 @@ class RunsScreen(Screen):
 
     # -- layout --------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield StoreHeader(self.app.store.home, id="header")
+        yield StoreHeader(self.app.service.home, id="header")
         with Vertical():
             yield Static(NO_RUNS, id="runs-empty")
             yield RunTable(list(COLUMNS), id="runs-table")
@@ -448,7 +447,7 @@ class RunsScreen(Screen):
         for r in rows:
             if r["id"] not in self._configs:
                 try:
-                    self._configs[r["id"]] = self.app.store.run_dir(r["id"]).config_json()
+                    self._configs[r["id"]] = self.app.service.config(r["id"]).to_json()
                     n += 1
                 except (UserError, OSError):
                     pass  # damaged or half-made: no config keys (null), read again next time
@@ -462,13 +461,13 @@ class RunsScreen(Screen):
             rid = r["id"]
             if rid not in self._kinds and not r.get("epoch") and r.get("state") != "corrupt":
                 try:
-                    self._kinds[rid] = str(_run_dir(self.app.store, r).config().value("experiment.kind") or "")
+                    self._kinds[rid] = str(self.app.service.config(r).value("experiment.kind") or "")
                 except (UserError, OSError):
                     continue  # half-made or damaged: read again next time
             if self._kinds.get(rid) and rid not in snap.live and \
                     self._exp_status.get(rid, (None,))[0] != r.get("updated"):
                 try:
-                    self._exp_status[rid] = (r.get("updated"), _run_dir(self.app.store, r).status())
+                    self._exp_status[rid] = (r.get("updated"), self.app.service.status(r))
                 except (UserError, OSError):
                     pass
 
@@ -978,11 +977,11 @@ class RunsScreen(Screen):
             self.app.push_screen(AnnotateScreen(ids, tags=common, heading=f"Tags of {len(ids)} runs ({_list(ids)})"),
                                  self._edited)
             return
-        rd, heading = self.app.store.run_dir(ids[0]), f"Edit run {ids[0]}  {rows[0].get('preset') or ''}"
+        heading = f"Edit run {ids[0]}  {rows[0].get('preset') or ''}"
 
         def work() -> None:  # the whole note is in meta.json (the index has its first line)
             try:
-                meta = rd.meta()  # a damaged file: a UserError, which AdvlcApp.work notifies
+                meta = self.app.service.meta(ids[0])  # a damaged file: a UserError, which AdvlcApp.work notifies
             except BaseException:
                 self.app.call_from_thread(self.app.release_keys)
                 raise
@@ -1016,11 +1015,9 @@ class RunsScreen(Screen):
         ids = [r["id"] for r in rows]
         archive = not all(r.get("archived") for r in rows)
         what = "archive" if archive else "restore"
-        store = self.app.store
 
         def work() -> None:
-            for rid in ids:
-                store.annotate(store.run_dir(rid), archived=archive)
+            self.app.service.annotate(ids, archived=archive)
             text = (f"archived {_list(ids)} (A shows archived runs; x there restores)" if archive else
                     f"restored {_list(ids)}")
             self.app.call_from_thread(self.notify, text, title=what)
@@ -1049,11 +1046,6 @@ class RunsScreen(Screen):
 
     def on_action_done(self, message: ActionDone) -> None:
         self.request_poll(force=True)
-
-
-def _run_dir(store, row: dict) -> RunDir:
-    """A row's run directory (where the index says it is, as IndexReader finds it)."""
-    return RunDir(Path(row["path"])) if row.get("path") else store.run_dir(row["id"])
 
 
 def _list(ids: list[str], n: int = 4) -> str:
