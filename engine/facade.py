@@ -63,6 +63,7 @@ from engine.report.tables import compare_runs
 from engine.report.tensorboard import TensorBoardMissing
 from engine.run.origins import backfill_origins
 from engine.report.tensorboard import export_runs as export_tensorboard
+from engine.numbers import percent
 from engine.store.files import atomic_write_text
 from engine.store.pack import pack
 from engine.store.repair import repair
@@ -112,6 +113,6 @@ __all__ = [
     "diff_runs", "pack", "parse_query", "select_runs_where", "unpack", "repair", "resume_epoch", "run_summary", "summary_from", "stop", "tail", "export_tensorboard",
     "RO_POINTS", "RO_STREAK", "overfitting_onset", "Alert", "detect_alerts", "robust_key", "CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "TensorBoardMissing", "backfill_origins",
     "Meta", "Origin", "Status", "atomic_write_text", "executor_named",
-    "caveats", "config_label", "plan_text", "preset_runs", "seeds_of", "LaunchRequest", "parse_gpus", "split_overrides", "MAX_SLOTS_PER_GPU", "SEED_MAX",
+    "caveats", "config_label", "percent", "plan_text", "preset_runs", "seeds_of", "LaunchRequest", "parse_gpus", "split_overrides", "MAX_SLOTS_PER_GPU", "SEED_MAX",
     *_LAZY,
 ]

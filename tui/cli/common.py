@@ -15,7 +15,7 @@ from rich.text import Text
 
 from engine.errors import UserError
 from engine.printable import printable
-from engine.facade import backfill_origins, format_epoch, reconcile, run_summary
+from engine.facade import backfill_origins, format_epoch, percent, reconcile, run_summary
 from engine.service import Service
 from tui.widgets.pace import duration
 
@@ -127,7 +127,8 @@ def safe(v, *, multiline: bool = False) -> str:
 
 
 def pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.2f}"
+    """A fraction as the CLI's tables write it: 45.67 (engine.numbers.percent)."""
+    return percent(v, 2)
 
 
 def num(v, fmt="{:.4g}") -> str:

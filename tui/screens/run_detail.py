@@ -46,7 +46,7 @@ from textual.strip import Strip
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from engine.errors import UserError
-from engine.facade import POINT_KEYS, RunFollower, RunHistory, robust_key
+from engine.facade import POINT_KEYS, RunFollower, RunHistory, percent, robust_key
 from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, RunChanged
 from tui.safe_text import SafeText, safe_lines
@@ -672,7 +672,7 @@ class RunDetailScreen(Screen):
         if last:
             def f(k, pct=False):
                 v = last.get(k)
-                return "—" if v is None else (f"{100 * v:.1f}%" if pct else fmt_value(v))
+                return percent(v, 1, "%") if pct else "—" if v is None else fmt_value(v)
             self.query_one("#detail-latest", Static).update(Text(
                 f"{'▸ cursor ' if rec else ''}epoch {last['epoch']}: train loss {f('train_loss')} acc "
                 f"{f('train_acc', True)} · clean {f('clean_acc', True)} · robust {f('robust_acc', True)} · AV "

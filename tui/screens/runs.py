@@ -51,7 +51,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from engine.errors import UserError
-from engine.facade import IndexSnapshot, Meta, Status, parse_query
+from engine.facade import IndexSnapshot, Meta, Status, parse_query, percent
 from engine.printable import printable
 from tui.messages import REFRESH_S, ActionDone, IndexChanged
 from tui.safe_text import SafeText
@@ -198,7 +198,8 @@ def _tags(row: dict) -> list[str]:
 
 
 def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
+    """A fraction as the Runs table writes it, one decimal (engine.numbers.percent)."""
+    return percent(v, 1)
 
 
 def _num(v, digits=3) -> str:
