@@ -13,11 +13,12 @@ VERMIN := $(BIN)/vermin --no-config-file --no-tips --violations -t=3.10- --eval-
 run: $(STAMP)
 	$(BIN)/advlc
 
-# The default suite (a few minutes on 2 cores): vermin (Python 3.10), ruff (lint; pyproject.toml's
-# [tool.ruff]), mypy on the typed core ([tool.mypy]), then every test but those marked slow or gpu.
+# The default suite (a few minutes on 2 cores): vermin (Python 3.10), ruff (lint and format;
+# pyproject.toml's [tool.ruff]), mypy on the typed core ([tool.mypy]), then every test but those marked slow or gpu.
 test: $(STAMP)
 	$(VERMIN) engine tui tests presets
 	$(BIN)/ruff check --no-cache engine tui tests scripts
+	$(BIN)/ruff format --check --no-cache engine tui tests scripts presets
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

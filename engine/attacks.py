@@ -4,7 +4,8 @@ import warnings
 
 from engine.api import pgd
 
-warnings.warn("engine.attacks is deprecated: import pgd from engine.api (docs/API.md)", DeprecationWarning,
-              stacklevel=2)
+warnings.warn(
+    "engine.attacks is deprecated: import pgd from engine.api (docs/API.md)", DeprecationWarning, stacklevel=2
+)
 
 __all__ = ["pgd"]

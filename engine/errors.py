@@ -28,9 +28,13 @@ class CorruptFile(UserError):
         self.path = path
 
 
-DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-               errno.EDQUOT: "the disk quota is exceeded"}
+DISK_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
 """The OS errors of a disk a run store lives on, in words."""
 
 

@@ -4,7 +4,10 @@ import warnings
 
 from engine.api import hessian_spectrum, input_gradient_norm
 
-warnings.warn("engine.landscape is deprecated: import hessian_spectrum, input_gradient_norm from engine.api (docs/API.md)", DeprecationWarning,
-              stacklevel=2)
+warnings.warn(
+    "engine.landscape is deprecated: import hessian_spectrum, input_gradient_norm from engine.api (docs/API.md)",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["hessian_spectrum", "input_gradient_norm"]

@@ -18,4 +18,3 @@ def default_home() -> Path:
 
 THREADS_ENV = "ADVLC_THREADS"
 """The CPU thread budget a launcher gives a run process (engine.run.process applies it)."""
-

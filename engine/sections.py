@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-
 def opt(default, doc: str, *, unit: str = "", choices=None, min=None, max=None, factory=None):
     """A dataclass field with its documentation and its allowed values."""
     meta = {"doc": doc, "unit": unit, "choices": choices, "min": min, "max": max}
@@ -61,22 +60,30 @@ class DataConfig:
         "(e.g. ROOT/cifar-10-batches-py). Unused for digits and synthetic.",
     )
     download: bool = opt(False, "Let torchvision download the dataset into `root` if it is missing.")
-    n_train: int = opt(0, "Use only the first N training images (0 = all).", unit="images", min=0,
-                       max=MAX_IMAGES)
+    n_train: int = opt(0, "Use only the first N training images (0 = all).", unit="images", min=0, max=MAX_IMAGES)
     crop_padding: int = opt(4, "Random-crop padding for training images (0 = no crop).", unit="px", min=0, max=32)
     flip: bool = opt(True, "Random horizontal flip of training images.")
     split_seed: int = opt(0, "Seed of the fixed train/test split (digits only).", min=0, max=SEED_MAX)
     label_noise: float = opt(
-        0.0, "Symmetric label noise: this fraction of the (first n_train) training labels is replaced by a "
+        0.0,
+        "Symmetric label noise: this fraction of the (first n_train) training labels is replaced by a "
         "different class drawn uniformly, once, from a generator seeded by split_seed (the same noisy "
         "training set for every train.seed; Dong et al. 2021). Test labels are never changed.",
-        unit="fraction", min=0.0, max=1.0)
+        unit="fraction",
+        min=0.0,
+        max=1.0,
+    )
     val_size: int = opt(
-        0, "Validation split: this many images held out of the training set (chosen by split_seed, the same for "
+        0,
+        "Validation split: this many images held out of the training set (chosen by split_seed, the same for "
         "every method and train.seed), never trained on, evaluated every evaluated epoch like the test set "
         "(val_clean_acc, val_robust_acc). Taken before n_train, so n_train counts the images left; with "
         "label_noise the split gets the same rate of noisy labels as the training set (it is part of it). "
-        "0 = none (the paper).", unit="images", min=0, max=MAX_IMAGES)
+        "0 = none (the paper).",
+        unit="images",
+        min=0,
+        max=MAX_IMAGES,
+    )
 
 
 @dataclass
@@ -84,8 +91,9 @@ class ModelConfig:
     """[model]: the network. Inputs are in [0, 1]; there is no normalisation layer."""
 
     arch: str = opt("cnn_small", "Architecture.", choices=ARCHS)
-    activation: str = opt("relu", "Non-linearity (softplus makes the input Hessian exact curvature).",
-                          choices=("relu", "softplus"))
+    activation: str = opt(
+        "relu", "Non-linearity (softplus makes the input Hessian exact curvature).", choices=("relu", "softplus")
+    )
     shortcut: str = opt(
         "common",
         "PreActResNet18 projection shortcut: 'common' takes it after bn1+ReLU (He et al.); "
@@ -94,8 +102,13 @@ class ModelConfig:
     )
     depth: int = opt(34, "WideResNet depth (6n + 4).", min=10, max=1000)
     width: int = opt(10, "WideResNet widening factor.", min=1, max=64)
-    cnn_width: int = opt(1, "cnn_small channel multiplier: conv 32k and 64k channels, a 128k-unit hidden layer "
-                         "(k = 1: the 151k-parameter default).", min=1, max=64)
+    cnn_width: int = opt(
+        1,
+        "cnn_small channel multiplier: conv 32k and 64k channels, a 128k-unit hidden layer "
+        "(k = 1: the 151k-parameter default).",
+        min=1,
+        max=64,
+    )
 
 
 @dataclass
@@ -110,17 +123,24 @@ class AttackConfig:
     )
     eps: float = opt(8 / 255, "Perturbation budget epsilon.", unit="pixel [0,1]", min=0.0, max=1.0)
     alpha: float | None = opt(
-        None, "Step size; default eps for single-step attacks, eps/4 for PGD.", unit="pixel [0,1]",
-        min=0.0, max=1.0,
+        None,
+        "Step size; default eps for single-step attacks, eps/4 for PGD.",
+        unit="pixel [0,1]",
+        min=0.0,
+        max=1.0,
     )
     steps: int = opt(10, "PGD iterations (pgd only).", min=1, max=10000)
     random_start: bool = opt(False, "PGD random start U(-eps, eps) (pgd only; authors' code: off).")
     noise: float | None = opt(
-        None, "FGSM-N noise magnitude k: x~ = clip(x + U(-k, k)); default eps.", unit="pixel [0,1]",
-        min=0.0, max=1.0,
+        None,
+        "FGSM-N noise magnitude k: x~ = clip(x + U(-k, k)); default eps.",
+        unit="pixel [0,1]",
+        min=0.0,
+        max=1.0,
     )
     train_mode: bool = opt(
-        True, "Generate training attacks with the model in train mode (BN sees adversarial batches), "
+        True,
+        "Generate training attacks with the model in train mode (BN sees adversarial batches), "
         "as the authors' code does; false = eval mode.",
     )
 
@@ -134,7 +154,8 @@ class MethodConfig:
     name: str = opt("standard", "Registered method (see `advlc presets` / docs/PRESETS.md).")
     lam: float = opt(0.0, "Regularisation strength lambda (alpha of Eq. 9, beta of Eq. 10).", min=0.0)
     lam_schedule: str = opt(
-        "constant", "'constant', or 'linear': lambda ramps from 0 to `lam` over the epochs "
+        "constant",
+        "'constant', or 'linear': lambda ramps from 0 to `lam` over the epochs "
         "(lam * (epoch + 1) / epochs, as for TinyImageNet).",
         choices=("constant", "linear"),
     )
@@ -156,40 +177,64 @@ class TrainConfig:
     epochs: int = opt(200, "Number of epochs.", min=1, max=MAX_EPOCHS)
     batch_size: int = opt(100, "Mini-batch size M.", unit="images", min=1, max=MAX_BATCH)
     lr: float = opt(0.1, "Initial learning rate.", min=0.0)
-    lr_milestones: list[int] = opt(None, "Epochs (0-based) at which the learning rate is multiplied by lr_gamma.",
-                                   min=0, max=MAX_EPOCHS, factory=lambda: [100, 150])
+    lr_milestones: list[int] = opt(
+        None,
+        "Epochs (0-based) at which the learning rate is multiplied by lr_gamma.",
+        min=0,
+        max=MAX_EPOCHS,
+        factory=lambda: [100, 150],
+    )
     lr_gamma: float = opt(0.1, "Learning-rate decay factor at each milestone.", min=0.0, max=1.0)
     momentum: float = opt(0.9, "SGD momentum.", min=0.0, max=1.0)
     weight_decay: float = opt(1e-4, "Weight decay (all parameters).", min=0.0)
     nesterov: bool = opt(False, "Nesterov momentum.")
     select_on: str = opt(
-        "test", "Which split's PGD robust accuracy selects best.pt, the 'best' of every table and the overfitting "
+        "test",
+        "Which split's PGD robust accuracy selects best.pt, the 'best' of every table and the overfitting "
         "alert: 'test' (the paper and its reference code: test-set selection, optimistically biased) or 'val' "
-        "(the held-out data.val_size images; Rice et al. 2020).", choices=("test", "val"))
+        "(the held-out data.val_size images; Rice et al. 2020).",
+        choices=("test", "val"),
+    )
     stop_on_overfit: bool = opt(
-        False, "Early stopping: end the run (finished, its reason recorded) once robust overfitting on the "
-        "selection split has held for train.overfit_patience evaluated epochs; best.pt is the selected model.")
+        False,
+        "Early stopping: end the run (finished, its reason recorded) once robust overfitting on the "
+        "selection split has held for train.overfit_patience evaluated epochs; best.pt is the selected model.",
+    )
     overfit_patience: int = opt(
-        5, "Early stopping's patience: consecutive evaluated epochs at which the robust-overfitting condition "
-        "(docs/APP.md) holds before the run stops.", unit="epochs", min=1, max=MAX_EPOCHS)
+        5,
+        "Early stopping's patience: consecutive evaluated epochs at which the robust-overfitting condition "
+        "(docs/APP.md) holds before the run stops.",
+        unit="epochs",
+        min=1,
+        max=MAX_EPOCHS,
+    )
     seed: int = opt(0, "Random seed (model init, shuffling, augmentation, attack noise).", min=0, max=SEED_MAX)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
     threads: int = opt(
-        0, "CPU threads of the run process (torch.set_num_threads). 0 = the launcher's budget: for detached CPU "
+        0,
+        "CPU threads of the run process (torch.set_num_threads). 0 = the launcher's budget: for detached CPU "
         "runs, the physical cores divided among the CPU runs running on this host (a run alone keeps torch's "
         "default); under the GPU queue, the cores divided among its slots; in the foreground, torch's default.",
-        min=0, max=4096)
+        min=0,
+        max=4096,
+    )
     channels_last: bool = opt(
-        False, "Fast path: keep the model's conv weights in channels_last (NHWC) memory format; "
-        "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/nn/fastpath.py).")
+        False,
+        "Fast path: keep the model's conv weights in channels_last (NHWC) memory format; "
+        "same function in fp32 (outputs equal to rounding), faster convolutions on GPUs (see engine/nn/fastpath.py).",
+    )
     amp: str = opt(
-        "off", "Fast path: mixed precision. 'off' = exact fp32; 'bf16' = bfloat16 autocast of the forward "
+        "off",
+        "Fast path: mixed precision. 'off' = exact fp32; 'bf16' = bfloat16 autocast of the forward "
         "passes (attacks included) on CUDA and on CPU; changes results at the bf16 rounding level.",
-        choices=("off", "bf16"))
+        choices=("off", "bf16"),
+    )
     compile: bool = opt(
-        False, "Fast path: torch.compile the model's forward (first epoch pays the compile). Ignored, with a "
+        False,
+        "Fast path: torch.compile the model's forward (first epoch pays the compile). Ignored, with a "
         "log line, for double-backprop methods (igr, cure, gradalign, eq10_grad_penalty), which torch.compile "
-        "cannot differentiate twice.")
+        "cannot differentiate twice.",
+    )
 
 
 class EachOf(tuple):
@@ -201,18 +246,58 @@ class EachOf(tuple):
         return tuple.__contains__(self, value)
 
 
-EXTRA_METRICS = ("train_ig", "train_hs", "train_clean_loss", "train_adv_loss", "train_av", "train_clean_acc",
-                 "train_adv_acc", "test_adv_loss20", "test_av20", "test_adv_acc20", "eff_fgsm", "eff_fgsm_n",
-                 "eff_pgd10", "eff_train", "ga", "whess_top", "whess_trace")
+EXTRA_METRICS = (
+    "train_ig",
+    "train_hs",
+    "train_clean_loss",
+    "train_adv_loss",
+    "train_av",
+    "train_clean_acc",
+    "train_adv_acc",
+    "test_adv_loss20",
+    "test_av20",
+    "test_adv_acc20",
+    "eff_fgsm",
+    "eff_fgsm_n",
+    "eff_pgd10",
+    "eff_train",
+    "ga",
+    "whess_top",
+    "whess_trace",
+)
 FINAL_ATTACKS = ("pgd20", "pgd50", "aa", "aa-torchattacks", "apgd50x5")
 FINAL_CKPTS = ("best", "end", "swa_best", "swa_end")
 EXPERIMENT_KINDS = ("fig4a", "fig4b", "fig4c", "a1")
 POINT_KEYS = {  # the keys of an experiment's `points` records, by kind (engine.run.experiments)
     "fig4a": ("s", "hs", "hs_method", "eff_fgsm", "eff_pgd10", "clean_loss", "clean_acc"),
-    "fig4b": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
-              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
-    "fig4c": ("p", "lr", "train_loss", "train_adv_eff", "hs", "hs_method", "eff_fgsm", "eff_pgd10",
-              "clean_loss", "clean_acc", "test_clean_acc", "test_robust_acc"),
+    "fig4b": (
+        "p",
+        "lr",
+        "train_loss",
+        "train_adv_eff",
+        "hs",
+        "hs_method",
+        "eff_fgsm",
+        "eff_pgd10",
+        "clean_loss",
+        "clean_acc",
+        "test_clean_acc",
+        "test_robust_acc",
+    ),
+    "fig4c": (
+        "p",
+        "lr",
+        "train_loss",
+        "train_adv_eff",
+        "hs",
+        "hs_method",
+        "eff_fgsm",
+        "eff_pgd10",
+        "clean_loss",
+        "clean_acc",
+        "test_clean_acc",
+        "test_robust_acc",
+    ),
     "a1": ("split", "steps", "adv_loss", "adv_acc", "clean_loss"),
 }
 
@@ -221,55 +306,96 @@ POINT_KEYS = {  # the keys of an experiment's `points` records, by kind (engine.
 class EvalConfig:
     """[eval]: per-epoch evaluation on the test data (the paper selects `best` on it)."""
 
-    every: int = opt(1, "Evaluate every N epochs (the last epoch is always evaluated).", unit="epochs", min=1,
-                     max=MAX_EPOCHS)
+    every: int = opt(
+        1, "Evaluate every N epochs (the last epoch is always evaluated).", unit="epochs", min=1, max=MAX_EPOCHS
+    )
     n: int = opt(0, "Test images used (0 = the whole test set).", unit="images", min=0, max=MAX_IMAGES)
     batch_size: int = opt(500, "Evaluation batch size.", unit="images", min=1, max=MAX_BATCH)
     eps: float | None = opt(None, "PGD budget; default attack.eps.", unit="pixel [0,1]", min=0.0, max=1.0)
-    pgd_steps: int = opt(10, "PGD steps of the per-epoch robust accuracy (paper caption: 5; code: 10).",
-                         min=1, max=10000)
+    pgd_steps: int = opt(
+        10, "PGD steps of the per-epoch robust accuracy (paper caption: 5; code: 10).", min=1, max=10000
+    )
     pgd_alpha: float | None = opt(None, "PGD step; default eps/4.", unit="pixel [0,1]", min=0.0, max=1.0)
     ig: bool = opt(True, "Record the input-gradient norm IG.")
     hs_every: int = opt(0, "Record HS every N epochs (0 = never).", unit="epochs", min=0, max=MAX_EPOCHS)
-    hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1,
-                          max=MAX_IMAGES)
-    hs_batch: int = opt(100, "Batch over which the input Hessian is taken (HS depends on it; paper: 100).",
-                        unit="images", min=1, max=MAX_BATCH)
+    hs_samples: int = opt(2000, "Test images HS is averaged over (paper: 2000).", unit="images", min=1, max=MAX_IMAGES)
+    hs_batch: int = opt(
+        100,
+        "Batch over which the input Hessian is taken (HS depends on it; paper: 100).",
+        unit="images",
+        min=1,
+        max=MAX_BATCH,
+    )
     hs_reduce: str = opt(
-        "mean", "How HS reduces the top-20 |eigenvalues| of a batch: 'mean' (the authors' code, and the values "
+        "mean",
+        "How HS reduces the top-20 |eigenvalues| of a batch: 'mean' (the authors' code, and the values "
         "of Table 1) or 'sum' (the paper's text: 'the l1 norm of the top 20 eigenvalues', 20x larger).",
-        choices=("mean", "sum"))
+        choices=("mean", "sum"),
+    )
     # -- recordable extra metrics (engine.run.epoch_metrics; Figs 1, 3, A.2)
     extra: list[str] = opt(
-        None, "Extra per-epoch metrics (engine.run.epoch_metrics, docs/EVALUATION.md): train_ig, train_hs, "
+        None,
+        "Extra per-epoch metrics (engine.run.epoch_metrics, docs/EVALUATION.md): train_ig, train_hs, "
         "train_clean_loss, train_adv_loss, train_av, train_clean_acc, train_adv_acc (PGD-20 on the first "
         "`extra_samples` training images), test_adv_loss20, test_av20, test_adv_acc20 (PGD-20 on the "
         "evaluated test images), eff_fgsm, eff_fgsm_n, eff_pgd10, eff_train (effectiveness, Eq. 7, against "
         "PGD-50 on the first `effect_samples` training images), ga (gradient alignment, A.5), whess_top, "
-        "whess_trace (weight-space Hessian, pyhessian).", choices=EachOf(EXTRA_METRICS), factory=list)
-    extra_every: int = opt(1, "Record the extra metrics every N epochs (the last epoch always).", unit="epochs", min=1,
-                           max=MAX_EPOCHS)
-    extra_samples: int = opt(2000, "Training images (the first N) for the train_* metrics and ga (0 = all).",
-                             unit="images", min=0, max=MAX_IMAGES)
-    effect_samples: int = opt(2000, "Training images (the first N) the eff_* metrics average over (paper: 2000).",
-                              unit="images", min=1, max=MAX_IMAGES)
+        "whess_trace (weight-space Hessian, pyhessian).",
+        choices=EachOf(EXTRA_METRICS),
+        factory=list,
+    )
+    extra_every: int = opt(
+        1, "Record the extra metrics every N epochs (the last epoch always).", unit="epochs", min=1, max=MAX_EPOCHS
+    )
+    extra_samples: int = opt(
+        2000,
+        "Training images (the first N) for the train_* metrics and ga (0 = all).",
+        unit="images",
+        min=0,
+        max=MAX_IMAGES,
+    )
+    effect_samples: int = opt(
+        2000,
+        "Training images (the first N) the eff_* metrics average over (paper: 2000).",
+        unit="images",
+        min=1,
+        max=MAX_IMAGES,
+    )
     effect_train_mode: bool = opt(
-        False, "Generate the eff_fgsm / eff_fgsm_n / eff_pgd10 perturbations in train mode (BN batch statistics, "
+        False,
+        "Generate the eff_fgsm / eff_fgsm_n / eff_pgd10 perturbations in train mode (BN batch statistics, "
         "running statistics restored); eff_train always follows attack.train_mode. The losses of Eq. 7 and the "
-        "PGD-50 reference are always taken in eval mode.")
-    whess_samples: int = opt(200, "Training images (the first N, one batch) for whess_top / whess_trace.",
-                             unit="images", min=1, max=MAX_IMAGES)
+        "PGD-50 reference are always taken in eval mode.",
+    )
+    whess_samples: int = opt(
+        200,
+        "Training images (the first N, one batch) for whess_top / whess_trace.",
+        unit="images",
+        min=1,
+        max=MAX_IMAGES,
+    )
     # -- final evaluation (engine.run.final_eval; `advlc eval`)
     final: list[str] = opt(
-        None, "Attacks of the final evaluation run when training ends (results in the `evals` table): pgd20, "
+        None,
+        "Attacks of the final evaluation run when training ends (results in the `evals` table): pgd20, "
         "pgd50, aa (original AutoAttack, pyautoattack), aa-torchattacks (torchattacks' weaker 10-step "
         "version), apgd50x5 (APGD-CE 50 steps x 5 restarts). Empty = none.",
-        choices=EachOf(FINAL_ATTACKS), factory=list)
+        choices=EachOf(FINAL_ATTACKS),
+        factory=list,
+    )
     final_ckpts: list[str] = opt(
-        None, "Checkpoints the final evaluation covers (swa_* are skipped when the run has none).",
-        choices=EachOf(FINAL_CKPTS), factory=lambda: ["best", "end"])
-    final_n: int = opt(0, "Test images (the first N) of the final evaluation (0 = the whole test set).",
-                       unit="images", min=0, max=MAX_IMAGES)
+        None,
+        "Checkpoints the final evaluation covers (swa_* are skipped when the run has none).",
+        choices=EachOf(FINAL_CKPTS),
+        factory=lambda: ["best", "end"],
+    )
+    final_n: int = opt(
+        0,
+        "Test images (the first N) of the final evaluation (0 = the whole test set).",
+        unit="images",
+        min=0,
+        max=MAX_IMAGES,
+    )
 
 
 @dataclass
@@ -277,12 +403,20 @@ class SWAConfig:
     """[swa]: stochastic weight averaging (as used with KDSA and AdvLC in Table 1)."""
 
     enabled: bool = opt(False, "Keep an equal-weight running average of the weights.")
-    start: int = opt(50, "First 0-based epoch whose end updates the average (paper: 50).", unit="epochs", min=0,
-                     max=MAX_EPOCHS)
-    every: int = opt(1, "Update the average every N epochs (paper: once per epoch).", unit="epochs", min=1,
-                     max=MAX_EPOCHS)
-    bn_batches: int = opt(0, "Clean training batches for re-estimating BN statistics after each update "
-                          "(0 = one full pass, as in the reference code).", unit="batches", min=0, max=MAX_IMAGES)
+    start: int = opt(
+        50, "First 0-based epoch whose end updates the average (paper: 50).", unit="epochs", min=0, max=MAX_EPOCHS
+    )
+    every: int = opt(
+        1, "Update the average every N epochs (paper: once per epoch).", unit="epochs", min=1, max=MAX_EPOCHS
+    )
+    bn_batches: int = opt(
+        0,
+        "Clean training batches for re-estimating BN statistics after each update "
+        "(0 = one full pass, as in the reference code).",
+        unit="batches",
+        min=0,
+        max=MAX_IMAGES,
+    )
 
 
 @dataclass
@@ -295,43 +429,81 @@ class ExperimentConfig:
     """
 
     kind: str = opt(
-        "", "Empty for a training run; fig4a = parameter noise U(-s, s) on the checkpoint; fig4b = train one "
+        "",
+        "Empty for a training run; fig4a = parameter noise U(-s, s) on the checkpoint; fig4b = train one "
         "epoch on PGD-20 perturbations scaled by p; fig4c = the same with the sign of a fraction p flipped; "
-        "a1 = PGD loss and accuracy against the number of steps.", choices=("",) + EXPERIMENT_KINDS)
-    source: str = opt("", "The trained model analysed: a run id (or unique prefix), or a preset name "
-                      "(its most recent finished run).")
+        "a1 = PGD loss and accuracy against the number of steps.",
+        choices=("",) + EXPERIMENT_KINDS,
+    )
+    source: str = opt(
+        "", "The trained model analysed: a run id (or unique prefix), or a preset name (its most recent finished run)."
+    )
     ckpt: str = opt("end", "Checkpoint of the source run.", choices=FINAL_CKPTS)
     values: list[float] = opt(
-        None, "Grid: fig4a noise sizes s; fig4b perturbation multipliers p; fig4c flipped fractions p.",
-        min=0.0, factory=list)
-    random_values: int = opt(0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0,
-                             max=100_000)
+        None,
+        "Grid: fig4a noise sizes s; fig4b perturbation multipliers p; fig4c flipped fractions p.",
+        min=0.0,
+        factory=list,
+    )
+    random_values: int = opt(
+        0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0, max=100_000
+    )
     value_max: float = opt(1.0, "fig4a: upper end of the drawn noise sizes.", min=0.0)
     noise: str = opt(
-        "absolute", "fig4a: 'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
+        "absolute",
+        "fig4a: 'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
         "theta * (1 + U(-s, s)), elementwise over all parameters (buffers untouched).",
-        choices=("absolute", "relative"))
+        choices=("absolute", "relative"),
+    )
     flip_unit: str = opt(
-        "sample", "fig4c: reverse the whole perturbation of a random fraction p of the examples ('sample'), "
+        "sample",
+        "fig4c: reverse the whole perturbation of a random fraction p of the examples ('sample'), "
         "or the sign of a random fraction p of all perturbation entries ('element').",
-        choices=("sample", "element"))
-    pgd_steps: int = opt(20, "fig4b/c: PGD steps of the perturbations before they are modified (paper: 20).",
-                         min=1, max=10000)
-    lr: float | None = opt(None, "fig4b/c: learning rate of the one training epoch; default the source's "
-                           "learning rate at the checkpoint's epoch.", min=0.0)
-    train_eff_every: int = opt(1, "fig4b/c: measure the effectiveness of the modified examples on every N-th "
-                               "training batch (0 = never).", unit="batches", min=0,
-                               max=MAX_IMAGES)
-    train_images: int = opt(0, "fig4b/c: train the one epoch on the first N training images only (0 = the "
-                            "source's whole training set).", unit="images", min=0,
-                            max=MAX_IMAGES)
-    samples: int = opt(2000, "Images (the first N of each split) HS, effectiveness and the a1 curves use "
-                       "(paper: 2000; 0 = all).", unit="images", min=0,
-                       max=MAX_IMAGES)
-    steps: list[int] = opt(None, "a1: PGD step counts (step eps/4, no random start).", min=0, max=100000,
-                           factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
-    splits: list[str] = opt(None, "a1: data the curves are measured on.", choices=EachOf(("train", "test")),
-                            factory=lambda: ["train", "test"])
+        choices=("sample", "element"),
+    )
+    pgd_steps: int = opt(
+        20, "fig4b/c: PGD steps of the perturbations before they are modified (paper: 20).", min=1, max=10000
+    )
+    lr: float | None = opt(
+        None,
+        "fig4b/c: learning rate of the one training epoch; default the source's "
+        "learning rate at the checkpoint's epoch.",
+        min=0.0,
+    )
+    train_eff_every: int = opt(
+        1,
+        "fig4b/c: measure the effectiveness of the modified examples on every N-th training batch (0 = never).",
+        unit="batches",
+        min=0,
+        max=MAX_IMAGES,
+    )
+    train_images: int = opt(
+        0,
+        "fig4b/c: train the one epoch on the first N training images only (0 = the source's whole training set).",
+        unit="images",
+        min=0,
+        max=MAX_IMAGES,
+    )
+    samples: int = opt(
+        2000,
+        "Images (the first N of each split) HS, effectiveness and the a1 curves use (paper: 2000; 0 = all).",
+        unit="images",
+        min=0,
+        max=MAX_IMAGES,
+    )
+    steps: list[int] = opt(
+        None,
+        "a1: PGD step counts (step eps/4, no random start).",
+        min=0,
+        max=100000,
+        factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200],
+    )
+    splits: list[str] = opt(
+        None,
+        "a1: data the curves are measured on.",
+        choices=EachOf(("train", "test")),
+        factory=lambda: ["train", "test"],
+    )
 
 
 @dataclass

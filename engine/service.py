@@ -54,8 +54,14 @@ class Service:
         return RunDir(Path(run["path"])) if run.get("path") else self.store.run_dir(run["id"])
 
     # -- reading --------------------------------------------------------------------------
-    def runs(self, *, archived: bool | None = False, state: str | None = None, preset: str | None = None,
-             group: str | None = None) -> list[IndexRow]:
+    def runs(
+        self,
+        *,
+        archived: bool | None = False,
+        state: str | None = None,
+        preset: str | None = None,
+        group: str | None = None,
+    ) -> list[IndexRow]:
         """The index rows in creation order (`archived`: False hides archived runs, True only them, None both)."""
         return self.store.runs(archived=archived, state=state, preset=preset, group=group)
 
@@ -91,12 +97,28 @@ class Service:
         return sig, typing.cast("list[PointRecord]", rd.records("points") if sig else [])
 
     # -- what people say about runs -----------------------------------------------------------
-    def annotate(self, run_ids: Sequence[str], *, title: str | None = None, add_tags: Sequence[str] = (),
-                 remove_tags: Sequence[str] = (), note: str | None = None,
-                 archived: bool | None = None) -> list[Meta]:
+    def annotate(
+        self,
+        run_ids: Sequence[str],
+        *,
+        title: str | None = None,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        note: str | None = None,
+        archived: bool | None = None,
+    ) -> list[Meta]:
         """Change each run's meta.json and index row, under the store's lock; the new meta of each."""
-        return [self.store.annotate(self.store.run_dir(rid), title=title, add_tags=add_tags,
-                                    remove_tags=remove_tags, note=note, archived=archived) for rid in run_ids]
+        return [
+            self.store.annotate(
+                self.store.run_dir(rid),
+                title=title,
+                add_tags=add_tags,
+                remove_tags=remove_tags,
+                note=note,
+                archived=archived,
+            )
+            for rid in run_ids
+        ]
 
     # -- starting and stopping runs ----------------------------------------------------------
     def plan(self, request: LaunchRequest) -> list[PlannedRun]:
@@ -126,11 +148,20 @@ class Service:
         return facade.reconcile(self.store, rds)
 
     # -- reports -------------------------------------------------------------------------------
-    def compare(self, *, run_ids: list[str] | None = None, preset: str | None = None, group: str | None = None,
-                by: str = "label", include_unfinished: bool = False, columns: list[str] | None = None) -> CompareTable:
+    def compare(
+        self,
+        *,
+        run_ids: list[str] | None = None,
+        preset: str | None = None,
+        group: str | None = None,
+        by: str = "label",
+        include_unfinished: bool = False,
+        columns: list[str] | None = None,
+    ) -> CompareTable:
         """The mean ± std CompareTable of the runs; `columns`: config keys read from each row's runs."""
-        table = facade.compare_runs(self.store, run_ids=run_ids, preset=preset, group=group, by=by,
-                                    include_unfinished=include_unfinished)
+        table = facade.compare_runs(
+            self.store, run_ids=run_ids, preset=preset, group=group, by=by, include_unfinished=include_unfinished
+        )
         if columns:
             facade.add_columns(table, columns, self.store)
         return table
@@ -147,20 +178,54 @@ class Service:
         """Write a CompareTable in each format under `folder`; the paths written."""
         return facade.export(table, folder, list(formats))
 
-    def report(self, refs: Sequence[str], out_dir: Path | None = None, *, formats: Sequence[str] = ("md", "html"),
-               by: str = "label", include_unfinished: bool = False, where: str | None = None,
-               columns: list[str] | None = None) -> ReportResult:
+    def report(
+        self,
+        refs: Sequence[str],
+        out_dir: Path | None = None,
+        *,
+        formats: Sequence[str] = ("md", "html"),
+        by: str = "label",
+        include_unfinished: bool = False,
+        where: str | None = None,
+        columns: list[str] | None = None,
+    ) -> ReportResult:
         """Write the tables and figures of presets, groups or runs into one folder (`advlc report`)."""
-        return facade.build_report(self.store, list(refs), out_dir, formats=tuple(formats), by=by,
-                                   include_unfinished=include_unfinished, where=where, columns=columns)
+        return facade.build_report(
+            self.store,
+            list(refs),
+            out_dir,
+            formats=tuple(formats),
+            by=by,
+            include_unfinished=include_unfinished,
+            where=where,
+            columns=columns,
+        )
 
     # -- what computes (loads torch on first use) ----------------------------------------------
-    def evaluate(self, run: str, *, ckpts: Sequence[str] = ("best",), attacks: Sequence[str] = ("aa",), n: int = 0,
-                 batch_size: int | None = None, device: str | None = None,
-                 log: Callable[[str], None] = print, progress=None) -> list[dict]:
+    def evaluate(
+        self,
+        run: str,
+        *,
+        ckpts: Sequence[str] = ("best",),
+        attacks: Sequence[str] = ("aa",),
+        n: int = 0,
+        batch_size: int | None = None,
+        device: str | None = None,
+        log: Callable[[str], None] = print,
+        progress=None,
+    ) -> list[dict]:
         """Final evaluation of a run's checkpoints (`advlc eval`; `run`: an id or unique prefix)."""
-        return facade.eval_run(self.store.get(run), ckpts=list(ckpts), attacks=list(attacks), n=n,
-                               batch_size=batch_size, device=device, store=self.store, log=log, progress=progress)
+        return facade.eval_run(
+            self.store.get(run),
+            ckpts=list(ckpts),
+            attacks=list(attacks),
+            n=n,
+            batch_size=batch_size,
+            device=device,
+            store=self.store,
+            log=log,
+            progress=progress,
+        )
 
     def bench(self, what: str, **options) -> dict:
         """One benchmark of BENCHES with its options (`advlc bench`); `hs` of a run reads this store."""

@@ -48,15 +48,19 @@ def _write(path: Path, doc) -> None:
 def _nvidia_smi() -> dict:
     q = "index,name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit"
     try:
-        p = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=20)
+        p = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     if p.returncode != 0:
         return {"error": (p.stderr or p.stdout).strip()[:500]}
     keys = q.split(",")
-    return {"gpus": [dict(zip(keys, (v.strip() for v in line.split(",")))) for line in p.stdout.splitlines()
-                     if line.strip()]}
+    return {
+        "gpus": [
+            dict(zip(keys, (v.strip() for v in line.split(",")))) for line in p.stdout.splitlines() if line.strip()
+        ]
+    }
 
 
 def cmd_env(a) -> int:
@@ -68,18 +72,36 @@ def cmd_env(a) -> int:
     devices = []
     for i in range(torch.cuda.device_count() if cuda else 0):
         pr = torch.cuda.get_device_properties(i)
-        devices.append({"index": i, "name": pr.name, "total_memory_bytes": pr.total_memory,
-                        "capability": f"{pr.major}.{pr.minor}", "multiprocessors": pr.multi_processor_count})
+        devices.append(
+            {
+                "index": i,
+                "name": pr.name,
+                "total_memory_bytes": pr.total_memory,
+                "capability": f"{pr.major}.{pr.minor}",
+                "multiprocessors": pr.multi_processor_count,
+            }
+        )
     code = code_version()
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "smoke": a.smoke,
-           "host": platform.node(), "platform": platform.platform(), "machine": platform.machine(),
-           "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
-           "cuda_available": cuda, "devices": devices,
-           "device_name": devices[0]["name"] if devices else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
-           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-           "nvidia_smi": _nvidia_smi() if shutil.which("nvidia-smi") else {"error": "nvidia-smi not found"},
-           "commit": code["commit"], "dirty": code["dirty"], "version": code["version"]}
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "smoke": a.smoke,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cuda_available": cuda,
+        "devices": devices,
+        "device_name": devices[0]["name"] if devices else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "nvidia_smi": _nvidia_smi() if shutil.which("nvidia-smi") else {"error": "nvidia-smi not found"},
+        "commit": code["commit"],
+        "dirty": code["dirty"],
+        "version": code["version"],
+    }
     _write(Path(a.out) / "env.json", doc)
     print(json.dumps({k: doc[k] for k in ("device_name", "torch", "cuda", "cuda_available")}))
     if not cuda and not a.smoke:
@@ -105,9 +127,12 @@ def make_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> dict:
     sizes = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
 
     def dump(name: str, n: int, label: bytes) -> None:
-        doc = {b"batch_label": label, b"labels": [int(v) for v in rng.integers(0, 10, n)],
-               b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-               b"filenames": [f"random_{i:05d}.png".encode() for i in range(n)]}
+        doc = {
+            b"batch_label": label,
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            b"filenames": [f"random_{i:05d}.png".encode() for i in range(n)],
+        }
         with open(base / name, "wb") as f:
             pickle.dump(doc, f, protocol=2)
 
@@ -116,8 +141,14 @@ def make_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> dict:
     dump("test_batch", n_test, b"testing batch 1 of 1")
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": LABEL_NAMES, b"num_cases_per_batch": max(sizes), b"num_vis": 3072}, f, protocol=2)
-    return {"root": str(root), "folder": str(base), "n_train": n_train, "n_test": n_test, "seed": seed,
-            "bytes": sum(p.stat().st_size for p in base.iterdir())}
+    return {
+        "root": str(root),
+        "folder": str(base),
+        "n_train": n_train,
+        "n_test": n_test,
+        "seed": seed,
+        "bytes": sum(p.stat().st_size for p in base.iterdir()),
+    }
 
 
 def cmd_make_cifar(a) -> int:
@@ -142,12 +173,19 @@ def _run_records(home: Path, rid: str) -> dict:
     epochs = [dict(r) for r in rd.epochs()]
     starts = rd.runtime().starts
     prov = starts[-1] if starts else None
-    return {"run": rd.id, "state": st.state, "error": st.error, "path": str(rd.path),
-            "label": cfg.get("run", {}).get("label") if isinstance(cfg.get("run"), dict) else None,
-            "model": cfg["model"]["arch"], "batch_size": cfg["train"]["batch_size"],
-            "device": prov.device if prov else None, "device_name": prov.device_name if prov else None,
-            "fast_path": {k: cfg["train"].get(k) for k in ("amp", "channels_last", "compile")},
-            "epochs": epochs}
+    return {
+        "run": rd.id,
+        "state": st.state,
+        "error": st.error,
+        "path": str(rd.path),
+        "label": cfg.get("run", {}).get("label") if isinstance(cfg.get("run"), dict) else None,
+        "model": cfg["model"]["arch"],
+        "batch_size": cfg["train"]["batch_size"],
+        "device": prov.device if prov else None,
+        "device_name": prov.device_name if prov else None,
+        "fast_path": {k: cfg["train"].get(k) for k in ("amp", "channels_last", "compile")},
+        "epochs": epochs,
+    }
 
 
 def cmd_train(a) -> int:
@@ -170,8 +208,13 @@ def cmd_train(a) -> int:
     except SystemExit as exc:
         rc = exc.code if isinstance(exc.code, int) else 1
     wall = time.perf_counter() - t0
-    doc: dict = {"command": "advlc " + " ".join(argv[2:]), "preset": a.preset, "overrides": a.set, "rc": rc,
-                 "wall_s": wall}
+    doc: dict = {
+        "command": "advlc " + " ".join(argv[2:]),
+        "preset": a.preset,
+        "overrides": a.set,
+        "rc": rc,
+        "wall_s": wall,
+    }
     if cuda:
         doc["peak_gpu_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
         doc["peak_gpu_memory_reserved_bytes"] = torch.cuda.max_memory_reserved()
@@ -193,10 +236,13 @@ def cmd_train(a) -> int:
     recs = [r for r in doc.get("epochs", []) if r.get("time_s")]
     if recs:
         last = recs[-1]
-        doc["summary"] = {"epochs": len(recs), "last_epoch_time_s": last["time_s"],
-                          "mean_epoch_time_s": sum(r["time_s"] for r in recs) / len(recs),
-                          "last_images_per_s": last.get("images_per_s"),
-                          "last_eval_time_s": last.get("eval_time_s")}
+        doc["summary"] = {
+            "epochs": len(recs),
+            "last_epoch_time_s": last["time_s"],
+            "mean_epoch_time_s": sum(r["time_s"] for r in recs) / len(recs),
+            "last_images_per_s": last.get("images_per_s"),
+            "last_eval_time_s": last.get("eval_time_s"),
+        }
     _write(out / "train.json", doc)
     print(json.dumps({k: doc.get(k) for k in ("run", "state", "rc", "summary", "peak_gpu_memory_allocated_bytes")}))
     return rc if rc else (0 if doc.get("state") == "finished" else 1)
@@ -222,8 +268,14 @@ def cmd_pytest_summary(a) -> int:
                 outcome = {"failure": "failed"}.get(child.tag, child.tag)
                 msg = " ".join((child.get("message") or "").split())[:300]
         counts[outcome] += 1
-        doc["tests"].append({"id": f"{tc.get('classname')}::{tc.get('name')}", "outcome": outcome,
-                             "seconds": float(tc.get("time") or 0), "message": msg})
+        doc["tests"].append(
+            {
+                "id": f"{tc.get('classname')}::{tc.get('name')}",
+                "outcome": outcome,
+                "seconds": float(tc.get("time") or 0),
+                "message": msg,
+            }
+        )
     doc.update(counts, total=sum(counts.values()))
     _write(Path(a.out), doc)
     return 0
@@ -233,8 +285,17 @@ def cmd_pytest_summary(a) -> int:
 
 
 def cmd_status(a) -> int:
-    line = {"step": a.step, "status": a.status, "rc": a.rc, "seconds": round(a.seconds, 1), "limit_s": a.limit,
-            "expected_gpu_s": a.expected, "command": a.command, "note": a.note or None, "log": f"logs/{a.step}.log"}
+    line = {
+        "step": a.step,
+        "status": a.status,
+        "rc": a.rc,
+        "seconds": round(a.seconds, 1),
+        "limit_s": a.limit,
+        "expected_gpu_s": a.expected,
+        "command": a.command,
+        "note": a.note or None,
+        "log": f"logs/{a.step}.log",
+    }
     with open(Path(a.out) / "status.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     return 0
@@ -245,20 +306,31 @@ def cmd_report(a) -> int:
 
     out = Path(a.out)
     d = md.load_gpu_check(out)
-    renders = {"epoch": md.markdown_epoch, "epoch_compile": md.markdown_epoch, "hs": md.markdown_hs,
-               "step_cost": md.markdown_steps, "train": md.markdown_train}
+    renders = {
+        "epoch": md.markdown_epoch,
+        "epoch_compile": md.markdown_epoch,
+        "hs": md.markdown_hs,
+        "step_cost": md.markdown_steps,
+        "train": md.markdown_train,
+    }
     for name, render in renders.items():
         r = d.get(name)
         if isinstance(r, dict) and "unreadable" not in r:
             try:
                 (out / f"{name}.md").write_text(render(r, r.get("command", "")) if name != "train" else render(r))
-            except (KeyError, TypeError, ValueError) as exc:   # a partial result: said, not fatal
+            except (KeyError, TypeError, ValueError) as exc:  # a partial result: said, not fatal
                 (out / f"{name}.md").write_text(f"cannot render {name}.json: {type(exc).__name__}: {exc}\n")
     body = md.markdown_gpu_check(d)
     (out / "gpu-check.md").write_text(body)
     (out / "summary.md").write_text(f"# GPU check, {out.name}\n\n{body}")
-    _write(out / "summary.json", {"steps": d.get("status", []), "ok": all(s["status"] == "ok" for s in d.get("status", [])),
-                                  "files": sorted(p.name for p in out.iterdir() if p.is_file())})
+    _write(
+        out / "summary.json",
+        {
+            "steps": d.get("status", []),
+            "ok": all(s["status"] == "ok" for s in d.get("status", [])),
+            "files": sorted(p.name for p in out.iterdir() if p.is_file()),
+        },
+    )
     return 0
 
 

@@ -73,8 +73,9 @@ async def _measure_detail(app, pilot, store) -> dict:
         scr = app.screen
         if not isinstance(scr, RunDetailScreen) or "robust" not in scr.plots["acc"].series:
             return False
-        return (len(scr.plots["acc"].series["robust"].xs) == epochs
-                and all(p.drawn for p in scr.plots.values() if p.region.height))
+        return len(scr.plots["acc"].series["robust"].xs) == epochs and all(
+            p.drawn for p in scr.plots.values() if p.region.height
+        )
 
     while not drawn():
         if time.perf_counter() - t > 30:
@@ -88,17 +89,22 @@ async def _measure_detail(app, pilot, store) -> dict:
     return out
 
 
-async def _measure_writers(app, pilot, home: Path, writers: int, seconds: float, epoch_s: float,
-                          status_s: float) -> dict:
+async def _measure_writers(
+    app, pilot, home: Path, writers: int, seconds: float, epoch_s: float, status_s: float
+) -> dict:
     """What each refresh costs while `writers` processes behave like running runs, and key latency."""
     screen = app.runs_screen
     running = [r["id"] for r in screen.snapshot.rows if r.get("state") == "running"][:writers]
     stop_at = time.time() + seconds
-    procs = [subprocess.Popen([sys.executable, __file__, "--writer", str(home), rid,
-                               str(epoch_s), str(status_s), str(stop_at)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              cwd=str(Path(__file__).resolve().parent.parent))
-             for rid in running]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--writer", str(home), rid, str(epoch_s), str(status_s), str(stop_at)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        for rid in running
+    ]
     applies: list[float] = []
     reads: list[float] = []
     apply_cpu: list[float] = []
@@ -139,7 +145,10 @@ async def _measure_writers(app, pilot, home: Path, writers: int, seconds: float,
         except subprocess.TimeoutExpired:
             p.kill()
     return {
-        "writers": len(procs), "seconds": seconds, "epoch_s": epoch_s, "status_s": status_s,
+        "writers": len(procs),
+        "seconds": seconds,
+        "epoch_s": epoch_s,
+        "status_s": status_s,
         "refreshes": len(applies),
         "refresh_read_mean_s": statistics.fmean(reads) if reads else None,
         "refresh_read_max_s": max(reads) if reads else None,
@@ -155,8 +164,15 @@ async def _measure_writers(app, pilot, home: Path, writers: int, seconds: float,
     }
 
 
-async def _open(home: Path, size=(120, 40), detail: bool = True, writers: int = 0, seconds: float = 0.0,
-                epoch_s: float = 1.0, status_s: float = 0.25) -> dict:
+async def _open(
+    home: Path,
+    size=(120, 40),
+    detail: bool = True,
+    writers: int = 0,
+    seconds: float = 0.0,
+    epoch_s: float = 1.0,
+    status_s: float = 0.25,
+) -> dict:
     store = Store(home)
     n = len(store.index())
     out: dict = {"runs": n}
@@ -200,11 +216,13 @@ def measure_open(home: Path, *, size=(120, 40), detail: bool = True) -> dict:
     return asyncio.run(_open(Path(home), size=size, detail=detail))
 
 
-def measure_refresh(home: Path, *, writers: int = 8, seconds: float = 10.0, epoch_s: float = 1.0,
-                    status_s: float = 0.25, size=(120, 40)) -> dict:
+def measure_refresh(
+    home: Path, *, writers: int = 8, seconds: float = 10.0, epoch_s: float = 1.0, status_s: float = 0.25, size=(120, 40)
+) -> dict:
     """Open the app, then let `writers` fake runs write for `seconds`; costs of the live refresh."""
-    return asyncio.run(_open(Path(home), size=size, detail=False, writers=writers, seconds=seconds,
-                             epoch_s=epoch_s, status_s=status_s))
+    return asyncio.run(
+        _open(Path(home), size=size, detail=False, writers=writers, seconds=seconds, epoch_s=epoch_s, status_s=status_s)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         build_store(home, n_runs=a.runs, n_epochs=a.epochs, n_running=a.writers)
         built = time.perf_counter() - t
         size = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
-        res = {"build_s": built, "store_mb": size / 1e6, "index_kb": (home / "index.json").stat().st_size / 1e3,
-               "cpus": os.cpu_count()}
+        res = {
+            "build_s": built,
+            "store_mb": size / 1e6,
+            "index_kb": (home / "index.json").stat().st_size / 1e3,
+            "cpus": os.cpu_count(),
+        }
         res["open"] = measure_open(home)
         res["refresh"] = measure_refresh(home, writers=a.writers, seconds=a.seconds)
     if a.json:

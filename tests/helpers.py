@@ -43,7 +43,7 @@ def cli(*args, code=None) -> tuple[int, str, str]:
 def one_line(err: str) -> str:
     """The error output must be exactly one line starting `advlc:`, with no traceback (besides
     `advlc: warning:` lines, e.g. a config caveat said before the launch)."""
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("advlc: warning: ")]   # caveats
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("advlc: warning: ")]  # caveats
     assert len(lines) == 1, err
     assert lines[0].startswith("advlc: ") and "Traceback" not in err and "^^^" not in err, err
     return lines[0]

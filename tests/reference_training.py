@@ -40,26 +40,27 @@ class Setup:
     weight_decay: float
     padding: int
     flip: bool
-    attack: str                 # "fgsm_n" or "pgd"
+    attack: str  # "fgsm_n" or "pgd"
     eps: float
     alpha: float
-    steps: int                  # PGD steps (1 for FGSM-N)
-    noise: float                # FGSM-N noise size k
-    train_mode: bool            # the attack's forward passes in train mode (authors' code)
+    steps: int  # PGD steps (1 for FGSM-N)
+    noise: float  # FGSM-N noise size k
+    train_mode: bool  # the attack's forward passes in train mode (authors' code)
     lam: float
-    lam_linear: bool            # lam (e + 1) / E with a 0-based epoch
+    lam_linear: bool  # lam (e + 1) / E with a 0-based epoch
     top_n: int
-    clean: str                  # "start": f(x_start); "x": f(x)
+    clean: str  # "start": f(x_start); "x": f(x)
     eval_eps: float
     eval_steps: int
     eval_n: int
-    hs_every: int               # HS every N epochs and at the last (0 = never)
+    hs_every: int  # HS every N epochs and at the last (0 = never)
     hs_samples: int
     hs_batch: int
     swa_start: int | None = None  # 0-based epoch whose end first updates the average
 
 
 # ------------------------------------------------------------------------------ data
+
 
 def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
     """Per-sample random crop of the zero-padded image, then a horizontal flip with p = 0.5."""
@@ -71,7 +72,7 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
         padded = F.pad(x, (padding,) * 4)
         for i in range(b):
             r, c = int(rows[i]), int(cols[i])
-            out[i] = padded[i, :, r:r + h, c:c + w]
+            out[i] = padded[i, :, r : r + h, c : c + w]
     if flip:
         flips = torch.rand((b, 1), generator=gen) < 0.5
         for i in range(b):
@@ -83,10 +84,11 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     """A shuffled epoch of index batches; the last partial batch dropped (drop_last=True)."""
     perm = torch.randperm(n, generator=gen)
-    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
 # ------------------------------------------------------------------------------ training
+
 
 def lr_of(s: Setup, epoch: int) -> float:
     """The authors' adjust_learning_rate: lr * gamma ** (milestones passed)."""
@@ -95,7 +97,7 @@ def lr_of(s: Setup, epoch: int) -> float:
         if epoch < m:
             break
         decays += 1
-    return s.lr * s.gamma ** decays
+    return s.lr * s.gamma**decays
 
 
 def lam_of(s: Setup, epoch: int) -> float:
@@ -116,7 +118,7 @@ def train_attack(s: Setup, model, x, y):
     if s.attack == "fgsm_n":
         start = (x + torch.empty_like(x).uniform_(-s.noise, s.noise)).clamp(0, 1)
         g, logits_start = signed_input_grad(model, start, y, keep=True)
-        x_adv = (start + s.alpha * g).clamp(0, 1)           # not projected (FGSM-N)
+        x_adv = (start + s.alpha * g).clamp(0, 1)  # not projected (FGSM-N)
     elif s.attack == "pgd":
         start = x
         g, logits_start = signed_input_grad(model, start, y, keep=True)
@@ -135,7 +137,7 @@ def advlc_loss(s: Setup, model, x, y, lam: float):
     """Algorithm 1: (sum CE(f(x + delta)) + lam * sum of the top-N |f(x + delta) - f(x)|) / M."""
     start, logits_start, x_adv = train_attack(s, model, x, y)
     if s.clean == "start" and s.train_mode:
-        logits_clean = logits_start                          # the shared first forward pass
+        logits_clean = logits_start  # the shared first forward pass
     else:
         logits_clean = model(start if s.clean == "start" else x)
     logits_adv = model(x_adv)
@@ -166,6 +168,7 @@ class SGD:
 
 # ------------------------------------------------------------------------------ evaluation
 
+
 def pgd_eval(model, x, y, eps: float, steps: int) -> torch.Tensor:
     """The authors' per-epoch PGD: from x, step eps / 4, projected, eval mode (caller's mode)."""
     x_adv = x.clone()
@@ -179,8 +182,8 @@ def input_gradient_l1(model, x, y) -> float:
     """IG: mean over samples of ||d CE(f(x_i), y_i) / d x_i||_1, one sample at a time."""
     total = 0.0
     for i in range(len(x)):
-        xi = x[i:i + 1].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xi), y[i:i + 1]), xi)
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xi), y[i : i + 1]), xi)
         total += float(g.abs().sum())
     return total / len(x)
 
@@ -191,7 +194,7 @@ def hessian_score(model, x, y, samples: int, batch: int, k: int = 20) -> float:
     first `samples` images."""
     scores = []
     for i in range(0, samples - batch + 1, batch):
-        xb, yb = x[i:i + batch], y[i:i + batch]
+        xb, yb = x[i : i + batch], y[i : i + batch]
         h = torch.func.hessian(lambda z: F.cross_entropy(model(z), yb))(xb).detach()
         d = xb.numel()
         lam = torch.linalg.eigvalsh(h.reshape(d, d).double())
@@ -207,7 +210,7 @@ def evaluate(s: Setup, model, x_test, y_test, hs_due: bool) -> dict:
     """The per-epoch record of one model: eval mode, the first eval_n un-augmented test images."""
     was = model.training
     model.eval()
-    x, y = x_test[:s.eval_n], y_test[:s.eval_n]
+    x, y = x_test[: s.eval_n], y_test[: s.eval_n]
     with torch.no_grad():
         clean = model(x)
     x_adv = pgd_eval(model, x, y, s.eval_eps, s.eval_steps)
@@ -215,10 +218,15 @@ def evaluate(s: Setup, model, x_test, y_test, hs_due: bool) -> dict:
         adv = model(x_adv)
     clean_loss = float(F.cross_entropy(clean, y))
     robust_loss = float(F.cross_entropy(adv, y))
-    rec = {"clean_loss": clean_loss, "clean_acc": float((clean.argmax(1) == y).double().mean()),
-           "robust_loss": robust_loss, "robust_acc": float((adv.argmax(1) == y).double().mean()),
-           "av": robust_loss - clean_loss, "ig": input_gradient_l1(model, x, y),
-           "hs": hessian_score(model, x, y, s.hs_samples, s.hs_batch) if hs_due else None}
+    rec = {
+        "clean_loss": clean_loss,
+        "clean_acc": float((clean.argmax(1) == y).double().mean()),
+        "robust_loss": robust_loss,
+        "robust_acc": float((adv.argmax(1) == y).double().mean()),
+        "av": robust_loss - clean_loss,
+        "ig": input_gradient_l1(model, x, y),
+        "hs": hessian_score(model, x, y, s.hs_samples, s.hs_batch) if hs_due else None,
+    }
     model.train(was)
     return rec
 
@@ -234,6 +242,7 @@ def final_pgd(model, x, y, eps: float, steps: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ SWA
+
 
 def is_bn(m) -> bool:
     return isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -270,6 +279,7 @@ def bn_update(model, batches) -> None:
 
 # ------------------------------------------------------------------------------ the run
 
+
 def train_reference(s: Setup, build_model, train_x, train_y) -> dict:
     """Train from scratch; the numbers a run records about its training, and its models.
 
@@ -305,7 +315,12 @@ def train_reference(s: Setup, build_model, train_x, train_y) -> dict:
             swa_update(avg, model, swa_n)
             swa_n += 1
             bn_gen = torch.Generator().manual_seed(s.seed + 1 + 1_000_003 * (epoch + 1))
-            bn_update(avg, [crop_flip(train_x[idx], s.padding, s.flip, bn_gen)
-                            for idx in epoch_batches(len(train_x), s.batch_size, bn_gen)])
+            bn_update(
+                avg,
+                [
+                    crop_flip(train_x[idx], s.padding, s.flip, bn_gen)
+                    for idx in epoch_batches(len(train_x), s.batch_size, bn_gen)
+                ],
+            )
             out["swa"][epoch] = copy.deepcopy(avg.state_dict())
     return out

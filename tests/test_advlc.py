@@ -10,7 +10,7 @@ from engine.nn.methods import get_method
 from engine.nn.methods.advlc import advlc_penalty
 from engine.nn.methods.context import StepContext
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 def test_penalty_hand_computed():
@@ -19,7 +19,7 @@ def test_penalty_hand_computed():
     # |diff| = [[0.5, 2.0, 0.0], [3.0, 0.2, 2.0]]: top-3 over the whole batch = 3 + 2 + 2 = 7
     assert advlc_penalty(adv, clean, 3).item() == 7.0
     assert abs(advlc_penalty(adv, clean, 1).item() - 3.0) < 1e-7
-    assert abs(advlc_penalty(adv, clean, 6).item() - 7.7) < 1e-6   # all = l1 norm
+    assert abs(advlc_penalty(adv, clean, 6).item() - 7.7) < 1e-6  # all = l1 norm
     assert abs(advlc_penalty(adv, clean, 100).item() - 7.7) < 1e-6  # N larger than B*C
 
 
@@ -31,8 +31,13 @@ def test_penalty_gradient_flows_to_both_branches():
 
 
 def _cfg(attack="pgd", lam=0.4, top_n=20, train_mode=True, clean="start"):
-    return C.build({"attack": {"name": attack, "eps": 0.1, "steps": 2, "train_mode": train_mode},
-                    "method": {"name": "advlc", "lam": lam, "advlc": {"top_n": top_n, "clean": clean}}}, "test")
+    return C.build(
+        {
+            "attack": {"name": attack, "eps": 0.1, "steps": 2, "train_mode": train_mode},
+            "method": {"name": "advlc", "lam": lam, "advlc": {"top_n": top_n, "clean": clean}},
+        },
+        "test",
+    )
 
 
 def test_objective_equals_eq16(tiny_model, digits_batch):
@@ -49,6 +54,7 @@ def test_objective_equals_eq16(tiny_model, digits_batch):
 
     # independent computation: PGD from x (no random start) in train mode, then the formula
     from engine.nn.attacks import pgd
+
     x_adv = pgd(ref_model, x, y, eps=0.1, alpha=0.025, steps=2, train_mode=True)
     ref_model2 = copy.deepcopy(tiny_model)  # BN statistics differ after the attack; train mode uses batch stats
     ref_model2.train()

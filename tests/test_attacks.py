@@ -23,8 +23,17 @@ def test_attack_properties(tiny_model, digits_batch, name, train_mode):
     model.train(not train_mode)  # the caller's mode is the opposite, so restoring is observable
     caller_mode = model.training
     torch.manual_seed(1)
-    res = attacks.run_attack(model, x, y, name=name, eps=EPS, alpha=EPS if name != "pgd" else EPS / 4,
-                             steps=10, noise=EPS, train_mode=train_mode)
+    res = attacks.run_attack(
+        model,
+        x,
+        y,
+        name=name,
+        eps=EPS,
+        alpha=EPS if name != "pgd" else EPS / 4,
+        steps=10,
+        noise=EPS,
+        train_mode=train_mode,
+    )
     xa = res.x_adv
     assert model.training == caller_mode
     assert all(p.grad is None for p in model.parameters())
@@ -51,7 +60,7 @@ def test_fgsm_equals_hand_computation(tiny_model, digits_batch):
     x, y = digits_batch
     tiny_model.eval()
     xr = x.clone().requires_grad_(True)
-    g, = torch.autograd.grad(F.cross_entropy(tiny_model(xr), y), xr)
+    (g,) = torch.autograd.grad(F.cross_entropy(tiny_model(xr), y), xr)
     expected = (x + EPS * g.sign()).clamp(0, 1)
     assert torch.equal(attacks.fgsm(tiny_model, x, y, eps=EPS), expected)
 
@@ -74,8 +83,7 @@ def test_pgd_shared_start_logits_are_clean_logits(tiny_model, digits_batch):
     """keep_start_logits returns f(x) from the attack's first pass, with a graph to the weights."""
     x, y = digits_batch
     tiny_model.eval()
-    res = attacks.run_attack(tiny_model, x, y, name="pgd", eps=EPS, alpha=EPS / 4, steps=3,
-                             keep_start_logits=True)
+    res = attacks.run_attack(tiny_model, x, y, name="pgd", eps=EPS, alpha=EPS / 4, steps=3, keep_start_logits=True)
     with torch.no_grad():
         assert torch.allclose(res.logits_start, tiny_model(x), atol=1e-6)
     assert res.logits_start.requires_grad

@@ -54,8 +54,19 @@ def test_bench_steps_tiny():
 
 
 def test_bench_epoch_tiny():
-    r = epoch.bench_epoch(["fgsm_n", "fgsm_n+advlc", "fgsm_n+nosuch"], arch="cnn_small", device="cpu", batch=8,
-                          n_train=64, batches=2, warmup=1, rounds=2, eval_n=16, eval_batch=8, hs_n=8)
+    r = epoch.bench_epoch(
+        ["fgsm_n", "fgsm_n+advlc", "fgsm_n+nosuch"],
+        arch="cnn_small",
+        device="cpu",
+        batch=8,
+        n_train=64,
+        batches=2,
+        warmup=1,
+        rounds=2,
+        eval_n=16,
+        eval_batch=8,
+        hs_n=8,
+    )
     json.dumps(r)
     assert r["extrapolated"] and r["batches_per_epoch"] == 8 and r["measured_batches"] == 2
     assert "fgsm_n+nosuch" in r["skipped"]
@@ -77,8 +88,11 @@ def test_bench_hs_tiny():
     assert all(r["sec_per_batch"][m] > 0 for m in ("exact", "lanczos", "power"))
     assert r["speedup_exact_vs_power"] > 0 and r["speedup_exact_vs_lanczos"] > 0
     assert {"exact_vs_dense", "power_vs_exact", "lanczos_vs_exact"} <= set(r["validation"])
-    assert set(r["goals"]) == {"exact_100x_faster_than_power", "exact_vs_dense_within_1e-3",
-                               "power_vs_exact_within_1e-3"}
+    assert set(r["goals"]) == {
+        "exact_100x_faster_than_power",
+        "exact_vs_dense_within_1e-3",
+        "power_vs_exact_within_1e-3",
+    }
     assert "power iteration" in markdown.markdown_hs(r)
 
 
@@ -101,11 +115,27 @@ def test_write_section_replaces_only_its_block(tmp_path):
 def test_cli_bench_json_subprocess():
     """The console script end to end (batch 20 instead of 100 to keep the test short)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = ["bench", "steps", "--json", "--iters", "2", "--warmup", "1", "--methods", "fgsm_n,advlc", "--batch", "20",
-            "--device", "cpu"]
+    args = [
+        "bench",
+        "steps",
+        "--json",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--methods",
+        "fgsm_n,advlc",
+        "--batch",
+        "20",
+        "--device",
+        "cpu",
+    ]
     script = Path(sys.executable).with_name("advlc")
-    cmd = [str(script)] + args if script.exists() else \
-        [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"] + args
+    cmd = (
+        [str(script)] + args
+        if script.exists()
+        else [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"] + args
+    )
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
@@ -136,7 +166,7 @@ def test_bench_hs_on_a_run(home):
     rid = json.loads(runner.invoke(app, ["runs", "--json"]).output)[0]["id"]
     res = runner.invoke(app, ["bench", "hs", "--run", rid, "--ckpt", "last", "--n", "20", "--power-n", "10", "--json"])
     assert res.exit_code == 0, res.output
-    r = json.loads(res.stdout[res.stdout.index("{"):])
+    r = json.loads(res.stdout[res.stdout.index("{") :])
     assert r["model"]["source"].startswith(f"run {rid}") and r["n_samples"] == 20
     res = runner.invoke(app, ["bench", "hs", "--run", rid, "--ckpt", "nosuch"])
     assert res.exit_code != 0

@@ -32,6 +32,7 @@ def no_runs_created(monkeypatch):
 
     def refuse(*_a, **_k):
         raise AssertionError("the command went on to create runs")
+
     monkeypatch.setattr(supervisor, "create_runs", refuse)
     monkeypatch.setattr(cli_runs, "create_runs", refuse)
 
@@ -69,17 +70,21 @@ def _where(cmd, text, tmp_path):
 
 
 @pytest.mark.parametrize("cmd", WHERE_COMMANDS)
-@pytest.mark.parametrize("text, says", [
-    ("(" * 1000 + "seed == 0" + ")" * 1000, "characters long, at most 2000"),
-    ("not " * 1000 + "archived", "characters long, at most 2000"),
-    (" or ".join(["seed == 0"] * 9000), "characters long, at most 2000"),
-    ("seed == " + "9" * 5000, "characters long, at most 2000"),
-], ids=["1000-parens", "1000-nots", "9000-or", "5000-digits"])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("(" * 1000 + "seed == 0" + ")" * 1000, "characters long, at most 2000"),
+        ("not " * 1000 + "archived", "characters long, at most 2000"),
+        (" or ".join(["seed == 0"] * 9000), "characters long, at most 2000"),
+        ("seed == " + "9" * 5000, "characters long, at most 2000"),
+    ],
+    ids=["1000-parens", "1000-nots", "9000-or", "5000-digits"],
+)
 def test_where_reported_inputs_are_one_line(home, tmp_path, cmd, text, says):
     """The inputs of the report: each is one line on runs, compare and report (MAX_LENGTH)."""
     line = refused(home, *_where(cmd, text, tmp_path))
     assert says in line and "--where" in line
-    assert len(line) < 300          # the expression is shown by its start, not in full
+    assert len(line) < 300  # the expression is shown by its start, not in full
     assert not (tmp_path / "rep").exists()
 
 
@@ -91,11 +96,15 @@ def test_where_length_limit(home):
     assert line.endswith(f"the expression is {Q.MAX_LENGTH + 1} characters long, at most {Q.MAX_LENGTH} are allowed")
 
 
-@pytest.mark.parametrize("text", [
-    "(" * 600 + "seed == 0" + ")" * 600,          # under MAX_LENGTH: only the depth limit stops it
-    "not " * 450 + "archived",
-    "seed in " + "[" * 900 + "]" * 900,
-], ids=["parens", "nots", "lists"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 600 + "seed == 0" + ")" * 600,  # under MAX_LENGTH: only the depth limit stops it
+        "not " * 450 + "archived",
+        "seed in " + "[" * 900 + "]" * 900,
+    ],
+    ids=["parens", "nots", "lists"],
+)
 def test_where_depth_limit(home, text):
     """MAX_DEPTH: parentheses, `not`s and lists nest at most 32 deep (parsing recursed per level)."""
     assert len(text) <= Q.MAX_LENGTH
@@ -118,7 +127,7 @@ def test_where_term_limit(home):
     assert len(text) <= Q.MAX_LENGTH
     line = refused(home, "runs", "--where", text)
     assert f"more than {Q.MAX_TERMS} values" in line
-    chain = " or ".join(["seed == 7"] * 128)        # 256 values: allowed, and evaluated without recursing per term
+    chain = " or ".join(["seed == 7"] * 128)  # 256 values: allowed, and evaluated without recursing per term
     assert Q.parse(chain).matches({"seed": 7}) and not Q.parse(chain).matches({"seed": 1})
 
 
@@ -127,6 +136,7 @@ def test_where_at_its_limits_selects_runs(home):
     import json
 
     from fabricate import build_store
+
     build_store(home, n_runs=3, n_epochs=2, n_running=0, seeds=3)
     chain = " or ".join(["seed == 9"] * 127 + ["seed == 1"])
     deep = "(" * 31 + "not seed == 0 and not seed == 2" + ")" * 31
@@ -143,6 +153,7 @@ def test_where_number_limit(home):
 
 
 # --------------------------------------------------------------------------- preset files
+
 
 @pytest.mark.parametrize("spelling", ["user/me.toml", "user/me", "{abs}"])
 def test_extends_itself_by_any_spelling_is_circular(home, spelling):
@@ -176,8 +187,14 @@ def test_extends_not_a_string(home):
     assert line.endswith("five.toml: preset.extends = 5: must be a preset name (a string)")
 
 
-@pytest.mark.parametrize("body, key", [('preset = "x"\n', "preset"), ('train = 3\n', "train"),
-                                       ('slurm = "gpu"\n[preset]\nextends = "quick/digits-fgsm_n"\n', "slurm")])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ('preset = "x"\n', "preset"),
+        ("train = 3\n", "train"),
+        ('slurm = "gpu"\n[preset]\nextends = "quick/digits-fgsm_n"\n', "slurm"),
+    ],
+)
 def test_known_table_given_as_a_value(home, body, key):
     """`[preset]` (or a section, or [slurm]) written as a plain value: one line naming the file and key."""
     ref = user_preset(home, "flat", body)
@@ -185,12 +202,14 @@ def test_known_table_given_as_a_value(home, body, key):
     assert f"flat.toml: '{key}' must be a table [{key}]" in line
 
 
-@pytest.mark.parametrize("depth, says", [(5000, "nested too deeply for the parser"),
-                                         (300, "values nested more than 16 deep")])
+@pytest.mark.parametrize(
+    "depth, says", [(5000, "nested too deeply for the parser"), (300, "values nested more than 16 deep")]
+)
 def test_deeply_nested_toml_array(home, depth, says):
     """5,000 levels make tomllib raise RecursionError; 300 parse but would recurse later (hash, copies)."""
-    ref = user_preset(home, "deep", "[preset]\ndescription = 'x'\n[train]\nlr_milestones = "
-                      + "[" * depth + "]" * depth + "\n")
+    ref = user_preset(
+        home, "deep", "[preset]\ndescription = 'x'\n[train]\nlr_milestones = " + "[" * depth + "]" * depth + "\n"
+    )
     line = refused(home, "run", ref)
     assert "deep.toml: " in line and says in line
 
@@ -201,6 +220,7 @@ def test_toml_parser_failure_of_any_kind_is_one_line(home, monkeypatch):
 
     def boom(text):
         raise IndexError("parser bug")
+
     monkeypatch.setattr(C.tomllib, "loads", boom)
     line = refused(home, "preset", "show", ref)
     assert "odd.toml: cannot be parsed as TOML (IndexError: parser bug)" in line
@@ -229,9 +249,13 @@ def test_broken_user_presets_are_listed_and_do_not_break_others(home):
     user_preset(home, "orphan", '[preset]\nextends = "user/nothere"\n')
     user_preset(home, "good", '[preset]\nextends = "quick/digits-fgsm_n"\ndescription = "fine"\n')
     entries = {e.name: e for e in P.list_presets(home)}
-    for name, why in [("user/deep", "nested too deeply"), ("user/self", "circular"),
-                      ("user/five", "must be a preset name"), ("user/flat", "must be a table [preset]"),
-                      ("user/orphan", "no preset 'user/nothere'")]:
+    for name, why in [
+        ("user/deep", "nested too deeply"),
+        ("user/self", "circular"),
+        ("user/five", "must be a preset name"),
+        ("user/flat", "must be a table [preset]"),
+        ("user/orphan", "no preset 'user/nothere'"),
+    ]:
         assert why in entries[name].error and entries[name].description.startswith("(broken: "), entries[name]
     assert entries["user/good"].error == "" and entries["user/good"].description == "fine"
     rc, out, err = cli("presets", "--json", code=0)
@@ -246,18 +270,24 @@ def test_broken_user_presets_are_listed_and_do_not_break_others(home):
 
 # --------------------------------------------------------------------------- plans
 
+
 def test_sweep_cap_is_counted_before_planning(home, monkeypatch):
     """A 100 x 100 x 100 sweep (planned point by point it took > 15 minutes) is refused at once."""
     vals = ", ".join(str(i / 1000) for i in range(100))
-    ref = user_preset(home, "grid", '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n'
-                      f'"method.lam" = [{vals}]\n"attack.eps" = [{vals}]\n"train.lr" = [{vals}]\n')
+    ref = user_preset(
+        home,
+        "grid",
+        '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n'
+        f'"method.lam" = [{vals}]\n"attack.eps" = [{vals}]\n"train.lr" = [{vals}]\n',
+    )
     planned = []
     real = C.from_dict
 
-    def counting(*a, **k):            # planning point by point past the cap fails at once, not in 15 minutes
+    def counting(*a, **k):  # planning point by point past the cap fails at once, not in 15 minutes
         planned.append(1)
         assert len(planned) <= P.MAX_RUNS, "points planned past the cap"
         return real(*a, **k)
+
     monkeypatch.setattr(C, "from_dict", counting)
     t0 = time.monotonic()
     line = refused(home, "run", ref, "--detach")
@@ -275,8 +305,11 @@ def test_seeds_cap(home, monkeypatch):
 
 def test_run_cap_raised_by_environment(home, monkeypatch):
     """ADVLC_MAX_RUNS raises (or lowers) the cap; a bad value is one line naming the variable."""
-    ref = user_preset(home, "small", '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n'
-                      '"method.lam" = [0.1, 0.2, 0.3]\nseeds = 2\n')
+    ref = user_preset(
+        home,
+        "small",
+        '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n"method.lam" = [0.1, 0.2, 0.3]\nseeds = 2\n',
+    )
     assert len(P.preset_runs(ref, home=home)) == 6
     monkeypatch.setenv("ADVLC_MAX_RUNS", "5")
     assert "[sweep] of 3 points x 2 seeds ([sweep] seeds) is 6 runs, more than the 5" in refused(home, "run", ref)
@@ -302,13 +335,18 @@ def test_detached_cpu_runs_cap(home, monkeypatch):
 
 # --------------------------------------------------------------------------- seeds and integers
 
-@pytest.mark.parametrize("args, says", [
-    (["--set", f"train.seed={2**70}"], f"train.seed = {2**70}: must be between 0 and 4294967295"),
-    (["--set", f"train.seed={2**32}"], "train.seed = 4294967296: must be between 0 and 4294967295"),
-    (["--set", f"data.split_seed={2**32}"], "data.split_seed = 4294967296: must be between 0 and 4294967295"),
-    (["--seed", str(2**32)], "'--seed'"),
-    (["--seed", str(2**32 - 1), "--seeds", "2"], "the last seed would be 4294967296"),
-], ids=["2**70", "2**32", "split_seed", "--seed", "seed+seeds"])
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--set", f"train.seed={2**70}"], f"train.seed = {2**70}: must be between 0 and 4294967295"),
+        (["--set", f"train.seed={2**32}"], "train.seed = 4294967296: must be between 0 and 4294967295"),
+        (["--set", f"data.split_seed={2**32}"], "data.split_seed = 4294967296: must be between 0 and 4294967295"),
+        (["--seed", str(2**32)], "'--seed'"),
+        (["--seed", str(2**32 - 1), "--seeds", "2"], "the last seed would be 4294967296"),
+    ],
+    ids=["2**70", "2**32", "split_seed", "--seed", "seed+seeds"],
+)
 def test_seed_range(home, args, says):
     """Seeds are 0 ... 2**32-1 (numpy's RandomState; torch.manual_seed takes up to 2**64-1 and the
     trainer's seed + 1 + 1_000_003 * (epoch + 1) stays below it); a seed past it failed the run."""
@@ -320,6 +358,7 @@ def test_seed_edge_plans(home):
     runs = P.preset_runs("quick/digits-fgsm_n", [f"train.seed={C.SEED_MAX - 1}"], seeds=2, home=home)
     assert [r.seed for r in runs] == [C.SEED_MAX - 1, C.SEED_MAX]
     from tui.cli import runs as cli_runs
+
     assert cli_runs.SEED_MAX == C.SEED_MAX
 
 
@@ -342,8 +381,9 @@ def test_every_integer_field_has_an_upper_bound(key, tp):
         C.build({}, "x", [f"{key}={value}"])
 
 
-@pytest.mark.parametrize("key", ["train.batch_size", "train.epochs", "eval.batch_size", "data.n_train",
-                                 "train.lr_milestones"])
+@pytest.mark.parametrize(
+    "key", ["train.batch_size", "train.epochs", "eval.batch_size", "data.n_train", "train.lr_milestones"]
+)
 def test_huge_integers_on_the_command_line(home, key):
     value = f"[{2**70}]" if key == "train.lr_milestones" else str(10**30)
     line = refused(home, "run", "quick/digits-fgsm_n", "--set", f"{key}={value}")

@@ -23,11 +23,17 @@ def advlc(*args, home, check=True):
 @pytest.mark.slow
 def test_full_digits_fgsm_n_run_through_cli(tmp_path):
     p = advlc("run", "quick/digits-fgsm_n", home=tmp_path)
-    assert "robust %" in p.stdout and "best/end" in p.stdout     # the summary's two-line header
+    assert "robust %" in p.stdout and "best/end" in p.stdout  # the summary's two-line header
     runs = json.loads(advlc("runs", "--json", home=tmp_path).stdout)
     assert len(runs) == 1
     r = runs[0]
-    assert (r["preset"], r["label"], r["state"], r["epoch"], r["seed"]) == ("quick/digits-fgsm_n", "fgsm_n", "finished", 20, 0)
+    assert (r["preset"], r["label"], r["state"], r["epoch"], r["seed"]) == (
+        "quick/digits-fgsm_n",
+        "fgsm_n",
+        "finished",
+        20,
+        0,
+    )
     show = json.loads(advlc("show", r["id"][:4], "--json", home=tmp_path).stdout)
     epochs = show["epochs"]
     assert [e["epoch"] for e in epochs] == list(range(20))
@@ -45,20 +51,24 @@ def test_full_digits_fgsm_n_run_through_cli(tmp_path):
     run_dir = tmp_path / "runs" / r["id"]
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
     import torch
+
     ck = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert ck["epoch"] == best["epoch"] and ck["robust_acc"] == best["robust_acc"]
     assert show["status"]["state"] == "finished"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["run", "no/such-preset"], "no preset 'no/such-preset'"),
-    (["run", "quick/digits-pgd10", "--set", "attack.eps=1.5"], "attack.eps = 1.5"),
-    (["run", "quick/digits-pgd10", "--set", "train.foo=1"], "unknown key 'train.foo'"),
-    (["run", "quick/digits-pgd10", "--bogus"], "No such option"),
-    (["show", "zzzz"], "no run 'zzzz'"),
-    (["runs", "--status", "sleeping"], "--status sleeping"),
-    (["preset", "show", "quick/nope"], "no preset"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "no/such-preset"], "no preset 'no/such-preset'"),
+        (["run", "quick/digits-pgd10", "--set", "attack.eps=1.5"], "attack.eps = 1.5"),
+        (["run", "quick/digits-pgd10", "--set", "train.foo=1"], "unknown key 'train.foo'"),
+        (["run", "quick/digits-pgd10", "--bogus"], "No such option"),
+        (["show", "zzzz"], "no run 'zzzz'"),
+        (["runs", "--status", "sleeping"], "--status sleeping"),
+        (["preset", "show", "quick/nope"], "no preset"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     p = advlc(*args, home=tmp_path, check=False)
     assert p.returncode == 2, p.stderr
@@ -68,8 +78,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
 
 
 def test_missing_dataset_folder_fails_in_one_line(tmp_path):
-    p = advlc("run", "paper/table1/pgd10", "--set", f"data.root={tmp_path}/nowhere", "--set", "train.epochs=1",
-              home=tmp_path, check=False)
+    p = advlc(
+        "run",
+        "paper/table1/pgd10",
+        "--set",
+        f"data.root={tmp_path}/nowhere",
+        "--set",
+        "train.epochs=1",
+        home=tmp_path,
+        check=False,
+    )
     assert p.returncode != 0
     assert "cifar-10-batches-py" in p.stderr and "Traceback" not in p.stderr + p.stdout
 
@@ -86,8 +104,13 @@ def test_ctrl_c_marks_stopped_and_keeps_last_checkpoint(tmp_path):
     import time
 
     env = {**os.environ, "ADVLC_HOME": str(tmp_path), "COLUMNS": "160"}
-    p = subprocess.Popen(ADVLC + ["run", "quick/digits-pgd10", "--set", "train.epochs=200"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        ADVLC + ["run", "quick/digits-pgd10", "--set", "train.epochs=200"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     last = None
     while time.time() < deadline:
@@ -112,14 +135,31 @@ def _store_of_presets(home, presets):
 
     store = Store(home).ensure()
     for i, preset in enumerate(presets):
-        fabricate_run(store, f"{i:08x}", preset=preset, seed=i % 2, group=None, total=10, done=10 if i else 4,
-                      state="finished" if i else "running", created=1_700_000_000 + i)
+        fabricate_run(
+            store,
+            f"{i:08x}",
+            preset=preset,
+            seed=i % 2,
+            group=None,
+            total=10,
+            done=10 if i else 4,
+            state="finished" if i else "running",
+            created=1_700_000_000 + i,
+        )
     store.reindex()
     return store
 
 
-PRESETS_80 = ("quick/digits-fgsm_n-advlc", "quick/digits-fgsm_n", "quick/digits-pgd10-advlc", "quick/digits-pgd10",
-              "paper/table1/fgsm_n-advlc", "paper/table1/fgsm_n", "paper/table1/pgd10-advlc", "paper/table1/pgd10")
+PRESETS_80 = (
+    "quick/digits-fgsm_n-advlc",
+    "quick/digits-fgsm_n",
+    "quick/digits-pgd10-advlc",
+    "quick/digits-pgd10",
+    "paper/table1/fgsm_n-advlc",
+    "paper/table1/fgsm_n",
+    "paper/table1/pgd10-advlc",
+    "paper/table1/pgd10",
+)
 
 
 def test_runs_at_80_columns_tells_presets_apart(tmp_path):
@@ -147,9 +187,22 @@ def test_runs_table_keeps_the_distinctive_tail():
     # tails that would look alike: cut in the middle instead, keeping both ends
     short = shorten_all(["paper/table1/fgsm_n-advlc", "paper/table3/fgsm_n-advlc"], 12)
     assert len(set(short.values())) == 2 and all(len(v) == 12 for v in short.values())
-    rows = [{"id": f"{i:08x}", "preset": p, "label": "fgsm_n+advlc", "seed": 0, "state": "finished", "epoch": 200,
-             "epochs": 200, "best_robust_acc": 0.5, "end_robust_acc": 0.45, "end_clean_acc": 0.8, "ig": 12.3}
-            for i, p in enumerate(PRESETS_80)]
+    rows = [
+        {
+            "id": f"{i:08x}",
+            "preset": p,
+            "label": "fgsm_n+advlc",
+            "seed": 0,
+            "state": "finished",
+            "epoch": 200,
+            "epochs": 200,
+            "best_robust_acc": 0.5,
+            "end_robust_acc": 0.45,
+            "end_clean_acc": 0.8,
+            "ig": 12.3,
+        }
+        for i, p in enumerate(PRESETS_80)
+    ]
     for width in (60, 80, 120):
         con = Console(width=width, record=True, file=__import__("io").StringIO())
         con.print(runs_table(rows, width))
@@ -164,8 +217,14 @@ def test_runs_table_keeps_the_distinctive_tail():
 def test_presets_at_80_columns_never_wrap_names(tmp_path):
     env = {**os.environ, "ADVLC_HOME": str(tmp_path), "COLUMNS": "80"}
     p = subprocess.run(ADVLC + ["presets"], capture_output=True, text=True, env=env, timeout=120, check=True)
-    names = [r["name"] for r in json.loads(subprocess.run(ADVLC + ["presets", "--json"], capture_output=True,
-                                                          text=True, env=env, timeout=120, check=True).stdout)]
+    names = [
+        r["name"]
+        for r in json.loads(
+            subprocess.run(
+                ADVLC + ["presets", "--json"], capture_output=True, text=True, env=env, timeout=120, check=True
+            ).stdout
+        )
+    ]
     lines = p.stdout.rstrip("\n").splitlines()
     assert len(lines) == len(names) + 1  # a header and one line per preset
     assert [line.split()[0] for line in lines[1:]] == names
@@ -195,9 +254,22 @@ def test_runs_table_keeps_the_label_when_it_tells_a_presets_runs_apart():
     from tui.cli.runs import runs_table
 
     def table(second_preset: str, width: int = 76) -> str:
-        rows = [{"id": f"{i:08x}", "preset": p, "label": label, "seed": 0, "state": "finished", "epoch": 100,
-                 "epochs": 100, "best_robust_acc": 0.67, "end_robust_acc": 0.6, "end_clean_acc": 0.95, "ig": 1.96}
-                for i, (p, label) in enumerate([("quick/robust-overfitting", "pgd"), (second_preset, "pgd+advlc")])]
+        rows = [
+            {
+                "id": f"{i:08x}",
+                "preset": p,
+                "label": label,
+                "seed": 0,
+                "state": "finished",
+                "epoch": 100,
+                "epochs": 100,
+                "best_robust_acc": 0.67,
+                "end_robust_acc": 0.6,
+                "end_clean_acc": 0.95,
+                "ig": 1.96,
+            }
+            for i, (p, label) in enumerate([("quick/robust-overfitting", "pgd"), (second_preset, "pgd+advlc")])
+        ]
         con = Console(width=width, record=True, file=__import__("io").StringIO())
         con.print(runs_table(rows, width))
         return con.export_text()

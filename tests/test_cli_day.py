@@ -44,7 +44,7 @@ def synth(tmp_path_factory):
 def _at(monkeypatch, store, columns: int | None = WIDTH):
     monkeypatch.setenv("ADVLC_HOME", str(store.home))
     if columns is None:
-        monkeypatch.delenv("COLUMNS", raising=False)     # piped: stdout here is not a terminal
+        monkeypatch.delenv("COLUMNS", raising=False)  # piped: stdout here is not a terminal
     else:
         monkeypatch.setenv("COLUMNS", str(columns))
 
@@ -62,13 +62,13 @@ def test_presets_fit_80_columns_and_are_whole_when_piped(monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "80")
     _, out, _ = cli("presets", code=0)
     _fits(out)
-    assert "…" in out                                    # long descriptions end in … at 80
+    assert "…" in out  # long descriptions end in … at 80
     monkeypatch.delenv("COLUMNS")
     _, piped, _ = cli("presets", code=0)
     assert "…" not in piped
     longest = max(list_presets(), key=lambda e: len(e.description))
     line = next(ln for ln in piped.splitlines() if ln.startswith(longest.name + " "))
-    assert line.endswith(longest.description), line      # whole, and no padding after it
+    assert line.endswith(longest.description), line  # whole, and no padding after it
 
 
 def test_preset_show_lists_the_sweep_points_and_warns_of_a_decay_that_never_happens(home):
@@ -76,13 +76,17 @@ def test_preset_show_lists_the_sweep_points_and_warns_of_a_decay_that_never_happ
     assert "plan: 2 runs: pgd, pgd+advlc × seed 0" in out
     points = [ln.split() for ln in out.splitlines() if "→" in ln]
     assert points == [["method.name", "=", '"pgd"', "→", "pgd"], ["method.name", "=", '"advlc"', "→", "pgd+advlc"]]
-    assert err == ""                                              # milestones [40, 80] < 100 epochs
+    assert err == ""  # milestones [40, 80] < 100 epochs
     _, out, err = cli("preset", "show", "quick/robust-overfitting", "--set", "train.epochs=20", code=0)
-    assert err.strip() == ("advlc: warning: train.epochs = 20 with train.lr_milestones = [40, 80]: the lr never "
-                           "decays (robust overfitting shows after the first decay)")
+    assert err.strip() == (
+        "advlc: warning: train.epochs = 20 with train.lr_milestones = [40, 80]: the lr never "
+        "decays (robust overfitting shows after the first decay)"
+    )
     _, out, _ = cli("preset", "show", "quick/robust-overfitting", "--set", "train.epochs=60", "--json", code=0)
     doc = json.loads(out)
-    assert doc["caveats"] == ["train.epochs = 60 with train.lr_milestones = [40, 80]: the decay at epoch 80 never happens"]
+    assert doc["caveats"] == [
+        "train.epochs = 60 with train.lr_milestones = [40, 80]: the decay at epoch 80 never happens"
+    ]
     assert [p["label"] for p in doc["points"]] == ["pgd", "pgd+advlc"]
     _, out, err = cli("preset", "show", "quick/digits-pgd10", code=0)  # no sweep: no points listed
     assert "[sweep]" not in out and "plan: 1 run: pgd × seed 0" in out
@@ -93,10 +97,10 @@ def test_caveats_of_swa_and_of_milestones_at_the_last_epoch():
 
     _, cfg, _ = load_preset("quick/digits-fgsm_n-advlc-swa")
     assert caveats(cfg) == []
-    cfg.train.epochs = cfg.swa.start          # the first update would come after the last epoch
+    cfg.train.epochs = cfg.swa.start  # the first update would come after the last epoch
     assert any("SWA starts at epoch" in c for c in caveats(cfg))
     cfg.train.lr_milestones, cfg.train.epochs = [4], 5
-    assert not any("decay" in c for c in caveats(cfg))      # epoch 4 is the last one: it decays
+    assert not any("decay" in c for c in caveats(cfg))  # epoch 4 is the last one: it decays
     cfg.train.epochs = 4
     assert any("never decays" in c for c in caveats(cfg))
 
@@ -105,11 +109,29 @@ def test_queue_tables_piped_have_no_padding(monkeypatch, home):
     """Piped (no COLUMNS), a table's last column is not padded with spaces."""
     from engine import facade
 
-    info = {"host": "h", "scheduler_pid": 12, "queued": [],
-            "leases": [{"gpu": 0, "slot": 0, "run": "0000aaaa", "pid": 5, "since": 0, "live": True},
-                       {"gpu": 1, "slot": 0, "run": "0000bbbb", "pid": 6, "since": 0, "live": False}],
-            "slurm": [{"id": "0000cccc", "state": "queued", "job_id": 7, "slurm_state": "PENDING", "nodes": "",
-                       "reason": "Priority", "partition": "gpu", "time": 90, "squeue": True, "cluster": "c"}]}
+    info = {
+        "host": "h",
+        "scheduler_pid": 12,
+        "queued": [],
+        "leases": [
+            {"gpu": 0, "slot": 0, "run": "0000aaaa", "pid": 5, "since": 0, "live": True},
+            {"gpu": 1, "slot": 0, "run": "0000bbbb", "pid": 6, "since": 0, "live": False},
+        ],
+        "slurm": [
+            {
+                "id": "0000cccc",
+                "state": "queued",
+                "job_id": 7,
+                "slurm_state": "PENDING",
+                "nodes": "",
+                "reason": "Priority",
+                "partition": "gpu",
+                "time": 90,
+                "squeue": True,
+                "cluster": "c",
+            }
+        ],
+    }
     monkeypatch.setattr(facade, "queue_info", lambda store: info)
     monkeypatch.setattr("tui.cli.supervise.queue_info", lambda store: info)
     monkeypatch.delenv("COLUMNS")
@@ -122,11 +144,11 @@ def test_compare_fits_80_columns_and_is_whole_when_piped(monkeypatch, synth):
     _at(monkeypatch, synth)
     _, out, _ = cli("compare", "--preset", "paper", code=0)
     _fits(out)
-    assert "Robust end" in out and "Time (s/batch)" in out     # blocks, not cut columns
+    assert "Robust end" in out and "Time (s/batch)" in out  # blocks, not cut columns
     _at(monkeypatch, synth, None)
     _, piped, _ = cli("compare", "--preset", "paper", code=0)
     head = next(ln for ln in piped.splitlines() if ln.startswith("Training"))
-    assert len(head) > 100 and "Clean best" in head and "Time (s/batch)" in head   # one line per row
+    assert len(head) > 100 and "Clean best" in head and "Time (s/batch)" in head  # one line per row
 
 
 def test_run_summary_fits_80_columns_and_no_progress_line_is_left(monkeypatch, home, capsys):
@@ -134,10 +156,30 @@ def test_run_summary_fits_80_columns_and_no_progress_line_is_left(monkeypatch, h
     from tui.cli import common
 
     store = Store(home).ensure()
-    rds = [fabricate_run(store, "0000aaaa", preset="quick/digits-fgsm_n-advlc", seed=0, group=None, total=4,
-                         done=4, state="finished", created=time.time()),
-           fabricate_run(store, "0000bbbb", preset="quick/digits-fgsm_n-advlc", seed=1, group=None, total=4,
-                         done=2, state="stopped", created=time.time())]
+    rds = [
+        fabricate_run(
+            store,
+            "0000aaaa",
+            preset="quick/digits-fgsm_n-advlc",
+            seed=0,
+            group=None,
+            total=4,
+            done=4,
+            state="finished",
+            created=time.time(),
+        ),
+        fabricate_run(
+            store,
+            "0000bbbb",
+            preset="quick/digits-fgsm_n-advlc",
+            seed=1,
+            group=None,
+            total=4,
+            done=2,
+            state="stopped",
+            created=time.time(),
+        ),
+    ]
     common.fit_consoles()
     with common.Progress("0000aaaa") as progress:
         progress.event("start", {"epochs": 4, "start_epoch": 0, "batches": 29})
@@ -147,14 +189,14 @@ def test_run_summary_fits_80_columns_and_no_progress_line_is_left(monkeypatch, h
     common.print_summary(rds)
     out = capsys.readouterr().out
     _fits(out)
-    assert "…" not in out, out                              # no header or number cut
-    assert "━" not in out and not re.search(r"^\s*(epoch|batch)\s", out, re.M), out   # no stale bar
+    assert "…" not in out, out  # no header or number cut
+    assert "━" not in out and not re.search(r"^\s*(epoch|batch)\s", out, re.M), out  # no stale bar
     epochs = [ln for ln in out.splitlines() if ln.startswith("0000aaaa ep")]
     assert len(epochs) == 4 and all(re.search(r"robust .* \d+\.\ds$", ln) for ln in epochs), out  # one line each
     assert "best/end" in out and "fgsm_n+advlc" in out and "(stopped)" in out
     s = run_summary(rds[0])
     assert f"{100 * s['robust_best']:.2f}/{100 * s['robust_end']:.2f}" in out
-    assert out.splitlines()[4].startswith("accuracy % at best")       # right after the epochs: no blank line
+    assert out.splitlines()[4].startswith("accuracy % at best")  # right after the epochs: no blank line
 
 
 def _screen(stream: str) -> list[str]:
@@ -174,7 +216,7 @@ def _screen(stream: str) -> list[str]:
                 lines[row] = ""
         else:
             line = lines[row].ljust(col)
-            lines[row] = line[:col] + tok + line[col + len(tok):]
+            lines[row] = line[:col] + tok + line[col + len(tok) :]
             col += len(tok)
     return [ln.rstrip() for ln in lines]
 
@@ -189,25 +231,35 @@ def test_in_a_terminal_the_progress_bar_goes_when_the_run_ends(monkeypatch, home
     from tui.cli import common
 
     store = Store(home).ensure()
-    rd = fabricate_run(store, "0000aaaa", preset="quick/digits-fgsm_n-advlc", seed=0, group=None, total=4, done=4,
-                       state="finished", created=time.time())
+    rd = fabricate_run(
+        store,
+        "0000aaaa",
+        preset="quick/digits-fgsm_n-advlc",
+        seed=0,
+        group=None,
+        total=4,
+        done=4,
+        state="finished",
+        created=time.time(),
+    )
     monkeypatch.setenv("TERM", "xterm-256color")
     buf = io.StringIO()
-    monkeypatch.setattr(common, "out", Console(file=buf, force_terminal=True, width=WIDTH, highlight=False,
-                                               soft_wrap=False))
+    monkeypatch.setattr(
+        common, "out", Console(file=buf, force_terminal=True, width=WIDTH, highlight=False, soft_wrap=False)
+    )
     with common.Progress(rd.id) as progress:
         progress.event("start", {"epochs": 4, "start_epoch": 0, "batches": 29})
         for r in rd.epochs():
             progress.event("batch", {"batch": 29})
-            progress.p.refresh()                                 # drawn, as the refresh thread would
+            progress.p.refresh()  # drawn, as the refresh thread would
             progress.event("epoch", dict(r))
             live = Console(file=io.StringIO(), width=WIDTH, color_system=None)
-            live.print(progress.p.get_renderable())              # the live bar as an 80-column screen shows it
+            live.print(progress.p.get_renderable())  # the live bar as an 80-column screen shows it
             bar = live.file.getvalue().splitlines()[0]
-            info = progress.p.tasks[0].fields["info"]                 # "clean 82.55 robust 47.38 IG 20.1"
-            assert "IG" in info and bar.rstrip().endswith(info) and len(bar) <= WIDTH, bar   # the numbers, uncut
+            info = progress.p.tasks[0].fields["info"]  # "clean 82.55 robust 47.38 IG 20.1"
+            assert "IG" in info and bar.rstrip().endswith(info) and len(bar) <= WIDTH, bar  # the numbers, uncut
     common.print_summary([rd])
-    assert "━" in buf.getvalue()                                  # the bar was there
+    assert "━" in buf.getvalue()  # the bar was there
     shown = [ln for ln in _screen(buf.getvalue()) if ln]
     assert not any("━" in ln for ln in shown), "\n".join(shown)
     assert [ln[:11] for ln in shown[:4]] == ["0000aaaa ep"] * 4 and shown[4].startswith("accuracy % at best")
@@ -217,17 +269,42 @@ def test_in_a_terminal_the_progress_bar_goes_when_the_run_ends(monkeypatch, home
 # ---------------------------------------------------------------------------- 2. show at 80
 def test_show_fits_80_columns_and_lists_the_last_epochs(monkeypatch, home):
     store = Store(home).ensure()
-    recs = [{"epoch": e, "lr": 0.1, "train_loss": 1.23456, "train_acc": 0.5, "clean_loss": 1.0, "clean_acc": 0.6543,
-             "robust_loss": 1.5, "robust_acc": 0.4321, "av": 0.5, "ig": 12.345, "hs": 1.23456e-6 * (e + 1),
-             "time_s": 20.0, "images_per_s": 100.0} for e in range(100)]
-    fabricate_run(store, "0000cccc", preset="paper/table1/pgd10", seed=0, group=None, total=100, done=100,
-                  state="finished", created=time.time(), epochs_override=recs)
+    recs = [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train_loss": 1.23456,
+            "train_acc": 0.5,
+            "clean_loss": 1.0,
+            "clean_acc": 0.6543,
+            "robust_loss": 1.5,
+            "robust_acc": 0.4321,
+            "av": 0.5,
+            "ig": 12.345,
+            "hs": 1.23456e-6 * (e + 1),
+            "time_s": 20.0,
+            "images_per_s": 100.0,
+        }
+        for e in range(100)
+    ]
+    fabricate_run(
+        store,
+        "0000cccc",
+        preset="paper/table1/pgd10",
+        seed=0,
+        group=None,
+        total=100,
+        done=100,
+        state="finished",
+        created=time.time(),
+        epochs_override=recs,
+    )
     _, out, _ = cli("show", "0000cccc", code=0)
     _fits(out)
     assert "…" not in out, out
     rows = [ln.split() for ln in out.splitlines() if re.match(r"^\s+\d+\s+0\.1\s", ln)]
     assert [int(r[0]) for r in rows] == list(range(90, 100))
-    assert rows[-1][8] == "1.23e-04" and rows[0][8] == "1.12e-04"    # HS whole, in 8 characters
+    assert rows[-1][8] == "1.23e-04" and rows[0][8] == "1.12e-04"  # HS whole, in 8 characters
     assert "90 earlier epochs left out" in out and "--last 0" in out
     _, out, _ = cli("show", "0000cccc", "--last", "3", code=0)
     assert len([ln for ln in out.splitlines() if re.match(r"^\s+\d+\s+0\.1\s", ln)]) == 3
@@ -235,7 +312,7 @@ def test_show_fits_80_columns_and_lists_the_last_epochs(monkeypatch, home):
     assert len([ln for ln in out.splitlines() if re.match(r"^\s+\d+\s+0\.1\s", ln)]) == 100
     assert "left out" not in out
     _, out, _ = cli("show", "0000cccc", "--json", code=0)
-    assert len(json.loads(out)["epochs"]) == 100                     # --json has them all
+    assert len(json.loads(out)["epochs"]) == 100  # --json has them all
 
 
 def test_show_gives_tiny_numbers_a_compact_form():
@@ -252,8 +329,17 @@ def test_show_and_logs_default_to_the_most_recent_run(monkeypatch, home):
     store = Store(home).ensure()
     t0 = time.time()
     for i, rid in enumerate(("0000dddd", "0000eeee", "0000ffff")):
-        fabricate_run(store, rid, preset="quick/digits-pgd10", seed=i, group=None, total=3, done=3,
-                      state="finished", created=t0 + i if rid != "0000eeee" else t0 + 10)
+        fabricate_run(
+            store,
+            rid,
+            preset="quick/digits-pgd10",
+            seed=i,
+            group=None,
+            total=3,
+            done=3,
+            state="finished",
+            created=t0 + i if rid != "0000eeee" else t0 + 10,
+        )
     store.reindex()
     _, out, err = cli("show", code=0)
     assert out.startswith("0000eeee ") and one_line(err).startswith("advlc: show 0000eeee, the most recent run")
@@ -275,7 +361,7 @@ def _tour() -> list[str]:
         synopsis = re.split(r"\s{3,}", line.strip(), maxsplit=1)[0] if line.strip() else ""
         if line.startswith("advlc"):
             lines.append(synopsis)
-        elif synopsis and indent < 40 and lines:                      # a synopsis continued
+        elif synopsis and indent < 40 and lines:  # a synopsis continued
             lines[-1] += " " + synopsis
     return lines
 
@@ -331,7 +417,7 @@ def tour_invocations() -> list[tuple[str, list[str], list[str]]]:
     commands = typer.main.get_command(app).commands
     found = []
     for line in _tour():
-        text = re.sub(r"\s\|\s", " ¦ ", line[len("advlc"):])
+        text = re.sub(r"\s\|\s", " ¦ ", line[len("advlc") :])
         raw = re.findall(r'\[|\]|¦|"[^"]*"|[^\s\[\]¦]+', text)
         tokens = [t for k, t in enumerate(raw) if not (t == "…" and k and raw[k - 1] == "]")]  # ]… repeats
         alts, _ = _parse(tokens)
@@ -339,7 +425,7 @@ def tour_invocations() -> list[tuple[str, list[str], list[str]]]:
         for alt in alts:
             if alt and isinstance(alt[0], str) and alt[0] in commands:
                 path, alt = [alt[0]], alt[1:]
-                if hasattr(commands[path[0]], "commands"):     # a group: `preset show`, `bench steps`
+                if hasattr(commands[path[0]], "commands"):  # a group: `preset show`, `bench steps`
                     path, alt = [path[0], alt[0]], alt[1:]
             for words in _expand([alt]):
                 args = [_value(w, k > 0 and words[k - 1].startswith("-")) for k, w in enumerate(words)]
@@ -371,7 +457,7 @@ def test_every_command_line_of_the_readme_tour_parses():
             cmd = cmd.get_command(ctx, name)
             assert cmd is not None, (line, path)
             ctx = cmd.make_context(name, [], parent=ctx, resilient_parsing=True) if hasattr(cmd, "commands") else ctx
-        if not path:                                            # `advlc` and `advlc --version`
+        if not path:  # `advlc` and `advlc --version`
             opts = {o for p in root.params for o in p.opts}
             bad += [(line, a) for a in args if a not in opts]
             continue
@@ -380,7 +466,7 @@ def test_every_command_line_of_the_readme_tour_parses():
         try:
             cmd.make_context(path[-1], list(args), parent=ctx)
         except MissingParameter:
-            pass                # `pack RUN…` without -o: the option is on the line's other form
+            pass  # `pack RUN…` without -o: the option is on the line's other form
         except UsageError as exc:
             bad.append((line, " ".join(path + args), exc.format_message()))
     assert not bad, "\n".join(map(str, bad))
@@ -395,11 +481,22 @@ def test_version(home):
 
 def test_note_edit_opens_the_editor(monkeypatch, home, tmp_path):
     store = Store(home).ensure()
-    fabricate_run(store, "0000abab", preset="quick/digits-pgd10", seed=0, group=None, total=2, done=2,
-                  state="finished", created=time.time())
+    fabricate_run(
+        store,
+        "0000abab",
+        preset="quick/digits-pgd10",
+        seed=0,
+        group=None,
+        total=2,
+        done=2,
+        state="finished",
+        created=time.time(),
+    )
     editor = tmp_path / "editor.py"
-    editor.write_text("import sys\np = sys.argv[1]\ntext = open(p).read()\n"
-                      "open(p, 'w').write(text + 'written in the editor\\nsecond line\\n')\n")
+    editor.write_text(
+        "import sys\np = sys.argv[1]\ntext = open(p).read()\n"
+        "open(p, 'w').write(text + 'written in the editor\\nsecond line\\n')\n"
+    )
     monkeypatch.delenv("VISUAL", raising=False)
     monkeypatch.setenv("EDITOR", f"{sys.executable} {editor}")
     _, out, _ = cli("note", "0000abab", "--text", "first", code=0)
@@ -416,10 +513,17 @@ def test_note_edit_opens_the_editor(monkeypatch, home, tmp_path):
 def test_pack_preset_packs_that_presets_ended_runs(monkeypatch, home, tmp_path):
     store = Store(home).ensure()
     t0 = time.time()
-    for i, (preset, state) in enumerate([("quick/digits-pgd10", "finished"), ("quick/digits-pgd10", "stopped"),
-                                         ("quick/digits-pgd10", "running"), ("quick/digits-fgsm_n", "finished")]):
-        fabricate_run(store, f"0000{i:04x}", preset=preset, seed=i, group=None, total=2, done=2, state=state,
-                      created=t0 + i)
+    for i, (preset, state) in enumerate(
+        [
+            ("quick/digits-pgd10", "finished"),
+            ("quick/digits-pgd10", "stopped"),
+            ("quick/digits-pgd10", "running"),
+            ("quick/digits-fgsm_n", "finished"),
+        ]
+    ):
+        fabricate_run(
+            store, f"0000{i:04x}", preset=preset, seed=i, group=None, total=2, done=2, state=state, created=t0 + i
+        )
     store.reindex()
     archive = tmp_path / "runs.tar.gz"
     _, out, err = cli("pack", "--preset", "quick/digits-pgd10", "-o", str(archive), code=0)
@@ -485,21 +589,26 @@ def test_eval_shows_each_sub_attack_the_estimate_and_the_image_count(untrained):
     _, out, err = cli("eval", rd.id, "--n", "20", code=0)
     lines = err.splitlines()
     _fits(out)
-    assert out.splitlines()[0] == f"best (epoch 0) aa: robust 0.00 % on 20 images, clean 15.00 %  " \
-                                  f"({rd.evals()[0]['time_s']:.1f} s)"
+    assert (
+        out.splitlines()[0] == f"best (epoch 0) aa: robust 0.00 % on 20 images, clean 15.00 %  "
+        f"({rd.evals()[0]['time_s']:.1f} s)"
+    )
     assert lines[0].startswith(f"eval {rd.id} best (epoch 0): aa on 20 test images")
     warn = next(k for k, ln in enumerate(lines) if ln.startswith("advlc: warning: aa on a CPU may take"))
     assert "estimate" in lines[warn] and "3 correctly classified images" in lines[warn]
     done = next(k for k, ln in enumerate(lines) if ln.strip().startswith("apgd-ce: robust 0.00 %"))
-    assert warn < done                                           # the warning comes before the attack
+    assert warn < done  # the warning comes before the attack
     assert "remaining sub-attacks are skipped" in err
     # PGD: one line per batch when stderr is not a terminal
     _, out, err = cli("eval", rd.id, "--n", "20", "--attack", "pgd20", "--batch-size", "8", code=0)
-    assert [ln.strip() for ln in err.splitlines() if "batch" in ln] == ["pgd20 batch 1/3", "pgd20 batch 2/3",
-                                                                          "pgd20 batch 3/3"]
+    assert [ln.strip() for ln in err.splitlines() if "batch" in ln] == [
+        "pgd20 batch 1/3",
+        "pgd20 batch 2/3",
+        "pgd20 batch 3/3",
+    ]
     assert "warning" not in err and "robust 0.00 % on 20 images" in out
     _, out, _ = cli("eval", rd.id, "--n", "20", "--attack", "pgd20", "--json", code=0)
-    assert json.loads(out)[0]["n"] == 20                          # stdout: the JSON document alone
+    assert json.loads(out)[0]["n"] == 20  # stdout: the JSON document alone
 
 
 def test_the_estimate_is_an_estimate_from_n_and_steps():
@@ -520,7 +629,7 @@ def test_a_filter_in_percent_says_accuracies_are_fractions(monkeypatch, synth):
     assert out.splitlines()[1].startswith("hint: accuracies are fractions") and "0.6 for 60 %" in out
     _, out, err = cli("runs", "--where", "best_robust_acc > 0.3", code=0)
     assert len([ln for ln in out.splitlines() if ln.startswith("0000")]) == 12 and err == ""
-    _, out, err = cli("runs", "--where", "best_robust_acc < 60", code=0)     # matches, but surely not meant
+    _, out, err = cli("runs", "--where", "best_robust_acc < 60", code=0)  # matches, but surely not meant
     assert "accuracies are fractions" in one_line(err)
     _, out, _ = cli("runs", "--where", "seed > 5", code=0)
     assert out.strip() == "no runs match --where 'seed > 5' (12 runs in the store)"
@@ -535,15 +644,20 @@ def test_diff_shows_accuracies_in_percent_with_a_delta(monkeypatch, synth):
     _fits(out)
     a, b = (run_summary(synth.get(r)) for r in ("00000000", "00000002"))
     row = next(ln for ln in out.splitlines() if ln.startswith("best_robust_acc"))
-    assert row.split() == ["best_robust_acc", "%", f"{100 * a['robust_best']:.2f}", f"{100 * b['robust_best']:.2f}",
-                           f"{100 * (b['robust_best'] - a['robust_best']):+.2f}"]
+    assert row.split() == [
+        "best_robust_acc",
+        "%",
+        f"{100 * a['robust_best']:.2f}",
+        f"{100 * b['robust_best']:.2f}",
+        f"{100 * (b['robust_best'] - a['robust_best']):+.2f}",
+    ]
     assert "Δ" in out and "A: 00000000" in out and "B: 00000002" in out
 
 
 def test_repair_on_a_healthy_store_says_so_in_one_line(monkeypatch, tmp_path):
     store = build_store(tmp_path / "h", n_runs=3, n_epochs=4, n_running=0, seeds=1)
     _at(monkeypatch, store)
-    _, out, _ = cli("repair", code=0)            # fabricated runs lack the copy of config.json: made now
+    _, out, _ = cli("repair", code=0)  # fabricated runs lack the copy of config.json: made now
     assert "kept a copy of config.json" in out and "healthy" not in out
     _, out, _ = cli("repair", code=0)
     assert out.splitlines() == [f"healthy: 3 run(s) checked in {store.home}, nothing to repair"]

@@ -17,10 +17,18 @@ def _err(data, overrides=None):
 
 def test_every_preset_resolves():
     names = [e.name for e in list_presets()]
-    for required in ("quick/digits-standard", "quick/digits-fgsm_n", "quick/digits-fgsm_n-advlc",
-                     "quick/digits-pgd10", "quick/digits-pgd10-advlc", "paper/table1/standard",
-                     "paper/table1/fgsm_n", "paper/table1/fgsm_n-advlc", "paper/table1/pgd10",
-                     "paper/table1/pgd10-advlc"):
+    for required in (
+        "quick/digits-standard",
+        "quick/digits-fgsm_n",
+        "quick/digits-fgsm_n-advlc",
+        "quick/digits-pgd10",
+        "quick/digits-pgd10-advlc",
+        "paper/table1/standard",
+        "paper/table1/fgsm_n",
+        "paper/table1/fgsm_n-advlc",
+        "paper/table1/pgd10",
+        "paper/table1/pgd10-advlc",
+    ):
         assert required in names
     for n in names:
         load_preset(n)
@@ -28,7 +36,12 @@ def test_every_preset_resolves():
 
 def test_paper_presets_carry_the_paper_hyperparameters():
     _, c, _ = load_preset("paper/table1/fgsm_n-advlc")
-    assert (c.data.dataset, c.model.arch, c.train.epochs, c.train.batch_size) == ("cifar10", "preact_resnet18", 200, 100)
+    assert (c.data.dataset, c.model.arch, c.train.epochs, c.train.batch_size) == (
+        "cifar10",
+        "preact_resnet18",
+        200,
+        100,
+    )
     assert (c.train.lr, c.train.lr_milestones, c.train.momentum, c.train.weight_decay) == (0.1, [100, 150], 0.9, 1e-4)
     assert abs(c.attack.eps - 8 / 255) < 1e-12 and c.attack.alpha == c.attack.eps and c.attack.noise == c.attack.eps
     assert (c.method.name, c.method.lam, c.method.params.top_n) == ("advlc", 0.55, 100)
@@ -38,29 +51,38 @@ def test_paper_presets_carry_the_paper_hyperparameters():
 
 
 def test_overrides_are_type_checked():
-    c = C.build({"method": {"name": "pgd"}}, "p.toml", ["attack.eps=8/255", "train.epochs=3",
-                                                        "train.lr_milestones=[1,2]", "attack.random_start=true"])
+    c = C.build(
+        {"method": {"name": "pgd"}},
+        "p.toml",
+        ["attack.eps=8/255", "train.epochs=3", "train.lr_milestones=[1,2]", "attack.random_start=true"],
+    )
     assert abs(c.attack.eps - 8 / 255) < 1e-12 and c.train.epochs == 3
     assert c.train.lr_milestones == [1, 2] and c.attack.random_start is True
     assert abs(c.attack.alpha - 2 / 255) < 1e-12  # derived after the override
 
 
-@pytest.mark.parametrize("data,overrides,needles", [
-    ({"attack": {"epz": 1}}, None, ["p.toml", "attack.epz", "eps"]),
-    ({"attack": {"eps": 2}}, None, ["p.toml", "attack.eps = 2.0", "between 0 and 1"]),
-    ({"train": {"epochs": "ten"}}, None, ["train.epochs", "'ten'", "integer"]),
-    ({"train": {"epochs": 0}}, None, ["train.epochs = 0", "between 1 and 100000"]),
-    ({"model": {"arch": "vgg"}}, None, ["model.arch = 'vgg'", "preact_resnet18"]),
-    ({"method": {"name": "nope"}}, None, ["method.name = 'nope'", "advlc"]),
-    ({"method": {"name": "advlc"}}, None, ["attack.name is empty", "fgsm_n"]),
-    ({"method": {"name": "advlc", "lam": 0.5}, "attack": {"name": "fgsm_n"}}, ["train.lr=abc"],
-     ["--set train.lr=abc", "number"]),
-    ({"method": {"name": "pgd"}, "attack": {"name": "fgsm"}}, None, ["attack.name = 'fgsm'", "'pgd'"]),
-    ({"foo": {}}, None, ["unknown table [foo]"]),
-    ({"train": {"device": "tpu"}}, None, ["train.device = 'tpu'"]),
-    ({}, ["nodot=1"], ["section.key"]),
-    ({}, ["train.epochs"], ["section.key=value"]),
-])
+@pytest.mark.parametrize(
+    "data,overrides,needles",
+    [
+        ({"attack": {"epz": 1}}, None, ["p.toml", "attack.epz", "eps"]),
+        ({"attack": {"eps": 2}}, None, ["p.toml", "attack.eps = 2.0", "between 0 and 1"]),
+        ({"train": {"epochs": "ten"}}, None, ["train.epochs", "'ten'", "integer"]),
+        ({"train": {"epochs": 0}}, None, ["train.epochs = 0", "between 1 and 100000"]),
+        ({"model": {"arch": "vgg"}}, None, ["model.arch = 'vgg'", "preact_resnet18"]),
+        ({"method": {"name": "nope"}}, None, ["method.name = 'nope'", "advlc"]),
+        ({"method": {"name": "advlc"}}, None, ["attack.name is empty", "fgsm_n"]),
+        (
+            {"method": {"name": "advlc", "lam": 0.5}, "attack": {"name": "fgsm_n"}},
+            ["train.lr=abc"],
+            ["--set train.lr=abc", "number"],
+        ),
+        ({"method": {"name": "pgd"}, "attack": {"name": "fgsm"}}, None, ["attack.name = 'fgsm'", "'pgd'"]),
+        ({"foo": {}}, None, ["unknown table [foo]"]),
+        ({"train": {"device": "tpu"}}, None, ["train.device = 'tpu'"]),
+        ({}, ["nodot=1"], ["section.key"]),
+        ({}, ["train.epochs"], ["section.key=value"]),
+    ],
+)
 def test_errors_name_file_key_value_and_allowed(data, overrides, needles):
     msg = _err(data, overrides)
     for n in needles:
@@ -79,7 +101,8 @@ def test_extends_merges_and_reports_child_file(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVLC_HOME", str(tmp_path))
     (tmp_path / "presets").mkdir()
     (tmp_path / "presets" / "mine.toml").write_text(
-        '[preset]\nextends = "quick/digits-pgd10"\n[train]\nepochs = 2\n[attack]\neps = 0.5\n')
+        '[preset]\nextends = "quick/digits-pgd10"\n[train]\nepochs = 2\n[attack]\neps = 0.5\n'
+    )
     name, c, _ = load_preset("user/mine")
     assert name == "user/mine" and c.train.epochs == 2 and c.attack.eps == 0.5 and c.method.name == "pgd"
     assert c.data.dataset == "digits"
@@ -99,4 +122,4 @@ def test_string_override_keeps_digits_as_written():
     cfg = C.apply_overrides(C.RunConfig(), ["experiment.source=18246532", "preset.description=007"])
     assert cfg.experiment.source == "18246532" and cfg.preset.description == "007"
     with pytest.raises(UserError, match="must be a string"):
-        C.from_dict({"experiment": {"source": 18246532}}, "x.toml")   # in a TOML file, quote it
+        C.from_dict({"experiment": {"source": 18246532}}, "x.toml")  # in a TOML file, quote it

@@ -38,8 +38,10 @@ def make_cifar10(root, n_per_batch=4, n_test=6, seed=0):
     for i in range(1, 6):
         r = _cifar_rows(rng, n_per_batch)
         lab = [int(v) for v in rng.randint(0, 10, n_per_batch)]
-        _write_pickle(base / f"data_batch_{i}", {b"batch_label": b"training batch", b"data": r,
-                                                  b"labels": lab, b"filenames": [b"x.png"] * n_per_batch})
+        _write_pickle(
+            base / f"data_batch_{i}",
+            {b"batch_label": b"training batch", b"data": r, b"labels": lab, b"filenames": [b"x.png"] * n_per_batch},
+        )
         rows.append(r)
         labels += lab
     tr = _cifar_rows(rng, n_test)
@@ -81,8 +83,12 @@ def _solid(path, color, size=64):
 
 
 TIN_COLORS = {  # (wnid, index) -> colour: far apart, so JPEG error cannot confuse them
-    ("n02", 0): (250, 10, 10), ("n02", 1): (10, 250, 10), ("n02", 2): (10, 10, 250),
-    ("n01", 0): (250, 250, 10), ("n01", 1): (10, 250, 250), ("n01", 2): (250, 10, 250),
+    ("n02", 0): (250, 10, 10),
+    ("n02", 1): (10, 250, 10),
+    ("n02", 2): (10, 10, 250),
+    ("n01", 0): (250, 250, 10),
+    ("n01", 1): (10, 250, 250),
+    ("n01", 2): (250, 10, 250),
 }
 
 
@@ -96,12 +102,14 @@ def make_tinyimagenet(root):
         (base / "train" / w / f"{w}_boxes.txt").write_text("")
     vi = base / "val" / "images"
     vi.mkdir(parents=True)
-    val = [("val_0.JPEG", "n02", (250, 10, 10)), ("val_1.JPEG", "n01", (10, 250, 250)),
-           ("val_2.JPEG", "n02", (10, 10, 250))]
+    val = [
+        ("val_0.JPEG", "n02", (250, 10, 10)),
+        ("val_1.JPEG", "n01", (10, 250, 250)),
+        ("val_2.JPEG", "n02", (10, 10, 250)),
+    ]
     for f, _, color in val:
         _solid(vi / f, color)
-    (base / "val" / "val_annotations.txt").write_text(
-        "".join(f"{f}\t{w}\t0\t0\t63\t63\n" for f, w, _ in val))
+    (base / "val" / "val_annotations.txt").write_text("".join(f"{f}\t{w}\t0\t0\t63\t63\n" for f, w, _ in val))
     return base, val
 
 
@@ -210,7 +218,7 @@ def test_cifar10_roundtrip(tmp_path):
     for i in (0, 7, 19):
         r = rows[i]
         for c in range(3):
-            assert np.array_equal(ds.train_x[i, c].numpy(), r[c * 1024:(c + 1) * 1024].reshape(32, 32))
+            assert np.array_equal(ds.train_x[i, c].numpy(), r[c * 1024 : (c + 1) * 1024].reshape(32, 32))
     assert int(ds.train_x[5, 1, 2, 3]) == int(rows[5][1024 + 2 * 32 + 3])
     assert np.array_equal(ds.test_x.numpy().reshape(6, -1), test_rows)
 
@@ -291,12 +299,15 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return msg
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("cifar10", "cifar-10-batches-py/data_batch_1"),
-    ("cifar100", "cifar-100-python/train"),
-    ("svhn", "train_32x32.mat"),
-    ("tinyimagenet", "tiny-imagenet-200/train"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar10", "cifar-10-batches-py/data_batch_1"),
+        ("cifar100", "cifar-100-python/train"),
+        ("svhn", "train_32x32.mat"),
+        ("tinyimagenet", "tiny-imagenet-200/train"),
+    ],
+)
 def test_missing_folder(tmp_path, name, expected):
     with pytest.raises(UserError) as exc:
         load_dataset(DataConfig(dataset=name, root=str(tmp_path)))
@@ -320,14 +331,17 @@ def test_empty_root():
     assert "data.root" in _one_line(exc)
 
 
-@pytest.mark.parametrize("content", [
-    b"this is not a pickle",
-    pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}),                      # no labels
-    pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),    # wrong shape
-    pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}),      # count mismatch
-    pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}),  # label out of range
-    pickle.dumps([1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"this is not a pickle",
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}),  # no labels
+        pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),  # wrong shape
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}),  # count mismatch
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}),  # label out of range
+        pickle.dumps([1, 2, 3]),
+    ],
+)
 def test_malformed_pickle_names_file(tmp_path, content):
     make_cifar10(tmp_path)
     bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
@@ -451,7 +465,7 @@ def _windows(xi: torch.Tensor, p: int) -> list[torch.Tensor]:
     """Reference: every (2p+1)^2 crop of the zero-padded image, by F.pad and slicing."""
     _, h, w = xi.shape
     padded = F.pad(xi, (p, p, p, p))
-    return [padded[:, dy:dy + h, dx:dx + w] for dy in range(2 * p + 1) for dx in range(2 * p + 1)]
+    return [padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * p + 1) for dx in range(2 * p + 1)]
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])

@@ -48,8 +48,9 @@ def _one_thread(monkeypatch):
 
 def stopped_run(home: Path, rid: str = "0000abcd", done: int = 2):
     store = Store(home).ensure()
-    rd = fabricate_run(store, rid, preset=PRESET, seed=0, group=None, total=4, done=done, state="stopped",
-                       created=time.time())
+    rd = fabricate_run(
+        store, rid, preset=PRESET, seed=0, group=None, total=4, done=done, state="stopped", created=time.time()
+    )
     store.sync(rd)
     return store, rd
 
@@ -76,15 +77,16 @@ def _checkpoint_with_pickle(path: Path, payload: bytes) -> None:
 
 
 def _crafted(marker: Path, protocol: int) -> bytes:
-    return pickle.dumps({"epoch": 2, "best_robust_acc": 0.5, "model": _Call(os.system, f"touch '{marker}'")},
-                        protocol=protocol)
+    return pickle.dumps(
+        {"epoch": 2, "best_robust_acc": 0.5, "model": _Call(os.system, f"touch '{marker}'")}, protocol=protocol
+    )
 
 
-@pytest.mark.parametrize("protocol", [2, 4])   # GLOBAL, STACK_GLOBAL
+@pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL, STACK_GLOBAL
 def test_a_checkpoint_whose_pickle_calls_os_system_is_never_run_and_never_intact(home, tmp_path, protocol):
     marker = tmp_path / "pwned"
     payload = _crafted(marker, protocol)
-    pickle.loads(payload)                                   # the payload is live: plain pickle runs it
+    pickle.loads(payload)  # the payload is live: plain pickle runs it
     assert marker.exists()
     marker.unlink()
     store, rd = stopped_run(home)
@@ -105,13 +107,17 @@ def test_a_checkpoint_whose_pickle_calls_os_system_is_never_run_and_never_intact
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("payload,why", [
-    (pickle.dumps({"epoch": 2, "x": _Call(__import__("collections").OrderedDict, 5)}, protocol=2), "TypeError"),
-    (b"\x80\x02}q\x00X\x05\x00\x00\x00epochq\x01K\x02s\xfe.", "UnpicklingError"),   # an unknown opcode
-    (pickle.dumps({"epoch": "two"}, protocol=2), "epoch = 'two'"),
-    (pickle.dumps({"best_robust_acc": 0.5}, protocol=2), "has no epoch"),
-    (pickle.dumps([1, 2], protocol=2), "does not hold a checkpoint dict"),
-], ids=["reduce-raises", "unknown-opcode", "epoch-a-string", "no-epoch", "not-a-dict"])
+@pytest.mark.parametrize(
+    "payload,why",
+    [
+        (pickle.dumps({"epoch": 2, "x": _Call(__import__("collections").OrderedDict, 5)}, protocol=2), "TypeError"),
+        (b"\x80\x02}q\x00X\x05\x00\x00\x00epochq\x01K\x02s\xfe.", "UnpicklingError"),  # an unknown opcode
+        (pickle.dumps({"epoch": "two"}, protocol=2), "epoch = 'two'"),
+        (pickle.dumps({"best_robust_acc": 0.5}, protocol=2), "has no epoch"),
+        (pickle.dumps([1, 2], protocol=2), "does not hold a checkpoint dict"),
+    ],
+    ids=["reduce-raises", "unknown-opcode", "epoch-a-string", "no-epoch", "not-a-dict"],
+)
 def test_a_pickle_that_makes_the_inspector_fail_is_one_line(home, payload, why):
     store, rd = stopped_run(home)
     _checkpoint_with_pickle(rd.ckpt("last"), payload)
@@ -127,10 +133,18 @@ def test_a_real_checkpoint_of_every_kind_is_read(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 1, 5, 5)).sum().backward()
     opt.step()
-    obj = {"epoch": 3, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
-           "rng_cuda": None, "rng_data": torch.Generator().get_state(), "best_robust_acc": 0.4,
-           "swa": {"model": model.state_dict(), "n": 2, "best_robust_acc": 0.3},
-           "half": torch.ones(2, dtype=torch.bfloat16), "p": torch.nn.Parameter(torch.ones(1))}
+    obj = {
+        "epoch": 3,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": None,
+        "rng_data": torch.Generator().get_state(),
+        "best_robust_acc": 0.4,
+        "swa": {"model": model.state_dict(), "n": 2, "best_robust_acc": 0.3},
+        "half": torch.ones(2, dtype=torch.bfloat16),
+        "p": torch.nn.Parameter(torch.ones(1)),
+    }
     torch.save(obj, tmp_path / "last.pt")
     assert inspect_checkpoint(tmp_path / "last.pt") == {"epoch": 3, "rng_cuda": None, "best_robust_acc": 0.4}
 
@@ -153,7 +167,7 @@ def _own_log(rd) -> str:
 def test_a_log_linked_out_of_the_store_is_replaced_never_written_or_read_through(home, tmp_path):
     store, rd = stopped_run(home)
     outside, before = _linked_log(rd, tmp_path)
-    assert rd.log_tail() == []                                # never read through the link
+    assert rd.log_tail() == []  # never read through the link
     rd.append_log("--- advlc: starting")
     assert outside.read_bytes() == before
     log = _own_log(rd)
@@ -166,11 +180,19 @@ def test_a_launcher_that_opens_the_log_through_a_link_still_never_writes_through
     followed it), `engine.run.process.own_log_output` moves it to a regular log.txt of its own."""
     store, rd = stopped_run(home)
     outside, before = _linked_log(rd, tmp_path)
-    code = ("import sys\nfrom engine.run.process import own_log_output\nfrom engine.store.rundir import RunDir\n"
-            "moved = own_log_output(RunDir(sys.argv[1]))\nprint('from the run process', moved, flush=True)\n")
-    with open(rd.log_path, "ab") as through:                # follows the link, as a careless launcher would
-        subprocess.run([sys.executable, "-c", code, str(rd.path)], stdout=through, stderr=subprocess.STDOUT,
-                       cwd=ROOT, check=True, timeout=120)
+    code = (
+        "import sys\nfrom engine.run.process import own_log_output\nfrom engine.store.rundir import RunDir\n"
+        "moved = own_log_output(RunDir(sys.argv[1]))\nprint('from the run process', moved, flush=True)\n"
+    )
+    with open(rd.log_path, "ab") as through:  # follows the link, as a careless launcher would
+        subprocess.run(
+            [sys.executable, "-c", code, str(rd.path)],
+            stdout=through,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            check=True,
+            timeout=120,
+        )
     assert outside.read_bytes() == before
     assert _own_log(rd).endswith("from the run process True\n")
 
@@ -210,12 +232,12 @@ def test_a_local_launch_replaces_a_linked_log_before_the_process_opens_it(home, 
 
 # ----------------------------------------------------------------------------- 3. a full disk names the file
 def _enospc(*_a, **_k):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))          # a write/fsync error: no file name
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write/fsync error: no file name
 
 
 def test_a_full_disk_names_the_file_being_written_never_a_question_mark(home, monkeypatch):
     store, rd = stopped_run(home)
-    monkeypatch.setattr(os, "fsync", _enospc)                       # the atomic write's fsync fails
+    monkeypatch.setattr(os, "fsync", _enospc)  # the atomic write's fsync fails
     rc, _, err = cli("label", rd.id, "a new title", code=1)
     assert one_line(err) == f"advlc: {rd.meta_path}: the disk is full (ENOSPC)"
     with pytest.raises(OSError) as exc:
@@ -225,7 +247,7 @@ def test_a_full_disk_names_the_file_being_written_never_a_question_mark(home, mo
 
     real = tempfile.mkstemp
 
-    def no_temporary(*a, dir=None, prefix="", suffix="", **k):      # what mkstemp raises: the temporary's name
+    def no_temporary(*a, dir=None, prefix="", suffix="", **k):  # what mkstemp raises: the temporary's name
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(dir, f"{prefix}x1y2{suffix}"))
 
     monkeypatch.setattr(tempfile, "mkstemp", no_temporary)
@@ -274,13 +296,16 @@ def _local_slurm_job_that_exits(home: Path, tmp_path: Path, before_start=None):
     gate.touch()
     jid = rd.status().launch.job_id
     wait_for(lambda: (rd.submitit_dir / f"{jid}_0_result.pkl").exists(), timeout=120, what="the job's result")
-    wait_for(lambda: "exits without training" in rd.log_path.read_text(errors="replace"), timeout=60,
-             what="the job's last line")
+    wait_for(
+        lambda: "exits without training" in rd.log_path.read_text(errors="replace"),
+        timeout=60,
+        what="the job's last line",
+    )
     return store, rd
 
 
 def test_a_local_slurm_job_writes_only_user_only_files(home, tmp_path, monkeypatch):
-    old = os.umask(0o022)                 # a usual umask: what submitit would write 0644 under
+    old = os.umask(0o022)  # a usual umask: what submitit would write 0644 under
     try:
         store, rd = _local_slurm_job_that_exits(home, tmp_path)
     finally:
@@ -319,7 +344,7 @@ def test_a_slurm_job_sends_its_output_to_a_log_of_its_own_never_through_a_link(h
     def writes_first(self, rd):
         os.write(1, b"from the job's stdout\n")
         os.write(2, b"from the job's stderr\n")
-        umask["job"] = os.umask(0o077)       # what the job writes (submitit's result pickle) is user-only too
+        umask["job"] = os.umask(0o077)  # what the job writes (submitit's result pickle) is user-only too
         os.umask(umask["job"])
         return False
 
@@ -328,15 +353,24 @@ def test_a_slurm_job_sends_its_output_to_a_log_of_its_own_never_through_a_link(h
     try:
         assert SL.SlurmTrain()(str(rd.path)) == 0
     finally:
-        os.umask(old)                        # the job's umask is its process's: not this test process's
+        os.umask(old)  # the job's umask is its process's: not this test process's
     assert umask["job"] & 0o077 == 0o077
     assert outside.read_bytes() == before
     assert _own_log(rd).endswith("from the job's stdout\nfrom the job's stderr\n")
 
 
 # ----------------------------------------------------------------------------- 5. presets out of their folders
-@pytest.mark.parametrize("spelling", ["user/../../outside/evil", "user/../../outside/evil.toml",
-                                      "{abs_no_suffix}", "user/{abs_no_suffix}", "user/linked", "user/linked.toml"])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "user/../../outside/evil",
+        "user/../../outside/evil.toml",
+        "{abs_no_suffix}",
+        "user/{abs_no_suffix}",
+        "user/linked",
+        "user/linked.toml",
+    ],
+)
 def test_a_preset_that_leads_out_of_the_preset_folders_is_refused(home, tmp_path, spelling):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -345,7 +379,7 @@ def test_a_preset_that_leads_out_of_the_preset_folders_is_refused(home, tmp_path
     presets = home / "presets"
     presets.mkdir(parents=True)
     (presets / "linked.toml").symlink_to(evil)
-    ref = spelling.format(abs=evil, abs_no_suffix=str(evil)[:-len(".toml")])
+    ref = spelling.format(abs=evil, abs_no_suffix=str(evil)[: -len(".toml")])
     line = one_line(cli("preset", "show", ref, code=2)[2])
     assert "is outside the preset folders" in line and str(presets.resolve()) in line
     (presets / "mine.toml").write_text(f'[preset]\nextends = "{ref}"\n')
@@ -353,7 +387,7 @@ def test_a_preset_that_leads_out_of_the_preset_folders_is_refused(home, tmp_path
     assert "mine.toml: preset.extends" in line and "is outside the preset folders" in line
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())
     rc, out, _ = cli("presets", code=0)
-    assert "user/linked" in out and "broken" in out          # listed as broken, never read
+    assert "user/linked" in out and "broken" in out  # listed as broken, never read
 
 
 def test_a_toml_path_typed_on_the_command_line_is_the_users_own_file(home, tmp_path):
@@ -391,13 +425,29 @@ def test_the_app_lists_a_preset_whose_preset_is_not_a_table(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 7. --time as Slurm reads it
-SLURM_TIMES = [          # (what is typed, minutes Slurm gives the job: seconds are rounded up)
-    ("90", 90), (90, 90), ("1", 1),                                  # minutes
-    ("1:30", 2), ("0:59", 1), ("1:00", 1), ("90:00", 90), ("1:90", 3), ("15:01", 16),  # minutes:seconds
-    ("1:30:00", 90), ("01:30:00", 90), ("0:00:30", 1), ("12:00:00", 720), ("1:00:01", 61),  # h:m:s
-    ("2-12", 3600), ("1-0", 1440), ("0-1", 60),                      # days-hours
-    ("2-12:30", 3630), ("1-00:01", 1441),                            # days-hours:minutes
-    ("2-12:30:15", 3631), ("1-00:00:00", 1440), ("0-0:0:1", 1),      # days-hours:minutes:seconds
+SLURM_TIMES = [  # (what is typed, minutes Slurm gives the job: seconds are rounded up)
+    ("90", 90),
+    (90, 90),
+    ("1", 1),  # minutes
+    ("1:30", 2),
+    ("0:59", 1),
+    ("1:00", 1),
+    ("90:00", 90),
+    ("1:90", 3),
+    ("15:01", 16),  # minutes:seconds
+    ("1:30:00", 90),
+    ("01:30:00", 90),
+    ("0:00:30", 1),
+    ("12:00:00", 720),
+    ("1:00:01", 61),  # h:m:s
+    ("2-12", 3600),
+    ("1-0", 1440),
+    ("0-1", 60),  # days-hours
+    ("2-12:30", 3630),
+    ("1-00:01", 1441),  # days-hours:minutes
+    ("2-12:30:15", 3631),
+    ("1-00:00:00", 1440),
+    ("0-0:0:1", 1),  # days-hours:minutes:seconds
 ]
 
 
@@ -407,14 +457,27 @@ def test_time_is_read_as_slurm_reads_it(typed, minutes):
 
     assert SL.parse_time(typed) == minutes
     if isinstance(typed, str):
-        assert SL.slurm_duration_min(typed) == minutes                # sinfo's limits the same way
+        assert SL.slurm_duration_min(typed) == minutes  # sinfo's limits the same way
 
 
-@pytest.mark.parametrize("typed,says", [("0", "no time limit"), ("unlimited", "no time limit"),
-                                        ("INFINITE", "no time limit"), ("-1", "no time limit"),
-                                        ("0:00", "above 0"), ("1:2:3:4", "not a time"), ("1.5", "not a time"),
-                                        ("2h", "not a time"), ("1-", "not a time"), (":30", "not a time"),
-                                        ("9" * 12, "not a time"), ("99999999", "longer than Slurm"), (True, "Slurm")])
+@pytest.mark.parametrize(
+    "typed,says",
+    [
+        ("0", "no time limit"),
+        ("unlimited", "no time limit"),
+        ("INFINITE", "no time limit"),
+        ("-1", "no time limit"),
+        ("0:00", "above 0"),
+        ("1:2:3:4", "not a time"),
+        ("1.5", "not a time"),
+        ("2h", "not a time"),
+        ("1-", "not a time"),
+        (":30", "not a time"),
+        ("9" * 12, "not a time"),
+        ("99999999", "longer than Slurm"),
+        (True, "Slurm"),
+    ],
+)
 def test_a_time_slurm_would_not_read_as_a_limit_is_one_line(typed, says):
     from engine.launch.executors import slurm as SL
 

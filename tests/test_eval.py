@@ -17,8 +17,19 @@ from engine.run.process import run
 from engine.store.files import write_json
 from engine.store.index import Store
 
-EVAL_KEYS = {"ckpt", "attack", "implementation", "eps", "n", "clean_acc", "robust_acc", "epoch", "device",
-             "time_s", "created"}
+EVAL_KEYS = {
+    "ckpt",
+    "attack",
+    "implementation",
+    "eps",
+    "n",
+    "clean_acc",
+    "robust_acc",
+    "epoch",
+    "device",
+    "time_s",
+    "created",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,11 +65,14 @@ def _cli(capsys, home, *args):
 def test_autoattack_not_above_pgd20_for_both_implementations(trained, capsys):
     home, store, rd = trained
     n = 60
-    recs = {r["attack"]: r for r in eval_run(rd, ckpts=["end"], attacks=["pgd20", "aa", "apgd50x5"], n=n,
-                                             log=lambda s: None)}
+    recs = {
+        r["attack"]: r
+        for r in eval_run(rd, ckpts=["end"], attacks=["pgd20", "aa", "apgd50x5"], n=n, log=lambda s: None)
+    }
     # torchattacks' version through the command line: its output says it is the weaker one
-    code, out, err = _cli(capsys, home, "eval", rd.id, "--ckpt", "end", "--attack", "aa-torchattacks", "--n",
-                          str(n), "--json")
+    code, out, err = _cli(
+        capsys, home, "eval", rd.id, "--ckpt", "end", "--attack", "aa-torchattacks", "--n", str(n), "--json"
+    )
     assert code == 0, err
     assert "weaker" in err and "10 steps" in err
     [recs["aa-torchattacks"]] = json.loads(out)
@@ -91,8 +105,7 @@ def test_robust_accuracy_leaves_mode_and_rng_alone(trained):
 
 def test_cli_eval_writes_an_evals_record_that_show_lists(trained, capsys):
     home, _, rd = trained
-    code, out, err = _cli(capsys, home, "eval", rd.id[:5], "--ckpt", "best", "--attack", "pgd50", "--n", "60",
-                          "--json")
+    code, out, err = _cli(capsys, home, "eval", rd.id[:5], "--ckpt", "best", "--attack", "pgd50", "--n", "60", "--json")
     assert code == 0, err
     [rec] = json.loads(out)
     assert set(rec) == EVAL_KEYS
@@ -117,8 +130,14 @@ def test_eval_refuses_a_running_run(trained, capsys):
 
     n_before = len(rd.evals())
     # a live process (this one) owns the run, so the CLI's reconcile keeps it `running`
-    force_status(rd, state="running", pid=os.getpid(), pid_create_time=create_time(os.getpid()),
-                    host=os.uname().nodename, heartbeat=time.time())
+    force_status(
+        rd,
+        state="running",
+        pid=os.getpid(),
+        pid_create_time=create_time(os.getpid()),
+        host=os.uname().nodename,
+        heartbeat=time.time(),
+    )
     try:
         code, out, err = _cli(capsys, home, "eval", rd.id, "--attack", "pgd20")
     finally:
@@ -128,12 +147,15 @@ def test_eval_refuses_a_running_run(trained, capsys):
     assert len(rd.evals()) == n_before
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--ckpt", "swa_best"], "no 'swa_best' checkpoint"),
-    (["--ckpt", "latest"], "--ckpt latest: must be one of best, end, swa_best, swa_end"),
-    (["--attack", "cw"], "--attack cw: must be one of"),
-    (["--device", "tpu"], "--device tpu"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--ckpt", "swa_best"], "no 'swa_best' checkpoint"),
+        (["--ckpt", "latest"], "--ckpt latest: must be one of best, end, swa_best, swa_end"),
+        (["--attack", "cw"], "--attack cw: must be one of"),
+        (["--device", "tpu"], "--device tpu"),
+    ],
+)
 def test_bad_eval_arguments_are_one_line(trained, capsys, args, needle):
     home, _, rd = trained
     code, out, err = _cli(capsys, home, "eval", rd.id, *args)
@@ -143,7 +165,7 @@ def test_bad_eval_arguments_are_one_line(trained, capsys, args, needle):
 
 def test_run_final_evals_follows_the_config_and_skips_done_ones(trained):
     _, store, rd = trained
-    conf = json.loads(rd.config_path.read_text())      # config.json as written, edited by hand
+    conf = json.loads(rd.config_path.read_text())  # config.json as written, edited by hand
     saved = json.loads(json.dumps(conf))
     conf["eval"].update(final=["pgd20", "pgd50"], final_ckpts=["best", "end", "swa_end"], final_n=30)
     write_json(rd.config_path, conf)
@@ -153,10 +175,10 @@ def test_run_final_evals_follows_the_config_and_skips_done_ones(trained):
         assert {(r["ckpt"], r["attack"]) for r in recs} == {(c, a) for c in ("best", "end") for a in ("pgd20", "pgd50")}
         assert all(r["n"] == 30 for r in recs)
         assert any("no swa_end checkpoint" in line for line in lines)
-        assert run_final_evals(rd, log=lambda s: None) == []          # already recorded
+        assert run_final_evals(rd, log=lambda s: None) == []  # already recorded
     finally:
         write_json(rd.config_path, saved)
-    assert run_final_evals(rd) == []                                  # eval.final empty
+    assert run_final_evals(rd) == []  # eval.final empty
 
 
 def test_experiment_runs_have_no_checkpoint_to_evaluate(trained):
@@ -168,8 +190,13 @@ def test_experiment_runs_have_no_checkpoint_to_evaluate(trained):
 
 def test_training_requests_final_evals(tmp_path):
     store = Store(tmp_path)
-    [rd] = create_runs(store, preset_runs("quick/digits-pgd10", ["train.epochs=1", "eval.n=40", "eval.final=[\"pgd20\"]",
-                                                               "eval.final_ckpts=[\"end\"]", "eval.final_n=40"]))
+    [rd] = create_runs(
+        store,
+        preset_runs(
+            "quick/digits-pgd10",
+            ["train.epochs=1", "eval.n=40", 'eval.final=["pgd20"]', 'eval.final_ckpts=["end"]', "eval.final_n=40"],
+        ),
+    )
     assert run(rd, store, log=lambda s: None) == "finished"
     [rec] = rd.evals()
     assert (rec["ckpt"], rec["attack"], rec["n"]) == ("end", "pgd20", 40)

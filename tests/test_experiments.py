@@ -52,6 +52,7 @@ def _experiment(store, preset, overrides):
 
 # ---------------------------------------------------------------------------- epoch metrics
 
+
 def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
 
     _, _, rd = source
@@ -63,24 +64,33 @@ def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
     cfg.train.epochs = 3
     rng = torch.get_rng_state()
     got = extra_epoch_metrics(model, data, cfg, epoch=2)
-    assert torch.equal(rng, torch.get_rng_state())            # the training's random stream is untouched
+    assert torch.equal(rng, torch.get_rng_state())  # the training's random stream is untouched
     assert set(got) == set(EXTRA_METRICS) | {"extra_time_s"}
     eps, seed, bs = e.eps, cfg.train.seed, e.batch_size
     xs, ys = data.train_x[:120], data.train_y[:120]
-    want = {"train_ig": input_gradient_norm(model, xs, ys),
-            "train_hs": hs_metric(model, data.train_x[:100], data.train_y[:100], n=100, batch=50, seed=seed)[0],
-            "ga": gradient_alignment(model, xs, ys, eps=eps, generator=torch.Generator().manual_seed(seed))}
+    want = {
+        "train_ig": input_gradient_norm(model, xs, ys),
+        "train_hs": hs_metric(model, data.train_x[:100], data.train_y[:100], n=100, batch=50, seed=seed)[0],
+        "ga": gradient_alignment(model, xs, ys, eps=eps, generator=torch.Generator().manual_seed(seed)),
+    }
     av = adversarial_vulnerability(model, xs, ys, eps=eps, steps=20)
-    want.update(train_clean_loss=av["clean_loss"], train_adv_loss=av["adv_loss"], train_av=av["av"],
-                train_clean_acc=av["clean_acc"], train_adv_acc=av["adv_acc"])
+    want.update(
+        train_clean_loss=av["clean_loss"],
+        train_adv_loss=av["adv_loss"],
+        train_av=av["av"],
+        train_clean_acc=av["clean_acc"],
+        train_adv_acc=av["adv_acc"],
+    )
     av = adversarial_vulnerability(model, data.test_x[:70], data.test_y[:70], eps=eps, steps=20)
     want.update(test_adv_loss20=av["adv_loss"], test_av20=av["av"], test_adv_acc20=av["adv_acc"])
     xe, ye = data.train_x[:90], data.train_y[:90]
     a = cfg.attack
-    for name, kw in (("eff_fgsm", dict(attack_name="fgsm", alpha=eps)),
-                     ("eff_fgsm_n", dict(attack_name="fgsm_n", alpha=eps, noise=eps)),
-                     ("eff_pgd10", dict(attack_name="pgd", alpha=eps / 4, steps=10)),
-                     ("eff_train", dict(attack_name=a.name, alpha=a.alpha, steps=a.steps, train_mode=a.train_mode))):
+    for name, kw in (
+        ("eff_fgsm", dict(attack_name="fgsm", alpha=eps)),
+        ("eff_fgsm_n", dict(attack_name="fgsm_n", alpha=eps, noise=eps)),
+        ("eff_pgd10", dict(attack_name="pgd", alpha=eps / 4, steps=10)),
+        ("eff_train", dict(attack_name=a.name, alpha=a.alpha, steps=a.steps, train_mode=a.train_mode)),
+    ):
         torch.manual_seed(seed)
         want[name] = training_attack_effectiveness(model, xe, ye, eps=eps, batch_size=bs, **kw)
     wh = weight_hessian(model, data.train_x[:40], data.train_y[:40], top_n=1, trace=True, seed=seed)
@@ -98,16 +108,28 @@ def test_extra_epoch_metrics_equal_direct_landscape_computations(source):
 def test_standard_training_has_no_eff_train(source):
     _, _, rd = source
     model, _, _ = load_run_model(rd, "end")
-    _, cfg, _ = load_preset("quick/digits-standard", ["eval.extra=[\"eff_train\",\"eff_fgsm\"]", "eval.effect_samples=30"])
+    _, cfg, _ = load_preset("quick/digits-standard", ['eval.extra=["eff_train","eff_fgsm"]', "eval.effect_samples=30"])
     got = extra_epoch_metrics(model, load_dataset(cfg.data), cfg, epoch=cfg.train.epochs - 1)
     assert got["eff_train"] is None and got["eff_fgsm"] > 0
 
 
 def test_training_records_extra_metrics(tmp_path):
     store = Store(tmp_path)
-    [rd] = create_runs(store, preset_runs("quick/digits-fig3-fgsm_n", [
-        "train.epochs=2", "eval.n=40", "eval.hs_every=0", "eval.extra_samples=40", "eval.effect_samples=40",
-        "eval.hs_samples=40", "eval.extra_every=2"]))
+    [rd] = create_runs(
+        store,
+        preset_runs(
+            "quick/digits-fig3-fgsm_n",
+            [
+                "train.epochs=2",
+                "eval.n=40",
+                "eval.hs_every=0",
+                "eval.extra_samples=40",
+                "eval.effect_samples=40",
+                "eval.hs_samples=40",
+                "eval.extra_every=2",
+            ],
+        ),
+    )
     assert run(rd, store, log=lambda s: None) == "finished"
     first, last = rd.epochs()
     assert first["eff_fgsm"] is None and last["eff_fgsm"] > 0 and last["eff_train"] > 0 and last["train_hs"] > 0
@@ -115,11 +137,20 @@ def test_training_records_extra_metrics(tmp_path):
 
 # ---------------------------------------------------------------------------- experiments
 
+
 def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
 
     _, store, src = source
-    rd, pts = _experiment(store, "quick/digits-fig4a", [f"experiment.source={src.id}", "experiment.values=[0, 0.05]",
-                                                        "experiment.random_values=1", "experiment.samples=100"])
+    rd, pts = _experiment(
+        store,
+        "quick/digits-fig4a",
+        [
+            f"experiment.source={src.id}",
+            "experiment.values=[0, 0.05]",
+            "experiment.random_values=1",
+            "experiment.samples=100",
+        ],
+    )
     assert sorted(pts) == [0, 1, 2] and pts[0]["s"] == 0 and pts[1]["s"] == 0.05 and 0 <= pts[2]["s"] <= 0.1
     model, cfg, _ = load_run_model(src, "end")
     data = load_dataset(cfg.data)
@@ -140,8 +171,13 @@ def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
 
 def test_fig4b_and_fig4c_one_epoch_on_modified_perturbations(source):
     _, store, src = source
-    common = [f"experiment.source={src.id}", "experiment.train_images=150", "experiment.samples=60",
-              "experiment.train_eff_every=1", "eval.n=40"]
+    common = [
+        f"experiment.source={src.id}",
+        "experiment.train_images=150",
+        "experiment.samples=60",
+        "experiment.train_eff_every=1",
+        "eval.n=40",
+    ]
     _, b = _experiment(store, "quick/digits-fig4b", common + ["experiment.values=[0, 0.5, 1]"])
     _, c = _experiment(store, "quick/digits-fig4c", common + ["experiment.values=[0, 0.5]"])
     # p = 0: clean examples, effectiveness exactly 0; p = 1: unmodified PGD-20 ~ as effective as PGD-50
@@ -158,8 +194,11 @@ def test_fig4b_and_fig4c_one_epoch_on_modified_perturbations(source):
 def test_a1_pgd_loss_grows_with_steps_and_matches_pgd_k(source):
 
     _, store, src = source
-    rd, pts = _experiment(store, "quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=80",
-                                                        "experiment.steps=[50, 1, 5, 20]"])
+    rd, pts = _experiment(
+        store,
+        "quick/digits-figA1",
+        [f"experiment.source={src.id}", "experiment.samples=80", "experiment.steps=[50, 1, 5, 20]"],
+    )
     curve = {(p["split"], p["steps"]): p for p in pts.values()}
     assert set(curve) == {(s, k) for s in ("train", "test") for k in (1, 5, 20, 50)}
     for s in ("train", "test"):
@@ -174,12 +213,15 @@ def test_a1_pgd_loss_grows_with_steps_and_matches_pgd_k(source):
 
 def test_resumed_experiment_computes_only_missing_points(source):
     _, store, src = source
-    rd, pts = _experiment(store, "quick/digits-fig4a", [f"experiment.source={src.id}", "experiment.values=[0, 0.02]",
-                                                        "experiment.samples=40"])
+    rd, pts = _experiment(
+        store,
+        "quick/digits-fig4a",
+        [f"experiment.source={src.id}", "experiment.values=[0, 0.02]", "experiment.samples=40"],
+    )
 
     t = rd.metrics_table("points")
     t.remove(lambda r: r["index"] == 1)
-    t.update({"hs": -1.0}, lambda r: r["index"] == 0)       # a kept point is not recomputed
+    t.update({"hs": -1.0}, lambda r: r["index"] == 0)  # a kept point is not recomputed
     force_status(rd, state="stopped")
     prepare_resume(store, rd, foreground=True)
     assert run(rd, store, log=lambda s: None) == "finished"
@@ -212,8 +254,18 @@ def test_cli_experiment_and_points(source, capsys):
         cap = capsys.readouterr()
         return ei.value.code, cap.out, cap.err
 
-    code, out, err = cli("experiment", "quick/digits-figA1", "--source", src.id, "--set", "experiment.samples=30",
-                         "--set", "experiment.steps=[1,2]", "--set", "experiment.splits=[\"test\"]")
+    code, out, err = cli(
+        "experiment",
+        "quick/digits-figA1",
+        "--source",
+        src.id,
+        "--set",
+        "experiment.samples=30",
+        "--set",
+        "experiment.steps=[1,2]",
+        "--set",
+        'experiment.splits=["test"]',
+    )
     assert code == 0, err
     rid = out.split("experiment ", 1)[1].split()[0]
     code, out, err = cli("points", rid, "--json")
@@ -226,19 +278,39 @@ def test_cli_experiment_and_points(source, capsys):
 
 def test_train_run_dispatches_experiments(source):
     _, store, src = source
-    [rd] = create_runs(store, preset_runs("quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=20",
-                                                               "experiment.steps=[1]"]))
+    [rd] = create_runs(
+        store,
+        preset_runs(
+            "quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=20", "experiment.steps=[1]"]
+        ),
+    )
     assert run(rd, store, log=lambda s: None) == "finished"
     assert len(rd.records("points")) == 2 and rd.epochs() == []
 
 
 def test_figure_presets_resolve_and_experiment_presets_are_valid():
     names = [e.name for e in list_presets() if "/fig" in e.name or "-fig" in e.name]
-    for required in ("paper/fig1/standard", "paper/fig1/fgsm_rs", "paper/fig1/pgd10", "paper/fig3/pgd10",
-                     "paper/fig3/fgsm_n", "paper/fig3/fgsm", "paper/fig4/a-noise", "paper/fig4/b-scale",
-                     "paper/fig4/c-flip", "paper/figA1/pgd10", "paper/figA2/pgd10-relu", "paper/figA2/pgd10-softplus",
-                     "quick/digits-fig1-pgd10", "quick/digits-fig3-fgsm", "quick/digits-fig4a", "quick/digits-fig4b",
-                     "quick/digits-fig4c", "quick/digits-figA1", "quick/digits-figA2-softplus"):
+    for required in (
+        "paper/fig1/standard",
+        "paper/fig1/fgsm_rs",
+        "paper/fig1/pgd10",
+        "paper/fig3/pgd10",
+        "paper/fig3/fgsm_n",
+        "paper/fig3/fgsm",
+        "paper/fig4/a-noise",
+        "paper/fig4/b-scale",
+        "paper/fig4/c-flip",
+        "paper/figA1/pgd10",
+        "paper/figA2/pgd10-relu",
+        "paper/figA2/pgd10-softplus",
+        "quick/digits-fig1-pgd10",
+        "quick/digits-fig3-fgsm",
+        "quick/digits-fig4a",
+        "quick/digits-fig4b",
+        "quick/digits-fig4c",
+        "quick/digits-figA1",
+        "quick/digits-figA2-softplus",
+    ):
         assert required in names, required
     for n in names:
         _, cfg, _ = load_preset(n)

@@ -102,8 +102,9 @@ def _rel(a, b):
 def test_train_config_fields_default_off_and_validated():
     t = RunConfig().train
     assert (t.channels_last, t.amp, t.compile) == (False, "off", False)
-    cfg = build({"method": {"name": "fgsm_n"}}, "x.toml", ["train.amp=bf16", "train.channels_last=true",
-                                                          "train.compile=true"])
+    cfg = build(
+        {"method": {"name": "fgsm_n"}}, "x.toml", ["train.amp=bf16", "train.channels_last=true", "train.compile=true"]
+    )
     assert (cfg.train.amp, cfg.train.channels_last, cfg.train.compile) == ("bf16", True, True)
     with pytest.raises(UserError, match="train.amp"):
         build({"method": {"name": "fgsm_n"}}, "x.toml", ["train.amp=fp16"])
@@ -180,8 +181,10 @@ def test_compile_skipped_for_double_backprop_methods():
     assert "compile skipped" in lines[0]
 
 
-@pytest.mark.skipif(not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")),
-                    reason="torch.compile on a CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")),
+    reason="torch.compile on a CPU needs a C++ compiler",
+)
 def test_compiled_advlc_step_matches_eager():
     """AdvLC reuses a retained graph (the attack's first forward pass): needs donated buffers off."""
     cfg = _cfg("advlc", "fgsm_n", compile=True)
@@ -210,8 +213,8 @@ def _batches(n=4, b=8, size=8, seed=0):
     ys = torch.randint(0, 10, (n * b,), generator=g)
     out = []
     for i in range(n):
-        xb = as_float(augment(imgs[i * b:(i + 1) * b], padding=2, flip=True, generator=g))
-        out.append((xb, ys[i * b:(i + 1) * b]))
+        xb = as_float(augment(imgs[i * b : (i + 1) * b], padding=2, flip=True, generator=g))
+        out.append((xb, ys[i * b : (i + 1) * b]))
     return out
 
 
@@ -233,8 +236,9 @@ def test_fast_and_reference_steps_same_loss_trajectory(method, attack):
     torch.manual_seed(123)  # attack noise comes from the global RNG in both loops
     ref_losses = [reference_step(ref, o_ref, fn, sc, x, y, "cpu")[0] for x, y in batches]
     torch.manual_seed(123)
-    fast_losses = [train_step(fast, o_fast, fn, sc, x, y, amp=lambda: autocast(cfg, "cpu"))[0].item()
-                   for x, y in batches]
+    fast_losses = [
+        train_step(fast, o_fast, fn, sc, x, y, amp=lambda: autocast(cfg, "cpu"))[0].item() for x, y in batches
+    ]
     assert fast_losses == ref_losses
     assert all(torch.equal(p, q) for p, q in zip(fast.parameters(), ref.parameters()))
 
@@ -273,11 +277,14 @@ def test_epoch_stream_is_the_training_loop_order():
     y = torch.arange(50)
     got = list(epoch_stream(x, y, batch_size=16, padding=2, flip=True, generator=torch.Generator().manual_seed(4)))
     g = torch.Generator().manual_seed(4)
-    want = [(as_float(augment(x[idx], padding=2, flip=True, generator=g)), y[idx], idx)
-            for idx in epoch_batches(50, 16, g, "cpu")]
+    want = [
+        (as_float(augment(x[idx], padding=2, flip=True, generator=g)), y[idx], idx)
+        for idx in epoch_batches(50, 16, g, "cpu")
+    ]
     assert len(got) == 3
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
-               for a, b in zip(got, want))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(got, want)
+    )
 
 
 # ------------------------------------------------------------------------------ reference loop
@@ -290,8 +297,9 @@ def test_reference_loader_is_the_authors_pipeline():
     assert [type(s) for s in t.transforms] == [T.RandomHorizontalFlip, T.RandomCrop, T.ToTensor]
     assert t.transforms[1].padding == 4
     x = torch.rand(20, 3, 8, 8)
-    loader = make_loader(x, torch.arange(20) % 10, batch_size=6, padding=0, flip=False,
-                         generator=torch.Generator().manual_seed(0))
+    loader = make_loader(
+        x, torch.arange(20) % 10, batch_size=6, padding=0, flip=False, generator=torch.Generator().manual_seed(0)
+    )
     xb, yb = next(iter(loader))
     assert xb.shape == (6, 3, 8, 8) and xb.dtype == torch.float32 and yb.dtype == torch.int64
     assert len(loader) == 3  # drop_last
@@ -300,7 +308,13 @@ def test_reference_loader_is_the_authors_pipeline():
     assert any(torch.allclose(xb[0], x[j], atol=0.5 / 255 + 1e-6) for j in range(i, 20, 10))
 
     m = _net()
-    res = train_epoch(m, torch.optim.SGD(m.parameters(), lr=0.01), loader, get_method("fgsm_n"),
-                      StepContext(cfg=_cfg(), epoch=0, lam=0.0), "cpu", max_batches=2)
+    res = train_epoch(
+        m,
+        torch.optim.SGD(m.parameters(), lr=0.01),
+        loader,
+        get_method("fgsm_n"),
+        StepContext(cfg=_cfg(), epoch=0, lam=0.0),
+        "cpu",
+        max_batches=2,
+    )
     assert res["batches"] == 2 and res["loss"] > 0 and 0 <= res["acc"] <= 1
-

@@ -49,7 +49,7 @@ def finished_run(store: Store, epochs: int = 2, extra=()) -> "RunDir":  # noqa: 
     [rd] = S.create_runs(store, plan_runs(PRESET, [f"train.epochs={epochs}", "eval.n=100", *extra]))
     from engine.run.process import run
 
-    assert run(rd, store, log=rd.append_log) == "finished"   # log.txt as a detached run writes it
+    assert run(rd, store, log=rd.append_log) == "finished"  # log.txt as a detached run writes it
     return rd
 
 
@@ -117,11 +117,11 @@ def test_truncated_metrics_is_named_never_overwritten_and_repaired(copy):
     force_status(rd, state="stopped")
     rc, _, err = advlc("resume", rd.id, "--foreground", code=1)
     assert "metrics.json" in one_line(err)
-    assert rd.metrics_path.read_bytes() == damaged              # nothing wrote over it
+    assert rd.metrics_path.read_bytes() == damaged  # nothing wrote over it
     rc, out, _ = advlc("repair", rd.id, code=0)
     assert "metrics.json was damaged" in out
     kept = rd.epochs()
-    assert 1 <= len(kept) <= len(before) and kept == before[:len(kept)]
+    assert 1 <= len(kept) <= len(before) and kept == before[: len(kept)]
     assert list(rd.path.glob("metrics.json.corrupt-*"))[0].read_bytes() == damaged
 
 
@@ -136,7 +136,7 @@ def test_truncated_status_shows_corrupt_refuses_resume_and_repairs_from_the_chec
     advlc("repair", rd.id, code=0)
     st = rd.status()
     assert st.state == "stopped" and st.epoch == 2 and "rebuilt" in st.error
-    rc, out, _ = advlc("resume", rd.id, "--foreground", code=0)    # runs the (no) remaining epochs
+    rc, out, _ = advlc("resume", rd.id, "--foreground", code=0)  # runs the (no) remaining epochs
     assert "from epoch 2" in out and rd.status().state == "finished"
 
 
@@ -192,6 +192,7 @@ def test_a_preset_that_is_not_utf8(home):
 # ---------------------------------------------------------------------------- disks
 def _fail_writes(monkeypatch, err_no: int):
     """Every atomic write and every new file of the store fails with `err_no`."""
+
     def boom(*a, **k):
         raise OSError(err_no, os.strerror(err_no), str(a[0]) if a else None)
 
@@ -222,7 +223,7 @@ def test_delete_and_eval_on_a_read_only_store_lose_nothing(copy, monkeypatch):
     assert "read-only" in one_line(err)
     t0 = time.perf_counter()
     rc, _, err = advlc("eval", rd.id, "--attack", "pgd20", "--n", "50", code=1)
-    assert "cannot store results" in one_line(err) and time.perf_counter() - t0 < 30   # refused before the work
+    assert "cannot store results" in one_line(err) and time.perf_counter() - t0 < 30  # refused before the work
     assert sorted(p.name for p in rd.path.rglob("*")) == files_before and rd.evals() == evals_before
 
 
@@ -240,7 +241,7 @@ def test_a_full_disk_during_training_ends_the_run_failed_with_the_reason(home, m
         if full["on"]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         if Path(path).name == "metrics.json" and '"epoch": 0' in text:
-            full["on"] = True            # the first record is written; the disk is full afterwards
+            full["on"] = True  # the first record is written; the disk is full afterwards
         return real(path, text)
 
     monkeypatch.setattr(files, "atomic_write_text", write)
@@ -261,7 +262,7 @@ def test_a_really_full_tiny_filesystem(tmp_path, monkeypatch):
         home = mnt / "home"
         monkeypatch.setenv("ADVLC_HOME", str(home))
         Store(home).ensure()
-        with open(mnt / "filler", "wb") as f:   # fill the rest of the file system
+        with open(mnt / "filler", "wb") as f:  # fill the rest of the file system
             try:
                 while True:
                     f.write(b"\0" * 65536)
@@ -279,10 +280,12 @@ def test_a_really_full_tiny_filesystem(tmp_path, monkeypatch):
 def test_runs_of_a_killed_launcher_become_lost_and_resumable(home, monkeypatch):
     """A launcher dies (SIGKILL) after making 3 run folders and before starting them: the next
     command marks them lost with the reason, and each resumes."""
-    code = ("import sys, time\nfrom engine.store.index import Store\nfrom engine.launch.plan import plan_runs\n"
-            "from engine.launch.supervisor import create_runs\n"
-            f"rds = create_runs(Store(sys.argv[1]), plan_runs({PRESET!r}, ['train.epochs=1'], seeds=3))\n"
-            "print(' '.join(rd.id for rd in rds), flush=True)\ntime.sleep(600)\n")
+    code = (
+        "import sys, time\nfrom engine.store.index import Store\nfrom engine.launch.plan import plan_runs\n"
+        "from engine.launch.supervisor import create_runs\n"
+        f"rds = create_runs(Store(sys.argv[1]), plan_runs({PRESET!r}, ['train.epochs=1'], seeds=3))\n"
+        "print(' '.join(rd.id for rd in rds), flush=True)\ntime.sleep(600)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     ids = p.stdout.readline().split()
     os.kill(p.pid, signal.SIGKILL)
@@ -300,8 +303,10 @@ def test_a_killed_gpu_scheduler_is_restarted_by_the_next_command(home, monkeypat
     monkeypatch.setenv("ADVLC_SCHEDULER_POLL_S", "0.2")
     store = Store(home).ensure()
     me = psutil.Process()
-    files.write_json(gpuqueue.lease_path(store, 9, 0),
-                     {"gpu": 9, "slot": 0, "run": None, "pid": me.pid, "pid_create_time": me.create_time()})
+    files.write_json(
+        gpuqueue.lease_path(store, 9, 0),
+        {"gpu": 9, "slot": 0, "run": None, "pid": me.pid, "pid_create_time": me.create_time()},
+    )
     [rd] = S.launch(store, plan_runs(PRESET, ["train.epochs=1"]), gpus=[9])
     deadline = time.time() + 60
     while not gpuqueue.scheduler_pid(store) and time.time() < deadline:
@@ -312,7 +317,7 @@ def test_a_killed_gpu_scheduler_is_restarted_by_the_next_command(home, monkeypat
     psutil.Process(pid).wait(10) if psutil.pid_exists(pid) else None
     while gpuqueue.scheduler_running(store) and time.time() < deadline:
         time.sleep(0.1)
-    advlc("runs", code=0)                       # any command reconciles
+    advlc("runs", code=0)  # any command reconciles
     while not gpuqueue.scheduler_pid(store) and time.time() < deadline:
         time.sleep(0.1)
     new = gpuqueue.scheduler_pid(store)
@@ -363,7 +368,7 @@ def test_stale_temporary_files_are_swept(copy):
     for p in leftovers:
         os.utime(p, (old, old))
     advlc("runs", code=0)
-    assert not any(p.exists() for p in leftovers) and fresh.exists()   # a writer may still own a fresh one
+    assert not any(p.exists() for p in leftovers) and fresh.exists()  # a writer may still own a fresh one
 
 
 # ---------------------------------------------------------------------------- the building blocks
@@ -392,17 +397,19 @@ def test_salvage_keeps_every_complete_record_of_a_truncated_file():
     for cut in range(0, len(text), 7):
         got = salvage_tables(text[:cut])
         for name, rows in got.items():
-            assert rows == {k: data[name][k] for k in rows}      # nothing invented, nothing altered
-            assert list(rows) == list(data[name])[:len(rows)]     # a prefix: only the tail is lost
+            assert rows == {k: data[name][k] for k in rows}  # nothing invented, nothing altered
+            assert list(rows) == list(data[name])[: len(rows)]  # a prefix: only the tail is lost
 
 
 def test_random_kills_of_a_record_writer_leave_every_record(tmp_path):
     """A process that appends records is SIGKILLed at random moments, 5 times: every time the
     file parses and holds a prefix of the records written (none lost once written)."""
     path = tmp_path / "metrics.json"
-    code = ("import sys, itertools\nfrom engine.store.files import open_db, table\n"
-            "t = table(open_db(sys.argv[1]), 'epochs')\nn = len(t)\n"
-            "for i in itertools.count(n):\n    t.insert({'epoch': i, 'pad': 'x' * 2000})\n")
+    code = (
+        "import sys, itertools\nfrom engine.store.files import open_db, table\n"
+        "t = table(open_db(sys.argv[1]), 'epochs')\nn = len(t)\n"
+        "for i in itertools.count(n):\n    t.insert({'epoch': i, 'pad': 'x' * 2000})\n"
+    )
     import random
 
     rng = random.Random(0)

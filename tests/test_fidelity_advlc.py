@@ -24,11 +24,11 @@ from engine.nn.methods import get_method
 from engine.nn.methods.advlc import advlc_penalty
 from engine.nn.methods.context import StepContext
 
-EPS, STEPS, LAM, TOP_N = 0.1, 3, 0.8, 17    # TOP_N: neither a multiple of B = 12 nor of C = 5
+EPS, STEPS, LAM, TOP_N = 0.1, 3, 0.8, 17  # TOP_N: neither a multiple of B = 12 nor of C = 5
 VARIANTS = ("advlc", "advlc_l1", "advlc_sql2", "advlc_kl", "advlc_js", "advlc_nuclear")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 class Net(nn.Module):
@@ -47,7 +47,7 @@ class Net(nn.Module):
 def _setup(seed=0):
     torch.manual_seed(seed)
     model = Net().double().train()
-    x = (0.2 + 0.6 * torch.rand(12, 1, 4, 4, dtype=torch.float64))
+    x = 0.2 + 0.6 * torch.rand(12, 1, 4, 4, dtype=torch.float64)
     y = torch.randint(0, 5, (12,))
     return model, x, y
 
@@ -80,7 +80,7 @@ def _reg(name, la, lc):
         return d.abs().sum()
     if name == "advlc_sql2":
         return (d * d).sum()
-    if name == "advlc_kl":      # KL(softmax f(x) || softmax f(x + delta)), summed over the batch
+    if name == "advlc_kl":  # KL(softmax f(x) || softmax f(x + delta)), summed over the batch
         return (p * (p.log() - q.log())).sum()
     if name == "advlc_js":
         m = (p + q) / 2
@@ -92,15 +92,20 @@ def _reg(name, la, lc):
 
 def _reference(model, x, y, name, detach_clean=False):
     xa = _pgd_loop(model, x, y)
-    la, lc = model(xa), model(x)        # two train-mode forward passes
+    la, lc = model(xa), model(x)  # two train-mode forward passes
     if detach_clean:
         lc = lc.detach()
     return (_ce_sum(la, y) + LAM * _reg(name, la, lc)) / len(x)
 
 
 def _cfg(name):
-    return C.build({"attack": {"name": "pgd", "eps": EPS, "steps": STEPS, "train_mode": True},
-                    "method": {"name": name, "lam": LAM, "advlc": {"top_n": TOP_N}}}, "test")
+    return C.build(
+        {
+            "attack": {"name": "pgd", "eps": EPS, "steps": STEPS, "train_mode": True},
+            "method": {"name": name, "lam": LAM, "advlc": {"top_n": TOP_N}},
+        },
+        "test",
+    )
 
 
 def _grads(loss, model):

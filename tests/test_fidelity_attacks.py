@@ -24,7 +24,7 @@ from engine.nn import attacks
 EPS = 0.1
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 class SignNet(nn.Module):
@@ -56,7 +56,7 @@ def _assert_uniform(u, k):
     u = u.flatten().double()
     n = u.numel()
     assert u.abs().max() <= k * (1 + 1e-12)
-    end = 1 - 10 / n                                  # P(an end not reached) ~ e^-5 per end
+    end = 1 - 10 / n  # P(an end not reached) ~ e^-5 per end
     assert u.max() > end * k and u.min() < -end * k
     assert stats.kstest(u.numpy(), stats.uniform(loc=-k, scale=2 * k).cdf).pvalue > 1e-3
     assert abs(u.mean().item()) < 4 * k / (3 * n) ** 0.5
@@ -65,6 +65,7 @@ def _assert_uniform(u, k):
 
 # ---------------------------------------------------------------------------------------- FGSM-N
 
+
 @pytest.mark.parametrize("k,alpha", [(None, 0.07), (0.04, 0.07), (0.1, 0.1)])
 def test_fgsm_n_noise_step_and_no_projection(k, alpha):
     model = SignNet()
@@ -72,8 +73,8 @@ def test_fgsm_n_noise_step_and_no_projection(k, alpha):
     torch.manual_seed(0)
     res = attacks.run_attack(model, x, y, name="fgsm_n", eps=EPS, alpha=alpha, noise=k)
     kk = EPS if k is None else k
-    _assert_uniform(res.x_start - x, kk)                       # x~ = x + U(-k, k)
-    assert torch.allclose(res.x_adv - res.x_start, alpha * d, atol=1e-12)   # one step of alpha
+    _assert_uniform(res.x_start - x, kk)  # x~ = x + U(-k, k)
+    assert torch.allclose(res.x_adv - res.x_start, alpha * d, atol=1e-12)  # one step of alpha
     # not projected back to the eps-ball around x: it reaches k + alpha
     assert (res.x_adv - x).abs().max() > 0.999 * kk + alpha
     if kk + alpha > EPS:
@@ -97,6 +98,7 @@ def test_fgsm_n_public_defaults_and_config():
 
 # ---------------------------------------------------------------------------------------- FGSM
 
+
 def test_fgsm_steps_eps_from_x_whatever_alpha():
     model = SignNet()
     x, y, d = _sign_batch(8)
@@ -106,6 +108,7 @@ def test_fgsm_steps_eps_from_x_whatever_alpha():
 
 
 # ---------------------------------------------------------------------------------------- FGSM-R
+
 
 @pytest.mark.parametrize("alpha", [0.05, 0.1, 0.16])
 def test_fgsm_rs_start_step_and_projection(alpha):
@@ -128,11 +131,12 @@ def test_fgsm_rs_public_default_step_is_eps():
     torch.manual_seed(3)
     xa = attacks.fgsm_rs(model, x, y, eps=EPS)
     torch.manual_seed(3)
-    start = x + torch.empty_like(x).uniform_(-EPS, EPS)     # first and only draw: the start
+    start = x + torch.empty_like(x).uniform_(-EPS, EPS)  # first and only draw: the start
     assert torch.allclose(xa, torch.min(torch.max(start + EPS * d, x - EPS), x + EPS), atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------- PGD
+
 
 def _pgd_loop(model, x, y, eps, alpha, steps, start=None):
     xa = x.clone() if start is None else start.clone()
@@ -156,7 +160,7 @@ def test_pgd_equals_explicit_loop(train_mode):
     """steps x alpha, projected to the eps-ball and [0, 1] after EVERY step, no random start by
     default (attacks.pgd called without random_start), in the requested mode."""
     model, x, y = _conv_batch()
-    eps, alpha, steps = 0.05, 0.02, 6          # steps * alpha > eps: the projection acts mid-way
+    eps, alpha, steps = 0.05, 0.02, 6  # steps * alpha > eps: the projection acts mid-way
     got = attacks.pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, train_mode=train_mode)
     model.train(train_mode)
     want = _pgd_loop(model, x, y, eps, alpha, steps)
@@ -174,7 +178,7 @@ def test_pgd_equals_explicit_loop(train_mode):
 
 def test_pgd_random_start_is_uniform_then_explicit_loop():
     model, x, y = _conv_batch()
-    x = 0.3 + 0.4 * x                                # interior: the start is not clipped
+    x = 0.3 + 0.4 * x  # interior: the start is not clipped
     torch.manual_seed(5)
     res = attacks.run_attack(model, x, y, name="pgd", eps=0.05, alpha=0.02, steps=4, random_start=True)
     _assert_uniform(res.x_start - x, 0.05)

@@ -27,7 +27,7 @@ from engine.store.index import Store
 OV = ["eval.n=50", "eval.hs_every=0", "eval.final=[]", "data.n_train=200"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 def _ig_by_hand(rd, state):
@@ -39,14 +39,14 @@ def _ig_by_hand(rd, state):
     m.eval()
     total = 0.0
     for i in range(len(x)):
-        xi = x[i:i + 1].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(m(xi), y[i:i + 1]), xi)
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(m(xi), y[i : i + 1]), xi)
         total += g.abs().sum().item()
     return total / len(x)
 
 
 def test_best_checkpoint_is_the_most_robust_epoch_later_on_ties(tmp_path, monkeypatch):
-    script = iter([0.5, 0.7, 0.6, 0.7, 0.65])     # epochs 1 and 3 tie: 3 must win; the last is 4
+    script = iter([0.5, 0.7, 0.6, 0.7, 0.65])  # epochs 1 and 3 tie: 3 must win; the last is 4
     real = trainer.evaluate
 
     def scripted(model, x, y, **kw):
@@ -68,8 +68,8 @@ def test_best_checkpoint_is_the_most_robust_epoch_later_on_ties(tmp_path, monkey
     assert [r["robust_acc"] for r in recs] == [0.5, 0.7, 0.6, 0.7, 0.65]
     best = torch.load(rd.ckpt("best"), weights_only=True)
     assert best["epoch"] == 3 and best["robust_acc"] == 0.7
-    assert not all(torch.equal(v, snaps[1][k]) for k, v in best["model"].items())   # not the first 0.7
+    assert not all(torch.equal(v, snaps[1][k]) for k, v in best["model"].items())  # not the first 0.7
     for k, v in best["model"].items():
-        assert torch.equal(v, snaps[3][k]), k          # the weights at the end of epoch 3
+        assert torch.equal(v, snaps[3][k]), k  # the weights at the end of epoch 3
     ig = _ig_by_hand(rd, best["model"])
     assert abs(recs[3]["ig"] - ig) < 1e-4 * max(1.0, ig)

@@ -12,19 +12,24 @@ from engine.nn.methods import Method, lam_at
 from engine.run.process import run
 from engine.store.index import Store
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 def _cfg(schedule, lam=0.15, epochs=4):
-    return C.build({"attack": {"name": "fgsm_n"},
-                    "method": {"name": "advlc", "lam": lam, "lam_schedule": schedule},
-                    "train": {"epochs": epochs}}, "test")
+    return C.build(
+        {
+            "attack": {"name": "fgsm_n"},
+            "method": {"name": "advlc", "lam": lam, "lam_schedule": schedule},
+            "train": {"epochs": epochs},
+        },
+        "test",
+    )
 
 
 def test_lam_at_by_hand():
     cfg = _cfg("linear")
     assert [lam_at(cfg, e) for e in range(4)] == pytest.approx([0.0375, 0.075, 0.1125, 0.15], abs=1e-15)
-    assert lam_at(cfg, 3) == 0.15                      # reaches lam exactly at the last epoch
+    assert lam_at(cfg, 3) == 0.15  # reaches lam exactly at the last epoch
     assert [lam_at(_cfg("constant"), e) for e in range(4)] == [0.15] * 4
 
 
@@ -40,8 +45,16 @@ def test_training_uses_the_ramp_in_every_step(tmp_path, monkeypatch):
         return original(self, model, x, y, ctx)
 
     monkeypatch.setattr(Method, "loss", recording)
-    ov = ["method.lam_schedule=linear", "method.lam=0.3", "train.epochs=3", "data.n_train=50",
-          "eval.n=10", "eval.ig=false", "eval.hs_every=0", "eval.final=[]"]
+    ov = [
+        "method.lam_schedule=linear",
+        "method.lam=0.3",
+        "train.epochs=3",
+        "data.n_train=50",
+        "eval.n=10",
+        "eval.ig=false",
+        "eval.hs_every=0",
+        "eval.final=[]",
+    ]
     store = Store(tmp_path)
     [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc", ov, home=tmp_path))
     assert run(rd, store, log=lambda s: None) == "finished"

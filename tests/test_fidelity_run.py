@@ -39,10 +39,12 @@ from engine.nn.models import build_model
 from engine.run.process import run
 from engine.store.index import Store
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),    # tiny ops: one intra-op thread (conftest.py)
-              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")]  # torch.func
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # tiny ops: one intra-op thread (conftest.py)
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning"),
+]  # torch.func
 
-N_TRAIN = 100       # six full batches of 16 and a partial one, dropped (drop_last)
+N_TRAIN = 100  # six full batches of 16 and a partial one, dropped (drop_last)
 WRN = C.ModelConfig(arch="wide_resnet", depth=10, width=1)
 
 
@@ -65,31 +67,81 @@ def digits():
 def setup(**changes) -> R.Setup:
     """FGSM-N + AdvLC; every number differs from its default and from the numbers it could be
     confused with (eval.eps from attack.eps, the noise from the step, ...)."""
-    base = dict(seed=3, epochs=2, batch_size=16, lr=0.1, milestones=(1,), gamma=0.2, momentum=0.85,
-                weight_decay=5e-4, padding=1, flip=True, attack="fgsm_n", eps=0.1, alpha=0.08, steps=1,
-                noise=0.07, train_mode=True, lam=0.5, lam_linear=True, top_n=16, clean="start",
-                eval_eps=0.12, eval_steps=5, eval_n=32, hs_every=0, hs_samples=8, hs_batch=4)
+    base = dict(
+        seed=3,
+        epochs=2,
+        batch_size=16,
+        lr=0.1,
+        milestones=(1,),
+        gamma=0.2,
+        momentum=0.85,
+        weight_decay=5e-4,
+        padding=1,
+        flip=True,
+        attack="fgsm_n",
+        eps=0.1,
+        alpha=0.08,
+        steps=1,
+        noise=0.07,
+        train_mode=True,
+        lam=0.5,
+        lam_linear=True,
+        top_n=16,
+        clean="start",
+        eval_eps=0.12,
+        eval_steps=5,
+        eval_n=32,
+        hs_every=0,
+        hs_samples=8,
+        hs_batch=4,
+    )
     base.update(changes)
     return R.Setup(**base)
 
 
 def overrides(s: R.Setup, n_train: int = N_TRAIN) -> list[str]:
     """The same settings as `advlc run --set` overrides of quick/digits-fgsm_n-advlc."""
+
     def b(v):
         return str(v).lower()
 
-    ov = ["model.arch=wide_resnet", "model.depth=10", "model.width=1", f"data.n_train={n_train}",
-          f"data.crop_padding={s.padding}", f"data.flip={b(s.flip)}",
-          f"train.epochs={s.epochs}", f"train.batch_size={s.batch_size}", f"train.lr={s.lr!r}",
-          f"train.lr_milestones=[{','.join(map(str, s.milestones))}]", f"train.lr_gamma={s.gamma!r}",
-          f"train.momentum={s.momentum!r}", f"train.weight_decay={s.weight_decay!r}", f"train.seed={s.seed}",
-          f"attack.name={s.attack}", f"attack.eps={s.eps!r}", f"attack.alpha={s.alpha!r}",
-          f"attack.steps={s.steps}", f"attack.noise={s.noise!r}", f"attack.train_mode={b(s.train_mode)}",
-          "method.name=advlc", f"method.lam={s.lam!r}", f"method.advlc.top_n={s.top_n}", f"method.advlc.clean={s.clean}",
-          f"method.lam_schedule={'linear' if s.lam_linear else 'constant'}",
-          f"eval.eps={s.eval_eps!r}", f"eval.pgd_steps={s.eval_steps}", f"eval.n={s.eval_n}",
-          f"eval.batch_size={s.eval_n}", "eval.every=1", "eval.ig=true", f"eval.hs_every={s.hs_every}",
-          f"eval.hs_samples={s.hs_samples}", f"eval.hs_batch={s.hs_batch}", "eval.hs_reduce=mean"]
+    ov = [
+        "model.arch=wide_resnet",
+        "model.depth=10",
+        "model.width=1",
+        f"data.n_train={n_train}",
+        f"data.crop_padding={s.padding}",
+        f"data.flip={b(s.flip)}",
+        f"train.epochs={s.epochs}",
+        f"train.batch_size={s.batch_size}",
+        f"train.lr={s.lr!r}",
+        f"train.lr_milestones=[{','.join(map(str, s.milestones))}]",
+        f"train.lr_gamma={s.gamma!r}",
+        f"train.momentum={s.momentum!r}",
+        f"train.weight_decay={s.weight_decay!r}",
+        f"train.seed={s.seed}",
+        f"attack.name={s.attack}",
+        f"attack.eps={s.eps!r}",
+        f"attack.alpha={s.alpha!r}",
+        f"attack.steps={s.steps}",
+        f"attack.noise={s.noise!r}",
+        f"attack.train_mode={b(s.train_mode)}",
+        "method.name=advlc",
+        f"method.lam={s.lam!r}",
+        f"method.advlc.top_n={s.top_n}",
+        f"method.advlc.clean={s.clean}",
+        f"method.lam_schedule={'linear' if s.lam_linear else 'constant'}",
+        f"eval.eps={s.eval_eps!r}",
+        f"eval.pgd_steps={s.eval_steps}",
+        f"eval.n={s.eval_n}",
+        f"eval.batch_size={s.eval_n}",
+        "eval.every=1",
+        "eval.ig=true",
+        f"eval.hs_every={s.hs_every}",
+        f"eval.hs_samples={s.hs_samples}",
+        f"eval.hs_batch={s.hs_batch}",
+        "eval.hs_reduce=mean",
+    ]
     if s.swa_start is not None:
         ov += ["swa.enabled=true", f"swa.start={s.swa_start}", "swa.every=1", "swa.bn_batches=0"]
     return ov
@@ -103,9 +155,16 @@ def steps(monkeypatch):
     real = loop.train_step
 
     def spy(model, optimizer, method, ctx, x, y, **kw):
-        seen.append({"epoch": ctx.epoch, "lam": ctx.lam, "training": model.training, "optimizer": type(optimizer),
-                     "param_ids": sorted(id(p) for p in model.parameters()),
-                     "groups": [dict(g, params=[id(p) for p in g["params"]]) for g in optimizer.param_groups]})
+        seen.append(
+            {
+                "epoch": ctx.epoch,
+                "lam": ctx.lam,
+                "training": model.training,
+                "optimizer": type(optimizer),
+                "param_ids": sorted(id(p) for p in model.parameters()),
+                "groups": [dict(g, params=[id(p) for p in g["params"]]) for g in optimizer.param_groups],
+            }
+        )
         return real(model, optimizer, method, ctx, x, y, **kw)
 
     monkeypatch.setattr(loop, "train_step", spy)
@@ -168,8 +227,13 @@ def check_steps(seen, s: R.Setup, ref: dict):
         assert sorted(i for g in st["groups"] for i in g["params"]) == st["param_ids"]
         for g in st["groups"]:
             assert g["lr"] == pytest.approx(ref["lr"][e], rel=1e-12), (e, g["lr"], ref["lr"][e])
-            assert (g["momentum"], g["nesterov"], g["dampening"], g["weight_decay"], g["maximize"]) == \
-                (s.momentum, False, 0, s.weight_decay, False), g
+            assert (g["momentum"], g["nesterov"], g["dampening"], g["weight_decay"], g["maximize"]) == (
+                s.momentum,
+                False,
+                0,
+                s.weight_decay,
+                False,
+            ), g
 
 
 def check_training(rd, last, s: R.Setup, ref: dict, digits) -> list[dict]:
@@ -239,16 +303,25 @@ def test_fgsm_n_advlc_swa_run_with_a_stop_equals_the_reference(home, digits, ste
     assert evals["end"]["epoch"] == 3 and evals["swa_end"]["epoch"] == 3
 
 
-@pytest.mark.parametrize("attack,clean,train_mode", [("pgd", "start", True), ("fgsm_n", "x", True),
-                                                     ("fgsm_n", "start", False)])
+@pytest.mark.parametrize(
+    "attack,clean,train_mode", [("pgd", "start", True), ("fgsm_n", "x", True), ("fgsm_n", "start", False)]
+)
 def test_run_equals_the_reference(home, digits, steps, attack, clean, train_mode):
     """PGD-5 + AdvLC (step eps / 4, so the projection acts; the clean branch is f(x)); FGSM-N +
     AdvLC with [method.advlc] clean = "x" (f(x), not the noisy start f(x~)); FGSM-N with the attack in
     eval mode (the clean branch is then a train-mode pass of its own at x~, not the attack's
     eval-mode one). Two epochs, constant lambda."""
     pgd = attack == "pgd"
-    s = setup(seed=5 if pgd else 4, attack=attack, steps=5 if pgd else 1, alpha=0.025 if pgd else 0.08,
-              clean=clean, train_mode=train_mode, lam_linear=False, lam=0.4)
+    s = setup(
+        seed=5 if pgd else 4,
+        attack=attack,
+        steps=5 if pgd else 1,
+        alpha=0.025 if pgd else 0.08,
+        clean=clean,
+        train_mode=train_mode,
+        lam_linear=False,
+        lam=0.4,
+    )
     rd, last, _ = train_run(home, s, ["eval.final=[]"])
     ref = R.train_reference(s, new_model, digits.train_x[:N_TRAIN], digits.train_y[:N_TRAIN])
     check_steps(steps, s, ref)
@@ -268,8 +341,17 @@ def test_seed_fixes_the_data_order_and_augmentation(home, monkeypatch):
 
     monkeypatch.setattr(loop, "epoch_stream", spy)
     store = Store(home)
-    ov = ["data.n_train=48", "train.batch_size=16", "train.epochs=2", "data.crop_padding=1", "data.flip=true",
-          "eval.n=8", "eval.ig=false", "eval.hs_every=0", "eval.final=[]"]
+    ov = [
+        "data.n_train=48",
+        "train.batch_size=16",
+        "train.epochs=2",
+        "data.crop_padding=1",
+        "data.flip=true",
+        "eval.n=8",
+        "eval.ig=false",
+        "eval.hs_every=0",
+        "eval.final=[]",
+    ]
     for seed in (3, 3, 4):
         batches.append([])
         [rd] = create_runs(store, preset_runs("quick/digits-standard", ov + [f"train.seed={seed}"], home=home))
@@ -305,13 +387,17 @@ def test_bn_statistics_move_in_training_steps_only(home, monkeypatch):
 
     monkeypatch.setattr(trainer._Trainer, "on_epoch", spy)
     s = setup(swa_start=0, hs_every=1, hs_samples=4, eval_n=8)
-    extra = ["eval.extra=[train_ig,train_av,eff_train]", "eval.extra_samples=8", "eval.effect_samples=8",
-             "eval.final=[]"]
+    extra = [
+        "eval.extra=[train_ig,train_av,eff_train]",
+        "eval.extra_samples=8",
+        "eval.effect_samples=8",
+        "eval.final=[]",
+    ]
     store = Store(home)
     [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc", overrides(s, n_train=32) + extra, home=home))
     assert run(rd, store, log=lambda line: None) == "finished"
     assert len(snaps) == 2 and rd.epochs()[-1]["eff_train"] is not None
-    previous = buffers(new_model())                 # fresh statistics: mean 0, var 1, no batches
+    previous = buffers(new_model())  # fresh statistics: mean 0, var 1, no batches
     steps_per_epoch = 32 // s.batch_size
     for before, after in snaps:
         for k in before:
@@ -330,7 +416,7 @@ def test_best_and_swa_best_are_the_most_robust_epochs_across_a_resume(home, monk
     restored, not reset). The accuracies are scripted (the real evaluation runs first); the trainer
     evaluates the live model, then the SWA model, each epoch."""
     main_robust = iter([0.7, 0.2, 0.1, 0.3])
-    swa_scores = iter([(0.6, 0.1), (0.4, 0.9), (0.6, 0.3), (0.5, 0.2)])     # (robust, clean)
+    swa_scores = iter([(0.6, 0.1), (0.4, 0.9), (0.6, 0.3), (0.5, 0.2)])  # (robust, clean)
     calls = []
     real = trainer.evaluate
 
@@ -345,8 +431,16 @@ def test_best_and_swa_best_are_the_most_robust_epochs_across_a_resume(home, monk
 
     monkeypatch.setattr(trainer, "evaluate", scripted)
     store = Store(home)
-    ov = ["data.n_train=32", "train.batch_size=16", "train.epochs=4", "swa.start=0", "eval.n=8", "eval.ig=false",
-          "eval.hs_every=0", "eval.final=[]"]
+    ov = [
+        "data.n_train=32",
+        "train.batch_size=16",
+        "train.epochs=4",
+        "swa.start=0",
+        "eval.n=8",
+        "eval.ig=false",
+        "eval.hs_every=0",
+        "eval.final=[]",
+    ]
     [rd] = create_runs(store, preset_runs("quick/digits-fgsm_n-advlc-swa", ov, home=home))
     last, swa, stops = {}, {}, [(3, 1)]
 
@@ -362,7 +456,7 @@ def test_best_and_swa_best_are_the_most_robust_epochs_across_a_resume(home, monk
     assert run(rd, store, on_event=event, log=lambda line: None) == "stopped"
     prepare_resume(store, rd, foreground=True)
     assert run(rd, store, on_event=event, log=lambda line: None) == "finished"
-    assert calls[0] is not calls[1] and calls[1] is calls[3]          # the live model, then the average
+    assert calls[0] is not calls[1] and calls[1] is calls[3]  # the live model, then the average
     assert [r["robust_acc"] for r in rd.records("swa")] == [0.6, 0.4, 0.6, 0.5]
     best = torch.load(rd.ckpt("best"), weights_only=True)
     assert (best["epoch"], best["robust_acc"]) == (0, 0.7)
@@ -374,8 +468,11 @@ def test_best_and_swa_best_are_the_most_robust_epochs_across_a_resume(home, monk
 
 
 def swa_paper_presets(home) -> list[str]:
-    return sorted(p.name for p in list_presets(home) if p.name.startswith("paper/") and
-                  load_preset(p.name, home=home)[1].swa.enabled)
+    return sorted(
+        p.name
+        for p in list_presets(home)
+        if p.name.startswith("paper/") and load_preset(p.name, home=home)[1].swa.enabled
+    )
 
 
 def test_swa_paper_presets_evaluate_their_swa_checkpoints(home):

@@ -21,12 +21,22 @@ from engine.nn.datasets import load_dataset
 from engine.run.process import run
 from engine.store.index import Store
 
-OV = ["model.arch=wide_resnet", "model.depth=10", "model.width=1", "data.n_train=100",
-      "train.batch_size=50", "train.epochs=2", "swa.start=0", "eval.n=10", "eval.ig=false",
-      "eval.hs_every=0", "eval.final=[]"]
+OV = [
+    "model.arch=wide_resnet",
+    "model.depth=10",
+    "model.width=1",
+    "data.n_train=100",
+    "train.batch_size=50",
+    "train.epochs=2",
+    "swa.start=0",
+    "eval.n=10",
+    "eval.ig=false",
+    "eval.hs_every=0",
+    "eval.final=[]",
+]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 def test_swa_bn_statistics_are_re_estimated_and_weights_averaged(tmp_path):
@@ -52,5 +62,6 @@ def test_swa_bn_statistics_are_re_estimated_and_weights_averaged(tmp_path):
         feats = torch.nn.functional.conv2d(x_train, sd["conv1.weight"], padding=1)
     torch.testing.assert_close(sd["layer1.block0.bn1.running_mean"], feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
     # and not the live model's (train-time, adversarial-batch) statistics
-    assert not torch.allclose(sd["layer1.block0.bn1.running_mean"], snaps[1]["layer1.block0.bn1.running_mean"],
-                              rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(
+        sd["layer1.block0.bn1.running_mean"], snaps[1]["layer1.block0.bn1.running_mean"], rtol=1e-3, atol=1e-5
+    )

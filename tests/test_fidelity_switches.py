@@ -15,11 +15,20 @@ from engine.launch.supervisor import create_runs
 from engine.run.process import run
 from engine.store.index import Store
 
-OV = ["train.epochs=1", "data.n_train=100", "eval.n=50", "eval.ig=false", "eval.hs_every=1",
-      "eval.hs_samples=50", "eval.hs_batch=25", "eval.extra=[train_hs]", "eval.final=[]"]
+OV = [
+    "train.epochs=1",
+    "data.n_train=100",
+    "eval.n=50",
+    "eval.ig=false",
+    "eval.hs_every=1",
+    "eval.hs_samples=50",
+    "eval.hs_batch=25",
+    "eval.extra=[train_hs]",
+    "eval.final=[]",
+]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 def _run(store, home, preset, overrides):
@@ -34,9 +43,19 @@ def test_hs_reduce_reaches_the_epoch_records_and_the_experiments(tmp_path):
     for reduce in ("mean", "sum"):
         src = _run(store, tmp_path, "quick/digits-pgd10", OV + [f"eval.hs_reduce={reduce}"])
         [recs[reduce]] = src.epochs()
-        exp = _run(store, tmp_path, "quick/digits-fig4a",
-                   [f"experiment.source={src.id}", "experiment.values=[0.0]", "experiment.random_values=0",
-                    "experiment.samples=50", "eval.hs_batch=25", f"eval.hs_reduce={reduce}"])
+        exp = _run(
+            store,
+            tmp_path,
+            "quick/digits-fig4a",
+            [
+                f"experiment.source={src.id}",
+                "experiment.values=[0.0]",
+                "experiment.random_values=0",
+                "experiment.samples=50",
+                "eval.hs_batch=25",
+                f"eval.hs_reduce={reduce}",
+            ],
+        )
         [points[reduce]] = exp.records("points")
     for key in ("hs", "train_hs"):
         assert recs["mean"][key] > 0

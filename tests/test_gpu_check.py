@@ -21,19 +21,29 @@ from engine.errors import UserError
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 STEPS = ["env", "data", "pytest", "train", "hs", "epoch", "epoch_compile", "step_cost", "report"]
-RESULTS = {"env": "env.json", "data": "data.json", "pytest": "pytest.json", "train": "train.json", "hs": "hs.json",
-           "epoch": "epoch.json", "epoch_compile": "epoch_compile.json", "step_cost": "step_cost.json",
-           "report": "summary.json"}
+RESULTS = {
+    "env": "env.json",
+    "data": "data.json",
+    "pytest": "pytest.json",
+    "train": "train.json",
+    "hs": "hs.json",
+    "epoch": "epoch.json",
+    "epoch_compile": "epoch_compile.json",
+    "step_cost": "step_cost.json",
+    "report": "summary.json",
+}
 SCHEMES = ["fgsm_n", "fgsm_n+advlc", "pgd", "pgd+advlc", "fgsm_n+cure", "fgsm_n+gradalign"]
 
-needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+needs_bash = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils' timeout"
+)
 
 
 def _script(*args, timeout=300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("ADVLC_HOME", "COMPILE_METHODS")}
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def _status(out: Path) -> dict:
@@ -50,17 +60,18 @@ def test_smoke_run_reports_every_step(tmp_path):
     p = _script("--smoke", "--out", str(out))
     steps = _status(out)
     assert list(steps) == STEPS, p.stderr[-3000:]
-    assert {s: d["status"] for s, d in steps.items()} == dict.fromkeys(STEPS, "ok"), \
-        {s: d.get("note") for s, d in steps.items()}
+    assert {s: d["status"] for s, d in steps.items()} == dict.fromkeys(STEPS, "ok"), {
+        s: d.get("note") for s, d in steps.items()
+    }
     assert p.returncode == 0, p.stderr[-3000:]
     for step, name in RESULTS.items():
-        json.loads((out / name).read_text())                           # every result parses
+        json.loads((out / name).read_text())  # every result parses
         assert (out / "logs" / f"{step}.log").is_file()
     env = json.loads((out / "env.json").read_text())
     assert env["smoke"] and env["torch"] and env["device_name"] and "cuda" in env
     assert json.loads((out / "data.json").read_text())["n_train"] == 100
     pt = json.loads((out / "pytest.json").read_text())
-    assert pt["total"] >= 7 and pt["failed"] == pt["error"] == 0      # gpu tests skip on a CPU
+    assert pt["total"] >= 7 and pt["failed"] == pt["error"] == 0  # gpu tests skip on a CPU
     tr = json.loads((out / "train.json").read_text())
     assert tr["state"] == "finished" and tr["rc"] == 0 and tr["run"] and tr["model"] == "cnn_small"
     assert len(tr["epochs"]) == 1 and tr["summary"]["last_images_per_s"] > 0 and tr["summary"]["last_epoch_time_s"] > 0
@@ -128,17 +139,48 @@ def test_bad_arguments(tmp_path):
 def _fake_folder(out: Path) -> None:
     """A gpu-check folder as a GPU run leaves it when its epoch step was cut: env, status, pytest."""
     out.mkdir()
-    (out / "env.json").write_text(json.dumps({"date": "2026-12-07", "smoke": False, "device_name": "NVIDIA H100",
-                                              "devices": [{"index": 0}], "torch": "2.x", "cuda": "13.0",
-                                              "cudnn": 91000, "python": "3.11", "commit": "abc", "dirty": False,
-                                              "nvidia_smi": {"gpus": [{"driver_version": "580"}]}}))
-    lines = [{"step": "env", "status": "ok", "seconds": 4.0, "limit_s": 20, "expected_gpu_s": 5},
-             {"step": "pytest", "status": "ok", "seconds": 50.0, "limit_s": 90, "expected_gpu_s": 60},
-             {"step": "epoch", "status": "cut", "seconds": 90.0, "limit_s": 90, "expected_gpu_s": 60,
-              "note": "cut after 90 s"}]
+    (out / "env.json").write_text(
+        json.dumps(
+            {
+                "date": "2026-12-07",
+                "smoke": False,
+                "device_name": "NVIDIA H100",
+                "devices": [{"index": 0}],
+                "torch": "2.x",
+                "cuda": "13.0",
+                "cudnn": 91000,
+                "python": "3.11",
+                "commit": "abc",
+                "dirty": False,
+                "nvidia_smi": {"gpus": [{"driver_version": "580"}]},
+            }
+        )
+    )
+    lines = [
+        {"step": "env", "status": "ok", "seconds": 4.0, "limit_s": 20, "expected_gpu_s": 5},
+        {"step": "pytest", "status": "ok", "seconds": 50.0, "limit_s": 90, "expected_gpu_s": 60},
+        {
+            "step": "epoch",
+            "status": "cut",
+            "seconds": 90.0,
+            "limit_s": 90,
+            "expected_gpu_s": 60,
+            "note": "cut after 90 s",
+        },
+    ]
     (out / "status.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "not json\n")
-    (out / "pytest.json").write_text(json.dumps({"total": 2, "passed": 1, "failed": 1, "error": 0, "skipped": 0,
-                                                 "tests": [{"id": "t::a", "outcome": "failed"}]}))
+    (out / "pytest.json").write_text(
+        json.dumps(
+            {
+                "total": 2,
+                "passed": 1,
+                "failed": 1,
+                "error": 0,
+                "skipped": 0,
+                "tests": [{"id": "t::a", "outcome": "failed"}],
+            }
+        )
+    )
     (out / "hs.json").write_text("{broken")
 
 
@@ -158,16 +200,18 @@ def test_fold_writes_the_block_and_keeps_the_rest(tmp_path):
     out = tmp_path / "check"
     _fake_folder(out)
     docs = tmp_path / "B.md"
-    docs.write_text(f"# Benchmarks\n\n## {markdown.SECTION_GPU_CHECK}\n\nHand-written.\n\n{markdown.BEGIN}\nOLD-BLOCK\n"
-                    f"{markdown.END}\n\nAfter.\n\n## Next\n\nkeep\n")
+    docs.write_text(
+        f"# Benchmarks\n\n## {markdown.SECTION_GPU_CHECK}\n\nHand-written.\n\n{markdown.BEGIN}\nOLD-BLOCK\n"
+        f"{markdown.END}\n\nAfter.\n\n## Next\n\nkeep\n"
+    )
     rc, stdout, _ = cli("bench", "fold", str(out), "--docs", str(docs), code=0)
     text = docs.read_text()
     assert "OLD-BLOCK" not in text and "NVIDIA H100" in text and text.count(markdown.BEGIN) == 1
     assert text.index("Hand-written.") < text.index(markdown.BEGIN) < text.index("After.") < text.index("## Next")
     assert "wrote section" in stdout
-    rc, _, err = cli("bench", "fold", str(tmp_path), "--docs", str(docs), code=2)   # not a gpu-check folder
+    rc, _, err = cli("bench", "fold", str(tmp_path), "--docs", str(docs), code=2)  # not a gpu-check folder
     assert "not the output folder of scripts/gpu-check.sh" in one_line(err)
-    rc, _, err = cli("bench", "fold", str(out), "--epoch", code=2)     # fold takes no benchmark options
+    rc, _, err = cli("bench", "fold", str(out), "--epoch", code=2)  # fold takes no benchmark options
     assert "No such option: --epoch" in one_line(err)
 
 

@@ -21,10 +21,9 @@ from engine.nn.fastpath import autocast, epoch_stream, prepare_model, train_step
 from engine.nn.methods import get_method
 from engine.nn.methods.context import StepContext
 from engine.nn.models import PreActResNet18
-from test_fastpath import SmallBNNet, _cfg   # the CPU tests' config and network, wider here
+from test_fastpath import SmallBNNet, _cfg  # the CPU tests' config and network, wider here
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +40,10 @@ def _batches(n=4, b=16, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     imgs = torch.randint(0, 256, (n * b, 3, size, size), dtype=torch.uint8, generator=g)
     ys = torch.randint(0, 10, (n * b,), generator=g)
-    return [(as_float(augment(imgs[i * b:(i + 1) * b], padding=4, flip=True, generator=g)), ys[i * b:(i + 1) * b])
-            for i in range(n)]
+    return [
+        (as_float(augment(imgs[i * b : (i + 1) * b], padding=4, flip=True, generator=g)), ys[i * b : (i + 1) * b])
+        for i in range(n)
+    ]
 
 
 def _rel(a, b):
@@ -65,11 +66,11 @@ def _check_fast_equals_reference(dev, method, attack):
     torch.manual_seed(0)
     ref = PreActResNet18(num_classes=10, in_channels=3).to(dev).train()
     fast = prepare_model(copy.deepcopy(ref), cfg).train()
-    o_ref, o_fast = _sgd(ref, momentum=0.0), _sgd(fast, momentum=0.0)   # stateless: only the weights to copy
+    o_ref, o_fast = _sgd(ref, momentum=0.0), _sgd(fast, momentum=0.0)  # stateless: only the weights to copy
     for i, (x, y) in enumerate(_batches()):
         fast.load_state_dict(ref.state_dict())
         torch.manual_seed(100 + i)
-        l_ref, _ = reference_step(ref, o_ref, fn, sc, x, y, dev)          # moves the CPU batch itself
+        l_ref, _ = reference_step(ref, o_ref, fn, sc, x, y, dev)  # moves the CPU batch itself
         torch.manual_seed(100 + i)
         l_fast, _ = train_step(fast, o_fast, fn, sc, x.to(dev), y.to(dev), amp=lambda: autocast(cfg, dev))
         assert torch.isfinite(l_fast)
@@ -104,8 +105,10 @@ def _trajectory(dev, method, attack, steps=6, **train):
 
 def _check_bf16_and_compile(dev):
     fp32 = _trajectory(dev, "standard", "")
-    for name, traj, tol in (("bf16", _trajectory(dev, "standard", "", amp="bf16"), 5e-2),
-                            ("compile", _trajectory(dev, "standard", "", compile=True), 2e-3)):
+    for name, traj, tol in (
+        ("bf16", _trajectory(dev, "standard", "", amp="bf16"), 5e-2),
+        ("compile", _trajectory(dev, "standard", "", compile=True), 2e-3),
+    ):
         assert torch.isfinite(traj).all(), name
         assert traj.tolist() == pytest.approx(fp32.tolist(), rel=tol), name
     # AdvLC (sign attack, a retained graph): finite and near eager over a few steps. (bf16 and
@@ -132,17 +135,30 @@ def _write_cifar10(root, n_train=200, n_test=100):
     base.mkdir(parents=True)
     for name, n in [(f"data_batch_{i}", n_train // 5) for i in range(1, 6)] + [("test_batch", n_test)]:
         with open(base / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"labels": [int(v) for v in rng.integers(0, 10, n)]}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                },
+                f,
+                protocol=2,
+            )
 
 
 def _check_data_stay_on_device(dev, root):
     from engine.run.loop import train
 
     _write_cifar10(root)
-    cfg = build({"data": {"dataset": "cifar10", "root": str(root)}, "model": {"arch": "preact_resnet18"},
-                 "attack": {"name": "fgsm_n", "eps": 8 / 255}, "method": {"name": "advlc", "lam": 0.5, "advlc": {"top_n": 50}},
-                 "train": {"batch_size": 50, "epochs": 1, "device": str(dev)}}, "test")
+    cfg = build(
+        {
+            "data": {"dataset": "cifar10", "root": str(root)},
+            "model": {"arch": "preact_resnet18"},
+            "attack": {"name": "fgsm_n", "eps": 8 / 255},
+            "method": {"name": "advlc", "lam": 0.5, "advlc": {"top_n": 50}},
+            "train": {"batch_size": 50, "epochs": 1, "device": str(dev)},
+        },
+        "test",
+    )
     data = load_dataset(cfg.data, dev)
     for t in (data.train_x, data.test_x):
         assert t.device.type == torch.device(dev).type and t.dtype == torch.uint8
@@ -158,7 +174,7 @@ def _check_data_stay_on_device(dev, root):
     cuda = torch.device(dev).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")   # any host read in the loop's body raises
+        torch.cuda.set_sync_debug_mode("error")  # any host read in the loop's body raises
     try:
         for xb, yb, idx in stream:
             assert xb.device.type == yb.device.type == idx.device.type == torch.device(dev).type

@@ -15,8 +15,7 @@ from engine.store.index import Store
 from engine.store.records import GpuQueueLaunch
 from engine.store.states import FINAL_STATES
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 PRESET = "quick/digits-fgsm_n"
 TIMEOUT = 180
@@ -35,8 +34,8 @@ def test_detached_cuda_runs_lease_real_gpus_and_finish(home):
     n = torch.cuda.device_count()
     last = n - 1
     args = ["--set", "train.epochs=1", "--set", "eval.n=100", "--device", "cuda"]
-    cli("run", PRESET, *args, "--detach", code=0)                 # every visible GPU
-    cli("run", PRESET, *args, "--seed", "1", "--gpus", str(last), "--slots-per-gpu", "2", code=0)   # the last one
+    cli("run", PRESET, *args, "--detach", code=0)  # every visible GPU
+    cli("run", PRESET, *args, "--seed", "1", "--gpus", str(last), "--slots-per-gpu", "2", code=0)  # the last one
     store = Store(home)
     rows = sorted(store.runs(), key=lambda r: r["seed"])
     assert len(rows) == 2

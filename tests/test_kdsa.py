@@ -29,7 +29,7 @@ FAST = ["eval.n=100"]
 def _kdsa_cfg(**method):
     cfg = C.RunConfig()
     cfg.method.name = "kdsa"
-    cfg.attack.name = "fgsm"          # deterministic, so the test can redo the attack
+    cfg.attack.name = "fgsm"  # deterministic, so the test can redo the attack
     cfg.attack.eps = 0.1
     for k, v in method.items():
         C.set_key(cfg, f"method.kdsa.{k}", v, "test")
@@ -38,13 +38,14 @@ def _kdsa_cfg(**method):
 
 def _formula(s, t_std, t_adv, y, T_, a_std, a_adv):
     """(1-a-b) CE + a T^2 KL(p_std || p_s) + b T^2 KL(p_adv || p_s), written out by hand."""
+
     def kl(t):
         p_t = torch.exp(t / T_) / torch.exp(t / T_).sum(1, keepdim=True)
         log_p_s = s / T_ - torch.log(torch.exp(s / T_).sum(1, keepdim=True))
         return (p_t * (torch.log(p_t) - log_p_s)).sum(1).mean()
 
     ce = -(s.gather(1, y[:, None]).squeeze(1) - torch.log(torch.exp(s).sum(1))).mean()
-    return (1 - a_std - a_adv) * ce + a_std * T_ ** 2 * kl(t_std) + a_adv * T_ ** 2 * kl(t_adv)
+    return (1 - a_std - a_adv) * ce + a_std * T_**2 * kl(t_std) + a_adv * T_**2 * kl(t_adv)
 
 
 @pytest.mark.parametrize("T_,a_std,a_adv", [(2.0, 0.1, 0.6), (4.0, 0.3, 0.3), (1.0, 0.0, 1.0)])
@@ -83,11 +84,11 @@ def test_kl_form_has_the_original_codes_gradient():
     s = torch.randn(5, 10, requires_grad=True)
     t = torch.randn(5, 10)
     T_ = 2.0
-    soft_ce = -(F.softmax(t / T_, 1) * F.log_softmax(s / T_, 1)).sum(1).mean() * T_ ** 2
+    soft_ce = -(F.softmax(t / T_, 1) * F.log_softmax(s / T_, 1)).sum(1).mean() * T_**2
     (g1,) = torch.autograd.grad(kd_term(s, t, T_), s)
     (g2,) = torch.autograd.grad(soft_ce, s)
     torch.testing.assert_close(g1, g2)
-    entropy = -(F.softmax(t / T_, 1) * F.log_softmax(t / T_, 1)).sum(1).mean() * T_ ** 2
+    entropy = -(F.softmax(t / T_, 1) * F.log_softmax(t / T_, 1)).sum(1).mean() * T_**2
     torch.testing.assert_close(kd_term(s, t, T_) + entropy, soft_ce)
     assert kd_term(t, t, T_).abs().item() < 1e-6
 
@@ -114,49 +115,67 @@ def test_missing_teachers_one_line_message(home):
         plan_runs("quick/digits-kdsa", home=home)
     msg = str(exc.value)
     assert "\n" not in msg
-    assert msg == ("KDSA needs finished runs of teacher presets 'quick/digits-standard' (standard) and "
-                   "'quick/digits-pgd10' (adversarial); run them first: advlc run quick/digits-standard; "
-                   "advlc run quick/digits-pgd10 (or add --with-teachers)")
+    assert msg == (
+        "KDSA needs finished runs of teacher presets 'quick/digits-standard' (standard) and "
+        "'quick/digits-pgd10' (adversarial); run them first: advlc run quick/digits-standard; "
+        "advlc run quick/digits-pgd10 (or add --with-teachers)"
+    )
     # --set overrides of [data]/[model]/train.device go into the suggested command
     with pytest.raises(UserError, match="advlc run quick/digits-standard --set train.device=cpu;"):
         plan_runs("quick/digits-kdsa", ["train.device=cpu", "train.epochs=2"], home=home)
 
 
 def test_teachers_table_errors(home):
-    ref = _user_preset(home, "noteach", """
+    ref = _user_preset(
+        home,
+        "noteach",
+        """
         [preset]
         extends = "quick/digits-kdsa"
         [teachers]
         standard = "quick/digits-standard"
         adversarial = "quick/digits-pgd10"
         extra = "quick/digits-pgd10"
-    """)
+    """,
+    )
     with pytest.raises(UserError, match=r"noteach.toml: \[teachers\] unknown key 'extra'"):
         plan_runs(ref, home=home)
-    ref = _user_preset(home, "bad", """
+    ref = _user_preset(
+        home,
+        "bad",
+        """
         [preset]
         extends = "quick/_digits"
         [attack]
         name = "pgd"
         [method]
         name = "kdsa"
-    """)
+    """,
+    )
     with pytest.raises(UserError, match=r"bad.toml: method 'kdsa' needs a \[teachers\] table"):
         plan_runs(ref, home=home)
-    ref = _user_preset(home, "typo", """
+    ref = _user_preset(
+        home,
+        "typo",
+        """
         [preset]
         extends = "quick/digits-kdsa"
         [teachers]
         standard = "quick/digits-standrd"
-    """)
+    """,
+    )
     with pytest.raises(UserError, match=r"typo.toml: \[teachers\] standard = 'quick/digits-standrd': no preset"):
         plan_runs(ref, home=home)
-    ref = _user_preset(home, "notkd", """
+    ref = _user_preset(
+        home,
+        "notkd",
+        """
         [preset]
         extends = "quick/digits-pgd10"
         [teachers]
         standard = "quick/digits-standard"
-    """)
+    """,
+    )
     with pytest.raises(UserError, match="method 'pgd' uses no teachers"):
         plan_runs(ref, home=home)
 
@@ -192,12 +211,16 @@ def test_find_run_newest_finished_same_dataset_arch(tmp_path):
 
 def test_with_teachers_plans_them_first(home):
     store = Store(home)
-    planned = plan_runs("quick/digits-kdsa", ["train.device=cpu", "train.epochs=2"], home=home,
-                        with_teachers=True, seeds=2)
+    planned = plan_runs(
+        "quick/digits-kdsa", ["train.device=cpu", "train.epochs=2"], home=home, with_teachers=True, seeds=2
+    )
     assert [(p.preset, p.role) for p in planned] == [
-        ("quick/digits-standard", "teacher:standard"), ("quick/digits-pgd10", "teacher:adversarial"),
-        ("quick/digits-kdsa", ""), ("quick/digits-kdsa", "")]
-    assert planned[0].cfg.train.epochs == 20      # teachers train as their preset says
+        ("quick/digits-standard", "teacher:standard"),
+        ("quick/digits-pgd10", "teacher:adversarial"),
+        ("quick/digits-kdsa", ""),
+        ("quick/digits-kdsa", ""),
+    ]
+    assert planned[0].cfg.train.epochs == 20  # teachers train as their preset says
     assert planned[2].cfg.train.epochs == 2
     rds = create_runs(store, planned)
     confs = [rd.config_json()["run"] for rd in rds]
@@ -232,8 +255,10 @@ def test_only_one_teacher_missing_names_it(tmp_path):
     assert run(rd, store, log=lambda s: None) == "finished"
     with pytest.raises(UserError) as exc:
         plan_runs("quick/digits-kdsa", home=tmp_path)
-    assert str(exc.value) == ("KDSA needs a finished run of teacher preset 'quick/digits-pgd10' (adversarial); "
-                              "run it first: advlc run quick/digits-pgd10 (or add --with-teachers)")
+    assert str(exc.value) == (
+        "KDSA needs a finished run of teacher preset 'quick/digits-pgd10' (adversarial); "
+        "run it first: advlc run quick/digits-pgd10 (or add --with-teachers)"
+    )
 
 
 @pytest.mark.slow
@@ -250,7 +275,7 @@ def test_kdsa_digits_run_trains(teacher_home, preset):
     recs = rd.epochs()
     assert len(recs) == 2
     assert all(math.isfinite(r["train_loss"]) for r in recs)
-    assert recs[-1]["clean_acc"] > 0.2        # chance is 0.1 (2 epochs; teachers of 1 epoch)
+    assert recs[-1]["clean_acc"] > 0.2  # chance is 0.1 (2 epochs; teachers of 1 epoch)
     if preset.endswith("swa"):
         assert [r["epoch"] for r in rd.records("swa")] == [0, 1]
         assert rd.ckpt("swa_best").exists() and rd.ckpt("swa_end").exists()

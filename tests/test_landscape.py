@@ -24,7 +24,7 @@ from engine.nn.metrics.hessian import (
 from engine.nn.metrics.weight_hessian import weight_hessian
 from engine.nn.models import is_piecewise_linear
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny ops: one intra-op thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one intra-op thread (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def mlp(act=nn.ReLU, hidden=24, seed=0):
 
 def tiny_cnn(act=nn.ReLU, seed=0):
     torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), act(), nn.MaxPool2d(2),
-                      nn.Flatten(), nn.Linear(4 * 16, 10)).double()
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), act(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 16, 10)
+    ).double()
     # non-trivial BN running statistics
     with torch.no_grad():
         m[1].running_mean.uniform_(-0.2, 0.2)
@@ -70,6 +71,7 @@ def no_grads(model):
 
 # -- solvers on a known spectrum ---------------------------------------------------------
 
+
 def known_matrix(dim=150, seed=0):
     g = torch.Generator().manual_seed(seed)
     top = 5.0 * 0.8 ** torch.arange(25, dtype=torch.float64)
@@ -86,14 +88,16 @@ def test_lanczos_and_power_recover_known_spectrum():
     lz = lanczos_topk(hvp, A.shape[0], k, dtype=torch.float64)
     assert rel(lz, lam[:k]) < 1e-8
     pw = power_topk(hvp, A.shape[0], 5, dtype=torch.float64, seed=1)
-    assert rel(pw, lam[:5]) < 1e-2            # power iteration stops at a 1e-3 relative change
+    assert rel(pw, lam[:5]) < 1e-2  # power iteration stops at a 1e-3 relative change
     pw2 = power_topk(hvp, A.shape[0], 5, dtype=torch.float64, seed=1)
-    assert torch.equal(pw, pw2)                # seeded
+    assert torch.equal(pw, pw2)  # seeded
 
 
 def test_lanczos_largest_magnitude_and_multiplicity():
     dim = 60
-    lam = torch.cat([torch.tensor([3.0, 2.0, 2.0, -4.0], dtype=torch.float64), torch.zeros(dim - 4, dtype=torch.float64)])
+    lam = torch.cat(
+        [torch.tensor([3.0, 2.0, 2.0, -4.0], dtype=torch.float64), torch.zeros(dim - 4, dtype=torch.float64)]
+    )
     Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
     A = Q @ torch.diag(lam) @ Q.T
     la = lanczos_topk(lambda v: A @ v, dim, 5, dtype=torch.float64)
@@ -107,6 +111,7 @@ def test_lanczos_largest_magnitude_and_multiplicity():
 
 # -- HS on networks vs the dense Hessian ---------------------------------------------------
 
+
 @pytest.mark.parametrize("make", [mlp, tiny_cnn], ids=["mlp", "cnn"])
 def test_exact_and_lanczos_match_dense_relu(digits, make):
     x, y = digits[0][:4], digits[1][:4]
@@ -115,7 +120,7 @@ def test_exact_and_lanczos_match_dense_relu(digits, make):
     ref = dense_topk(m, x, y, 20)
     m.train()
     ex, used = hessian_spectrum_with_method(m, x, y, 20, "exact")
-    assert used == "exact" and m.training            # caller's mode restored
+    assert used == "exact" and m.training  # caller's mode restored
     assert rel(ex, ref) < 1e-5
     lz = hessian_spectrum(m, x, y, 20, "lanczos")
     assert rel(lz, ref) < 1e-5
@@ -164,10 +169,9 @@ def test_piecewise_linear_sees_functions_held_as_attributes():
 def test_hs_metric_averages_batches(digits):
     x, y = digits[0][:10], digits[1][:10]
     m = mlp()
-    hs, used = hs_metric(m, x, y, n=10, batch=4, k=5)   # two full batches; the last 2 dropped
+    hs, used = hs_metric(m, x, y, n=10, batch=4, k=5)  # two full batches; the last 2 dropped
     assert used == "exact"
-    want = sum(hessian_spectrum(m, x[s], y[s], 5, "exact").abs().mean().item()
-               for s in (slice(0, 4), slice(4, 8))) / 2
+    want = sum(hessian_spectrum(m, x[s], y[s], 5, "exact").abs().mean().item() for s in (slice(0, 4), slice(4, 8))) / 2
     assert hs == pytest.approx(want, rel=1e-12)
     hs_l, used_l = hs_metric(m, x, y, n=10, batch=4, k=5, method="lanczos")
     assert used_l == "lanczos" and hs_l == pytest.approx(hs, rel=1e-6)
@@ -181,12 +185,13 @@ def test_hs_reduce_mean_and_sum_against_the_dense_hessian(digits, act):
     x, y = digits[0][:12], digits[1][:12]
     m = mlp(act)
     # the 20 largest |eigenvalues| (softplus: some are negative; HS takes the largest magnitudes)
-    top = [dense_topk(m, x[s], y[s], 6 * 64).abs().sort(descending=True).values[:20]
-           for s in (slice(0, 6), slice(6, 12))]
+    top = [
+        dense_topk(m, x[s], y[s], 6 * 64).abs().sort(descending=True).values[:20] for s in (slice(0, 6), slice(6, 12))
+    ]
     want = {"mean": sum(t.mean().item() for t in top) / 2, "sum": sum(t.sum().item() for t in top) / 2}
     method = "exact" if act is nn.ReLU else "lanczos"
     hs = {r: hs_metric(m, x, y, n=12, batch=6, k=20, method=method, reduce=r)[0] for r in ("mean", "sum")}
-    assert hs_metric(m, x, y, n=12, batch=6, k=20, method=method)[0] == hs["mean"]    # the default
+    assert hs_metric(m, x, y, n=12, batch=6, k=20, method=method)[0] == hs["mean"]  # the default
     assert hs["mean"] == pytest.approx(want["mean"], rel=1e-6)
     assert hs["sum"] == pytest.approx(want["sum"], rel=1e-6)
     assert hs["sum"] == pytest.approx(20 * hs["mean"], rel=1e-12)
@@ -205,10 +210,12 @@ def test_benchmark_hs_runs_and_validates(digits):
     assert v["exact_vs_dense"]["max_rel"] < 1e-3
     assert v["lanczos_vs_exact"]["max_rel"] < 1e-3
     import json
+
     json.dumps(r)
 
 
 # -- IG -------------------------------------------------------------------------------------
+
 
 def test_input_gradient_norm_matches_per_sample_autograd(digits):
     x, y = digits[0][:7], digits[1][:7]
@@ -219,14 +226,15 @@ def test_input_gradient_norm_matches_per_sample_autograd(digits):
     m.eval()
     want = 0.0
     for i in range(len(x)):
-        xi = x[i:i + 1].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(m(xi), y[i:i + 1]), xi)
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(m(xi), y[i : i + 1]), xi)
         want += g.abs().sum().item()
     assert isinstance(ig, float)
     assert ig == pytest.approx(want / len(x), rel=1e-10)
 
 
 # -- weight Hessian (pyhessian) -------------------------------------------------------------
+
 
 def test_weight_hessian_top_eigenvalue_vs_dense(digits):
     from torch.func import functional_call
@@ -241,34 +249,34 @@ def test_weight_hessian_top_eigenvalue_vs_dense(digits):
     def loss_of(theta):
         params, i = {}, 0
         for n, s in zip(names, shapes):
-            params[n] = theta[i:i + s.numel()].view(s)
+            params[n] = theta[i : i + s.numel()].view(s)
             i += s.numel()
         return F.cross_entropy(functional_call(m, params, (x,)), y)
 
     H = torch.autograd.functional.hessian(loss_of, flat)
     ev = torch.linalg.eigvalsh(H)
-    top = ev[ev.abs().argmax()].item()            # power iteration: largest magnitude
+    top = ev[ev.abs().argmax()].item()  # power iteration: largest magnitude
     # a pre-existing grad must survive
     m[1].weight.grad = torch.ones_like(m[1].weight)
     m.train()
     rng = torch.get_rng_state()
     n_tr = 400
-    out = weight_hessian(m, x, y, top_n=1, trace=True, trace_iters=n_tr, trace_tol=0.0,
-                           max_iter=500, tol=1e-7)
-    assert torch.equal(torch.get_rng_state(), rng)     # caller's RNG untouched
+    out = weight_hessian(m, x, y, top_n=1, trace=True, trace_iters=n_tr, trace_tol=0.0, max_iter=500, tol=1e-7)
+    assert torch.equal(torch.get_rng_state(), rng)  # caller's RNG untouched
     assert m.training
     assert out["eigenvalues"][0] == pytest.approx(top, rel=1e-2)
     # Hutchinson (Rademacher): Var[v^T H v] = 2 (||H||_F^2 - sum_i H_ii^2); allow 4 std
-    sd = (2 * ((H ** 2).sum() - (H.diagonal() ** 2).sum()) / n_tr).sqrt().item()
+    sd = (2 * ((H**2).sum() - (H.diagonal() ** 2).sum()) / n_tr).sqrt().item()
     assert out["trace"] == pytest.approx(H.trace().item(), abs=4 * sd)
-    assert sd < 0.5 * abs(H.trace().item())                           # the check means something
+    assert sd < 0.5 * abs(H.trace().item())  # the check means something
     assert torch.equal(m[1].weight.grad, torch.ones_like(m[1].weight))
     assert all(p.grad is None for n, p in m.named_parameters() if n != "1.weight")
     out2 = weight_hessian(m, x, y, top_n=1, trace=False, max_iter=500, tol=1e-7)
-    assert out2["eigenvalues"] == out["eigenvalues"] and out2["trace"] is None   # seeded
+    assert out2["eigenvalues"] == out["eigenvalues"] and out2["trace"] is None  # seeded
 
 
 # -- AV, effectiveness, alignment -----------------------------------------------------------
+
 
 def test_effectiveness_pgd50_is_one_and_zero_perturbation_is_zero(digits):
     x, y = digits[0][:40], digits[1][:40]
@@ -283,10 +291,9 @@ def test_effectiveness_pgd50_is_one_and_zero_perturbation_is_zero(digits):
     assert 0.0 < e <= 1.5
     bufs = [b.clone() for b in m.buffers()]
     torch.manual_seed(0)
-    e_n = training_attack_effectiveness(m, x, y, "fgsm_n", eps=eps, alpha=eps, noise=2 * eps,
-                                          train_mode=True)
-    assert e_n == e_n                                 # not nan
-    assert all(torch.equal(a, b) for a, b in zip(bufs, m.buffers()))   # BN stats restored
+    e_n = training_attack_effectiveness(m, x, y, "fgsm_n", eps=eps, alpha=eps, noise=2 * eps, train_mode=True)
+    assert e_n == e_n  # not nan
+    assert all(torch.equal(a, b) for a, b in zip(bufs, m.buffers()))  # BN stats restored
     assert m.training and no_grads(m)
 
 

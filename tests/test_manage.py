@@ -80,12 +80,15 @@ def test_diff_names_what_differs_and_the_results(synth):
     keys = {k for k, _, _ in d["config"]}
     assert keys == {"method.name", "method.lam", "method.advlc.top_n", "method.advlc.clean"}
     assert ["method.lam", 0.0, 0.3] in d["config"]
-    assert ["method.advlc.top_n", None, 100] in d["config"]    # AdvLC's own parameter: the other run has none
+    assert ["method.advlc.top_n", None, 100] in d["config"]  # AdvLC's own parameter: the other run has none
     assert ["run.preset", "paper/table1/fgsm_n", "paper/table1/fgsm_n-advlc"] in d["origin"]
     metrics = {k: (a, b) for k, a, b in d["metrics"]}
     a, b = synth.run_dir("00000000"), synth.run_dir("00000002")
     best_a = max(a.epochs(), key=lambda e: (e["robust_acc"], e["epoch"]))
-    assert metrics["best_robust_acc"][0] == best_a["robust_acc"] and metrics["end_robust_acc"][1] == b.epochs()[-1]["robust_acc"]
+    assert (
+        metrics["best_robust_acc"][0] == best_a["robust_acc"]
+        and metrics["end_robust_acc"][1] == b.epochs()[-1]["robust_acc"]
+    )
     assert "method.lam" in advlc("diff", "00000000", "00000002", home=synth.home)[0]
 
 
@@ -115,30 +118,43 @@ def test_compare_and_report_take_where(synth, tmp_path):
     advlc("tag", "00000003", "+robust", home=synth.home)
     advlc("note", "00000003", "--text", "from the grid\nsecond line", home=synth.home)
     out_dir = tmp_path / "rep"
-    advlc("report", "--where", '"robust" in tags or preset ~ "table1/fgsm_n-advlc"', "--out", str(out_dir),
-          "--format", "md", home=synth.home)
+    advlc(
+        "report",
+        "--where",
+        '"robust" in tags or preset ~ "table1/fgsm_n-advlc"',
+        "--out",
+        str(out_dir),
+        "--format",
+        "md",
+        home=synth.home,
+    )
     md = (out_dir / "report.md").read_text()
-    assert "| 00000003 | the lambda we kept #robust |" in md           # the provenance names it
-    assert "- **00000003**: from the grid  \n  second line" in md     # and its note is there
-    assert "00000002" in md and "00000004" not in md                     # the --where selection
+    assert "| 00000003 | the lambda we kept #robust |" in md  # the provenance names it
+    assert "- **00000003**: from the grid  \n  second line" in md  # and its note is there
+    assert "00000002" in md and "00000004" not in md  # the --where selection
 
 
-@pytest.mark.parametrize("text,doc,want", [
-    ('state == "finished"', {"state": "finished"}, True),
-    ("seed in [0, 1] and not archived", {"seed": 1, "archived": False}, True),
-    ("seed not in [0, 1]", {"seed": 1}, False),
-    ('preset ~ "TABLE1"', {"preset": "paper/table1/pgd10"}, True),
-    ("best_robust_acc > 0.5", {"best_robust_acc": None}, False),        # null never orders
-    ("best_robust_acc < 0.5", {"best_robust_acc": None}, False),
-    ('seed > "a"', {"seed": 1}, False),                                 # a number and a string never order
-    ("(seed == 1 or seed == 2) and epoch >= 10", {"seed": 2, "epoch": 10}, True),
-    ("title == null", {}, True),
-    ("method.lam >= 1e-1", {}, None),
-])
+@pytest.mark.parametrize(
+    "text,doc,want",
+    [
+        ('state == "finished"', {"state": "finished"}, True),
+        ("seed in [0, 1] and not archived", {"seed": 1, "archived": False}, True),
+        ("seed not in [0, 1]", {"seed": 1}, False),
+        ('preset ~ "TABLE1"', {"preset": "paper/table1/pgd10"}, True),
+        ("best_robust_acc > 0.5", {"best_robust_acc": None}, False),  # null never orders
+        ("best_robust_acc < 0.5", {"best_robust_acc": None}, False),
+        ('seed > "a"', {"seed": 1}, False),  # a number and a string never order
+        ("(seed == 1 or seed == 2) and epoch >= 10", {"seed": 2, "epoch": 10}, True),
+        ("title == null", {}, True),
+        ("method.lam >= 1e-1", {}, None),
+    ],
+)
 def test_query_semantics(text, doc, want):
     q = parse(text)
     if want is None:
-        assert q.needs_config and q.matches({}, {"method": {"lam": 0.1}}) and not q.matches({}, {"method": {"lam": 0.05}})
+        assert (
+            q.needs_config and q.matches({}, {"method": {"lam": 0.1}}) and not q.matches({}, {"method": {"lam": 0.05}})
+        )
     else:
         assert q.matches(doc) is want
 
@@ -149,12 +165,17 @@ def test_query_strings_keep_unicode_and_take_simple_escapes():
     assert parse("note ~ 'it\\'s'").matches({"note": "It's fine"})
 
 
-@pytest.mark.parametrize("text,where", [("seed ==", "expected a value at the end"),
-                                        ("seed = 1", "unexpected '=' at column 6"),
-                                        ("(seed == 1", "expected ')' at the end"),
-                                        ("seed == 1 2", "unexpected '2' at column 11"),
-                                        ("__import__('os')", "unexpected '(' at column 11"),
-                                        ('title == "a\\x"', "unknown escape '\\x' in a string")])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("seed ==", "expected a value at the end"),
+        ("seed = 1", "unexpected '=' at column 6"),
+        ("(seed == 1", "expected ')' at the end"),
+        ("seed == 1 2", "unexpected '2' at column 11"),
+        ("__import__('os')", "unexpected '(' at column 11"),
+        ('title == "a\\x"', "unknown escape '\\x' in a string"),
+    ],
+)
 def test_query_errors_say_where(text, where):
     with pytest.raises(UserError) as ei:
         parse(text)
@@ -165,12 +186,16 @@ def test_query_errors_say_where(text, where):
 def test_archive_hides_and_restore_brings_back(synth):
     h = synth.home
     advlc("archive", "00000000", "00000001", home=h)
-    assert [r["id"] for r in json.loads(advlc("runs", "--json", home=h)[0])] == ["00000002", "00000003", "00000004",
-                                                                                "00000005"]
+    assert [r["id"] for r in json.loads(advlc("runs", "--json", home=h)[0])] == [
+        "00000002",
+        "00000003",
+        "00000004",
+        "00000005",
+    ]
     assert [r["id"] for r in json.loads(advlc("runs", "--json", "--archived", home=h)[0])] == ["00000000", "00000001"]
     assert synth.run_dir("00000000").exists()
     _, err = advlc("compare", "--preset", "paper/table1/fgsm_n", "--format", "json", home=h, code=2)
-    assert "no runs of preset 'paper/table1/fgsm_n'" in err          # both of its runs are archived
+    assert "no runs of preset 'paper/table1/fgsm_n'" in err  # both of its runs are archived
     advlc("restore", "00000000", home=h)
     assert "00000000" in [r["id"] for r in json.loads(advlc("runs", "--json", home=h)[0])]
     out, _ = advlc("compare", "--preset", "paper/table1/fgsm_n", "--format", "json", home=h)
@@ -199,7 +224,7 @@ def test_pack_unpack_round_trip_shows_the_same_everywhere(trained, tmp_path):
     advlc("pack", *ids, "-o", str(archive), home=src)
     with tarfile.open(archive) as tar:
         blob = b"".join(tar.extractfile(m).read() for m in tar.getmembers())
-    assert str(src).encode() not in blob                    # no absolute path of the sender's store
+    assert str(src).encode() not in blob  # no absolute path of the sender's store
     dst = tmp_path / "other"
     advlc("unpack", str(archive), home=dst)
     for ref in (["compare", *ids, "--format", "json"], ["compare", "--preset", PRESET, "--format", "json"]):
@@ -208,7 +233,7 @@ def test_pack_unpack_round_trip_shows_the_same_everywhere(trained, tmp_path):
         assert a == b
     rows = {r["id"]: r for r in json.loads(advlc("runs", "--json", home=dst)[0])}
     assert rows[ids[0]]["title"] == "packed" and rows[ids[0]]["tags"] == ["shared"]
-    out, _ = advlc("eval", ids[0], "--ckpt", "best", "--attack", "pgd20", "--n", "20", home=dst)   # checkpoints load
+    out, _ = advlc("eval", ids[0], "--ckpt", "best", "--attack", "pgd20", "--n", "20", home=dst)  # checkpoints load
     _, err = advlc("unpack", str(archive), home=dst, code=2)
     assert f"run {ids[0]} is already in" in err
 

@@ -25,7 +25,7 @@ from engine.nn import methods as registry
 from engine.nn.methods.context import StepContext
 
 V1 = Path(__file__).parent / "data" / "store-v1"
-OLD_ADVLC = "5daa2c56"   # quick/digits-pgd10-advlc (top_n = 50) stored with the flat method keys
+OLD_ADVLC = "5daa2c56"  # quick/digits-pgd10-advlc (top_n = 50) stored with the flat method keys
 
 THROWAWAY = textwrap.dedent('''
     """A method made up for a test: CE on the clean batch times a scale, plus an offset."""
@@ -78,11 +78,16 @@ def throwaway(monkeypatch):
 def test_a_new_method_with_two_knobs_is_one_file(throwaway):
     m = registry.get_method("scaled_ce")
     assert [(f.name, f.default) for f in dataclasses.fields(m.params)] == [("scale", 2.0), ("offset", 0.5)]
-    cfg = C.build({"method": {"name": "scaled_ce", "scaled_ce": {"scale": 3}}}, "test.toml",
-                  ["method.scaled_ce.offset=-0.25"])
+    cfg = C.build(
+        {"method": {"name": "scaled_ce", "scaled_ce": {"scale": 3}}}, "test.toml", ["method.scaled_ce.offset=-0.25"]
+    )
     assert (cfg.method.params.scale, cfg.method.params.offset) == (3.0, -0.25)
-    assert cfg.to_dict()["method"] == {"name": "scaled_ce", "lam": 0.0, "lam_schedule": "constant",
-                                       "scaled_ce": {"scale": 3.0, "offset": -0.25}}
+    assert cfg.to_dict()["method"] == {
+        "name": "scaled_ce",
+        "lam": 0.0,
+        "lam_schedule": "constant",
+        "scaled_ce": {"scale": 3.0, "offset": -0.25},
+    }
     # the loss reads them: against the formula computed here
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
@@ -91,10 +96,14 @@ def test_a_new_method_with_two_knobs_is_one_file(throwaway):
     expected = 3.0 * torch.nn.functional.cross_entropy(model(x), y) - 0.25
     torch.testing.assert_close(loss, expected)
     # what the decorator registered when the module ran equals what was read without importing it
-    assert [(f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(registry._DECLARED["scaled_ce"].params)] \
-        == [(f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(m.params)]
+    assert [
+        (f.name, f.type, f.default, dict(f.metadata))
+        for f in dataclasses.fields(registry._DECLARED["scaled_ce"].params)
+    ] == [(f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(m.params)]
     # validation from the field's metadata, the class's own rule, its old flat key, the docs
-    with pytest.raises(UserError, match=r"^--set method.scaled_ce.scale=11: method.scaled_ce.scale = 11.0: must be between 0 and 10$"):
+    with pytest.raises(
+        UserError, match=r"^--set method.scaled_ce.scale=11: method.scaled_ce.scale = 11.0: must be between 0 and 10$"
+    ):
         C.build({"method": {"name": "scaled_ce"}}, "test.toml", ["method.scaled_ce.scale=11"])
     with pytest.raises(UserError, match=r"^t.toml: method.scaled_ce: scale 0 with offset 0 trains nothing$"):
         C.build({"method": {"name": "scaled_ce", "scaled_ce": {"scale": 0, "offset": 0}}}, "t.toml")
@@ -107,17 +116,29 @@ def test_every_parameters_class_read_equals_the_one_the_module_defines():
         module = sys.modules.get(f"engine.nn.methods.{m.module}") or __import__(f"engine.nn.methods.{m.module}")
         declared = registry._DECLARED[name].params
         assert declared.__name__ == m.params.__name__
-        assert [(f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(declared)] == \
-               [(f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(m.params)], (name, module)
+        assert [(f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(declared)] == [
+            (f.name, f.type, f.default, dict(f.metadata)) for f in dataclasses.fields(m.params)
+        ], (name, module)
         assert getattr(declared, "FLAT_KEYS", {}) == getattr(m.params, "FLAT_KEYS", {})
-    assert sorted(C.with_params()) == ["advlc", "advlc_js", "advlc_kl", "advlc_l1", "advlc_nuclear", "advlc_sql2",
-                                       "consistency", "cure", "kdsa"]
+    assert sorted(C.with_params()) == [
+        "advlc",
+        "advlc_js",
+        "advlc_kl",
+        "advlc_l1",
+        "advlc_nuclear",
+        "advlc_sql2",
+        "consistency",
+        "cure",
+        "kdsa",
+    ]
 
 
 def test_a_parameters_class_using_an_outside_name_is_refused(tmp_path):
     f = tmp_path / "bad.py"
-    f.write_text("import torch\nfrom dataclasses import dataclass\n\n@dataclass\nclass P:\n"
-                 "    scale: float = torch.pi\n\n@register('bad', doc='x', params=P)\ndef bad(model, x, y, ctx):\n    pass\n")
+    f.write_text(
+        "import torch\nfrom dataclasses import dataclass\n\n@dataclass\nclass P:\n"
+        "    scale: float = torch.pi\n\n@register('bad', doc='x', params=P)\ndef bad(model, x, y, ctx):\n    pass\n"
+    )
     with pytest.raises(RuntimeError, match=r"bad.py:8: class P uses a name the registry does not give it"):
         registry._read_module(f)
     f.write_text("@register('bad', doc='x', params=Missing)\ndef bad(model, x, y, ctx):\n    pass\n")
@@ -137,8 +158,11 @@ def test_tables_of_other_methods_are_kept_until_the_method_is_known():
     p = plan("quick/robust-overfitting", ["method.advlc.top_n=7"])
     assert {r.cfg.method.name: getattr(r.cfg.method.params, "top_n", None) for r in p.runs} == {"pgd": None, "advlc": 7}
     # ... and of one it does not: one line
-    with pytest.raises(UserError, match=r"^--set method.kdsa.temperature=3: no run of presets/quick/robust-overfitting"
-                                        r".toml trains with method 'kdsa' \(method.name: advlc, pgd\)"):
+    with pytest.raises(
+        UserError,
+        match=r"^--set method.kdsa.temperature=3: no run of presets/quick/robust-overfitting"
+        r".toml trains with method 'kdsa' \(method.name: advlc, pgd\)",
+    ):
         plan("quick/robust-overfitting", ["method.kdsa.temperature=3"])
     with pytest.raises(UserError, match=r"method.kdsa.temperature=3: no run of .* trains with method 'kdsa'"):
         load_preset("quick/digits-pgd10-advlc", ["method.kdsa.temperature=3"])
@@ -149,25 +173,36 @@ def test_a_sweep_over_a_method_parameter(tmp_path, monkeypatch):
     (home / "presets").mkdir(parents=True)
     (home / "presets" / "t.toml").write_text(
         '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n"method.advlc.top_n" = [5, 9]\n'
-        'method.advlc.clean = ["x"]\n')
+        'method.advlc.clean = ["x"]\n'
+    )
     runs = plan("user/t", home=home).runs
-    assert [(r.point, r.cfg.method.params.top_n, r.cfg.method.params.clean) for r in runs] == \
-        [({"method.advlc.top_n": 5, "method.advlc.clean": "x"}, 5, "x"),
-         ({"method.advlc.top_n": 9, "method.advlc.clean": "x"}, 9, "x")]
-    (home / "presets" / "t.toml").write_text('[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n'
-                                             '"method.advlc.nope" = [1]\n')
-    with pytest.raises(UserError, match=r"\[sweep\] unknown key 'method.advlc.nope' \(keys of \[method\]: .*advlc.top_n"):
+    assert [(r.point, r.cfg.method.params.top_n, r.cfg.method.params.clean) for r in runs] == [
+        ({"method.advlc.top_n": 5, "method.advlc.clean": "x"}, 5, "x"),
+        ({"method.advlc.top_n": 9, "method.advlc.clean": "x"}, 9, "x"),
+    ]
+    (home / "presets" / "t.toml").write_text(
+        '[preset]\nextends = "quick/digits-fgsm_n-advlc"\n[sweep]\n"method.advlc.nope" = [1]\n'
+    )
+    with pytest.raises(
+        UserError, match=r"\[sweep\] unknown key 'method.advlc.nope' \(keys of \[method\]: .*advlc.top_n"
+    ):
         plan("user/t", home=home)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("method.nope.x=1", r"unknown table \[method.nope\]: no such method \(tables of methods' parameters: method.advlc,"),
-    ("method.pgd.x=1", r"unknown table \[method.pgd\]: method 'pgd' has no parameters of its own"),
-    ("method.advlc.nope=1", r"unknown key 'method.advlc.nope' \(keys of \[method.advlc\]: top_n, clean\)"),
-    ("method.advlc.clean=y", r"method.advlc.clean = 'y': must be one of 'start', 'x'"),
-    ("method.a.b.c=1", r"key must be section.key \(e.g. attack.eps\) or method.<name>.key"),
-    ("attack.eps.x=1", r"key must be section.key"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "method.nope.x=1",
+            r"unknown table \[method.nope\]: no such method \(tables of methods' parameters: method.advlc,",
+        ),
+        ("method.pgd.x=1", r"unknown table \[method.pgd\]: method 'pgd' has no parameters of its own"),
+        ("method.advlc.nope=1", r"unknown key 'method.advlc.nope' \(keys of \[method.advlc\]: top_n, clean\)"),
+        ("method.advlc.clean=y", r"method.advlc.clean = 'y': must be one of 'start', 'x'"),
+        ("method.a.b.c=1", r"key must be section.key \(e.g. attack.eps\) or method.<name>.key"),
+        ("attack.eps.x=1", r"key must be section.key"),
+    ],
+)
 def test_bad_method_keys_are_one_line(text, message):
     with pytest.raises(UserError, match=message):
         load_preset("quick/digits-pgd10-advlc", [text])
@@ -175,12 +210,29 @@ def test_bad_method_keys_are_one_line(text, message):
 
 def test_old_flat_keys_read_as_each_owners_parameter():
     """Presets and overrides written with the flat keys mean what they meant."""
-    old = C.build({"attack": {"name": "pgd"}, "method": {"name": "kdsa", "kd_temperature": 3.0, "kd_alpha_std": 0.2,
-                                                          "kd_adv_checkpoint": "end", "top_n": 7, "temperature": 9.0}}, "t")
-    new = C.build({"attack": {"name": "pgd"}, "method": {"name": "kdsa", "kdsa": {
-        "temperature": 3.0, "alpha_std": 0.2, "adversarial_checkpoint": "end"}}}, "t")
+    old = C.build(
+        {
+            "attack": {"name": "pgd"},
+            "method": {
+                "name": "kdsa",
+                "kd_temperature": 3.0,
+                "kd_alpha_std": 0.2,
+                "kd_adv_checkpoint": "end",
+                "top_n": 7,
+                "temperature": 9.0,
+            },
+        },
+        "t",
+    )
+    new = C.build(
+        {
+            "attack": {"name": "pgd"},
+            "method": {"name": "kdsa", "kdsa": {"temperature": 3.0, "alpha_std": 0.2, "adversarial_checkpoint": "end"}},
+        },
+        "t",
+    )
     assert old.to_dict() == new.to_dict()
-    assert old.to_dict()["method"]["kdsa"]["temperature"] == 3.0      # not consistency's `temperature`
+    assert old.to_dict()["method"]["kdsa"]["temperature"] == 3.0  # not consistency's `temperature`
     _, cfg, _ = load_preset("quick/digits-fgsm_n-advlc", ["method.top_n=11", "method.clean=x"])
     assert (cfg.method.params.top_n, cfg.method.params.clean) == (11, "x")
     _, cfg, _ = load_preset("quick/digits-cure", ["method.cure_form=original"])
@@ -197,12 +249,16 @@ def test_a_run_stored_with_the_flat_keys_reads_as_today_and_groups_with_a_new_ru
     flat = O.flat(stored)
     assert flat["method.advlc.top_n"] == 50 and not any(k in flat for k in ("method.top_n", "method.kdsa.temperature"))
     # a run made today from the same preset and overrides is a seed of the same configuration
-    overrides = [f"{k}={O.fmt_value(v)}" for k, v in O.flat(stored).items()
-                 if k.split(".")[0] in ("train", "eval") and k not in O.NON_RESULT_KEYS]
+    overrides = [
+        f"{k}={O.fmt_value(v)}"
+        for k, v in O.flat(stored).items()
+        if k.split(".")[0] in ("train", "eval") and k not in O.NON_RESULT_KEYS
+    ]
     [p] = plan("quick/digits-pgd10-advlc", overrides).runs
     assert O.config_key(p.cfg.to_dict()) == O.config_key(stored)
-    assert O.config_key({**p.cfg.to_dict(), "method": {**p.cfg.to_dict()["method"], "advlc": {"top_n": 51, "clean": "start"}}}) \
-        != O.config_key(stored)
+    assert O.config_key(
+        {**p.cfg.to_dict(), "method": {**p.cfg.to_dict()["method"], "advlc": {"top_n": 51, "clean": "start"}}}
+    ) != O.config_key(stored)
 
 
 def test_the_cli_shows_selects_and_columns_method_parameters(tmp_path, monkeypatch):
@@ -213,18 +269,29 @@ def test_the_cli_shows_selects_and_columns_method_parameters(tmp_path, monkeypat
     assert [r["id"] for r in json.loads(out)] == [OLD_ADVLC]
     _, out, _ = cli("runs", "--where", "method.advlc.top_n == 49", "--json", code=0)
     assert json.loads(out) == []
-    _, out, _ = cli("compare", "--preset", "quick/digits-pgd10-advlc", "--columns", "method.advlc.top_n",
-                    "--include-unfinished", "--format", "json", code=0)
+    _, out, _ = cli(
+        "compare",
+        "--preset",
+        "quick/digits-pgd10-advlc",
+        "--columns",
+        "method.advlc.top_n",
+        "--include-unfinished",
+        "--format",
+        "json",
+        code=0,
+    )
     assert [r["config_values"]["method.advlc.top_n"] for r in json.loads(out)["rows"]] == [50]
     _, _, err = cli("runs", "--where", "method.top_n == 50", code=2)
-    assert "method.advlc.top_n" in err          # the old name is pointed to the new one
+    assert "method.advlc.top_n" in err  # the old name is pointed to the new one
     _, out, _ = cli("preset", "show", "paper/table1/pgd10-kdsa", "--json", code=0)
     assert json.loads(out)["config"]["method"]["kdsa"]["temperature"] == 2.0
 
 
 def test_the_registry_still_loads_without_torch():
-    code = ("import sys\nfrom engine.config import schema as C\n"
-            "assert C.with_params()['kdsa'].params().temperature == 2.0\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\nfrom engine.config import schema as C\n"
+        "assert C.with_params()['kdsa'].params().temperature == 2.0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -30,8 +30,19 @@ from engine.nn.methods.context import StepContext
 from engine.nn.methods.penalties import nuclear_norm
 
 EPS = 0.1
-REGULARISED = ("advlc_l1", "advlc_sql2", "advlc_kl", "advlc_js", "advlc_nuclear", "igr", "cure",
-               "gradalign", "logitalign", "consistency", "eq9_clean_loss")
+REGULARISED = (
+    "advlc_l1",
+    "advlc_sql2",
+    "advlc_kl",
+    "advlc_js",
+    "advlc_nuclear",
+    "igr",
+    "cure",
+    "gradalign",
+    "logitalign",
+    "consistency",
+    "eq9_clean_loss",
+)
 ALL = REGULARISED + ("eq10_grad_penalty",)
 
 
@@ -66,9 +77,11 @@ def batch():
 
 
 def make_cfg(method, attack="pgd", lam=1.0, data=None, **method_kw):
-    tables = {"method": {"name": method, "lam": lam, **({method: method_kw} if method_kw else {})},
-              "attack": {"eps": EPS, "steps": 2},
-              "data": data or {"crop_padding": 0, "flip": False}}
+    tables = {
+        "method": {"name": method, "lam": lam, **({method: method_kw} if method_kw else {})},
+        "attack": {"eps": EPS, "steps": 2},
+        "data": data or {"crop_padding": 0, "flip": False},
+    }
     if get_method(method).fixed_attack is None:
         tables["attack"]["name"] = attack
     return C.build(tables, "test")
@@ -107,8 +120,9 @@ def pgd_ref(model, x, y):
 
 
 def close(a, b, rtol=1e-9, atol=1e-11):
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
-                          rtol=rtol, atol=atol)
+    return torch.allclose(
+        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=rtol, atol=atol
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,11 +158,11 @@ def test_nuclear_norm_value_and_gradient_match_svd(shape):
         (g,) = torch.autograd.grad(nuclear_norm(d), d)
         d2 = d.detach().clone().requires_grad_(True)
         ref = torch.linalg.svdvals(d2).sum()
-        (g2,) = torch.autograd.grad(ref, d2)   # U V^T
+        (g2,) = torch.autograd.grad(ref, d2)  # U V^T
         assert torch.allclose(nuclear_norm(d.detach()), ref.detach(), rtol=tol)
         assert torch.allclose(g, g2, atol=50 * tol)
     d = torch.randn(*shape)
-    with torch.autocast("cpu", dtype=torch.bfloat16):   # the iteration itself stays in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the iteration itself stays in float32
         assert torch.allclose(nuclear_norm(d), torch.linalg.svdvals(d).sum(), rtol=2e-5)
     z = torch.zeros(4, 3, requires_grad=True)
     assert nuclear_norm(z).item() == 0.0
@@ -170,8 +184,13 @@ def test_advlc_variant_objective(key, batch):
     la, lc = ref(pgd_ref(ref, x, y)), ref(x)
     d = la - lc
     p, q = softmax_ref(lc), softmax_ref(la)
-    reg = {"l1": d.abs().sum(), "sql2": (d * d).sum(), "kl": kl_ref(p, q).sum(), "js": js_ref(p, q).sum(),
-           "nuclear": torch.linalg.svdvals(d).sum()}[key]
+    reg = {
+        "l1": d.abs().sum(),
+        "sql2": (d * d).sum(),
+        "kl": kl_ref(p, q).sum(),
+        "js": js_ref(p, q).sum(),
+        "nuclear": torch.linalg.svdvals(d).sum(),
+    }[key]
     expected = (ce(la, y, "sum") + 0.7 * reg) / len(x)
     assert close(loss, expected)
     assert close(stats["reg"], reg / len(x)) and not stats["reg"].requires_grad
@@ -185,9 +204,14 @@ def test_igr_objective(batch):
     loss, stats = call("igr", model, x, y, make_cfg("igr"), lam=300.0)
     g = input_grad_ref(ref, x, y)
     # the batch-mean CE's gradient = per-sample gradients / B: ||g||^2 = sum_i ||g_i||^2 / B^2
-    per_sample = torch.stack([jacobian(lambda z: F.cross_entropy(ref(torch.cat([x[:i], z, x[i + 1:]])),
-                                                                  y, reduction="sum"), x[i:i + 1])
-                              for i in range(3)])
+    per_sample = torch.stack(
+        [
+            jacobian(
+                lambda z: F.cross_entropy(ref(torch.cat([x[:i], z, x[i + 1 :]])), y, reduction="sum"), x[i : i + 1]
+            )
+            for i in range(3)
+        ]
+    )
     assert close(g[:3], per_sample.squeeze(1) / len(x), rtol=1e-7)  # not the per-sample gradient
     expected = ce(ref(pgd_ref(ref, x, y)), y) + 300.0 * (g * g).sum()
     assert close(loss, expected)
@@ -200,7 +224,7 @@ def test_cure_objective(batch):
     ref = copy.deepcopy(model)
     loss, stats = call("cure", model, x, y, make_cfg("cure"), lam=500.0)
     g0 = input_grad_ref(ref, x, y)
-    g1 = input_grad_ref(ref, x + EPS * torch.sign(g0), y)   # not clipped: the distance is exactly eps
+    g1 = input_grad_ref(ref, x + EPS * torch.sign(g0), y)  # not clipped: the distance is exactly eps
     reg = ((g1 - g0) ** 2).sum()
     assert close(loss, ce(ref(pgd_ref(ref, x, y)), y) + 500.0 * reg)
     assert close(stats["reg"], reg)
@@ -229,7 +253,7 @@ def test_cure_original_form(batch):
     ref = copy.deepcopy(model)
     lam = 5.0
     loss, stats = call("cure", model, x, y, make_cfg("cure", lam=lam, form="original"), lam=lam, seed=9)
-    assert model.training                                   # the trainer's mode is restored
+    assert model.training  # the trainer's mode is restored
     # the original's order: the attack and the train-mode pass on x_adv (both update the BN
     # running statistics), then the eval-mode penalty with the statistics as they are then
     xa = pgd_ref(ref, x, y)
@@ -238,15 +262,15 @@ def test_cure_original_form(batch):
     bufs = {k: b.detach().clone() for k, b in ref.named_buffers()}
 
     def objective(theta):
-        state = {**theta, **{k: b.clone() for k, b in bufs.items()}}   # BN updates stay local
+        state = {**theta, **{k: b.clone() for k, b in bufs.items()}}  # BN updates stay local
 
         def f(z):
             return functional_call(ref, state, (z,))
 
         ref.eval()
-        g0 = jacobian(lambda u: F.cross_entropy(f(u), y, reduction="sum"), x)     # rows: per-sample
+        g0 = jacobian(lambda u: F.cross_entropy(f(u), y, reduction="sum"), x)  # rows: per-sample
         g1 = jacobian(lambda u: F.cross_entropy(f(u), y, reduction="sum"), x + EPS * torch.sign(g0))
-        reg = sum(torch.sqrt(((g1[i] - g0[i]) ** 2).sum()) for i in range(B)) / B ** 2
+        reg = sum(torch.sqrt(((g1[i] - g0[i]) ** 2).sum()) for i in range(B)) / B**2
         ref.train()
         return ce(f(xa), y) + lam * reg, reg
 
@@ -264,7 +288,7 @@ def test_gradalign_objective(batch):
     model = make_model()
     ref = copy.deepcopy(model)
     loss, stats = call("gradalign", model, x, y, make_cfg("gradalign"), lam=7.0, seed=3)
-    torch.manual_seed(3)   # PGD without random start draws nothing; eta is the first draw
+    torch.manual_seed(3)  # PGD without random start draws nothing; eta is the first draw
     eta = torch.empty_like(x).uniform_(-EPS, EPS)
     g1 = input_grad_ref(ref, x, y).flatten(1)
     g2 = input_grad_ref(ref, x + eta, y).flatten(1)
@@ -314,14 +338,14 @@ def test_gradalign_cosine_is_safe_for_tiny_and_zero_gradients():
     b = torch.randn(4, 6)
     b[1] = 0.0
     b[2] *= 1e-30
-    b[3] *= 1e-12            # small but valid: kept, with an exact cosine
+    b[3] *= 1e-12  # small but valid: kept, with an exact cosine
     b.requires_grad_(True)
     got = mean_cosine(a, b)
     (gb,) = torch.autograd.grad(got, b)
     cos = [float(a[i] @ b[i].detach() / (a[i].norm() * b[i].detach().norm())) for i in (0, 3)]
     assert abs(got.item() - sum(cos) / 2) < 1e-6
     assert torch.isfinite(gb).all() and gb[1].abs().sum() == 0 and gb[2].abs().sum() == 0
-    assert mean_cosine(a, torch.zeros(4, 6)).item() == 0.0   # none valid: penalty 1 - 0
+    assert mean_cosine(a, torch.zeros(4, 6)).item() == 0.0  # none valid: penalty 1 - 0
 
 
 def test_logitalign_objective(batch):
@@ -351,8 +375,8 @@ def test_consistency_objective_with_augmentation(batch, temperature):
     x2 = augment(x, padding=2, flip=True, generator=None)
     assert not torch.equal(x2, x)
     xx, yy = torch.cat([x, x2]), torch.cat([y, y])
-    out = ref(pgd_ref(ref, xx, yy))    # both views in one batch, as the authors' code
-    l1, l2 = out[:len(x)], out[len(x):]
+    out = ref(pgd_ref(ref, xx, yy))  # both views in one batch, as the authors' code
+    l1, l2 = out[: len(x)], out[len(x) :]
     reg = js_ref(softmax_ref(l1, temperature), softmax_ref(l2, temperature)).mean()
     assert close(loss, ce(out, yy) + 10.0 * reg)
     assert close(stats["reg"], reg) and close(stats["logits"], l1)
@@ -364,8 +388,9 @@ def test_consistency_uses_unaugmented_batch_when_given(batch):
     raw = x.flip(0)  # any other tensor: view 2 must be an augmentation of it, not of x
     model = make_model()
     torch.manual_seed(7)
-    loss, _ = get_method("consistency").loss(model, x, y, StepContext(cfg=cfg, epoch=0, lam=3.0,
-                                                                      extras={"x_unaugmented": raw}))
+    loss, _ = get_method("consistency").loss(
+        model, x, y, StepContext(cfg=cfg, epoch=0, lam=3.0, extras={"x_unaugmented": raw})
+    )
     ref = make_model()
     torch.manual_seed(7)
     x2 = augment(raw, padding=2, flip=True, generator=None)
@@ -473,13 +498,14 @@ def test_lambda_zero_is_the_base_objective(name, batch):
     base_model = copy.deepcopy(model)
     loss, _ = call(name, model, x, y, cfg, lam=0.0, seed=10)
     if name == "consistency":
-        xb, yb = torch.cat([x, x]), torch.cat([y, y])   # digits: no augmentation, equal views
+        xb, yb = torch.cat([x, x]), torch.cat([y, y])  # digits: no augmentation, equal views
     else:
         xb, yb = x, y
     base, _ = call("fgsm_n", base_model, xb, yb, make_cfg("fgsm_n"), lam=0.0, seed=10)
     assert close(loss, base)
-    for p, q in zip(torch.autograd.grad(loss, list(model.parameters())),
-                    torch.autograd.grad(base, list(base_model.parameters()))):
+    for p, q in zip(
+        torch.autograd.grad(loss, list(model.parameters())), torch.autograd.grad(base, list(base_model.parameters()))
+    ):
         assert close(p, q, rtol=1e-8, atol=1e-12)
 
 
@@ -490,8 +516,9 @@ def test_eq10_beta_zero_is_standard_training(batch):
     loss, stats = call("eq10_grad_penalty", model, x, y, make_cfg("eq10_grad_penalty", lam=0.0), lam=0.0)
     base, _ = call("standard", base_model, x, y, make_cfg("standard"), lam=0.0)
     assert close(loss, base) and stats["reg"] > 0
-    for p, q in zip(torch.autograd.grad(loss, list(model.parameters())),
-                    torch.autograd.grad(base, list(base_model.parameters()))):
+    for p, q in zip(
+        torch.autograd.grad(loss, list(model.parameters())), torch.autograd.grad(base, list(base_model.parameters()))
+    ):
         assert close(p, q)
 
 
@@ -516,9 +543,18 @@ def test_every_method_with_every_attack(attack, batch):
         assert sum(g.abs().sum() for g in grads) > 0, name
 
 
-PAPER = {"advlc_l1": "Table 3", "advlc_sql2": "Table 3", "advlc_kl": "Table 3", "advlc_js": "Table 3",
-         "advlc_nuclear": "Table 3", "igr": "1200", "cure": "1500", "gradalign": "7",
-         "logitalign": "100", "consistency": "50"}
+PAPER = {
+    "advlc_l1": "Table 3",
+    "advlc_sql2": "Table 3",
+    "advlc_kl": "Table 3",
+    "advlc_js": "Table 3",
+    "advlc_nuclear": "Table 3",
+    "igr": "1200",
+    "cure": "1500",
+    "gradalign": "7",
+    "logitalign": "100",
+    "consistency": "50",
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
@@ -528,11 +564,11 @@ def test_lambda_zero_rejected_with_the_papers_value(name):
 
 
 def test_ablation_strength_ranges():
-    make_cfg("eq9_clean_loss", "fgsm_rs", lam=0.0)     # alpha = 0 is FGSM-R AT (the sweep's baseline)
+    make_cfg("eq9_clean_loss", "fgsm_rs", lam=0.0)  # alpha = 0 is FGSM-R AT (the sweep's baseline)
     make_cfg("eq9_clean_loss", "fgsm_rs", lam=1.0)
     with pytest.raises(UserError, match=r"method.lam = 1.5: Eq. 9's alpha must be in \[0, 1\]"):
         make_cfg("eq9_clean_loss", "fgsm_rs", lam=1.5)
-    make_cfg("eq10_grad_penalty", lam=0.0)              # beta = 0 is standard training
+    make_cfg("eq10_grad_penalty", lam=0.0)  # beta = 0 is standard training
     with pytest.raises(UserError, match="attack.name = 'pgd'"):
         C.build({"attack": {"name": "pgd"}, "method": {"name": "eq10_grad_penalty", "lam": 1.0}}, "test")
     with pytest.raises(UserError, match=r"method.consistency.temperature = 0.0: must be between"):

@@ -28,8 +28,7 @@ SMALL = {
 def make(arch, activation="relu", num_classes=None, in_channels=None, image_size=None, **kw):
     over, nc, c, s = SMALL[arch]
     cfg = ModelConfig(arch=arch, activation=activation, **{**over, **kw})
-    return build_model(cfg, num_classes=num_classes or nc, in_channels=in_channels or c,
-                       image_size=image_size or s)
+    return build_model(cfg, num_classes=num_classes or nc, in_channels=in_channels or c, image_size=image_size or s)
 
 
 def n_params(model: nn.Module) -> int:
@@ -54,15 +53,19 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> None:
 # shapes
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch,nc,c,s", [
-    ("cnn_small", 10, 1, 8),
-    ("cnn_small", 10, 3, 32),
-    ("cnn_small", 7, 2, 7),          # odd size: the stride-2 conv gives ceil(s / 2)
-    ("preact_resnet18", 10, 3, 32),
-    ("preact_resnet18", 200, 3, 64),  # TinyImageNet: same network, adaptive pool
-    ("wide_resnet", 10, 3, 32),
-    ("wide_resnet", 100, 3, 64),
-])
+
+@pytest.mark.parametrize(
+    "arch,nc,c,s",
+    [
+        ("cnn_small", 10, 1, 8),
+        ("cnn_small", 10, 3, 32),
+        ("cnn_small", 7, 2, 7),  # odd size: the stride-2 conv gives ceil(s / 2)
+        ("preact_resnet18", 10, 3, 32),
+        ("preact_resnet18", 200, 3, 64),  # TinyImageNet: same network, adaptive pool
+        ("wide_resnet", 10, 3, 32),
+        ("wide_resnet", 100, 3, 64),
+    ],
+)
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 def test_output_shape(arch, nc, c, s, activation):
     torch.manual_seed(0)
@@ -77,6 +80,7 @@ def test_output_shape(arch, nc, c, s, activation):
 # ---------------------------------------------------------------------------------------
 # parameter counts, checked against the architecture written out as arithmetic
 # ---------------------------------------------------------------------------------------
+
 
 def bn(c):
     return 2 * c
@@ -146,17 +150,30 @@ def test_wide_resnet_parameter_count():
 def test_parameter_names_follow_the_authors_code():
     """So the authors' released checkpoints load with load_state_dict."""
     prn = make("preact_resnet18").state_dict()
-    assert {"conv1.weight", "layer2.0.shortcut.0.weight", "layer1.1.bn2.running_var",
-            "bn.weight", "linear.weight"} <= set(prn)
+    assert {
+        "conv1.weight",
+        "layer2.0.shortcut.0.weight",
+        "layer1.1.bn2.running_var",
+        "bn.weight",
+        "linear.weight",
+    } <= set(prn)
     assert not any("shortcut" in k for k in prn if k.startswith("layer1."))
     wrn = make("wide_resnet", width=2).state_dict()  # width 1: layer1 needs no projection
-    assert {"conv1.weight", "layer1.block0.bn1.weight", "layer1.block0.shortcut.0.weight",
-            "layer2.block0.conv2.weight", "bn1.weight", "fc0.weight", "fc0.bias"} <= set(wrn)
+    assert {
+        "conv1.weight",
+        "layer1.block0.bn1.weight",
+        "layer1.block0.shortcut.0.weight",
+        "layer2.block0.conv2.weight",
+        "bn1.weight",
+        "fc0.weight",
+        "fc0.bias",
+    } <= set(wrn)
 
 
 # ---------------------------------------------------------------------------------------
 # the two PreActResNet18 shortcut variants
 # ---------------------------------------------------------------------------------------
+
 
 def test_shortcut_variants_share_parameters_but_differ():
     torch.manual_seed(0)
@@ -164,8 +181,7 @@ def test_shortcut_variants_share_parameters_but_differ():
     authors = make("preact_resnet18", shortcut="authors")
     randomise_bn(common)
     sd = common.state_dict()
-    assert [(k, v.shape) for k, v in sd.items()] == \
-        [(k, v.shape) for k, v in authors.state_dict().items()]
+    assert [(k, v.shape) for k, v in sd.items()] == [(k, v.shape) for k, v in authors.state_dict().items()]
     authors.load_state_dict(sd)
     x = torch.rand(2, 3, 32, 32)
     common.eval(), authors.eval()
@@ -181,8 +197,8 @@ def test_shortcut_block_wiring(activation):
     models = {s: make("preact_resnet18", activation, shortcut=s) for s in ("common", "authors")}
     randomise_bn(models["common"])
     models["authors"].load_state_dict(models["common"].state_dict())
-    h = torch.randn(2, 64, 16, 16)      # the input of layer2, the first downsampling block
-    h_id = torch.randn(2, 128, 8, 8)    # the input of layer2's second (identity) block
+    h = torch.randn(2, 64, 16, 16)  # the input of layer2, the first downsampling block
+    h_id = torch.randn(2, 128, 8, 8)  # the input of layer2's second (identity) block
     with torch.no_grad():
         for shortcut, model in models.items():
             model.eval()
@@ -225,6 +241,7 @@ def test_wide_resnet_block_wiring():
 # activations and is_piecewise_linear
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", list(SMALL))
 def test_activation_everywhere_and_piecewise_linear(arch):
     relu = make(arch, "relu")
@@ -236,8 +253,7 @@ def test_activation_everywhere_and_piecewise_linear(arch):
     softplus = [m for m in soft.modules() if isinstance(m, nn.Softplus)]
     assert softplus and all(m.beta == 1 for m in softplus)
     # the two differ only in the non-linearity: same parameter names and shapes
-    assert [(k, v.shape) for k, v in relu.state_dict().items()] == \
-        [(k, v.shape) for k, v in soft.state_dict().items()]
+    assert [(k, v.shape) for k, v in relu.state_dict().items()] == [(k, v.shape) for k, v in soft.state_dict().items()]
 
 
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
@@ -260,10 +276,12 @@ def test_is_piecewise_linear_walks_wrappers_and_is_conservative():
 
     assert is_piecewise_linear(AveragedModel(make("cnn_small")))
     assert not is_piecewise_linear(AveragedModel(make("cnn_small", "softplus")))
-    assert is_piecewise_linear(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.LeakyReLU(),
-                                             nn.Flatten(), nn.Linear(2, 2), nn.Sequential()))
-    for smooth in (nn.GELU(), nn.Tanh(), nn.Sigmoid(), nn.SiLU(), nn.Softplus(), nn.ELU(),
-                   nn.LayerNorm(2)):
+    assert is_piecewise_linear(
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.LeakyReLU(), nn.Flatten(), nn.Linear(2, 2), nn.Sequential()
+        )
+    )
+    for smooth in (nn.GELU(), nn.Tanh(), nn.Sigmoid(), nn.SiLU(), nn.Softplus(), nn.ELU(), nn.LayerNorm(2)):
         assert not is_piecewise_linear(nn.Sequential(nn.Linear(2, 2), smooth))
 
 
@@ -288,6 +306,7 @@ def test_input_curvature_matches_is_piecewise_linear(activation):
 # gradients to the input
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", list(SMALL))
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 @pytest.mark.parametrize("train", [True, False])
@@ -305,6 +324,7 @@ def test_gradient_reaches_input(arch, activation, train):
 # errors and import hygiene
 # ---------------------------------------------------------------------------------------
 
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="model.depth = 30"):
         build_model(ModelConfig(arch="wide_resnet", depth=30), num_classes=10, in_channels=3, image_size=32)
@@ -313,14 +333,15 @@ def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="model.activation"):
         build_model(ModelConfig(activation="gelu"), num_classes=10, in_channels=1, image_size=8)
     with pytest.raises(UserError, match="model.shortcut"):
-        build_model(ModelConfig(arch="preact_resnet18", shortcut="x"), num_classes=10, in_channels=3,
-                    image_size=32)
+        build_model(ModelConfig(arch="preact_resnet18", shortcut="x"), num_classes=10, in_channels=3, image_size=32)
 
 
 def test_import_touches_no_cuda_and_no_ui():
-    code = ("import sys, torch, engine.nn.models as m; "
-            "assert not torch.cuda.is_initialized(); "
-            "assert not any(k.split('.')[0] in ('textual', 'rich', 'tui') for k in sys.modules), "
-            "[k for k in sys.modules if k.split('.')[0] in ('textual', 'rich', 'tui')]")
+    code = (
+        "import sys, torch, engine.nn.models as m; "
+        "assert not torch.cuda.is_initialized(); "
+        "assert not any(k.split('.')[0] in ('textual', 'rich', 'tui') for k in sys.modules), "
+        "[k for k in sys.modules if k.split('.')[0] in ('textual', 'rich', 'tui')]"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -23,23 +23,25 @@ def decline(peak_epoch=5, drop=RO_POINTS + 0.005, n=RO_STREAK, lr0=0.1, lr=0.01,
     eps = [rec(0, 0.30, 0.30, lr0), rec(1, 0.35, 0.35, lr0)]
     eps += [rec(e, 0.40 + 0.01 * (e - 2), 0.40 + 0.01 * (e - 2), lr) for e in range(2, peak_epoch + 1)]
     peak = eps[-1]
-    eps += [rec(peak_epoch + 1 + i, peak["robust_acc"] - drop, peak["train_acc"] + train_rise * (i + 1), lr)
-            for i in range(n)]
+    eps += [
+        rec(peak_epoch + 1 + i, peak["robust_acc"] - drop, peak["train_acc"] + train_rise * (i + 1), lr)
+        for i in range(n)
+    ]
     return eps
 
 
 def test_fires_at_the_streak_th_epoch_below_the_best():
     eps = decline()
     onset = overfitting_onset(eps)
-    assert onset is not None and onset["epoch"] == 5 + RO_STREAK       # the 10th epoch of the decline
+    assert onset is not None and onset["epoch"] == 5 + RO_STREAK  # the 10th epoch of the decline
     assert (onset["best_epoch"], onset["best_robust_acc"]) == (5, pytest.approx(0.43))
-    assert overfitting_onset(eps[:-1]) is None                          # one epoch short: silent (live use)
+    assert overfitting_onset(eps[:-1]) is None  # one epoch short: silent (live use)
 
 
 def test_each_condition_is_needed():
-    assert overfitting_onset(decline(drop=RO_POINTS - 0.005)) is None    # not far enough below the best
-    assert overfitting_onset(decline(lr=0.1)) is None                    # no learning-rate decay yet
-    assert overfitting_onset(decline(train_rise=-0.001)) is None         # training accuracy fell too
+    assert overfitting_onset(decline(drop=RO_POINTS - 0.005)) is None  # not far enough below the best
+    assert overfitting_onset(decline(lr=0.1)) is None  # no learning-rate decay yet
+    assert overfitting_onset(decline(train_rise=-0.001)) is None  # training accuracy fell too
     # one epoch back within the band (the 10th of the decline) restarts the streak after it
     eps = decline(n=2 * RO_STREAK)
     back = 5 + RO_STREAK
@@ -50,7 +52,7 @@ def test_each_condition_is_needed():
     # a new best (a tie counts, as for best.pt) restarts the count from that epoch
     eps = decline(n=2 * RO_STREAK)
     eps[8]["robust_acc"] = eps[5]["robust_acc"]
-    assert overfitting_onset(eps[:5 + RO_STREAK + 1]) is None
+    assert overfitting_onset(eps[: 5 + RO_STREAK + 1]) is None
     onset = overfitting_onset(eps)
     assert (onset["epoch"], onset["best_epoch"]) == (8 + RO_STREAK, 8)
 
@@ -58,7 +60,7 @@ def test_each_condition_is_needed():
 def test_unevaluated_epochs_are_skipped():
     eps = decline()
     sparse = [dict(e, robust_acc=None) if e["epoch"] % 2 and e["epoch"] > 6 else e for e in eps]
-    assert overfitting_onset(sparse) is None                    # only 5 evaluated epochs in the decline
+    assert overfitting_onset(sparse) is None  # only 5 evaluated epochs in the decline
     eps = decline(n=2 * RO_STREAK)
     sparse = [dict(e, robust_acc=None) if e["epoch"] % 2 and e["epoch"] > 6 else e for e in eps]
     assert overfitting_onset(sparse)["epoch"] == 6 + 2 * (RO_STREAK - 1)
@@ -81,8 +83,7 @@ def _reference_fire_epoch(records, k=RO_STREAK, x_points=100 * RO_POINTS):
     return None
 
 
-@pytest.mark.parametrize("name, fires", [("pgd10", 62), ("pgd10-advlc", None), ("fgsm_n", 87),
-                                         ("fgsm_n-advlc", None)])
+@pytest.mark.parametrize("name, fires", [("pgd10", 62), ("pgd10-advlc", None), ("fgsm_n", 87), ("fgsm_n-advlc", None)])
 def test_showcase_runs_fire_for_the_baselines_only(name, fires):
     """Recorded showcase runs (seed 0): the alert fires for PGD-10 and FGSM-N AT after their best
     epoch, never for their AdvLC twins; the engine agrees with the independent reference rule."""
@@ -109,8 +110,18 @@ def test_index_document_carries_the_onset(tmp_path):
 def _fab(store, rid, state, **kw):
     from fabricate import fabricate_run
 
-    return fabricate_run(store, rid, preset="quick/robust-overfitting-pgd10", seed=0, group=None, total=20,
-                         done=20, state=state, created=1.7e9, **kw)
+    return fabricate_run(
+        store,
+        rid,
+        preset="quick/robust-overfitting-pgd10",
+        seed=0,
+        group=None,
+        total=20,
+        done=20,
+        state=state,
+        created=1.7e9,
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------------ thread budget
@@ -144,8 +155,8 @@ def test_budget_divides_the_cores_among_runs_running_here(tmp_path, monkeypatch)
 
     store = Store(tmp_path).ensure()
     monkeypatch.setattr(local, "usable_cores", lambda: 8)
-    assert [local.cpu_thread_budget(store, n) for n in (1, 2, 3, 8, 20)] == [None, 4, 2, 1, 1]   # alone: torch's default
-    monkeypatch.setattr(local, "running_cpu_runs", lambda s: 2)        # two CPU runs already going
+    assert [local.cpu_thread_budget(store, n) for n in (1, 2, 3, 8, 20)] == [None, 4, 2, 1, 1]  # alone: torch's default
+    monkeypatch.setattr(local, "running_cpu_runs", lambda s: 2)  # two CPU runs already going
     assert [local.cpu_thread_budget(store, n) for n in (1, 2)] == [2, 2]
 
 
@@ -156,9 +167,9 @@ def test_usable_cores_are_physical_cores_in_the_affinity_mask(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16 if logical else 4)
-    assert cores.usable_cores() == 4                     # hyper-threads do not count
+    assert cores.usable_cores() == 4  # hyper-threads do not count
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 64 if logical else 32)
-    assert cores.usable_cores() == 8                     # the affinity mask does
+    assert cores.usable_cores() == 8  # the affinity mask does
 
 
 def test_running_cpu_runs_counts_live_local_cpu_runs_only(tmp_path):
@@ -168,15 +179,15 @@ def test_running_cpu_runs_counts_live_local_cpu_runs_only(tmp_path):
 
     store = Store(tmp_path).ensure()
     me = {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()), "host": HOST}
-    _fab(store, "0000000a", "running").update_status(**me, gpu=None)        # counts
-    _fab(store, "0000000b", "running").update_status(**me, gpu=0)           # on a GPU
+    _fab(store, "0000000a", "running").update_status(**me, gpu=None)  # counts
+    _fab(store, "0000000b", "running").update_status(**me, gpu=0)  # on a GPU
     _fab(store, "0000000c", "running").update_status(**{**me, "host": "elsewhere"}, gpu=None)
-    _fab(store, "0000000d", "finished").update_status(**me, gpu=None)      # not running
+    _fab(store, "0000000d", "finished").update_status(**me, gpu=None)  # not running
     store.reindex()
     assert local.running_cpu_runs(store) == 1
 
 
-@pytest.mark.slow   # real concurrent runs (~7 s)
+@pytest.mark.slow  # real concurrent runs (~7 s)
 def test_runs_launched_together_share_the_cores(tmp_path, monkeypatch):
     """The real launcher: two CPU runs started together each get cores // 2 threads (at least 1),
     and the run process applies it (its log says so and its provenance records it)."""
@@ -189,11 +200,14 @@ def test_runs_launched_together_share_the_cores(tmp_path, monkeypatch):
     from engine.store.states import FINAL_STATES
 
     monkeypatch.setenv("ADVLC_HOME", str(tmp_path))
-    monkeypatch.setattr(local, "usable_cores", lambda: 4)      # as on a 4-core machine: 2 threads each
+    monkeypatch.setattr(local, "usable_cores", lambda: 4)  # as on a 4-core machine: 2 threads each
     monkeypatch.setattr(local, "visible_gpu_count", lambda: 0)
     store = Store(tmp_path).ensure()
-    planned = preset_runs("quick/digits-standard", ["train.epochs=1", "eval.n=20", "eval.hs_every=0",
-                                                  "data.n_train=50", "train.device=cpu"], seeds=2)
+    planned = preset_runs(
+        "quick/digits-standard",
+        ["train.epochs=1", "eval.n=20", "eval.hs_every=0", "data.n_train=50", "train.device=cpu"],
+        seeds=2,
+    )
     rds = supervisor.launch(store, planned)
     deadline = time.time() + 120
     while time.time() < deadline and any(rd.status().state not in FINAL_STATES for rd in rds):

@@ -35,13 +35,20 @@ VERSIONS = ("3.10", "3.12", "3.13")
 def interpreter(version: str) -> str | None:
     """A working pythonX.Y: pyenv's versions first, then PATH (a pyenv shim of an inactive version fails)."""
     roots = [os.environ.get("PYENV_ROOT", ""), os.path.expanduser("~/.pyenv"), "/root/.pyenv"]
-    found = [p for root in filter(None, roots)
-             for p in sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", "python")), reverse=True)]
+    found = [
+        p
+        for root in filter(None, roots)
+        for p in sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", "python")), reverse=True)
+    ]
     found += [shutil.which(f"python{version}") or ""]
     for exe in filter(None, found):
         try:
-            p = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
-                               text=True, timeout=30)
+            p = subprocess.run(
+                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except OSError:
             continue
         if p.returncode == 0 and p.stdout.strip() == version:
@@ -50,10 +57,15 @@ def interpreter(version: str) -> str | None:
 
 
 def run(python: str, code: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "ADVLC_HOME": str(tmp_path / "home"),
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([python, "-I", "-c", code, str(ROOT)], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=tmp_path)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "ADVLC_HOME": str(tmp_path / "home"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return subprocess.run(
+        [python, "-I", "-c", code, str(ROOT)], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
 
 
 COMPILE = """

@@ -61,12 +61,14 @@ def _set(*keys_and_value):
         for k in keys[:-1]:
             d = d[k]
         d[keys[-1]] = value
+
     return change
 
 
 def _first_epoch(key, value):
     def change(data):
         next(iter(data["epochs"].values()))[key] = value
+
     return change
 
 
@@ -111,30 +113,33 @@ def test_a_wrong_shaped_file_is_corrupt_in_one_line_and_repaired(copy, name, cha
     _edit(path, change)
     damaged = path.read_bytes()
 
-    rc, out, err = cli("runs", "--reindex", "--json", code=0)      # the index is a cache: rebuilt from the files
+    rc, out, err = cli("runs", "--reindex", "--json", code=0)  # the index is a cache: rebuilt from the files
     [row] = json.loads(out)
     assert row["state"] == "corrupt" and name in row["error"] and key in row["error"], row
     rc, _, err = cli("show", rd.id, code=1)
     line = one_line(err)
     assert name in line and key in line, line
-    assert path.read_bytes() == damaged                              # nothing wrote over it
+    assert path.read_bytes() == damaged  # nothing wrote over it
 
     rc, out, err = cli("repair", rd.id)
     assert name in out + err
     aside = list(rd.path.glob(f"{name}.corrupt-*"))
-    assert [p.read_bytes() for p in aside] == [damaged]              # kept, byte for byte
+    assert [p.read_bytes() for p in aside] == [damaged]  # kept, byte for byte
     if name == "config.json" and rc != 0:
         return  # nothing to rebuild it from: named, kept aside, the run stays unusable (checked below)
     assert rc == 0, (out, err)
     cli("show", rd.id, code=0)
     [row] = json.loads(cli("runs", "--json", code=0)[1])
     assert row["state"] != "corrupt", row
-    if name == "meta.json":                  # the fields that could still be read are kept
+    if name == "meta.json":  # the fields that could still be read are kept
         meta = rd.meta()
-        assert {k: getattr(meta, k) for k in ("title", "tags", "note")} | {key.split("[")[0]: None} == \
-            {"title": "kept title", "tags": ["kept"], "note": "kept note"} | {key.split("[")[0]: None}
+        assert {k: getattr(meta, k) for k in ("title", "tags", "note")} | {key.split("[")[0]: None} == {
+            "title": "kept title",
+            "tags": ["kept"],
+            "note": "kept note",
+        } | {key.split("[")[0]: None}
     if name == "metrics.json" and key != "epochs":
-        assert rd.epochs() == []             # the one garbled record dropped, nothing invented
+        assert rd.epochs() == []  # the one garbled record dropped, nothing invented
 
 
 def test_a_wrong_shaped_config_is_rebuilt_from_the_log(copy):
@@ -147,15 +152,23 @@ def test_a_wrong_shaped_config_is_rebuilt_from_the_log(copy):
     assert got.run.preset == PRESET and got.run.seed == 0
 
 
-@pytest.mark.parametrize("rows", [{"1": {"id": 5, "state": "finished"}}, {"1": ["x"]}, [], "x",
-                                  {"1": {"id": "ok", "state": "finished", "best_robust_acc": "high"}}])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        {"1": {"id": 5, "state": "finished"}},
+        {"1": ["x"]},
+        [],
+        "x",
+        {"1": {"id": "ok", "state": "finished", "best_robust_acc": "high"}},
+    ],
+)
 def test_a_wrong_shaped_index_is_rebuilt_from_the_runs(copy, rows):
     store, rd = copy
     store.index_path.write_text(json.dumps({"runs": rows}))
     rc, out, err = cli("runs", "--json", code=0)
     assert [r["id"] for r in json.loads(out)] == [rd.id]
     assert "index.json" in err
-    assert json.loads(store.index_path.read_text())["runs"]["1"]["id"] == rd.id     # rewritten
+    assert json.loads(store.index_path.read_text())["runs"]["1"]["id"] == rd.id  # rewritten
 
 
 def test_a_wrong_shaped_archive_member_is_refused_before_anything_is_written(copy, tmp_path):
@@ -163,7 +176,7 @@ def test_a_wrong_shaped_archive_member_is_refused_before_anything_is_written(cop
     archive = tmp_path / "one.tar"
     cli("pack", rd.id, "-o", str(archive), "--ckpt", "none", code=0)
     bad = tmp_path / "bad.tar"
-    with tarfile.open(archive) as src:                   # someone else's archive, checksums made to match
+    with tarfile.open(archive) as src:  # someone else's archive, checksums made to match
         members = {m.name: src.extractfile(m).read() for m in src.getmembers() if m.isfile()}
     [name] = [n for n in members if n.endswith("status.json")]
     st = json.loads(members[name])
@@ -190,8 +203,14 @@ def test_a_wrong_shaped_archive_member_is_refused_before_anything_is_written(cop
 def test_check_accepts_what_the_field_allows_and_names_what_it_does_not():
     assert check(int | None, None, "x") is None and check(float, 3, "x") == 3
     assert check(list[int], [1, 2], "x") == [1, 2]
-    for tp, v, where in ((int, True, "x"), (int, 1.5, "x"), (str, 1, "x"), (list[int], [1, "2"], "x[1]"),
-                         (dict[str, int], {"a": "b"}, "x.a"), (bool, 0, "x")):
+    for tp, v, where in (
+        (int, True, "x"),
+        (int, 1.5, "x"),
+        (str, 1, "x"),
+        (list[int], [1, "2"], "x[1]"),
+        (dict[str, int], {"a": "b"}, "x.a"),
+        (bool, 0, "x"),
+    ):
         with pytest.raises(Shape, match=rf"^{__import__('re').escape(where)} = "):
             check(tp, v, "x")
 
@@ -202,7 +221,7 @@ def test_launch_records_are_told_apart_by_their_executor_and_the_old_gpu_queue_f
 
     assert type(launch({"executor": "local", "threads": 2})) is LocalLaunch
     assert type(launch({"executor": "gpuqueue", "gpus": [0, 1]})) is GpuQueueLaunch
-    old = launch({"executor": "local", "gpus": [1]})               # how format 1 wrote the GPU queue
+    old = launch({"executor": "local", "gpus": [1]})  # how format 1 wrote the GPU queue
     assert type(old) is GpuQueueLaunch and old.gpus == [1]
     assert type(launch({"executor": "slurm", "cluster": "local", "job_id": "7"})) is SlurmLaunch
 

@@ -23,10 +23,12 @@ def test_metadata_read_without_import_equals_what_the_decorators_register():
 
 
 def test_registry_and_config_validation_load_without_torch():
-    code = ("import sys\nfrom engine.config.presets import load_preset\n"
-            "from engine.config import schema as C\nname, cfg, _ = load_preset('quick/digits-pgd10-advlc')\n"
-            "assert C.label(cfg) == 'pgd+advlc', C.label(cfg)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\nfrom engine.config.presets import load_preset\n"
+        "from engine.config import schema as C\nname, cfg, _ = load_preset('quick/digits-pgd10-advlc')\n"
+        "assert C.label(cfg) == 'pgd+advlc', C.label(cfg)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
 
@@ -52,4 +54,4 @@ def test_lambda_rules_are_one_line_errors():
     cfg.method.lam = 1.5
     with pytest.raises(UserError, match=r"Eq. 9's alpha must be in \[0, 1\]"):
         registry.get_method("eq9_clean_loss").validate(cfg, "p.toml")
-    registry.get_method("standard").validate(cfg, "p.toml")   # no rule
+    registry.get_method("standard").validate(cfg, "p.toml")  # no rule

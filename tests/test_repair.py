@@ -37,17 +37,42 @@ def _one_thread(monkeypatch):
 # ------------------------------------------------------------------------------ a real metrics.json
 def epoch_records(n: int = 10) -> list[dict]:
     """Epoch records of the shape the run process writes (numbers, some None)."""
-    return [{"epoch": e, "lr": 0.1 if e < 7 else 0.01, "train_loss": 2.3 - 0.11 * e, "train_acc": 0.1 + 0.05 * e,
-             "clean_loss": 1.9 - 0.1 * e, "clean_acc": 0.4 + 0.031 * e, "robust_loss": 2.1 - 0.07 * e,
-             "robust_acc": 0.2 + 0.0173 * e, "av": 0.2 + 0.01 * e, "ig": 1.5 + e / 7,
-             "hs": None if e % 3 else 0.25, "time_s": 1.25 + e / 3, "images_per_s": 2400.0 + e}
-            for e in range(n)]
+    return [
+        {
+            "epoch": e,
+            "lr": 0.1 if e < 7 else 0.01,
+            "train_loss": 2.3 - 0.11 * e,
+            "train_acc": 0.1 + 0.05 * e,
+            "clean_loss": 1.9 - 0.1 * e,
+            "clean_acc": 0.4 + 0.031 * e,
+            "robust_loss": 2.1 - 0.07 * e,
+            "robust_acc": 0.2 + 0.0173 * e,
+            "av": 0.2 + 0.01 * e,
+            "ig": 1.5 + e / 7,
+            "hs": None if e % 3 else 0.25,
+            "time_s": 1.25 + e / 3,
+            "images_per_s": 2400.0 + e,
+        }
+        for e in range(n)
+    ]
 
 
-SWA = [{"epoch": e, "lr": 0.01, "train_loss": 1.0, "train_acc": 0.5, "clean_acc": 0.6, "robust_acc": 0.33 + e / 100,
-        "time_s": 1.0} for e in (7, 8, 9)]
-EVALS = [{"ckpt": "best", "attack": "pgd20", "n": 100, "eps": 8 / 255, "clean_acc": 0.61, "robust_acc": 0.31},
-         {"ckpt": "last", "attack": "pgd20", "n": 100, "eps": 8 / 255, "clean_acc": 0.6, "robust_acc": 0.29}]
+SWA = [
+    {
+        "epoch": e,
+        "lr": 0.01,
+        "train_loss": 1.0,
+        "train_acc": 0.5,
+        "clean_acc": 0.6,
+        "robust_acc": 0.33 + e / 100,
+        "time_s": 1.0,
+    }
+    for e in (7, 8, 9)
+]
+EVALS = [
+    {"ckpt": "best", "attack": "pgd20", "n": 100, "eps": 8 / 255, "clean_acc": 0.61, "robust_acc": 0.31},
+    {"ckpt": "last", "attack": "pgd20", "n": 100, "eps": 8 / 255, "clean_acc": 0.6, "robust_acc": 0.29},
+]
 
 
 def write_metrics(path: Path, epochs: list[dict]) -> None:
@@ -63,29 +88,29 @@ def record_span(data: bytes, table_name: str, key: str) -> tuple[int, int]:
     """(start, end) of the JSON object of record `key` of table `table_name` in the file's bytes."""
     t0 = data.index(f'\n "{table_name}": {{'.encode())
     start = data.index(f'\n  "{key}": '.encode(), t0) + len(f'\n  "{key}": ')
-    assert data[start:start + 1] == b"{"
+    assert data[start : start + 1] == b"{"
     end = data.index(b"\n  }", start) + len(b"\n  }")
     return start, end
 
 
 def _bad_number(data, s, e):
     i = data.index(b'"robust_acc": ', s, e) + len(b'"robust_acc": ') + 2
-    return data[:i] + b"x" + data[i + 1:]
+    return data[:i] + b"x" + data[i + 1 :]
 
 
 def _no_quote(data, s, e):
     i = data.index(b'"train_acc"', s, e)
-    return data[:i] + data[i + 1:]
+    return data[:i] + data[i + 1 :]
 
 
 def _no_brace(data, s, e):
-    assert data[e - 1:e] == b"}"
-    return data[:e - 1] + data[e:]
+    assert data[e - 1 : e] == b"}"
+    return data[: e - 1] + data[e:]
 
 
 def _not_utf8_key(data, s, e):
     i = data.index(b'"robust_acc"', s, e) + 4
-    return data[:i] + b"\xff\xfe" + data[i + 2:]      # still JSON if read as replaced text: a made-up key
+    return data[:i] + b"\xff\xfe" + data[i + 2 :]  # still JSON if read as replaced text: a made-up key
 
 
 def _random(seed):
@@ -94,12 +119,18 @@ def _random(seed):
         i = rng.randrange(s, e)
         n = min(rng.randint(1, 6), e - i)
         junk = bytes([rng.randrange(0x80, 0xC0)] + [rng.randrange(256) for _ in range(n - 1)])
-        return data[:i] + junk + data[i + n:]
+        return data[:i] + junk + data[i + n :]
+
     return damage
 
 
-DAMAGES = {"bad-byte-in-a-number": _bad_number, "removed-quote": _no_quote, "removed-closing-brace": _no_brace,
-           "not-utf8-in-a-key": _not_utf8_key, **{f"random-bytes-{s}": _random(s) for s in range(12)}}
+DAMAGES = {
+    "bad-byte-in-a-number": _bad_number,
+    "removed-quote": _no_quote,
+    "removed-closing-brace": _no_brace,
+    "not-utf8-in-a-key": _not_utf8_key,
+    **{f"random-bytes-{s}": _random(s) for s in range(12)},
+}
 
 
 def check_kept(tables: dict, epochs: list[dict], damaged: str | None) -> None:
@@ -121,9 +152,11 @@ def test_salvage_keeps_every_intact_record_before_and_after_a_garbled_one(tmp_pa
     epochs = epoch_records()
     write_metrics(path, epochs)
     data = path.read_bytes()
-    assert files.load_json(path) == {"epochs": {str(i): r for i, r in enumerate(epochs, 1)},
-                                     "swa": {str(i): r for i, r in enumerate(SWA, 1)},
-                                     "evals": {str(i): r for i, r in enumerate(EVALS, 1)}}
+    assert files.load_json(path) == {
+        "epochs": {str(i): r for i, r in enumerate(epochs, 1)},
+        "swa": {str(i): r for i, r in enumerate(SWA, 1)},
+        "evals": {str(i): r for i, r in enumerate(EVALS, 1)},
+    }
     damaged = DAMAGES[how](data, *record_span(data, "epochs", key))
     assert damaged != data
     path.write_bytes(damaged)
@@ -132,9 +165,9 @@ def test_salvage_keeps_every_intact_record_before_and_after_a_garbled_one(tmp_pa
     tables = salvage_tables(damaged.decode("utf-8", "surrogateescape"))
     check_kept(tables, epochs, key)
     if how in ("bad-byte-in-a-number", "removed-quote", "not-utf8-in-a-key"):
-        assert key not in tables["epochs"]          # its content damaged: dropped, never kept altered
+        assert key not in tables["epochs"]  # its content damaged: dropped, never kept altered
     if how == "removed-closing-brace" and key != "10":
-        assert key not in tables["epochs"]          # it swallowed the records after it: they are kept instead
+        assert key not in tables["epochs"]  # it swallowed the records after it: they are kept instead
 
 
 def test_salvage_of_every_truncation_keeps_every_record_that_ended_before_the_cut(tmp_path):
@@ -155,8 +188,9 @@ def test_repair_of_a_run_keeps_the_nine_other_records_and_the_damaged_file(tmp_p
     home = tmp_path / "home"
     monkeypatch.setenv("ADVLC_HOME", str(home))
     store = Store(home).ensure()
-    rd = fabricate_run(store, "0000aaaa", preset=PRESET, seed=0, group=None, total=10, done=0, state="stopped",
-                       created=time.time())
+    rd = fabricate_run(
+        store, "0000aaaa", preset=PRESET, seed=0, group=None, total=10, done=0, state="stopped", created=time.time()
+    )
     rd.metrics_path.unlink()
     epochs = epoch_records()
     write_metrics(rd.metrics_path, epochs)
@@ -169,14 +203,14 @@ def test_repair_of_a_run_keeps_the_nine_other_records_and_the_damaged_file(tmp_p
     check_kept(json.loads(rd.metrics_path.read_text()), epochs, "3")
     assert [dict(r) for r in rd.epochs()] == [r for i, r in enumerate(epochs, 1) if i != 3]
     [aside] = rd.path.glob("metrics.json.corrupt-*")
-    assert aside.read_bytes() == damaged                                    # kept byte for byte
-    table(rd.metrics_db(), "epochs").insert({"epoch": 10})                  # a resumed run can write it again
+    assert aside.read_bytes() == damaged  # kept byte for byte
+    table(rd.metrics_db(), "epochs").insert({"epoch": 10})  # a resumed run can write it again
     assert [r["epoch"] for r in rd.epochs()][-1] == 10
 
 
 # ------------------------------------------------------------------------------ replace, keeping aside
 def test_a_damaged_file_is_replaced_and_kept_under_a_new_name_each_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20250101-000000")   # every repair in one second
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20250101-000000")  # every repair in one second
     p = tmp_path / "status.json"
     versions = [b'{"state": "runn', b"\x00\x01", b"[1, 2"]
     for i, bad in enumerate(versions):
@@ -184,8 +218,8 @@ def test_a_damaged_file_is_replaced_and_kept_under_a_new_name_each_time(tmp_path
         aside = replace_keeping_aside(p, b'{"fixed": %d}' % i)
         assert aside.read_bytes() == bad and p.read_bytes() == b'{"fixed": %d}' % i
     kept = sorted(tmp_path.glob("status.json.corrupt-*"), key=lambda q: q.stat().st_ino)
-    assert sorted(q.read_bytes() for q in kept) == sorted(versions)        # none written over
-    assert replace_keeping_aside(tmp_path / "new.json", b"{}") is None      # nothing to keep
+    assert sorted(q.read_bytes() for q in kept) == sorted(versions)  # none written over
+    assert replace_keeping_aside(tmp_path / "new.json", b"{}") is None  # nothing to keep
 
 
 @pytest.mark.parametrize("fail_at", ["write", "link", "replace"])
@@ -222,7 +256,7 @@ def test_config_of_a_foreground_run_is_rebuilt_byte_for_byte(foreground, tmp_pat
     shutil.copytree(src, home)
     monkeypatch.setenv("ADVLC_HOME", str(home))
     rd = Store(home).run_dir(rid)
-    assert not rd.log_path.exists()                   # a foreground run writes no log.txt
+    assert not rd.log_path.exists()  # a foreground run writes no log.txt
     want = rd.config_path.read_bytes()
     before = rd.config()
     if damage == "truncated":
@@ -240,7 +274,7 @@ def test_config_of_a_foreground_run_is_rebuilt_byte_for_byte(foreground, tmp_pat
     rc, out, err = cli("repair", rd.id, code=0)
     assert "config.json was" in out and CONFIG_COPY in out
     assert rd.config_path.read_bytes() == want
-    assert rd.config() == before                      # provenance and origin too
+    assert rd.config() == before  # provenance and origin too
     assert [p.read_bytes() for p in rd.path.glob("config.json.corrupt-*")] == ([bad] if bad else [])
     [row] = json.loads(cli("runs", "--json", code=0)[1])
     assert row["state"] == "finished"
@@ -256,7 +290,7 @@ def test_the_run_process_keeps_the_copy_for_a_run_made_without_it(tmp_path, monk
     monkeypatch.setenv("ADVLC_HOME", str(home))
     store = Store(home).ensure()
     [rd] = S.create_runs(store, plan_runs(PRESET, ["train.epochs=1"]))
-    assert rd.config_copy_path.read_bytes() == rd.config_path.read_bytes()   # written at creation
+    assert rd.config_copy_path.read_bytes() == rd.config_path.read_bytes()  # written at creation
     rd.config_copy_path.unlink()
     seen = {}
     monkeypatch.setattr(process, "train_run", lambda rd_, *a: seen.setdefault("copy", rd_.config_copy()))
@@ -269,8 +303,9 @@ def test_repair_keeps_the_copy_for_an_old_run_and_leaves_config_json_alone(tmp_p
     home = tmp_path / "home"
     monkeypatch.setenv("ADVLC_HOME", str(home))
     store = Store(home).ensure()
-    rd = fabricate_run(store, "0000bbbb", preset=PRESET, seed=0, group=None, total=4, done=4, state="finished",
-                       created=time.time())
+    rd = fabricate_run(
+        store, "0000bbbb", preset=PRESET, seed=0, group=None, total=4, done=4, state="finished", created=time.time()
+    )
     want = rd.config_path.read_bytes()
     rd.runtime_path.write_text(json.dumps({"starts": {}}))
     assert not rd.config_copy_path.exists()
@@ -279,7 +314,7 @@ def test_repair_keeps_the_copy_for_an_old_run_and_leaves_config_json_alone(tmp_p
     assert rd.config_path.read_bytes() == want and rd.config_copy_path.read_bytes() == want
     assert not list(rd.path.glob("config.json.corrupt-*"))
     assert f"kept a copy of config.json ({CONFIG_COPY}) for 1 run(s)" in out
-    assert f"({CONFIG_COPY})" not in cli("repair", code=0)[1]          # once
+    assert f"({CONFIG_COPY})" not in cli("repair", code=0)[1]  # once
 
 
 def test_a_damaged_checkpoint_is_named_and_left_in_place(tmp_path, monkeypatch):
@@ -289,8 +324,9 @@ def test_a_damaged_checkpoint_is_named_and_left_in_place(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ADVLC_HOME", str(home))
     store = Store(home).ensure()
-    rd = fabricate_run(store, "0000cccc", preset=PRESET, seed=0, group=None, total=4, done=2, state="stopped",
-                       created=time.time())
+    rd = fabricate_run(
+        store, "0000cccc", preset=PRESET, seed=0, group=None, total=4, done=2, state="stopped", created=time.time()
+    )
     rd.ckpt("last").write_bytes(b"PK\x03\x04 not a checkpoint")
     rc, out, err = cli("repair", rd.id, code=0)
     assert "found: checkpoints/last.pt is damaged" in out and "--from best" in out
@@ -302,8 +338,9 @@ def test_a_damaged_checkpoint_is_named_and_left_in_place(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ config.json lost
 def _lost_config(home: Path, copy: str) -> RunDir:
     store = Store(home).ensure()
-    rd = fabricate_run(store, "0000dddd", preset=PRESET, seed=0, group=None, total=4, done=4, state="finished",
-                       created=time.time())
+    rd = fabricate_run(
+        store, "0000dddd", preset=PRESET, seed=0, group=None, total=4, done=4, state="finished", created=time.time()
+    )
     rd.config_path.unlink()
     if copy == "damaged":
         rd.config_copy_path.write_text('{"run": {"id": 5}}')
@@ -356,6 +393,7 @@ def dies_at(k: int, make_error):
             if calls["n"] >= k:
                 raise make_error()
             return f(*a, **kw)
+
         return call
 
     for name in real:
@@ -374,8 +412,9 @@ def _build_damaged_store(home: Path) -> dict:
     t0 = time.time() - 1000
     made = {}
     for i, name in enumerate(["healthy", "metrics", "status", "config", "meta", "runtime", "old"]):
-        rd = fabricate_run(store, f"0000000{i}", preset=PRESET, seed=i, group=None, total=10, done=0,
-                           state="finished", created=t0 + i)
+        rd = fabricate_run(
+            store, f"0000000{i}", preset=PRESET, seed=i, group=None, total=10, done=0, state="finished", created=t0 + i
+        )
         if name != "old":
             rd.keep_config_copy()
         made[name] = rd
@@ -395,8 +434,11 @@ def _build_damaged_store(home: Path) -> dict:
     damage(made["metrics"], "metrics.json", _no_brace(m, *record_span(m, "epochs", "3")))
     damage(made["status"], "status.json", made["status"].status_path.read_bytes()[:25])
     damage(made["config"], "config.json", made["config"].config_path.read_bytes()[:100])
-    damage(made["meta"], "meta.json", json.dumps({"title": "kept title", "tags": ["kept", 5],
-                                                  "note": "kept note"}).encode())
+    damage(
+        made["meta"],
+        "meta.json",
+        json.dumps({"title": "kept title", "tags": ["kept", 5], "note": "kept note"}).encode(),
+    )
     damage(made["runtime"], "runtime.json", b'{"starts": {}}')
     index = b'{"runs": {"1": {"id": '
     store.index_path.write_bytes(index)
@@ -428,7 +470,7 @@ def _check_nothing_lost(home: Path, w: dict) -> None:
                 assert (rd.path / name).read_bytes() == data, (rid, name)
         bad = w["damaged"].get((rid, "metrics.json"))
         if bad is not None and rd.metrics_path.read_bytes() != bad:
-            check_kept(files.load_json(rd.metrics_path), w["epochs"], "3")   # replaced: by every record
+            check_kept(files.load_json(rd.metrics_path), w["epochs"], "3")  # replaced: by every record
 
 
 def _check_repaired(home: Path, w: dict) -> None:
@@ -450,8 +492,9 @@ def _check_repaired(home: Path, w: dict) -> None:
 
 
 @pytest.mark.parametrize("error", list(ERRORS))
-def test_repair_killed_at_every_step_loses_nothing_and_the_next_repair_finishes(damaged_store, tmp_path,
-                                                                                 monkeypatch, error):
+def test_repair_killed_at_every_step_loses_nothing_and_the_next_repair_finishes(
+    damaged_store, tmp_path, monkeypatch, error
+):
     pristine, w = damaged_store
     ids = sorted(rd.id for rd in w["runs"].values())
     home = tmp_path / "whole"
@@ -470,10 +513,10 @@ def test_repair_killed_at_every_step_loses_nothing_and_the_next_repair_finishes(
             with pytest.raises((Killed, OSError)):
                 repair(Store(home))
         _check_nothing_lost(home, w)
-        rc, out, err = cli("runs", "--json", code=0)                   # the next command lists every run
+        rc, out, err = cli("runs", "--json", code=0)  # the next command lists every run
         assert sorted(r["id"] for r in json.loads(out)) == ids, k
         _check_nothing_lost(home, w)
-        rc, out, err = cli("repair", code=0)                            # and the next repair finishes
+        rc, out, err = cli("repair", code=0)  # and the next repair finishes
         _check_repaired(home, w)
         rows = json.loads(cli("runs", "--json", code=0)[1])
         assert sorted(r["id"] for r in rows) == ids and all(r["state"] != "corrupt" for r in rows), (k, rows)
@@ -485,9 +528,10 @@ def annotated(tmp_path, monkeypatch):
     pristine = tmp_path / "pristine"
     monkeypatch.setenv("ADVLC_HOME", str(pristine))
     store = Store(pristine).ensure()
-    rd = fabricate_run(store, "0000eeee", preset=PRESET, seed=0, group=None, total=4, done=4, state="finished",
-                       created=time.time())
-    cli("runs", code=0)                                  # its origin derived once
+    rd = fabricate_run(
+        store, "0000eeee", preset=PRESET, seed=0, group=None, total=4, done=4, state="finished", created=time.time()
+    )
+    cli("runs", code=0)  # its origin derived once
     store.annotate(rd, title="old", add_tags=["a"])
     return pristine, rd.id
 
@@ -504,8 +548,7 @@ def _annotate_killed_at(pristine: Path, home: Path, rid: str, k: int, monkeypatc
     return s, calls["n"] >= k
 
 
-def test_annotate_killed_at_every_step_leaves_the_run_listed_with_its_old_or_new_meta(annotated, tmp_path,
-                                                                                      monkeypatch):
+def test_annotate_killed_at_every_step_leaves_the_run_listed_with_its_old_or_new_meta(annotated, tmp_path, monkeypatch):
     pristine, rid = annotated
     old = (pristine / "runs" / rid / "meta.json").read_bytes()
     for k in range(1, 10):
@@ -520,7 +563,7 @@ def test_annotate_killed_at_every_step_leaves_the_run_listed_with_its_old_or_new
         assert row["title"] == meta.title
         if not killed:
             break
-    assert k == 3                                        # meta.json, then index.json: two writes
+    assert k == 3  # meta.json, then index.json: two writes
 
 
 def test_annotate_killed_between_its_two_writes_is_finished_by_the_next_command(annotated, tmp_path, monkeypatch):

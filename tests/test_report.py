@@ -58,17 +58,44 @@ def real_home(tmp_path_factory):
     return home
 
 
-def fab_run(store, preset, seed, epochs, *, overrides=(), group="gfab", point=None, state="finished",
-            evals=(), swa=(), label=None, experiment=None, points=()):
+def fab_run(
+    store,
+    preset,
+    seed,
+    epochs,
+    *,
+    overrides=(),
+    group="gfab",
+    point=None,
+    state="finished",
+    evals=(),
+    swa=(),
+    label=None,
+    experiment=None,
+    points=(),
+):
     """A run directory with the given records, its config resolved from the preset like a real run."""
     [p] = preset_runs(preset, list(overrides) + [f"train.seed={seed}"])
     config = p.cfg.to_dict()
-    config["run"] = {"preset": preset, "label": label or C.label(p.cfg), "seed": seed, "group": group,
-                     "point": point or {}, "created": 1000.0 + len(store.run_dirs())}
+    config["run"] = {
+        "preset": preset,
+        "label": label or C.label(p.cfg),
+        "seed": seed,
+        "group": group,
+        "point": point or {},
+        "created": 1000.0 + len(store.run_dirs()),
+    }
     if experiment:
         config["experiment"] = {"kind": experiment}
-    config["provenance"] = {"commit": "0123456789abcdef", "dirty": True, "diff_sha256": "feedbeef",
-                            "device": "cpu", "device_name": "cpu (test)", "host": "testhost", "torch": "2.x"}
+    config["provenance"] = {
+        "commit": "0123456789abcdef",
+        "dirty": True,
+        "diff_sha256": "feedbeef",
+        "device": "cpu",
+        "device_name": "cpu (test)",
+        "host": "testhost",
+        "torch": "2.x",
+    }
     rd = store.create_run(config)
     db = rd.metrics_db()
     for name, recs in (("epochs", epochs), ("swa", swa), ("evals", evals), ("points", points)):
@@ -84,9 +111,20 @@ def recs(seq, *, extra=None, time_s=0.5, ips=None):
     """Epoch records from (clean, robust, ig, hs) tuples; accuracies as fractions."""
     out = []
     for i, (c, r, ig, hs) in enumerate(seq):
-        rec = {"epoch": i, "clean_acc": c, "robust_acc": r, "ig": ig, "hs": hs, "time_s": time_s + 0.01 * i,
-               "images_per_s": ips, "clean_loss": 1.0 - c, "robust_loss": 2.0 - r, "av": 1.0 + c - r,
-               "train_acc": c - 0.05, "lr": 0.1}
+        rec = {
+            "epoch": i,
+            "clean_acc": c,
+            "robust_acc": r,
+            "ig": ig,
+            "hs": hs,
+            "time_s": time_s + 0.01 * i,
+            "images_per_s": ips,
+            "clean_loss": 1.0 - c,
+            "robust_loss": 2.0 - r,
+            "av": 1.0 + c - r,
+            "train_acc": c - 0.05,
+            "lr": 0.1,
+        }
         rec.update((extra or {}).get(i, {}))
         out.append(rec)
     return out
@@ -131,12 +169,13 @@ def test_table_numbers_equal_direct_computation(real_home):
     t = R.compare_runs(store, preset="quick")
     assert [r.name for r in t.rows] == ["fgsm_n", "fgsm_n+advlc"]
     assert t.time_unit == "s/batch" and "PGD-10" in t.title and t.complete
-    curves = R.row_curves(store, t, "robust_acc")      # what a Compare screen overlays
+    curves = R.row_curves(store, t, "robust_acc")  # what a Compare screen overlays
     ids0 = t.rows[0].runs
     e0 = [raw_epochs(real_home, i) for i in ids0]
     assert [p["epoch"] for p in curves["fgsm_n"]] == [0, 1, 2]
-    assert all(close(p["mean"], statistics.mean(100 * e[k]["robust_acc"] for e in e0))
-               for k, p in enumerate(curves["fgsm_n"]))
+    assert all(
+        close(p["mean"], statistics.mean(100 * e[k]["robust_acc"] for e in e0)) for k, p in enumerate(curves["fgsm_n"])
+    )
     for row, preset in zip(t.rows, PRESETS):
         ids = [d["id"] for d in store.runs(preset=preset)]
         assert sorted(row.runs) == sorted(ids) and sorted(row.seeds) == [0, 1]
@@ -172,19 +211,32 @@ def test_best_per_column_rules(tmp_path):
     store = Store(tmp_path)
     # A: best robust, big gap; B: small |robust diff|, lowest IG/HS; C: highest clean, negative clean diff nearest 0
     fab_run(store, "quick/digits-fgsm_n", 0, recs([(0.80, 0.50, 3.0, 0.3), (0.82, 0.40, 3.0, 0.3)]), label="A")
-    fab_run(store, "quick/digits-fgsm_n", 0, recs([(0.70, 0.45, 1.0, 0.1), (0.71, 0.44, 1.0, 0.1)],
-                                                    time_s=0.2), label="B")
-    fab_run(store, "quick/digits-fgsm_n", 0, recs([(0.90, 0.30, 2.0, 0.2), (0.905, 0.20, 2.0, 0.2)],
-                                                    time_s=0.9), label="C")
+    fab_run(
+        store, "quick/digits-fgsm_n", 0, recs([(0.70, 0.45, 1.0, 0.1), (0.71, 0.44, 1.0, 0.1)], time_s=0.2), label="B"
+    )
+    fab_run(
+        store, "quick/digits-fgsm_n", 0, recs([(0.90, 0.30, 2.0, 0.2), (0.905, 0.20, 2.0, 0.2)], time_s=0.9), label="C"
+    )
     t = R.compare_runs(store, preset="quick/digits-fgsm_n")
-    assert t.best == {"clean_best": "C", "clean_end": "C", "clean_diff": "C", "robust_best": "A",
-                      "robust_end": "B", "robust_diff": "B", "ig": "B", "hs": "B", "time": "B"}
+    assert t.best == {
+        "clean_best": "C",
+        "clean_end": "C",
+        "clean_diff": "C",
+        "robust_best": "A",
+        "robust_end": "B",
+        "robust_diff": "B",
+        "ig": "B",
+        "hs": "B",
+        "time": "B",
+    }
     assert t.rows[0].cells["robust_diff"].mean == pytest.approx(10.0)
     assert t.rows[0].cells["clean_diff"].mean == pytest.approx(-2.0)
     assert all(r.cells["clean_best"].std is None and r.cells["clean_best"].n == 1 for r in t.rows)
     latex = R.render(t, "latex")
     assert "\\pm" not in latex.split("\\midrule")[1].split("\\bottomrule")[0]  # n = 1: no ±
-    assert "\\textbf{90.00}" in latex and "\\textbf{50.00}" in latex and "\\multicolumn{3}{c}{Robustness (\\%)}" in latex
+    assert (
+        "\\textbf{90.00}" in latex and "\\textbf{50.00}" in latex and "\\multicolumn{3}{c}{Robustness (\\%)}" in latex
+    )
     plain = R.render(t, "table")
     assert "90.00*" in plain and "50.00*" in plain
 
@@ -210,12 +262,30 @@ def test_final_evaluations_and_swa_rows(tmp_path):
     store = Store(tmp_path)
     ep = recs([(0.8, 0.5, 2.0, 0.2), (0.85, 0.45, 2.0, 0.2)])
     swa = recs([(0.81, 0.52, 1.5, 0.1), (0.84, 0.51, 1.5, 0.1)])
-    ev = lambda ck, c, r: {"ckpt": ck, "attack": "aa", "clean_acc": c, "robust_acc": r, "n": 1000,
-                           "implementation": "original, pyautoattack"}
-    fab_run(store, "quick/digits-fgsm_n-advlc", 0, ep, swa=swa,
-            evals=[ev("best", 0.79, 0.41), ev("end", 0.84, 0.37), ev("swa_best", 0.80, 0.43), ev("swa_end", 0.83, 0.42)])
-    fab_run(store, "quick/digits-fgsm_n-advlc", 1, ep, swa=swa,
-            evals=[ev("best", 0.78, 0.40), ev("end", 0.86, 0.35), ev("swa_best", 0.81, 0.44)])
+    ev = lambda ck, c, r: {
+        "ckpt": ck,
+        "attack": "aa",
+        "clean_acc": c,
+        "robust_acc": r,
+        "n": 1000,
+        "implementation": "original, pyautoattack",
+    }
+    fab_run(
+        store,
+        "quick/digits-fgsm_n-advlc",
+        0,
+        ep,
+        swa=swa,
+        evals=[ev("best", 0.79, 0.41), ev("end", 0.84, 0.37), ev("swa_best", 0.80, 0.43), ev("swa_end", 0.83, 0.42)],
+    )
+    fab_run(
+        store,
+        "quick/digits-fgsm_n-advlc",
+        1,
+        ep,
+        swa=swa,
+        evals=[ev("best", 0.78, 0.40), ev("end", 0.86, 0.35), ev("swa_best", 0.81, 0.44)],
+    )
     t = R.compare_runs(store, preset="quick/digits-fgsm_n-advlc")
     assert [r.name for r in t.rows] == ["fgsm_n+advlc", "fgsm_n+advlc + SWA"]
     assert t.rows[1].cells["robust_best"].mean == pytest.approx(52.0) and t.rows[1].table == "swa"
@@ -227,7 +297,7 @@ def test_final_evaluations_and_swa_rows(tmp_path):
     assert base.cells["robust_best"].mean == pytest.approx(statistics.mean([41.0, 40.0]))
     assert base.cells["robust_best"].std == pytest.approx(statistics.stdev([41.0, 40.0]))
     assert base.cells["clean_end"].mean == pytest.approx(85.0)
-    assert base.cells["ig"].mean == pytest.approx(2.0)          # IG/HS stay the per-epoch end values
+    assert base.cells["ig"].mean == pytest.approx(2.0)  # IG/HS stay the per-epoch end values
     assert sw.cells["robust_best"].mean == pytest.approx(43.5) and sw.cells["robust_end"].n == 1
     assert any("no aa evaluation of swa_end" in m for m in sw.missing)
     assert any(f.startswith("advlc eval ") and "--ckpt swa_end --attack aa" in f for f in sw.fill)
@@ -242,8 +312,9 @@ def test_time_unit_falls_back_to_seconds_per_epoch(tmp_path):
     t = R.compare_runs(store, run_ids=[rd.id])
     assert t.time_unit == "s/batch" and t.rows[0].cells["time"].mean == pytest.approx(2.0 / 28)  # 1400 / 50
     # a dataset of unknown size without images_per_s: seconds per epoch, said in the header and notes
-    rd2 = fab_run(store, "quick/digits-fgsm_n", 1, recs([(0.8, 0.5, 1.0, None)], time_s=3.0),
-                  overrides=["data.dataset=synthetic"])
+    rd2 = fab_run(
+        store, "quick/digits-fgsm_n", 1, recs([(0.8, 0.5, 1.0, None)], time_s=3.0), overrides=["data.dataset=synthetic"]
+    )
     t = R.compare_runs(store, run_ids=[rd.id, rd2.id])
     assert t.time_unit == "s/epoch" and t.headers()["time"] == "Time (s/epoch)"
     # the two runs differ in data.dataset: two rows, never one averaging both configurations
@@ -263,8 +334,11 @@ def test_group_with_missing_seed_is_incomplete_with_fill_command(tmp_path):
     t = R.compare_runs(store, group="g1")
     [row] = t.rows
     assert not t.complete and row.seeds == [0, 2]
-    assert row.missing == ["seed 1 (not run)", f"seed 3 (failed; run {bad.id})",
-                           f"seed 4 (stopped at epoch 2/3; run {stopped.id})"]
+    assert row.missing == [
+        "seed 1 (not run)",
+        f"seed 3 (failed; run {bad.id})",
+        f"seed 4 (stopped at epoch 2/3; run {stopped.id})",
+    ]
     assert row.fill[2] == f"advlc resume {stopped.id}"
     cmd = shlex.split(row.fill[0])
     assert cmd[:3] == ["advlc", "run", "quick/digits-fgsm_n"] and cmd[-4:] == ["--seed", "1", "--seeds", "1"]
@@ -309,11 +383,14 @@ def test_sweep_grid_holes_and_fill_commands(tmp_path):
             db.table("epochs").insert(r)
         force_status(rd, state="finished")
         store.sync(rd)
-    for rd in rds[4:]:                       # method.lam = 0.3, both seeds
+    for rd in rds[4:]:  # method.lam = 0.3, both seeds
         store.delete(rd)
     t = R.compare_runs(store, preset="quick/digits-advlc-lam-sweep")
     assert [r.name for r in t.rows] == [f"fgsm_n+advlc [method.lam={v}]" for v in (0.05, 0.1, 0.3)]
-    assert [r.seeds for r in t.rows] == [[0, 1], [0, 1], []] and t.rows[2].missing == ["seed 0 (not run)", "seed 1 (not run)"]
+    assert [r.seeds for r in t.rows] == [[0, 1], [0, 1], []] and t.rows[2].missing == [
+        "seed 0 (not run)",
+        "seed 1 (not run)",
+    ]
     cmd = shlex.split(t.rows[2].fill[1])
     assert cmd[:3] == ["advlc", "run", "quick/digits-advlc-lam-sweep"] and "method.lam=0.3" in cmd
     sets = [cmd[k + 1] for k, a in enumerate(cmd) if a == "--set"]
@@ -371,37 +448,105 @@ def test_figures_from_fabricated_records(tmp_path):
     n = 8
 
     def seq(seed, act_shift=0.0):
-        extra = {i: {"train_ig": 0.5 + 0.05 * i, "train_hs": 0.05 + 0.01 * i, "train_adv_loss": 1.0 - 0.05 * i,
-                     "train_clean_loss": 0.5 - 0.04 * i, "train_av": 0.5 - 0.01 * i, "train_clean_acc": 0.6 + 0.01 * i,
-                     "train_adv_acc": 0.3 + 0.02 * i + 0.01 * seed, "test_adv_loss20": 2.1 - 0.01 * i,
-                     "test_av20": 1.0 + 0.01 * i, "eff_fgsm": 0.9 - 0.05 * i + 0.01 * seed, "eff_fgsm_n": 0.8,
-                     "eff_pgd10": 0.95 - 0.01 * i, "eff_train": 0.7, "ga": 0.9 - 0.03 * i} for i in range(n)}
-        extra[3]["eff_fgsm"] = None                      # not due at this epoch: skipped, not zero
-        return recs([(0.5 + 0.04 * i + 0.01 * seed, 0.3 + 0.03 * i - 0.004 * i * i + 0.01 * seed, 1.0 + 0.1 * i,
-                      0.1 + 0.02 * i + act_shift) for i in range(n)], extra=extra)
+        extra = {
+            i: {
+                "train_ig": 0.5 + 0.05 * i,
+                "train_hs": 0.05 + 0.01 * i,
+                "train_adv_loss": 1.0 - 0.05 * i,
+                "train_clean_loss": 0.5 - 0.04 * i,
+                "train_av": 0.5 - 0.01 * i,
+                "train_clean_acc": 0.6 + 0.01 * i,
+                "train_adv_acc": 0.3 + 0.02 * i + 0.01 * seed,
+                "test_adv_loss20": 2.1 - 0.01 * i,
+                "test_av20": 1.0 + 0.01 * i,
+                "eff_fgsm": 0.9 - 0.05 * i + 0.01 * seed,
+                "eff_fgsm_n": 0.8,
+                "eff_pgd10": 0.95 - 0.01 * i,
+                "eff_train": 0.7,
+                "ga": 0.9 - 0.03 * i,
+            }
+            for i in range(n)
+        }
+        extra[3]["eff_fgsm"] = None  # not due at this epoch: skipped, not zero
+        return recs(
+            [
+                (
+                    0.5 + 0.04 * i + 0.01 * seed,
+                    0.3 + 0.03 * i - 0.004 * i * i + 0.01 * seed,
+                    1.0 + 0.1 * i,
+                    0.1 + 0.02 * i + act_shift,
+                )
+                for i in range(n)
+            ],
+            extra=extra,
+        )
 
-    a1 = lambda d: [{"kind": "a1", "index": k, "split": sp, "steps": st, "adv_loss": 1.0 + 0.1 * k + d,
-                     "adv_acc": 0.5 - 0.01 * k - d, "clean_loss": 0.3, "n": 100, "time_s": 0.1}
-                    for k, (sp, st) in enumerate((sp, st) for sp in ("train", "test") for st in (1, 10, 50))]
-    f4a = [{"kind": "fig4a", "index": k, "s": 0.01 * k, "hs": 0.1 + 0.05 * k, "eff_fgsm": 0.9 - 0.1 * k,
-            "eff_pgd10": 0.95 - 0.05 * k, "clean_loss": 0.3, "clean_acc": 0.9} for k in range(4)]
-    f4b = lambda d: [{"kind": "fig4b", "index": k, "p": p_, "hs": 0.2 - 0.1 * p_ + d, "eff_fgsm": 0.5 + 0.3 * p_,
-                      "eff_pgd10": 0.7 + 0.2 * p_, "train_adv_eff": 0.4 + 0.5 * p_ - d}
-                     for k, p_ in enumerate((0.0, 0.5, 1.0))]
+    a1 = lambda d: [
+        {
+            "kind": "a1",
+            "index": k,
+            "split": sp,
+            "steps": st,
+            "adv_loss": 1.0 + 0.1 * k + d,
+            "adv_acc": 0.5 - 0.01 * k - d,
+            "clean_loss": 0.3,
+            "n": 100,
+            "time_s": 0.1,
+        }
+        for k, (sp, st) in enumerate((sp, st) for sp in ("train", "test") for st in (1, 10, 50))
+    ]
+    f4a = [
+        {
+            "kind": "fig4a",
+            "index": k,
+            "s": 0.01 * k,
+            "hs": 0.1 + 0.05 * k,
+            "eff_fgsm": 0.9 - 0.1 * k,
+            "eff_pgd10": 0.95 - 0.05 * k,
+            "clean_loss": 0.3,
+            "clean_acc": 0.9,
+        }
+        for k in range(4)
+    ]
+    f4b = lambda d: [
+        {
+            "kind": "fig4b",
+            "index": k,
+            "p": p_,
+            "hs": 0.2 - 0.1 * p_ + d,
+            "eff_fgsm": 0.5 + 0.3 * p_,
+            "eff_pgd10": 0.7 + 0.2 * p_,
+            "train_adv_eff": 0.4 + 0.5 * p_ - d,
+        }
+        for k, p_ in enumerate((0.0, 0.5, 1.0))
+    ]
     runs = []
     for seed in (0, 1):
         runs.append(fab_run(store, "quick/digits-fgsm_n", seed, seq(seed), swa=seq(seed)[4:]))
-        runs.append(fab_run(store, "quick/digits-fgsm_n-advlc", seed, seq(seed, 0.05),
-                            overrides=["model.activation=softplus"]))
-        runs.append(fab_run(store, "quick/digits-pgd10", seed, [], experiment="a1", label="a1:pgd", points=a1(0.01 * seed)))
-        runs.append(fab_run(store, "quick/digits-pgd10", seed, [], experiment="fig4b", label="fig4b:pgd",
-                            points=f4b(0.01 * seed)))
+        runs.append(
+            fab_run(store, "quick/digits-fgsm_n-advlc", seed, seq(seed, 0.05), overrides=["model.activation=softplus"])
+        )
+        runs.append(
+            fab_run(store, "quick/digits-pgd10", seed, [], experiment="a1", label="a1:pgd", points=a1(0.01 * seed))
+        )
+        runs.append(
+            fab_run(
+                store, "quick/digits-pgd10", seed, [], experiment="fig4b", label="fig4b:pgd", points=f4b(0.01 * seed)
+            )
+        )
     runs.append(fab_run(store, "quick/digits-pgd10", 0, [], experiment="fig4a", label="fig4a:pgd", points=f4a))
     specs = R.group_rows([R.load_run(rd) for rd in store.run_dirs()], "label")
     figs = make_figures(specs, tmp_path / "figs")
     made = {f.name: f for f in figs if not f.skipped}
-    assert set(made) == {"fig_accuracy", "fig1_landscape", "fig2_gap", "fig3_effectiveness", "fig4_perturbed",
-                         "figA1_pgd_steps", "figA2_hs"}, [(f.name, f.skipped) for f in figs]
+    assert set(made) == {
+        "fig_accuracy",
+        "fig1_landscape",
+        "fig2_gap",
+        "fig3_effectiveness",
+        "fig4_perturbed",
+        "figA1_pgd_steps",
+        "figA2_hs",
+    }, [(f.name, f.skipped) for f in figs]
     for f in made.values():
         assert [p.suffix for p in f.files] == [".png", ".pdf"]
         assert all(p.stat().st_size > 1000 for p in f.files) and f.csv.stat().st_size > 0
@@ -425,16 +570,32 @@ def test_figures_from_fabricated_records(tmp_path):
     for name in ("fig1_landscape", "fig3_effectiveness", "figA2_hs", "fig2_gap"):
         _check_figure_csv(made[name].csv, records, scale)
     fig1 = {r["key"] for r in csv.DictReader(open(made["fig1_landscape"].csv))}
-    assert {"train_ig", "train_hs", "ig", "hs", "clean_loss", "test_adv_loss20", "test_av20", "train_adv_loss",
-            "train_clean_loss", "train_av"} <= fig1 and "robust_loss" not in fig1   # PGD-20 preferred, as the paper
+    assert {
+        "train_ig",
+        "train_hs",
+        "ig",
+        "hs",
+        "clean_loss",
+        "test_adv_loss20",
+        "test_av20",
+        "train_adv_loss",
+        "train_clean_loss",
+        "train_av",
+    } <= fig1 and "robust_loss" not in fig1  # PGD-20 preferred, as the paper
     eff = [r for r in csv.DictReader(open(made["fig3_effectiveness"].csv)) if r["key"] == "eff_fgsm"]
-    assert {"eff_fgsm", "eff_pgd10", "eff_fgsm_n", "eff_train"} <= {r["key"] for r in csv.DictReader(open(made["fig3_effectiveness"].csv))}
+    assert {"eff_fgsm", "eff_pgd10", "eff_fgsm_n", "eff_train"} <= {
+        r["key"] for r in csv.DictReader(open(made["fig3_effectiveness"].csv))
+    }
     assert "3" not in {r["epoch"] for r in eff}
     assert {r["key"] for r in csv.DictReader(open(made["fig2_gap"].csv))} == {"test_adv_loss20-train_adv_loss"}
 
     a1_rows = list(csv.DictReader(open(made["figA1_pgd_steps"].csv)))
-    r50 = next(r for r in a1_rows if r["key"] == "adv_acc" and r["pgd_steps"] == "50" and r["series"].endswith("(test)"))
-    assert close(float(r50["mean"]), statistics.mean([100 * (0.5 - 0.05), 100 * (0.5 - 0.05 - 0.01)])) and r50["n"] == "2"
+    r50 = next(
+        r for r in a1_rows if r["key"] == "adv_acc" and r["pgd_steps"] == "50" and r["series"].endswith("(test)")
+    )
+    assert (
+        close(float(r50["mean"]), statistics.mean([100 * (0.5 - 0.05), 100 * (0.5 - 0.05 - 0.01)])) and r50["n"] == "2"
+    )
     f4 = list(csv.DictReader(open(made["fig4_perturbed"].csv)))
     sc = [r for r in f4 if r["key"] == "eff_fgsm" and r["panel"].startswith("(a)")]
     assert [(float(r["x"]), float(r["mean"])) for r in sc] == [(q["hs"], q["eff_fgsm"]) for q in f4a]
@@ -475,8 +636,10 @@ def test_report_from_real_runs(real_home, tmp_path):
 
 
 def test_engine_report_imports_no_matplotlib_or_textual():
-    code = ("import sys, engine.report.tables, engine.report.figures; "
-            "assert 'matplotlib' not in sys.modules and 'textual' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys, engine.report.tables, engine.report.figures; "
+        "assert 'matplotlib' not in sys.modules and 'textual' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -523,9 +686,14 @@ def test_cli_in_process_formats_and_bad_input(real_home, tmp_path, monkeypatch, 
     assert code == 0 and "\\pm" in (tmp_path / "t.tex").read_text() and "latex" in err
     code, out, _ = _main(["compare", "--preset", "quick"], capsys)
     assert code == 0 and "Robust best" in out and "*" in out
-    for bad in (["compare"], ["compare", "--preset", "quick", "--format", "xls"], ["compare", "--preset", "nosuch"],
-                ["compare", "--preset", "quick", "--by", "x"], ["report", "nosuch"],
-                ["report", "quick", "--format", "docx"]):
+    for bad in (
+        ["compare"],
+        ["compare", "--preset", "quick", "--format", "xls"],
+        ["compare", "--preset", "nosuch"],
+        ["compare", "--preset", "quick", "--by", "x"],
+        ["report", "nosuch"],
+        ["report", "quick", "--format", "docx"],
+    ):
         code, out, err = _main(bad, capsys)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (bad, err)
         assert err.startswith("advlc: ") and "Traceback" not in err
@@ -534,10 +702,15 @@ def test_cli_in_process_formats_and_bad_input(real_home, tmp_path, monkeypatch, 
 def test_row_names_of_a_method_sweep():
     """The showcase group sweeps method.name: by preset the point names the row, by label the label
     already does (no "pgd+advlc [method.name=advlc]"); other swept keys stay in both."""
-    run = {"preset": "quick/robust-overfitting", "label": "pgd+advlc",
-           "point": {"method.name": "advlc", "method.lam": 0.3}}
+    run = {
+        "preset": "quick/robust-overfitting",
+        "label": "pgd+advlc",
+        "point": {"method.name": "advlc", "method.lam": 0.3},
+    }
     assert R.row_name(RunRecord.from_json(run), "label") == "pgd+advlc [method.lam=0.3]"
-    assert R.row_name(RunRecord.from_json(run), "preset") == "quick/robust-overfitting [method.lam=0.3 method.name=advlc]"
+    assert (
+        R.row_name(RunRecord.from_json(run), "preset") == "quick/robust-overfitting [method.lam=0.3 method.name=advlc]"
+    )
     run = {**run, "label": "pgd", "point": {"method.name": "pgd"}}
     assert R.row_name(RunRecord.from_json(run), "label") == "pgd"
 
@@ -581,12 +754,12 @@ def _check_two_configs(store, made):
     """Two rows, one per configuration, each of exactly its two runs, named by attack.eps (the key
     that tells them apart) with each row's own value, numbers hand-computed from the records."""
     t = R.compare_runs(store, preset=FGSM, columns="attack.eps,train.seed")
-    preset_eps = preset_runs(FGSM)[0].cfg.attack.eps          # the preset's own eps (0.15 for digits)
+    preset_eps = preset_runs(FGSM)[0].cfg.attack.eps  # the preset's own eps (0.15 for digits)
     assert len(t.rows) == 2, [r.name for r in t.rows]
     assert [r.name for r in t.rows] == [f"fgsm_n · attack.eps={preset_eps:.4g}", "fgsm_n · attack.eps=0.05"]
     for k, (row, rds) in enumerate(zip(t.rows, made)):
         assert sorted(row.runs) == sorted(rd.id for rd in rds) and row.seeds == [0, 1] and not row.missing
-        best = [100 * max(_robust(k, sd)) for sd in (0, 1)]          # epoch 0 or 1, whichever is higher
+        best = [100 * max(_robust(k, sd)) for sd in (0, 1)]  # epoch 0 or 1, whichever is higher
         end = [100 * _robust(k, sd)[1] for sd in (0, 1)]
         for col, vals in (("robust_best", best), ("robust_end", end)):
             c = row.cells[col]
@@ -597,7 +770,7 @@ def _check_two_configs(store, made):
         assert len(eps) == 1 and row.config_values["attack.eps"] == eps.pop()
         assert row.config_values["train.seed"] == [0, 1]
     assert t.rows[0].config_values["attack.eps"] == preset_eps and t.rows[1].config_values["attack.eps"] == 0.05
-    assert any("train.epochs=1" in n and "eval.n=100" in n for n in t.notes)   # shared overrides: in the notes
+    assert any("train.epochs=1" in n and "eval.n=100" in n for n in t.notes)  # shared overrides: in the notes
     return t
 
 
@@ -621,7 +794,7 @@ def test_two_configurations_of_one_preset_are_two_rows(tmp_path):
     assert [r["config_values"]["attack.eps"] for r in js["rows"]] == [r.config_values["attack.eps"] for r in t.rows]
     # by preset the base is the preset; the suffix is the same
     tp = R.compare_runs(store, preset=FGSM, by="preset")
-    assert [r.name for r in tp.rows] == [FGSM + r.name[len("fgsm_n"):] for r in t.rows]
+    assert [r.name for r in tp.rows] == [FGSM + r.name[len("fgsm_n") :] for r in t.rows]
     # one configuration alone keeps the plain name (its overrides in the notes)
     t1 = R.compare_runs(store, run_ids=[rd.id for rd in made[1]])
     assert [r.name for r in t1.rows] == ["fgsm_n"] and t1.rows[0].seeds == [0, 1]
@@ -651,7 +824,7 @@ def test_missing_runs_are_filled_from_the_recorded_overrides(tmp_path):
     assert cmd[:3] == ["advlc", "run", FGSM] and cmd[-4:] == ["--seed", "1", "--seeds", "1"]
     sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
     recorded = _raw_config(made[1][0])["run"]["origin"]["overrides"]
-    assert sets == recorded == TWO_CONFIGS[1]            # as given ("1/20"), not re-derived ("0.05")
+    assert sets == recorded == TWO_CONFIGS[1]  # as given ("1/20"), not re-derived ("0.05")
     # the command makes exactly the missing run: the stored config of its sibling, with seed 1
     [p] = preset_runs(FGSM, sets + ["train.seed=1"], seeds=1)
     want = {k: v for k, v in _raw_config(made[1][0]).items() if k not in ("run", "provenance")}
@@ -683,16 +856,19 @@ def test_runs_without_a_recorded_origin_group_by_their_derived_overrides(tmp_pat
 
 def test_bad_column_keys_are_one_line(real_home, monkeypatch, capsys):
     monkeypatch.setenv("ADVLC_HOME", str(real_home))
-    for bad, words in (("attack.epz", ["attack.epz", "keys of [attack]", "eps"]),
-                       ("bogus", ["bogus", "section.key", "method"]),
-                       ("method.lam,nosuch.key", ["nosuch.key", "section.key"])):
+    for bad, words in (
+        ("attack.epz", ["attack.epz", "keys of [attack]", "eps"]),
+        ("bogus", ["bogus", "section.key", "method"]),
+        ("method.lam,nosuch.key", ["nosuch.key", "section.key"]),
+    ):
         code, out, err = _main(["compare", "--preset", "quick", "--columns", bad], capsys)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (bad, err)
         assert err.startswith("advlc: --columns ") and all(w in err for w in words), err
     with pytest.raises(UserError, match="attack.epz"):
         R.compare_runs(Store(real_home), preset="quick", columns=["attack.epz"])
-    code, out, _ = _main(["compare", "--preset", "quick", "--columns", "method.lam,attack.eps", "--format", "csv"],
-                         capsys)
+    code, out, _ = _main(
+        ["compare", "--preset", "quick", "--columns", "method.lam,attack.eps", "--format", "csv"], capsys
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and [r["row"] for r in rows] == ["fgsm_n", "fgsm_n+advlc"]
     for r, preset in zip(rows, PRESETS):
@@ -718,7 +894,7 @@ async def test_compare_screen_sets_config_columns(tmp_path):
         await pilot.press("c")
         box = scr.query_one("#compare-columns", Input)
         assert box.has_focus
-        await pilot.press(*"attack.epz", "enter")                     # a bad key: said, nothing changes
+        await pilot.press(*"attack.epz", "enter")  # a bad key: said, nothing changes
         await pilot.pause(0.1)
         assert scr.columns == [] and "attack.epz" in (scr.columns_error or "") and box.has_focus
         box.value = ""
@@ -730,5 +906,5 @@ async def test_compare_screen_sets_config_columns(tmp_path):
         shown = [str(dt.get_cell(r.name, "__config0")) for r in scr.table.rows]
         assert shown == [f"{_raw_config(rds[0])['attack']['eps']:.4g}" for rds in made] == ["0.15", "0.05"]
         assert not box.has_focus and scr.columns_error is None
-        await pilot.press("escape")                                     # the box is closed: esc leaves
+        await pilot.press("escape")  # the box is closed: esc leaves
         await pilot_wait(pilot, lambda: not isinstance(app.screen, CompareScreen))

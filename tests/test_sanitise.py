@@ -29,10 +29,10 @@ EVIL = [OSC_TITLE, CLEAR, "\x1b[31m", "\x9b", "\x07", RLO]
 def test_printable_shows_control_characters_as_cat_v_does():
     assert printable(OSC_TITLE) == "^[]0;pwned^G"
     assert printable(CLEAR) == "^[[2J^[[H"
-    assert printable("\x9b1m") == "M-^[1m"                     # C1 CSI, one byte in latin-1 terminals
+    assert printable("\x9b1m") == "M-^[1m"  # C1 CSI, one byte in latin-1 terminals
     assert printable("\x7f") == "^?"
     assert printable(f"abc{RLO}def") == "abc<U+202E>def"
-    assert printable("a\tb") == "a\tb"                          # tabs are kept
+    assert printable("a\tb") == "a\tb"  # tabs are kept
     assert printable("a\nb") == "a^Jb" and printable("a\nb", multiline=True) == "a\nb"
     assert printable("plain — ünïcode ✓") == "plain — ünïcode ✓"
     assert printable(None) == "None" and printable(0.5) == "0.5"
@@ -44,10 +44,25 @@ def hostile(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ADVLC_HOME", str(home))
     store = Store(home).ensure()
-    rd = fabricate_run(store, "0000beef", preset="quick/digits-fgsm_n", seed=0, group="g", total=3, done=3,
-                       state="failed", created=1_700_000_000)
-    write_json(rd.meta_path, {"title": f"baseline{OSC_TITLE}{LINK}", "tags": [f"t{RLO}x"],
-                              "note": f"first line\n{CLEAR}<script>alert(1)</script>\n{LINK}"})
+    rd = fabricate_run(
+        store,
+        "0000beef",
+        preset="quick/digits-fgsm_n",
+        seed=0,
+        group="g",
+        total=3,
+        done=3,
+        state="failed",
+        created=1_700_000_000,
+    )
+    write_json(
+        rd.meta_path,
+        {
+            "title": f"baseline{OSC_TITLE}{LINK}",
+            "tags": [f"t{RLO}x"],
+            "note": f"first line\n{CLEAR}<script>alert(1)</script>\n{LINK}",
+        },
+    )
     st = json.loads(rd.status_path.read_text())
     st["error"] = "Traceback\n\x1b[31mRuntimeError: boom\x1b[0m" + OSC_TITLE
     write_json(rd.status_path, st)
@@ -66,12 +81,12 @@ def test_the_cli_shows_hostile_strings_as_text(hostile):
     _, out, err = cli("show", rd.id, code=0)
     _clean(out + err)
     assert "^[]0;pwned^G" in out and "^[[2J" in out and "<U+202E>" in out
-    assert LINK in out                           # shown as typed, not turned into a hyperlink
+    assert LINK in out  # shown as typed, not turned into a hyperlink
     _, out, err = cli("runs", code=0)
     _clean(out + err)
     _, out, err = cli("logs", rd.id, code=0)
     _clean(out + err)
-    assert "^[[1A^[[2Kepoch 1" in out            # the cursor-up + erase that would hide a line
+    assert "^[[1A^[[2Kepoch 1" in out  # the cursor-up + erase that would hide a line
     _, out, err = cli("compare", rd.id, "--include-unfinished", code=0)
     _clean(out + err)
 
@@ -82,13 +97,13 @@ def test_the_report_escapes_html_and_markdown(hostile, tmp_path):
     html = (tmp_path / "rep" / "report.html").read_text()
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "<a href=\"https://evil" not in html
+    assert '<a href="https://evil' not in html
     _clean(md + html)
 
 
-@pytest.mark.parametrize("args", [["label", "X", "title\x1b]0;x\x07"],
-                                  ["note", "X", "--text", "a\x1b[2Jb"],
-                                  ["tag", "X", "+a\u202eb"]])
+@pytest.mark.parametrize(
+    "args", [["label", "X", "title\x1b]0;x\x07"], ["note", "X", "--text", "a\x1b[2Jb"], ["tag", "X", "+a\u202eb"]]
+)
 def test_titles_tags_and_notes_refuse_control_characters(hostile, args):
     store, rd = hostile
     args = [rd.id if a == "X" else a for a in args]
@@ -98,7 +113,7 @@ def test_titles_tags_and_notes_refuse_control_characters(hostile, args):
     line = one_line(err)
     assert "\x1b" not in line and "\u202e" not in line
     assert rd.meta_path.read_bytes() == before
-    cli("note", rd.id, "--text", "two\nlines\twith a tab", code=0)     # newlines and tabs are fine
+    cli("note", rd.id, "--text", "two\nlines\twith a tab", code=0)  # newlines and tabs are fine
     assert rd.meta().note == "two\nlines\twith a tab"
 
 

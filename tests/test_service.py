@@ -26,9 +26,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def epochs(robust: list[float]) -> list[dict]:
     """Epoch records whose robust accuracies are `robust` (the rest fixed)."""
-    return [{"epoch": e, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "clean_loss": 1.0, "clean_acc": 0.8,
-             "robust_loss": 1.5, "robust_acc": r, "av": 0.5, "ig": 30.0, "hs": None, "time_s": 2.0,
-             "images_per_s": 100.0} for e, r in enumerate(robust)]
+    return [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train_loss": 1.0,
+            "train_acc": 0.5,
+            "clean_loss": 1.0,
+            "clean_acc": 0.8,
+            "robust_loss": 1.5,
+            "robust_acc": r,
+            "av": 0.5,
+            "ig": 30.0,
+            "hs": None,
+            "time_s": 2.0,
+            "images_per_s": 100.0,
+        }
+        for e, r in enumerate(robust)
+    ]
 
 
 @pytest.fixture
@@ -37,14 +52,44 @@ def service(tmp_path):
     svc = Service(tmp_path / "home")
     t0 = time.time() - 3600
     fab = dict(group=None, total=2, done=2, state="finished")
-    fabricate_run(svc.store, "000000a0", preset="quick/digits-fgsm_n", seed=0, created=t0,
-                  epochs_override=epochs([0.30, 0.40]), **fab)
-    fabricate_run(svc.store, "000000a1", preset="quick/digits-fgsm_n", seed=1, created=t0 + 1,
-                  epochs_override=epochs([0.50, 0.60]), **fab)
-    fabricate_run(svc.store, "000000b0", preset="quick/digits-fgsm_n-advlc", seed=0, created=t0 + 2,
-                  epochs_override=epochs([0.45, 0.55]), **fab)
-    fabricate_run(svc.store, "000000q0", preset="quick/digits-fgsm_n", seed=2, group=None, total=2, done=0,
-                  state="queued", created=t0 + 3)
+    fabricate_run(
+        svc.store,
+        "000000a0",
+        preset="quick/digits-fgsm_n",
+        seed=0,
+        created=t0,
+        epochs_override=epochs([0.30, 0.40]),
+        **fab,
+    )
+    fabricate_run(
+        svc.store,
+        "000000a1",
+        preset="quick/digits-fgsm_n",
+        seed=1,
+        created=t0 + 1,
+        epochs_override=epochs([0.50, 0.60]),
+        **fab,
+    )
+    fabricate_run(
+        svc.store,
+        "000000b0",
+        preset="quick/digits-fgsm_n-advlc",
+        seed=0,
+        created=t0 + 2,
+        epochs_override=epochs([0.45, 0.55]),
+        **fab,
+    )
+    fabricate_run(
+        svc.store,
+        "000000q0",
+        preset="quick/digits-fgsm_n",
+        seed=2,
+        group=None,
+        total=2,
+        done=0,
+        state="queued",
+        created=t0 + 3,
+    )
     svc.store.reindex()
     return svc
 
@@ -107,7 +152,7 @@ def test_one_runs_config_status_and_meta_by_id_or_by_index_row(service):
 
 def test_points_are_read_again_only_when_metrics_json_changed(service):
     first = service.points("000000q0", None)
-    assert first is not None and first[1] == []           # metrics.json without points
+    assert first is not None and first[1] == []  # metrics.json without points
     assert service.points("000000q0", first[0]) is None
     metrics = service.home / "runs" / "000000q0" / "metrics.json"
     metrics.write_text('{"epochs": {}, "points": {"1": {"kind": "fig4a", "index": 0, "hs": 0.5}}}')
@@ -115,7 +160,7 @@ def test_points_are_read_again_only_when_metrics_json_changed(service):
     assert [dict(p) for p in points] == [{"kind": "fig4a", "index": 0, "hs": 0.5}]
     assert service.points("000000q0", sig) is None
     metrics.unlink()
-    assert service.points("000000q0", None) is None        # no file, as last seen: nothing new
+    assert service.points("000000q0", None) is None  # no file, as last seen: nothing new
 
 
 # ---------------------------------------------------------------------------- actions
@@ -156,9 +201,15 @@ def test_stop_delete_and_reconcile_change_the_runs(service):
     assert [r["id"] for r in service.runs()] == ["000000a0", "000000a1", "000000q0"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    force_status(service.store.run_dir("000000a0"), state="running", pid=dead.pid, host=HOST,
-                 pid_create_time=time.time() - 5, heartbeat=time.time())
-    assert service.reconcile(["000000a1"]) == []          # only the runs asked about
+    force_status(
+        service.store.run_dir("000000a0"),
+        state="running",
+        pid=dead.pid,
+        host=HOST,
+        pid_create_time=time.time() - 5,
+        heartbeat=time.time(),
+    )
+    assert service.reconcile(["000000a1"]) == []  # only the runs asked about
     assert service.reconcile(["000000a0"]) == ["000000a0"]
     assert service.status("000000a0").state == "lost"
 
@@ -166,7 +217,7 @@ def test_stop_delete_and_reconcile_change_the_runs(service):
 def test_evaluate_refuses_a_running_run_before_loading_any_model(service):
     force_status(service.store.run_dir("000000b0"), state="running", pid=os.getpid())
     with pytest.raises(UserError, match="run 000000b0 is running"):
-        service.evaluate("000000b", ckpts=["best"], attacks=["pgd20"])   # a unique prefix, as `advlc eval`
+        service.evaluate("000000b", ckpts=["best"], attacks=["pgd20"])  # a unique prefix, as `advlc eval`
 
 
 # ---------------------------------------------------------------------------- reports
@@ -195,8 +246,11 @@ APP_DIRS = ("screens", "widgets")
 def wrapped_by_service() -> set[str]:
     """The facade functions engine/service.py calls (`facade.X`): the app asks the service for them."""
     tree = ast.parse((ROOT / "engine" / "service.py").read_text())
-    return {n.attr for n in ast.walk(tree)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "facade"}
+    return {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "facade"
+    }
 
 
 def open_doors(source: str, *, app: bool, screen: bool, wrapped: set[str]) -> list[str]:
@@ -206,9 +260,14 @@ def open_doors(source: str, *, app: bool, screen: bool, wrapped: set[str]) -> li
     out = []
     for n in ast.walk(ast.parse(source)):
         line = getattr(n, "lineno", "?")
-        if isinstance(n, ast.Name) and n.id in STORE_CLASSES or \
-                isinstance(n, ast.Attribute) and n.attr in STORE_CLASSES or \
-                isinstance(n, ast.Constant) and n.value in STORE_CLASSES:
+        if (
+            isinstance(n, ast.Name)
+            and n.id in STORE_CLASSES
+            or isinstance(n, ast.Attribute)
+            and n.attr in STORE_CLASSES
+            or isinstance(n, ast.Constant)
+            and n.value in STORE_CLASSES
+        ):
             out.append(f"{line}: names {ast.unparse(n)}")
         elif isinstance(n, ast.alias) and ({n.name.rpartition(".")[2], n.asname} & STORE_CLASSES):
             out.append(f"{line}: imports {n.name}")
@@ -220,8 +279,13 @@ def open_doors(source: str, *, app: bool, screen: bool, wrapped: set[str]) -> li
                 out.append(f"{line}: imports {sorted({a.name for a in n.names} & wrapped)} from the facade")
         elif isinstance(n, ast.Import) and any(a.name.startswith("engine.store") for a in n.names):
             out.append(f"{line}: imports engine.store")
-        if app and isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "facade" \
-                and n.attr in wrapped:
+        if (
+            app
+            and isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "facade"
+            and n.attr in wrapped
+        ):
             out.append(f"{line}: calls facade.{n.attr}")
         if screen and isinstance(n, ast.Attribute) and n.attr == "store":
             out.append(f"{line}: uses .store")
@@ -239,17 +303,20 @@ def test_tui_reaches_the_store_only_through_the_service():
     assert found == []
 
 
-@pytest.mark.parametrize("source, app, screen", [
-    ("from engine.facade import Store\n", False, False),
-    ("from engine.store.rundir import valid_run_id\n", False, False),
-    ("import engine.store.index\n", False, False),
-    ("from engine import store\n", False, False),
-    ("def f(rd: 'RunDir'): pass\n", False, False),
-    ("x = facade.RunDir(p)\n", False, False),
-    ("from engine.facade import diff_runs\n", True, False),
-    ("facade.stop(s, rds)\n", True, False),
-    ("h = self.app.store.home\n", True, True),
-])
+@pytest.mark.parametrize(
+    "source, app, screen",
+    [
+        ("from engine.facade import Store\n", False, False),
+        ("from engine.store.rundir import valid_run_id\n", False, False),
+        ("import engine.store.index\n", False, False),
+        ("from engine import store\n", False, False),
+        ("def f(rd: 'RunDir'): pass\n", False, False),
+        ("x = facade.RunDir(p)\n", False, False),
+        ("from engine.facade import diff_runs\n", True, False),
+        ("facade.stop(s, rds)\n", True, False),
+        ("h = self.app.store.home\n", True, True),
+    ],
+)
 def test_the_scan_finds_each_way_past_the_service(source, app, screen):
     assert open_doors(source, app=app, screen=screen, wrapped=wrapped_by_service()) != []
 

@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SLURM_DIR = os.environ.get("ADVLC_SLURM_DIR", "/tmp/advlc-slurm")
 NODE = os.environ.get("ADVLC_SLURM_NODE", "advlc-node1")
 PRESET = "quick/digits-fgsm_n"
-EPOCHS = 60            # ~0.15 s an epoch on the node: long enough to stop or preempt midway
+EPOCHS = 60  # ~0.15 s an epoch on the node: long enough to stop or preempt midway
 SET = ["--set", f"train.epochs={EPOCHS}", "--set", "eval.n=100"]
-NOISE = ("time_s", "eval_time_s", "images_per_s")     # timings
+NOISE = ("time_s", "eval_time_s", "images_per_s")  # timings
 TIMEOUT = 240
 
 
@@ -76,12 +76,14 @@ def cluster():
     if p.returncode != 0:
         pytest.fail(f"tests/slurm/up.sh exited {p.returncode}: {last}", pytrace=False)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_CONF", f"{SLURM_DIR}/slurm.conf")      # sbatch, squeue, sinfo, scancel, submitit
+        mp.setenv("SLURM_CONF", f"{SLURM_DIR}/slurm.conf")  # sbatch, squeue, sinfo, scancel, submitit
         mp.setenv("OMP_NUM_THREADS", "1")
         mp.setattr(SL, "_PARTITIONS", (0.0, None))
         yield SLURM_DIR
     if not was_up:
-        subprocess.run(["bash", str(ROOT / "tests/slurm/down.sh")], capture_output=True, text=True, timeout=300, env=env)
+        subprocess.run(
+            ["bash", str(ROOT / "tests/slurm/down.sh")], capture_output=True, text=True, timeout=300, env=env
+        )
 
 
 @pytest.fixture
@@ -89,8 +91,11 @@ def store(cluster, tmp_path):
     """A store of its own; whatever job of it is left at the end is cancelled."""
     s = Store(tmp_path / "home").ensure()
     yield s
-    jobs = [str(rd.status().launch.job_id) for rd in s.run_dirs()
-            if isinstance(rd.status().launch, SlurmLaunch) and rd.status().launch.job_id]
+    jobs = [
+        str(rd.status().launch.job_id)
+        for rd in s.run_dirs()
+        if isinstance(rd.status().launch, SlurmLaunch) and rd.status().launch.job_id
+    ]
     if jobs:
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)
 
@@ -100,8 +105,9 @@ ADVLC = [sys.executable, "-c", "from tui.cli import main; main()"]
 
 def advlc(*args, home, check=True, timeout=120):
     env = {**os.environ, "ADVLC_HOME": str(home), "COLUMNS": "250"}
-    p = subprocess.run(ADVLC + list(args), capture_output=True, text=True, env=env, timeout=timeout,
-                       stdin=subprocess.DEVNULL, cwd=ROOT)
+    p = subprocess.run(
+        ADVLC + list(args), capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=ROOT
+    )
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
     return p
@@ -122,7 +128,9 @@ def job_of(rd) -> str:
 
 def squeue(jid) -> str:
     """'STATE REASON' of a job, '' once Slurm no longer knows it."""
-    p = subprocess.run(["squeue", "-h", "-t", "all", "-j", jid, "-o", "%T %r"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", jid, "-o", "%T %r"], capture_output=True, text=True, timeout=60
+    )
     return p.stdout.strip() if p.returncode == 0 else ""
 
 
@@ -176,21 +184,25 @@ def test_pending_jobs_stopped_cancelled_and_purged_never_stay_queued(store):
     assert set(rows) == {a.id, b.id, c.id}
     assert {(r["state"], r["slurm_state"], r["reason"]) for r in rows.values()} == {("queued", "PENDING", "BeginTime")}
     table = advlc("queue", home=h).stdout
-    assert "3 Slurm run(s)" in table and re.search(rf"{a.id}\s+queued\s+{job_of(a)}\s+PENDING\s+BeginTime\s+debug\s+60 min", table), table
+    assert "3 Slurm run(s)" in table and re.search(
+        rf"{a.id}\s+queued\s+{job_of(a)}\s+PENDING\s+BeginTime\s+debug\s+60 min", table
+    ), table
 
     assert f"{a.id}  stopped" in advlc("stop", a.id, home=h).stdout
     assert a.status().state == "stopped" and squeue(job_of(a)) in ("", "CANCELLED BeginTime")
 
     subprocess.run(["scancel", job_of(b)], check=True, timeout=60)
     assert squeue(job_of(b)).startswith("CANCELLED")
-    advlc("runs", home=h)                                  # every command reconciles
+    advlc("runs", home=h)  # every command reconciles
     st = b.status()
     assert st.state == "stopped", st
     assert one_line(st.error).startswith(f"Slurm job {job_of(b)} CANCELLED (reason BeginTime): cancelled outside advlc")
 
     subprocess.run(["scancel", job_of(c)], check=True, timeout=60)
-    c.update_status(launch=c.status().launch.replace(job_id="999999"))   # as Slurm says once it purged the job
-    assert SL.job_states(["999999"]) == {"999999": {"state": "PURGED", "reason": "", "nodes": "", "name": "", "limit": ""}}
+    c.update_status(launch=c.status().launch.replace(job_id="999999"))  # as Slurm says once it purged the job
+    assert SL.job_states(["999999"]) == {
+        "999999": {"state": "PURGED", "reason": "", "nodes": "", "name": "", "limit": ""}
+    }
     assert S.reconcile(store) == [c.id]
     st = c.status()
     assert st.state == "lost" and "Slurm job 999999 has ended (Slurm no longer lists it" in one_line(st.error)
@@ -204,13 +216,14 @@ def test_a_bad_partition_or_time_fails_before_any_run_folder(store):
     assert p.returncode == 2 and "no such partition (sinfo lists: debug)" in p.stderr and "Traceback" not in p.stderr
     p = advlc("run", PRESET, "--executor", "slurm", "--time", "2:00:00", home=h, check=False)
     assert p.returncode == 2 and "exceeds the limit of partition debug (1:00:00)" in p.stderr
-    p = advlc("run", PRESET, "--executor", "slurm", "--device", "cuda", home=h, check=False)   # a CPU-only cluster
+    p = advlc("run", PRESET, "--executor", "slurm", "--device", "cuda", home=h, check=False)  # a CPU-only cluster
     assert p.returncode == 2 and "asks for 1 GPU(s) but partition debug's nodes have none" in p.stderr, p.stderr
     assert not store.runs_dir.exists() or not list(store.runs_dir.iterdir())
     # what sbatch says when asked anyway: one line in the run's error and on the terminal
     p = advlc("run", slurm_preset(h, "gres", additional={"gres": "gpu:1"}), "--executor", "slurm", home=h, check=False)
-    assert p.returncode == 2 and p.stderr.splitlines() == [       # said once, not echoed by submitit too
-        f"advlc: run {store.runs()[0]['id']}: Slurm submission failed: sbatch: error: Invalid generic resource (gres) specification"]
+    assert p.returncode == 2 and p.stderr.splitlines() == [  # said once, not echoed by submitit too
+        f"advlc: run {store.runs()[0]['id']}: Slurm submission failed: sbatch: error: Invalid generic resource (gres) specification"
+    ]
     assert [r["state"] for r in store.runs()] == ["failed"]
     assert "Invalid generic resource" in one_line(store.runs()[0]["error"])
 
@@ -258,17 +271,23 @@ def reference(finished_pair):
 @pytest.mark.slow
 def test_seeds_2_on_the_cpu_cluster_with_only_a_partition(finished_pair):
     store, rds, took, stdout = finished_pair
-    assert len(rds) == 2 and [rd.status().state for rd in rds] == ["finished", "finished"], [rd.log_tail(5) for rd in rds]
+    assert len(rds) == 2 and [rd.status().state for rd in rds] == ["finished", "finished"], [
+        rd.log_tail(5) for rd in rds
+    ]
     assert [rd.config_json()["train"]["seed"] for rd in rds] == [0, 1]
     for rd in rds:
         st = rd.status()
         assert [r["epoch"] for r in rd.epochs()] == list(range(EPOCHS))
         assert st.host == NODE and st.launch.sbatch == {
-            "partition": "debug", "time": 60, "time_from": "the limit of partition debug (1:00:00)",
-            "gpus": 0, "gpus_from": "device cpu"}
+            "partition": "debug",
+            "time": 60,
+            "time_from": "the limit of partition debug (1:00:00)",
+            "gpus": 0,
+            "gpus_from": "device cpu",
+        }
         log = rd.log_path.read_text()
         assert re.search(rf"^--- \S+ \S+ advlc: starting on {NODE} \(Slurm job {job_of(rd)}\)$", log, re.M), log[:300]
-        assert not re.search(r"^submitit (INFO|WARNING|ERROR)", log, re.M)                               # submitit's messages stay in its own files
+        assert not re.search(r"^submitit (INFO|WARNING|ERROR)", log, re.M)  # submitit's messages stay in its own files
         assert "Job completed successfully" in (rd.submitit_dir / f"{job_of(rd)}_0_log.out").read_text()
         script = (rd.submitit_dir / f"{job_of(rd)}_submission.sh").read_text()
         assert "#SBATCH --partition=debug" in script and "#SBATCH --time=60" in script and "gpus" not in script
@@ -287,8 +306,12 @@ def test_preempted_job_is_requeued_and_equals_the_uninterrupted_run(store, refer
     submitit checkpoints and requeues the job, the run waits `queued`, the same job id runs
     again ~6 s later (cred_expire=5) and continues from last.pt; the records equal the
     uninterrupted run's."""
-    [rd] = S.launch(store, plan_runs(PRESET, [f"train.epochs={EPOCHS}", "eval.n=100"]), executor="slurm",
-                    slurm_params={"partition": "debug"})
+    [rd] = S.launch(
+        store,
+        plan_runs(PRESET, [f"train.epochs={EPOCHS}", "eval.n=100"]),
+        executor="slurm",
+        slurm_params={"partition": "debug"},
+    )
     jid = job_of(rd)
     wait_for(lambda: len(rd.epochs()) >= 3, what="3 epochs")
     t0 = time.monotonic()
@@ -353,12 +376,19 @@ def test_stop_a_running_job_then_resume_with_other_slurm_settings(store, referen
 def test_scancel_of_a_running_job_behind_advlcs_back(store):
     """scancel outside advlc: Slurm SIGTERMs the run process, which writes `stopped`; had it
     not, the heartbeat would make it `lost`. Never left `running`."""
-    [rd] = S.launch(store, plan_runs(PRESET, ["train.epochs=500", "eval.n=100"]), executor="slurm",
-                    slurm_params={"partition": "debug"})
+    [rd] = S.launch(
+        store,
+        plan_runs(PRESET, ["train.epochs=500", "eval.n=100"]),
+        executor="slurm",
+        slurm_params={"partition": "debug"},
+    )
     wait_for(lambda: len(rd.epochs()) >= 1, what="epoch 1")
     subprocess.run(["scancel", job_of(rd)], check=True, timeout=60)
-    wait_for(lambda: rd.status().state != "running" or not processes.is_alive(rd.status()), timeout=90,
-             what="the run to stop or its heartbeat to go stale")
+    wait_for(
+        lambda: rd.status().state != "running" or not processes.is_alive(rd.status()),
+        timeout=90,
+        what="the run to stop or its heartbeat to go stale",
+    )
     S.reconcile(store)
     st = rd.status()
     assert st.state in ("stopped", "lost"), st
@@ -374,15 +404,19 @@ def test_kill_9_of_the_run_process_on_the_node_makes_it_lost(store, monkeypatch)
     """The job's run process runs on advlc-node1 (another host: its pid cannot be judged from
     here), so a SIGKILL is found by its heartbeat going stale: ADVLC_HEARTBEAT_S=0.5 in the
     job, STALE_MIN_S lowered here. The reason is one line; the job itself ends too."""
-    monkeypatch.setenv("ADVLC_HEARTBEAT_S", "0.5")                   # sbatch passes it on to the job
+    monkeypatch.setenv("ADVLC_HEARTBEAT_S", "0.5")  # sbatch passes it on to the job
     monkeypatch.setattr(processes, "STALE_MIN_S", 2.0)
-    [rd] = S.launch(store, plan_runs(PRESET, ["train.epochs=500", "eval.n=100"]), executor="slurm",
-                    slurm_params={"partition": "debug"})
+    [rd] = S.launch(
+        store,
+        plan_runs(PRESET, ["train.epochs=500", "eval.n=100"]),
+        executor="slurm",
+        slurm_params={"partition": "debug"},
+    )
     wait_for(lambda: len(rd.epochs()) >= 1, what="epoch 1")
     st = rd.status()
     assert st.host == NODE and st.heartbeat_s == 0.5 and processes.stale_after(st) == 3.0
     pid = st.pid
-    assert psutil.Process(pid).is_running()                             # one pid namespace, another hostname
+    assert psutil.Process(pid).is_running()  # one pid namespace, another hostname
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: S.reconcile(store) == [rd.id], timeout=60, interval=0.25, what="reconcile to mark it lost")
@@ -406,14 +440,25 @@ def test_slurm_in_five_minutes_commands_of_the_docs(store):
     cmds = [line[2:].split("  #")[0].strip() for line in block.splitlines() if line.startswith("$ ")]
     assert cmds[0].startswith("export ADVLC_HOME=") and any(c.startswith("advlc run ") for c in cmds), cmds
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "ADVLC_HOME": str(store.home), "COLUMNS": "250",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "ADVLC_HOME": str(store.home),
+        "COLUMNS": "250",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
     rid, outputs = None, {}
     for cmd in cmds[1:]:
         if rid:
             cmd = cmd.replace("RUN", rid)
-        p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=TIMEOUT,
-                           cwd=store.home, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["bash", "-c", cmd],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=TIMEOUT,
+            cwd=store.home,
+            stdin=subprocess.DEVNULL,
+        )
         assert p.returncode == 0, (cmd, p.stdout, p.stderr)
         outputs[cmd] = p.stdout
         if cmd.startswith("advlc run "):

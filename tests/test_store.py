@@ -11,8 +11,12 @@ from engine.store.rundir import RunDir
 
 
 def _config(i=0):
-    return {"run": {"preset": "quick/x", "label": "pgd", "seed": i, "group": None, "created": float(i)},
-            "train": {"epochs": 3}, "method": {"name": "pgd"}, "attack": {"name": "pgd"}}
+    return {
+        "run": {"preset": "quick/x", "label": "pgd", "seed": i, "group": None, "created": float(i)},
+        "train": {"epochs": 3},
+        "method": {"name": "pgd"},
+        "attack": {"name": "pgd"},
+    }
 
 
 def test_round_trip(tmp_path):

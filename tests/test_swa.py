@@ -80,13 +80,13 @@ def test_update_bn_exact_statistics():
     model.bn.momentum = 0.1
     x = torch.rand(60, 1, 8, 8) * 2 + 0.5
     with torch.no_grad():
-        feats = model.conv(x)                                  # the BN layer's input
+        feats = model.conv(x)  # the BN layer's input
     # one batch holding all the data: the exact mean and (unbiased) variance of the data
     n = S.update_bn(model, [x])
     assert n == 60
     torch.testing.assert_close(model.bn.running_mean, feats.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.bn.running_var, feats.var((0, 2, 3), unbiased=True), rtol=1e-5, atol=1e-6)
-    assert not model.training and model.bn.momentum == 0.1    # mode and momentum restored
+    assert not model.training and model.bn.momentum == 0.1  # mode and momentum restored
     # equal batches: exact mean; variance = the average of the per-batch (unbiased) variances,
     # as in the reference bn_update and torch.optim.swa_utils.update_bn
     chunks = list(x.split(20))

@@ -20,12 +20,20 @@ def _user_preset(home, name, text):
 def test_lam_sweep_preset_expands_grid_times_seeds(home):
     planned = preset_runs("quick/digits-advlc-lam-sweep", home=home)
     assert [(p.point, p.seed) for p in planned] == [
-        ({"method.lam": 0.05}, 0), ({"method.lam": 0.05}, 1),
-        ({"method.lam": 0.1}, 0), ({"method.lam": 0.1}, 1),
-        ({"method.lam": 0.3}, 0), ({"method.lam": 0.3}, 1)]
+        ({"method.lam": 0.05}, 0),
+        ({"method.lam": 0.05}, 1),
+        ({"method.lam": 0.1}, 0),
+        ({"method.lam": 0.1}, 1),
+        ({"method.lam": 0.3}, 0),
+        ({"method.lam": 0.3}, 1),
+    ]
     for p in planned:
         assert p.cfg.method.lam == p.point["method.lam"] and p.cfg.train.seed == p.seed
-        assert p.cfg.method.name == "advlc" and p.cfg.attack.name == "fgsm_n" and p.preset == "quick/digits-advlc-lam-sweep"
+        assert (
+            p.cfg.method.name == "advlc"
+            and p.cfg.attack.name == "fgsm_n"
+            and p.preset == "quick/digits-advlc-lam-sweep"
+        )
     rds = create_runs(Store(home), planned)
     runs = [rd.config_json()["run"] for rd in rds]
     groups = {r["group"] for r in runs}
@@ -36,14 +44,18 @@ def test_lam_sweep_preset_expands_grid_times_seeds(home):
 
 
 def test_two_axes_both_key_forms_and_coercion(home):
-    ref = _user_preset(home, "grid", """
+    ref = _user_preset(
+        home,
+        "grid",
+        """
         [preset]
         extends = "quick/digits-fgsm_n-advlc"
         [sweep]
         "attack.eps" = ["4/255", 0.1]
         method.lam = [0.2, 0.4, 0.6]
         "train.lr_milestones" = [[5, 8]]
-    """)
+    """,
+    )
     planned = preset_runs(ref, home=home)
     assert len(planned) == 6
     assert [p.point for p in planned] == [
@@ -83,28 +95,35 @@ def test_sweep_helpers():
     assert read_sweep({"sweep": {"seeds": 3}}, "f") == (3, [])
 
 
-@pytest.mark.parametrize("body,match", [
-    ('"method.lamb" = [0.1]', r"\[sweep\] unknown key 'method.lamb' \(keys of \[method\]: name, lam"),
-    ('"foo.lam" = [0.1]', r"\[sweep\] unknown key 'foo.lam': must be seeds or \"section.key\""),
-    ('lam = [0.1]', r"\[sweep\] unknown key 'lam'"),
-    ('"method.lam" = 0.3', r"\[sweep\] method.lam = 0.3: must be a list of values"),
-    ('"method.lam" = []', r"\[sweep\] method.lam = \[\]: empty list"),
-    ('seeds = 0', r"\[sweep\] seeds = 0: must be an integer >= 1"),
-    ('seeds = "2"', r"\[sweep\] seeds = '2': must be an integer >= 1"),
-    ('"method.lam" = [0.1, -1]', r"\[sweep\]: method.lam = -1.0: must be >= 0"),
-    ('"method.lam" = [0.1, "x"]', r"\[sweep\]: method.lam = 'x': must be a number"),
-    ('"attack.name" = ["fgsm_n", "nope"]', r"\[sweep\]: attack.name = 'nope': must be one of"),
-    # a cross-field rule (AdvLC needs lambda > 0) names the point
-    ('"method.lam" = [0.1, 0.0]', r"\[sweep\] method.lam=0.0: method.lam = 0.0: AdvLC needs lambda > 0"),
-    ('"preset.description" = ["a"]', r"\[sweep\] unknown key 'preset.description'"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ('"method.lamb" = [0.1]', r"\[sweep\] unknown key 'method.lamb' \(keys of \[method\]: name, lam"),
+        ('"foo.lam" = [0.1]', r"\[sweep\] unknown key 'foo.lam': must be seeds or \"section.key\""),
+        ("lam = [0.1]", r"\[sweep\] unknown key 'lam'"),
+        ('"method.lam" = 0.3', r"\[sweep\] method.lam = 0.3: must be a list of values"),
+        ('"method.lam" = []', r"\[sweep\] method.lam = \[\]: empty list"),
+        ("seeds = 0", r"\[sweep\] seeds = 0: must be an integer >= 1"),
+        ('seeds = "2"', r"\[sweep\] seeds = '2': must be an integer >= 1"),
+        ('"method.lam" = [0.1, -1]', r"\[sweep\]: method.lam = -1.0: must be >= 0"),
+        ('"method.lam" = [0.1, "x"]', r"\[sweep\]: method.lam = 'x': must be a number"),
+        ('"attack.name" = ["fgsm_n", "nope"]', r"\[sweep\]: attack.name = 'nope': must be one of"),
+        # a cross-field rule (AdvLC needs lambda > 0) names the point
+        ('"method.lam" = [0.1, 0.0]', r"\[sweep\] method.lam=0.0: method.lam = 0.0: AdvLC needs lambda > 0"),
+        ('"preset.description" = ["a"]', r"\[sweep\] unknown key 'preset.description'"),
+    ],
+)
 def test_bad_sweep_tables_one_line_errors(home, body, match):
-    ref = _user_preset(home, "bad", f"""
+    ref = _user_preset(
+        home,
+        "bad",
+        f"""
         [preset]
         extends = "quick/digits-fgsm_n-advlc"
         [sweep]
         {body}
-    """)
+    """,
+    )
     with pytest.raises(UserError, match=match) as exc:
         preset_runs(ref, home=home)
     msg = str(exc.value)
@@ -112,10 +131,14 @@ def test_bad_sweep_tables_one_line_errors(home, body, match):
 
 
 def test_sweep_must_be_a_table(home):
-    ref = _user_preset(home, "notable", """
+    ref = _user_preset(
+        home,
+        "notable",
+        """
         sweep = [1, 2]
         [preset]
         extends = "quick/digits-fgsm_n-advlc"
-    """)
+    """,
+    )
     with pytest.raises(UserError, match=r"notable.toml: 'sweep' must be a table \[sweep\]"):
         preset_runs(ref, home=home)

@@ -28,8 +28,20 @@ from tensorboard.util import tensor_util  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TAG0 = "quick/digits-pgd10/fgsm_n+advlc/seed0"
 TAG1 = "quick/digits-pgd10/fgsm_n+advlc/seed1"
-EPOCH_KEYS = ("lr", "train_loss", "train_acc", "clean_loss", "clean_acc", "robust_loss",
-              "robust_acc", "av", "ig", "hs", "time_s", "images_per_s")
+EPOCH_KEYS = (
+    "lr",
+    "train_loss",
+    "train_acc",
+    "clean_loss",
+    "clean_acc",
+    "robust_loss",
+    "robust_acc",
+    "av",
+    "ig",
+    "hs",
+    "time_s",
+    "images_per_s",
+)
 
 
 def fabricated_run(seed: int = 0):
@@ -39,31 +51,75 @@ def fabricated_run(seed: int = 0):
     for ep in range(6):
         evald = ep % 2 == 1 or ep == 5
         rec = dict.fromkeys(("epoch",) + EPOCH_KEYS)
-        rec.update(epoch=ep, lr=0.05 if ep < 4 else 0.005, train_loss=float(2.0 / (ep + 1)),
-                   train_acc=float(rng.uniform(0.3, 0.9)), time_s=0.4 + ep / 100,
-                   images_per_s=1437 / (0.4 + ep / 100))
+        rec.update(
+            epoch=ep,
+            lr=0.05 if ep < 4 else 0.005,
+            train_loss=float(2.0 / (ep + 1)),
+            train_acc=float(rng.uniform(0.3, 0.9)),
+            time_s=0.4 + ep / 100,
+            images_per_s=1437 / (0.4 + ep / 100),
+        )
         if evald:
-            rec.update(clean_loss=float(rng.uniform(0.2, 1)), clean_acc=float(rng.uniform(0.8, 0.99)),
-                       robust_loss=float(rng.uniform(0.5, 2)), robust_acc=float(rng.uniform(0.3, 0.6)),
-                       av=float(rng.uniform(0, 5)), ig=3.2 + ep)
+            rec.update(
+                clean_loss=float(rng.uniform(0.2, 1)),
+                clean_acc=float(rng.uniform(0.8, 0.99)),
+                robust_loss=float(rng.uniform(0.5, 2)),
+                robust_acc=float(rng.uniform(0.3, 0.6)),
+                av=float(rng.uniform(0, 5)),
+                ig=3.2 + ep,
+            )
         if ep == 5:
             rec["hs"] = 12.5
         epochs.append(rec)
-    epochs[3]["robust_acc"] = epochs[5]["robust_acc"] = 0.65   # tie: best is the later epoch (5)
+    epochs[3]["robust_acc"] = epochs[5]["robust_acc"] = 0.65  # tie: best is the later epoch (5)
     swa = []
     for ep in (4, 5):
         rec = dict.fromkeys(("epoch",) + EPOCH_KEYS)
         rec.update(epoch=ep, lr=0.005, clean_acc=0.9 + ep / 100, robust_acc=0.6 + ep / 100, time_s=0.1)
         swa.append(rec)
     evals = [
-        {"ckpt": "best", "attack": "aa", "implementation": "pyautoattack", "eps": 0.15, "n": 359,
-         "clean_acc": 0.91, "robust_acc": 0.55, "epoch": 5, "time_s": 3.0},
-        {"ckpt": "end", "attack": "aa", "implementation": "pyautoattack", "eps": 0.15, "n": 359,
-         "clean_acc": 0.92, "robust_acc": 0.52, "epoch": 5, "time_s": 3.0},
-        {"ckpt": "best", "attack": "pgd20", "implementation": "advlc", "eps": 0.15, "n": 359,
-         "clean_acc": 0.91, "robust_acc": 0.6, "epoch": None},                  # unknown epoch -> 0
-        {"ckpt": "end", "attack": "aa", "implementation": "pyautoattack", "eps": 0.15, "n": 359,
-         "clean_acc": 0.925, "robust_acc": 0.515, "epoch": 5},                  # same pair: last wins
+        {
+            "ckpt": "best",
+            "attack": "aa",
+            "implementation": "pyautoattack",
+            "eps": 0.15,
+            "n": 359,
+            "clean_acc": 0.91,
+            "robust_acc": 0.55,
+            "epoch": 5,
+            "time_s": 3.0,
+        },
+        {
+            "ckpt": "end",
+            "attack": "aa",
+            "implementation": "pyautoattack",
+            "eps": 0.15,
+            "n": 359,
+            "clean_acc": 0.92,
+            "robust_acc": 0.52,
+            "epoch": 5,
+            "time_s": 3.0,
+        },
+        {
+            "ckpt": "best",
+            "attack": "pgd20",
+            "implementation": "advlc",
+            "eps": 0.15,
+            "n": 359,
+            "clean_acc": 0.91,
+            "robust_acc": 0.6,
+            "epoch": None,
+        },  # unknown epoch -> 0
+        {
+            "ckpt": "end",
+            "attack": "aa",
+            "implementation": "pyautoattack",
+            "eps": 0.15,
+            "n": 359,
+            "clean_acc": 0.925,
+            "robust_acc": 0.515,
+            "epoch": 5,
+        },  # same pair: last wins
     ]
     config = {
         "run": {"preset": "quick/digits-pgd10", "label": "fgsm_n+advlc", "seed": seed},
@@ -101,9 +157,20 @@ def expected_scalars(epochs, evals, swa) -> dict[str, list[tuple[int, float]]]:
 
 
 def load(run_dir: Path) -> event_accumulator.EventAccumulator:
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={k: 0 for k in (
-        event_accumulator.SCALARS, event_accumulator.TENSORS, event_accumulator.HISTOGRAMS,
-        event_accumulator.IMAGES, event_accumulator.AUDIO, event_accumulator.COMPRESSED_HISTOGRAMS)})
+    acc = event_accumulator.EventAccumulator(
+        str(run_dir),
+        size_guidance={
+            k: 0
+            for k in (
+                event_accumulator.SCALARS,
+                event_accumulator.TENSORS,
+                event_accumulator.HISTOGRAMS,
+                event_accumulator.IMAGES,
+                event_accumulator.AUDIO,
+                event_accumulator.COMPRESSED_HISTOGRAMS,
+            )
+        },
+    )
     return acc.Reload()
 
 
@@ -130,7 +197,7 @@ def test_every_scalar_and_step_round_trips(run0):
         got = [(s.step, s.value) for s in acc.Scalars(tag)]
         assert [p[0] for p in got] == [p[0] for p in points], tag
         for (_, v_got), (_, v_want) in zip(got, points):
-            assert v_got == float(np.float32(v_want)), (tag, v_got, v_want)   # float32 on disk
+            assert v_got == float(np.float32(v_want)), (tag, v_got, v_want)  # float32 on disk
 
 
 def test_none_values_are_absent(run0):
@@ -139,7 +206,7 @@ def test_none_values_are_absent(run0):
     tags = set(acc.Tags()["scalars"])
     assert "epoch/epoch" not in tags
     assert not {"swa/train_loss", "swa/train_acc", "swa/images_per_s", "swa/hs"} & tags
-    assert [s.step for s in acc.Scalars("epoch/robust_acc")] == [1, 3, 5]   # evaluated epochs only
+    assert [s.step for s in acc.Scalars("epoch/robust_acc")] == [1, 3, 5]  # evaluated epochs only
     assert [s.step for s in acc.Scalars("epoch/hs")] == [5]
 
 
@@ -152,12 +219,25 @@ def test_hparams(run0):
     assert start.group_name == TAG0
     got = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
     assert got == {
-        "run.preset": "quick/digits-pgd10", "run.label": "fgsm_n+advlc", "run.seed": 0,
-        "data.dataset": "digits", "data.crop_padding": 0, "data.flip": False,
-        "attack.name": "fgsm_n", "attack.eps": 0.15, "attack.alpha": "None",
-        "method.name": "advlc", "method.lam": 0.1, "method.top_n": 50,
-        "train.epochs": 6, "train.lr": 0.05, "train.lr_milestones": "[12, 17]", "train.seed": 0,
-        "eval.final": '["aa", "pgd20"]', "eval.hs_every": 1, "eval.nested.deep": 1.5,
+        "run.preset": "quick/digits-pgd10",
+        "run.label": "fgsm_n+advlc",
+        "run.seed": 0,
+        "data.dataset": "digits",
+        "data.crop_padding": 0,
+        "data.flip": False,
+        "attack.name": "fgsm_n",
+        "attack.eps": 0.15,
+        "attack.alpha": "None",
+        "method.name": "advlc",
+        "method.lam": 0.1,
+        "method.top_n": 50,
+        "train.epochs": 6,
+        "train.lr": 0.05,
+        "train.lr_milestones": "[12, 17]",
+        "train.seed": 0,
+        "eval.final": '["aa", "pgd20"]',
+        "eval.hs_every": 1,
+        "eval.nested.deep": 1.5,
     }
     assert isinstance(got["data.flip"], bool) and isinstance(got["attack.eps"], float)
     exp = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
@@ -172,7 +252,7 @@ def test_config_text(run0):
     assert ev.step == 0
     text = tensor_util.make_ndarray(ev.tensor_proto).item().decode()
     assert text.startswith("```json\n") and text.endswith("\n```")
-    assert json.loads(text[len("```json\n"):-len("\n```")]) == config
+    assert json.loads(text[len("```json\n") : -len("\n```")]) == config
     assert acc.PluginTagToContent("text").keys() == {"config"}
 
 
@@ -185,8 +265,9 @@ def test_two_runs_in_one_log_dir_as_the_ui_reads_them(tmp_path):
     assert set(mux.Runs()) == {TAG0, TAG1}
     for seed, tag in ((0, TAG0), (1, TAG1)):
         _, epochs, _, _ = fabricated_run(seed)
-        assert [s.value for s in mux.Scalars(tag, "epoch/train_acc")] == \
-            [float(np.float32(e["train_acc"])) for e in epochs]
+        assert [s.value for s in mux.Scalars(tag, "epoch/train_acc")] == [
+            float(np.float32(e["train_acc"])) for e in epochs
+        ]
     pmux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={"scalars": 0})
     pmux.AddRunsFromDirectory(str(tmp_path)).Reload()
     for tag in (TAG0, TAG1):
@@ -207,13 +288,16 @@ def test_rewrite_replaces_and_overwrite_false_refuses(tmp_path):
         tbx.write_run(tmp_path, tag=TAG0, config=config, epochs=epochs, evals=[], overwrite=False)
 
 
-@pytest.mark.parametrize("tag, folder", [
-    ("quick/digits-pgd10/fgsm_n+advlc/seed0", "quick/digits-pgd10/fgsm_n+advlc/seed0"),
-    ("a b:c*?/d", "a_b_c__/d"),
-    ("/x//./y/", "x/y"),
-    ("../../etc", "_./_./etc"),
-    (".hidden/z", "_hidden/z"),
-])
+@pytest.mark.parametrize(
+    "tag, folder",
+    [
+        ("quick/digits-pgd10/fgsm_n+advlc/seed0", "quick/digits-pgd10/fgsm_n+advlc/seed0"),
+        ("a b:c*?/d", "a_b_c__/d"),
+        ("/x//./y/", "x/y"),
+        ("../../etc", "_./_./etc"),
+        (".hidden/z", "_hidden/z"),
+    ],
+)
 def test_tag_to_folder_stays_inside_the_log_dir(tmp_path, tag, folder):
     config, epochs, _evals, _swa = fabricated_run(0)
     run_dir = tbx.write_run(tmp_path, tag=tag, config=config, epochs=epochs[:1], evals=[])
@@ -236,24 +320,44 @@ def test_nan_is_kept(tmp_path):
 
 
 def test_run_tag():
-    assert tbx.run_tag({"run": {"preset": "quick/digits-fgsm_n-advlc", "label": "fgsm_n+advlc", "seed": 2}},
-                       "0000abcd") == "quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed2-0000abcd"
-    assert tbx.run_tag({"run": {"preset": "/home/me/exp/mine.toml", "label": "pgd", "seed": 0}},
-                       "01") == "mine/pgd/seed0-01"
+    assert (
+        tbx.run_tag({"run": {"preset": "quick/digits-fgsm_n-advlc", "label": "fgsm_n+advlc", "seed": 2}}, "0000abcd")
+        == "quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed2-0000abcd"
+    )
+    assert (
+        tbx.run_tag({"run": {"preset": "/home/me/exp/mine.toml", "label": "pgd", "seed": 0}}, "01")
+        == "mine/pgd/seed0-01"
+    )
 
 
 # ---------------------------------------------------------------------------- the command
 def _advlc(home, *argv, pre=""):
     code = f"import sys\n{pre}from tui.cli import main\nmain(sys.argv[1:])\n"
-    return subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "ADVLC_HOME": str(home), "COLUMNS": "80"}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ADVLC_HOME": str(home), "COLUMNS": "80"},
+        timeout=120,
+    )
 
 
 def test_export_command_writes_every_run_of_a_preset(tmp_path):
     store = Store(tmp_path / "home").ensure()
     for i, preset in enumerate(("quick/digits-fgsm_n-advlc", "quick/digits-fgsm_n-advlc", "quick/digits-fgsm_n")):
-        fabricate_run(store, f"0000000{i}", preset=preset, seed=i, group=None, total=6, done=6, state="finished",
-                      created=1_700_000_000 + i, swa=i == 0)
+        fabricate_run(
+            store,
+            f"0000000{i}",
+            preset=preset,
+            seed=i,
+            group=None,
+            total=6,
+            done=6,
+            state="finished",
+            created=1_700_000_000 + i,
+            swa=i == 0,
+        )
     store.reindex()
     out = tmp_path / "tb"
     p = _advlc(store.home, "export", "--preset", "quick/digits-fgsm_n-advlc", "--tensorboard", str(out))
@@ -261,13 +365,16 @@ def test_export_command_writes_every_run_of_a_preset(tmp_path):
     assert f"tensorboard --logdir {out}" in " ".join(p.stderr.split())
     mux = event_multiplexer.EventMultiplexer(size_guidance={event_accumulator.SCALARS: 0})
     mux.AddRunsFromDirectory(str(out)).Reload()
-    assert set(mux.Runs()) == {"quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed0-00000000",
-                               "quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed1-00000001"}
+    assert set(mux.Runs()) == {
+        "quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed0-00000000",
+        "quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed1-00000001",
+    }
     rd = store.run_dir("00000000")
     tag = "quick/digits-fgsm_n-advlc/fgsm_n+advlc/seed0-00000000"
     assert [s.step for s in mux.Scalars(tag, "epoch/robust_acc")] == [r["epoch"] for r in rd.epochs()]
-    assert [s.value for s in mux.Scalars(tag, "epoch/robust_acc")] == \
-        [float(np.float32(r["robust_acc"])) for r in rd.epochs()]
+    assert [s.value for s in mux.Scalars(tag, "epoch/robust_acc")] == [
+        float(np.float32(r["robust_acc"])) for r in rd.epochs()
+    ]
     assert "swa/robust_acc" in mux.Runs()[tag]["scalars"]
     # by id, into the same folder: the other run is added, re-exporting replaces
     p = _advlc(store.home, "export", "00000002", "00000000", "--tensorboard", str(out))
@@ -275,35 +382,62 @@ def test_export_command_writes_every_run_of_a_preset(tmp_path):
     assert len(list((out / tag).glob("events.out.tfevents.*"))) == 1
     assert (out / "quick/digits-fgsm_n/fgsm_n/seed2-00000002").is_dir()
     # exporting loads no torch (and no TensorFlow)
-    code = ("import sys\nfrom tui.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    assert not e.code, e.code\nheavy = [m for m in ('torch', 'tensorflow') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    p = subprocess.run([sys.executable, "-c", code, "export", "00000002", "--tensorboard", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "ADVLC_HOME": str(store.home)}, timeout=120)
+    code = (
+        "import sys\nfrom tui.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\nheavy = [m for m in ('torch', 'tensorflow') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "export", "00000002", "--tensorboard", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ADVLC_HOME": str(store.home)},
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
 
 
 def test_export_errors_are_one_line(tmp_path):
     store = Store(tmp_path / "home").ensure()
-    fabricate_run(store, "00000001", preset="quick/digits-fgsm_n", seed=0, group=None, total=3, done=3,
-                  state="finished", created=1_700_000_000)
+    fabricate_run(
+        store,
+        "00000001",
+        preset="quick/digits-fgsm_n",
+        seed=0,
+        group=None,
+        total=3,
+        done=3,
+        state="finished",
+        created=1_700_000_000,
+    )
     store.reindex()
-    for argv, words in ((["export", "00000001"], "--tensorboard DIR"),
-                        (["export", "--tensorboard", str(tmp_path / "tb")], "run ids"),
-                        (["export", "nope", "--tensorboard", str(tmp_path / "tb")], "no run 'nope'")):
+    for argv, words in (
+        (["export", "00000001"], "--tensorboard DIR"),
+        (["export", "--tensorboard", str(tmp_path / "tb")], "run ids"),
+        (["export", "nope", "--tensorboard", str(tmp_path / "tb")], "no run 'nope'"),
+    ):
         p = _advlc(store.home, *argv)
         assert p.returncode == 2 and words in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     # without tensorboard: one line naming the pip command, nothing written
-    p = _advlc(store.home, "export", "00000001", "--tensorboard", str(tmp_path / "tb2"),
-               pre="sys.modules['tensorboard'] = None\n")
+    p = _advlc(
+        store.home,
+        "export",
+        "00000001",
+        "--tensorboard",
+        str(tmp_path / "tb2"),
+        pre="sys.modules['tensorboard'] = None\n",
+    )
     assert p.returncode == 2, p.stderr
     assert "pip install 'advlc[tensorboard]'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tb2").exists()
 
 
 def test_module_imports_without_tensorboard():
-    code = ("import sys\nsys.modules['tensorboard'] = None\nimport engine.report.tensorboard, engine.facade\n"
-            "print(sorted(m for m in sys.modules if m.startswith('tensorboard') and sys.modules[m] is not None))")
+    code = (
+        "import sys\nsys.modules['tensorboard'] = None\nimport engine.report.tensorboard, engine.facade\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tensorboard') and sys.modules[m] is not None))"
+    )
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stderr

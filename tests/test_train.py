@@ -31,8 +31,14 @@ def test_same_seed_same_records(tmp_path):
 
 def test_lr_schedule_piecewise():
     t = C.TrainConfig(lr=0.1, lr_milestones=[100, 150], lr_gamma=0.1)
-    assert [lr_at(t, e) for e in (0, 99, 100, 149, 150, 199)] == [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1,
-                                                                   0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]
+    assert [lr_at(t, e) for e in (0, 99, 100, 149, 150, 199)] == [
+        0.1,
+        0.1,
+        0.1 * 0.1,
+        0.1 * 0.1,
+        0.1 * 0.1 * 0.1,
+        0.1 * 0.1 * 0.1,
+    ]
 
 
 @pytest.mark.slow
@@ -56,7 +62,7 @@ def test_eval_every_and_ig_against_autograd(tmp_path):
     x, y = data.test_x[:50], data.test_y[:50]
     total = 0.0
     for i in range(50):
-        xi = x[i:i + 1].clone().requires_grad_(True)
-        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(m(xi), y[i:i + 1]), xi)
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(xi), y[i : i + 1]), xi)
         total += g.abs().sum().item()
     assert abs(recs[-1]["ig"] - total / 50) < 1e-4 * max(1.0, total / 50)

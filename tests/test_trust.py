@@ -66,15 +66,17 @@ def members_of(archive: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
-def write_archive(path: Path, members: dict[str, bytes], *, reseal: bool = True, mode: int = 0o600,
-                  tail: bytes = b"") -> Path:
+def write_archive(
+    path: Path, members: dict[str, bytes], *, reseal: bool = True, mode: int = 0o600, tail: bytes = b""
+) -> Path:
     """An archive of `members` (the manifest's sizes and checksums made to match when `reseal`, as a
     sender who means harm would do), `tail` appended raw to the tar stream before gzip."""
     members = dict(members)
     if reseal:
         manifest = json.loads(members[PK.MANIFEST])
-        manifest["files"] = {n: {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                             for n, b in members.items() if n != PK.MANIFEST}
+        manifest["files"] = {
+            n: {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in members.items() if n != PK.MANIFEST
+        }
         members[PK.MANIFEST] = json.dumps(manifest).encode()
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
@@ -82,7 +84,7 @@ def write_archive(path: Path, members: dict[str, bytes], *, reseal: bool = True,
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(members[name]), mode
             tar.addfile(info, io.BytesIO(members[name]))
-        end = tar.offset                           # where the end-of-archive blocks begin
+        end = tar.offset  # where the end-of-archive blocks begin
     data = raw.getvalue()
     if tail:
         data = data[:end] + tail + bytes(2 * tarfile.BLOCKSIZE)
@@ -90,8 +92,9 @@ def write_archive(path: Path, members: dict[str, bytes], *, reseal: bool = True,
     return path
 
 
-def packed(tmp_path: Path, *, state: str = "stopped", epochs: int = 1, status: dict | None = None,
-           config: dict | None = None) -> tuple[str, dict[str, bytes]]:
+def packed(
+    tmp_path: Path, *, state: str = "stopped", epochs: int = 1, status: dict | None = None, config: dict | None = None
+) -> tuple[str, dict[str, bytes]]:
     """(run id, members) of `advlc pack` of a fresh run, its status.json fields and config values
     (`{"attack": {"eps": 5}}`) changed as given."""
     src = tmp_path / "sender"
@@ -135,8 +138,13 @@ def test_an_archives_slurm_setup_lines_are_never_run(tmp_path):
     `resume --foreground` nor `resume` (detached: the executor of the launch record, before)
     runs those lines; the detached resume is a local one."""
     marker = tmp_path / "obeyed"
-    evil = {"executor": "slurm", "cluster": "local", "host": HOST, "job_id": "4242",
-            "params": {"cluster": "local", "setup": [f"touch {marker}"]}}
+    evil = {
+        "executor": "slurm",
+        "cluster": "local",
+        "host": HOST,
+        "job_id": "4242",
+        "params": {"cluster": "local", "setup": [f"touch {marker}"]},
+    }
     rid, members = packed(tmp_path, status={"launch": evil, "host": HOST, "pid": 4242, "gpu": 0})
     # a second run, the same: one resumed in the foreground, one detached
     rid2, more = packed(tmp_path / "second", status={"launch": evil})
@@ -175,17 +183,25 @@ def test_an_archive_that_says_running_with_a_live_pid_arrives_stopped(tmp_path, 
     p = sleeper()
     try:
         ct = psutil.Process(p.pid).create_time()
-        rid, members = packed(tmp_path, status={
-            "state": state, "pid": p.pid, "pid_create_time": ct, "host": HOST, "heartbeat": time.time(),
-            "launch": {"executor": "local", "host": HOST}, "launched_by": {"pid": p.pid, "pid_create_time": ct,
-                                                                           "host": HOST}})
+        rid, members = packed(
+            tmp_path,
+            status={
+                "state": state,
+                "pid": p.pid,
+                "pid_create_time": ct,
+                "host": HOST,
+                "heartbeat": time.time(),
+                "launch": {"executor": "local", "host": HOST},
+                "launched_by": {"pid": p.pid, "pid_create_time": ct, "host": HOST},
+            },
+        )
         home = tmp_path / "home"
         advlc(home, "unpack", str(write_archive(tmp_path / "a.tar.gz", members)), code=0)
         rd = Store(home).run_dir(rid)
         st = rd.status()
         assert st.state == "stopped" and f"where it was {state}" in st.error and f"advlc resume {rid}" in st.error
         assert (st.pid, st.pid_create_time, st.host, st.heartbeat, st.launch, st.launched_by) == (None,) * 6
-        S.check_resumable(Store(home), rd)                  # resumable
+        S.check_resumable(Store(home), rd)  # resumable
         advlc(home, "stop", rid, code=0)
         assert p.poll() is None and rd.status().state == "stopped"
         advlc(home, "delete", rid, "--yes", "--force", code=0)
@@ -195,8 +211,11 @@ def test_an_archive_that_says_running_with_a_live_pid_arrives_stopped(tmp_path, 
 
 
 def test_a_finished_or_failed_run_keeps_its_state_and_the_senders_device_is_dropped(tmp_path):
-    rid, members = packed(tmp_path, state="failed", status={"error": "boom", "epoch": 3, "host": "elsewhere",
-                                                            "heartbeat": 1.0, "mystery": {"run": "this"}})
+    rid, members = packed(
+        tmp_path,
+        state="failed",
+        status={"error": "boom", "epoch": 3, "host": "elsewhere", "heartbeat": 1.0, "mystery": {"run": "this"}},
+    )
     members[f"runs/{rid}/runtime.json"] = json.dumps({"device": "cuda:3", "label": "x"}).encode()
     home = tmp_path / "home"
     advlc(home, "unpack", str(write_archive(tmp_path / "a.tar.gz", members)), code=0)
@@ -208,9 +227,14 @@ def test_a_finished_or_failed_run_keeps_its_state_and_the_senders_device_is_drop
 
 
 # ------------------------------------------------------------------------------ A2: the config, like a preset
-@pytest.mark.parametrize("change, key", [({"attack": {"eps": 5}}, "attack.eps"),
-                                         ({"train": {"device": "rm -rf /"}}, "train.device"),
-                                         ({"method": {"name": "nonsense"}}, "method.name")])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"attack": {"eps": 5}}, "attack.eps"),
+        ({"train": {"device": "rm -rf /"}}, "train.device"),
+        ({"method": {"name": "nonsense"}}, "method.name"),
+    ],
+)
 def test_an_invalid_config_is_refused_in_one_line_before_anything_is_written(tmp_path, change, key):
     rid, members = packed(tmp_path, config=change)
     home = tmp_path / "home"
@@ -235,7 +259,7 @@ def test_a_member_whose_header_is_over_the_limit_is_refused_before_it_is_read(tm
     line = one_line(err)
     assert rc == 1 and name in line and "100000000 bytes" in line and "1000000" in line and PK.MAX_MEMBER_ENV in line
     nothing_landed(home)
-    monkeypatch.delenv(PK.MAX_MEMBER_ENV)          # without the lowered limit: an incomplete archive
+    monkeypatch.delenv(PK.MAX_MEMBER_ENV)  # without the lowered limit: an incomplete archive
     rc, _, err = advlc(home, "unpack", str(archive))
     assert rc == 1 and "not a complete advlc archive" in one_line(err)
     nothing_landed(home)
@@ -264,7 +288,7 @@ def test_a_gzip_bomb_is_stopped_at_the_limit(tmp_path, monkeypatch):
     nothing_landed(home)
     monkeypatch.delenv(PK.MAX_MEMBER_ENV)
     monkeypatch.delenv(PK.MAX_TOTAL_ENV)
-    advlc(home, "unpack", str(archive), code=0)      # within the default limits it is an archive like any
+    advlc(home, "unpack", str(archive), code=0)  # within the default limits it is an archive like any
 
 
 def test_a_bad_limit_is_one_line(tmp_path, monkeypatch):
@@ -301,8 +325,11 @@ def test_what_unpack_makes_is_user_only_whatever_the_archive_and_umask_say(tmp_p
         os.umask(old)
     top = tmp_path / "home" / "runs" / rid
     paths = [top, *top.rglob("*")]
-    assert {p.relative_to(top).as_posix() for p in paths if p.is_file()} >= {"config.json", "status.json",
-                                                                              "checkpoints/last.pt"}
+    assert {p.relative_to(top).as_posix() for p in paths if p.is_file()} >= {
+        "config.json",
+        "status.json",
+        "checkpoints/last.pt",
+    }
     modes = {p.relative_to(top).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
     assert all(m == (0o700 if (top / n).is_dir() else 0o600) for n, m in modes.items()), modes
 
@@ -310,21 +337,21 @@ def test_what_unpack_makes_is_user_only_whatever_the_archive_and_umask_say(tmp_p
 def test_a_half_made_import_is_swept_by_the_next_command_and_a_live_one_is_not(tmp_path):
     home = tmp_path / "home"
     runs = Store(home).ensure().runs_dir
-    dead = runs / f"{PK.STAGING}killed"                # a killed unpack: its lock file, nobody holds it
+    dead = runs / f"{PK.STAGING}killed"  # a killed unpack: its lock file, nobody holds it
     (dead / "abcd1234" / "checkpoints").mkdir(parents=True)
     (dead / "abcd1234" / "config.json").write_text("{}")
     (runs / f"{PK.STAGING}killed.lock").write_text("")
-    older = runs / f"{PK.STAGING}abcd1234"             # the name an older advlc used, no lock at all
+    older = runs / f"{PK.STAGING}abcd1234"  # the name an older advlc used, no lock at all
     older.mkdir()
     (older / "status.json").write_text("{}")
-    lone = runs / f"{PK.STAGING}early.lock"            # killed before it made its folder
+    lone = runs / f"{PK.STAGING}early.lock"  # killed before it made its folder
     lone.write_text("")
-    live = runs / f"{PK.STAGING}live"                  # an unpack at work in another process
+    live = runs / f"{PK.STAGING}live"  # an unpack at work in another process
     (live / "x").mkdir(parents=True)
     fd = os.open(runs / f"{PK.STAGING}live.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        advlc(home, "runs", code=0)                    # any command reconciles
+        advlc(home, "runs", code=0)  # any command reconciles
         assert sorted(p.name for p in runs.iterdir()) == [f"{PK.STAGING}live", f"{PK.STAGING}live.lock"]
     finally:
         os.close(fd)
@@ -350,8 +377,15 @@ def test_stop_and_delete_never_signal_a_foreign_process_a_status_json_names(tmp_
     try:
         ct = psutil.Process(p.pid).create_time()
         store, rd = made_run(tmp_path / "home")
-        force_status(rd, state="running", pid=p.pid, pid_create_time=ct, host=HOST, heartbeat=time.time(),
-                     launch=LocalLaunch(host=HOST).to_json())
+        force_status(
+            rd,
+            state="running",
+            pid=p.pid,
+            pid_create_time=ct,
+            host=HOST,
+            heartbeat=time.time(),
+            launch=LocalLaunch(host=HOST).to_json(),
+        )
         store.sync(rd)
         rc, out, err = advlc(store.home, "stop", rd.id, "--grace", "0")
         line = one_line(err)
@@ -369,9 +403,10 @@ def test_no_start_time_or_another_host_means_no_signal(tmp_path):
     p = sleeper()
     try:
         store, rd = made_run(tmp_path / "home")
-        for fields, words in (({"pid_create_time": None, "host": HOST}, "start time is not recorded"),
-                              ({"pid_create_time": psutil.Process(p.pid).create_time(), "host": "elsewhere"},
-                               "not on this host")):
+        for fields, words in (
+            ({"pid_create_time": None, "host": HOST}, "start time is not recorded"),
+            ({"pid_create_time": psutil.Process(p.pid).create_time(), "host": "elsewhere"}, "not on this host"),
+        ):
             force_status(rd, state="running", pid=p.pid, heartbeat=time.time(), **fields)
             refused = S.stop(store, [rd], grace_s=0)
             assert words in refused[rd.id] and p.poll() is None and rd.status().state == "running"
@@ -394,15 +429,24 @@ def test_owned_knows_a_runs_commands_and_only_those(tmp_path):
     rd = tmp_path / "home" / "runs" / "abc"
     sub = rd / "submitit"
     py = sys.executable
-    ok = [[py, "-m", RUN_MODULE, str(rd)],
-          ["/usr/bin/python3.11", "-u", "-m", "submitit.core._submit", str(sub)],
-          ["/bin/sh", "-c", f"module load cuda && touch x && '{py}' -m submitit.local._local {sub}"]]
+    ok = [
+        [py, "-m", RUN_MODULE, str(rd)],
+        ["/usr/bin/python3.11", "-u", "-m", "submitit.core._submit", str(sub)],
+        ["/bin/sh", "-c", f"module load cuda && touch x && '{py}' -m submitit.local._local {sub}"],
+    ]
     commands = [(RUN_MODULE, rd), ("submitit.core._submit", sub), ("submitit.local._local", sub)]
     for argv in ok:
         assert P._runs_command(argv, commands, None), argv
-    bad = [[py, "-m", RUN_MODULE, str(rd.parent / "abd")], [py, "-m", "engine.other", str(rd)],
-           [py, "-m", RUN_MODULE, str(rd), "--more"], ["sleep", "60"], [py, "-c", "x", "-m", RUN_MODULE, str(rd)],
-           ["/bin/sh", "-c", f"'{py}' -m {RUN_MODULE} {rd} && rm -rf /"], [], ["/bin/sh", "-c", "'"]]
+    bad = [
+        [py, "-m", RUN_MODULE, str(rd.parent / "abd")],
+        [py, "-m", "engine.other", str(rd)],
+        [py, "-m", RUN_MODULE, str(rd), "--more"],
+        ["sleep", "60"],
+        [py, "-c", "x", "-m", RUN_MODULE, str(rd)],
+        ["/bin/sh", "-c", f"'{py}' -m {RUN_MODULE} {rd} && rm -rf /"],
+        [],
+        ["/bin/sh", "-c", "'"],
+    ]
     for argv in bad:
         assert not P._runs_command(argv, commands, None), argv
     # a relative path is read from the process's working folder

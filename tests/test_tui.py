@@ -36,10 +36,30 @@ def table_ids(app) -> list[str]:
     return list(app.runs_screen._ids)
 
 
-def fab(store, rid, preset="quick/digits-fgsm_n", seed=0, total=10, done=10, state="finished", group=None,
-        created=None, **kw):
-    return fabricate_run(store, rid, preset=preset, seed=seed, group=group, total=total, done=done, state=state,
-                         created=created if created is not None else 1_700_000_000 + int(rid, 16) % 10_000, **kw)
+def fab(
+    store,
+    rid,
+    preset="quick/digits-fgsm_n",
+    seed=0,
+    total=10,
+    done=10,
+    state="finished",
+    group=None,
+    created=None,
+    **kw,
+):
+    return fabricate_run(
+        store,
+        rid,
+        preset=preset,
+        seed=seed,
+        group=group,
+        total=total,
+        done=done,
+        state=state,
+        created=created if created is not None else 1_700_000_000 + int(rid, 16) % 10_000,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -49,13 +69,20 @@ def store(tmp_path):
 
 # ---------------------------------------------------------------------------- engine stays UI-free
 def test_engine_imports_without_textual_or_rich():
-    code = ("import importlib, pkgutil, sys, engine; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(engine.__path__, 'engine.') "
-            "if not m.name.endswith('__main__')]; "
-            "bad = [m for m in ('textual', 'rich', 'tui') if m in sys.modules]; "
-            "assert not bad, bad")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    code = (
+        "import importlib, pkgutil, sys, engine; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(engine.__path__, 'engine.') "
+        "if not m.name.endswith('__main__')]; "
+        "bad = [m for m in ('textual', 'rich', 'tui') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -135,8 +162,14 @@ async def test_runs_of_one_preset_with_different_labels_show_their_label(store):
 
 async def test_runs_screen_live_refresh_keeps_cursor_and_shows_new_runs(store):
     for i in range(12):
-        fab(store, f"{i:08x}", seed=i % 3, done=10 if i < 10 else 4, state="finished" if i < 10 else "running",
-            created=1_700_000_000 + i)
+        fab(
+            store,
+            f"{i:08x}",
+            seed=i % 3,
+            done=10 if i < 10 else 4,
+            state="finished" if i < 10 else "running",
+            created=1_700_000_000 + i,
+        )
     store.reindex()
     app = make_app(store.home)
     async with app.run_test(size=SIZE) as pilot:
@@ -150,7 +183,8 @@ async def test_runs_screen_live_refresh_keeps_cursor_and_shows_new_runs(store):
         # a running run writes an epoch: only its cells change, the cursor stays
         rd = RunDir(store.runs_dir / f"{10:08x}")
         rd.metrics_db().table("epochs", cache_size=0).insert(
-            synthetic_epoch(4, 10, __import__("random").Random(1), advlc=False))
+            synthetic_epoch(4, 10, __import__("random").Random(1), advlc=False)
+        )
         store.sync(rd)
         await wait_for(pilot, lambda: str(table.get_cell(f"{10:08x}", "epoch")).startswith(" 5/10"), timeout=10)
         assert app.runs_screen.cursor_id() == target
@@ -220,10 +254,23 @@ async def test_detail_plots_hold_the_epoch_data_and_alerts_show(store):
     recs = []
     for e in range(total):  # rises, then collapses: catastrophic + robust overfitting
         rob = 0.1 + 0.01 * e if e < 20 else 0.02
-        recs.append({"epoch": e, "lr": 0.1 if e < 15 else 0.01, "train_loss": 1.0 - 0.02 * e, "train_acc": 0.3 + 0.02 * e,
-                     "clean_loss": 0.8, "clean_acc": 0.5 + 0.01 * e, "robust_loss": 1.5, "robust_acc": rob,
-                     "av": 0.7, "ig": 10.0 + e, "hs": 0.1 if e % 10 == 9 else None, "time_s": 2.0,
-                     "images_per_s": 700.0})
+        recs.append(
+            {
+                "epoch": e,
+                "lr": 0.1 if e < 15 else 0.01,
+                "train_loss": 1.0 - 0.02 * e,
+                "train_acc": 0.3 + 0.02 * e,
+                "clean_loss": 0.8,
+                "clean_acc": 0.5 + 0.01 * e,
+                "robust_loss": 1.5,
+                "robust_acc": rob,
+                "av": 0.7,
+                "ig": 10.0 + e,
+                "hs": 0.1 if e % 10 == 9 else None,
+                "time_s": 2.0,
+                "images_per_s": 700.0,
+            }
+        )
     rd = fab(store, "000000de", total=40, state="running", epochs_override=recs, swa=True)
     store.reindex()
     app = make_app(store.home)
@@ -284,10 +331,14 @@ def _direct(store, ids):
 
 
 async def test_compare_two_groups_and_export_matches_the_store(store, tmp_path):
-    a = [fab(store, f"a000000{s}", preset="quick/digits-fgsm_n", seed=s, group="gA", total=12, done=12).id
-         for s in range(3)]
-    b = [fab(store, f"b000000{s}", preset="quick/digits-fgsm_n-advlc", seed=s, group="gB", total=12, done=12).id
-         for s in range(3)]
+    a = [
+        fab(store, f"a000000{s}", preset="quick/digits-fgsm_n", seed=s, group="gA", total=12, done=12).id
+        for s in range(3)
+    ]
+    b = [
+        fab(store, f"b000000{s}", preset="quick/digits-fgsm_n-advlc", seed=s, group="gB", total=12, done=12).id
+        for s in range(3)
+    ]
     fab(store, "c0000000", preset="quick/digits-pgd10", group="gC")
     store.reindex()
     app = make_app(store.home)
@@ -348,7 +399,7 @@ async def test_compare_two_groups_and_export_matches_the_store(store, tmp_path):
 
 
 # ---------------------------------------------------------------------------- presets
-@pytest.mark.slow   # many inputs through the screen (~10 s)
+@pytest.mark.slow  # many inputs through the screen (~10 s)
 async def test_presets_invalid_overrides_show_inline_and_never_crash(store):
     app = make_app(store.home)
     async with app.run_test(size=SIZE) as pilot:
@@ -408,8 +459,13 @@ async def test_help_lists_every_key_and_small_terminal_works(store):
 
         assert isinstance(app.screen, HelpScreen)
         listed = {(title, what) for title, items in sections(app) for _k, what in items}
-        for title, cls in (("Runs", RunsScreen), ("Run detail", RunDetailScreen), ("Presets (new run)", PresetsScreen),
-                           ("Compare", CompareScreen), ("Everywhere", type(app))):
+        for title, cls in (
+            ("Runs", RunsScreen),
+            ("Run detail", RunDetailScreen),
+            ("Presets (new run)", PresetsScreen),
+            ("Compare", CompareScreen),
+            ("Everywhere", type(app)),
+        ):
             for b in cls.BINDINGS:
                 assert (title, b.description) in listed, (title, b.key)
         await pilot.press("escape")
@@ -430,7 +486,7 @@ async def test_help_lists_every_key_and_small_terminal_works(store):
         assert app.runs_screen.query_one("#runs-filter", Input).value == "q"
         assert app.is_running
         await pilot.press("escape", "escape", "q")
-        assert app.return_code == 0                # the quit action ran (the app stops right after)
+        assert app.return_code == 0  # the quit action ran (the app stops right after)
 
 
 async def test_light_theme_from_environment(store, monkeypatch):
@@ -517,7 +573,18 @@ async def test_layout_at_80x24_keeps_the_essentials_on_screen(store):
         app2 = pilot.app
         await wait_for(pilot, lambda: len(app2.runs_screen._ids) == 1)
         assert app2.runs_screen.query_one("#runs-table", RunTable).shown_columns == [
-            "id", "preset", "seed", "state", "epoch", "robust", "clean", "ig", "hs", "eta", "launched"]  # no titles
+            "id",
+            "preset",
+            "seed",
+            "state",
+            "epoch",
+            "robust",
+            "clean",
+            "ig",
+            "hs",
+            "eta",
+            "launched",
+        ]  # no titles
 
 
 # ---------------------------------------------------------------------------- what the terminal shows
@@ -560,8 +627,15 @@ async def test_selection_follows_run_ids_while_running_runs_resort(store, size):
     once redrawn by screen line, not by row, so a scrolled table showed stale marks and cells)."""
     n, total = 30, 60
     for i in range(n):
-        fab(store, f"{i:08x}", seed=i, total=total, done=30 + i, state="running" if i < 3 else "finished",
-            created=1_700_000_000 + i)
+        fab(
+            store,
+            f"{i:08x}",
+            seed=i,
+            total=total,
+            done=30 + i,
+            state="running" if i < 3 else "finished",
+            created=1_700_000_000 + i,
+        )
     store.reindex()
     app = make_app(store.home)
     async with app.run_test(size=size) as pilot:
@@ -572,7 +646,7 @@ async def test_selection_follows_run_ids_while_running_runs_resort(store, size):
         def check():
             rows = shown_rows(app)
             top = int(table.scroll_offset.y)
-            assert [r[0] for r in rows] == table_ids(app)[top:top + len(rows)]
+            assert [r[0] for r in rows] == table_ids(app)[top : top + len(rows)]
             assert {r[0] for r in rows if r[1]} == scr.selected & {r[0] for r in rows}
             return rows
 
@@ -608,8 +682,12 @@ async def test_selection_follows_run_ids_while_running_runs_resort(store, size):
 
 
 async def test_preset_column_and_compare_title_at_80x24(store):
-    presets = ("quick/digits-fgsm_n-advlc", "quick/digits-fgsm_n", "quick/digits-fgsm_n-advlc-swa",
-               "paper/table1/pgd10-advlc")
+    presets = (
+        "quick/digits-fgsm_n-advlc",
+        "quick/digits-fgsm_n",
+        "quick/digits-fgsm_n-advlc-swa",
+        "paper/table1/pgd10-advlc",
+    )
     for i, p in enumerate(presets):
         fab(store, f"{i:08x}", preset=p, created=1_700_000_000 - i)
     store.reindex()
@@ -619,8 +697,8 @@ async def test_preset_column_and_compare_title_at_80x24(store):
         await pilot.pause(0.05)
         w = app.runs_screen.query_one("#runs-table", RunTable).column_width("preset")
         assert w >= 16
-        cells = {rid: line[11:11 + w].strip() for rid, _m, line in shown_rows(app)}
-        assert cells["00000000"] == "…" + presets[0][-(w - 1):]  # the distinctive end, not `quick…sm_n-advlc`
+        cells = {rid: line[11 : 11 + w].strip() for rid, _m, line in shown_rows(app)}
+        assert cells["00000000"] == "…" + presets[0][-(w - 1) :]  # the distinctive end, not `quick…sm_n-advlc`
         assert len(set(cells.values())) == 4, cells
         for i, p in enumerate(presets):
             c = cells[f"{i:08x}"]
@@ -676,8 +754,11 @@ async def test_edit_title_tags_and_note_from_the_runs_screen(store):
         await wait_for(pilot, lambda: "first try" in str(table.get_cell("0000000a", "title")), timeout=10)
         assert str(table.get_cell("0000000a", "title")) == "first try #robust #table1"
         assert str(table.get_cell("0000000a", "preset")) == "quick/digits-fgsm_n"
-        await wait_for(pilot, lambda: any("first try #robust" in ln for rid, _m, ln in shown_rows(app)
-                                          if rid == "0000000a"), timeout=10)     # drawn on screen too
+        await wait_for(
+            pilot,
+            lambda: any("first try #robust" in ln for rid, _m, ln in shown_rows(app) if rid == "0000000a"),
+            timeout=10,
+        )  # drawn on screen too
         # several runs: their tags only; the field shows the tags they share, the others stay
         await pilot.press("space", "space")
         assert app.runs_screen.selected == {"0000000a", "0000000b"}
@@ -766,8 +847,11 @@ async def test_filter_expressions_tags_and_errors(store):
 
         await pilot.press("slash")
         got = await filt('seed >= 1 and preset ~ "advlc"')
-        assert got == expect(lambda c: c["run"]["seed"] >= 1 and "advlc" in c["run"]["preset"]) == \
-            ["00000002", "00000004", "00000005"]
+        assert (
+            got
+            == expect(lambda c: c["run"]["seed"] >= 1 and "advlc" in c["run"]["preset"])
+            == ["00000002", "00000004", "00000005"]
+        )
         # a mistake: one line under the table, the previous filter stays in effect, no crash
         got = await filt("seed >")
         assert got == ["00000002", "00000004", "00000005"]
@@ -827,8 +911,11 @@ async def test_diff_two_selected_runs(store):
         assert config["train.seed"] == (0, 3) and config["method.lam"] == (0.0, 0.3)
         assert "data.dataset" not in config  # only what differs
         assert ("run.seed", 0, 3) in scr.diff["origin"]
-        await wait_for(pilot, lambda: all(w in "\n".join(screen_lines(app))
-                                          for w in ("train.seed", "method.lam", "results", "0000000b")), timeout=10)
+        await wait_for(
+            pilot,
+            lambda: all(w in "\n".join(screen_lines(app)) for w in ("train.seed", "method.lam", "results", "0000000b")),
+            timeout=10,
+        )
         seed_line = next(ln for ln in screen_lines(app) if "train.seed" in ln)
         assert seed_line.split()[1:] == ["0", "3"]
         await pilot.press("s")  # swap sides

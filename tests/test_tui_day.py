@@ -94,9 +94,22 @@ def fab(store, rid, **kw):
 
 
 def epoch_rec(e: int, time_s: float, eval_s: float, lr: float = 0.1) -> dict:
-    return {"epoch": e, "lr": lr, "train_loss": 1.0, "train_acc": 0.5, "clean_loss": 1.0, "clean_acc": 0.6,
-            "robust_loss": 1.5, "robust_acc": 0.3, "av": 0.5, "ig": 30.0, "hs": None, "time_s": time_s,
-            "eval_time_s": eval_s, "images_per_s": 100.0}
+    return {
+        "epoch": e,
+        "lr": lr,
+        "train_loss": 1.0,
+        "train_acc": 0.5,
+        "clean_loss": 1.0,
+        "clean_acc": 0.6,
+        "robust_loss": 1.5,
+        "robust_acc": 0.3,
+        "av": 0.5,
+        "ig": 30.0,
+        "hs": None,
+        "time_s": time_s,
+        "eval_time_s": eval_s,
+        "images_per_s": 100.0,
+    }
 
 
 # ---------------------------------------------------------------------------- 1. an honest ETA
@@ -147,8 +160,11 @@ def test_eta_of_an_experiment_counts_points():
     st = Status(state="running", started=1000.0, heartbeat=1300.0, point=3, points=9)
     p = row_pace({"state": "running", "epoch": 0, "epochs": 20, "created": 900.0}, st, now=1310.0)
     assert p.eta == pytest.approx((9 - 3) * 300 / 3) and p.elapsed == pytest.approx(410.0)
-    done = row_pace({"state": "finished", "epoch": 5, "epochs": 5, "created": 900.0, "updated": 1900.0,
-                     "epoch_time_s_mean": 1.0}, None, now=5000.0)
+    done = row_pace(
+        {"state": "finished", "epoch": 5, "epochs": 5, "created": 900.0, "updated": 1900.0, "epoch_time_s_mean": 1.0},
+        None,
+        now=5000.0,
+    )
     assert done.eta is None and done.elapsed == pytest.approx(1000.0)  # to the last heartbeat, not now
 
 
@@ -165,7 +181,7 @@ async def test_key_bar_shows_help_and_quit_first_and_whole_entries(store, size):
         text = bar.shown_text
         entries = [f"{k} {d}" for k, d, _key in bar.entries()]
         shown = text.split("  ")
-        assert shown == entries[:len(shown)]  # whole entries, in order: the rarer ones are the ones left out
+        assert shown == entries[: len(shown)]  # whole entries, in order: the rarer ones are the ones left out
         assert len(text) <= size[0] - 2
         await wait_for(pilot, lambda: screen_lines(app)[-1].strip() == text, what="the key line on screen")
         if size == (80, 24):
@@ -196,10 +212,12 @@ async def test_preset_and_label_are_never_hidden_by_title_or_tags(store, size):
         # a sweep of the label: each row names its scheme whatever the title; a preset too long for the
         # column keeps its end, the label whole; the title column gives way first
         w = table(app).column_width("preset")
-        for rid, want in (("0000000a", "quick/robust-overfitting [fgsm_n]"),
-                          ("0000000b", "quick/robust-overfitting [fgsm_n+advlc]")):
+        for rid, want in (
+            ("0000000a", "quick/robust-overfitting [fgsm_n]"),
+            ("0000000b", "quick/robust-overfitting [fgsm_n+advlc]"),
+        ):
             assert str(table(app).get_cell(rid, "preset")) == want
-            shown = want if len(want) <= w else "…" + want[-(w - 1):]
+            shown = want if len(want) <= w else "…" + want[-(w - 1) :]
             assert shown in row_line(app, rid) and want.split(" ")[1] in row_line(app, rid), row_line(app, rid)
         assert w >= (26 if size == (120, 40) else 19)
         assert "title" not in table(app).shown_columns and "a very long" not in "\n".join(screen_lines(app))
@@ -300,8 +318,22 @@ def make_experiment(store, rid: str, *, points: list[dict], planned: int, state:
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_experiment_runs_show_kind_points_and_their_points_table(store, size):
-    pts = [{"kind": "fig4a", "index": i, "s": s, "hs": 0.1 + i, "hs_method": "mean", "eff_fgsm": 0.5, "eff_pgd10": 0.7,
-            "clean_loss": 0.3, "clean_acc": 0.9, "n": 300, "time_s": 1.5} for i, s in enumerate((0.0, 0.05, 0.1))]
+    pts = [
+        {
+            "kind": "fig4a",
+            "index": i,
+            "s": s,
+            "hs": 0.1 + i,
+            "hs_method": "mean",
+            "eff_fgsm": 0.5,
+            "eff_pgd10": 0.7,
+            "clean_loss": 0.3,
+            "clean_acc": 0.9,
+            "n": 300,
+            "time_s": 1.5,
+        }
+        for i, s in enumerate((0.0, 0.05, 0.1))
+    ]
     make_experiment(store, "0000e001", points=pts, planned=9)
     fab(store, "0000000a", created=time.time() - 50)
     queued = create_runs(store, plan_runs("quick/digits-fig4a", home=store.home))[0]  # a real one, not started
@@ -309,8 +341,11 @@ async def test_experiment_runs_show_kind_points_and_their_points_table(store, si
     app = make_app(store.home)
     async with app.run_test(size=size) as pilot:
         await wait_for(pilot, lambda: len(ids(app)) == 3)
-        await wait_for(pilot, lambda: str(table(app).get_cell("0000e001", "epoch")).startswith("3/9 pts"),
-                       what="points done / planned")
+        await wait_for(
+            pilot,
+            lambda: str(table(app).get_cell("0000e001", "epoch")).startswith("3/9 pts"),
+            what="points done / planned",
+        )
         assert str(table(app).get_cell("0000e001", "preset")) == "quick/digits-fig4a [fig4a:pgd]"
         assert "3/9 pts" in row_line(app, "0000e001") and "[fig4a:pgd]" in row_line(app, "0000e001")
         assert "0/20" not in row_line(app, "0000e001")
@@ -347,7 +382,7 @@ async def test_sweep_preset_shows_its_seeds_and_names_each_run(store, size):
         plan = scr.query_one("#preset-plan", Static)
         await wait_for(pilot, lambda: "runs:" in str(plan.render()), what="the plan")
         assert "2 runs: pgd, pgd+advlc × seed 0 ·" in str(plan.render())
-        assert scr.query_one("#seeds", Input).placeholder == "1"   # the preset's seeds, not its 2 runs
+        assert scr.query_one("#seeds", Input).placeholder == "1"  # the preset's seeds, not its 2 runs
         scr.query_one("#seeds", Input).value = "3"
         await wait_for(pilot, lambda: "6 runs" in str(plan.render()))
         assert "6 runs: pgd, pgd+advlc × seeds 0, 1, 2" in str(plan.render())
@@ -368,8 +403,7 @@ def test_plan_names_swept_values_when_the_label_does_not_change():
     def run(lam, seed):
         return NS(cfg=cfg("advlc", "fgsm_n"), point={"method.lam": lam}, seed=seed, role="")
 
-    assert plan_text([run(0.1, 0), run(0.1, 1), run(0.3, 0), run(0.3, 1)]) == \
-        "4 runs: lam=0.1, lam=0.3 × seeds 0, 1"
+    assert plan_text([run(0.1, 0), run(0.1, 1), run(0.3, 0), run(0.3, 1)]) == "4 runs: lam=0.1, lam=0.3 × seeds 0, 1"
     assert plan_text([NS(cfg=cfg("pgd", "pgd"), point={}, seed=5, role="")]) == "1 run: pgd × seed 5"
 
 
@@ -392,7 +426,7 @@ async def test_filter_applies_only_when_it_parses_and_says_why_nothing_shows(sto
         burst(app, *" >")
         await wait_for(pilot, lambda: box.value == "seed >" and "⚠" in str(info.render()))
         lines = str(info.render()).split("\n")
-        assert len(lines) == 2 and lines[1].startswith("⚠")   # one line, under the table
+        assert len(lines) == 2 and lines[1].startswith("⚠")  # one line, under the table
         assert "the filter above stays" in lines[1]
         assert "No runs match the filter 'seed'" in str(scr.query_one("#runs-empty", Static).render())
         rendered = [ln for ln in screen_lines(app) if "⚠" in ln]
@@ -485,8 +519,19 @@ def test_app_doc_lists_every_key():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "APP.md").read_text()
     shown = {"question_mark": "?", "slash": "/", "escape": "esc", "up": "↑", "down": "↓"}
     missing = []
-    for cls in (AdvlcApp, RunsScreen, RunTable, RunDetailScreen, PresetsScreen, CompareScreen, DiffScreen,
-                AnnotateScreen, ConfirmScreen, ExportScreen, HelpScreen):
+    for cls in (
+        AdvlcApp,
+        RunsScreen,
+        RunTable,
+        RunDetailScreen,
+        PresetsScreen,
+        CompareScreen,
+        DiffScreen,
+        AnnotateScreen,
+        ConfirmScreen,
+        ExportScreen,
+        HelpScreen,
+    ):
         for b in cls.BINDINGS:
             b = b if isinstance(b, Binding) else Binding(*b)
             for key in b.key.split(","):

@@ -37,10 +37,25 @@ HS = {2: 1e-6, 5: 3e-4, 8: 0.01, 11: 0.07}
 
 def records(n: int = 12) -> list[dict]:
     """Epoch records whose every value tells its epoch and metric apart."""
-    return [{"epoch": e, "lr": 0.1 if e < 8 else 0.01, "train_loss": 2.0 - 0.1 * e, "train_acc": 0.30 + 0.02 * e,
-             "clean_loss": 1.5 - 0.05 * e, "clean_acc": 0.40 + 0.015 * e, "robust_loss": 2.2 - 0.03 * e,
-             "robust_acc": 0.20 + 0.011 * e, "av": 0.7 - 0.02 * e, "ig": 40.0 + e, "hs": HS.get(e),
-             "time_s": 2.0, "eval_time_s": 1.0, "images_per_s": 100.0} for e in range(n)]
+    return [
+        {
+            "epoch": e,
+            "lr": 0.1 if e < 8 else 0.01,
+            "train_loss": 2.0 - 0.1 * e,
+            "train_acc": 0.30 + 0.02 * e,
+            "clean_loss": 1.5 - 0.05 * e,
+            "clean_acc": 0.40 + 0.015 * e,
+            "robust_loss": 2.2 - 0.03 * e,
+            "robust_acc": 0.20 + 0.011 * e,
+            "av": 0.7 - 0.02 * e,
+            "ig": 40.0 + e,
+            "hs": HS.get(e),
+            "time_s": 2.0,
+            "eval_time_s": 1.0,
+            "images_per_s": 100.0,
+        }
+        for e in range(n)
+    ]
 
 
 async def open_detail(app, pilot, rid: str) -> RunDetailScreen:
@@ -71,27 +86,40 @@ async def test_plot_cursor_readout_matches_the_epoch_records(store, size):
         assert app.focused is acc  # the plot's keys work from the start
         await pilot.press("left")  # the cursor starts at the last epoch in view
         await wait_for(pilot, lambda: acc.cursor == 11)
-        assert acc.readout() == [("clean", pytest.approx(100 * (0.40 + 0.015 * 11))),
-                                 ("robust", pytest.approx(100 * (0.20 + 0.011 * 11))),
-                                 ("train", pytest.approx(100 * (0.30 + 0.02 * 11)))]
+        assert acc.readout() == [
+            ("clean", pytest.approx(100 * (0.40 + 0.015 * 11))),
+            ("robust", pytest.approx(100 * (0.20 + 0.011 * 11))),
+            ("train", pytest.approx(100 * (0.30 + 0.02 * 11))),
+        ]
         await pilot.press("left", "left", "left", "right", "left")
         await wait_for(pilot, lambda: acc.cursor == 8)
         r = recs[8]
         # by hand, from the records: every plot's cursor is on epoch 8 and reads that epoch's values
         for pid in scr.plots:
             await wait_for(pilot, lambda: scr.plots[pid].cursor == 8, what=f"{pid} follows the cursor")
-        assert dict(acc.readout()) == pytest.approx({"clean": 100 * r["clean_acc"], "robust": 100 * r["robust_acc"],
-                                                     "train": 100 * r["train_acc"]})
+        assert dict(acc.readout()) == pytest.approx(
+            {"clean": 100 * r["clean_acc"], "robust": 100 * r["robust_acc"], "train": 100 * r["train_acc"]}
+        )
         assert dict(scr.plots["loss"].readout()) == pytest.approx(
-            {"train": r["train_loss"], "clean": r["clean_loss"], "robust": r["robust_loss"], "AV": r["av"]})
+            {"train": r["train_loss"], "clean": r["clean_loss"], "robust": r["robust_loss"], "AV": r["av"]}
+        )
         assert scr.plots["ig"].readout() == [("IG", pytest.approx(48.0))]
         assert hs.readout() == [("HS", pytest.approx(0.01))]
         assert scr.plots["lr"].readout() == [("lr", pytest.approx(0.01))]
         text = acc.readout_text()
-        assert text == (f"epoch 8: clean {fmt_value(100 * r['clean_acc'])}  robust {fmt_value(100 * r['robust_acc'])}"
-                        f"  train {fmt_value(100 * r['train_acc'])}") == "epoch 8: clean 52  robust 28.8  train 46"
-        await wait_for(pilot, lambda: any("epoch 8: clean 52  robust 28.8" in ln for ln in screen_lines(app)),
-                       what="the readout in the plot's border")
+        assert (
+            text
+            == (
+                f"epoch 8: clean {fmt_value(100 * r['clean_acc'])}  robust {fmt_value(100 * r['robust_acc'])}"
+                f"  train {fmt_value(100 * r['train_acc'])}"
+            )
+            == "epoch 8: clean 52  robust 28.8  train 46"
+        )
+        await wait_for(
+            pilot,
+            lambda: any("epoch 8: clean 52  robust 28.8" in ln for ln in screen_lines(app)),
+            what="the readout in the plot's border",
+        )
         latest = scr.query_one("#detail-latest", Static)
         await wait_for(pilot, lambda: "▸ cursor epoch 8:" in str(latest.render()))
         assert "robust 28.8%" in str(latest.render()) and "HS 0.01" in str(latest.render())
@@ -117,15 +145,15 @@ async def test_plot_epoch_window_narrows_widens_and_resets_every_plot(store, siz
         acc = scr.plots["acc"]
         await wait_for(pilot, lambda: "robust" in acc.series and acc.drawn)
         assert acc.x_range() == (0, 11)
-        await pilot.press(*["left"] * 10)   # the last epoch, then 9 back
+        await pilot.press(*["left"] * 10)  # the last epoch, then 9 back
         await wait_for(pilot, lambda: acc.cursor == 2)
-        await pilot.press("plus")   # the last 6 epochs; the cursor comes into view
+        await pilot.press("plus")  # the last 6 epochs; the cursor comes into view
         await wait_for(pilot, lambda: all(p.x_range() == (6, 11) for p in scr.plots.values()))
         assert acc.window == 6 and acc.cursor == 6 and scr.plots["hs"].cursor == 6
         await wait_for(pilot, lambda: acc.drawn)
         assert "epochs 6–11" in acc.border_subtitle
         ticks = drawing(acc).splitlines()[-1].split()
-        assert ticks[0] == "6" and ticks[-1] == "11", ticks   # the x axis is the window's
+        assert ticks[0] == "6" and ticks[-1] == "11", ticks  # the x axis is the window's
         await pilot.press("equals_sign")  # `=` is `+` unshifted: 3 epochs
         await wait_for(pilot, lambda: scr.plots["lr"].x_range() == (9, 11))
         await pilot.press("left", "left", "left")
@@ -133,8 +161,10 @@ async def test_plot_epoch_window_narrows_widens_and_resets_every_plot(store, siz
         await pilot.press("minus")
         await wait_for(pilot, lambda: scr.plots["ig"].x_range() == (6, 11))
         await pilot.press("minus")  # 12 epochs: all of them (HS is recorded from epoch 2 on)
-        await wait_for(pilot, lambda: all(p.window is None and p.x_range() == (2 if k == "hs" else 0, 11)
-                                          for k, p in scr.plots.items()))
+        await wait_for(
+            pilot,
+            lambda: all(p.window is None and p.x_range() == (2 if k == "hs" else 0, 11) for k, p in scr.plots.items()),
+        )
         await pilot.press("plus", "0")
         await wait_for(pilot, lambda: all(p.window is None and p.cursor is None for p in scr.plots.values()))
         latest = scr.query_one("#detail-latest", Static)
@@ -171,8 +201,11 @@ async def test_log_y_changes_the_axis_of_the_focused_plot(store, size):
         row_of = {lab: i for i, ln in enumerate(rows) for lab in [ln.split("┤")[0].strip()] if "┤" in ln}
         assert row_of["1e-2"] < row_of["1e-6"]
         assert hs.series["HS"].ys == pytest.approx([HS[e] for e in sorted(HS)])  # the data are unchanged
-        await wait_for(pilot, lambda: any("1e-6┤" in ln.replace(" ", "") for ln in screen_lines(app)),
-                       what="the log axis on screen")
+        await wait_for(
+            pilot,
+            lambda: any("1e-6┤" in ln.replace(" ", "") for ln in screen_lines(app)),
+            what="the log axis on screen",
+        )
         await pilot.press("y")
         await wait_for(pilot, lambda: not hs.log_y and hs.drawn)
         assert "1e-" not in drawing(hs) and "log y" not in hs.border_title
@@ -197,8 +230,11 @@ LONG = "epoch 299 " + "x" * 380 + " TAIL-END"
 def log_lines() -> list[str]:
     out = []
     for i in range(300):
-        out.append(f"step {i:3d} loss {1.0 / (i + 1):.4f}" + ("  loss NaN, skipped" if i in (40, 150, 260) else "")
-                   + ("  queue wait" if i == 77 else ""))
+        out.append(
+            f"step {i:3d} loss {1.0 / (i + 1):.4f}"
+            + ("  loss NaN, skipped" if i in (40, 150, 260) else "")
+            + ("  queue wait" if i == 77 else "")
+        )
     out[-1] = LONG
     return out
 
@@ -224,13 +260,13 @@ async def test_log_follows_the_tail_until_scrolled_up_and_G_resumes(store, size)
         with open(rd.log_path, "a") as fh:
             fh.write("fresh line one\n")
         await wait_for(pilot, lambda: on_screen(app, "fresh line one"), what="a new line scrolled into view")
-        await pilot.press("pageup")   # scrolling up pauses
+        await pilot.press("pageup")  # scrolling up pauses
         await wait_for(pilot, lambda: not view.following and "⏸ paused" in str(status.render()))
         y = view.scroll_y
         with open(rd.log_path, "a") as fh:
             fh.write("".join(f"while paused {i}\n" for i in range(7)))
         await wait_for(pilot, lambda: len(view.lines) == 308 and "(7 new lines)" in str(status.render()))
-        assert view.scroll_y == y and not on_screen(app, "while paused 6")   # the view stayed put
+        assert view.scroll_y == y and not on_screen(app, "while paused 6")  # the view stayed put
         await wait_for(pilot, lambda: any("paused" in ln and "G or end follows" in ln for ln in screen_lines(app)))
         await pilot.press("G")
         await wait_for(pilot, lambda: view.following and on_screen(app, "while paused 6"))
@@ -252,13 +288,14 @@ async def test_log_wraps_long_lines(store, size):
         await pilot.press("l")
         view = scr.query_one("#log", LogView)
         await wait_for(pilot, lambda: len(view.lines) == 300 and on_screen(app, "epoch 299 xxx"))
-        assert not view.wrap and not on_screen(app, "TAIL")   # one row per line: the end is off to the right
+        assert not view.wrap and not on_screen(app, "TAIL")  # one row per line: the end is off to the right
         rows = len(view._rows)
         await pilot.press("w")
         width = view.scrollable_content_region.width
         # (the wrap may fall inside TAIL-END itself)
-        await wait_for(pilot, lambda: view.wrap and on_screen(app, "TAIL") and on_screen(app, "END"),
-                       what="the wrapped tail")
+        await wait_for(
+            pilot, lambda: view.wrap and on_screen(app, "TAIL") and on_screen(app, "END"), what="the wrapped tail"
+        )
         assert len(view._rows) == rows - 1 + math.ceil(len(LONG) / width)
         assert "wrap on" in str(scr.query_one("#log-status", Static).render()) and view.following
         await pilot.press("w")
@@ -293,12 +330,15 @@ async def test_log_search_jumps_highlights_and_n_goes_on(store, size):
         cur_style = view.get_component_rich_style("log-view--match-current")
         hit_style = view.get_component_rich_style("log-view--match")
         assert [seg.text for seg in strip if seg.style and seg.style.bgcolor == cur_style.bgcolor] == ["NaN"]
-        assert [seg.text for seg in view._row_strip(view._first_row[40])
-                if seg.style and seg.style.bgcolor == hit_style.bgcolor] == ["NaN"]
-        assert line[a:a + 3] == "NaN"
+        assert [
+            seg.text
+            for seg in view._row_strip(view._first_row[40])
+            if seg.style and seg.style.bgcolor == hit_style.bgcolor
+        ] == ["NaN"]
+        assert line[a : a + 3] == "NaN"
         await pilot.press("n")
         await wait_for(pilot, lambda: view.current == 2 and on_screen(app, "step 260 loss"))
-        await pilot.press("n")   # past the last: back to the first
+        await pilot.press("n")  # past the last: back to the first
         await wait_for(pilot, lambda: view.current == 0 and "(wrapped)" in str(status.render()))
         assert on_screen(app, "step  40 loss")
         await pilot.press("N")
@@ -332,20 +372,21 @@ async def test_log_keeps_its_last_lines_and_a_paused_view_stays_on_its_lines():
         view.write_lines([f"line {i} {'hit' if i % 10 == 0 else ''}" for i in range(40)])
         view.set_search("hit")
         assert [m[0] for m in view.matches] == [0, 10, 20, 30]
-        await wait_for(pilot, lambda: view.following and view.scroll_y == view.max_scroll_y > 0
-                       and view.allow_vertical_scroll)   # laid out
-        view.scroll_to(y=0, animate=False, immediate=True)   # scrolled up: paused
+        await wait_for(
+            pilot, lambda: view.following and view.scroll_y == view.max_scroll_y > 0 and view.allow_vertical_scroll
+        )  # laid out
+        view.scroll_to(y=0, animate=False, immediate=True)  # scrolled up: paused
         assert not view.following
         view.jump(first=True)
         view.jump(step=1)
-        view.jump(step=1)   # the match on line 20, paused there
+        view.jump(step=1)  # the match on line 20, paused there
         await wait_for(pilot, lambda: not view.following and view.current == 2)
         top = view.lines[view._rows[int(view.scroll_y)][0]]
         view.write_lines([f"line {i} {'hit' if i % 10 == 0 else ''}" for i in range(40, 60)])  # 60 > 50 + 5
         assert len(view.lines) == 50 and view.lines[0] == "line 10 hit" and view.lines[-1] == "line 59 "
-        assert [m[0] for m in view.matches] == [0, 10, 20, 30, 40] and view.current == 1   # still line 20's
-        assert int(top.split()[1]) >= 10   # a line that stays
-        await wait_for(pilot, lambda: view.lines[view._rows[int(view.scroll_y)][0]] == top)   # the same lines shown
+        assert [m[0] for m in view.matches] == [0, 10, 20, 30, 40] and view.current == 1  # still line 20's
+        assert int(top.split()[1]) >= 10  # a line that stays
+        await wait_for(pilot, lambda: view.lines[view._rows[int(view.scroll_y)][0]] == top)  # the same lines shown
         assert view.new_while_paused == 20
         view.clear()
         assert view.lines == [] and view.matches == [] and view._rows == []
@@ -353,9 +394,14 @@ async def test_log_keeps_its_last_lines_and_a_paused_view_stays_on_its_lines():
 
 # ---------------------------------------------------------------------------- 3. the Runs screen
 def six_runs(store):
-    specs = [("0000a001", "quick/digits-fgsm_n", 0, "first"), ("0000a002", "quick/digits-fgsm_n-advlc", 0, "second"),
-             ("0000a003", "quick/digits-pgd10", 1, "third"), ("0000a004", "quick/digits-fgsm_n-advlc", 1, "fourth"),
-             ("0000a005", "quick/digits-fgsm_n", 2, "fifth"), ("0000a006", "quick/digits-fgsm_n-advlc", 2, "sixth")]
+    specs = [
+        ("0000a001", "quick/digits-fgsm_n", 0, "first"),
+        ("0000a002", "quick/digits-fgsm_n-advlc", 0, "second"),
+        ("0000a003", "quick/digits-pgd10", 1, "third"),
+        ("0000a004", "quick/digits-fgsm_n-advlc", 1, "fourth"),
+        ("0000a005", "quick/digits-fgsm_n", 2, "fifth"),
+        ("0000a006", "quick/digits-fgsm_n-advlc", 2, "sixth"),
+    ]
     for k, (rid, preset, seed, title) in enumerate(specs):
         rd = fab(store, rid, preset=preset, seed=seed, created=time.time() - 1000 + 10 * k)
         store.annotate(rd, title=f"{title} run")
@@ -369,24 +415,25 @@ async def test_find_jumps_the_cursor_without_filtering(store, size):
     app = make_app(store.home)
     async with app.run_test(size=size) as pilot:
         scr = app.runs_screen
-        await wait_for(pilot, lambda: ids(app) == ["0000a006", "0000a005", "0000a004", "0000a003", "0000a002",
-                                                   "0000a001"])
+        await wait_for(
+            pilot, lambda: ids(app) == ["0000a006", "0000a005", "0000a004", "0000a003", "0000a002", "0000a001"]
+        )
         await pilot.press("down")
         await wait_for(pilot, lambda: scr.cursor_id() == "0000a005")
         burst(app, "f", *"advlc", "enter", "F")  # in one burst: from the cursor on, a004; then F: a002
         await wait_for(pilot, lambda: scr.cursor_id() == "0000a002", what="the second advlc run from the cursor")
-        assert len(ids(app)) == 6 and not scr.query_text   # every run still shown
+        assert len(ids(app)) == 6 and not scr.query_text  # every run still shown
         assert table(app).has_focus and not scr.query_one("#runs-find").has_class("-active")
-        await pilot.press("F")   # wraps around to the top
+        await pilot.press("F")  # wraps around to the top
         await wait_for(pilot, lambda: scr.cursor_id() == "0000a006")
-        await pilot.press("f", *"fifth", "enter")   # by title
+        await pilot.press("f", *"fifth", "enter")  # by title
         await wait_for(pilot, lambda: scr.cursor_id() == "0000a005")
-        await pilot.press("f", *"a003")   # by id, as typed (the cursor moves with each key)
+        await pilot.press("f", *"a003")  # by id, as typed (the cursor moves with each key)
         await wait_for(pilot, lambda: scr.cursor_id() == "0000a003")
         await pilot.press(*"zz")
         box = scr.query_one("#runs-find", Input)
         await wait_for(pilot, lambda: box.has_class("-error"))
-        assert scr.cursor_id() == "0000a003"   # nothing matches: the cursor stays
+        assert scr.cursor_id() == "0000a003"  # nothing matches: the cursor stays
         await pilot.press("escape")
         await wait_for(pilot, lambda: table(app).has_focus and not box.has_class("-active"))
         await pilot.press("g")
@@ -414,13 +461,13 @@ async def test_sort_by_any_column_from_the_keyboard(store, size):
         assert shown[:4] == ["id", "preset", "seed", "state"]
         if size == (120, 40):
             assert {"clean", "ig", "hs", "launched"} <= set(shown)
-        await pilot.press("greater_than_sign")   # from the launch time (hidden when narrow: the first column)
+        await pilot.press("greater_than_sign")  # from the launch time (hidden when narrow: the first column)
         visited = [scr.sort_column()]
         for _ in range(len(shown)):
             await pilot.press("greater_than_sign")
             visited.append(scr.sort_column())
         k = shown.index(visited[0])
-        assert visited == (shown[k:] + shown[:k]) + [visited[0]]   # every column shown, left to right, around
+        assert visited == (shown[k:] + shown[:k]) + [visited[0]]  # every column shown, left to right, around
         # one metric by hand: IG ascending (lowest first) where shown, else the robust accuracy (highest first)
         col, key, desc = ("ig", "ig", False) if "ig" in shown else ("robust", "robust", True)
         while scr.sort_column() != col:
@@ -440,7 +487,7 @@ async def test_sort_by_any_column_from_the_keyboard(store, size):
             key = SORT_OF_COLUMN[col]
             want = sorted_ids(store, key, next(s[3] for s in SORTS if s[0] == key))
             await wait_for(pilot, lambda: ids(app) == want, what=f"sorted by {col}")
-        assert ids(app) == sorted(ids(app))   # by id
+        assert ids(app) == sorted(ids(app))  # by id
 
 
 async def test_sort_and_filter_are_remembered_across_restarts(store):
@@ -455,11 +502,14 @@ async def test_sort_and_filter_are_remembered_across_restarts(store):
             await pilot.press("greater_than_sign")
         await pilot.press("O", "slash", *"advlc", "enter")
         await wait_for(pilot, lambda: ids(app) == ["0000a006", "0000a004", "0000a002"])
-        await wait_for(pilot, lambda: state.exists() and json.loads(state.read_text()).get("runs", {}).get("filter")
-                       == "advlc", what="the state file written")
+        await wait_for(
+            pilot,
+            lambda: state.exists() and json.loads(state.read_text()).get("runs", {}).get("filter") == "advlc",
+            what="the state file written",
+        )
         await pilot.press("q")
     assert json.loads(state.read_text()) == {"version": 1, "runs": {"sort": "seed", "desc": True, "filter": "advlc"}}
-    assert [p.name for p in store.home.iterdir() if p.name.endswith(".tmp")] == []   # no temporary file left
+    assert [p.name for p in store.home.iterdir() if p.name.endswith(".tmp")] == []  # no temporary file left
     app = make_app(store.home)
     async with app.run_test(size=(120, 40)) as pilot:
         scr = app.runs_screen
@@ -468,7 +518,7 @@ async def test_sort_and_filter_are_remembered_across_restarts(store):
         info = str(scr.query_one("#runs-info", Static).render())
         assert "sort: seed (reversed)" in info and "filter: 'advlc' (3 shown)" in info
         assert not app._notifications
-        await pilot.press("escape")   # esc clears the filter: remembered too
+        await pilot.press("escape")  # esc clears the filter: remembered too
         await wait_for(pilot, lambda: len(ids(app)) == 6)
         await wait_for(pilot, lambda: json.loads(state.read_text())["runs"]["filter"] == "")
 
@@ -482,9 +532,15 @@ async def test_a_remembered_expression_filter_reads_the_configs_it_needs(store):
         assert app.runs_screen.filter_query is not None
 
 
-@pytest.mark.parametrize("content", [b"{ not json", b"\xff\xfe", b"[1, 2]",
-                                     json.dumps({"version": 1, "runs": {"sort": "nope", "desc": "yes",
-                                                                        "filter": "\x1b[2J"}}).encode()])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{ not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        json.dumps({"version": 1, "runs": {"sort": "nope", "desc": "yes", "filter": "\x1b[2J"}}).encode(),
+    ],
+)
 async def test_a_damaged_state_file_is_ignored_with_a_notification(store, content):
     six_runs(store)
     state = store.home / STATE_FILE
@@ -497,8 +553,8 @@ async def test_a_damaged_state_file_is_ignored_with_a_notification(store, conten
         note = next(n for n in app._notifications if n.title == "app state")
         assert STATE_FILE in note.message or "runs." in note.message
         assert "\x1b" not in note.message
-        assert scr.sort_index == 0 and scr.query_text == ""   # defaults
-        await pilot.press("o")   # the next change writes a good file
+        assert scr.sort_index == 0 and scr.query_text == ""  # defaults
+        await pilot.press("o")  # the next change writes a good file
         await wait_for(pilot, lambda: json.loads(state.read_text() or "{}").get("runs", {}).get("sort") == "state")
         assert app.is_running
 
@@ -511,7 +567,7 @@ def test_state_is_written_atomically(tmp_path, monkeypatch):
     st.save()
     before = path.read_text()
     assert json.loads(before) == {"version": 1, "runs": {"sort": "ig", "desc": False, "filter": ""}}
-    assert not st.want("runs", {"sort": "ig", "desc": False, "filter": ""})   # unchanged: nothing to write
+    assert not st.want("runs", {"sort": "ig", "desc": False, "filter": ""})  # unchanged: nothing to write
 
     def fail(*_a):
         raise OSError(28, "No space left on device")
@@ -522,9 +578,9 @@ def test_state_is_written_atomically(tmp_path, monkeypatch):
 
     with pytest.raises(UserError, match="No space left"):
         st.save()
-    assert path.read_text() == before   # the old file, whole
-    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]   # the temporary file removed
-    assert st.failed and not st.want("runs", {"sort": "id"})   # one error, then no more tries
+    assert path.read_text() == before  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]  # the temporary file removed
+    assert st.failed and not st.want("runs", {"sort": "id"})  # one error, then no more tries
 
 
 # ---------------------------------------------------------------------------- 4. keys are documented
@@ -535,13 +591,24 @@ def test_every_new_key_is_in_the_doc_and_the_help():
     from tui.widgets.run_table import RunTable
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "APP.md").read_text()
-    shown = {"slash": "/", "escape": "esc", "left": "←", "right": "→", "plus": "+", "minus": "-",
-             "equals_sign": "=", "less_than_sign": "<", "greater_than_sign": ">", "end": "end", "up": "↑",
-             "down": "↓"}
+    shown = {
+        "slash": "/",
+        "escape": "esc",
+        "left": "←",
+        "right": "→",
+        "plus": "+",
+        "minus": "-",
+        "equals_sign": "=",
+        "less_than_sign": "<",
+        "greater_than_sign": ">",
+        "end": "end",
+        "up": "↑",
+        "down": "↓",
+    }
     # each widget's keys in its own rows of the keys table
-    plots = doc[doc.index("| plots tab"):doc.index("| log tab")]
-    log = doc[doc.index("| log tab"):doc.index("| | `w` | show / hide the SWA curves")]
-    runs = doc[doc.index("| **Runs** (home)"):doc.index("| **Run detail**")]
+    plots = doc[doc.index("| plots tab") : doc.index("| log tab")]
+    log = doc[doc.index("| log tab") : doc.index("| | `w` | show / hide the SWA curves")]
+    runs = doc[doc.index("| **Runs** (home)") : doc.index("| **Run detail**")]
     missing = []
     for cls, where in ((MetricPlot, plots), (LogView, log), (RunDetailScreen, doc), (RunTable, runs)):
         for b in cls.BINDINGS:

@@ -31,8 +31,16 @@ from engine.store.records import EarlyStop
 from engine.store.summary import summarize
 
 PRESET = "quick/digits-pgd10"
-TINY = ["train.epochs=14", "data.n_train=50", "train.batch_size=25", "train.lr_milestones=[3]",
-        "eval.n=20", "eval.hs_every=0", "data.val_size=40", "train.select_on=val"]
+TINY = [
+    "train.epochs=14",
+    "data.n_train=50",
+    "train.batch_size=25",
+    "train.lr_milestones=[3]",
+    "eval.n=20",
+    "eval.hs_every=0",
+    "data.val_size=40",
+    "train.select_on=val",
+]
 
 
 # ------------------------------------------------------------------------------ the split
@@ -43,20 +51,20 @@ def _rows(x: torch.Tensor) -> set[bytes]:
 def test_the_split_is_disjoint_from_training_and_test_images_and_the_same_for_every_seed():
     """Synthetic images are random (every image distinct): the split is exactly the pool's images the
     training set does not use, none of the test set's, fixed by data.split_seed alone."""
-    _, cfg, _ = load_preset(PRESET, ["data.dataset=synthetic"])       # 1000 training, 500 test images
+    _, cfg, _ = load_preset(PRESET, ["data.dataset=synthetic"])  # 1000 training, 500 test images
     pool = load_dataset(cfg.data)
     cfg.data.val_size = 100
     ds = load_dataset(cfg.data)
     val, train, test = _rows(ds.val_x), _rows(ds.train_x), _rows(ds.test_x)
     assert len(val) == 100 and len(train) == 900
     assert not val & train and not val & test and not train & test
-    assert val | train == _rows(pool.train_x)               # the pool, split in two
-    digits = dataclasses.replace(cfg.data, dataset="digits", n_train=150)   # n_train counts the images left
+    assert val | train == _rows(pool.train_x)  # the pool, split in two
+    digits = dataclasses.replace(cfg.data, dataset="digits", n_train=150)  # n_train counts the images left
     assert len(load_dataset(digits).train_x) == 150
     # the labels travel with their images
     pool_label = {r.numpy().tobytes(): int(y) for r, y in zip(pool.train_x.reshape(1000, -1), pool.train_y)}
     assert all(pool_label[r.numpy().tobytes()] == int(y) for r, y in zip(ds.val_x.reshape(100, -1), ds.val_y))
-    other = dataclasses.replace(cfg.data)                   # another method and seed: [data] is the same
+    other = dataclasses.replace(cfg.data)  # another method and seed: [data] is the same
     assert torch.equal(load_dataset(other).val_x, ds.val_x)
     other.split_seed = 1
     assert not torch.equal(load_dataset(other).val_x, ds.val_x)
@@ -77,7 +85,7 @@ def test_the_split_has_the_training_sets_label_noise_and_the_test_set_none():
 
 def test_select_on_val_without_a_split_and_a_split_as_large_as_the_pool_are_one_line(home):
     rc, _, err = cli("preset", "show", PRESET, "--set", "train.select_on=val")
-    assert rc != 0 and "train.select_on = \"val\" needs a validation split: set data.val_size" in one_line(err)
+    assert rc != 0 and 'train.select_on = "val" needs a validation split: set data.val_size' in one_line(err)
     _, cfg, _ = load_preset(PRESET)
     n = len(load_dataset(cfg.data).train_x)
     cfg.data.val_size = n
@@ -91,16 +99,20 @@ def test_runs_of_an_older_store_are_seeds_of_the_default_configuration():
     """A config.json written before these keys existed groups with a new run that has their defaults."""
     _, cfg, _ = load_preset(PRESET)
     new = cfg.to_dict()
-    old = {s: {k: v for k, v in t.items() if k not in ("val_size", "select_on", "stop_on_overfit",
-                                                         "overfit_patience")} for s, t in new.items()}
+    old = {
+        s: {k: v for k, v in t.items() if k not in ("val_size", "select_on", "stop_on_overfit", "overfit_patience")}
+        for s, t in new.items()
+    }
     assert config_key(old) == config_key(new)
     assert config_key(old) != config_key({**new, "train": {**new["train"], "select_on": "val"}})
 
 
 # ------------------------------------------------------------------------------ the alert and the stop rule
 def _curve(robust, lr_drop=3, train=None):
-    return [dict(epoch=e, lr=0.1 if e < lr_drop else 0.01, robust_acc=r,
-                 train_acc=(train[e] if train else 0.5 + e / 100)) for e, r in enumerate(robust)]
+    return [
+        dict(epoch=e, lr=0.1 if e < lr_drop else 0.01, robust_acc=r, train_acc=(train[e] if train else 0.5 + e / 100))
+        for e, r in enumerate(robust)
+    ]
 
 
 def test_early_stop_waits_for_the_patience_and_a_new_best_resets_it():
@@ -135,10 +147,16 @@ def _scripted(monkeypatch, val_curve, test_curve, train_curve=None):
         return real_on_epoch(self, r)
 
     def evaluate(model, x, y, **kw):
-        curve = val_curve if len(x) == 40 else test_curve       # 40 validation, 20 test images (TINY)
+        curve = val_curve if len(x) == 40 else test_curve  # 40 validation, 20 test images (TINY)
         v = curve[current["epoch"]]
-        return {"clean_loss": 1.0, "clean_acc": min(1.0, v + 0.3), "robust_loss": 2.0, "robust_acc": v,
-                "av": 1.0, "ig": None}
+        return {
+            "clean_loss": 1.0,
+            "clean_acc": min(1.0, v + 0.3),
+            "robust_loss": 2.0,
+            "robust_acc": v,
+            "av": 1.0,
+            "ig": None,
+        }
 
     monkeypatch.setattr(T._Trainer, "on_epoch", on_epoch)
     monkeypatch.setattr(T, "evaluate", evaluate)
@@ -156,7 +174,7 @@ def _best(rd) -> tuple[int, dict]:
 def test_with_select_on_val_no_test_number_moves_best_pt(tmp_path, monkeypatch, one_thread):
     """Two runs alike but for their test numbers (noise, drawn differently): the same best.pt,
     at the validation curve's best epoch, while the test curves' best epochs differ."""
-    val = [0.2, 0.3, 0.45, 0.4, 0.5, 0.42, 0.41, 0.5, 0.3, 0.35, 0.3, 0.3, 0.3, 0.3]   # best: epoch 7 (tie: later)
+    val = [0.2, 0.3, 0.45, 0.4, 0.5, 0.42, 0.41, 0.5, 0.3, 0.35, 0.3, 0.3, 0.3, 0.3]  # best: epoch 7 (tie: later)
     bests = []
     for i, seed in enumerate((1, 2)):
         rng = random.Random(seed)
@@ -185,14 +203,16 @@ def test_a_run_stops_early_when_it_overfits_on_the_validation_split(tmp_path, mo
     st = rd.status()
     assert st.state == "finished" and st.early_stop == EarlyStop(epoch=12, onset=11, planned=14, split="val")
     assert [r["epoch"] for r in rd.epochs()] == list(range(13))
-    assert _best(rd)[0] == 1                              # best.pt: the validation best, already saved
+    assert _best(rd)[0] == 1  # best.pt: the validation best, already saved
     ck = torch.load(rd.ckpt("last"), map_location="cpu", weights_only=False)
     assert ck["epoch"] == 13
     row = summarize(rd)
     assert (row["stopped_early_at"], row["epochs_saved"], row["overfit_epoch"]) == (12, 1, 11)
     monkeypatch.setenv("ADVLC_HOME", str(store.home))
     _, out, _ = cli("show", rd.id, code=0)
-    assert "stopped early at epoch 12: robust overfitting (validation) since epoch 11; 1 of 14 epochs not trained" in out
+    assert (
+        "stopped early at epoch 12: robust overfitting (validation) since epoch 11; 1 of 14 epochs not trained" in out
+    )
     _, out, _ = cli("runs", "--where", "stopped_early_at == 12", code=0)
     assert rd.id in out and "13/14⏹" in out
     # the reason travels with the run in an archive (data, like its records)
@@ -221,8 +241,17 @@ async def test_the_app_marks_a_run_that_stopped_early_and_says_why(tmp_path, siz
     from tui.widgets.alert_bar import AlertBar
 
     store = Store(tmp_path / "home").ensure()
-    rd = fabricate_run(store, "0000e5a1", preset="quick/digits-fgsm_n", seed=0, group=None, total=20, done=13,
-                       state="finished", created=1.7e9)
+    rd = fabricate_run(
+        store,
+        "0000e5a1",
+        preset="quick/digits-fgsm_n",
+        seed=0,
+        group=None,
+        total=20,
+        done=13,
+        state="finished",
+        created=1.7e9,
+    )
     force_status(rd, early_stop={"epoch": 12, "onset": 9, "planned": 20, "split": "val"})
     store.sync(rd)
     app = make_app(store.home)
@@ -234,5 +263,7 @@ async def test_the_app_marks_a_run_that_stopped_early_and_says_why(tmp_path, siz
         await pilot_wait(pilot, lambda: isinstance(app.screen, RunDetailScreen))
         bar = app.screen.query_one("#alerts", AlertBar)
         await pilot_wait(pilot, lambda: "stopped early" in str(bar.render()))
-        assert "⏹ stopped early at epoch 12: robust overfitting (validation) since epoch 9; 7 of 20 epochs not " \
-               "trained" in str(bar.render())
+        assert (
+            "⏹ stopped early at epoch 12: robust overfitting (validation) since epoch 9; 7 of 20 epochs not "
+            "trained" in str(bar.render())
+        )

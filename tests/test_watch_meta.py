@@ -14,8 +14,17 @@ def _store(tmp_path):
 
 
 def _run(store, rid):
-    return fabricate_run(store, rid, preset="quick/digits-fgsm_n", seed=0, group=None, total=10, done=3,
-                         state="finished", created=1_700_000_000)
+    return fabricate_run(
+        store,
+        rid,
+        preset="quick/digits-fgsm_n",
+        seed=0,
+        group=None,
+        total=10,
+        done=3,
+        state="finished",
+        created=1_700_000_000,
+    )
 
 
 def test_run_follower_reports_meta_only_when_it_changed(tmp_path):

@@ -35,8 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------------------- fast: the fixes
 def _git_repo(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "user's own project"]):
         subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=env, timeout=60)
 
@@ -84,8 +89,9 @@ def test_wheel_in_a_fresh_venv(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert not [n for n in names if n.startswith("tests/") or "synthetic" in n or "bench_app" in n], \
+    assert not [n for n in names if n.startswith("tests/") or "synthetic" in n or "bench_app" in n], (
         "test scaffolding in the wheel"
+    )
 
     _git_repo(project)
     venv = project / ".venv"
@@ -101,14 +107,18 @@ def test_wheel_in_a_fresh_venv(tmp_path):
     advlc = venv / "bin" / "advlc"
 
     def run(*args, check=True, timeout=600):
-        p = subprocess.run([str(advlc), *args], capture_output=True, text=True, env=env, timeout=timeout,
-                           cwd=tmp_path)
+        p = subprocess.run([str(advlc), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
         if check:
             assert p.returncode == 0, f"advlc {' '.join(args)}: {p.stdout[-3000:]}{p.stderr[-3000:]}"
         return p
 
-    where = _sh(py, "-c", "import engine, tui, presets; print(engine.__file__, tui.__file__, presets.__file__)",
-                env=env, cwd=tmp_path).stdout.split()
+    where = _sh(
+        py,
+        "-c",
+        "import engine, tui, presets; print(engine.__file__, tui.__file__, presets.__file__)",
+        env=env,
+        cwd=tmp_path,
+    ).stdout.split()
     assert all(Path(w).is_relative_to(site) for w in where), where  # the wheel, not the checkout
     assert (site / "tui" / "app.tcss").is_file()
 
@@ -123,7 +133,7 @@ def test_wheel_in_a_fresh_venv(tmp_path):
 
     # a foreground run of the default preset, then a detached one through the supervisor
     p = run("run", "quick/digits-fgsm_n-advlc", "--set", "train.epochs=2")
-    assert "robust %" in p.stdout and "best/end" in p.stdout     # the summary's two-line header
+    assert "robust %" in p.stdout and "best/end" in p.stdout  # the summary's two-line header
     run("run", "quick/digits-fgsm_n-advlc", "--set", "train.epochs=1", "--seed", "1", "--detach")
     deadline = time.monotonic() + 300
     while True:
@@ -133,7 +143,7 @@ def test_wheel_in_a_fresh_venv(tmp_path):
         time.sleep(1)
     assert sorted((r["seed"], r["state"], r["epoch"]) for r in runs) == [(0, "finished", 2), (1, "finished", 1)], runs
     for r in runs:
-        prov = json.loads((home / "runs" / r["id"] / "runtime.json").read_text())["starts"][-1]   # this start
+        prov = json.loads((home / "runs" / r["id"] / "runtime.json").read_text())["starts"][-1]  # this start
         assert prov["commit"] is None and prov["version"] == "0.1.0", prov  # not the enclosing repo's commit
 
     # --write-docs without --docs: one line, nothing written into site-packages

@@ -112,15 +112,22 @@ class AppState:
                     atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
                 except OSError as exc:
                     self.failed = True
-                    raise UserError(f"cannot save {self.path}: {exc.strerror or exc} (the sort and filter "
-                                    "will not be remembered)") from None
+                    raise UserError(
+                        f"cannot save {self.path}: {exc.strerror or exc} (the sort and filter will not be remembered)"
+                    ) from None
                 self._written = doc
 
 
 def run_words(r) -> str:
     """A run as the command palette matches it: id, preset, label, seed, title and #tags."""
-    words = [f"Open run {r['id']}", r.get("preset") or "", f"[{r['label']}]" if r.get("label") else "",
-             f"seed {r.get('seed')}", r.get("title") or "", " ".join(f"#{t}" for t in r.get("tags") or [])]
+    words = [
+        f"Open run {r['id']}",
+        r.get("preset") or "",
+        f"[{r['label']}]" if r.get("label") else "",
+        f"seed {r.get('seed')}",
+        r.get("title") or "",
+        " ".join(f"#{t}" for t in r.get("tags") or []),
+    ]
     return " ".join(w for w in words if w)
 
 
@@ -321,6 +328,7 @@ class AdvlcApp(App):
         An exception in `fn` becomes a notification (one line, never a traceback on screen)
         and a line in the Textual log; the app keeps running.
         """
+
         def wrapped():
             try:
                 return fn()
@@ -328,8 +336,9 @@ class AdvlcApp(App):
                 self.call_from_thread(self.worker_failed, name, exc)
                 return None
 
-        return node.run_worker(wrapped, thread=True, name=name, group=group or name, exclusive=exclusive,
-                               exit_on_error=False)
+        return node.run_worker(
+            wrapped, thread=True, name=name, group=group or name, exclusive=exclusive, exit_on_error=False
+        )
 
     def worker_failed(self, name: str, exc: BaseException) -> None:
         msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"

@@ -40,8 +40,7 @@ BASE_ATTACKS = ("fgsm_n", "pgd")
 ALIASES = {"pgd10": "pgd"}
 
 # Table 1 of the paper: seconds per mini-batch of 100, PreActResNet18, CIFAR-10, one V100.
-PAPER_S_PER_BATCH = {"standard": 0.017, "fgsm_n": 0.047, "fgsm_n+advlc": 0.054,
-                     "pgd": 0.326, "pgd+advlc": 0.337}
+PAPER_S_PER_BATCH = {"standard": 0.017, "fgsm_n": 0.047, "fgsm_n+advlc": 0.054, "pgd": 0.326, "pgd+advlc": 0.337}
 PAPER_RATIO = {"fgsm_n+advlc": 0.054 / 0.047, "pgd+advlc": 0.337 / 0.326}
 
 # `advlc bench epoch`: the issue's six schemes (GradAlign and CURE with FGSM-N).
@@ -79,10 +78,16 @@ def say(progress: Progress, line: str) -> None:
 def environment(device: torch.device) -> dict:
     """Where the numbers come from: device name, library versions, code version."""
     code = provenance.code_version()
-    return {"device": str(device), "device_name": provenance.device_name(device),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "threads": torch.get_num_threads(), "commit": code["commit"], "dirty": code["dirty"],
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    return {
+        "device": str(device),
+        "device_name": provenance.device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "commit": code["commit"],
+        "dirty": code["dirty"],
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
 
 
 def median(xs: list[float]) -> float | None:
@@ -93,9 +98,19 @@ def label(attack: str, method: str) -> str:
     return method if not attack else f"{attack}+{method}"
 
 
-def make_config(method: str, attack: str = "", *, arch: str, batch: int, device: torch.device,
-                channels_last: bool = False, amp: str = "off", compile: bool = False,
-                dataset: str = "synthetic", where: str = "advlc bench"):
+def make_config(
+    method: str,
+    attack: str = "",
+    *,
+    arch: str,
+    batch: int,
+    device: torch.device,
+    channels_last: bool = False,
+    amp: str = "off",
+    compile: bool = False,
+    dataset: str = "synthetic",
+    where: str = "advlc bench",
+):
     """A resolved RunConfig for timing `method` (with training `attack` for a regulariser)
     at the paper's settings: eps 8/255, PGD-10 with step eps/4, train-mode attacks,
     top-N = 10 % of the B x C logit differences, the method's strength from Sec. 5.1."""
@@ -108,7 +123,7 @@ def make_config(method: str, attack: str = "", *, arch: str, batch: int, device:
     cfg.attack.steps = 10
     # the paper's strength (Sec. 5.1) keeps the benchmark's training numerically sane; the time
     # of a step does not depend on lambda
-    lam = get_method(method).paper_lam or (0.5, 0.5)   # valid for every lam rule
+    lam = get_method(method).paper_lam or (0.5, 0.5)  # valid for every lam rule
     cfg.method.lam = lam[1] if attack == "pgd" else lam[0]
     if f"method.{method}.top_n" in config_keys():
         set_key(cfg, f"method.{method}.top_n", max(1, batch), where)  # 10 % of B x C for C = 10
@@ -130,8 +145,9 @@ def bench_model(arch: str, device: torch.device, seed: int, in_channels: int = 3
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(ModelConfig(arch=arch), num_classes=10, in_channels=in_channels,
-                           image_size=image_size).to(device)
+        return build_model(ModelConfig(arch=arch), num_classes=10, in_channels=in_channels, image_size=image_size).to(
+            device
+        )
 
 
 def bench_optimizer(model) -> torch.optim.Optimizer:
@@ -163,8 +179,15 @@ def allow_recompiles() -> None:
             setattr(dc, name, max(getattr(dc, name), 256))
 
 
-def time_groups(groups: list[tuple[str, ...]], run_block: Callable[[str, int], None], *, rounds: int,
-                 per_round: int, device: torch.device, progress: Progress):
+def time_groups(
+    groups: list[tuple[str, ...]],
+    run_block: Callable[[str, int], None],
+    *,
+    rounds: int,
+    per_round: int,
+    device: torch.device,
+    progress: Progress,
+):
     """Time groups of variants that are compared with each other, back to back.
 
     In each of `rounds` rounds every group runs once: each member times a block of
@@ -177,9 +200,9 @@ def time_groups(groups: list[tuple[str, ...]], run_block: Callable[[str, int], N
     times: dict[str, list[float]] = {}
     ratios: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
-        for g in (groups if r % 2 == 0 else groups[::-1]):
+        for g in groups if r % 2 == 0 else groups[::-1]:
             t = {}
-            for n in (g if r % 2 == 0 else g[::-1]):
+            for n in g if r % 2 == 0 else g[::-1]:
                 sync(device)
                 t0 = time.perf_counter()
                 run_block(n, per_round)

@@ -45,8 +45,12 @@ SCHEDULES = ("sequential", "budget", "default")
 
 def _env(home: Path, threads: int | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env.update(ADVLC_HOME=str(home), PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.update(
+        ADVLC_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
+    )
     if threads:
         env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     return env
@@ -55,8 +59,14 @@ def _env(home: Path, threads: int | None) -> dict:
 def _start(store: Store, rd: RunDir, threads: int | None) -> subprocess.Popen:
     log = open(rd.log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "engine.run", str(rd.path)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, env=_env(store.home, threads), cwd=rd.path)
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.run", str(rd.path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(store.home, threads),
+            cwd=rd.path,
+        )
     finally:
         log.close()
 
@@ -75,8 +85,13 @@ def _create(store: Store, planned) -> list[RunDir]:
     out = []
     for p in planned:
         config = p.cfg.to_dict()
-        config["run"] = {"preset": p.preset, "label": label(p.cfg), "seed": p.seed, "point": p.point,
-                         "created": time.time()}
+        config["run"] = {
+            "preset": p.preset,
+            "label": label(p.cfg),
+            "seed": p.seed,
+            "point": p.point,
+            "created": time.time(),
+        }
         out.append(store.create_run(config))
     return out
 
@@ -87,8 +102,13 @@ def _epoch_s(rds: list[RunDir]) -> float:
     return sum(times) / len(times) if times else float("nan")
 
 
-def bench_concurrency(preset: str = "quick/robust-overfitting", overrides: list[str] | None = None, *,
-                      schedules: tuple[str, ...] = SCHEDULES, progress: Progress = None) -> dict:
+def bench_concurrency(
+    preset: str = "quick/robust-overfitting",
+    overrides: list[str] | None = None,
+    *,
+    schedules: tuple[str, ...] = SCHEDULES,
+    progress: Progress = None,
+) -> dict:
     """Wall time of the preset's runs under each schedule (see the module docstring)."""
     unknown = [s for s in schedules if s not in SCHEDULES]
     if unknown:
@@ -96,14 +116,25 @@ def bench_concurrency(preset: str = "quick/robust-overfitting", overrides: list[
     overrides = list(overrides or []) + ["train.device=cpu"]
     planned = preset_runs(preset, overrides)
     if len(planned) < 2:
-        raise UserError(f"bench --concurrency: preset {preset} plans {len(planned)} run; give one that plans "
-                        "several (a sweep, or --seeds)")
+        raise UserError(
+            f"bench --concurrency: preset {preset} plans {len(planned)} run; give one that plans "
+            "several (a sweep, or --seeds)"
+        )
     n, cores = len(planned), usable_cores()
     code = provenance.code_version()
-    res: dict = {"preset": preset, "overrides": overrides, "runs": n, "cores": cores,
-                 "budget_threads": max(1, cores // n), "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                 "device_name": f"cpu ({platform.processor() or platform.machine()}, {cores} usable cores)", "torch": torch.__version__,
-                 "commit": code["commit"], "dirty": code["dirty"], "schedules": {}}
+    res: dict = {
+        "preset": preset,
+        "overrides": overrides,
+        "runs": n,
+        "cores": cores,
+        "budget_threads": max(1, cores // n),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "device_name": f"cpu ({platform.processor() or platform.machine()}, {cores} usable cores)",
+        "torch": torch.__version__,
+        "commit": code["commit"],
+        "dirty": code["dirty"],
+        "schedules": {},
+    }
     with tempfile.TemporaryDirectory(prefix="advlc-bench-") as tmp:
         store = Store(Path(tmp)).ensure()
         for sched in schedules:
@@ -117,13 +148,19 @@ def bench_concurrency(preset: str = "quick/robust-overfitting", overrides: list[
                 threads = res["budget_threads"] if sched == "budget" else None
                 _wait([_start(store, rd, threads) for rd in rds], rds)
             wall = time.perf_counter() - t0
-            res["schedules"][sched] = {"wall_s": wall, "epoch_s": _epoch_s(rds),
-                                       "threads": cores if sched == "sequential" else
-                                       (res["budget_threads"] if sched == "budget" else "torch default")}
+            res["schedules"][sched] = {
+                "wall_s": wall,
+                "epoch_s": _epoch_s(rds),
+                "threads": cores
+                if sched == "sequential"
+                else (res["budget_threads"] if sched == "budget" else "torch default"),
+            }
             say(progress, f"{sched}: {wall:.1f} s")
     s = res["schedules"]
-    res["budget_vs_sequential"] = s["budget"]["wall_s"] / s["sequential"]["wall_s"] \
-        if "budget" in s and "sequential" in s else None
-    res["default_vs_budget"] = s["default"]["wall_s"] / s["budget"]["wall_s"] \
-        if "default" in s and "budget" in s else None
+    res["budget_vs_sequential"] = (
+        s["budget"]["wall_s"] / s["sequential"]["wall_s"] if "budget" in s and "sequential" in s else None
+    )
+    res["default_vs_budget"] = (
+        s["default"]["wall_s"] / s["budget"]["wall_s"] if "default" in s and "budget" in s else None
+    )
     return res

@@ -78,9 +78,16 @@ class _Batches:
         self.eval_x = x_u8[:n_eval].to(dev).float() / 255.0
         self.eval_y = y[:n_eval].to(dev)
         self.batch = batch
-        self.loader = make_loader(x_u8[:n_train], y[:n_train], batch_size=batch, padding=4, flip=True,
-                                  workers=workers, pin_memory=dev.type == "cuda",
-                                  generator=torch.Generator().manual_seed(seed))
+        self.loader = make_loader(
+            x_u8[:n_train],
+            y[:n_train],
+            batch_size=batch,
+            padding=4,
+            flip=True,
+            workers=workers,
+            pin_memory=dev.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
         self.ref_iter = iter(self.loader)
         self.gen = torch.Generator(device=dev).manual_seed(seed + 1)
         self.fast_iter = iter(())
@@ -96,8 +103,9 @@ class _Batches:
         try:
             return next(self.fast_iter)[:2]
         except StopIteration:
-            self.fast_iter = epoch_stream(self.train_x, self.train_y, batch_size=self.batch, padding=4, flip=True,
-                                          generator=self.gen)
+            self.fast_iter = epoch_stream(
+                self.train_x, self.train_y, batch_size=self.batch, padding=4, flip=True, generator=self.gen
+            )
             return next(self.fast_iter)[:2]
 
 
@@ -113,9 +121,17 @@ def _variants(schemes, amps, *, arch, batch, dev, channels_last, compile, seed, 
             fast = loop == "fast"
             amp, comp = amp_spec(spec, compile) if fast else ("off", False)
             try:
-                cfg = make_config(m, atk, arch=arch, batch=batch, device=dev,
-                                  channels_last=channels_last and fast, amp=amp,
-                                  compile=comp, where="advlc bench epoch")
+                cfg = make_config(
+                    m,
+                    atk,
+                    arch=arch,
+                    batch=batch,
+                    device=dev,
+                    channels_last=channels_last and fast,
+                    amp=amp,
+                    compile=comp,
+                    where="advlc bench epoch",
+                )
             except UserError as exc:
                 skipped[lab] = str(exc)
                 break
@@ -124,13 +140,26 @@ def _variants(schemes, amps, *, arch, batch, dev, channels_last, compile, seed, 
             if fast:
                 model = prepare_model(model, cfg, log=notes.append)
             name = f"{lab} | {loop}" + (f" {spec_name(spec, compile)}" if fast else "")
-            variants[name] = {"scheme": lab, "loop": loop, "amp": amp, "spec": spec, "cfg": cfg, "model": model,
-                              "opt": bench_optimizer(model), "method": get_method(m),
-                              "ctx": StepContext(cfg=cfg, epoch=0, lam=lam_at(cfg, 0),
-                                                 extras={"teachers": teachers} if get_method(m).teachers else {}),
-                              "autocast": (lambda c=cfg: autocast(c, dev)), "notes": notes,
-                              "loss_sum": torch.zeros((), device=dev),
-                              "correct": torch.zeros((), device=dev, dtype=torch.long)}
+            variants[name] = {
+                "scheme": lab,
+                "loop": loop,
+                "amp": amp,
+                "spec": spec,
+                "cfg": cfg,
+                "model": model,
+                "opt": bench_optimizer(model),
+                "method": get_method(m),
+                "ctx": StepContext(
+                    cfg=cfg,
+                    epoch=0,
+                    lam=lam_at(cfg, 0),
+                    extras={"teachers": teachers} if get_method(m).teachers else {},
+                ),
+                "autocast": (lambda c=cfg: autocast(c, dev)),
+                "notes": notes,
+                "loss_sum": torch.zeros((), device=dev),
+                "correct": torch.zeros((), device=dev, dtype=torch.long),
+            }
     return variants
 
 
@@ -138,31 +167,58 @@ def _costs(model, data: _Batches, amps, eval_n: int, hs_n: int, eval_batch: int,
     """Seconds of the per-epoch evaluation per 10,000 images and of HS per 2000 samples."""
     costs = {}
     eps = 8 / 255
-    for a in dict.fromkeys(amp_spec(s)[0] for s in amps) if eval_n else ():   # per precision, never compiled
+    for a in dict.fromkeys(amp_spec(s)[0] for s in amps) if eval_n else ():  # per precision, never compiled
         say(progress, f"evaluation cost ({'bf16' if a == 'bf16' else 'fp32'}): {eval_n} images")
         with autocast(SimpleNamespace(amp=a), dev):
             w = min(eval_batch, eval_n)
-            evaluate(model, data.eval_x[:w], data.eval_y[:w], eps=eps, alpha=eps / 4, steps=10,
-                     batch_size=eval_batch, ig=True)  # warm-up
+            evaluate(
+                model,
+                data.eval_x[:w],
+                data.eval_y[:w],
+                eps=eps,
+                alpha=eps / 4,
+                steps=10,
+                batch_size=eval_batch,
+                ig=True,
+            )  # warm-up
             sync(dev)
             t0 = time.perf_counter()
-            evaluate(model, data.eval_x[:eval_n], data.eval_y[:eval_n], eps=eps, alpha=eps / 4, steps=10,
-                     batch_size=eval_batch, ig=True)
+            evaluate(
+                model,
+                data.eval_x[:eval_n],
+                data.eval_y[:eval_n],
+                eps=eps,
+                alpha=eps / 4,
+                steps=10,
+                batch_size=eval_batch,
+                ig=True,
+            )
             sync(dev)
         dt = time.perf_counter() - t0
-        costs[f"eval_{a}"] = {"images": eval_n, "seconds": dt, "s_per_10k": dt * 10_000 / eval_n,
-                              "extrapolated": eval_n < 10_000}
+        costs[f"eval_{a}"] = {
+            "images": eval_n,
+            "seconds": dt,
+            "s_per_10k": dt * 10_000 / eval_n,
+            "extrapolated": eval_n < 10_000,
+        }
     if not hs_n:
         return costs
     say(progress, f"HS cost: {hs_n} samples")
-    hs_metric(model, data.eval_x[:min(100, hs_n)], data.eval_y[:min(100, hs_n)], n=min(100, hs_n), batch=100)  # warm-up
+    hs_metric(
+        model, data.eval_x[: min(100, hs_n)], data.eval_y[: min(100, hs_n)], n=min(100, hs_n), batch=100
+    )  # warm-up
     sync(dev)
     t0 = time.perf_counter()
     _, used = hs_metric(model, data.eval_x[:hs_n], data.eval_y[:hs_n], n=hs_n, batch=100)
     sync(dev)
     dt = time.perf_counter() - t0
-    costs["hs"] = {"samples": hs_n, "method": used, "seconds": dt, "s_per_2000": dt * 2000 / hs_n,
-                   "extrapolated": hs_n < 2000}
+    costs["hs"] = {
+        "samples": hs_n,
+        "method": used,
+        "seconds": dt,
+        "s_per_2000": dt * 2000 / hs_n,
+        "extrapolated": hs_n < 2000,
+    }
     return costs
 
 
@@ -185,23 +241,31 @@ def _rows(schemes, amps, variants: dict, times: dict, ratios: dict, per_epoch: i
         ref = f"{lab} | reference"
         if ref not in times:
             continue
-        row = {"scheme": lab, "reference_s_per_batch": median(times[ref]),
-               "reference_s_per_epoch": median(times[ref]) * per_epoch, "fast": {}}
+        row = {
+            "scheme": lab,
+            "reference_s_per_batch": median(times[ref]),
+            "reference_s_per_epoch": median(times[ref]) * per_epoch,
+            "fast": {},
+        }
         for a in amps:
             name = f"{lab} | fast {spec_name(a, compile)}"
             if name not in times:
                 continue
             t = times[name]
-            row["fast"][a] = {"s_per_batch": median(t), "s_per_epoch": median(t) * per_epoch,
-                              "speedup": median(ratios[(ref, name)]),
-                              "finite": bool(torch.isfinite(variants[name]["loss_sum"]).item()),
-                              "notes": variants[name]["notes"]}
+            row["fast"][a] = {
+                "s_per_batch": median(t),
+                "s_per_epoch": median(t) * per_epoch,
+                "speedup": median(ratios[(ref, name)]),
+                "finite": bool(torch.isfinite(variants[name]["loss_sum"]).item()),
+                "notes": variants[name]["notes"],
+            }
         rows.append(row)
     return rows
 
 
 def _block_runner(variants: dict, data, dev):
     """run_block(name, k): k training batches of one variant, its reference or fast loop's step."""
+
     def run_block(name: str, k: int) -> None:
         v = variants[name]
         v["model"].train()
@@ -232,12 +296,26 @@ def _warm_up(variants: dict, run_block, warmup: int, skipped: dict, progress) ->
     return ready
 
 
-def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, device: str = "auto",
-                batch: int = 100, n_train: int = 50_000, batches: int | None = None,
-                warmup: int | None = None, rounds: int | None = None, amps: list[str] | None = None,
-                channels_last: bool = True, compile: bool = False, workers: int | None = None,
-                eval_n: int | None = None, eval_batch: int = 500, hs_n: int | None = None,
-                seed: int = 0, progress: Progress = None) -> dict:
+def bench_epoch(
+    methods: list[str] | None = None,
+    *,
+    arch: str | None = None,
+    device: str = "auto",
+    batch: int = 100,
+    n_train: int = 50_000,
+    batches: int | None = None,
+    warmup: int | None = None,
+    rounds: int | None = None,
+    amps: list[str] | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    workers: int | None = None,
+    eval_n: int | None = None,
+    eval_batch: int = 500,
+    hs_n: int | None = None,
+    seed: int = 0,
+    progress: Progress = None,
+) -> dict:
     """Seconds per CIFAR-10-sized epoch (`n_train` images, batch `batch`) of each scheme on
     the fast path and on the reference loop, in one process, and the speed-up ratio.
 
@@ -274,8 +352,8 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
     per_round = math.ceil(batches / rounds)
     warmup = (5 if cuda else 1) if warmup is None else warmup
     workers = (4 if cuda else 0) if workers is None else workers
-    eval_n = (10_000 if cuda else 500) if eval_n is None else eval_n   # 0: no evaluation cost
-    hs_n = (2000 if cuda else 200) if hs_n is None else hs_n           # 0: no HS cost
+    eval_n = (10_000 if cuda else 500) if eval_n is None else eval_n  # 0: no evaluation cost
+    hs_n = (2000 if cuda else 200) if hs_n is None else hs_n  # 0: no HS cost
 
     skipped: dict[str, str] = {}
     schemes = _schemes(list(methods) if methods else list(EPOCH_VARIANTS), skipped)
@@ -284,8 +362,17 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
     data = _Batches(n_train, max(eval_n, hs_n), batch, dev, workers, seed)
     if compile or any(amp_spec(a)[1] for a in amps):
         allow_recompiles()
-    variants = _variants(schemes, amps, arch=arch, batch=batch, dev=dev, channels_last=channels_last,
-                         compile=compile, seed=seed, skipped=skipped)
+    variants = _variants(
+        schemes,
+        amps,
+        arch=arch,
+        batch=batch,
+        dev=dev,
+        channels_last=channels_last,
+        compile=compile,
+        seed=seed,
+        skipped=skipped,
+    )
 
     run_block = _block_runner(variants, data, dev)
     ready = _warm_up(variants, run_block, warmup, skipped, progress)
@@ -296,19 +383,35 @@ def bench_epoch(methods: list[str] | None = None, *, arch: str | None = None, de
         g = tuple(n for n in ready if variants[n]["scheme"] == lab)
         if g:
             groups.append(g)
-    times, ratios = time_groups(groups, run_block, rounds=rounds, per_round=per_round, device=dev,
-                                 progress=progress)
+    times, ratios = time_groups(groups, run_block, rounds=rounds, per_round=per_round, device=dev, progress=progress)
     measured = rounds * per_round
 
     rows = _rows(schemes, amps, variants, times, ratios, per_epoch, compile)
-    fast_model = next((variants[n]["model"] for n in ready if variants[n]["loop"] == "fast"
-                       and not variants[n]["cfg"].train.compile), None)
+    fast_model = next(
+        (variants[n]["model"] for n in ready if variants[n]["loop"] == "fast" and not variants[n]["cfg"].train.compile),
+        None,
+    )
     fast_model = fast_model or next((variants[n]["model"] for n in ready if variants[n]["loop"] == "fast"), None)
     costs = _costs(fast_model, data, amps, eval_n, hs_n, eval_batch, dev, progress) if fast_model is not None else {}
 
-    return {"kind": "epoch", **environment(dev), "model": arch, "reduced_model": arch != "preact_resnet18",
-            "batch": batch, "n_train": n_train, "batches_per_epoch": per_epoch,
-            "measured_batches": measured, "warmup": warmup, "rounds": rounds, "extrapolated": measured < per_epoch,
-            "channels_last": channels_last, "compile": compile, "amps": amps,
-            "amp_names": {a: spec_name(a, compile) for a in amps}, "workers": workers,
-            "results": rows, "costs": costs, "skipped": skipped}
+    return {
+        "kind": "epoch",
+        **environment(dev),
+        "model": arch,
+        "reduced_model": arch != "preact_resnet18",
+        "batch": batch,
+        "n_train": n_train,
+        "batches_per_epoch": per_epoch,
+        "measured_batches": measured,
+        "warmup": warmup,
+        "rounds": rounds,
+        "extrapolated": measured < per_epoch,
+        "channels_last": channels_last,
+        "compile": compile,
+        "amps": amps,
+        "amp_names": {a: spec_name(a, compile) for a in amps},
+        "workers": workers,
+        "results": rows,
+        "costs": costs,
+        "skipped": skipped,
+    }

@@ -48,8 +48,10 @@ def topk_rel_err(a: torch.Tensor, ref: torch.Tensor, floor: float = 1e-6) -> dic
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     diff = (a - ref).abs()
     if scale == 0.0:
-        return {"max_rel": float(diff.max()) if diff.numel() else 0.0,
-                "max_abs_scaled": float(diff.max()) if diff.numel() else 0.0}
+        return {
+            "max_rel": float(diff.max()) if diff.numel() else 0.0,
+            "max_abs_scaled": float(diff.max()) if diff.numel() else 0.0,
+        }
     keep = ref.abs() > floor * scale
     max_rel = float((diff[keep] / ref[keep].abs()).max()) if bool(keep.any()) else 0.0
     return {"max_rel": max_rel, "max_abs_scaled": float(diff.max()) / scale}
@@ -86,9 +88,18 @@ def _dense_checks(model, xs, ys, k: int, methods, exact: bool, seed: int) -> dic
     return val
 
 
-def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
-                 methods=("exact", "power", "lanczos"), repeats: int = 1,
-                 dense_samples: int = 2, seed: int = 0) -> dict:
+def benchmark_hs(
+    model,
+    x,
+    y,
+    *,
+    batch: int = 100,
+    k: int = 20,
+    methods=("exact", "power", "lanczos"),
+    repeats: int = 1,
+    dense_samples: int = 2,
+    seed: int = 0,
+) -> dict:
     """Time and cross-check the HS methods on the given samples (full batches of `batch`).
 
     Returns {
@@ -115,9 +126,16 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
     else:
         slices = [slice(0, n)]
     dev = x.device
-    out: dict = {"n_samples": sum(s.stop - s.start for s in slices), "batch": batch,
-                 "n_batches": len(slices), "k": k, "device": str(dev),
-                 "dtype": str(x.dtype).replace("torch.", ""), "repeats": repeats, "methods": {}}
+    out: dict = {
+        "n_samples": sum(s.stop - s.start for s in slices),
+        "batch": batch,
+        "n_batches": len(slices),
+        "k": k,
+        "device": str(dev),
+        "dtype": str(x.dtype).replace("torch.", ""),
+        "repeats": repeats,
+        "methods": {},
+    }
     spectra: dict[str, list[torch.Tensor]] = {}
     for m in methods:
         try:
@@ -128,8 +146,7 @@ def benchmark_hs(model, x, y, *, batch: int = 100, k: int = 20,
             t0 = time.perf_counter()
             for _ in range(repeats):
                 gen = torch.Generator().manual_seed(seed)
-                vals = [hessian_spectrum_with_method(model, x[s], y[s], k, m, generator=gen)[0]
-                        for s in slices]
+                vals = [hessian_spectrum_with_method(model, x[s], y[s], k, m, generator=gen)[0] for s in slices]
             sync(dev)
             dt = (time.perf_counter() - t0) / (repeats * len(slices))
         except ValueError as e:
@@ -172,8 +189,15 @@ def _train_digits_model(epochs: int, device: torch.device, seed: int):
     data = load_dataset(cfg.data, device)
     model = bench_model("cnn_small", device, seed, in_channels=1, image_size=8)
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    train(model, opt, get_method("standard"), data, cfg, device=device,
-          generator=torch.Generator(device=device).manual_seed(seed))
+    train(
+        model,
+        opt,
+        get_method("standard"),
+        data,
+        cfg,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(seed),
+    )
     model.eval()
     with torch.no_grad():
         acc = float((model(data.test_x).argmax(1) == data.test_y).float().mean())
@@ -189,15 +213,26 @@ def _run_model(run: str, home, ckpt: str, device: torch.device):
     if not path.exists():
         raise UserError(f"run {rd.id}: no checkpoint {path.name} (use --ckpt best|last)")
     data = load_dataset(cfg.data, device)
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size).to(device)
+    model = build_model(
+        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+    ).to(device)
     model.load_state_dict(load(path, device)["model"])
     return model.eval(), data, {"source": f"run {rd.id} ({label(cfg)}), {path.name}"}
 
 
-def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: str = "cpu",
-             n: int = 2000, power_n: int | None = None, epochs: int = 5, seed: int = 0,
-             dense_samples: int = 2, progress: Progress = None) -> dict:
+def bench_hs(
+    *,
+    run: str | None = None,
+    home=None,
+    ckpt: str = "best",
+    device: str = "cpu",
+    n: int = 2000,
+    power_n: int | None = None,
+    epochs: int = 5,
+    seed: int = 0,
+    dense_samples: int = 2,
+    progress: Progress = None,
+) -> dict:
     """HS by the exact formula vs power iteration vs Lanczos (`engine.bench.hs.benchmark_hs`)
     on `n` samples of batch 100, with the validation errors.
 
@@ -228,12 +263,15 @@ def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: s
     say(progress, f"exact and lanczos on {n} samples")
     a = benchmark_hs(model, x, y, batch=100, methods=("exact", "lanczos"), seed=seed, dense_samples=dense_samples)
     say(progress, f"exact and power on {power_n} samples")
-    b = benchmark_hs(model, x[:power_n], y[:power_n], batch=100, methods=("exact", "power"), seed=seed,
-                     dense_samples=dense_samples)
-    sec = {"exact": a["methods"].get("exact", {}).get("sec_per_batch"),
-           "lanczos": a["methods"].get("lanczos", {}).get("sec_per_batch"),
-           "power": b["methods"].get("power", {}).get("sec_per_batch"),
-           "exact_on_power_samples": b["methods"].get("exact", {}).get("sec_per_batch")}
+    b = benchmark_hs(
+        model, x[:power_n], y[:power_n], batch=100, methods=("exact", "power"), seed=seed, dense_samples=dense_samples
+    )
+    sec = {
+        "exact": a["methods"].get("exact", {}).get("sec_per_batch"),
+        "lanczos": a["methods"].get("lanczos", {}).get("sec_per_batch"),
+        "power": b["methods"].get("power", {}).get("sec_per_batch"),
+        "exact_on_power_samples": b["methods"].get("exact", {}).get("sec_per_batch"),
+    }
     val = dict(a["validation"])
     for k in ("power_vs_dense", "power_vs_exact"):
         if k in b["validation"]:
@@ -242,15 +280,30 @@ def bench_hs(*, run: str | None = None, home=None, ckpt: str = "best", device: s
     goals = {
         "exact_100x_faster_than_power": None if sp_power is None else sp_power >= 100,
         "exact_vs_dense_within_1e-3": (val.get("exact_vs_dense", {}).get("max_rel", math.inf) <= 1e-3)
-        if "exact_vs_dense" in val else None,
+        if "exact_vs_dense" in val
+        else None,
         "power_vs_exact_within_1e-3": (val.get("power_vs_exact", {}).get("max_rel", math.inf) <= 1e-3)
-        if "power_vs_exact" in val else None,
+        if "power_vs_exact" in val
+        else None,
     }
-    return {"kind": "hs", **environment(dev), "model": source, "n_samples": a["n_samples"],
-            "distinct_samples": min(distinct, n), "power_samples": b["n_samples"], "batch": 100, "k": 20,
-            "sec_per_batch": sec, "speedup_exact_vs_power": sp_power,
-            "speedup_exact_vs_lanczos": a.get("speedup_exact_vs_lanczos"),
-            "hs": {m: r.get("hs") for m, r in a["methods"].items()} | {"power": b["methods"].get("power", {}).get("hs"),
-                                                                      "exact_on_power_samples": b["methods"].get("exact", {}).get("hs")},
-            "errors": {m: r2["error"] for res in (a, b) for m, r2 in res["methods"].items() if "error" in r2},
-            "validation": val, "goals": goals}
+    return {
+        "kind": "hs",
+        **environment(dev),
+        "model": source,
+        "n_samples": a["n_samples"],
+        "distinct_samples": min(distinct, n),
+        "power_samples": b["n_samples"],
+        "batch": 100,
+        "k": 20,
+        "sec_per_batch": sec,
+        "speedup_exact_vs_power": sp_power,
+        "speedup_exact_vs_lanczos": a.get("speedup_exact_vs_lanczos"),
+        "hs": {m: r.get("hs") for m, r in a["methods"].items()}
+        | {
+            "power": b["methods"].get("power", {}).get("hs"),
+            "exact_on_power_samples": b["methods"].get("exact", {}).get("hs"),
+        },
+        "errors": {m: r2["error"] for res in (a, b) for m, r2 in res["methods"].items() if "error" in r2},
+        "validation": val,
+        "goals": goals,
+    }

@@ -71,18 +71,34 @@ class ReferenceDataset(Dataset):
         return img, self.targets[i]
 
 
-def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 100, padding: int = 4,
-                flip: bool = True, workers: int = 0, pin_memory: bool = False,
-                generator: torch.Generator | None = None) -> DataLoader:
+def make_loader(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 100,
+    padding: int = 4,
+    flip: bool = True,
+    workers: int = 0,
+    pin_memory: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
     """The authors' training DataLoader over images x (N, C, H, W; uint8 or float in [0, 1])."""
     ds = ReferenceDataset(x, y, authors_transform(int(x.shape[-1]), padding, flip))
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, pin_memory=pin_memory,
-                      num_workers=workers, drop_last=True, generator=generator,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        pin_memory=pin_memory,
+        num_workers=workers,
+        drop_last=True,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
 
 
-def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, method, ctx, x: torch.Tensor,
-                   y: torch.Tensor, device) -> tuple[float, float]:
+def reference_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, method, ctx, x: torch.Tensor, y: torch.Tensor, device
+) -> tuple[float, float]:
     """One step as the authors' `update` loop: move the batch, loss, SGD step, read back
     the loss and the accuracy (host sync). Returns (loss, accuracy) as Python floats."""
     x = x.to(device, non_blocking=True)
@@ -96,8 +112,9 @@ def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, method, c
     return loss_value, acc
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, method, ctx, device,
-                max_batches: int | None = None) -> dict:
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader, method, ctx, device, max_batches: int | None = None
+) -> dict:
     """One epoch (or its first `max_batches` batches) of the reference loop.
 
     Returns {"loss", "acc"} (sample means) and "batches"."""

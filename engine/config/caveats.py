@@ -18,13 +18,18 @@ def caveats(cfg: RunConfig) -> list[str]:
     milestones = cfg.train.lr_milestones
     late = [m for m in milestones if m >= epochs]
     if late and len(late) == len(milestones):
-        lines.append(f"train.epochs = {epochs} with train.lr_milestones = {milestones}: the lr never decays "
-                     f"(robust overfitting shows after the first decay)")
+        lines.append(
+            f"train.epochs = {epochs} with train.lr_milestones = {milestones}: the lr never decays "
+            f"(robust overfitting shows after the first decay)"
+        )
     elif late:
-        lines.append(f"train.epochs = {epochs} with train.lr_milestones = {milestones}: the decay"
-                     f"{'s' if len(late) > 1 else ''} at epoch {', '.join(map(str, late))} never happen"
-                     f"{'' if len(late) > 1 else 's'}")
+        lines.append(
+            f"train.epochs = {epochs} with train.lr_milestones = {milestones}: the decay"
+            f"{'s' if len(late) > 1 else ''} at epoch {', '.join(map(str, late))} never happen"
+            f"{'' if len(late) > 1 else 's'}"
+        )
     if cfg.swa.enabled and cfg.swa.start >= epochs:
-        lines.append(f"train.epochs = {epochs}: SWA starts at epoch {cfg.swa.start} (swa.start), "
-                     f"so no average is ever taken")
+        lines.append(
+            f"train.epochs = {epochs}: SWA starts at epoch {cfg.swa.start} (swa.start), so no average is ever taken"
+        )
     return lines

@@ -65,8 +65,12 @@ def _canon(v):
     return json.dumps(v, sort_keys=True, default=str)
 
 
-ADDED_KEYS = {"data.val_size": 0, "train.select_on": "test", "train.stop_on_overfit": False,
-              "train.overfit_patience": 5}
+ADDED_KEYS = {
+    "data.val_size": 0,
+    "train.select_on": "test",
+    "train.stop_on_overfit": False,
+    "train.overfit_patience": 5,
+}
 """Result-bearing keys added after runs were first stored, with the value a run made before them
 behaved as: an older run without them is a seed of the same configuration as a new run with these
 values."""
@@ -82,8 +86,11 @@ def config_key(config: dict) -> str:
 def differing(config: dict, reference: dict, *, skip=()) -> dict[str, Any]:
     """The result-bearing keys whose value in `config` differs from `reference` -> {key: config's value}."""
     mine, ref = flat(config), flat(reference)
-    return {k: v for k, v in mine.items()
-            if k not in NON_RESULT_KEYS and k not in skip and k in ref and _canon(ref[k]) != _canon(v)}
+    return {
+        k: v
+        for k, v in mine.items()
+        if k not in NON_RESULT_KEYS and k not in skip and k in ref and _canon(ref[k]) != _canon(v)
+    }
 
 
 def override_keys(overrides: list[str], method: str = "") -> list[str]:
@@ -104,15 +111,18 @@ def make(p: PlannedRun) -> dict:
     """The origin of a new run from its plan (engine.config.presets.plan)."""
     cfg = p.cfg.to_dict()
     mine = flat(cfg)
-    resolved = {k: mine[k] for k in override_keys(p.overrides, p.cfg.method.name)
-                if k in mine and k not in NON_RESULT_KEYS}
-    return {"overrides": list(p.overrides),
-            "resolved": resolved,
-            "text": describe({"resolved": resolved}),
-            "changed": differing(cfg, p.reference or cfg, skip=set(p.point or {})),
-            "command": p.command,
-            "preset_sha256": p.preset_sha256 or None,
-            "derived": False}
+    resolved = {
+        k: mine[k] for k in override_keys(p.overrides, p.cfg.method.name) if k in mine and k not in NON_RESULT_KEYS
+    }
+    return {
+        "overrides": list(p.overrides),
+        "resolved": resolved,
+        "text": describe({"resolved": resolved}),
+        "changed": differing(cfg, p.reference or cfg, skip=set(p.point or {})),
+        "command": p.command,
+        "preset_sha256": p.preset_sha256 or None,
+        "derived": False,
+    }
 
 
 def derive(config: dict, home=None) -> dict | None:
@@ -135,8 +145,7 @@ def derive(config: dict, home=None) -> dict | None:
             return None
         if not ref:
             ref = cfg.to_dict()
-        diff = {k: fmt_value(v) for k, v in differing(config, cfg.to_dict(), skip=set(point)).items()
-                if v is not None}
+        diff = {k: fmt_value(v) for k, v in differing(config, cfg.to_dict(), skip=set(point)).items() if v is not None}
         if not diff:
             break
         if it == 0:
@@ -149,13 +158,15 @@ def derive(config: dict, home=None) -> dict | None:
     overrides = [f"{k}={v}" for k, v in sets.items()]
     mine = flat(config)
     resolved = {k: mine[k] for k in sets if k in mine and k not in NON_RESULT_KEYS}
-    return {"overrides": overrides,
-            "resolved": resolved,
-            "text": describe({"resolved": resolved}),
-            "changed": differing(config, ref, skip=set(point)),
-            "command": None,
-            "preset_sha256": preset_hash(raw),
-            "derived": True}
+    return {
+        "overrides": overrides,
+        "resolved": resolved,
+        "text": describe({"resolved": resolved}),
+        "changed": differing(config, ref, skip=set(point)),
+        "command": None,
+        "preset_sha256": preset_hash(raw),
+        "derived": True,
+    }
 
 
 def describe(origin: dict | None, *, limit: int | None = None) -> str:
@@ -166,7 +177,7 @@ def describe(origin: dict | None, *, limit: int | None = None) -> str:
     parts = [f"{k}={_short(v)}" for k, v in sorted(resolved.items())]
     text = ", ".join(parts)
     if limit is not None and len(text) > limit:
-        text = text[:max(0, limit - 1)] + "…"
+        text = text[: max(0, limit - 1)] + "…"
     return text
 
 

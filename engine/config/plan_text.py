@@ -32,8 +32,11 @@ def scheme_names(planned) -> list[str]:
     if len(set(labels)) == len(labels):
         return labels
     many = len(set(labels)) > 1
-    return [(f"{label(p.cfg)} " if many else "") + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}"
-                                                              for k, v in p.point.items()) for p in firsts]
+    return [
+        (f"{label(p.cfg)} " if many else "")
+        + ", ".join(f"{k.rpartition('.')[2]}={_fmt(v)}" for k, v in p.point.items())
+        for p in firsts
+    ]
 
 
 def plan_text(planned) -> str:
@@ -41,6 +44,8 @@ def plan_text(planned) -> str:
     runs = [p for p in planned if not p.role.startswith("teacher")]
     seeds = seeds_of(runs)
     n, teachers = len(runs), len(planned) - len(runs)
-    return (f"{n} run{'' if n == 1 else 's'}: {', '.join(scheme_names(runs))} × "
-            f"seed{'' if len(seeds) == 1 else 's'} {', '.join(map(str, seeds))}"
-            + (f" (+ {teachers} teacher run{'' if teachers == 1 else 's'} first)" if teachers else ""))
+    return (
+        f"{n} run{'' if n == 1 else 's'}: {', '.join(scheme_names(runs))} × "
+        f"seed{'' if len(seeds) == 1 else 's'} {', '.join(map(str, seeds))}"
+        + (f" (+ {teachers} teacher run{'' if teachers == 1 else 's'} first)" if teachers else "")
+    )

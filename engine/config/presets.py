@@ -44,8 +44,10 @@ def env_limit(name: str, default: int) -> int:
     if not text:
         return default
     if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
-        raise UserError(f"environment variable {name}={text[:40]!r}: must be an integer between 1 and "
-                        f"999999999999999999 (default {default})")
+        raise UserError(
+            f"environment variable {name}={text[:40]!r}: must be an integer between 1 and "
+            f"999999999999999999 (default {default})"
+        )
     return int(text)
 
 
@@ -60,8 +62,8 @@ class PresetEntry:
     path: Path
     description: str
     reference: str
-    group: str           # folder part of the name, e.g. "paper/table1"
-    error: str = ""      # why the file cannot be read ("" when it can); the description says it too
+    group: str  # folder part of the name, e.g. "paper/table1"
+    error: str = ""  # why the file cannot be read ("" when it can); the description says it too
 
 
 def builtin_root() -> Path:
@@ -88,13 +90,21 @@ def list_presets(home=None) -> list[PresetEntry]:
             name = prefix + path.relative_to(root).with_suffix("").as_posix()
             error = ""
             try:
-                _read(name, home, (), hints=False)   # its extends chain too (first: a symlink out is never read)
+                _read(name, home, (), hints=False)  # its extends chain too (first: a symlink out is never read)
                 info = C.load_toml(path).get("preset", {})
-            except UserError as exc:   # a broken file is listed as broken, never breaks the others
+            except UserError as exc:  # a broken file is listed as broken, never breaks the others
                 error = str(exc).removeprefix(f"{_where(name, path)}: ").removeprefix(f"{path}: ")
                 info = {"description": f"(broken: {error})"}
-            out.append(PresetEntry(name, path, str(info.get("description", "")),
-                                   str(info.get("reference", "")), name.rpartition("/")[0], error))
+            out.append(
+                PresetEntry(
+                    name,
+                    path,
+                    str(info.get("description", "")),
+                    str(info.get("reference", "")),
+                    name.rpartition("/")[0],
+                    error,
+                )
+            )
     return sorted(out, key=lambda e: (e.name.startswith("user/"), e.name))
 
 
@@ -113,7 +123,7 @@ def find_preset(ref: str, home=None, hints: bool = True) -> tuple[str, Path]:
     for prefix, root in _roots(home):
         if prefix and not name.startswith(prefix):
             continue
-        cand = root / (name[len(prefix):] + ".toml")
+        cand = root / (name[len(prefix) :] + ".toml")
         if cand.is_file():
             return name, _inside_preset_folders(ref, cand, home)
     if not hints:
@@ -132,8 +142,10 @@ def _inside_preset_folders(ref: str, path: Path, home) -> Path:
     if any(real == f or real.is_relative_to(f) for f in folders):
         return path
     where = f" (it leads to {real})" if real != path.absolute() else ""
-    raise UserError(f"preset {ref!r}: {path}{where} is outside the preset folders ({folders[0]} and "
-                    f"{folders[1]}): presets are read only from there; copy the file into {folders[1]}")
+    raise UserError(
+        f"preset {ref!r}: {path}{where} is outside the preset folders ({folders[0]} and "
+        f"{folders[1]}): presets are read only from there; copy the file into {folders[1]}"
+    )
 
 
 def merge(base: dict, child: dict) -> dict:
@@ -158,7 +170,7 @@ def _check_tables(raw: dict, where: str) -> None:
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
-    except (OSError, RuntimeError):   # a symlink loop: the path as it is
+    except (OSError, RuntimeError):  # a symlink loop: the path as it is
         return path.absolute()
 
 
@@ -186,8 +198,9 @@ def _read(ref: str, home, chain: tuple, hints: bool = True) -> tuple[str, Path, 
             names = " -> ".join(w for _, w in chain)
             raise UserError(f"{where}: preset.extends = {parent!r}: circular ({names} -> {_where(pname, ppath)})")
         if len(chain) >= MAX_EXTENDS:
-            raise UserError(f"{where}: preset.extends = {parent!r}: the extends chain is longer than "
-                            f"{MAX_EXTENDS} presets")
+            raise UserError(
+                f"{where}: preset.extends = {parent!r}: the extends chain is longer than {MAX_EXTENDS} presets"
+            )
         _, _, base = _read(parent, home, chain, hints)
         base.get("preset", {}).pop("description", None)
         base.get("preset", {}).pop("reference", None)
@@ -209,14 +222,14 @@ class PlannedRun:
 
     preset: str
     cfg: C.RunConfig
-    point: dict            # e.g. {"method.lam": 0.3}; empty when the preset has no sweep
+    point: dict  # e.g. {"method.lam": 0.3}; empty when the preset has no sweep
     seed: int
     teachers: dict = field(default_factory=dict)  # role -> engine.launch.plan.TeacherRef (KDSA)
-    role: str = ""         # "teacher:<role>" for a teacher run planned before its student
+    role: str = ""  # "teacher:<role>" for a teacher run planned before its student
     overrides: list = field(default_factory=list)  # the --set overrides as given
     reference: dict | None = None  # the preset's own resolution at this point (no overrides)
-    preset_sha256: str = ""        # preset_hash of the preset's merged tables
-    command: str | None = None     # the command line that asked for it, or "app" (set by the caller)
+    preset_sha256: str = ""  # preset_hash of the preset's merged tables
+    command: str | None = None  # the command line that asked for it, or "app" (set by the caller)
 
 
 def _where(name: str, path: Path) -> str:
@@ -225,7 +238,7 @@ def _where(name: str, path: Path) -> str:
         return f"presets/{name}.toml"
     try:
         return os.path.relpath(path)
-    except ValueError:   # another drive (Windows)
+    except ValueError:  # another drive (Windows)
         return str(path)
 
 
@@ -255,16 +268,20 @@ def read_sweep(raw: dict, where: str) -> tuple[int | None, list[tuple[str, list]
         for path, values in items:
             section, _, fname = path.partition(".")
             if section not in sections or not fname:
-                raise UserError(f"{where}: [sweep] unknown key '{path}': must be seeds or \"section.key\" "
-                                f"(sections: {', '.join(sections)})")
+                raise UserError(
+                    f"{where}: [sweep] unknown key '{path}': must be seeds or \"section.key\" "
+                    f"(sections: {', '.join(sections)})"
+                )
             if path not in keys:
                 names = [k.partition(".")[2] for k in keys if k.startswith(section + ".")]
                 raise UserError(f"{where}: [sweep] unknown key '{path}' (keys of [{section}]: {', '.join(names)})")
             if path in seen:
                 raise UserError(f"{where}: [sweep] '{path}' is given twice")
             if not isinstance(values, list):
-                raise UserError(f"{where}: [sweep] {path} = {C._fmt(values)}: must be a list of values "
-                                f"(e.g. \"{path}\" = [{C._fmt(values)}])")
+                raise UserError(
+                    f"{where}: [sweep] {path} = {C._fmt(values)}: must be a list of values "
+                    f'(e.g. "{path}" = [{C._fmt(values)}])'
+                )
             if not values:
                 raise UserError(f"{where}: [sweep] {path} = []: empty list (give at least one value)")
             seen.add(path)
@@ -293,11 +310,12 @@ class Plan:
 
     runs: list[PlannedRun]
     raw: dict
-    where: str               # how errors name the preset file
+    where: str  # how errors name the preset file
 
 
-def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None,
-         limit: int | None = None) -> Plan:
+def plan(
+    ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None, limit: int | None = None
+) -> Plan:
     """Every run a preset stands for: its sweep grid (if any) x its seeds.
 
     Precedence, lowest first: the preset's tables (with `extends`), then the `[sweep]` point,
@@ -331,34 +349,49 @@ def plan(ref: str, overrides: list[str] | None = None, *, seeds: int | None = No
         desc = where + (" [sweep] " + ", ".join(f"{k}={C._fmt(v)}" for k, v in point.items()) if point else "")
         C.resolve(cfg, f"{desc} (with --set)" if overrides else desc)
         if cfg.train.seed + n - 1 > C.SEED_MAX:
-            raise UserError(f"{desc}: train.seed = {cfg.train.seed} with {n} seeds: the last seed would be "
-                            f"{cfg.train.seed + n - 1}, seeds must be <= {C.SEED_MAX} (2**32 - 1)")
+            raise UserError(
+                f"{desc}: train.seed = {cfg.train.seed} with {n} seeds: the last seed would be "
+                f"{cfg.train.seed + n - 1}, seeds must be <= {C.SEED_MAX} (2**32 - 1)"
+            )
         for i in range(n):
-            runs.append(PlannedRun(name, _with_seed(cfg, cfg.train.seed + i), dict(point), cfg.train.seed + i,
-                                   overrides=list(overrides), reference=reference or cfg.to_dict(),
-                                   preset_sha256=digest))
+            runs.append(
+                PlannedRun(
+                    name,
+                    _with_seed(cfg, cfg.train.seed + i),
+                    dict(point),
+                    cfg.train.seed + i,
+                    overrides=list(overrides),
+                    reference=reference or cfg.to_dict(),
+                    preset_sha256=digest,
+                )
+            )
     C.check_method_overrides(overrides, {p.cfg.method.name for p in runs}, where)
     return Plan(runs, raw, where)
 
 
-def check_size(where: str, axes: list[tuple[str, list]], seeds: int, seeds_from: str,
-               limit: int | None = None) -> int:
+def check_size(where: str, axes: list[tuple[str, list]], seeds: int, seeds_from: str, limit: int | None = None) -> int:
     """The number of runs of a plan (points of the sweep x seeds); a UserError past `limit`
     (default `max_runs()`), computed from the sizes alone, before any point is planned."""
     limit = max_runs() if limit is None else limit
     total = math.prod(len(v) for _, v in axes) * seeds
     if total > limit:
         sizes = " x ".join(str(len(v)) for _, v in axes)
-        what = (f"[sweep] of {sizes} points" if axes else "1 point") + \
-            f" x {seeds} seed{'s' if seeds != 1 else ''}" + (f" ({seeds_from})" if seeds_from else "")
-        shown = str(total) if total < 10 ** 15 else f"about 10^{len(str(total)) - 1}"
-        raise UserError(f"{where}: {what} is {shown} runs, more than the {limit} one plan may have "
-                        f"(fewer sweep values or seeds, or {MAX_RUNS_ENV}=N to allow N)")
+        what = (
+            (f"[sweep] of {sizes} points" if axes else "1 point")
+            + f" x {seeds} seed{'s' if seeds != 1 else ''}"
+            + (f" ({seeds_from})" if seeds_from else "")
+        )
+        shown = str(total) if total < 10**15 else f"about 10^{len(str(total)) - 1}"
+        raise UserError(
+            f"{where}: {what} is {shown} runs, more than the {limit} one plan may have "
+            f"(fewer sweep values or seeds, or {MAX_RUNS_ENV}=N to allow N)"
+        )
     return total
 
 
-def preset_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None,
-              home=None, limit: int | None = None) -> list[PlannedRun]:
+def preset_runs(
+    ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None, limit: int | None = None
+) -> list[PlannedRun]:
     """`plan(...).runs`: the runs a preset stands for, without their teachers."""
     return plan(ref, overrides, seeds=seeds, home=home, limit=limit).runs
 
@@ -370,4 +403,3 @@ def preset_hash(raw: dict) -> str:
 
 def _with_seed(cfg: C.RunConfig, seed: int) -> C.RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-

@@ -27,9 +27,33 @@ from typing import Any, Mapping
 from engine.errors import UserError
 from engine.nn.methods import Method, get_method, methods
 from engine.sections import (  # noqa: F401 - the sections are this module's vocabulary; importers use C.X
-    ARCHS, ATTACKS, DATASETS, DEVICES_RE, EXPERIMENT_KINDS, EXTRA_METRICS, FINAL_ATTACKS, FINAL_CKPTS, MAX_BATCH,
-    MAX_EPOCHS, MAX_IMAGES, POINT_KEYS, SEED_MAX, AttackConfig, DataConfig, EachOf, EvalConfig, ExperimentConfig,
-    MethodConfig, ModelConfig, PresetInfo, RunConfig, SWAConfig, TrainConfig, opt, option_fields)
+    ARCHS,
+    ATTACKS,
+    DATASETS,
+    DEVICES_RE,
+    EXPERIMENT_KINDS,
+    EXTRA_METRICS,
+    FINAL_ATTACKS,
+    FINAL_CKPTS,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    POINT_KEYS,
+    SEED_MAX,
+    AttackConfig,
+    DataConfig,
+    EachOf,
+    EvalConfig,
+    ExperimentConfig,
+    MethodConfig,
+    ModelConfig,
+    PresetInfo,
+    RunConfig,
+    SWAConfig,
+    TrainConfig,
+    opt,
+    option_fields,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,8 +92,9 @@ def _describe(tp) -> str:
         return _describe(args[0])
     if origin is list:
         return "a list of " + _describe(typing.get_args(tp)[0]) + "s"
-    return {int: "an integer", float: "a number (e.g. 0.03 or \"8/255\")", bool: "true or false",
-            str: "a string"}.get(tp, str(tp))
+    return {int: "an integer", float: 'a number (e.g. 0.03 or "8/255")', bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
 
 
 def coerce(value: Any, tp) -> Any:
@@ -133,8 +158,11 @@ def coerce(value: Any, tp) -> Any:
 
 def _allowed(meta: Mapping) -> str | None:
     if meta.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in meta["choices"] if c != "") + \
-            (" (or empty)" if "" in meta["choices"] else "")
+        return (
+            "one of "
+            + ", ".join(repr(c) for c in meta["choices"] if c != "")
+            + (" (or empty)" if "" in meta["choices"] else "")
+        )
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and hi is not None:
         return f"between {_num(lo)} and {_num(hi)}"
@@ -211,7 +239,7 @@ def _method_table(mcfg: MethodConfig, name: str, where: str):
         what = f"method '{name}' has no parameters of its own" if name in methods() else "no such method"
         raise UserError(f"{where}: unknown table [method.{name}]: {what} (tables of methods' parameters: {known})")
     if name not in mcfg.tables:
-        mcfg.tables[name] = owners[name].params()   # type: ignore[misc]
+        mcfg.tables[name] = owners[name].params()  # type: ignore[misc]
     return mcfg.tables[name]
 
 
@@ -295,15 +323,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     path = path.strip()
     section = path.partition(".")[0]
     if not (path.count(".") == 1 or (section == "method" and path.count(".") == 2)) or "" in path.split("."):
-        raise UserError(f"--set {text}: key must be section.key (e.g. attack.eps) or method.<name>.key "
-                        f"(e.g. method.kdsa.temperature), got '{path}'")
+        raise UserError(
+            f"--set {text}: key must be section.key (e.g. attack.eps) or method.<name>.key "
+            f"(e.g. method.kdsa.temperature), got '{path}'"
+        )
     key = path.partition(".")[2]
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    except (RecursionError, MemoryError, ValueError, TypeError):   # e.g. [[[[... thousands deep
+    except (RecursionError, MemoryError, ValueError, TypeError):  # e.g. [[[[... thousands deep
         raise UserError(f"--set {path}=…: the value cannot be read (nested too deeply or too large)") from None
     if _too_deep(value, MAX_TOML_DEPTH):
         raise UserError(f"--set {path}=…: the value is nested more than {MAX_TOML_DEPTH} deep")
@@ -331,7 +361,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if section not in classes:
             raise UserError(f"--set {text}: unknown section '{section}' (sections: {', '.join(classes)})")
         if key_type(f"{section}.{key}") is str and not isinstance(value, str):
-            value = text.partition("=")[2].strip()   # a string field takes the text as written (run id 1234)
+            value = text.partition("=")[2].strip()  # a string field takes the text as written (run id 1234)
         set_key(cfg, f"{section}.{key}", value, f"--set {text}")
     return cfg
 
@@ -346,13 +376,15 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
         if a.name not in ("", method.fixed_attack):
             raise UserError(
                 f"{where}: attack.name = {a.name!r}: method '{cfg.method.name}' trains with "
-                f"'{method.fixed_attack}' (leave attack.name empty, or pick a regularised method)")
+                f"'{method.fixed_attack}' (leave attack.name empty, or pick a regularised method)"
+            )
         a.name = method.fixed_attack
     else:
         if a.name == "":
             allowed = ", ".join(repr(x) for x in method.attacks)
-            raise UserError(f"{where}: attack.name is empty: method '{cfg.method.name}' needs a training attack, "
-                            f"one of {allowed}")
+            raise UserError(
+                f"{where}: attack.name is empty: method '{cfg.method.name}' needs a training attack, one of {allowed}"
+            )
         if a.name not in method.attacks:
             allowed = ", ".join(repr(x) for x in method.attacks)
             raise UserError(f"{where}: attack.name = {a.name!r}: method '{cfg.method.name}' combines with {allowed}")
@@ -366,8 +398,10 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
     if e.pgd_alpha is None:
         e.pgd_alpha = e.eps / 4
     if cfg.train.select_on == "val" and cfg.data.val_size == 0:
-        raise UserError(f"{where}: train.select_on = \"val\" needs a validation split: set data.val_size "
-                        f"(images held out of the training set, e.g. data.val_size=200)")
+        raise UserError(
+            f'{where}: train.select_on = "val" needs a validation split: set data.val_size '
+            f"(images held out of the training set, e.g. data.val_size=200)"
+        )
     ms = cfg.train.lr_milestones
     if any(m < 0 for m in ms) or ms != sorted(ms):
         raise UserError(f"{where}: train.lr_milestones = {ms}: must be increasing epochs >= 0")
@@ -388,9 +422,11 @@ def check_method_overrides(overrides: list[str], names: set[str], where: str) ->
     for text in overrides or []:
         section, key, _ = parse_override(text)
         if section == "method" and "." in key and key.partition(".")[0] not in names:
-            raise UserError(f"--set {text}: no run of {where} trains with method '{key.partition('.')[0]}' "
-                            f"(method.name: {', '.join(sorted(names))}); [method.{key.partition('.')[0]}] "
-                            f"would change nothing")
+            raise UserError(
+                f"--set {text}: no run of {where} trains with method '{key.partition('.')[0]}' "
+                f"(method.name: {', '.join(sorted(names))}); [method.{key.partition('.')[0]}] "
+                f"would change nothing"
+            )
 
 
 def build(data: dict, where: str, overrides: list[str] | None = None) -> RunConfig:
@@ -488,12 +524,14 @@ def load_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
-        raise UserError(f"{path}: invalid TOML: arrays or tables nested too deeply for the parser "
-                        f"(at most {MAX_TOML_DEPTH} levels)") from None
+        raise UserError(
+            f"{path}: invalid TOML: arrays or tables nested too deeply for the parser (at most {MAX_TOML_DEPTH} levels)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any other parser failure is still one line naming the file
-        raise UserError(f"{path}: cannot be parsed as TOML ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:120]})") from None
-    if _too_deep(data, MAX_TOML_DEPTH + 1):   # + 1: the file's own top-level table
+        raise UserError(
+            f"{path}: cannot be parsed as TOML ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        ) from None
+    if _too_deep(data, MAX_TOML_DEPTH + 1):  # + 1: the file's own top-level table
         raise UserError(f"{path}: values nested more than {MAX_TOML_DEPTH} deep (tables, arrays, inline tables)")
     return data
 
@@ -512,21 +550,32 @@ def schema() -> list[dict]:
 
 def _rows(section: str, cls, default_obj) -> list[dict]:
     hints = field_hints(cls)
-    return [{"key": f"{section}.{f.name}",
-             "type": _describe(hints[f.name]),
-             "default": getattr(default_obj, f.name),
-             "unit": f.metadata.get("unit", ""),
-             "allowed": _allowed(f.metadata) or "",
-             "doc": f.metadata.get("doc", ""),
-             "section_doc": (cls.__doc__ or "").strip()} for f in option_fields(cls)]
+    return [
+        {
+            "key": f"{section}.{f.name}",
+            "type": _describe(hints[f.name]),
+            "default": getattr(default_obj, f.name),
+            "unit": f.metadata.get("unit", ""),
+            "allowed": _allowed(f.metadata) or "",
+            "doc": f.metadata.get("doc", ""),
+            "section_doc": (cls.__doc__ or "").strip(),
+        }
+        for f in option_fields(cls)
+    ]
 
 
 def config_keys() -> dict[str, Any]:
     """Every option's key ("section.key", "method.<name>.key") with its type: what --columns,
     --where and sweeps may name."""
-    out = {f"{s}.{f.name}": field_hints(cls)[f.name] for s, cls in section_classes().items()
-           for f in option_fields(cls)}
+    out = {
+        f"{s}.{f.name}": field_hints(cls)[f.name] for s, cls in section_classes().items() for f in option_fields(cls)
+    }
     for name, m in with_params().items():
-        out.update({f"method.{name}.{k}": tp for k, tp in field_hints(m.params).items()
-                    if k in {f.name for f in dataclasses.fields(m.params)}})
+        out.update(
+            {
+                f"method.{name}.{k}": tp
+                for k, tp in field_hints(m.params).items()
+                if k in {f.name for f in dataclasses.fields(m.params)}
+            }
+        )
     return out

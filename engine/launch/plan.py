@@ -42,11 +42,11 @@ from engine.store.index import Store
 class TeacherRef:
     """A teacher of a planned run: a finished run in the store, or a run planned before it."""
 
-    role: str                 # "standard" | "adversarial"
-    preset: str               # the teacher's preset name
-    which: str                # "best" | "end"
+    role: str  # "standard" | "adversarial"
+    preset: str  # the teacher's preset name
+    which: str  # "best" | "end"
     run_id: str | None = None  # an existing finished run ...
-    planned: Any = None        # ... or the PlannedRun of a teacher planned in the same batch
+    planned: Any = None  # ... or the PlannedRun of a teacher planned in the same batch
 
 
 def ckpt_name(which: str) -> str:
@@ -76,15 +76,17 @@ def read_table(raw: dict, where: str, method: str, home=None) -> dict[str, str]:
     if table is None:
         if roles:
             example = ", ".join(f'{r} = "<preset>"' for r in roles)
-            raise UserError(f"{where}: method '{method}' needs a [teachers] table naming its teacher presets "
-                            f"({example})")
+            raise UserError(
+                f"{where}: method '{method}' needs a [teachers] table naming its teacher presets ({example})"
+            )
         return {}
     if not isinstance(table, dict):
         raise UserError(f"{where}: 'teachers' must be a table [teachers]")
     if not roles:
         users = ", ".join(n for n, m in sorted(methods().items()) if m.teachers)
-        raise UserError(f"{where}: [teachers]: method '{method}' uses no teachers (remove the table, "
-                        f"or use one of: {users})")
+        raise UserError(
+            f"{where}: [teachers]: method '{method}' uses no teachers (remove the table, or use one of: {users})"
+        )
     for key in table:
         if key not in roles:
             raise UserError(f"{where}: [teachers] unknown key '{key}' (keys: {', '.join(roles)})")
@@ -92,8 +94,9 @@ def read_table(raw: dict, where: str, method: str, home=None) -> dict[str, str]:
     for role in roles:
         name = table.get(role)
         if name is None:
-            raise UserError(f"{where}: [teachers] {role} is missing: name the {role} teacher's preset "
-                            f"({role} = \"<preset>\")")
+            raise UserError(
+                f'{where}: [teachers] {role} is missing: name the {role} teacher\'s preset ({role} = "<preset>")'
+            )
         if not isinstance(name, str) or not name.strip():
             raise UserError(f"{where}: [teachers] {role} = {name!r}: must be a preset name (a string)")
         try:
@@ -106,8 +109,11 @@ def read_table(raw: dict, where: str, method: str, home=None) -> dict[str, str]:
 
 def find_run(store: Store, preset: str, dataset: str, arch: str, which: str) -> str | None:
     """The newest finished run of `preset` on `dataset`/`arch` whose checkpoint exists."""
-    rows = [r for r in store.runs(state="finished", archived=None)
-            if r.get("preset") == preset and r.get("dataset") == dataset and r.get("arch") == arch]
+    rows = [
+        r
+        for r in store.runs(state="finished", archived=None)
+        if r.get("preset") == preset and r.get("dataset") == dataset and r.get("arch") == arch
+    ]
     for r in sorted(rows, key=lambda r: (r.get("created") or 0, r["id"]), reverse=True):
         if store.run_dir(r["id"]).ckpt(ckpt_name(which)).exists():
             return r["id"]
@@ -120,8 +126,10 @@ def missing_message(method: str, missing: list[tuple[str, str]], overrides: list
     label = method.upper()
     if len(missing) == 1:
         role, preset = missing[0]
-        return (f"{label} needs a finished run of teacher preset '{preset}' ({role}); "
-                f"run it first: advlc run {preset}{extra} (or add --with-teachers)")
+        return (
+            f"{label} needs a finished run of teacher preset '{preset}' ({role}); "
+            f"run it first: advlc run {preset}{extra} (or add --with-teachers)"
+        )
     names = " and ".join(f"'{p}' ({r})" for r, p in missing)
     cmds = "; ".join(f"advlc run {p}{extra}" for _, p in missing)
     return f"{label} needs finished runs of teacher presets {names}; run them first: {cmds} (or add --with-teachers)"
@@ -129,12 +137,23 @@ def missing_message(method: str, missing: list[tuple[str, str]], overrides: list
 
 def run_record(ref: TeacherRef, run_id: str, store: Store) -> dict:
     """What config.json's run.teachers.<role> holds."""
-    return {"preset": ref.preset, "run": run_id, "which": ref.which,
-            "checkpoint": str(store.run_dir(run_id).ckpt(ckpt_name(ref.which)))}
+    return {
+        "preset": ref.preset,
+        "run": run_id,
+        "which": ref.which,
+        "checkpoint": str(store.run_dir(run_id).ckpt(ckpt_name(ref.which))),
+    }
 
 
-def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None = None, home=None,
-              with_teachers: bool = False, store: Store | None = None) -> list[PlannedRun]:
+def plan_runs(
+    ref: str,
+    overrides: list[str] | None = None,
+    *,
+    seeds: int | None = None,
+    home=None,
+    with_teachers: bool = False,
+    store: Store | None = None,
+) -> list[PlannedRun]:
     """Every run a preset stands for (engine.config.presets.plan), each with its teachers: a
     finished run of each teacher preset in `store` (default Store(home)), or with `with_teachers`
     a run of that teacher preset planned and returned before the students."""
@@ -142,8 +161,9 @@ def plan_runs(ref: str, overrides: list[str] | None = None, *, seeds: int | None
     return _plan_teachers(p.runs, p.raw, p.where, list(overrides or []), home, with_teachers, store) + p.runs
 
 
-def _plan_teachers(runs: list[PlannedRun], raw: dict, where: str, overrides: list[str], home,
-                   with_teachers: bool, store) -> list[PlannedRun]:
+def _plan_teachers(
+    runs: list[PlannedRun], raw: dict, where: str, overrides: list[str], home, with_teachers: bool, store
+) -> list[PlannedRun]:
     """Attach TeacherRefs to `runs`; returns the teacher runs to plan first (with_teachers)."""
     tables = {}
     for r in runs:
@@ -172,16 +192,21 @@ def _plan_teachers(runs: list[PlannedRun], raw: dict, where: str, overrides: lis
                 continue
             pkey = (tpreset, dataset, arch)
             if pkey not in planned:
-                tplan = plan_runs(tpreset, teacher_overrides(overrides), seeds=1, home=home,
-                                  with_teachers=True, store=store)
+                tplan = plan_runs(
+                    tpreset, teacher_overrides(overrides), seeds=1, home=home, with_teachers=True, store=store
+                )
                 mains = [p for p in tplan if not p.role]
                 if len(mains) != 1:
-                    raise UserError(f"{where}: [teachers] {role} = {tpreset!r}: a teacher preset must stand for "
-                                    f"one run (it has a [sweep] of {len(mains)})")
+                    raise UserError(
+                        f"{where}: [teachers] {role} = {tpreset!r}: a teacher preset must stand for "
+                        f"one run (it has a [sweep] of {len(mains)})"
+                    )
                 t = mains[0]
                 if (t.cfg.data.dataset, t.cfg.model.arch) != (dataset, arch):
-                    raise UserError(f"{where}: [teachers] {role} = {tpreset!r}: that preset trains "
-                                    f"{t.cfg.model.arch} on {t.cfg.data.dataset}, this one {arch} on {dataset}")
+                    raise UserError(
+                        f"{where}: [teachers] {role} = {tpreset!r}: that preset trains "
+                        f"{t.cfg.model.arch} on {t.cfg.data.dataset}, this one {arch} on {dataset}"
+                    )
                 t.role = f"teacher:{role}"
                 planned[pkey] = t
                 first.extend(tplan)

@@ -57,7 +57,7 @@ def process_matches(pid: int | None, created: float | None) -> bool:
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
         if created is not None and abs(p.create_time() - float(created)) > 1.0:
-            return False            # the pid was recycled by another process
+            return False  # the pid was recycled by another process
         return True
     except (psutil.Error, ValueError, TypeError):
         return False
@@ -97,7 +97,9 @@ def child_env(home: Path, *, gpu: int | None = None, threads: int | None = None)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["ADVLC_HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if threads:
@@ -110,9 +112,16 @@ def spawn_detached(argv: list[str], *, log_path: Path, env: dict, cwd: Path | No
     """Start `argv` in its own session (it survives the terminal), output appended to `log_path` (0600)."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "ab") as log:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, close_fds=True, env=env,
-                             cwd=str(cwd) if cwd else None)
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+        )
     _CHILDREN.append(p)
     return p
 
@@ -180,13 +189,14 @@ def owned(pid: int | None, created: float | None, host: str | None, commands: li
         if p.status() == psutil.STATUS_ZOMBIE:
             return Verdict("gone")
         if created is None:
-            return Verdict("foreign", why=f"{where}: its start time is not recorded, so it cannot be told "
-                                          f"from another process")
+            return Verdict(
+                "foreign", why=f"{where}: its start time is not recorded, so it cannot be told from another process"
+            )
         if abs(p.create_time() - float(created)) > 1.0:
-            return Verdict("gone")              # the pid was recycled: the recorded process is gone
+            return Verdict("gone")  # the pid was recycled: the recorded process is gone
         started = next((c for c in _CHILDREN if c.pid == p.pid), None)
         if started is not None and _runs_command([str(a) for a in started.args], commands, None):
-            return Verdict("ours", p)           # started by this process (it may not have exec'd yet)
+            return Verdict("ours", p)  # started by this process (it may not have exec'd yet)
         if _runs_command(p.cmdline(), commands, p.cwd()):
             return Verdict("ours", p)
         return Verdict("foreign", why=f"{where} runs {p.name()!r}, not this run's command")
@@ -200,8 +210,7 @@ def own_session(p: psutil.Process) -> bool:
     """Is `p` the leader of a session and process group of its own (`start_new_session`), not
     this process's: then the whole group is the run's and may be signalled."""
     try:
-        return os.getsid(p.pid) == p.pid == os.getpgid(p.pid) and p.pid != os.getpgrp() \
-            and p.pid != os.getsid(0)
+        return os.getsid(p.pid) == p.pid == os.getpgid(p.pid) and p.pid != os.getpgrp() and p.pid != os.getsid(0)
     except OSError:
         return False
 
@@ -223,19 +232,35 @@ def start_detached(store: Store, rd: RunDir, *, gpu: int | None = None, threads:
     if is_alive(st):
         raise UserError(f"run {rd.id} is already running (pid {st.pid} on {st.host})")
     now = time.time()
-    transition(rd, "running", pid=None, pid_create_time=None, host=HOST, gpu=gpu, heartbeat=now, started=now,
-               ended=None, error=None)
-    rd.append_log(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: starting on {HOST}"
-                  f"{'' if gpu is None else f' (CUDA_VISIBLE_DEVICES={gpu})'}"
-                  f"{'' if not threads else f' with a budget of {threads} CPU thread(s)'}")
+    transition(
+        rd,
+        "running",
+        pid=None,
+        pid_create_time=None,
+        host=HOST,
+        gpu=gpu,
+        heartbeat=now,
+        started=now,
+        ended=None,
+        error=None,
+    )
+    rd.append_log(
+        f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: starting on {HOST}"
+        f"{'' if gpu is None else f' (CUDA_VISIBLE_DEVICES={gpu})'}"
+        f"{'' if not threads else f' with a budget of {threads} CPU thread(s)'}"
+    )
     try:
-        p = spawn_detached(python_module(RUN_MODULE, str(rd.path)), log_path=rd.log_path,
-                           env=child_env(store.home, gpu=gpu, threads=threads), cwd=rd.path)
+        p = spawn_detached(
+            python_module(RUN_MODULE, str(rd.path)),
+            log_path=rd.log_path,
+            env=child_env(store.home, gpu=gpu, threads=threads),
+            cwd=rd.path,
+        )
     except OSError as exc:
         transition(rd, "failed", error=f"could not start the run process: {exc}")
         store.sync(rd)
         raise UserError(f"run {rd.id}: could not start the run process: {exc}") from exc
-    if rd.status().pid in (None, p.pid):   # the child writes the same pid itself once it runs
+    if rd.status().pid in (None, p.pid):  # the child writes the same pid itself once it runs
         rd.update_status(pid=p.pid, pid_create_time=create_time(p.pid))
     store.sync(rd)
     return p.pid

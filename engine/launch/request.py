@@ -61,22 +61,30 @@ class LaunchRequest:
     """One launch: a preset, its overrides and seeds, and where its runs go."""
 
     preset: str
-    overrides: list[str] = field(default_factory=list)   # --set, as given
-    seeds: int | None = None          # how many (default: the preset's)
-    seed: int | None = None           # the first (default: the preset's train.seed)
-    device: str | None = None         # train.device
-    gpu_queue: bool = False           # through the GPU queue (--gpus given, or GPUs typed in the app)
-    gpus: list[int] | None = None     # the queue's GPUs (None: every visible one)
+    overrides: list[str] = field(default_factory=list)  # --set, as given
+    seeds: int | None = None  # how many (default: the preset's)
+    seed: int | None = None  # the first (default: the preset's train.seed)
+    device: str | None = None  # train.device
+    gpu_queue: bool = False  # through the GPU queue (--gpus given, or GPUs typed in the app)
+    gpus: list[int] | None = None  # the queue's GPUs (None: every visible one)
     slots_per_gpu: int = 1
     executor: str = "local"
     detach: bool = False
     with_teachers: bool = False
     slurm: dict = field(default_factory=dict)
-    command: str | None = None        # the command line that asked, or "app"
+    command: str | None = None  # the command line that asked, or "app"
 
     @classmethod
-    def from_fields(cls, preset: str, *, overrides: str = "", seeds: str = "", device: str = "", gpus: str = "",
-                    executor: str = "local") -> LaunchRequest:
+    def from_fields(
+        cls,
+        preset: str,
+        *,
+        overrides: str = "",
+        seeds: str = "",
+        device: str = "",
+        gpus: str = "",
+        executor: str = "local",
+    ) -> LaunchRequest:
         """The Presets screen's text fields (empty = the preset's own)."""
         n = None
         if seeds.strip():
@@ -85,21 +93,32 @@ class LaunchRequest:
             except ValueError:
                 raise UserError(f"seeds = {seeds!r}: must be a whole number >= 1") from None
         queue = parse_gpus(gpus, "GPUs =")
-        return cls(preset, split_overrides(overrides), seeds=n, device=device or None, gpu_queue=queue is not None,
-                   gpus=queue, executor=executor or "local", detach=True, command="app").checked()
+        return cls(
+            preset,
+            split_overrides(overrides),
+            seeds=n,
+            device=device or None,
+            gpu_queue=queue is not None,
+            gpus=queue,
+            executor=executor or "local",
+            detach=True,
+            command="app",
+        ).checked()
 
     def checked(self) -> LaunchRequest:
         """self, when every field is allowed; else one UserError line naming the field."""
-        if self.seeds is not None and self.seeds < 1:   # no cap of its own: the plan's (points x seeds) has one
+        if self.seeds is not None and self.seeds < 1:  # no cap of its own: the plan's (points x seeds) has one
             raise UserError(f"seeds = {self.seeds}: must be a whole number >= 1")
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
             raise UserError(f"seed = {self.seed}: must be between 0 and {SEED_MAX} (2**32 - 1)")
         if not 1 <= self.slots_per_gpu <= MAX_SLOTS_PER_GPU:
             raise UserError(f"slots per GPU = {self.slots_per_gpu}: must be between 1 and {MAX_SLOTS_PER_GPU}")
-        executor_named(self.executor)        # a name no executor has: one line
+        executor_named(self.executor)  # a name no executor has: one line
         if self.with_teachers and self.background:
-            raise UserError("--with-teachers trains the teachers before the student, so it runs in the foreground; "
-                            "drop --detach/--gpus/--executor, or run the teacher presets detached first")
+            raise UserError(
+                "--with-teachers trains the teachers before the student, so it runs in the foreground; "
+                "drop --detach/--gpus/--executor, or run the teacher presets detached first"
+            )
         return self
 
     @property
@@ -119,8 +138,14 @@ class LaunchRequest:
     def plan(self, home=None, store=None) -> list[PlannedRun]:
         """Every run the request makes (teachers first with `with_teachers`), each knowing its command."""
         self.checked()
-        planned = plan_runs(self.preset, self.all_overrides(), seeds=self.seeds, home=home,
-                            with_teachers=self.with_teachers, store=store)
+        planned = plan_runs(
+            self.preset,
+            self.all_overrides(),
+            seeds=self.seeds,
+            home=home,
+            with_teachers=self.with_teachers,
+            store=store,
+        )
         for p in planned:
             p.command = self.command
         return planned

@@ -71,9 +71,15 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
     made: dict[int, RunDir] = {}
     for p in planned:
         config = p.cfg.to_dict()
-        config["run"] = {"preset": p.preset, "label": label(p.cfg), "seed": p.seed,
-                         "group": None if p.role else group, "point": p.point, "created": time.time(),
-                         "origin": origin.make(p)}
+        config["run"] = {
+            "preset": p.preset,
+            "label": label(p.cfg),
+            "seed": p.seed,
+            "group": None if p.role else group,
+            "point": p.point,
+            "created": time.time(),
+            "origin": origin.make(p),
+        }
         if p.role:
             config["run"]["role"] = p.role
         if p.teachers:
@@ -84,8 +90,10 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
                 elif id(ref.planned) in made:
                     rid = made[id(ref.planned)].id
                 else:
-                    raise ValueError(f"create_runs: the {role} teacher of a {p.preset} run must be planned "
-                                     f"before it (pass plan_runs' list unchanged)")
+                    raise ValueError(
+                        f"create_runs: the {role} teacher of a {p.preset} run must be planned "
+                        f"before it (pass plan_runs' list unchanged)"
+                    )
                 recs[role] = run_record(ref, rid, store)
             config["run"]["teachers"] = recs
         rd = store.create_run(config, launched_by=me)
@@ -95,8 +103,16 @@ def create_runs(store: Store, planned: list[PlannedRun], *, group: str | None = 
 
 
 # ------------------------------------------------------------------------------ launch
-def launch(store: Store, planned: list[PlannedRun], *, gpus: list[int] | None = None, slots_per_gpu: int = 1,
-           executor: str = "local", slurm_params: dict | None = None, group: str | None = None) -> list[RunDir]:
+def launch(
+    store: Store,
+    planned: list[PlannedRun],
+    *,
+    gpus: list[int] | None = None,
+    slots_per_gpu: int = 1,
+    executor: str = "local",
+    slurm_params: dict | None = None,
+    group: str | None = None,
+) -> list[RunDir]:
     """Create the planned runs and start them detached, or queue them; returns at once.
 
     executor "local": with `gpus` (or, when a run asks for CUDA, all visible GPUs) the runs go
@@ -107,8 +123,14 @@ def launch(store: Store, planned: list[PlannedRun], *, gpus: list[int] | None = 
     ex = executor_named(executor)
     if slots_per_gpu < 1:
         raise UserError(f"--slots-per-gpu {slots_per_gpu}: must be at least 1")
-    return ex.launch(store, planned, lambda: create_runs(store, planned, group=group), gpus=gpus,
-                     slots_per_gpu=slots_per_gpu, params=slurm_params or {})
+    return ex.launch(
+        store,
+        planned,
+        lambda: create_runs(store, planned, group=group),
+        gpus=gpus,
+        slots_per_gpu=slots_per_gpu,
+        params=slurm_params or {},
+    )
 
 
 # ------------------------------------------------------------------------------ stop
@@ -125,7 +147,7 @@ def _targets(rd: RunDir, st: Status) -> tuple[list, list[int], str | None]:
         verdict = owned(pid, ct, host, commands)
         if verdict.kind == "foreign":
             if its_own and st.state == "running" and not (ex.REMOTE and host != HOST):
-                why = verdict.why           # a remote cluster's run is stopped by cancelling its job
+                why = verdict.why  # a remote cluster's run is stopped by cancelling its job
             continue
         if verdict.kind != "ours":
             continue
@@ -175,8 +197,11 @@ def _remote_running(rd: RunDir) -> bool:
 
 def stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> dict[str, str]:
     """`_stop`; returns {run id: one line} for each run left alone (its recorded process is not its own)."""
-    return {rid: f"run {rid}: its recorded process is not this run's ({why}); nothing was signalled and "
-                 f"the run is left running" for rid, why in _stop(store, rds, grace_s=grace_s).items()}
+    return {
+        rid: f"run {rid}: its recorded process is not this run's ({why}); nothing was signalled and "
+        f"the run is left running"
+        for rid, why in _stop(store, rds, grace_s=grace_s).items()
+    }
 
 
 def _stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> dict[str, str]:
@@ -191,7 +216,7 @@ def _stop(store: Store, rds: list[RunDir], *, grace_s: float = 10.0) -> dict[str
     {run id: what that process is} for those."""
     reap()
     for ex in {ex for ex, job in (_job(rd.status()) for rd in rds) if job}:
-        ex.check_cancel()               # e.g. no scancel here: refuse before any run is marked stopped
+        ex.check_cancel()  # e.g. no scancel here: refuse before any run is marked stopped
     procs, groups, jobs, refused = [], [], {}, {}
     with lock(store):
         for rd in rds:
@@ -275,11 +300,16 @@ def resume_epoch(rd: RunDir, source: str = "last") -> int:
     path = rd.ckpt(name)
     if not path.exists():
         if source == "best":
-            raise UserError(f"run {rd.id} has no best.pt to resume from (it has: {', '.join(rd.checkpoints()) or 'none'});"
-                            f" start over with `advlc resume {rd.id} --from scratch`")
+            raise UserError(
+                f"run {rd.id} has no best.pt to resume from (it has: {', '.join(rd.checkpoints()) or 'none'});"
+                f" start over with `advlc resume {rd.id} --from scratch`"
+            )
         return 0
-    hint = (f"resume from best.pt with `advlc resume {rd.id} --from best`, or start over with `--from scratch`"
-            if name == "last" else f"start over with `advlc resume {rd.id} --from scratch`")
+    hint = (
+        f"resume from best.pt with `advlc resume {rd.id} --from best`, or start over with `--from scratch`"
+        if name == "last"
+        else f"start over with `advlc resume {rd.id} --from scratch`"
+    )
     info = inspect_checkpoint(path, hint)
     return int(info["epoch"]) if name == "last" else int(info["epoch"]) + 1
 
@@ -293,18 +323,27 @@ def prepare_resume(store: Store, rd: RunDir, *, foreground: bool = False, source
         raise UserError(f"--from {source}: must be one of {', '.join(RESUME_FROM)}")
     check_resumable(store, rd)
     store.check_writable()
-    rd.metrics()                      # a damaged metrics.json is named now; nothing will write over it
+    rd.metrics()  # a damaged metrics.json is named now; nothing will write over it
     check_data(from_json(rd.config_json()).data)
     epoch = resume_epoch(rd, source)
     before = rd.status().launch
     with lock(store):
-        if source != "last":          # last.pt (damaged, or not wanted) is kept aside, not used
+        if source != "last":  # last.pt (damaged, or not wanted) is kept aside, not used
             for name in ("last",) if source == "best" else ("last", "best", "swa_best", "swa_end"):
                 if rd.ckpt(name).exists():
                     move_aside(rd.ckpt(name))
-        transition(rd, "queued", error=None, ended=None, pid=None, resumed=time.time(), queued_at=time.time(),
-                   resume_from=source if source == "best" else None, resume_epoch=epoch,
-                   launched_by=Process(pid=os.getpid(), pid_create_time=create_time(os.getpid()), host=HOST))
+        transition(
+            rd,
+            "queued",
+            error=None,
+            ended=None,
+            pid=None,
+            resumed=time.time(),
+            queued_at=time.time(),
+            resume_from=source if source == "best" else None,
+            resume_epoch=epoch,
+            launched_by=Process(pid=os.getpid(), pid_create_time=create_time(os.getpid()), host=HOST),
+        )
         if foreground:
             rd.update_status(launch=LocalLaunch(host=HOST))
     store.sync(rd)
@@ -334,14 +373,14 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
     reap()
     full = rds is None
     rds = store.run_dirs() if full else rds
-    indexed_at = _mtime_ns(store.index_path)      # before the index is read: a later write only adds a sync
+    indexed_at = _mtime_ns(store.index_path)  # before the index is read: a later write only adds a sync
     index = {r["id"]: r for r in store.index()}
     changed: list[str] = []
     queued: dict[Executor, dict[str, RunDir]] = {}
     for rd in rds:
         try:
             st = rd.status()
-            if not rd.config_path.exists():     # a run whose config.json is lost: listed as corrupt
+            if not rd.config_path.exists():  # a run whose config.json is lost: listed as corrupt
                 raise CorruptFile(rd.config_path, "is missing", "")
         except CorruptFile:
             if rd.id not in index or index[rd.id]["state"] != "corrupt":
@@ -356,13 +395,13 @@ def reconcile(store: Store, rds: list[RunDir] | None = None) -> list[str]:
         row = index.get(rd.id)
         moved = row is None or row["state"] != rd.status().state
         if moved:
-            store.sync(rd)          # summarised under the index lock: never an older summary
+            store.sync(rd)  # summarised under the index lock: never an older summary
             if row is not None:
                 changed.append(rd.id)
         elif _mtime_ns(rd.meta_path) > indexed_at:
-            try:                    # an annotation newer than the index: its row brought up to date
+            try:  # an annotation newer than the index: its row brought up to date
                 store.sync(rd)
-            except OSError:         # a read-only store: the row waits, its meta.json is whole
+            except OSError:  # a read-only store: the row waits, its meta.json is whole
                 pass
     for ex in EXECUTORS:
         changed += ex.reconcile(store, queued.get(ex, {}))
@@ -384,7 +423,7 @@ def _mtime_ns(path: Path) -> int:
 def _exists(store: Store, rid: str) -> bool:
     try:
         return store.run_dir(rid).exists()
-    except UserError:           # an index row whose id is not a run id: drop it
+    except UserError:  # an index row whose id is not a run id: drop it
         return False
 
 
@@ -410,8 +449,13 @@ def _mark_lost(store: Store, rd: RunDir, seen: Status) -> bool:
         where = f"pid {st.pid} on {st.host}" if st.pid else f"on {st.host}"
         age = f", last heartbeat {time.time() - st.heartbeat:.0f}s ago" if st.heartbeat else ""
         words = _last_words(rd)
-        transition(rd, "lost", pid=None, error=f"the run process ({where}) is gone without a final state{age}"
-                   + (f"; its log ends: {words}" if words else ""))
+        transition(
+            rd,
+            "lost",
+            pid=None,
+            error=f"the run process ({where}) is gone without a final state{age}"
+            + (f"; its log ends: {words}" if words else ""),
+        )
         executor_for(st.launch).release(store, rd)
     store.sync(rd)
     return True
@@ -424,8 +468,12 @@ def delete(store: Store, rds: list[RunDir], *, force: bool = False) -> dict[str,
     returns {run id: why} for runs whose recorded process was not theirs and was left alone."""
     reconcile(store, rds)
     statuses = {rd.id: rd.status() for rd in rds}
-    active = [rd for rd in rds if statuses[rd.id].state == "running"
-              or (statuses[rd.id].state == "queued" and statuses[rd.id].launch is not None)]
+    active = [
+        rd
+        for rd in rds
+        if statuses[rd.id].state == "running"
+        or (statuses[rd.id].state == "queued" and statuses[rd.id].launch is not None)
+    ]
     if active and not force:
         ids = ", ".join(f"{rd.id} ({statuses[rd.id].state})" for rd in active)
         raise UserError(f"not deleting active runs: {ids}; stop them first or use --force")
@@ -433,8 +481,11 @@ def delete(store: Store, rds: list[RunDir], *, force: bool = False) -> dict[str,
     for rd in rds:
         executor_for(statuses[rd.id].launch).release(store, rd)
         store.delete(rd)
-    return {rid: f"run {rid}: its recorded process is not this run's ({why}); nothing was signalled, the run's "
-                 f"folder is deleted all the same" for rid, why in refused.items()}
+    return {
+        rid: f"run {rid}: its recorded process is not this run's ({why}); nothing was signalled, the run's "
+        f"folder is deleted all the same"
+        for rid, why in refused.items()
+    }
 
 
 # ------------------------------------------------------------------------------ unpack
@@ -471,8 +522,9 @@ def tail(rd: RunDir, lines: int = 50) -> list[str]:
     return rd.log_tail(lines)
 
 
-def follow(rd: RunDir, *, lines: int = 20, poll_s: float = 0.5, until_done: bool = True,
-           timeout_s: float | None = None) -> Iterator[str]:
+def follow(
+    rd: RunDir, *, lines: int = 20, poll_s: float = 0.5, until_done: bool = True, timeout_s: float | None = None
+) -> Iterator[str]:
     """Yield the last `lines` lines of log.txt, then each new line as it is written; ends
     when the run is no longer queued/running (`until_done`) or after `timeout_s`."""
     yield from rd.log_tail(lines)

@@ -4,7 +4,10 @@ import warnings
 
 from engine.api import advlc_penalty
 
-warnings.warn("engine.methods.advlc is deprecated: import advlc_penalty from engine.api (docs/API.md)", DeprecationWarning,
-              stacklevel=2)
+warnings.warn(
+    "engine.methods.advlc is deprecated: import advlc_penalty from engine.api (docs/API.md)",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["advlc_penalty"]

@@ -69,9 +69,20 @@ class AttackResult:
     logits_start: torch.Tensor | None = None
 
 
-def run_attack(model, x, y, *, name: str, eps: float, alpha: float, steps: int = 1,
-               random_start: bool = False, noise: float | None = None,
-               train_mode: bool = False, keep_start_logits: bool = False) -> AttackResult:
+def run_attack(
+    model,
+    x,
+    y,
+    *,
+    name: str,
+    eps: float,
+    alpha: float,
+    steps: int = 1,
+    random_start: bool = False,
+    noise: float | None = None,
+    train_mode: bool = False,
+    keep_start_logits: bool = False,
+) -> AttackResult:
     """Run the named training attack. `keep_start_logits` keeps f(x_start) with its graph."""
     if name == "none":
         return AttackResult(x.detach(), x.detach(), None)
@@ -107,6 +118,7 @@ def run_attack(model, x, y, *, name: str, eps: float, alpha: float, steps: int =
 
 # -- public, evaluation-style API -------------------------------------------------------
 
+
 def fgsm(model, x, y, *, eps: float, train_mode: bool = False) -> torch.Tensor:
     """FGSM: one signed-gradient step of size eps from x. Returns x_adv in [0, 1]."""
     return run_attack(model, x, y, name="fgsm", eps=eps, alpha=eps, train_mode=train_mode).x_adv
@@ -114,23 +126,28 @@ def fgsm(model, x, y, *, eps: float, train_mode: bool = False) -> torch.Tensor:
 
 def fgsm_rs(model, x, y, *, eps: float, alpha: float | None = None, train_mode: bool = False) -> torch.Tensor:
     """FGSM-R: random start U(-eps, eps), one step of size alpha (default eps), projected."""
-    return run_attack(model, x, y, name="fgsm_rs", eps=eps, alpha=eps if alpha is None else alpha,
-                      train_mode=train_mode).x_adv
+    return run_attack(
+        model, x, y, name="fgsm_rs", eps=eps, alpha=eps if alpha is None else alpha, train_mode=train_mode
+    ).x_adv
 
 
-def fgsm_n(model, x, y, *, eps: float, alpha: float | None = None, noise: float | None = None,
-           train_mode: bool = False) -> torch.Tensor:
+def fgsm_n(
+    model, x, y, *, eps: float, alpha: float | None = None, noise: float | None = None, train_mode: bool = False
+) -> torch.Tensor:
     """FGSM-N: noise U(-k, k) (k = noise, default eps), one step alpha (default eps), no projection."""
-    return run_attack(model, x, y, name="fgsm_n", eps=eps, alpha=eps if alpha is None else alpha,
-                      noise=noise, train_mode=train_mode).x_adv
+    return run_attack(
+        model, x, y, name="fgsm_n", eps=eps, alpha=eps if alpha is None else alpha, noise=noise, train_mode=train_mode
+    ).x_adv
 
 
-def pgd(model, x, y, *, eps: float, alpha: float, steps: int, random_start: bool = False,
-        train_mode: bool = False) -> torch.Tensor:
+def pgd(
+    model, x, y, *, eps: float, alpha: float, steps: int, random_start: bool = False, train_mode: bool = False
+) -> torch.Tensor:
     """PGD-k under l-inf: `steps` signed steps of size alpha, projected to the eps-ball and [0, 1].
 
     Args: x (B, C, H, W) in [0, 1]; y (B,) int64; eps, alpha in pixel units.
     The model runs in eval mode unless train_mode; the caller's mode is restored.
     """
-    return run_attack(model, x, y, name="pgd", eps=eps, alpha=alpha, steps=steps,
-                      random_start=random_start, train_mode=train_mode).x_adv
+    return run_attack(
+        model, x, y, name="pgd", eps=eps, alpha=alpha, steps=steps, random_start=random_start, train_mode=train_mode
+    ).x_adv

@@ -21,8 +21,10 @@ CIFAR = {
 }
 """name -> (folder, training files, test file, the name of the format)."""
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
-TIN_LAYOUT = ("tiny-imagenet-200/train/<wnid>/images/*.JPEG and tiny-imagenet-200/val/images/*.JPEG "
-              "with val/val_annotations.txt, as unpacked from tiny-imagenet-200.zip")
+TIN_LAYOUT = (
+    "tiny-imagenet-200/train/<wnid>/images/*.JPEG and tiny-imagenet-200/val/images/*.JPEG "
+    "with val/val_annotations.txt, as unpacked from tiny-imagenet-200.zip"
+)
 BUNDLED = ("digits", "synthetic")
 
 
@@ -32,8 +34,10 @@ def data_root(cfg: DataConfig) -> Path:
         return Path(cfg.root).expanduser()
     if cfg.download:
         return DEFAULT_ROOT.expanduser()
-    raise UserError(f"{cfg.dataset}: data.root is empty; set data.root to the folder holding the dataset "
-                    f"(--set data.root=/path/to/datasets), or data.download=true")
+    raise UserError(
+        f"{cfg.dataset}: data.root is empty; set data.root to the folder holding the dataset "
+        f"(--set data.root=/path/to/datasets), or data.download=true"
+    )
 
 
 def missing_message(name: str, missing: Path, fmt: str, parent: str, root: Path) -> str:
@@ -48,7 +52,11 @@ def expected_files(name: str, root: Path) -> tuple[list[Path], str, str]:
     """(files that must exist, their format in words, the folder to name in a hint)."""
     if name in CIFAR:
         folder, train, test, label = CIFAR[name]
-        return [root / folder / f for f in train] + [root / folder / test], f"torchvision's {label} python format", folder
+        return (
+            [root / folder / f for f in train] + [root / folder / test],
+            f"torchvision's {label} python format",
+            folder,
+        )
     if name == "svhn":
         return [root / f for f in SVHN_FILES], "torchvision's SVHN cropped-digits .mat format", ""
     raise ValueError(name)
@@ -67,12 +75,16 @@ def check_data(cfg: DataConfig) -> None:
             base = root
         for d in (base / "train", base / "val"):
             if not d.is_dir():
-                raise UserError(f"tinyimagenet: expected folder {d} (layout: {TIN_LAYOUT}); set data.root to the "
-                                f"folder that contains tiny-imagenet-200")
+                raise UserError(
+                    f"tinyimagenet: expected folder {d} (layout: {TIN_LAYOUT}); set data.root to the "
+                    f"folder that contains tiny-imagenet-200"
+                )
         return
     if name not in CIFAR and name != "svhn":
-        raise UserError(f"data.dataset = {name!r}: unknown dataset (one of digits, cifar10, cifar100, "
-                        f"svhn, tinyimagenet, synthetic)")
+        raise UserError(
+            f"data.dataset = {name!r}: unknown dataset (one of digits, cifar10, cifar100, "
+            f"svhn, tinyimagenet, synthetic)"
+        )
     paths, fmt, parent = expected_files(name, root)
     missing = [p for p in paths if not p.is_file()]
     if missing and not cfg.download:

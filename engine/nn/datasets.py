@@ -50,7 +50,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    val_x: torch.Tensor | None = None   # data.val_size images held out of the training set (None: no split)
+    val_x: torch.Tensor | None = None  # data.val_size images held out of the training set (None: no split)
     val_y: torch.Tensor | None = None
 
     @property
@@ -89,9 +89,7 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def augment(
-    x: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator | None
-) -> torch.Tensor:
+def augment(x: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
     """Per-sample random crop (zero padding `padding`) and horizontal flip (p = 0.5).
 
     Equivalent in distribution to torchvision's `RandomCrop(H, padding=p)` (fill 0)
@@ -144,6 +142,7 @@ def epoch_batches(
 # loading
 # ---------------------------------------------------------------------------------------
 
+
 def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     """Read `cfg.dataset` (`cfg`: a RunConfig's [data] section) into tensors on `device`; any
     problem with the files is a UserError."""
@@ -154,12 +153,18 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset
         ds = _load_synthetic(cfg.split_seed, cfg.n_train or 1000, 500)
     elif name in ("cifar10", "cifar100", "svhn", "tinyimagenet"):
         root = data_root(cfg)
-        loader = {"cifar10": _load_cifar10, "cifar100": _load_cifar100, "svhn": _load_svhn,
-                  "tinyimagenet": _load_tinyimagenet}[name]
+        loader = {
+            "cifar10": _load_cifar10,
+            "cifar100": _load_cifar100,
+            "svhn": _load_svhn,
+            "tinyimagenet": _load_tinyimagenet,
+        }[name]
         ds = loader(root, cfg.download)
     else:
-        raise UserError(f"data.dataset = {name!r}: unknown dataset (one of digits, cifar10, cifar100, "
-                        f"svhn, tinyimagenet, synthetic)")
+        raise UserError(
+            f"data.dataset = {name!r}: unknown dataset (one of digits, cifar10, cifar100, "
+            f"svhn, tinyimagenet, synthetic)"
+        )
     if cfg.val_size > 0:
         hold_out(ds, cfg.val_size, cfg.split_seed)
     if cfg.n_train > 0:
@@ -167,7 +172,7 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset
         ds.train_y = ds.train_y[: cfg.n_train]
     if cfg.label_noise > 0:
         ds.train_y = symmetric_label_noise(ds.train_y, cfg.label_noise, ds.num_classes, cfg.split_seed)
-        if ds.val_y is not None:   # the split has the training set's label quality (it is part of it)
+        if ds.val_y is not None:  # the split has the training set's label quality (it is part of it)
             ds.val_y = symmetric_label_noise(ds.val_y, cfg.label_noise, ds.num_classes, cfg.split_seed + VAL_NOISE_SEED)
     ds.train_x = ds.train_x.contiguous()
     ds.test_x = ds.test_x.contiguous()
@@ -184,8 +189,10 @@ def hold_out(ds: Dataset, n: int, seed: int) -> None:
     method and train.seed), into ds.val_x/val_y; the rest stay training images in their order."""
     total = len(ds.train_x)
     if n >= total:
-        raise UserError(f"data.val_size = {n}: must be less than the {total} training images of {ds.name} "
-                        f"(some must be left to train on)")
+        raise UserError(
+            f"data.val_size = {n}: must be less than the {total} training images of {ds.name} "
+            f"(some must be left to train on)"
+        )
     chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
     keep = torch.ones(total, dtype=torch.bool)
     keep[chosen] = False
@@ -240,8 +247,9 @@ def _download(name: str, root: Path) -> None:
             tvd.SVHN(str(root), split="test", download=True)
     except Exception as exc:  # network, disk, checksum: all reported as one line
         msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise UserError(f"{name}: download into {root} failed ({msg}); download it by hand "
-                        f"and set data.root to its folder") from None
+        raise UserError(
+            f"{name}: download into {root} failed ({msg}); download it by hand and set data.root to its folder"
+        ) from None
 
 
 # -- digits / synthetic --------------------------------------------------------------
@@ -324,17 +332,22 @@ class _ArrayUnpickler(pickle.Unpickler):
     """
 
     _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refuses to load {module}.{name}")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 name, no warning
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2 name, no warning
         return super().find_class(module, name)
 
 
@@ -345,20 +358,24 @@ def _read_cifar_pickle(name: str, path: Path, label_key: str, num_classes: int) 
             d = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise UserError(f"{name}: {path} is not a CIFAR python pickle ({msg}); "
-                        f"re-download it (data.download=true into an empty data.root)") from None
+        raise UserError(
+            f"{name}: {path} is not a CIFAR python pickle ({msg}); "
+            f"re-download it (data.download=true into an empty data.root)"
+        ) from None
     if not isinstance(d, dict):
         raise UserError(f"{name}: {path} is malformed: expected a dict, found {type(d).__name__}")
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d or label_key not in d:
-        raise UserError(f"{name}: {path} is malformed: expected keys 'data' and '{label_key}', "
-                        f"found {sorted(map(str, d))}")
+        raise UserError(
+            f"{name}: {path} is malformed: expected keys 'data' and '{label_key}', found {sorted(map(str, d))}"
+        )
     data = d["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
-        raise UserError(f"{name}: {path} is malformed: 'data' must be a uint8 array of shape (N, 3072), "
-                        f"found {dtype} {shape}")
+        raise UserError(
+            f"{name}: {path} is malformed: 'data' must be a uint8 array of shape (N, 3072), found {dtype} {shape}"
+        )
     try:
         labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
     except (TypeError, ValueError):
@@ -376,8 +393,14 @@ def _cifar(name: str, root: Path, download: bool, label_key: str, num_classes: i
     train_x = np.concatenate([p[0] for p in parts[:-1]])
     train_y = np.concatenate([p[1] for p in parts[:-1]])
     test_x, test_y = parts[-1]
-    return Dataset(name, torch.from_numpy(np.ascontiguousarray(train_x)), torch.from_numpy(train_y),
-                   torch.from_numpy(np.ascontiguousarray(test_x)), torch.from_numpy(test_y), num_classes)
+    return Dataset(
+        name,
+        torch.from_numpy(np.ascontiguousarray(train_x)),
+        torch.from_numpy(train_y),
+        torch.from_numpy(np.ascontiguousarray(test_x)),
+        torch.from_numpy(test_y),
+        num_classes,
+    )
 
 
 def _load_cifar10(root: Path, download: bool) -> Dataset:
@@ -401,12 +424,15 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"svhn: {path} is not a MATLAB .mat file ({msg}); re-download it") from None
     if "X" not in m or "y" not in m:
-        raise UserError(f"svhn: {path} is malformed: expected variables 'X' and 'y', "
-                        f"found {sorted(k for k in m if not k.startswith('__'))}")
+        raise UserError(
+            f"svhn: {path} is malformed: expected variables 'X' and 'y', "
+            f"found {sorted(k for k in m if not k.startswith('__'))}"
+        )
     x, y = m["X"], m["y"]
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
-        raise UserError(f"svhn: {path} is malformed: 'X' must be uint8 of shape (32, 32, 3, N), "
-                        f"found {x.dtype} {x.shape}")
+        raise UserError(
+            f"svhn: {path} is malformed: 'X' must be uint8 of shape (32, 32, 3, N), found {x.dtype} {x.shape}"
+        )
     y = np.asarray(y, dtype=np.int64).reshape(-1)
     if len(y) != x.shape[3]:
         raise UserError(f"svhn: {path} is malformed: {x.shape[3]} images but {len(y)} labels")
@@ -420,8 +446,14 @@ def _load_svhn(root: Path, download: bool) -> Dataset:
     paths = _require("svhn", root, download)
     train_x, train_y = _read_svhn_mat(paths[0])
     test_x, test_y = _read_svhn_mat(paths[1])
-    return Dataset("svhn", torch.from_numpy(train_x), torch.from_numpy(train_y),
-                   torch.from_numpy(test_x), torch.from_numpy(test_y), 10)
+    return Dataset(
+        "svhn",
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x),
+        torch.from_numpy(test_y),
+        10,
+    )
 
 
 # -- TinyImageNet -----------------------------------------------------------------------
@@ -458,23 +490,29 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     shape = arrays[0].shape
     for p, a in zip(paths, arrays):
         if a.shape != shape:
-            raise UserError(f"tinyimagenet: {p} is {a.shape[1]}x{a.shape[0]}, but {paths[0]} is "
-                            f"{shape[1]}x{shape[0]}; all images must have one size (64x64)")
+            raise UserError(
+                f"tinyimagenet: {p} is {a.shape[1]}x{a.shape[0]}, but {paths[0]} is "
+                f"{shape[1]}x{shape[0]}; all images must have one size (64x64)"
+            )
     return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
 
 
 def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
     if download and not ((root / "tiny-imagenet-200").is_dir() or (root / "train").is_dir()):
-        raise UserError(f"tinyimagenet: cannot be downloaded automatically; download tiny-imagenet-200.zip "
-                        f"by hand and unpack it into {root} (expected layout: {TIN_LAYOUT})")
+        raise UserError(
+            f"tinyimagenet: cannot be downloaded automatically; download tiny-imagenet-200.zip "
+            f"by hand and unpack it into {root} (expected layout: {TIN_LAYOUT})"
+        )
     base = root / "tiny-imagenet-200"
     if not base.is_dir() and (root / "train").is_dir():
         base = root  # data.root points at tiny-imagenet-200 itself
     train_dir, val_dir = base / "train", base / "val"
     for d in (train_dir, val_dir):
         if not d.is_dir():
-            raise UserError(f"tinyimagenet: expected folder {d} (layout: {TIN_LAYOUT}); set data.root to the "
-                            f"folder that contains tiny-imagenet-200")
+            raise UserError(
+                f"tinyimagenet: expected folder {d} (layout: {TIN_LAYOUT}); set data.root to the "
+                f"folder that contains tiny-imagenet-200"
+            )
     wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not wnids:
         raise UserError(f"tinyimagenet: {train_dir} has no class folders (layout: {TIN_LAYOUT})")
@@ -496,8 +534,10 @@ def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
                 continue
             cols = line.split("\t")
             if len(cols) < 2 or cols[1] not in index:
-                raise UserError(f"tinyimagenet: {ann} line {n} is malformed: expected "
-                                f"'<file>\\t<wnid>...' with a wnid of a train folder, found {line[:80]!r}")
+                raise UserError(
+                    f"tinyimagenet: {ann} line {n} is malformed: expected "
+                    f"'<file>\\t<wnid>...' with a wnid of a train folder, found {line[:80]!r}"
+                )
             p = val_dir / "images" / cols[0]
             if not p.is_file():
                 raise UserError(f"tinyimagenet: {ann} line {n} names {p}, which does not exist")
@@ -506,8 +546,10 @@ def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
     else:
         classes = sorted(p.name for p in val_dir.iterdir() if p.is_dir() and p.name != "images")
         if not classes:
-            raise UserError(f"tinyimagenet: expected {ann} with {val_dir / 'images'}, or class folders "
-                            f"{val_dir}/<wnid>/ (layout: {TIN_LAYOUT})")
+            raise UserError(
+                f"tinyimagenet: expected {ann} with {val_dir / 'images'}, or class folders "
+                f"{val_dir}/<wnid>/ (layout: {TIN_LAYOUT})"
+            )
         for w in classes:
             if w not in index:
                 raise UserError(f"tinyimagenet: {val_dir / w} is not a class of {train_dir}")
@@ -518,7 +560,15 @@ def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
     train_x = _read_images(train_paths)
     test_x = _read_images(test_paths)
     if test_x.shape[1:] != train_x.shape[1:] and len(test_x):
-        raise UserError(f"tinyimagenet: {val_dir} images are {test_x.shape[3]}x{test_x.shape[2]}, "
-                        f"train images {train_x.shape[3]}x{train_x.shape[2]}; they must match")
-    return Dataset("tinyimagenet", torch.from_numpy(train_x), torch.tensor(train_labels, dtype=torch.int64),
-                   torch.from_numpy(test_x), torch.tensor(test_labels, dtype=torch.int64), len(wnids))
+        raise UserError(
+            f"tinyimagenet: {val_dir} images are {test_x.shape[3]}x{test_x.shape[2]}, "
+            f"train images {train_x.shape[3]}x{train_x.shape[2]}; they must match"
+        )
+    return Dataset(
+        "tinyimagenet",
+        torch.from_numpy(train_x),
+        torch.tensor(train_labels, dtype=torch.int64),
+        torch.from_numpy(test_x),
+        torch.tensor(test_labels, dtype=torch.int64),
+        len(wnids),
+    )

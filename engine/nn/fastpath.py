@@ -54,9 +54,15 @@ from engine.nn.methods import get_method
 from engine.sections import RunConfig, TrainConfig
 
 __all__ = [
-    "needs_double_backprop", "prepare_model", "autocast", "amp_dtype",
-    "train_step", "epoch_stream", "describe",
+    "needs_double_backprop",
+    "prepare_model",
+    "autocast",
+    "amp_dtype",
+    "train_step",
+    "epoch_stream",
+    "describe",
 ]
+
 
 def _train_cfg(cfg: RunConfig | TrainConfig) -> TrainConfig:
     """A RunConfig's [train] section, or the TrainConfig itself."""
@@ -75,7 +81,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_model(model: nn.Module, cfg: RunConfig | TrainConfig, *, log: Callable[[str], None] | None = None) -> nn.Module:
+def prepare_model(
+    model: nn.Module, cfg: RunConfig | TrainConfig, *, log: Callable[[str], None] | None = None
+) -> nn.Module:
     """Apply `cfg.train.channels_last` and `cfg.train.compile` to `model` (in place) and return it.
 
     Call after moving the model to its device and before building the optimiser (the
@@ -102,8 +110,11 @@ def prepare_model(model: nn.Module, cfg: RunConfig | TrainConfig, *, log: Callab
         torch.backends.cudnn.benchmark = True
         done.append("cudnn.benchmark")
     if t.amp != "off":
-        done.append(f"autocast {t.amp}" if _model_device(model).type in ("cuda", "cpu")
-                    else f"autocast {t.amp} not available on {_model_device(model).type}: fp32")
+        done.append(
+            f"autocast {t.amp}"
+            if _model_device(model).type in ("cuda", "cpu")
+            else f"autocast {t.amp} not available on {_model_device(model).type}: fp32"
+        )
     if log is not None and done:
         log("fast path: " + ", ".join(done))
     return model
@@ -141,14 +152,22 @@ def describe(cfg: RunConfig | TrainConfig) -> str:
     return " ".join(parts)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, method, ctx, x: torch.Tensor,
-               y: torch.Tensor, *, amp: Callable[[], contextlib.AbstractContextManager] | None = None):
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method,
+    ctx,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    amp: Callable[[], contextlib.AbstractContextManager] | None = None,
+):
     """One SGD step of `method` on the batch (x, y), as the training loop does it.
 
     `amp` makes the autocast context (e.g. `lambda: autocast(cfg, device)`); None = fp32.
     Returns (loss, stats) as tensors on the device: nothing is read back to the host.
     """
-    with (amp() if amp is not None else contextlib.nullcontext()):
+    with amp() if amp is not None else contextlib.nullcontext():
         loss, stats = method.loss(model, x, y, ctx)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -156,9 +175,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, method, ctx, 
     return loss, stats
 
 
-def epoch_stream(train_x: torch.Tensor, train_y: torch.Tensor, *, batch_size: int, padding: int,
-                 flip: bool, generator: torch.Generator | None
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def epoch_stream(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    *,
+    batch_size: int,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One epoch of augmented float batches in the training loop's order: shuffled indices
     from `generator`, then crop + flip of each uint8 (or float) batch on its device, then
     float32 in [0, 1]. Yields (x, y, indices into train_x); nothing leaves the device."""

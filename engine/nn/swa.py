@@ -106,8 +106,12 @@ class SWA:
                 p_avg.copy_(w)
             else:
                 p_avg.add_(w.to(p_avg.dtype) - p_avg, alpha=1.0 / (self.n + 1))
-        bn_stats = {f"{mod_name}.{b}" if mod_name else b for mod_name, m in self.average.named_modules()
-                    if isinstance(m, _BatchNorm) for b in ("running_mean", "running_var", "num_batches_tracked")}
+        bn_stats = {
+            f"{mod_name}.{b}" if mod_name else b
+            for mod_name, m in self.average.named_modules()
+            if isinstance(m, _BatchNorm)
+            for b in ("running_mean", "running_var", "num_batches_tracked")
+        }
         src_buf = dict(model.named_buffers())
         for name, b_avg in self.average.named_buffers():
             if name not in bn_stats and name in src_buf:

@@ -25,8 +25,10 @@ def parse_columns(spec) -> list[str]:
     for key in keys:
         section, dot, name = key.partition(".")
         if section not in O.SECTIONS or section not in C.section_classes():
-            raise UserError(f"--columns {key}: unknown config key; give section.key with a section of "
-                            f"{', '.join(O.SECTIONS)} (e.g. method.lam)")
+            raise UserError(
+                f"--columns {key}: unknown config key; give section.key with a section of "
+                f"{', '.join(O.SECTIONS)} (e.g. method.lam)"
+            )
         if key not in known:
             fields = [k.partition(".")[2] for k in known if k.startswith(section + ".")]
             raise UserError(f"--columns {key}: unknown config key (keys of [{section}]: {', '.join(fields)})")

@@ -32,9 +32,16 @@ def series(runs: list[RunData], key, table: str = "epochs", scale: float = 1.0) 
     out = []
     for ep in sorted(by_epoch):
         vals = [v for _, v in by_epoch[ep]]
-        out.append({"epoch": ep, "mean": statistics.mean(vals),
-                    "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals),
-                    "values": vals, "runs": [rid for rid, _ in by_epoch[ep]]})
+        out.append(
+            {
+                "epoch": ep,
+                "mean": statistics.mean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "n": len(vals),
+                "values": vals,
+                "runs": [rid for rid, _ in by_epoch[ep]],
+            }
+        )
     return out
 
 
@@ -56,7 +63,7 @@ def moving_average(values: list, window: int = SMOOTH) -> list:
     half = window // 2
     out = []
     for i in range(len(values)):
-        win = [v for v in values[max(0, i - half): i + half + 1] if v is not None]
+        win = [v for v in values[max(0, i - half) : i + half + 1] if v is not None]
         out.append(sum(win) / len(win) if win else None)
     return out
 
@@ -87,9 +94,24 @@ class Collector:
         self.x_name = x_name
         self.rows: list[dict] = []
 
-    def plot(self, ax, runs, key, *, table="epochs", label: str, row: str, panel: str, color, style="-",
-             scale: float = 1.0, mark_best: bool = False, value: Callable | None = None, smooth: bool = True,
-             points: list[dict] | None = None) -> bool:
+    def plot(
+        self,
+        ax,
+        runs,
+        key,
+        *,
+        table="epochs",
+        label: str,
+        row: str,
+        panel: str,
+        color,
+        style="-",
+        scale: float = 1.0,
+        mark_best: bool = False,
+        value: Callable | None = None,
+        smooth: bool = True,
+        points: list[dict] | None = None,
+    ) -> bool:
         pts = points if points is not None else series(runs, value or key, table, scale)
         if not pts:
             return False
@@ -111,22 +133,48 @@ class Collector:
             ax.axvline(xs[best], color=color, ls=":", lw=0.8)
         kname = key if isinstance(key, str) else getattr(key, "__name__", "value")
         for i, p in enumerate(pts):
-            self.rows.append({
-                "panel": panel, "series": label, "row": row, "key": kname, self.x_name: p["epoch"],
-                "mean": p["mean"], "std": p["std"], "n": p["n"], "smoothed": sm[i], "smoothed_std": ss[i],
-                "marked": BEST_MARK if i == best else "",
-                "values": ";".join(repr(v) for v in p["values"]), "runs": ";".join(p["runs"])})
+            self.rows.append(
+                {
+                    "panel": panel,
+                    "series": label,
+                    "row": row,
+                    "key": kname,
+                    self.x_name: p["epoch"],
+                    "mean": p["mean"],
+                    "std": p["std"],
+                    "n": p["n"],
+                    "smoothed": sm[i],
+                    "smoothed_std": ss[i],
+                    "marked": BEST_MARK if i == best else "",
+                    "values": ";".join(repr(v) for v in p["values"]),
+                    "runs": ";".join(p["runs"]),
+                }
+            )
         return True
 
     def write(self, path: Path) -> None:
-        cols = ["panel", "series", "row", "key", self.x_name, "mean", "std", "n", "smoothed", "smoothed_std",
-                "marked", "values", "runs"]
+        cols = [
+            "panel",
+            "series",
+            "row",
+            "key",
+            self.x_name,
+            "mean",
+            "std",
+            "n",
+            "smoothed",
+            "smoothed_std",
+            "marked",
+            "values",
+            "runs",
+        ]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
             w.writeheader()
             for r in self.rows:
-                w.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
-                            for k in cols})
+                w.writerow(
+                    {k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in cols}
+                )
 
 
 def training(specs: list[RowSpec]) -> list[RowSpec]:
@@ -134,8 +182,13 @@ def training(specs: list[RowSpec]) -> list[RowSpec]:
     return [s for s in specs if s.counted and s.table == "epochs"]
 
 
-EFF_NAMES = {"eff_pgd10": "PGD10 Eff.", "eff_fgsm": "FGSM Eff.", "eff_fgsm_n": "FGSM-N Eff.",
-             "eff_train": "training attack Eff.", "train_adv_eff": "Train Adv. Eff."}
+EFF_NAMES = {
+    "eff_pgd10": "PGD10 Eff.",
+    "eff_fgsm": "FGSM Eff.",
+    "eff_fgsm_n": "FGSM-N Eff.",
+    "eff_train": "training attack Eff.",
+    "train_adv_eff": "Train Adv. Eff.",
+}
 
 
 def agg(runs, kind, x_key, y_key, scale=1.0, where=None):
@@ -151,8 +204,16 @@ def agg(runs, kind, x_key, y_key, scale=1.0, where=None):
     out = []
     for x in sorted(by_x):
         vals = [v for _, v in by_x[x]]
-        out.append({"epoch": x, "mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
-                    "n": len(vals), "values": vals, "runs": [rid for rid, _ in by_x[x]]})
+        out.append(
+            {
+                "epoch": x,
+                "mean": statistics.mean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "n": len(vals),
+                "values": vals,
+                "runs": [rid for rid, _ in by_x[x]],
+            }
+        )
     return out
 
 
@@ -164,11 +225,19 @@ def pgd_points(runs, ckpt, key, scale):
             m = re.fullmatch(r"pgd(\d+)", str(e.get("attack")))
             if not m or e.get("ckpt") != ckpt or e.get(key) is None:
                 continue
-            by_steps.setdefault(int(m.group(1)), {})[r.rd.id] = e[key] * scale   # latest per run
+            by_steps.setdefault(int(m.group(1)), {})[r.rd.id] = e[key] * scale  # latest per run
     out = []
     for st in sorted(by_steps):
         d = by_steps[st]
         vals = list(d.values())
-        out.append({"epoch": st, "mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
-                    "n": len(vals), "values": vals, "runs": list(d)})
+        out.append(
+            {
+                "epoch": st,
+                "mean": statistics.mean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "n": len(vals),
+                "values": vals,
+                "runs": list(d),
+            }
+        )
     return out

@@ -1,9 +1,9 @@
 """`advlc report`: one folder with the paper's tables, figures and the provenance of every run.
 
-    OUT/report.md (+ report.html, report.pdf)   the comparison tables (per-epoch PGD, and one per
-                                                final-evaluation attack the runs have), missing
-                                                runs with the commands that fill them, provenance
-    OUT/tables/   md / tex / csv / json         OUT/figures/  png / pdf / csv (engine.report.figures)
+OUT/report.md (+ report.html, report.pdf)   the comparison tables (per-epoch PGD, and one per
+                                            final-evaluation attack the runs have), missing
+                                            runs with the commands that fill them, provenance
+OUT/tables/   md / tex / csv / json         OUT/figures/  png / pdf / csv (engine.report.figures)
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from engine.store.summary import best_and_end
 @dataclass
 class ReportResult:
     out_dir: Path
-    files: list[Path]                 # report.md / .html / .pdf
+    files: list[Path]  # report.md / .html / .pdf
     tables: list[CompareTable]
-    figures: list                     # engine.report.figures.FigureResult
+    figures: list  # engine.report.figures.FigureResult
     runs: list[str]
 
     @property
@@ -58,7 +58,9 @@ def resolve_refs(store, refs: list[str]) -> tuple[list[str], list[str], list[str
             try:
                 run_ids.append(store.get(ref).id)
             except UserError:
-                raise UserError(f"'{ref}' is no run id, preset or group id in {store.home} (see `advlc runs`)") from None
+                raise UserError(
+                    f"'{ref}' is no run id, preset or group id in {store.home} (see `advlc runs`)"
+                ) from None
     return run_ids, presets, groups
 
 
@@ -118,16 +120,45 @@ def _provenance_rows(runs: list[RunData]) -> list[list[str]]:
         commit = str(commit)[:10] + dirty if commit else "—"
         best, _ = best_and_end(r.epochs, robust_key(r.select_on))
         overrides = (run.origin.text or "") if run.origin else ""
-        rows.append([r.rd.id, _named(r), str(run.preset), str(run.label), point_text(r.point) or "—",
-                     overrides or "—", str(run.seed), r.state,
-                     f"{len(r.epochs)}/{r.config.value('train.epochs')}",
-                     "—" if best is None else str(best["epoch"]), commit, str(prov.get("device_name") or "—"),
-                     str(prov.get("host") or "—"), str(prov.get("torch") or "—"), str(run.group or "—")])
+        rows.append(
+            [
+                r.rd.id,
+                _named(r),
+                str(run.preset),
+                str(run.label),
+                point_text(r.point) or "—",
+                overrides or "—",
+                str(run.seed),
+                r.state,
+                f"{len(r.epochs)}/{r.config.value('train.epochs')}",
+                "—" if best is None else str(best["epoch"]),
+                commit,
+                str(prov.get("device_name") or "—"),
+                str(prov.get("host") or "—"),
+                str(prov.get("torch") or "—"),
+                str(run.group or "—"),
+            ]
+        )
     return rows
 
 
-PROV_HEAD = ["run", "title / tags", "preset", "label", "point", "overrides", "seed", "state", "epochs", "best epoch",
-             "commit", "device", "host", "torch", "group"]
+PROV_HEAD = [
+    "run",
+    "title / tags",
+    "preset",
+    "label",
+    "point",
+    "overrides",
+    "seed",
+    "state",
+    "epochs",
+    "best epoch",
+    "commit",
+    "device",
+    "host",
+    "torch",
+    "group",
+]
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -164,18 +195,27 @@ def _figures(specs, out_dir: Path, pdf_text: str | None) -> list:
             pages.close()
 
 
-def _markdown(name: str, store, runs: list[RunData], by: str, include_unfinished: bool, tables, table_files,
-              figs) -> str:
+def _markdown(
+    name: str, store, runs: list[RunData], by: str, include_unfinished: bool, tables, table_files, figs
+) -> str:
     """report.md: the tables, the runs still missing with their commands, the figures, the provenance."""
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     n_fin = sum(r.state == "finished" for r in runs)
-    md = [f"# advlc report: {name}", "",
-          f"Generated {now} from the run store `{store.home}`: {len(runs)} runs ({n_fin} finished), "
-          f"rows by {by}{'' if include_unfinished else '; only finished runs are counted'}.", ""]
+    md = [
+        f"# advlc report: {name}",
+        "",
+        f"Generated {now} from the run store `{store.home}`: {len(runs)} runs ({n_fin} finished), "
+        f"rows by {by}{'' if include_unfinished else '; only finished runs are counted'}.",
+        "",
+    ]
     incomplete = [(t, r) for _, _, t in tables[:1] for r in t.rows if r.missing]
     if incomplete:
-        md += ["> **Incomplete.** " + "; ".join(f"{r.name}: {', '.join(r.missing)}" for _, r in incomplete)
-               + ". Commands to fill the holes are under *Missing runs*.", ""]
+        md += [
+            "> **Incomplete.** "
+            + "; ".join(f"{r.name}: {', '.join(r.missing)}" for _, r in incomplete)
+            + ". Commands to fill the holes are under *Missing runs*.",
+            "",
+        ]
     md += ["## Tables", ""]
     for stem, atk, t in tables:
         md.append(f"### {'Per-epoch PGD' if atk is None else 'Final evaluation: ' + atk}")
@@ -198,26 +238,50 @@ def _markdown(name: str, store, runs: list[RunData], by: str, include_unfinished
         if f.skipped:
             continue
         png = next(p for p in f.files if p.suffix == ".png")
-        md += [f"### {f.title}", "", f"![{f.title}](figures/{png.name})", "", f.caption, "",
-               "Files: " + " · ".join(f"[{p.name}](figures/{p.name})" for p in f.files + [f.csv]), ""]
+        md += [
+            f"### {f.title}",
+            "",
+            f"![{f.title}](figures/{png.name})",
+            "",
+            f.caption,
+            "",
+            "Files: " + " · ".join(f"[{p.name}](figures/{p.name})" for p in f.files + [f.csv]),
+            "",
+        ]
     skipped = [f for f in figs if f.skipped]
     if skipped:
         md += ["Not produced:", ""] + [f"- {f.title}: {f.skipped}." for f in skipped] + [""]
-    md += ["## Provenance", "",
-           "Every run of the report (counted or not): preset, training scheme, sweep point, the `--set` "
-           "overrides it was made with, seed, state, "
-           "code commit (dirty = uncommitted changes, with the hash of the diff), device and host "
-           "of its latest start (runtime.json; config.json for a run that never started).", "",
-           _md_table(PROV_HEAD, _provenance_rows(runs)), ""]
+    md += [
+        "## Provenance",
+        "",
+        "Every run of the report (counted or not): preset, training scheme, sweep point, the `--set` "
+        "overrides it was made with, seed, state, "
+        "code commit (dirty = uncommitted changes, with the hash of the diff), device and host "
+        "of its latest start (runtime.json; config.json for a run that never started).",
+        "",
+        _md_table(PROV_HEAD, _provenance_rows(runs)),
+        "",
+    ]
     notes = _notes(runs)
     if notes:
         md += ["### Notes", ""] + notes + [""]
     return "\n".join(md)
 
 
-def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=(), presets=(), groups=(),
-                 formats=("md", "html"), by: str = "label", include_unfinished: bool = False,
-                 where: str | None = None, columns=None) -> ReportResult:
+def build_report(
+    store,
+    refs: list[str] | None = None,
+    out_dir=None,
+    *,
+    run_ids=(),
+    presets=(),
+    groups=(),
+    formats=("md", "html"),
+    by: str = "label",
+    include_unfinished: bool = False,
+    where: str | None = None,
+    columns=None,
+) -> ReportResult:
     """Write OUT_DIR/report.md (+ report.html, report.pdf) with the comparison tables (per-epoch
     PGD, and one per final-evaluation attack the runs have) in md/tex/csv/json under tables/,
     the figures (png/pdf/csv) under figures/, missing runs with the commands that fill them,
@@ -242,8 +306,14 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
 
     common = dict(home=store.home, grid=grid, by=by, resolver=resolver, columns=keys)
     tables = [("pgd", None, table_from_specs(specs, **common))]
-    attacks = sorted({str(e.get("attack")) for r in runs for e in r.evals
-                      if e.get("attack") and e.get("ckpt") in ("best", "end", "swa_best", "swa_end")})
+    attacks = sorted(
+        {
+            str(e.get("attack"))
+            for r in runs
+            for e in r.evals
+            if e.get("attack") and e.get("ckpt") in ("best", "end", "swa_best", "swa_end")
+        }
+    )
     for atk in attacks:
         tables.append((_slug(atk), atk, table_from_specs(specs, ckpt_eval=atk, **common)))
     table_files = {}
@@ -254,7 +324,7 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
 
     text = _markdown(name, store, runs, by, include_unfinished, tables, table_files, figs)
     files = []
-    text = printable(text, multiline=True)          # titles, notes and names come from the store
+    text = printable(text, multiline=True)  # titles, notes and names come from the store
     p = out_dir / "report.md"
     p.write_text(text)
     files.append(p)
@@ -263,9 +333,11 @@ def build_report(store, refs: list[str] | None = None, out_dir=None, *, run_ids=
             MarkdownIt,  # a dependency of rich; only for the html report
         )
 
-        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)   # raw HTML shown as text
-        html = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>advlc report: {_html_escape(name)}"
-                f"</title><style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)  # raw HTML shown as text
+        html = (
+            f"<!doctype html>\n<html><head><meta charset='utf-8'><title>advlc report: {_html_escape(name)}"
+            f"</title><style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n"
+        )
         p = out_dir / "report.html"
         p.write_text(html)
         files.append(p)
@@ -296,7 +368,8 @@ def _pdf_text_pages(pdf, text: str, lines_per_page: int = 80) -> None:
     lines = text.splitlines()
     for i in range(0, max(1, len(lines)), lines_per_page):
         fig = plt.figure(figsize=(11.69, 8.27))
-        fig.text(0.02, 0.98, "\n".join(lines[i:i + lines_per_page]), family="monospace", fontsize=5.5,
-                 va="top", ha="left")
+        fig.text(
+            0.02, 0.98, "\n".join(lines[i : i + lines_per_page]), family="monospace", fontsize=5.5, va="top", ha="left"
+        )
         pdf.savefig(fig)
         plt.close(fig)

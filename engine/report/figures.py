@@ -63,17 +63,28 @@ class FigureResult:
     name: str
     title: str
     caption: str
-    files: list[Path] = field(default_factory=list)     # png, pdf
+    files: list[Path] = field(default_factory=list)  # png, pdf
     csv: Path | None = None
-    skipped: str | None = None                          # why it was not produced
+    skipped: str | None = None  # why it was not produced
 
 
 # ----------------------------------------------------------------------------- style
 STYLE = {
-    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
-    "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.grid": True, "grid.alpha": 0.3,
-    "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150, "savefig.dpi": 150,
-    "savefig.bbox": "tight", "lines.linewidth": 1.5, "pdf.fonttype": 42,
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 150,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "lines.linewidth": 1.5,
+    "pdf.fonttype": 42,
 }
 
 
@@ -87,16 +98,32 @@ def _plt():
 
 
 def _colors(specs: list[RowSpec]) -> dict[str, str]:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-               "#bcbd22", "#17becf"]
+    palette = [
+        "#1f77b4",
+        "#d62728",
+        "#2ca02c",
+        "#ff7f0e",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+    ]
     return {s.name: palette[i % len(palette)] for i, s in enumerate(specs)}
 
 
 # ----------------------------------------------------------------------------- figures
-_TRAIN_CURVE = {"clean_acc": (("train_clean_acc", "clean accuracy on the first eval.extra_samples training images"),
-                              ("train_acc", "accuracy on the training batches as trained (the training attack's examples)")),
-                "robust_acc": (("train_adv_acc", "PGD-20 accuracy on the first eval.extra_samples training images"),
-                               ("train_robust_acc", "robust accuracy on training images"))}
+_TRAIN_CURVE = {
+    "clean_acc": (
+        ("train_clean_acc", "clean accuracy on the first eval.extra_samples training images"),
+        ("train_acc", "accuracy on the training batches as trained (the training attack's examples)"),
+    ),
+    "robust_acc": (
+        ("train_adv_acc", "PGD-20 accuracy on the first eval.extra_samples training images"),
+        ("train_robust_acc", "robust accuracy on training images"),
+    ),
+}
 
 
 def _fig_accuracy(specs, plt, colors):
@@ -107,14 +134,40 @@ def _fig_accuracy(specs, plt, colors):
     col = Collector()
     fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained")
     used = []
-    for ax, key, title in ((axes[0], "clean_acc", "Clean accuracy (%)"), (axes[1], "robust_acc", "Robust accuracy (%)")):
+    for ax, key, title in (
+        (axes[0], "clean_acc", "Clean accuracy (%)"),
+        (axes[1], "robust_acc", "Robust accuracy (%)"),
+    ):
         train = next(((k, what) for k, what in _TRAIN_CURVE[key] if k in keys), None)
         for s in specs:
             c = colors[s.name]
-            col.plot(ax, s.counted, key, table=s.table, label=s.name, row=s.name, panel=title, color=c,
-                     scale=100.0, mark_best=(key == "robust_acc"))
-            if train and s.table == "epochs" and col.plot(ax, s.counted, train[0], label=f"{s.name} (train)",
-                                                          row=s.name, panel=title, color=c, style="--", scale=100.0):
+            col.plot(
+                ax,
+                s.counted,
+                key,
+                table=s.table,
+                label=s.name,
+                row=s.name,
+                panel=title,
+                color=c,
+                scale=100.0,
+                mark_best=(key == "robust_acc"),
+            )
+            if (
+                train
+                and s.table == "epochs"
+                and col.plot(
+                    ax,
+                    s.counted,
+                    train[0],
+                    label=f"{s.name} (train)",
+                    row=s.name,
+                    panel=title,
+                    color=c,
+                    style="--",
+                    scale=100.0,
+                )
+            ):
                 if f"{train[0]}: {train[1]}" not in used:
                     used.append(f"{train[0]}: {train[1]}")
         ax.set_title(title)
@@ -123,18 +176,26 @@ def _fig_accuracy(specs, plt, colors):
     if used:
         from matplotlib.lines import Line2D
 
-        axes[0].legend([Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")], ["test", "train"],
-                       loc="lower right", frameon=False)
-    caption = ("Clean and PGD robust accuracy on the test data per epoch, mean over seeds (faint: raw; solid: "
-               "5-epoch moving average; shaded: ± std over seeds); star and dotted line: best epoch (highest "
-               "mean robust accuracy)." + (" Dashed: " + "; ".join(used) + "." if used else ""))
+        axes[0].legend(
+            [Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")],
+            ["test", "train"],
+            loc="lower right",
+            frameon=False,
+        )
+    caption = (
+        "Clean and PGD robust accuracy on the test data per epoch, mean over seeds (faint: raw; solid: "
+        "5-epoch moving average; shaded: ± std over seeds); star and dotted line: best epoch (highest "
+        "mean robust accuracy)." + (" Dashed: " + "; ".join(used) + "." if used else "")
+    )
     return fig, col, caption
 
 
 # Fig. 1 loss panel: (name, test keys, train keys), the first key some run recorded wins (PGD-20 as the paper)
-_LOSS = (("Clean loss", ("clean_loss",), ("train_clean_loss",)),
-         ("Adv. loss", ("test_adv_loss20", "robust_loss"), ("train_adv_loss", "train_robust_loss")),
-         ("AV", ("test_av20", "av"), ("train_av",)))
+_LOSS = (
+    ("Clean loss", ("clean_loss",), ("train_clean_loss",)),
+    ("Adv. loss", ("test_adv_loss20", "robust_loss"), ("train_adv_loss", "train_robust_loss")),
+    ("AV", ("test_av20", "av"), ("train_av",)),
+)
 
 
 def _fig1(specs, plt, colors):
@@ -155,8 +216,14 @@ def _fig1(specs, plt, colors):
     col = Collector()
     ncol = len(specs)
     # one y scale per row, so the schemes' IG and HS are compared by height, not by tick labels
-    fig, axes = plt.subplots(len(panels), ncol, figsize=(2.6 * ncol + 0.6, 2.0 * len(panels)), squeeze=False,
-                             sharey="row", layout="constrained")
+    fig, axes = plt.subplots(
+        len(panels),
+        ncol,
+        figsize=(2.6 * ncol + 0.6, 2.0 * len(panels)),
+        squeeze=False,
+        sharey="row",
+        layout="constrained",
+    )
     mcolors = ["#1f77b4", "#d62728", "#2ca02c"]
     for j, s in enumerate(specs):
         for i, (pname, lines) in enumerate(panels):
@@ -166,8 +233,9 @@ def _fig1(specs, plt, colors):
                 if test:
                     col.plot(ax, s.counted, test, label=f"{name} (test)", row=s.name, panel=pname, color=c)
                 if train:
-                    col.plot(ax, s.counted, train, label=f"{name} (train)", row=s.name, panel=pname, color=c,
-                             style="--")
+                    col.plot(
+                        ax, s.counted, train, label=f"{name} (train)", row=s.name, panel=pname, color=c, style="--"
+                    )
             if i == 0:
                 ax.set_title(s.name)
             if j == 0:
@@ -177,9 +245,11 @@ def _fig1(specs, plt, colors):
             if j == ncol - 1 and ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best", frameon=False)
     src = ", ".join(f"{name}: {te or '—'} / {tr or '—'}" for name, te, tr in loss)
-    caption = ("Fig. 1: loss, IG and HS per epoch for each training scheme on the test (solid) and training "
-               "(dashed) data; AV = adversarial − clean loss. Each row shares its y axis across schemes. Lines "
-               f"smoothed over 5 epochs (raw faint), ± std over seeds shaded. Keys (test / train): {src}.")
+    caption = (
+        "Fig. 1: loss, IG and HS per epoch for each training scheme on the test (solid) and training "
+        "(dashed) data; AV = adversarial − clean loss. Each row shares its y axis across schemes. Lines "
+        f"smoothed over 5 epochs (raw faint), ± std over seeds shaded. Keys (test / train): {src}."
+    )
     return fig, col, caption
 
 
@@ -190,15 +260,19 @@ def _gap_fn(keys):
     if test is None:
         return None
     if train:
+
         def gap(rec):
             a, b = rec.get(test), rec.get(train)
             return None if a is None or b is None else a - b
+
         gap.__name__ = f"{test}-{train}"
         return gap
     if {"train_clean_loss", "train_av"} <= keys:
+
         def gap2(rec):
             a, b, c = rec.get(test), rec.get("train_clean_loss"), rec.get("train_av")
             return None if a is None or b is None or c is None else a - (b + c)
+
         gap2.__name__ = f"{test}-(train_clean_loss+train_av)"
         return gap2
     return None
@@ -208,8 +282,14 @@ def _fig2(specs, plt, colors):
     specs = training(specs)
     gap = _gap_fn(keys_of(specs))
     if gap is None:
-        return None, None, ("needs the training-set adversarial loss per epoch (eval.extra = train_adv_loss, "
-                            "as the quick/digits-fig1-* presets record), which no run recorded")
+        return (
+            None,
+            None,
+            (
+                "needs the training-set adversarial loss per epoch (eval.extra = train_adv_loss, "
+                "as the quick/digits-fig1-* presets record), which no run recorded"
+            ),
+        )
     groups: dict[tuple, list] = {}
     for s in specs:
         groups.setdefault(tuple(sorted(s.point)), []).append(s)
@@ -223,9 +303,11 @@ def _fig2(specs, plt, colors):
         ax.set_xlabel("epoch")
         ax.set_ylabel("adv. loss: test − train")
         ax.legend(loc="best", frameon=False)
-    caption = ("Fig. 2: the gap between the adversarial losses on the test and training data per epoch "
-               f"({gap.__name__}), one line per row (sweep points are rows); smoothed over 5 epochs, ± std over "
-               "seeds shaded.")
+    caption = (
+        "Fig. 2: the gap between the adversarial losses on the test and training data per epoch "
+        f"({gap.__name__}), one line per row (sweep points are rows); smoothed over 5 epochs, ± std over "
+        "seeds shaded."
+    )
     return fig, col, caption
 
 
@@ -238,15 +320,22 @@ def _fig3(specs, plt, colors):
     keys = keys_of(specs)
     effs = _eff_keys(keys)
     if not effs:
-        return None, None, ("needs attack-effectiveness records (eval.extra = eff_fgsm, eff_pgd10, ... as the "
-                            "quick/digits-fig3-* presets record), which no run recorded")
+        return (
+            None,
+            None,
+            (
+                "needs attack-effectiveness records (eval.extra = eff_fgsm, eff_pgd10, ... as the "
+                "quick/digits-fig3-* presets record), which no run recorded"
+            ),
+        )
     hs = first_key(keys, "train_hs", "hs")
     ig = first_key(keys, "train_ig", "ig")
     panels = [p for p in (("HS", [hs]) if hs else None, ("IG", [ig]) if ig else None, ("Effectiveness", effs)) if p]
     col = Collector()
     ncol = len(specs)
-    fig, axes = plt.subplots(len(panels), ncol, figsize=(2.6 * ncol + 0.6, 2.0 * len(panels)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(panels), ncol, figsize=(2.6 * ncol + 0.6, 2.0 * len(panels)), squeeze=False, layout="constrained"
+    )
     mcolors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
     for j, s in enumerate(specs):
         for i, (pname, ks) in enumerate(panels):
@@ -262,8 +351,10 @@ def _fig3(specs, plt, colors):
                 ax.set_xlabel("epoch")
             if j == ncol - 1 and pname == "Effectiveness":
                 ax.legend(loc="best", frameon=False)
-    caption = ("Fig. 3: HS, IG and the effectiveness (Eq. 7, against PGD-50) of adversarial examples per epoch for "
-               "each training scheme (training-set HS and IG where recorded); smoothed as in Fig. 1.")
+    caption = (
+        "Fig. 3: HS, IG and the effectiveness (Eq. 7, against PGD-50) of adversarial examples per epoch for "
+        "each training scheme (training-set HS and IG where recorded); smoothed as in Fig. 1."
+    )
     return fig, col, caption
 
 

@@ -116,11 +116,25 @@ def grid_holes(specs: list[RowSpec], resolver: Resolver, by: str) -> list[tuple[
             if key not in holes:
                 base = label(p.cfg) if by == "label" else sib.preset
                 base = with_point(f"{base} ({sib.preset})" if labelled else base, p.point, by)
-                spec = RowSpec(base + (SEP + suf[fam] if suf.get(fam) else ""), sib.preset, dict(p.point), "epochs",
-                               [], base=base, config=p.cfg.to_dict(), overrides=dict(sib.overrides),
-                               suffix=suf.get(fam, ""))
+                spec = RowSpec(
+                    base + (SEP + suf[fam] if suf.get(fam) else ""),
+                    sib.preset,
+                    dict(p.point),
+                    "epochs",
+                    [],
+                    base=base,
+                    config=p.cfg.to_dict(),
+                    overrides=dict(sib.overrides),
+                    suffix=suf.get(fam, ""),
+                )
                 holes[key] = (spec, [])
             holes[key][1].append(p.seed)
-        out += [(spec, [f"seed {sd} (not run)" for sd in seeds],
-                 [fill_command(spec.preset, spec.point, sd, sets) for sd in seeds]) for spec, seeds in holes.values()]
+        out += [
+            (
+                spec,
+                [f"seed {sd} (not run)" for sd in seeds],
+                [fill_command(spec.preset, spec.point, sd, sets) for sd in seeds],
+            )
+            for spec, seeds in holes.values()
+        ]
     return out

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from engine.report.columns import fmt_value
 
-COLUMNS = ["clean_best", "clean_end", "clean_diff", "robust_best", "robust_end", "robust_diff",
-           "ig", "hs", "time"]
+COLUMNS = ["clean_best", "clean_end", "clean_diff", "robust_best", "robust_end", "robust_diff", "ig", "hs", "time"]
 
 # key -> (plain header, rule for "best": max | min | absmin, unit)
 COLUMN_INFO = {
@@ -50,16 +49,16 @@ def cell(values: list) -> Cell:
 @dataclass
 class CompareRow:
     name: str
-    runs: list[str]                      # run ids counted in the cells
+    runs: list[str]  # run ids counted in the cells
     seeds: list[int]
     cells: dict[str, Cell]
-    missing: list[str]                   # e.g. "seed 2 (not run)", "seed 1 (failed)"
-    fill: list[str] = field(default_factory=list)   # commands that fill the holes
-    table: str = "epochs"                # the metrics table the row is computed from ("swa")
+    missing: list[str]  # e.g. "seed 2 (not run)", "seed 1 (failed)"
+    fill: list[str] = field(default_factory=list)  # commands that fill the holes
+    table: str = "epochs"  # the metrics table the row is computed from ("swa")
     preset: str | None = None
     point: dict = field(default_factory=dict)
-    overrides: dict = field(default_factory=dict)        # {key: value}: the overrides that made its config
-    config_values: dict = field(default_factory=dict)    # {config key: value} of the table's config_columns
+    overrides: dict = field(default_factory=dict)  # {key: value}: the overrides that made its config
+    config_values: dict = field(default_factory=dict)  # {config key: value} of the table's config_columns
     config: dict = field(default_factory=dict, repr=False, compare=False)  # its configuration (not in json)
 
 
@@ -68,12 +67,12 @@ class CompareTable:
     title: str
     columns: list[str]
     rows: list[CompareRow]
-    best: dict[str, str]                 # column -> name of the row with the best value
+    best: dict[str, str]  # column -> name of the row with the best value
     notes: list[str] = field(default_factory=list)
-    time_unit: str = "s/batch"           # "s/batch" or "s/epoch"
-    source: str = ""                     # the evaluation that produced the accuracies
+    time_unit: str = "s/batch"  # "s/batch" or "s/epoch"
+    source: str = ""  # the evaluation that produced the accuracies
     ckpt_eval: str | None = None
-    config_columns: list[str] = field(default_factory=list)   # config keys shown after the row name
+    config_columns: list[str] = field(default_factory=list)  # config keys shown after the row name
 
     @property
     def complete(self) -> bool:

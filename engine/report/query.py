@@ -36,23 +36,58 @@ from engine.config.schema import config_keys
 from engine.errors import UserError
 from engine.store.summary import SUMMARY_KEYS
 
-INDEX_KEYS = ("id", "preset", "label", "method", "attack", "dataset", "arch", "seed", "group", "created", "state",
-              "epoch", "epochs", "overfit_epoch", "catastrophic_epoch", "select_on", "stopped_early_at",
-              "epochs_saved", "updated", "error", "title", "tags", "note", "archived", "overrides_text",
-              "origin_known") + SUMMARY_KEYS + tuple(
-    f"swa_{k}" for k in SUMMARY_KEYS if not k.startswith(("epoch_time", "eval_time")))
+INDEX_KEYS = (
+    (
+        "id",
+        "preset",
+        "label",
+        "method",
+        "attack",
+        "dataset",
+        "arch",
+        "seed",
+        "group",
+        "created",
+        "state",
+        "epoch",
+        "epochs",
+        "overfit_epoch",
+        "catastrophic_epoch",
+        "select_on",
+        "stopped_early_at",
+        "epochs_saved",
+        "updated",
+        "error",
+        "title",
+        "tags",
+        "note",
+        "archived",
+        "overrides_text",
+        "origin_known",
+    )
+    + SUMMARY_KEYS
+    + tuple(f"swa_{k}" for k in SUMMARY_KEYS if not k.startswith(("epoch_time", "eval_time")))
+)
 """The names of an index document a query may use (engine.store.summary)."""
 
-ALIASES = {"ig": "end_ig", "hs": "end_hs", "epoch_time_s": "epoch_time_s_mean", "swa_ig": "swa_end_ig",
-           "swa_hs": "swa_end_hs"}
+ALIASES = {
+    "ig": "end_ig",
+    "hs": "end_hs",
+    "epoch_time_s": "epoch_time_s_mean",
+    "swa_ig": "swa_end_ig",
+    "swa_hs": "swa_end_hs",
+}
 """Names of earlier index rows, read as the keys that replaced them."""
 
-_TOKEN = re.compile(r"""\s*(?:
+_TOKEN = re.compile(
+    r"""\s*(?:
     (?P<num>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|-?\.\d+(?:[eE][-+]?\d+)?)
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*){0,2})
   | (?P<op>==|!=|<=|>=|<|>|~|\(|\)|\[|\]|,)
-)""", re.X)
+)""",
+    re.X,
+)
 _WORDS = {"and", "or", "not", "in", "true", "false", "null"}
 _ORDER = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 
@@ -81,8 +116,10 @@ class _Parser:
     def __init__(self, text: str, where: str):
         self.text, self.where = text, where
         if len(text) > MAX_LENGTH:
-            raise UserError(f"{where} {_shown(text)}: the expression is {len(text)} characters long, "
-                            f"at most {MAX_LENGTH} are allowed")
+            raise UserError(
+                f"{where} {_shown(text)}: the expression is {len(text)} characters long, "
+                f"at most {MAX_LENGTH} are allowed"
+            )
         self.tokens: list[tuple[str, Any, int]] = []
         self.depth = 0
         self.terms = 0
@@ -247,6 +284,7 @@ def _compare(op: str, left: Node, right: Node) -> Node:
         if numbers or (isinstance(a, str) and isinstance(b, str)):
             return _ORDER[op](a, b)
         return False
+
     return ev
 
 
@@ -258,6 +296,7 @@ def _member(left: Node, right: Node) -> Node:
         if isinstance(b, str) and isinstance(a, str):
             return a in b
         return False
+
     return ev
 
 
@@ -276,8 +315,9 @@ class Query:
 
     def matches(self, doc, config=None) -> bool:
         """Whether the run of index row `doc` (and config: a ConfigRecord or config.json's JSON) is selected."""
+
         @functools.lru_cache(maxsize=1)
-        def keys() -> dict:   # the config's "section.key" and "method.<name>.key" values, read once
+        def keys() -> dict:  # the config's "section.key" and "method.<name>.key" values, read once
             return flat(config.to_json() if hasattr(config, "to_json") else config or {})
 
         def get(name: str):
@@ -301,8 +341,11 @@ def parse(text: str, where: str = "--where") -> Query:
     for name in sorted(p.names):
         if name not in known:
             close = [k for k in sorted(known) if k.split(".")[-1] == name.split(".")[-1]][:3]
-            hint = f" (did you mean {', '.join(close)}?)" if close else " (names: the columns of `advlc runs --json` " \
-                                                                     "and section.key of the config)"
+            hint = (
+                f" (did you mean {', '.join(close)}?)"
+                if close
+                else " (names: the columns of `advlc runs --json` and section.key of the config)"
+            )
             raise UserError(f"{where} {_shown(text)}: unknown name {name!r}{hint}")
     return Query(text, node, frozenset(p.names))
 

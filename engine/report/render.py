@@ -21,7 +21,7 @@ from engine.errors import UserError
 from engine.printable import printable
 from engine.report.model import COLUMN_INFO, Cell, CompareRow, CompareTable
 
-SIG_DIGITS = {"ig": 4, "hs": 3, "time": 3}   # like the paper: IG 48.00 / 276.0, HS 0.230, time 0.047
+SIG_DIGITS = {"ig": 4, "hs": 3, "time": 3}  # like the paper: IG 48.00 / 276.0, HS 0.230, time 0.047
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "json": "json", "table": "txt"}
 
 
@@ -60,9 +60,22 @@ def _key_texts(table: CompareTable, row: CompareRow, full: bool = False) -> list
 
 
 def _latex_escape(s: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
-           "−": "-", "…": "...", "·": r"$\cdot$"}
+    rep = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "±": r"$\pm$",
+        "−": "-",
+        "…": "...",
+        "·": r"$\cdot$",
+    }
     return "".join(rep.get(ch, ch) for ch in s)
 
 
@@ -79,10 +92,10 @@ def render(table: CompareTable, fmt: str, *, width: int | None = None) -> str:
     """The table as text: "table" (plain, best marked *; fitted to `width` columns where it can),
     "md", "latex", "csv" or "json"."""
     fmt = {"markdown": "md", "tex": "latex", "text": "table"}.get(fmt, fmt)
-    if fmt == "json":        # JSON escapes control characters itself
+    if fmt == "json":  # JSON escapes control characters itself
         return json.dumps(to_json(table), indent=1, default=str)
     text = _render_text(table, fmt, width)
-    return printable(text, multiline=True)   # names and notes hold strings from the store
+    return printable(text, multiline=True)  # names and notes hold strings from the store
 
 
 def _render_text(table: CompareTable, fmt: str, width: int | None) -> str:
@@ -130,8 +143,9 @@ def _render_md(table: CompareTable) -> str:
     heads = table.headers()
     keys = table.config_columns
     lines = [f"**{table.title}**", ""]
-    lines.append("| " + " | ".join(["Training"] + [md_escape(k) for k in keys] + [heads[c] for c in table.columns])
-                 + " |")
+    lines.append(
+        "| " + " | ".join(["Training"] + [md_escape(k) for k in keys] + [heads[c] for c in table.columns]) + " |"
+    )
     lines.append("|---|" + "---|" * len(keys) + "---:|" * len(table.columns))
     for r in table.rows:
         texts = _cell_texts(table, r)
@@ -151,13 +165,23 @@ def _render_latex(table: CompareTable) -> str:
     acc = [c for c in cols if c.startswith("clean_")]
     rob = [c for c in cols if c.startswith("robust_")]
     rest = [c for c in cols if c not in acc and c not in rob]
-    sub = {"clean_best": "best", "clean_end": "end", "clean_diff": "diff.",
-           "robust_best": "best", "robust_end": "end", "robust_diff": "diff."}
+    sub = {
+        "clean_best": "best",
+        "clean_end": "end",
+        "clean_diff": "diff.",
+        "robust_best": "best",
+        "robust_end": "end",
+        "robust_diff": "diff.",
+    }
     heads = {"ig": "IG", "hs": "HS", "time": f"Time ({table.time_unit})"}
-    out = ["% requires \\usepackage{booktabs}",
-           "\\begin{table}[t]", "\\centering",
-           f"\\caption{{{_latex_escape(table.title)}}}",
-           "\\begin{tabular}{l" + "c" * (len(keys) + len(cols)) + "}", "\\toprule"]
+    out = [
+        "% requires \\usepackage{booktabs}",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{_latex_escape(table.title)}}}",
+        "\\begin{tabular}{l" + "c" * (len(keys) + len(cols)) + "}",
+        "\\toprule",
+    ]
     top = ["Training"] + [_latex_escape(k) for k in keys]
     if acc:
         top.append(f"\\multicolumn{{{len(acc)}}}{{c}}{{Accuracy (\\%)}}")
@@ -214,8 +238,10 @@ def _render_plain(table: CompareTable, width: int | None = None) -> str:
     head = [heads[c] for c in table.columns]
     names = [r.name + (" †" if r.missing else "") for r in table.rows]
     keys = [_key_texts(table, r) for r in table.rows]
-    cells = [[t + ("*" if table.best.get(c) == r.name else "") for c, t in zip(table.columns, _cell_texts(table, r))]
-             for r in table.rows]
+    cells = [
+        [t + ("*" if table.best.get(c) == r.name else "") for c, t in zip(table.columns, _cell_texts(table, r))]
+        for r in table.rows
+    ]
     key_ws = [max([len(k)] + [len(v[i]) for v in keys]) for i, k in enumerate(table.config_columns)]
     col_ws = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
     name_w, blocks = _blocks(max([len("Training")] + [len(n) for n in names]), key_ws, col_ws, width)
@@ -229,15 +255,18 @@ def _render_plain(table: CompareTable, width: int | None = None) -> str:
     lines = wrap(table.title, width, "") if width else [table.title]
     for cols in blocks:
         widths = [name_w] + key_ws + [col_ws[i] for i in cols]
-        lines += ["", line(["Training"] + table.config_columns + [head[i] for i in cols], widths),
-                  "  ".join("-" * w for w in widths)]
+        lines += [
+            "",
+            line(["Training"] + table.config_columns + [head[i] for i in cols], widths),
+            "  ".join("-" * w for w in widths),
+        ]
         for name, kv, cs in zip(names, keys, cells):
             wrapped = wrap(name, name_w) if width else [name]
             lines.append(line([wrapped[0]] + kv + [cs[i] for i in cols], widths))
             lines += [w.rstrip() for w in wrapped[1:]]
     lines.append("")
     for n in table.notes:
-        lines += (textwrap.wrap(n, width, initial_indent="  ", subsequent_indent="    ") if width else [f"  {n}"])
+        lines += textwrap.wrap(n, width, initial_indent="  ", subsequent_indent="    ") if width else [f"  {n}"]
     for r in table.rows:
         for cmd in r.fill:
             lines.append(f"  fill: {cmd}")

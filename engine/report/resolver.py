@@ -72,8 +72,12 @@ class Resolver:
         recorded overrides while the preset is unchanged since the run was made, else the list
         derived against the preset as it is now; None when the preset cannot be loaded."""
         rec = config.run.origin
-        if rec is not None and not rec.derived and rec.preset_sha256 \
-                and rec.preset_sha256 == self.preset_sha(config.run.preset):
+        if (
+            rec is not None
+            and not rec.derived
+            and rec.preset_sha256
+            and rec.preset_sha256 == self.preset_sha(config.run.preset)
+        ):
             return [s for s in rec.overrides if not s.strip().startswith("train.seed=")]
         o = self.derived(config)
         return None if o is None else list(o.get("overrides") or [])
@@ -87,5 +91,8 @@ def overrides_of(origin: dict | None, point: dict | None = None) -> dict:
         return {}
     changed = origin.get("changed")
     point = point or {}
-    return {k: v for k, v in (origin.get("resolved") or {}).items()
-            if k not in point and k not in O.NON_RESULT_KEYS and (changed is None or k in changed)}
+    return {
+        k: v
+        for k, v in (origin.get("resolved") or {}).items()
+        if k not in point and k not in O.NON_RESULT_KEYS and (changed is None or k in changed)
+    }

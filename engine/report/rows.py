@@ -76,13 +76,13 @@ class RowSpec:
     name: str
     preset: str | None
     point: dict
-    table: str                      # "epochs", "swa" or "points" (experiments)
-    runs: list[RunData]                # every selected run of the row, any state
+    table: str  # "epochs", "swa" or "points" (experiments)
+    runs: list[RunData]  # every selected run of the row, any state
     counted: list[RunData] = field(default_factory=list)
-    base: str = ""                  # the name without the overrides (label or preset, sweep point)
-    config: dict = field(default_factory=dict, repr=False)   # the configuration (its first run's)
-    overrides: dict = field(default_factory=dict)            # {key: value} that made it (point aside)
-    suffix: str = ""                # the overrides in the name (after " · ")
+    base: str = ""  # the name without the overrides (label or preset, sweep point)
+    config: dict = field(default_factory=dict, repr=False)  # the configuration (its first run's)
+    overrides: dict = field(default_factory=dict)  # {key: value} that made it (point aside)
+    suffix: str = ""  # the overrides in the name (after " · ")
 
 
 def infer_points(runs: list[RunData], home=None, resolver: Resolver | None = None) -> None:
@@ -125,8 +125,14 @@ def _bases(runs: list[RunData], by: str) -> dict[str, str]:
     return out
 
 
-def group_rows(runs: list[RunData], by: str = "label", include_unfinished: bool = False, *, home=None,
-               resolver: Resolver | None = None) -> list[RowSpec]:
+def group_rows(
+    runs: list[RunData],
+    by: str = "label",
+    include_unfinished: bool = False,
+    *,
+    home=None,
+    resolver: Resolver | None = None,
+) -> list[RowSpec]:
     """One RowSpec per (scheme or preset, sweep point, configuration), named (see the module
     docstring), each followed by its `+ SWA` row when its runs have SWA records; experiment
     runs get rows of table "points" (figures only)."""
@@ -139,8 +145,16 @@ def group_rows(runs: list[RunData], by: str = "label", include_unfinished: bool 
         table = "points" if r.experiment else "epochs"
         key = (table, bases[r.rd.id], group_key(r.config_json, bool(r.experiment)))
         if key not in specs:
-            specs[key] = RowSpec(bases[r.rd.id], r.run.preset, r.point, table, [], base=bases[r.rd.id],
-                                 config=r.config_json, overrides=overrides_of(resolver.origin(r.config), r.point))
+            specs[key] = RowSpec(
+                bases[r.rd.id],
+                r.run.preset,
+                r.point,
+                table,
+                [],
+                base=bases[r.rd.id],
+                config=r.config_json,
+                overrides=overrides_of(resolver.origin(r.config), r.point),
+            )
         specs[key].runs.append(r)
     ordered = list(specs.values())
     # the rows of one base name stay together, in the order their first runs were made
@@ -151,26 +165,39 @@ def group_rows(runs: list[RunData], by: str = "label", include_unfinished: bool 
     name_rows(ordered, by)
     out = []
     for spec in ordered:
-        if spec.table == "points":   # post-hoc experiments: figures only (Fig. 4, A.1)
+        if spec.table == "points":  # post-hoc experiments: figures only (Fig. 4, A.1)
             spec.counted = [r for r in spec.runs if (r.state == "finished" or include_unfinished) and r.points]
             out.append(spec)
             continue
-        spec.counted = [r for r in spec.runs if (r.state == "finished" or include_unfinished)
-                        and r.has_evaluated("epochs")]
+        spec.counted = [
+            r for r in spec.runs if (r.state == "finished" or include_unfinished) and r.has_evaluated("epochs")
+        ]
         out.append(spec)
         swa_runs = [r for r in spec.runs if r.swa]
         if swa_runs:
-            out.append(RowSpec(spec.name + " + SWA", spec.preset, spec.point, "swa", swa_runs,
-                               [r for r in swa_runs if r in spec.counted and r.has_evaluated("swa")],
-                               base=spec.base, config=spec.config, overrides=spec.overrides, suffix=spec.suffix))
+            out.append(
+                RowSpec(
+                    spec.name + " + SWA",
+                    spec.preset,
+                    spec.point,
+                    "swa",
+                    swa_runs,
+                    [r for r in swa_runs if r in spec.counted and r.has_evaluated("swa")],
+                    base=spec.base,
+                    config=spec.config,
+                    overrides=spec.overrides,
+                    suffix=spec.suffix,
+                )
+            )
     return out
 
 
 # ----------------------------------------------------------------------------- names
 def family(spec: RowSpec) -> str:
     """The configuration modulo the sweep point: rows of one family differ only in their point."""
-    return json.dumps([spec.table if spec.table != "swa" else "epochs", spec.preset, spec.overrides],
-                      sort_keys=True, default=str)
+    return json.dumps(
+        [spec.table if spec.table != "swa" else "epochs", spec.preset, spec.overrides], sort_keys=True, default=str
+    )
 
 
 def _scope(spec: RowSpec) -> tuple:
@@ -200,8 +227,9 @@ def suffixes(specs: list[RowSpec], by: str) -> tuple[dict[str, str], dict[tuple,
                 out[fam] = ""
                 continue
             mine = O.flat(spec.config)
-            out[fam] = O.describe({"resolved": {k: parts[k] if k in parts else mine.get(k) for k in telling
-                                                if k not in spec.point}})
+            out[fam] = O.describe(
+                {"resolved": {k: parts[k] if k in parts else mine.get(k) for k in telling if k not in spec.point}}
+            )
     return out, shared
 
 
@@ -223,8 +251,7 @@ def name_rows(specs: list[RowSpec], by: str) -> dict[tuple, dict]:
         skip = set(O.NON_RESULT_KEYS) | {k for s in same for k in s.point}
         if same[0].table == "points":
             skip.add("experiment.source")
-        keys = sorted(k for k in set().union(*flats) if k not in skip
-                      and len({_canon(f.get(k)) for f in flats}) > 1)
+        keys = sorted(k for k in set().union(*flats) if k not in skip and len({_canon(f.get(k)) for f in flats}) > 1)
         for i, (s, f) in enumerate(zip(same, flats)):
             text = O.describe({"resolved": {k: f.get(k) for k in keys[:3]}}) + ("…" if len(keys) > 3 else "")
             s.suffix = ", ".join(x for x in (s.suffix, text or f"#{i + 1}") if x)

@@ -35,8 +35,9 @@ def seconds_saved(status: Status, epochs: list) -> float | None:
     """About how long the epochs an early stop left out would have taken: their number times the
     run's mean wall time per epoch (training + evaluation), None for a run that did not stop early."""
     stop = status.early_stop
-    per_epoch = [(e.get("time_s") or 0.0) + (e.get("eval_time_s") or 0.0) for e in epochs
-                 if e.get("time_s") is not None]
+    per_epoch = [
+        (e.get("time_s") or 0.0) + (e.get("eval_time_s") or 0.0) for e in epochs if e.get("time_s") is not None
+    ]
     if stop is None or not per_epoch:
         return None
     return stop.saved_epochs * fmean(per_epoch)
@@ -89,7 +90,7 @@ class RunData:
     epochs: list[MetricRecord]
     swa: list[MetricRecord]
     evals: list[MetricRecord]
-    points: list[MetricRecord] = field(default_factory=list)   # experiment runs (Fig. 4, A.1)
+    points: list[MetricRecord] = field(default_factory=list)  # experiment runs (Fig. 4, A.1)
     inferred_point: dict | None = None
     """The sweep point of a run that records none but was made with the swept key pinned
     (engine.report.rows.infer_points)."""
@@ -138,8 +139,9 @@ class RunData:
 def load_run(rd: RunDir) -> RunData:
     """Config, status and every metrics table of a run (metrics.json is read once)."""
     m = rd.metrics()
-    return RunData(rd, rd.config(), rd.status(), m.get("epochs", []), m.get("swa", []), m.get("evals", []),
-                   m.get("points", []))
+    return RunData(
+        rd, rd.config(), rd.status(), m.get("epochs", []), m.get("swa", []), m.get("evals", []), m.get("points", [])
+    )
 
 
 # ----------------------------------------------------------------------------- time
@@ -182,8 +184,11 @@ def time_per_epoch(epochs: list) -> float | None:
 # ----------------------------------------------------------------------------- one run's numbers
 def _final_eval(run: RunData, ckpt: str, attack: str):
     """The run's evaluation of `ckpt` under `attack`: the one on the most images, then the latest."""
-    recs = [(e.get("n") or 0, i, e) for i, e in enumerate(run.evals)
-            if e.get("ckpt") == ckpt and e.get("attack") == attack and e.get("robust_acc") is not None]
+    recs = [
+        (e.get("n") or 0, i, e)
+        for i, e in enumerate(run.evals)
+        if e.get("ckpt") == ckpt and e.get("attack") == attack and e.get("robust_acc") is not None
+    ]
     return max(recs, key=lambda t: (t[0], t[1]))[2] if recs else None
 
 
@@ -192,17 +197,19 @@ def run_values(run: RunData, table: str = "epochs", ckpt_eval: str | None = None
     recs = run.records(table)
     best, end = best_and_end(recs, robust_key(run.select_on))
     test_best, _ = best_and_end(recs)
-    out = {"clean_best": _in_percent(best.get("clean_acc")) if best else None,
-           "clean_end": _in_percent(end.get("clean_acc")) if end else None,
-           "robust_best": _in_percent(best.get("robust_acc")) if best else None,
-           "robust_end": _in_percent(end.get("robust_acc")) if end else None,
-           "robust_best_test": _in_percent(test_best["robust_acc"]) if test_best else None,
-           "best_epoch": best["epoch"] if best else None,
-           "ig": end.get("ig") if end else None,
-           "hs": last_value(recs, "hs"),
-           "time_batch": time_per_batch(run.config, run.epochs),
-           "time_epoch": time_per_epoch(run.epochs),
-           "evals": {}}
+    out = {
+        "clean_best": _in_percent(best.get("clean_acc")) if best else None,
+        "clean_end": _in_percent(end.get("clean_acc")) if end else None,
+        "robust_best": _in_percent(best.get("robust_acc")) if best else None,
+        "robust_end": _in_percent(end.get("robust_acc")) if end else None,
+        "robust_best_test": _in_percent(test_best["robust_acc"]) if test_best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "ig": end.get("ig") if end else None,
+        "hs": last_value(recs, "hs"),
+        "time_batch": time_per_batch(run.config, run.epochs),
+        "time_epoch": time_per_epoch(run.epochs),
+        "evals": {},
+    }
     if ckpt_eval:
         prefix = "swa_" if table == "swa" else ""
         for which in ("best", "end"):
@@ -241,8 +248,11 @@ def select_runs(store, *, run_ids=None, preset=None, group=None, where: str | No
     if where:
         q = parse_query(where)
         docs = {d["id"]: d for d in store.index()}
-        out = [rd for rd in out
-               if q.matches(docs.get(rd.id) or summarize(rd), rd.config_json() if q.needs_config else None)]
+        out = [
+            rd
+            for rd in out
+            if q.matches(docs.get(rd.id) or summarize(rd), rd.config_json() if q.needs_config else None)
+        ]
         if not out:
             raise UserError(f"--where {where!r}: no selected run matches")
     return out

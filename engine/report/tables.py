@@ -74,11 +74,45 @@ from engine.report.runs import (
 )
 
 __all__ = [  # what this module defines, and the names it defined before the split (still importable)
-    "ATTACK_NAMES", "COLUMNS", "COLUMN_INFO", "Cell", "CompareRow", "CompareTable", "DIFFS", "EXTENSIONS",
-    "LABEL_KEYS", "RowSpec", "RunData", "SIG_DIGITS", "TRAIN_SIZES", "add_columns", "batches_per_epoch", "cell",
-    "column_values", "compare_runs", "export", "fill_command", "fmt_cell", "group_rows", "infer_points", "load_run",
-    "md_escape", "overrides_for", "point_text", "render", "row_curves", "row_name", "run_summary", "run_values",
-    "select_runs", "series", "summary_from", "table_from_specs", "time_per_batch", "time_per_epoch", "to_json",
+    "ATTACK_NAMES",
+    "COLUMNS",
+    "COLUMN_INFO",
+    "Cell",
+    "CompareRow",
+    "CompareTable",
+    "DIFFS",
+    "EXTENSIONS",
+    "LABEL_KEYS",
+    "RowSpec",
+    "RunData",
+    "SIG_DIGITS",
+    "TRAIN_SIZES",
+    "add_columns",
+    "batches_per_epoch",
+    "cell",
+    "column_values",
+    "compare_runs",
+    "export",
+    "fill_command",
+    "fmt_cell",
+    "group_rows",
+    "infer_points",
+    "load_run",
+    "md_escape",
+    "overrides_for",
+    "point_text",
+    "render",
+    "row_curves",
+    "row_name",
+    "run_summary",
+    "run_values",
+    "select_runs",
+    "series",
+    "summary_from",
+    "table_from_specs",
+    "time_per_batch",
+    "time_per_epoch",
+    "to_json",
 ]
 
 ATTACK_NAMES = {
@@ -88,9 +122,18 @@ ATTACK_NAMES = {
 }
 
 
-def compare_runs(store, *, run_ids=None, preset=None, group=None, by: str = "label",
-                 ckpt_eval: str | None = None, include_unfinished: bool = False, where: str | None = None,
-                 columns=None) -> CompareTable:
+def compare_runs(
+    store,
+    *,
+    run_ids=None,
+    preset=None,
+    group=None,
+    by: str = "label",
+    ckpt_eval: str | None = None,
+    include_unfinished: bool = False,
+    where: str | None = None,
+    columns=None,
+) -> CompareTable:
     """The paper's Table 1 for the selected runs (see the module docstring for every rule);
     `columns`: config keys ("method.lam,attack.eps" or a list) shown as columns."""
     keys = parse_columns(columns)
@@ -100,17 +143,28 @@ def compare_runs(store, *, run_ids=None, preset=None, group=None, by: str = "lab
     runs = [load_run(rd) for rd in rds]
     if ckpt_eval and not any(e.get("attack") == ckpt_eval for r in runs for e in r.evals):
         have = sorted({str(e.get("attack")) for r in runs for e in r.evals})
-        raise UserError(f"--eval {ckpt_eval}: no selected run has a final evaluation with that attack"
-                        + (f" (they have: {', '.join(have)})" if have else " (run `advlc eval` first)"))
+        raise UserError(
+            f"--eval {ckpt_eval}: no selected run has a final evaluation with that attack"
+            + (f" (they have: {', '.join(have)})" if have else " (run `advlc eval` first)")
+        )
     resolver = Resolver(store.home)
     infer_points(runs, resolver=resolver)
     specs = group_rows(runs, by, include_unfinished, resolver=resolver)
-    return table_from_specs(specs, home=store.home, grid=bool(preset or group), ckpt_eval=ckpt_eval, by=by,
-                            resolver=resolver, columns=keys)
+    return table_from_specs(
+        specs, home=store.home, grid=bool(preset or group), ckpt_eval=ckpt_eval, by=by, resolver=resolver, columns=keys
+    )
 
 
-def table_from_specs(specs: list[RowSpec], *, home=None, grid: bool = False, ckpt_eval: str | None = None,
-                     by: str = "label", resolver: Resolver | None = None, columns=None) -> CompareTable:
+def table_from_specs(
+    specs: list[RowSpec],
+    *,
+    home=None,
+    grid: bool = False,
+    ckpt_eval: str | None = None,
+    by: str = "label",
+    resolver: Resolver | None = None,
+    columns=None,
+) -> CompareTable:
     """The table of rows already grouped (engine.report.rows.group_rows): with `grid`, the seeds
     and sweep points the presets ask for are checked and what is missing listed with commands."""
     resolver = resolver or Resolver(home)
@@ -140,12 +194,18 @@ def table_from_specs(specs: list[RowSpec], *, home=None, grid: bool = False, ckp
     if shared:
         notes.append("Overrides every row of a preset shares (not in the row names): " + "; ".join(shared) + ".")
     if experiments:
-        notes.append("Not in the table: post-hoc experiment runs (" + ", ".join(s.name for s in experiments)
-                     + "); `advlc report` plots them.")
+        notes.append(
+            "Not in the table: post-hoc experiment runs ("
+            + ", ".join(s.name for s in experiments)
+            + "); `advlc report` plots them."
+        )
     stopped = _early_stops(specs)
     if stopped:
-        notes.append("Stopped early on robust overfitting (train.stop_on_overfit; end = the last trained epoch): "
-                     + "; ".join(stopped) + ".")
+        notes.append(
+            "Stopped early on robust overfitting (train.stop_on_overfit; end = the last trained epoch): "
+            + "; ".join(stopped)
+            + "."
+        )
     if any(r.missing for r in rows):
         notes.append("Incomplete: " + "; ".join(f"{r.name}: {', '.join(r.missing)}" for r in rows if r.missing))
     title = f"Clean and robust accuracy (%); robust: {source}"
@@ -154,17 +214,22 @@ def table_from_specs(specs: list[RowSpec], *, home=None, grid: bool = False, ckp
     if on_val:
         at = columns.index("robust_diff") + 1
         columns[at:at] = VAL_COLUMNS
-        notes.insert(3, "Rows whose best is selected on a validation split held out of the training set "
-                     "(train.select_on = \"val\"): " + ", ".join(on_val) + "; the others select on the test "
-                     "set (the paper). Robust best (test-sel.) = the same runs' best per-epoch PGD robust "
-                     "accuracy selected on the test set: an optimistic upper bound, shown for comparison.")
+        notes.insert(
+            3,
+            "Rows whose best is selected on a validation split held out of the training set "
+            '(train.select_on = "val"): ' + ", ".join(on_val) + "; the others select on the test "
+            "set (the paper). Robust best (test-sel.) = the same runs' best per-epoch PGD robust "
+            "accuracy selected on the test set: an optimistic upper bound, shown for comparison.",
+        )
     return CompareTable(title, columns, rows, _best(rows, columns), notes, time_unit, source, ckpt_eval, keys)
 
 
 def _row(s: RowSpec, vals: list, time_key: str, miss: list, fill: list, ckpt_eval, notes: list) -> CompareRow:
     """One row's cells from its runs' values; missing final evaluations and repeated seeds noted."""
-    cells = {col: cell([v[col] for _, v in vals]) for col in ("clean_best", "clean_end", "robust_best",
-                                                               "robust_end", "robust_best_test", "ig", "hs")}
+    cells = {
+        col: cell([v[col] for _, v in vals])
+        for col in ("clean_best", "clean_end", "robust_best", "robust_end", "robust_best_test", "ig", "hs")
+    }
     cells["time"] = cell([v[time_key] for _, v in vals])
     for col, (b, e) in DIFFS.items():
         cb, ce = cells[b], cells[e]
@@ -180,10 +245,23 @@ def _row(s: RowSpec, vals: list, time_key: str, miss: list, fill: list, ckpt_eva
     seeds = [r.seed for r, _ in vals]
     dup = sorted({x for x in seeds if seeds.count(x) > 1}, key=str)
     if dup:
-        notes.append(f"{s.name}: seed {', '.join(map(str, dup))} counted more than once "
-                     f"(runs {', '.join(r.rd.id for r, _ in vals if r.seed in dup)})")
-    return CompareRow(s.name, [r.rd.id for r, _ in vals], seeds, cells, miss, fill, s.table, s.preset,
-                      dict(s.point), dict(s.overrides), config=s.config)
+        notes.append(
+            f"{s.name}: seed {', '.join(map(str, dup))} counted more than once "
+            f"(runs {', '.join(r.rd.id for r, _ in vals if r.seed in dup)})"
+        )
+    return CompareRow(
+        s.name,
+        [r.rd.id for r, _ in vals],
+        seeds,
+        cells,
+        miss,
+        fill,
+        s.table,
+        s.preset,
+        dict(s.point),
+        dict(s.overrides),
+        config=s.config,
+    )
 
 
 def _early_stops(specs: list[RowSpec]) -> list[str]:
@@ -195,9 +273,11 @@ def _early_stops(specs: list[RowSpec]) -> list[str]:
             continue
         saved = [seconds_saved(r.status, r.epochs) for r, _ in stops]
         minutes = sum(x for x in saved if x is not None) / 60
-        out.append(f"{s.name}: {len(stops)} of {len(s.counted)} runs, at epoch "
-                   f"{', '.join(str(st.epoch) for _, st in stops)} of {stops[0][1].planned} "
-                   f"({sum(st.saved_epochs for _, st in stops)} epochs, about {minutes:.0f} min, not trained)")
+        out.append(
+            f"{s.name}: {len(stops)} of {len(s.counted)} runs, at epoch "
+            f"{', '.join(str(st.epoch) for _, st in stops)} of {stops[0][1].planned} "
+            f"({sum(st.saved_epochs for _, st in stops)} epochs, about {minutes:.0f} min, not trained)"
+        )
     return out
 
 
@@ -229,17 +309,25 @@ def _notes(source: str, ckpt_eval, time_unit: str, batch_sizes: list) -> list[st
         "diff = mean(best) − mean(end), the difference of the row's means as in the paper (no ±).",
         sel + "; end = last evaluated epoch.",
         "IG and HS on the test data at the end of training (HS: last epoch that recorded it).",
-        (f"Time: training seconds per mini-batch{bs} (epoch time_s / batches per epoch, mean over epochs)."
-         if time_unit == "s/batch" else
-         "Time: training seconds per epoch (batches per epoch could not be derived for every run)."),
+        (
+            f"Time: training seconds per mini-batch{bs} (epoch time_s / batches per epoch, mean over epochs)."
+            if time_unit == "s/batch"
+            else "Time: training seconds per epoch (batches per epoch could not be derived for every run)."
+        ),
         "Best per column (bold / *): highest accuracy; lowest |diff|, IG, HS and time.",
     ]
 
 
 def _eval_source(runs: list[RunData], ckpt_eval: str | None) -> str:
     if ckpt_eval:
-        impls = sorted({str(e.get("implementation")) for r in runs for e in r.evals
-                        if e.get("attack") == ckpt_eval and e.get("implementation")})
+        impls = sorted(
+            {
+                str(e.get("implementation"))
+                for r in runs
+                for e in r.evals
+                if e.get("attack") == ckpt_eval and e.get("implementation")
+            }
+        )
         m = re.fullmatch(r"pgd(\d+)", ckpt_eval)
         name = ATTACK_NAMES.get(ckpt_eval) or (f"PGD-{m.group(1)}" if m else ckpt_eval)
         ns = sorted({e.get("n") for r in runs for e in r.evals if e.get("attack") == ckpt_eval and e.get("n")})

@@ -88,7 +88,8 @@ def _tensorboard():
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
     except ImportError as e:
         raise TensorBoardMissing(
-            f"--tensorboard needs the optional 'tensorboard' package ({e}); install it with: {INSTALL_HINT}") from e
+            f"--tensorboard needs the optional 'tensorboard' package ({e}); install it with: {INSTALL_HINT}"
+        ) from e
     return event_pb2, summary_pb2, hparams_summary, text_summary, EventFileWriter
 
 
@@ -165,7 +166,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _headline(epochs, swa, select_on: str = "test") -> list[tuple[int, str, float]]:
     out = []
-    key = robust_key(select_on)     # best as the run selected it (test or validation split)
+    key = robust_key(select_on)  # best as the run selected it (test or validation split)
     for prefix, records in (("", epochs), ("swa_", swa)):
         best, end = best_and_end([r for r in records if _is_number(r.get("robust_acc"))], key)
         for which, rec in (("best", best), ("end", end)):
@@ -194,12 +195,20 @@ def scalar_series(epochs, evals, swa, select_on: str = "test") -> list[tuple[int
 
 
 # ------------------------------------------------------------------ the writer
-def write_run(log_dir: Path, *, tag: str, config: dict, epochs: list[dict], evals: list[dict],
-              swa: list[dict] = (), overwrite: bool = True) -> Path:
+def write_run(
+    log_dir: Path,
+    *,
+    tag: str,
+    config: dict,
+    epochs: list[dict],
+    evals: list[dict],
+    swa: list[dict] = (),
+    overwrite: bool = True,
+) -> Path:
     """Write one run's TensorBoard events into ``log_dir / run_folder(tag)``; return that folder."""
     event_pb2, summary_pb2, hp, text_summary, EventFileWriter = _tensorboard()
     select_on = (config.get("train") or {}).get("select_on") or "test"
-    scalars = scalar_series(epochs, evals, swa, select_on)        # validates before touching the disk
+    scalars = scalar_series(epochs, evals, swa, select_on)  # validates before touching the disk
     hparams = flatten(config)
     run_dir = Path(log_dir) / run_folder(tag)
     old = sorted(run_dir.glob(EVENTS_GLOB)) if run_dir.is_dir() else []
@@ -212,6 +221,7 @@ def write_run(log_dir: Path, *, tag: str, config: dict, epochs: list[dict], eval
     now = time.time()
     writer = EventFileWriter(str(run_dir), max_queue_size=1000)
     try:
+
         def emit(summary, step: int) -> None:
             writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
 
@@ -219,10 +229,20 @@ def write_run(log_dir: Path, *, tag: str, config: dict, epochs: list[dict], eval
         for step, name, value in scalars:
             by_step.setdefault(step, []).append((name, value))
         for step in sorted(by_step):
-            emit(summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=value)
-                                            for name, value in by_step[step]]), step)
-        emit(hp.hparams_config_pb(hparams=[hp.HParam(name) for name in sorted(hparams)],
-                                  metrics=[hp.Metric(m) for m in HPARAM_METRICS], time_created_secs=now), 0)
+            emit(
+                summary_pb2.Summary(
+                    value=[summary_pb2.Summary.Value(tag=name, simple_value=value) for name, value in by_step[step]]
+                ),
+                step,
+            )
+        emit(
+            hp.hparams_config_pb(
+                hparams=[hp.HParam(name) for name in sorted(hparams)],
+                metrics=[hp.Metric(m) for m in HPARAM_METRICS],
+                time_created_secs=now,
+            ),
+            0,
+        )
         emit(hp.hparams_pb(hparams, trial_id=str(tag), start_time_secs=now), 0)
         text = json.dumps(config, indent=2, default=str)
         emit(text_summary.text_pb("config", f"```json\n{text}\n```"), 0)
@@ -244,8 +264,14 @@ def export_runs(store, log_dir: Path, *, run_ids=None, preset=None, group=None) 
         metrics = rd.metrics()
         tag = run_tag(config, rd.id)
         try:
-            folder = write_run(log_dir, tag=tag, config=config.to_json(), epochs=metrics.get("epochs", []),
-                               evals=metrics.get("evals", []), swa=metrics.get("swa", []))
+            folder = write_run(
+                log_dir,
+                tag=tag,
+                config=config.to_json(),
+                epochs=metrics.get("epochs", []),
+                evals=metrics.get("evals", []),
+                swa=metrics.get("swa", []),
+            )
         except OSError as exc:
             raise UserError(f"--tensorboard {log_dir}: cannot write ({exc.strerror or exc})") from None
         except ValueError as exc:
@@ -254,5 +280,14 @@ def export_runs(store, log_dir: Path, *, run_ids=None, preset=None, group=None) 
     return done
 
 
-__all__ = ["HPARAM_METRICS", "INSTALL_HINT", "TensorBoardMissing", "export_runs", "flatten", "run_folder",
-           "run_tag", "scalar_series", "write_run"]
+__all__ = [
+    "HPARAM_METRICS",
+    "INSTALL_HINT",
+    "TensorBoardMissing",
+    "export_runs",
+    "flatten",
+    "run_folder",
+    "run_tag",
+    "scalar_series",
+    "write_run",
+]

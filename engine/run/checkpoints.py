@@ -49,7 +49,15 @@ def load(path: Path, device="cpu", hint: str = "use another checkpoint") -> dict
         obj = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise CorruptFile(path, "does not exist", hint) from None
-    except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise CorruptFile(path, f"is not a readable checkpoint ({first})", hint) from None
     if not isinstance(obj, dict):
@@ -75,8 +83,8 @@ def model_state(obj) -> dict:
     sd = obj.get("model", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict):
         raise UserError("checkpoint holds no model state_dict")
-    if any(k.startswith("module.") for k in sd):   # torch.optim.swa_utils.AveragedModel
-        sd = {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
+    if any(k.startswith("module.") for k in sd):  # torch.optim.swa_utils.AveragedModel
+        sd = {k[len("module.") :]: v for k, v in sd.items() if k.startswith("module.")}
     return sd
 
 
@@ -90,16 +98,20 @@ def load_run_model(rd: RunDir, ckpt: str = "end", device="cpu", *, data=None):
     path = checkpoint_path(rd, ckpt)
     if data is None:
         data = load_dataset(cfg.data, "cpu")
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size)
+    model = build_model(
+        cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+    )
     ck = load(path, hint=f"evaluate another checkpoint of run {rd.id} (it has: {', '.join(rd.checkpoints())})")
     try:
         model.load_state_dict(model_state(ck))
-    except RuntimeError as exc:   # weights of another architecture
-        raise CorruptFile(path, f"does not fit the run's {cfg.model.arch} ({str(exc).splitlines()[0][:100]})",
-                          "the checkpoint belongs to another run") from None
+    except RuntimeError as exc:  # weights of another architecture
+        raise CorruptFile(
+            path,
+            f"does not fit the run's {cfg.model.arch} ({str(exc).splitlines()[0][:100]})",
+            "the checkpoint belongs to another run",
+        ) from None
     epoch = ck.get("epoch") if isinstance(ck, dict) else None
     if epoch is not None and ckpt == "end" and "optimizer" in ck:
-        epoch = int(epoch) - 1          # last.pt stores the number of epochs done
+        epoch = int(epoch) - 1  # last.pt stores the number of epochs done
     model.to(device).eval()
     return model, cfg, {"ckpt": ckpt, "path": str(path), "epoch": epoch}

@@ -51,8 +51,13 @@ from engine.nn.metrics.gradients import gradient_alignment, input_gradient_norm
 from engine.nn.metrics.hessian import hs_metric
 from engine.nn.metrics.weight_hessian import weight_hessian
 
-_AV_TRAIN = {"train_clean_loss": "clean_loss", "train_adv_loss": "adv_loss", "train_av": "av",
-             "train_clean_acc": "clean_acc", "train_adv_acc": "adv_acc"}
+_AV_TRAIN = {
+    "train_clean_loss": "clean_loss",
+    "train_adv_loss": "adv_loss",
+    "train_av": "av",
+    "train_clean_acc": "clean_acc",
+    "train_adv_acc": "adv_acc",
+}
 _AV_TEST = {"test_adv_loss20": "adv_loss", "test_av20": "av", "test_adv_acc20": "adv_acc"}
 _EFF = ("eff_fgsm", "eff_fgsm_n", "eff_pgd10", "eff_train")
 
@@ -82,8 +87,15 @@ def eff_attack_settings(cfg, name: str) -> dict | None:
         a = cfg.attack
         if a.name in ("", "none"):
             return None
-        return dict(attack_name=a.name, eps=a.eps, alpha=a.alpha, steps=a.steps, noise=a.noise,
-                    random_start=a.random_start, train_mode=a.train_mode)
+        return dict(
+            attack_name=a.name,
+            eps=a.eps,
+            alpha=a.alpha,
+            steps=a.steps,
+            noise=a.noise,
+            random_start=a.random_start,
+            train_mode=a.train_mode,
+        )
     raise ValueError(name)
 
 
@@ -110,8 +122,9 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
             out["train_ig"] = input_gradient_norm(model, xs, ys, batch_size=bs)
         if "train_hs" in want:
             xh, yh = first_n(data.train_x, data.train_y, e.hs_samples)
-            out["train_hs"], _ = hs_metric(model, xh, yh, n=e.hs_samples, batch=e.hs_batch, seed=seed,
-                                           reduce=e.hs_reduce)
+            out["train_hs"], _ = hs_metric(
+                model, xh, yh, n=e.hs_samples, batch=e.hs_batch, seed=seed, reduce=e.hs_reduce
+            )
         if want & set(_AV_TRAIN):
             av = adversarial_vulnerability(model, xs, ys, eps=eps, steps=20, batch_size=bs)
             out.update({k: av[v] for k, v in _AV_TRAIN.items() if k in want})
@@ -135,8 +148,9 @@ def extra_epoch_metrics(model, data, cfg, epoch: int) -> dict:
             if advs:
                 out.update(effectiveness(model, xe, ye, advs, eps=eps, batch_size=bs))
         if "ga" in want:
-            out["ga"] = gradient_alignment(model, xs, ys, eps=eps, batch_size=bs,
-                                           generator=torch.Generator().manual_seed(seed))
+            out["ga"] = gradient_alignment(
+                model, xs, ys, eps=eps, batch_size=bs, generator=torch.Generator().manual_seed(seed)
+            )
         if want & {"whess_top", "whess_trace"}:
             xw, yw = first_n(data.train_x, data.train_y, e.whess_samples)
             wh = weight_hessian(model, xw, yw, top_n=1, trace="whess_trace" in want, seed=seed)

@@ -76,6 +76,7 @@ __all__ = ["POINT_KEYS", "format_point", "grid", "is_experiment", "resolve_sourc
 
 # ---------------------------------------------------------------------------- config helpers
 
+
 def is_experiment(obj) -> bool:
     """Whether a RunDir / RunConfig / config dict describes an experiment run."""
     if isinstance(obj, RunDir):
@@ -117,16 +118,22 @@ def resolve_source(store, ref: str, *, exclude: str | None = None) -> RunDir:
                 return rd
         except UserError:
             pass
-    rows = [r for r in store.runs(preset=ref, archived=None) if r.get("preset") == ref and r.get("state") == "finished"
-            and r.get("id") != exclude]
+    rows = [
+        r
+        for r in store.runs(preset=ref, archived=None)
+        if r.get("preset") == ref and r.get("state") == "finished" and r.get("id") != exclude
+    ]
     rows = [r for r in rows if not is_experiment(store.run_dir(r["id"]))]
     if not rows:
-        raise UserError(f"experiment.source = {ref!r}: no run with that id and no finished run of preset "
-                        f"'{ref}' in {store.runs_dir} (train it first: advlc run {ref})")
+        raise UserError(
+            f"experiment.source = {ref!r}: no run with that id and no finished run of preset "
+            f"'{ref}' in {store.runs_dir} (train it first: advlc run {ref})"
+        )
     return store.run_dir(rows[-1]["id"])
 
 
 # ---------------------------------------------------------------------------- the process
+
 
 def _fmt(v) -> str:
     if isinstance(v, float):
@@ -138,8 +145,7 @@ def format_point(rec: dict, n_points: int | None = None) -> str:
     kind = rec.get("kind", "")
     keys = [k for k in POINT_KEYS.get(kind, ()) if k in rec and k != "hs_method"]
     head = f"point {rec.get('index', 0) + 1}" + (f"/{n_points}" if n_points else "")
-    return f"{kind} {head}  " + "  ".join(f"{k} {_fmt(rec[k])}" for k in keys) + \
-        f"  {rec.get('time_s', 0):.2f}s"
+    return f"{kind} {head}  " + "  ".join(f"{k} {_fmt(rec[k])}" for k in keys) + f"  {rec.get('time_s', 0):.2f}s"
 
 
 def _open_source(rd: RunDir, store: Store, cfg, device, log):
@@ -153,13 +159,22 @@ def _open_source(rd: RunDir, store: Store, cfg, device, log):
     srun = sconf.run
     rd.add_start(provenance.collect(device))
     rd.update_runtime(
-        source={"run": src.id, "preset": srun.preset, "label": srun.label, "ckpt": x.ckpt,
-                "epoch": info["epoch"], "path": info["path"]},
+        source={
+            "run": src.id,
+            "preset": srun.preset,
+            "label": srun.label,
+            "ckpt": x.ckpt,
+            "epoch": info["epoch"],
+            "path": info["path"],
+        },
         source_sections={s: sconf.sections[s] for s in ("data", "model", "attack", "method") if s in sconf.sections},
-        label=f"{x.kind}:{srun.label}")
+        label=f"{x.kind}:{srun.label}",
+    )
     store.sync(rd)
-    log(f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.preset}, {x.ckpt} checkpoint, "
-        f"epoch {info['epoch']}) on {device}")
+    log(
+        f"advlc experiment {rd.id}: {x.kind} of run {src.id} ({srun.preset}, {x.ckpt} checkpoint, "
+        f"epoch {info['epoch']}) on {device}"
+    )
     log("experiment: " + json.dumps(cfg.to_dict()["experiment"]))
     return model, scfg, info
 
@@ -176,13 +191,20 @@ def _context(rd: RunDir, cfg, scfg, model, info, device) -> Context:
             rd.update_status(heartbeat=now)
             last_beat[0] = now
 
-    return Context(cfg=cfg, scfg=scfg, model=model, data=data, device=device, eps=scfg.eval.eps,
-                   ckpt_epoch=info["epoch"], train_subset=first_n(data.train_x, data.train_y, cfg.experiment.samples),
-                   heartbeat=heartbeat)
+    return Context(
+        cfg=cfg,
+        scfg=scfg,
+        model=model,
+        data=data,
+        device=device,
+        eps=scfg.eval.eps,
+        ckpt_epoch=info["epoch"],
+        train_subset=first_n(data.train_x, data.train_y, cfg.experiment.samples),
+        heartbeat=heartbeat,
+    )
 
 
-def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
-                   log: Callable[[str], None]) -> None:
+def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None], log: Callable[[str], None]) -> None:
     """Execute the experiment of run `rd` (the analogue of engine.run.trainer.train_run): see the module doc."""
     cfg = from_json(rd.config_json())
     validate(cfg, f"run {rd.id}")
@@ -192,11 +214,20 @@ def run_experiment(rd: RunDir, store: Store, emit: Callable[[str, dict], None],
     points = rd.metrics_table("points")
     done = {r.get("index") for r in points.all()}
     pts = grid(cfg)
-    emit("start", {"epochs": 1, "start_epoch": 0, "batches": len(pts), "device": str(device),
-                   "points": len(pts), "done": len(done)})
+    emit(
+        "start",
+        {
+            "epochs": 1,
+            "start_epoch": 0,
+            "batches": len(pts),
+            "device": str(device),
+            "points": len(pts),
+            "done": len(done),
+        },
+    )
     rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
     for rec in _analysis(cfg.experiment.kind).records(ctx, pts, done):
-        points.insert(rec)              # the record first, then the progress that counts it
+        points.insert(rec)  # the record first, then the progress that counts it
         done.add(rec["index"])
         rd.update_status(heartbeat=time.time(), point=len(done), points=len(pts))
         store.sync(rd)

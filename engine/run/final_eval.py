@@ -66,11 +66,13 @@ from engine.store.rundir import RunDir
 
 ATTACKS = FINAL_ATTACKS
 
-TORCHATTACKS_NOTE = ("note: aa-torchattacks is torchattacks' AutoAttack(version='standard'), whose APGD, "
-                     "APGD-T and FAB-T run 10 steps instead of the original 100 (torchattacks >= 3.3): a "
-                     "weaker attack than AutoAttack, and not what the paper used (the torchattacks of its "
-                     "time ran 100 steps); compare --attack aa, the original, with the paper. Its results "
-                     "are labelled so.")
+TORCHATTACKS_NOTE = (
+    "note: aa-torchattacks is torchattacks' AutoAttack(version='standard'), whose APGD, "
+    "APGD-T and FAB-T run 10 steps instead of the original 100 (torchattacks >= 3.3): a "
+    "weaker attack than AutoAttack, and not what the paper used (the torchattacks of its "
+    "time ran 100 steps); compare --attack aa, the original, with the paper. Its results "
+    "are labelled so."
+)
 
 
 def _version(pkg: str) -> str:
@@ -141,14 +143,33 @@ class _AutoAttackSteps(logging.Handler):
             elif m := _AA_RUNNING.match(text):
                 self.progress({"event": "sub_start", "attack": self.attack, "sub": m["sub"]})
             elif m := _AA_BATCH.match(text):
-                self.progress({"event": "batch", "attack": self.attack, "sub": m["sub"], "done": int(m["done"]),
-                               "batches": int(m["batches"])})
+                self.progress(
+                    {
+                        "event": "batch",
+                        "attack": self.attack,
+                        "sub": m["sub"],
+                        "done": int(m["done"]),
+                        "batches": int(m["batches"]),
+                    }
+                )
             elif m := _AA_AFTER.match(text):
-                self.progress({"event": "sub_done", "attack": self.attack, "sub": m["sub"].lower(),
-                               "robust_acc": float(m["acc"]) / 100, "time_s": float(m["s"])})
+                self.progress(
+                    {
+                        "event": "sub_done",
+                        "attack": self.attack,
+                        "sub": m["sub"].lower(),
+                        "robust_acc": float(m["acc"]) / 100,
+                        "time_s": float(m["s"]),
+                    }
+                )
             elif text.startswith("no robust datapoints left"):
-                self.progress({"event": "note", "attack": self.attack,
-                               "text": "every image is broken: the remaining sub-attacks are skipped"})
+                self.progress(
+                    {
+                        "event": "note",
+                        "attack": self.attack,
+                        "text": "every image is broken: the remaining sub-attacks are skipped",
+                    }
+                )
         except Exception:  # noqa: BLE001, S110 - progress must never stop (or print over) an evaluation
             pass
 
@@ -170,8 +191,9 @@ def _autoattack_progress(attack: str, progress: Progress | None):
         logger.setLevel(level)
 
 
-def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_classes: int,
-                 progress: Progress | None = None):
+def _adv_batches(
+    model, x, y, *, attack: str, eps: float, batch_size: int, num_classes: int, progress: Progress | None = None
+):
     """Adversarial examples for all of x (model in eval mode). The attack libraries are imported
     where they are used: optional, heavy, and needed only by the attack that is asked for."""
     if attack in ("pgd20", "pgd50"):
@@ -187,20 +209,27 @@ def _adv_batches(model, x, y, *, attack: str, eps: float, batch_size: int, num_c
     if attack == "aa-torchattacks":
         import torchattacks
 
-        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                      n_classes=num_classes, seed=0)
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0)
         return _batched(atk, x, y, batch_size, attack, progress)
     if attack == "apgd50x5":
         from pyautoattack.autopgd_base import APGDAttack
 
-        apgd = APGDAttack(model, n_iter=50, n_restarts=5, norm="Linf", eps=eps, seed=0, loss="ce",
-                          device=x.device)
+        apgd = APGDAttack(model, n_iter=50, n_restarts=5, norm="Linf", eps=eps, seed=0, loss="ce", device=x.device)
         return _batched(apgd.perturb, x, y, batch_size, attack, progress)
     raise UserError(f"--attack {attack}: must be one of {', '.join(ATTACKS)}")
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str, eps: float,
-                    batch_size: int = 500, num_classes: int = 10, progress: Progress | None = None) -> dict:
+def robust_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attack: str,
+    eps: float,
+    batch_size: int = 500,
+    num_classes: int = 10,
+    progress: Progress | None = None,
+) -> dict:
     """Clean and robust accuracy (fractions) of `model` on (x, y) under `attack` (see the module doc).
 
     Runs in eval mode (the caller's mode is restored) with the global RNG forked and seeded 0,
@@ -219,25 +248,44 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
         if progress:
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
-            progress({"event": "clean", "attack": attack, "n": n, "correct": int(clean.sum()),
-                      "forward_s_per_image": (time.perf_counter() - t0) / n})
-        x_adv = _adv_batches(model, x, y, attack=attack, eps=eps, batch_size=batch_size,
-                             num_classes=num_classes, progress=progress).detach()
+            progress(
+                {
+                    "event": "clean",
+                    "attack": attack,
+                    "n": n,
+                    "correct": int(clean.sum()),
+                    "forward_s_per_image": (time.perf_counter() - t0) / n,
+                }
+            )
+        x_adv = _adv_batches(
+            model, x, y, attack=attack, eps=eps, batch_size=batch_size, num_classes=num_classes, progress=progress
+        ).detach()
         dist = (x_adv - x).abs().flatten(1).amax(1) if n else x.new_zeros(0)
-        bad = (dist > eps * (1 + 1e-5) + 1e-6) | (x_adv.flatten(1).amin(1) < -1e-6) | \
-              (x_adv.flatten(1).amax(1) > 1 + 1e-6)
+        bad = (
+            (dist > eps * (1 + 1e-5) + 1e-6)
+            | (x_adv.flatten(1).amin(1) < -1e-6)
+            | (x_adv.flatten(1).amax(1) > 1 + 1e-6)
+        )
         if bool(bad.any()):
-            raise RuntimeError(f"{impl}: {int(bad.sum())} adversarial examples leave the eps-ball or [0, 1] "
-                               f"(max l-inf distance {float(dist.max()):.6g} > eps {eps:.6g})")
+            raise RuntimeError(
+                f"{impl}: {int(bad.sum())} adversarial examples leave the eps-ball or [0, 1] "
+                f"(max l-inf distance {float(dist.max()):.6g} > eps {eps:.6g})"
+            )
         _, adv = per_sample(model, x_adv, y, batch_size=batch_size)
         clean_acc, robust_acc = torch.stack([clean.double().mean(), (clean & adv).double().mean()]).tolist()
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
-    return {"clean_acc": clean_acc, "robust_acc": robust_acc, "n": n, "implementation": impl,
-            "time_s": time.perf_counter() - t0}
+    return {
+        "clean_acc": clean_acc,
+        "robust_acc": robust_acc,
+        "n": n,
+        "implementation": impl,
+        "time_s": time.perf_counter() - t0,
+    }
 
 
 # ---------------------------------------------------------------------------- runs
+
 
 def _test_set(data, n: int):
     m = len(data.test_x) if n == 0 else min(n, len(data.test_x))
@@ -247,20 +295,47 @@ def _test_set(data, n: int):
 def _save_record(rd: RunDir, rec: dict) -> None:
     q = Query()
     t = rd.metrics_table("evals")
-    t.upsert(rec, (q.ckpt == rec["ckpt"]) & (q.attack == rec["attack"]) & (q.n == rec["n"]) &
-             (q.eps == rec["eps"]))
+    t.upsert(rec, (q.ckpt == rec["ckpt"]) & (q.attack == rec["attack"]) & (q.n == rec["n"]) & (q.eps == rec["eps"]))
 
 
 def _has_record(rd: RunDir, ckpt: str, attack: str, n: int, eps: float) -> bool:
-    return any(r.get("ckpt") == ckpt and r.get("attack") == attack and r.get("n") == n and r.get("eps") == eps
-               for r in rd.evals())
+    return any(
+        r.get("ckpt") == ckpt and r.get("attack") == attack and r.get("n") == n and r.get("eps") == eps
+        for r in rd.evals()
+    )
 
 
-def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[str] | tuple = ("aa",),
-             n: int = 0, batch_size: int | None = None, device: str | None = None, store=None,
-             log: Callable[[str], None] = print, from_run_process: bool = False, data=None,
-             skip_existing: bool = False, skip_missing_swa: bool = False,
-             progress: Progress | None = None) -> list[dict]:
+def _preflight(rd: RunDir, ckpts, skip_missing_swa: bool) -> None:
+    """Before any work: the results can be stored (metrics.json readable, the folder writable) and
+    every checkpoint asked for is intact, so a damaged file is named now, not after the attacks."""
+    rd.records("evals")
+    rd.check_writable()
+    for ckpt in ckpts:
+        try:
+            path = checkpoint_path(rd, ckpt)
+        except UserError:
+            if skip_missing_swa and ckpt.startswith("swa_"):
+                continue
+            raise
+        inspect_checkpoint(path, f"evaluate another checkpoint (it has: {', '.join(rd.checkpoints())})")
+
+
+def eval_run(
+    rd: RunDir,
+    *,
+    ckpts: list[str] | tuple = ("best",),
+    attacks: list[str] | tuple = ("aa",),
+    n: int = 0,
+    batch_size: int | None = None,
+    device: str | None = None,
+    store=None,
+    log: Callable[[str], None] = print,
+    from_run_process: bool = False,
+    data=None,
+    skip_existing: bool = False,
+    skip_missing_swa: bool = False,
+    progress: Progress | None = None,
+) -> list[dict]:
     """Evaluate checkpoints `ckpts` of run `rd` under `attacks` on its first `n` test images
     (0 = all); store one `evals` record each and return them.
 
@@ -272,24 +347,16 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
     check_choices(list(ckpts), list(attacks))
     st = rd.status()
     if not from_run_process and st.state == "running":
-        raise UserError(f"run {rd.id} is running: its own process writes metrics.json; evaluate it when it "
-                        f"has finished or stopped (`advlc stop {rd.id}`)")
+        raise UserError(
+            f"run {rd.id} is running: its own process writes metrics.json; evaluate it when it "
+            f"has finished or stopped (`advlc stop {rd.id}`)"
+        )
     cfg = from_json(rd.config_json())
     if cfg.experiment.kind:
         raise UserError(f"run {rd.id} is a {cfg.experiment.kind} experiment, not a trained model")
     dev = pick_device(device or cfg.train.device)
     bs = batch_size or cfg.eval.batch_size
-    # before any work: the results can be stored, and every checkpoint asked for is intact
-    rd.records("evals")                # a damaged metrics.json is named now, not after the attacks
-    rd.check_writable()
-    for ckpt in ckpts:
-        try:
-            path = checkpoint_path(rd, ckpt)
-        except UserError:
-            if skip_missing_swa and ckpt.startswith("swa_"):
-                continue
-            raise
-        inspect_checkpoint(path, f"evaluate another checkpoint (it has: {', '.join(rd.checkpoints())})")
+    _preflight(rd, ckpts, skip_missing_swa)
     if data is None:
         data = load_dataset(cfg.data, dev)
     else:
@@ -310,22 +377,44 @@ def eval_run(rd: RunDir, *, ckpts: list[str] | tuple = ("best",), attacks: list[
                 continue
             if attack == "aa-torchattacks":
                 log(TORCHATTACKS_NOTE)
-            if progress:        # the caller shows it (and the result) its own way
-                progress({"event": "start", "ckpt": ckpt, "epoch": info["epoch"], "attack": attack, "n": len(x),
-                          "eps": eps, "device": str(dev)})
+            if progress:  # the caller shows it (and the result) its own way
+                progress(
+                    {
+                        "event": "start",
+                        "ckpt": ckpt,
+                        "epoch": info["epoch"],
+                        "attack": attack,
+                        "n": len(x),
+                        "eps": eps,
+                        "device": str(dev),
+                    }
+                )
             else:
                 log(f"eval {rd.id} {ckpt} (epoch {info['epoch']}) {attack} on {len(x)} test images, eps {eps:.6g} ...")
-            r = robust_accuracy(model, x, y, attack=attack, eps=eps, batch_size=bs, num_classes=data.num_classes,
-                                progress=progress)
-            rec = {"ckpt": ckpt, "attack": attack, "implementation": r["implementation"], "eps": eps,
-                   "n": r["n"], "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"],
-                   "epoch": info["epoch"], "device": str(dev), "time_s": r["time_s"], "created": time.time()}
+            r = robust_accuracy(
+                model, x, y, attack=attack, eps=eps, batch_size=bs, num_classes=data.num_classes, progress=progress
+            )
+            rec = {
+                "ckpt": ckpt,
+                "attack": attack,
+                "implementation": r["implementation"],
+                "eps": eps,
+                "n": r["n"],
+                "clean_acc": r["clean_acc"],
+                "robust_acc": r["robust_acc"],
+                "epoch": info["epoch"],
+                "device": str(dev),
+                "time_s": r["time_s"],
+                "created": time.time(),
+            }
             _save_record(rd, rec)
             if progress:
                 progress({"event": "result", **rec})
             else:
-                log(f"eval {rd.id} {ckpt} {attack}: clean {100 * rec['clean_acc']:.2f}  robust "
-                    f"{100 * rec['robust_acc']:.2f}  ({rec['implementation']}; {rec['time_s']:.1f}s)")
+                log(
+                    f"eval {rd.id} {ckpt} {attack}: clean {100 * rec['clean_acc']:.2f}  robust "
+                    f"{100 * rec['robust_acc']:.2f}  ({rec['implementation']}; {rec['time_s']:.1f}s)"
+                )
             out.append(rec)
     if store is not None:
         store.sync(rd)
@@ -340,5 +429,15 @@ def run_final_evals(rd: RunDir, *, data=None, store=None, log: Callable[[str], N
     e = from_json(rd.config_json()).eval
     if not e.final:
         return []
-    return eval_run(rd, ckpts=list(e.final_ckpts), attacks=list(e.final), n=e.final_n, store=store, log=log,
-                    from_run_process=True, data=data, skip_existing=True, skip_missing_swa=True)
+    return eval_run(
+        rd,
+        ckpts=list(e.final_ckpts),
+        attacks=list(e.final),
+        n=e.final_n,
+        store=store,
+        log=log,
+        from_run_process=True,
+        data=data,
+        skip_existing=True,
+        skip_missing_swa=True,
+    )

@@ -26,11 +26,11 @@ from engine.nn.methods.context import StepContext
 class EpochResult:
     """What one epoch of training measured."""
 
-    epoch: int            # 0-based
+    epoch: int  # 0-based
     lr: float
-    train_loss: float     # mean of the method's loss over the epoch's images
-    train_acc: float      # accuracy of stats["logits"] (the adversarial batch, for adversarial training)
-    time_s: float         # training seconds of the epoch (the device synchronised)
+    train_loss: float  # mean of the method's loss over the epoch's images
+    train_acc: float  # accuracy of stats["logits"] (the adversarial batch, for adversarial training)
+    time_s: float  # training seconds of the epoch (the device synchronised)
     images: int
 
 
@@ -39,10 +39,20 @@ def lr_at(tcfg, epoch: int) -> float:
     return tcfg.lr * tcfg.lr_gamma ** sum(1 for m in tcfg.lr_milestones if epoch >= m)
 
 
-def train(model, optimizer, method, data, cfg, *, device: torch.device, generator: torch.Generator,
-          start_epoch: int = 0, extras: dict | None = None,
-          on_batch: Callable[[int, int, int], None] | None = None,
-          on_epoch: Callable[[EpochResult], bool | None] | None = None) -> int:
+def train(
+    model,
+    optimizer,
+    method,
+    data,
+    cfg,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    start_epoch: int = 0,
+    extras: dict | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
+    on_epoch: Callable[[EpochResult], bool | None] | None = None,
+) -> int:
     """Train `model` with `method` (a registered Method) from `start_epoch` to cfg.train.epochs.
 
     `data` is an engine.nn.datasets.Dataset on `device`; `generator` draws the batch order and
@@ -65,8 +75,14 @@ def train(model, optimizer, method, data, cfg, *, device: torch.device, generato
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         t0 = time.perf_counter()
-        stream = epoch_stream(data.train_x, data.train_y, batch_size=t.batch_size, padding=d.crop_padding,
-                              flip=d.flip, generator=generator)
+        stream = epoch_stream(
+            data.train_x,
+            data.train_y,
+            batch_size=t.batch_size,
+            padding=d.crop_padding,
+            flip=d.flip,
+            generator=generator,
+        )
         for i, (xb, yb, idx) in enumerate(stream):
             if raw_batch:
                 extras["x_unaugmented"] = data.train_x[idx]
@@ -81,9 +97,11 @@ def train(model, optimizer, method, data, cfg, *, device: torch.device, generato
             torch.cuda.synchronize(device)
         time_s = time.perf_counter() - t0
         if not math.isfinite(train_loss):
-            raise UserError(f"training diverged at epoch {epoch} (train loss {train_loss}); "
-                            f"lower method.lam or train.lr")
-        if on_epoch is not None and on_epoch(EpochResult(epoch, lr, train_loss / seen, train_correct / seen,
-                                                          time_s, seen)):
+            raise UserError(
+                f"training diverged at epoch {epoch} (train loss {train_loss}); lower method.lam or train.lr"
+            )
+        if on_epoch is not None and on_epoch(
+            EpochResult(epoch, lr, train_loss / seen, train_correct / seen, time_s, seen)
+        ):
             return epoch + 1
     return t.epochs

@@ -28,8 +28,11 @@ def backfill_origins(store: Store, rds: list[RunDir] | None = None) -> int:
     """Derive and keep the origin of each run that has none (all runs whose index row says so,
     or `rds`); returns how many were derived."""
     if rds is None:
-        rds = [store.run_dir(r["id"]) for r in store.runs(archived=None)
-               if r.get("origin_known") is False and r["state"] != "corrupt"]
+        rds = [
+            store.run_dir(r["id"])
+            for r in store.runs(archived=None)
+            if r.get("origin_known") is False and r["state"] != "corrupt"
+        ]
     todo = [rd for rd in rds if needs_origin(rd)]
     done = []
     cache: dict[str, dict | None] = {}
@@ -38,12 +41,17 @@ def backfill_origins(store: Store, rds: list[RunDir] | None = None) -> int:
         key = O.config_key(config) + repr(rd.config().run.preset)
         if key not in cache:
             cache[key] = O.derive(config, store.home)
-        origin = cache[key] or {"overrides": [], "resolved": {}, "changed": {}, "derived": True,
-                                "note": "the preset could not be loaded"}
+        origin = cache[key] or {
+            "overrides": [],
+            "resolved": {},
+            "changed": {},
+            "derived": True,
+            "note": "the preset could not be loaded",
+        }
         try:
             rd.update_runtime(origin=origin)
         except OSError:
-            continue                    # a read-only store: derived again next time
+            continue  # a read-only store: derived again next time
         done.append(rd)
     store.sync_many(done)
     return len(done)

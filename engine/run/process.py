@@ -89,8 +89,13 @@ class _Heartbeat:
             self._thread.join(timeout=10)
 
 
-def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict], None] | None = None,
-        log: Callable[[str], None] = print) -> str:
+def run(
+    rd: RunDir,
+    store: Store | None = None,
+    *,
+    on_event: Callable[[str, dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
     """Train (or resume, or analyse) the run in `rd`; returns the final state.
 
     `on_event(kind, info)` receives "start", "batch", "epoch" and "end" events (for a
@@ -103,12 +108,22 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
     emit = on_event or (lambda kind, info: None)
     pid = os.getpid()
     interval = heartbeat_interval()
-    try:        # what `advlc repair` rebuilds config.json from, for a run made before create wrote it
+    try:  # what `advlc repair` rebuilds config.json from, for a run made before create wrote it
         rd.keep_config_copy()
     except OSError as exc:
         log(f"{rd.config_copy_path.name} not written: {os_error_line(exc)}")
-    transition(rd, "running", pid=pid, pid_create_time=create_time(pid), host=os.uname().nodename,
-               started=time.time(), heartbeat=time.time(), heartbeat_s=interval, error=None, ended=None)
+    transition(
+        rd,
+        "running",
+        pid=pid,
+        pid_create_time=create_time(pid),
+        host=os.uname().nodename,
+        started=time.time(),
+        heartbeat=time.time(),
+        heartbeat_s=interval,
+        error=None,
+        ended=None,
+    )
     store.sync(rd)
     beat = _Heartbeat(rd, interval).start()
     work = run_experiment if is_experiment(rd) else train_run
@@ -124,7 +139,7 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
             state, error = "stopped", None
         except UserError as exc:
             state, error = "failed", str(exc)
-        except OSError as exc:    # a full or read-only disk, a permission: said in one line
+        except OSError as exc:  # a full or read-only disk, a permission: said in one line
             state, error = "failed", os_error_line(exc)
             log(error)
         except Exception:
@@ -138,7 +153,7 @@ def run(rd: RunDir, store: Store | None = None, *, on_event: Callable[[str, dict
         _sync_index(store, rd, log)
         raise
     beat.stop()
-    transition(rd, state, error=error, heartbeat=time.time(), pid=None)   # in place if the disk is full
+    transition(rd, state, error=error, heartbeat=time.time(), pid=None)  # in place if the disk is full
     _sync_index(store, rd, log)
     emit("end", {"state": state, "error": error})
     return state
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_sigterm(signum, frame):
         if _Heartbeat.training.is_set():
-            _Heartbeat.training.clear()      # once: the stop itself must not be interrupted
+            _Heartbeat.training.clear()  # once: the stop itself must not be interrupted
             raise StopRequested()
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -202,5 +217,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = run(rd, Store.containing(rd), log=lambda line: print(line, flush=True))
     finally:
-        gc.freeze()   # the interpreter's final collection of torch's objects takes ~1.5 s otherwise
+        gc.freeze()  # the interpreter's final collection of torch's objects takes ~1.5 s otherwise
     return 0 if state in ("finished", "stopped") else 1

@@ -30,8 +30,10 @@ def load_teachers(conf: ConfigRecord, cfg, data, device, store: Store | None) ->
         return {}
     lacking = [r for r in roles if r not in spec]
     if lacking:
-        raise UserError(f"method '{cfg.method.name}' needs teacher runs ({', '.join(lacking)}) but this run's "
-                        f"config.json names none; create it from its preset (`advlc run PRESET`)")
+        raise UserError(
+            f"method '{cfg.method.name}' needs teacher runs ({', '.join(lacking)}) but this run's "
+            f"config.json names none; create it from its preset (`advlc run PRESET`)"
+        )
     out = {}
     for role in roles:
         t = spec[role]
@@ -42,16 +44,21 @@ def load_teachers(conf: ConfigRecord, cfg, data, device, store: Store | None) ->
         state = trd.status().state if trd.exists() else None
         if state != "finished":
             what = f"is {state}" if state else "does not exist"
-            raise UserError(f"teacher run {t.run} ({role}, preset '{t.preset}') {what}, not finished; "
-                            f"finish it first (advlc run {t.preset})")
+            raise UserError(
+                f"teacher run {t.run} ({role}, preset '{t.preset}') {what}, not finished; "
+                f"finish it first (advlc run {t.preset})"
+            )
         tcfg = from_json(trd.config_json())
         if tcfg.data.dataset != cfg.data.dataset:
-            raise UserError(f"teacher run {t.run} ({role}) was trained on {tcfg.data.dataset}, "
-                            f"this run trains on {cfg.data.dataset}")
+            raise UserError(
+                f"teacher run {t.run} ({role}) was trained on {tcfg.data.dataset}, "
+                f"this run trains on {cfg.data.dataset}"
+            )
         if not path.exists():
             raise UserError(f"teacher run {t.run} ({role}): checkpoint {path} is missing")
-        model = build_model(tcfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size)
+        model = build_model(
+            tcfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        )
         model.load_state_dict(load(path)["model"])
         model.to(device).eval()
         for p in model.parameters():

@@ -46,8 +46,22 @@ from engine.store.records import ConfigRecord, EarlyStop
 from engine.store.rundir import RunDir
 from engine.store.summary import format_epoch
 
-EPOCH_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_loss", "clean_acc", "robust_loss",
-              "robust_acc", "av", "ig", "hs", "time_s", "eval_time_s", "images_per_s")
+EPOCH_KEYS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "clean_loss",
+    "clean_acc",
+    "robust_loss",
+    "robust_acc",
+    "av",
+    "ig",
+    "hs",
+    "time_s",
+    "eval_time_s",
+    "images_per_s",
+)
 VAL_KEYS = ("val_clean_loss", "val_clean_acc", "val_robust_loss", "val_robust_acc")
 """The validation split's records (data.val_size > 0): the test evaluation's clean and PGD numbers."""
 STATUS_EVERY_S = 5.0
@@ -78,17 +92,19 @@ class _Trainer:
 
         torch.manual_seed(t.seed)
         self.data = data = load_dataset(cfg.data, device)
-        model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size).to(device)
+        model = build_model(
+            cfg.model, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        ).to(device)
         self.model = prepare_model(model, cfg, log=log)  # channels_last / torch.compile when configured
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
-                                         weight_decay=t.weight_decay, nesterov=t.nesterov)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov
+        )
         self.gen = torch.Generator(device=device).manual_seed(t.seed + 1)
         self.method = get_method(cfg.method.name)
         n_eval = len(data.test_x) if e.n == 0 else min(e.n, len(data.test_x))
         self.x_test, self.y_test = as_float(data.test_x[:n_eval]), data.test_y[:n_eval]
         self.x_val = as_float(data.val_x) if data.val_x is not None else None
-        self.select_key = robust_key(t.select_on)   # robust_acc, or val_robust_acc: what picks best.pt
+        self.select_key = robust_key(t.select_on)  # robust_acc, or val_robust_acc: what picks best.pt
         if len(data.train_x) < t.batch_size:
             raise UserError(f"train.batch_size = {t.batch_size}: larger than the {len(data.train_x)} training images")
         # teachers: built under a forked RNG so they do not shift the run's random stream
@@ -113,8 +129,12 @@ class _Trainer:
         from_best = self.rd.status().resume_from == "best"
         self.rd.update_status(resume_from=None)
         if last.exists():
-            ck = checkpoints.load(last, self.device, hint=f"resume from best.pt with `advlc resume {self.rd.id} "
-                                  f"--from best`, or start over with `--from scratch`")
+            ck = checkpoints.load(
+                last,
+                self.device,
+                hint=f"resume from best.pt with `advlc resume {self.rd.id} "
+                f"--from best`, or start over with `--from scratch`",
+            )
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             torch.set_rng_state(ck["rng_cpu"])
@@ -129,8 +149,10 @@ class _Trainer:
             ck = checkpoints.load(best, self.device, hint=f"start over with `advlc resume {self.rd.id} --from scratch`")
             self.model.load_state_dict(ck["model"])
             start, self.best_acc = int(ck["epoch"]) + 1, float(ck.get("score", ck["robust_acc"]))
-            self.log(f"resumed from {best} (its epoch {start - 1}) at epoch {start}: fresh optimiser and "
-                     f"random streams, so not bit-identical to an uninterrupted run")
+            self.log(
+                f"resumed from {best} (its epoch {start - 1}) at epoch {start}: fresh optimiser and "
+                f"random streams, so not bit-identical to an uninterrupted run"
+            )
         db = self.rd.metrics_db()
         self.epochs_table = db.table("epochs", cache_size=0)
         self.epochs_table.remove(lambda r: r["epoch"] >= start)  # records past the checkpoint
@@ -151,27 +173,53 @@ class _Trainer:
         e, last = self.cfg.eval, epoch + 1 == self.cfg.train.epochs
         out = {}
         if (epoch + 1) % e.every == 0 or last or force:
-            out.update(evaluate(model, self.x_test, self.y_test, eps=e.eps, alpha=e.pgd_alpha, steps=e.pgd_steps,
-                                batch_size=e.batch_size, ig=e.ig))
-            if self.x_val is not None:    # the same attack on the held-out training images
-                v = evaluate(model, self.x_val, self.data.val_y, eps=e.eps, alpha=e.pgd_alpha, steps=e.pgd_steps,
-                             batch_size=e.batch_size, ig=False)
+            out.update(
+                evaluate(
+                    model,
+                    self.x_test,
+                    self.y_test,
+                    eps=e.eps,
+                    alpha=e.pgd_alpha,
+                    steps=e.pgd_steps,
+                    batch_size=e.batch_size,
+                    ig=e.ig,
+                )
+            )
+            if self.x_val is not None:  # the same attack on the held-out training images
+                v = evaluate(
+                    model,
+                    self.x_val,
+                    self.data.val_y,
+                    eps=e.eps,
+                    alpha=e.pgd_alpha,
+                    steps=e.pgd_steps,
+                    batch_size=e.batch_size,
+                    ig=False,
+                )
                 out.update({f"val_{k}": v[k] for k in ("clean_loss", "clean_acc", "robust_loss", "robust_acc")})
         if e.hs_every and ((epoch + 1) % e.hs_every == 0 or last or force):
-            out["hs"], _ = hs_metric(model, self.x_test, self.y_test, n=e.hs_samples, batch=e.hs_batch, reduce=e.hs_reduce)
+            out["hs"], _ = hs_metric(
+                model, self.x_test, self.y_test, n=e.hs_samples, batch=e.hs_batch, reduce=e.hs_reduce
+            )
         return out
 
     def on_epoch(self, r: EpochResult) -> bool:
         """Evaluate, record and checkpoint epoch `r.epoch`; True when the run stops early here."""
         epoch = r.epoch
         rec = dict.fromkeys(EPOCH_KEYS + (VAL_KEYS if self.x_val is not None else ()))
-        rec.update(epoch=epoch, lr=r.lr, train_loss=r.train_loss, train_acc=r.train_acc, time_s=r.time_s,
-                   images_per_s=r.images / r.time_s if r.time_s > 0 else None)
+        rec.update(
+            epoch=epoch,
+            lr=r.lr,
+            train_loss=r.train_loss,
+            train_acc=r.train_acc,
+            time_s=r.time_s,
+            images_per_s=r.images / r.time_s if r.time_s > 0 else None,
+        )
         t0 = time.perf_counter()
         rec.update(self.evaluate(self.model, epoch))
         swa_rec = self.swa.step(epoch, r.lr) if self.swa is not None else None
         rec.update(extra_epoch_metrics(self.model, self.data, self.cfg, epoch))  # eval.extra (Figs 1, 3, A.2)
-        rec["eval_time_s"] = time.perf_counter() - t0     # what an epoch costs beyond training (for the ETA)
+        rec["eval_time_s"] = time.perf_counter() - t0  # what an epoch costs beyond training (for the ETA)
         self.save(epoch, rec, swa_rec)
         self.log(format_epoch(rec))
         self.emit("epoch", rec)
@@ -202,25 +250,37 @@ class _Trainer:
         score = rec[self.select_key]
         if score is not None and score >= self.best_acc:
             self.best_acc = score
-            checkpoints.save({"model": self.model.state_dict(), "epoch": epoch, "robust_acc": rec["robust_acc"],
-                              "clean_acc": rec["clean_acc"], "selected_on": self.cfg.train.select_on,
-                              "score": score}, self.rd.ckpt("best"))
+            checkpoints.save(
+                {
+                    "model": self.model.state_dict(),
+                    "epoch": epoch,
+                    "robust_acc": rec["robust_acc"],
+                    "clean_acc": rec["clean_acc"],
+                    "selected_on": self.cfg.train.select_on,
+                    "score": score,
+                },
+                self.rd.ckpt("best"),
+            )
         if swa_rec is not None:
             self.swa_table.insert(swa_rec)
             self.swa.save(epoch, swa_rec)
         dev = self.device
-        checkpoints.save({
-            "epoch": epoch + 1,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-            "rng_data": self.gen.get_state(),
-            "best_robust_acc": self.best_acc,
-            "swa": self.swa.state_dict() if self.swa is not None else None,
-        }, self.rd.ckpt("last"))
-        self.rd.update_status(heartbeat=time.time(), epoch=epoch + 1, batch=0,
-                              batches=len(self.data.train_x) // self.cfg.train.batch_size)
+        checkpoints.save(
+            {
+                "epoch": epoch + 1,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                "rng_data": self.gen.get_state(),
+                "best_robust_acc": self.best_acc,
+                "swa": self.swa.state_dict() if self.swa is not None else None,
+            },
+            self.rd.ckpt("last"),
+        )
+        self.rd.update_status(
+            heartbeat=time.time(), epoch=epoch + 1, batch=0, batches=len(self.data.train_x) // self.cfg.train.batch_size
+        )
         self.store.sync(self.rd)
 
 
@@ -254,7 +314,7 @@ class _RunSWA:
         tr, t, d = self.tr, self.tr.cfg.train, self.tr.cfg.data
         g = torch.Generator(device=tr.device).manual_seed(t.seed + 1 + 1_000_003 * (epoch + 1))
         idxs = epoch_batches(len(tr.data.train_x), t.batch_size, g, tr.device)
-        for idx in idxs[:self.sw.bn_batches] if self.sw.bn_batches else idxs:
+        for idx in idxs[: self.sw.bn_batches] if self.sw.bn_batches else idxs:
             yield as_float(augment(tr.data.train_x[idx], padding=d.crop_padding, flip=d.flip, generator=g))
 
     def step(self, epoch: int, lr: float) -> dict | None:
@@ -276,9 +336,15 @@ class _RunSWA:
 
     def save(self, epoch: int, rec: dict) -> None:
         score = rec[self.tr.select_key]
-        ck = {"model": self.avg.average.state_dict(), "epoch": epoch, "n": self.avg.n,
-              "robust_acc": rec["robust_acc"], "clean_acc": rec["clean_acc"],
-              "selected_on": self.tr.cfg.train.select_on, "score": score}
+        ck = {
+            "model": self.avg.average.state_dict(),
+            "epoch": epoch,
+            "n": self.avg.n,
+            "robust_acc": rec["robust_acc"],
+            "clean_acc": rec["clean_acc"],
+            "selected_on": self.tr.cfg.train.select_on,
+            "score": score,
+        }
         if score is not None and score >= self.best_acc:
             self.best_acc = score
             checkpoints.save(ck, self.tr.rd.ckpt("swa_best"))
@@ -288,16 +354,36 @@ class _RunSWA:
         def f(key):
             return "—" if rec[key] is None else f"{rec[key]:.4g}"
 
-        return (f"  swa {rec['epoch']:>3}  n {self.avg.n:<4} clean {f('clean_acc')}  robust {f('robust_acc')}  "
-                f"IG {f('ig')}  HS {f('hs')}  {rec['time_s']:.2f}s")
+        return (
+            f"  swa {rec['epoch']:>3}  n {self.avg.n:<4} clean {f('clean_acc')}  robust {f('robust_acc')}  "
+            f"IG {f('ig')}  HS {f('hs')}  {rec['time_s']:.2f}s"
+        )
 
 
 def train_run(rd: RunDir, store: Store, emit: Emit, log: Log) -> None:
     """Train (or resume) run `rd` to its last epoch, then run its final evaluations."""
     tr = _Trainer(rd, store, emit, log)
     start = tr.resume()
-    emit("start", {"epochs": tr.cfg.train.epochs, "start_epoch": start, "device": str(tr.device),
-                   "batches": len(tr.data.train_x) // tr.cfg.train.batch_size})
-    train(tr.model, tr.optimizer, tr.method, tr.data, tr.cfg, device=tr.device, generator=tr.gen,
-          start_epoch=start, extras=tr.extras, on_batch=tr.on_batch, on_epoch=tr.on_epoch)
+    emit(
+        "start",
+        {
+            "epochs": tr.cfg.train.epochs,
+            "start_epoch": start,
+            "device": str(tr.device),
+            "batches": len(tr.data.train_x) // tr.cfg.train.batch_size,
+        },
+    )
+    train(
+        tr.model,
+        tr.optimizer,
+        tr.method,
+        tr.data,
+        tr.cfg,
+        device=tr.device,
+        generator=tr.gen,
+        start_epoch=start,
+        extras=tr.extras,
+        on_batch=tr.on_batch,
+        on_epoch=tr.on_epoch,
+    )
     run_final_evals(rd, data=tr.data, store=store, log=log)

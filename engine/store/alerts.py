@@ -48,8 +48,9 @@ def robust_key(select_on: str | None) -> str:
     return "val_robust_acc" if select_on == "val" else "robust_acc"
 
 
-def overfit_states(epochs: list[dict], key: str = "robust_acc", points: float = RO_POINTS,
-                   streak: int = RO_STREAK) -> list[tuple[dict, dict | None]]:
+def overfit_states(
+    epochs: list[dict], key: str = "robust_acc", points: float = RO_POINTS, streak: int = RO_STREAK
+) -> list[tuple[dict, dict | None]]:
     """For each evaluated record (one with `key`), in order: (record, onset) where onset is the
     record with the best so far when the robust-overfitting condition holds at it, else None.
 
@@ -74,16 +75,26 @@ def overfit_states(epochs: list[dict], key: str = "robust_acc", points: float = 
             continue
         run = run + 1 if rec[key] <= best[key] - points + 1e-12 else 0
         decayed = lr0 is not None and rec.get("lr") is not None and rec["lr"] < lr0
-        rose = rec.get("train_acc") is not None and best.get("train_acc") is not None \
+        rose = (
+            rec.get("train_acc") is not None
+            and best.get("train_acc") is not None
             and rec["train_acc"] > best["train_acc"]
+        )
         holds = decayed and run >= streak and rose
-        out.append((rec, {**rec, "best_epoch": best["epoch"], "best_robust_acc": best[key],
-                          "best_train_acc": best["train_acc"]} if holds else None))
+        out.append(
+            (
+                rec,
+                {**rec, "best_epoch": best["epoch"], "best_robust_acc": best[key], "best_train_acc": best["train_acc"]}
+                if holds
+                else None,
+            )
+        )
     return out
 
 
-def overfitting_onset(epochs: list[dict], points: float = RO_POINTS, streak: int = RO_STREAK,
-                      key: str = "robust_acc") -> dict | None:
+def overfitting_onset(
+    epochs: list[dict], points: float = RO_POINTS, streak: int = RO_STREAK, key: str = "robust_acc"
+) -> dict | None:
     """The first epoch record at which robust overfitting has set in (with the best before it), or None."""
     return next((onset for _, onset in overfit_states(epochs, key, points, streak) if onset), None)
 
@@ -121,7 +132,7 @@ def catastrophic_event(epochs: list[dict], key: str = "robust_acc") -> tuple[dic
 
 @dataclass
 class Alert:
-    kind: str        # "catastrophic" | "robust_overfitting" | "failed" | "lost"
+    kind: str  # "catastrophic" | "robust_overfitting" | "failed" | "lost"
     epoch: int | None
     text: str
 
@@ -134,16 +145,26 @@ def detect_alerts(epochs: list[dict], select_on: str | None = "test") -> list[Al
     co = catastrophic_event(epochs, key)
     if co:
         peak, e = co
-        out.append(Alert("catastrophic", e["epoch"],
-                         f"catastrophic overfitting at epoch {e['epoch']}: robust accuracy{on} "
-                         f"{_pc(peak[key])} → {_pc(e[key])} in {e['epoch'] - peak['epoch']} "
-                         f"epoch(s) while training accuracy rose {_pc(peak['train_acc'])} → {_pc(e['train_acc'])}"))
+        out.append(
+            Alert(
+                "catastrophic",
+                e["epoch"],
+                f"catastrophic overfitting at epoch {e['epoch']}: robust accuracy{on} "
+                f"{_pc(peak[key])} → {_pc(e[key])} in {e['epoch'] - peak['epoch']} "
+                f"epoch(s) while training accuracy rose {_pc(peak['train_acc'])} → {_pc(e['train_acc'])}",
+            )
+        )
     onset = overfitting_onset(epochs, key=key)
     if onset:
-        out.append(Alert("robust_overfitting", onset["epoch"],
-                         f"robust overfitting since epoch {onset['epoch']}: robust accuracy{on} ≥ {100 * RO_POINTS:g} "
-                         f"points below its best ({_pc(onset['best_robust_acc'])} at epoch {onset['best_epoch']}) "
-                         f"for {RO_STREAK} evaluated epochs while training accuracy rose "
-                         f"{_pc(onset['best_train_acc'])} → {_pc(onset['train_acc'])}; best.pt holds the "
-                         "early-stopped model"))
+        out.append(
+            Alert(
+                "robust_overfitting",
+                onset["epoch"],
+                f"robust overfitting since epoch {onset['epoch']}: robust accuracy{on} ≥ {100 * RO_POINTS:g} "
+                f"points below its best ({_pc(onset['best_robust_acc'])} at epoch {onset['best_epoch']}) "
+                f"for {RO_STREAK} evaluated epochs while training accuracy rose "
+                f"{_pc(onset['best_train_acc'])} → {_pc(onset['train_acc'])}; best.pt holds the "
+                "early-stopped model",
+            )
+        )
     return out

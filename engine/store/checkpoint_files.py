@@ -29,8 +29,10 @@ MAX_PICKLE = 64 * 1024 * 1024
 """The largest data.pkl read (a checkpoint's pickle holds names and numbers, its tensors are other
 members: a ResNet's with its optimiser is well under 1 MiB)."""
 
-_DTYPES = (r"(?:b?float\d*|half|double|cfloat|cdouble|chalf|complex\d*|u?int\d*|long|short|bool|"
-           r"q(?:u?int\d+(?:x\d+)?)|float8_\w+|bits\w+|per_(?:tensor|channel)_\w+)")
+_DTYPES = (
+    r"(?:b?float\d*|half|double|cfloat|cdouble|chalf|complex\d*|u?int\d*|long|short|bool|"
+    r"q(?:u?int\d+(?:x\d+)?)|float8_\w+|bits\w+|per_(?:tensor|channel)_\w+)"
+)
 ALLOWED = re.compile(
     r"collections\.(?:OrderedDict|Counter)"
     r"|torch\.(?:\w+Storage|\w+Tensor|Size|Tensor|device|strided|sparse_\w+|_mkldnn|" + _DTYPES + r")"
@@ -41,7 +43,8 @@ ALLOWED = re.compile(
     r"|torch\.nn\.parameter\.Parameter"
     r"|torch\.serialization\._get_layout"
     r"|builtins\.(?:set|frozenset|bytearray|complex|slice)"
-    r"|_codecs\.encode")
+    r"|_codecs\.encode"
+)
 """`module.name` of every global a torch checkpoint's pickle may name (torch's own weights-only
 list, by name: none of them is imported or called here)."""
 
@@ -63,7 +66,7 @@ class _NotACheckpoint(Exception):
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict   # state_dicts are OrderedDicts: they must fill
+            return collections.OrderedDict  # state_dicts are OrderedDicts: they must fill
         if ALLOWED.fullmatch(f"{module}.{name}"):
             return _Opaque
         raise _NotACheckpoint(f"{module}.{name}"[:80])
@@ -82,8 +85,9 @@ def inspect(path: Path, hint: str = "use another checkpoint") -> dict:
             infos = z.infolist()
             packed = next((i for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
             if packed is not None:
-                raise CorruptFile(path, f"is not a torch checkpoint (member {packed.filename[:80]!r} is compressed)",
-                                  hint)
+                raise CorruptFile(
+                    path, f"is not a torch checkpoint (member {packed.filename[:80]!r} is compressed)", hint
+                )
             bad = z.testzip()
             if bad is not None:
                 raise CorruptFile(path, f"is damaged (member {bad[:80]!r} fails its checksum)", hint)
@@ -100,13 +104,18 @@ def inspect(path: Path, hint: str = "use another checkpoint") -> dict:
     except FileNotFoundError:
         raise CorruptFile(path, "does not exist", hint) from None
     except _NotACheckpoint as exc:
-        raise CorruptFile(path, f"is not a torch checkpoint (its pickle calls for {str(exc)!r}, which no "
-                                "checkpoint holds, and nothing of it was run)", hint) from None
+        raise CorruptFile(
+            path,
+            f"is not a torch checkpoint (its pickle calls for {str(exc)!r}, which no "
+            "checkpoint holds, and nothing of it was run)",
+            hint,
+        ) from None
     except PermissionError:
-        raise                          # a permission problem: said as one by the caller (os_error_line)
+        raise  # a permission problem: said as one by the caller (os_error_line)
     except Exception as exc:  # noqa: BLE001 - a crafted pickle may make the unpickler raise anything
-        raise CorruptFile(path, f"is not a readable checkpoint (truncated or not one: {type(exc).__name__})",
-                          hint) from None
+        raise CorruptFile(
+            path, f"is not a readable checkpoint (truncated or not one: {type(exc).__name__})", hint
+        ) from None
     if not isinstance(obj, dict):
         raise CorruptFile(path, "does not hold a checkpoint dict", hint)
     out = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (int, float, str, bool, type(None)))}

@@ -148,7 +148,7 @@ def _link_aside(path: Path) -> Path:
         except OSError as exc:
             if exc.errno not in _NO_LINKS:
                 raise
-        if not dest.exists():           # a file system without hard links: a copy
+        if not dest.exists():  # a file system without hard links: a copy
             atomic_write_bytes(dest, path.read_bytes())
             return dest
     raise AssertionError("unreachable")

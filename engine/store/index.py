@@ -94,10 +94,10 @@ class Store:
         gone = []
         cutoff = time.time() - older_than_s
         home = self.home.resolve()
-        for depth in range(1, 5):   # home, leases/, runs/<id>/, runs/<id>/checkpoints/
+        for depth in range(1, 5):  # home, leases/, runs/<id>/, runs/<id>/checkpoints/
             for p in self.home.glob("*/" * (depth - 1) + f"*{TMP_SUFFIX}"):
                 try:
-                    inside = p.resolve().is_relative_to(home)      # never through a symlink that leads out
+                    inside = p.resolve().is_relative_to(home)  # never through a symlink that leads out
                     if inside and p.is_file() and not p.is_symlink() and p.stat().st_mtime < cutoff:
                         p.unlink()
                         gone.append(p)
@@ -189,6 +189,7 @@ class Store:
         """All index rows, checked (no lock: the file is replaced atomically). A corrupt or
         wrong-shaped index is rebuilt from the run directories, its damaged copy kept
         (`self.repaired` says where); an index of an older vocabulary is rebuilt in place."""
+
         def read(hint: str | None = None) -> list[IndexRow]:
             data = load_json(self.index_path, hint) if hint else load_json(self.index_path)
             rows = table_records(data, INDEX_TABLE, self.index_path, IndexRow)
@@ -202,7 +203,7 @@ class Store:
         if any(r.get("v") != INDEX_VERSION for r in rows):
             try:
                 self.reindex()
-            except OSError:             # a read-only store: summarise in memory
+            except OSError:  # a read-only store: summarise in memory
                 return [summarize(rd) for rd in self.run_dirs()]
             return read()
         return rows
@@ -232,8 +233,16 @@ class Store:
             t.insert_multiple([d.to_json() for d in docs])
         return len(docs)
 
-    def annotate(self, rd: RunDir, *, title: str | None = None, add_tags=(), remove_tags=(),
-                 note: str | None = None, archived: bool | None = None) -> Meta:
+    def annotate(
+        self,
+        rd: RunDir,
+        *,
+        title: str | None = None,
+        add_tags=(),
+        remove_tags=(),
+        note: str | None = None,
+        archived: bool | None = None,
+    ) -> Meta:
         """Change what people say about a run (meta.json) and its index row, under the store's lock.
         The run's own process never writes meta.json, so this is safe while it trains."""
         _refuse_controls(title=title, tags=list(add_tags), note=note)
@@ -256,8 +265,14 @@ class Store:
             self.sync(rd)
         return meta
 
-    def runs(self, *, state: str | None = None, preset: str | None = None, group: str | None = None,
-             archived: bool | None = False) -> list[IndexRow]:
+    def runs(
+        self,
+        *,
+        state: str | None = None,
+        preset: str | None = None,
+        group: str | None = None,
+        archived: bool | None = False,
+    ) -> list[IndexRow]:
         """Index rows in creation order, filtered; `archived`: False hides archived runs (the
         default views), True lists only them, None both."""
         rows = self.index()
@@ -266,7 +281,11 @@ class Store:
         if state:
             rows = [r for r in rows if r.get("state") == state]
         if preset:
-            rows = [r for r in rows if r.get("preset") == preset or (r.get("preset") or "").startswith(preset.rstrip("/") + "/")]
+            rows = [
+                r
+                for r in rows
+                if r.get("preset") == preset or (r.get("preset") or "").startswith(preset.rstrip("/") + "/")
+            ]
         if group:
             rows = [r for r in rows if r.get("group") == group]
         return sorted(rows, key=lambda r: (r.get("created") or 0, r["id"]))
@@ -277,5 +296,7 @@ def _refuse_controls(*, title, tags, note) -> None:
     (a note keeps its newlines and tabs)."""
     for what, text, multi in [("title", title, False), ("note", note, True)] + [("tag", t, False) for t in tags]:
         if isinstance(text, str) and has_control(text, multiline=multi):
-            raise UserError(f"{what} {printable(text)!r}: control characters (escape sequences, direction "
-                            f"marks) are not allowed" + ("; newlines and tabs are" if multi else ""))
+            raise UserError(
+                f"{what} {printable(text)!r}: control characters (escape sequences, direction "
+                f"marks) are not allowed" + ("; newlines and tabs are" if multi else "")
+            )

@@ -87,11 +87,11 @@ FORMAT = 1
 CKPT_FILES = {"best": "best", "end": "last", "swa_best": "swa_best", "swa_end": "swa_end"}
 MAX_MEMBER_ENV = "ADVLC_UNPACK_MAX_MEMBER"
 MAX_TOTAL_ENV = "ADVLC_UNPACK_MAX_TOTAL"
-MAX_MEMBER = 2 * 1024 ** 3
+MAX_MEMBER = 2 * 1024**3
 """Bytes one member may have (ADVLC_UNPACK_MAX_MEMBER overrides it)."""
-MAX_TOTAL = 20 * 1024 ** 3
+MAX_TOTAL = 20 * 1024**3
 """Bytes all members together may have (ADVLC_UNPACK_MAX_TOTAL overrides it)."""
-MAX_JSON = 16 * 1024 ** 2
+MAX_JSON = 16 * 1024**2
 """Bytes a JSON member may have (it is read into memory to be checked)."""
 MAX_EXTENSION = 64 * 1024
 """Bytes a tar extension header (pax, GNU long name) may have: tarfile reads it whole."""
@@ -99,9 +99,11 @@ MAX_MEMBERS = 100_000
 STAGING = ".unpacking-"
 """The staging folders of unpack in runs/ (`.unpacking-<token>`, with `.unpacking-<token>.lock`)."""
 _CHUNK = 1024 * 1024
-_MEMBER = re.compile(rf"^runs/({RUN_ID.pattern[1:-1]})/(config|status|metrics|meta|runtime)\.json$|"
-                     rf"^runs/({RUN_ID.pattern[1:-1]})/log\.txt$|"
-                     rf"^runs/({RUN_ID.pattern[1:-1]})/checkpoints/(best|last|swa_best|swa_end)\.pt$")
+_MEMBER = re.compile(
+    rf"^runs/({RUN_ID.pattern[1:-1]})/(config|status|metrics|meta|runtime)\.json$|"
+    rf"^runs/({RUN_ID.pattern[1:-1]})/log\.txt$|"
+    rf"^runs/({RUN_ID.pattern[1:-1]})/checkpoints/(best|last|swa_best|swa_end)\.pt$"
+)
 
 
 def _sha(data: bytes) -> str:
@@ -138,7 +140,7 @@ def _members(store: Store, rd: RunDir, ckpts: list[str]) -> dict[str, bytes]:
     out = {f"runs/{rd.id}/{CONFIG}": json.dumps(_relative_config(rd, store), indent=1).encode()}
     if rd.runtime_path.exists():
         out[f"runs/{rd.id}/{RUNTIME}"] = json.dumps(_relative_runtime(rd, store), indent=1).encode()
-    rd.meta()                           # a damaged meta.json is not handed on either
+    rd.meta()  # a damaged meta.json is not handed on either
     for name in (STATUS, METRICS, META, LOG):
         p = rd.path / name
         if p.exists():
@@ -146,7 +148,7 @@ def _members(store: Store, rd: RunDir, ckpts: list[str]) -> dict[str, bytes]:
             if name in (STATUS, LOG):
                 data = data.replace(home.encode(), b"$ADVLC_HOME").replace(str(store.home).encode(), b"$ADVLC_HOME")
             if name == METRICS:
-                rd.metrics()          # a damaged metrics.json is not handed on
+                rd.metrics()  # a damaged metrics.json is not handed on
             out[f"runs/{rd.id}/{name}"] = data
     for c in ckpts:
         p = rd.ckpt(CKPT_FILES[c])
@@ -164,8 +166,12 @@ def pack(store: Store, rds: list[RunDir], out: Path, ckpts: Sequence[str] = ("be
     members: dict[str, bytes] = {}
     for rd in rds:
         members.update(_members(store, rd, list(ckpts)))
-    manifest = {"format": FORMAT, "created": time.time(), "runs": [rd.id for rd in rds],
-                "files": {name: {"size": len(data), "sha256": _sha(data)} for name, data in members.items()}}
+    manifest = {
+        "format": FORMAT,
+        "created": time.time(),
+        "runs": [rd.id for rd in rds],
+        "files": {name: {"size": len(data), "sha256": _sha(data)} for name, data in members.items()},
+    }
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     with tarfile.open(tmp, "w:gz") as tar:
@@ -204,8 +210,17 @@ class _Header(tarfile.TarInfo):
     def _proc_member(self, tarfile_):
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _TooLarge(f"member {self.name!r} is a sparse file, not a plain file")
-        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                         tarfile.SOLARIS_XHDTYPE) and self.size > MAX_EXTENSION:
+        if (
+            self.type
+            in (
+                tarfile.GNUTYPE_LONGNAME,
+                tarfile.GNUTYPE_LONGLINK,
+                tarfile.XHDTYPE,
+                tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE,
+            )
+            and self.size > MAX_EXTENSION
+        ):
             raise _TooLarge(f"a tar extension header of {self.size} bytes (at most {MAX_EXTENSION})")
         return super()._proc_member(tarfile_)
 
@@ -215,7 +230,7 @@ def _place(name: str) -> str | None:
     the manifest as itself); None for a name an archive may not have."""
     if name == MANIFEST:
         return name
-    return name[len("runs/"):] if _MEMBER.match(name) else None
+    return name[len("runs/") :] if _MEMBER.match(name) else None
 
 
 # ------------------------------------------------------------------------------ unpack: streaming
@@ -225,7 +240,7 @@ def _copy(src, stage: Path, place: str, size: int) -> str:
     dest = stage / place
     try:
         folder = stage
-        for part in Path(place).parent.parts:           # each folder user-only (mkdir's parents=True is not)
+        for part in Path(place).parent.parts:  # each folder user-only (mkdir's parents=True is not)
             folder = folder / part
             if not folder.is_dir():
                 folder.mkdir(mode=0o700)
@@ -234,7 +249,7 @@ def _copy(src, stage: Path, place: str, size: int) -> str:
         raise UserError(f"cannot write to the run store: {os_error_line(exc, dest)}", code=1) from None
     with f:
         while n < size:
-            chunk = src.read(min(_CHUNK, size - n))      # reading the archive: its errors are the archive's
+            chunk = src.read(min(_CHUNK, size - n))  # reading the archive: its errors are the archive's
             if not chunk:
                 raise EOFError("unexpected end of data")
             h.update(chunk)
@@ -272,8 +287,10 @@ def _stream(path: Path, stage: Path, bad: Bad) -> dict[str, tuple[int, str]]:
                     what = "a JSON member" if is_json else f"one member ({MAX_MEMBER_ENV})"
                     bad(f"member {m.name} is {m.size} bytes, over the limit of {limit} bytes for {what}")
                 if total + m.size > total_limit:
-                    bad(f"member {m.name} takes the archive over the limit of {total_limit} bytes in all "
-                        f"({MAX_TOTAL_ENV})")
+                    bad(
+                        f"member {m.name} takes the archive over the limit of {total_limit} bytes in all "
+                        f"({MAX_TOTAL_ENV})"
+                    )
                 total += m.size
                 staged[m.name] = (m.size, _copy(tar.extractfile(m), stage, place, m.size))
     except _TooLarge as exc:
@@ -328,7 +345,12 @@ def _check_manifest(stage: Path, staged: dict[str, tuple[int, str]], bad: Bad) -
     return runs
 
 
-_RECORDS: dict[str, type[Record] | type[ConfigRecord]] = {CONFIG: ConfigRecord, STATUS: Status, META: Meta, RUNTIME: RuntimeRecord}
+_RECORDS: dict[str, type[Record] | type[ConfigRecord]] = {
+    CONFIG: ConfigRecord,
+    STATUS: Status,
+    META: Meta,
+    RUNTIME: RuntimeRecord,
+}
 
 
 def _check_member(name: str, doc, bad: Bad):
@@ -361,11 +383,13 @@ def neutral_status(st: Status, rid: str, archive: str) -> Status:
     `lost`, else `stopped` with an error saying so; progress kept; no launch record, pid, process
     start time, host, GPU, launcher, heartbeat or unknown keys of the sender's."""
     kept = {k: getattr(st, k) for k in _KEPT}
-    kept = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in kept.items()}   # nested records as read
+    kept = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in kept.items()}  # nested records as read
     state = st.state if st.state in IMPORTED_STATES else "stopped"
     if state != st.state:
-        kept["error"] = (f"imported by `advlc unpack` from {archive}, where it was {st.state}; "
-                         f"`advlc resume {rid}` continues it here")
+        kept["error"] = (
+            f"imported by `advlc unpack` from {archive}, where it was {st.state}; "
+            f"`advlc resume {rid}` continues it here"
+        )
     kept["ended"] = kept["ended"] or time.time()
     return Status.from_json({"state": state, **kept})
 
@@ -418,9 +442,9 @@ def _stage(store: Store) -> tuple[Path, Path, int]:
         token = secrets.token_hex(6)
         lock = store.runs_dir / f"{STAGING}{token}.lock"
         fd = _locked(lock, create=True)
-        assert fd is not None        # with create, _locked waits for the lock: it always returns one
+        assert fd is not None  # with create, _locked waits for the lock: it always returns one
         try:
-            if os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino:   # not swept meanwhile
+            if os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino:  # not swept meanwhile
                 break
         except FileNotFoundError:
             pass
@@ -441,8 +465,8 @@ def sweep_unpacking(store: Store) -> list[Path]:
     for p in leftovers:
         try:
             if p.name.endswith(".lock"):
-                if p.with_name(p.name[:-len(".lock")]).exists():
-                    continue                    # handled with its folder
+                if p.with_name(p.name[: -len(".lock")]).exists():
+                    continue  # handled with its folder
                 folder, lock = None, p
             elif p.is_dir() and not p.is_symlink():
                 folder, lock = p, p.with_name(p.name + ".lock")
@@ -450,7 +474,7 @@ def sweep_unpacking(store: Store) -> list[Path]:
                 continue
             fd = _locked(lock, create=False)
             if fd is None and lock.exists():
-                continue                        # an unpack is at work
+                continue  # an unpack is at work
             try:
                 if folder is not None:
                     shutil.rmtree(folder)
@@ -484,8 +508,10 @@ def unpack(store: Store, path: Path, *, check_config: Callable[[dict, str], None
         runs = _check_manifest(stage, _stream(path, stage, bad), bad)
         taken = [r for r in runs if (store.runs_dir / r).exists()]
         if taken:
-            raise UserError(f"{path}: run {taken[0]} is already in {store.runs_dir} (delete it there, or unpack "
-                            f"into another store with --home)")
+            raise UserError(
+                f"{path}: run {taken[0]} is already in {store.runs_dir} (delete it there, or unpack "
+                f"into another store with --home)"
+            )
         for rid in runs:
             (stage / rid / CHECKPOINTS).mkdir(mode=0o700, exist_ok=True)
             _prepare_run(stage, rid, path, check_config, bad)
@@ -494,8 +520,9 @@ def unpack(store: Store, path: Path, *, check_config: Callable[[dict, str], None
             try:
                 os.rename(stage / rid, store.runs_dir / rid)
             except OSError:
-                raise UserError(f"{path}: run {rid} appeared in {store.runs_dir} meanwhile; it was not "
-                                f"unpacked") from None
+                raise UserError(
+                    f"{path}: run {rid} appeared in {store.runs_dir} meanwhile; it was not unpacked"
+                ) from None
             rd = store.run_dir(rid)
             store.sync(rd)
             out.append(rd)

@@ -137,7 +137,7 @@ class Record:
     """A dataclass read from JSON with its fields checked; unknown keys kept in `extra`."""
 
     ALIASES: typing.ClassVar[dict] = {}
-    __dataclass_fields__: typing.ClassVar[dict[str, Any]]   # every record is a @dataclass
+    __dataclass_fields__: typing.ClassVar[dict[str, Any]]  # every record is a @dataclass
     extra: dict
     """Old key -> field name: how files written by earlier advlc versions are read."""
 
@@ -159,8 +159,12 @@ class Record:
             else:
                 extra[key] = _json_value(value, where)
         for f in dataclasses.fields(cls):
-            if f.name not in kw and f.name != "extra" and f.default is dataclasses.MISSING \
-                    and f.default_factory is dataclasses.MISSING:
+            if (
+                f.name not in kw
+                and f.name != "extra"
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ):
                 raise Shape(f"{path}.{f.name}" if path else f.name, None, "is missing")
         obj = cls(**kw)
         obj.extra = extra
@@ -208,7 +212,7 @@ def hint_for(path) -> str:
     name = Path(path).name
     hint = {
         "config.json": "`advlc repair RUN` rebuilds it from .config.json.orig, the copy kept at creation "
-                       "(the damaged file is kept aside)",
+        "(the damaged file is kept aside)",
         "status.json": "run `advlc repair RUN` to rebuild it from the checkpoint and the log",
         "metrics.json": "run `advlc repair RUN` to keep the records that can still be read",
         "meta.json": "run `advlc repair RUN` (it keeps the fields that can be read) or delete the file",
@@ -266,8 +270,11 @@ class GpuQueueLaunch(Record):
     @classmethod
     def claims(cls, data: dict):
         # format 1 wrote {"executor": "local", "gpus": [...]} for the GPU queue
-        return cls if data.get("executor") == "gpuqueue" or (data.get("executor") == "local" and data.get("gpus")) \
+        return (
+            cls
+            if data.get("executor") == "gpuqueue" or (data.get("executor") == "local" and data.get("gpus"))
             else None
+        )
 
     def validate(self, path):
         self.executor = "gpuqueue"
@@ -346,13 +353,18 @@ class EarlyStop(Record):
 
     def text(self) -> str:
         on = " (validation)" if self.split == "val" else ""
-        return (f"stopped early at epoch {self.epoch}: robust overfitting{on} since epoch {self.onset}; "
-                f"{self.saved_epochs} of {self.planned} epochs not trained")
+        return (
+            f"stopped early at epoch {self.epoch}: robust overfitting{on} since epoch {self.onset}; "
+            f"{self.saved_epochs} of {self.planned} epochs not trained"
+        )
 
     def validate(self, path):
         if not 0 <= self.onset <= self.epoch < self.planned:
-            raise Shape(f"{path}.epoch" if path else "epoch", self.epoch,
-                        f"must satisfy 0 <= onset ({self.onset}) <= epoch < planned ({self.planned})")
+            raise Shape(
+                f"{path}.epoch" if path else "epoch",
+                self.epoch,
+                f"must satisfy 0 <= onset ({self.onset}) <= epoch < planned ({self.planned})",
+            )
         if self.split not in ("test", "val"):
             raise Shape(f"{path}.split" if path else "split", self.split, "must be test or val")
 
@@ -677,16 +689,41 @@ class EpochRecord(MetricRecord):
     """A row of `epochs` or `swa`: one evaluated (or trained) epoch."""
 
     REQUIRED = {"epoch": int}
-    TYPED = {k: _NUM for k in ("lr", "train_loss", "train_acc", "clean_loss", "clean_acc", "robust_loss",
-                               "robust_acc", "av", "ig", "hs", "time_s", "eval_time_s", "images_per_s")}
+    TYPED = {
+        k: _NUM
+        for k in (
+            "lr",
+            "train_loss",
+            "train_acc",
+            "clean_loss",
+            "clean_acc",
+            "robust_loss",
+            "robust_acc",
+            "av",
+            "ig",
+            "hs",
+            "time_s",
+            "eval_time_s",
+            "images_per_s",
+        )
+    }
 
 
 class EvalRecord(MetricRecord):
     """A row of `evals`: one final evaluation (checkpoint x attack)."""
 
     REQUIRED = {"ckpt": str, "attack": str}
-    TYPED = {"n": (int,), "eps": _NUM, "clean_acc": _NUM, "robust_acc": _NUM, "epoch": (int,), "time_s": _NUM,
-             "implementation": (str,), "device": (str,), "created": _NUM}
+    TYPED = {
+        "n": (int,),
+        "eps": _NUM,
+        "clean_acc": _NUM,
+        "robust_acc": _NUM,
+        "epoch": (int,),
+        "time_s": _NUM,
+        "implementation": (str,),
+        "device": (str,),
+        "created": _NUM,
+    }
 
 
 class PointRecord(MetricRecord):
@@ -697,15 +734,49 @@ class IndexRow(MetricRecord):
     """A row of index.json (engine.store.summary.summarize): one run's summary."""
 
     REQUIRED = {"id": str, "state": str}
-    TYPED = {"seed": (int,), "epoch": (int,), "epochs": (int,), "best_epoch": (int,), "created": _NUM,
-             "tags": (list,), "archived": (bool,), "title": (str,), "note": (str,), "preset": (str,),
-             "label": (str,), "group": (str,), "path": (str,), "end_epoch": (int,), "v": (int,),
-             **{k: _NUM for k in ("best_clean_acc", "best_robust_acc", "end_clean_acc", "end_robust_acc",
-                                  "clean_diff", "robust_diff", "end_ig", "end_hs", "epoch_time_s_last",
-                                  "epoch_time_s_mean", "eval_time_s_mean", "best_val_robust_acc",
-                                  "best_val_clean_acc", "test_best_clean_acc", "test_best_robust_acc")},
-             "test_best_epoch": (int,), "overfit_epoch": (int,), "catastrophic_epoch": (int,),
-             "stopped_early_at": (int,), "epochs_saved": (int,), "select_on": (str,)}
+    TYPED = {
+        "seed": (int,),
+        "epoch": (int,),
+        "epochs": (int,),
+        "best_epoch": (int,),
+        "created": _NUM,
+        "tags": (list,),
+        "archived": (bool,),
+        "title": (str,),
+        "note": (str,),
+        "preset": (str,),
+        "label": (str,),
+        "group": (str,),
+        "path": (str,),
+        "end_epoch": (int,),
+        "v": (int,),
+        **{
+            k: _NUM
+            for k in (
+                "best_clean_acc",
+                "best_robust_acc",
+                "end_clean_acc",
+                "end_robust_acc",
+                "clean_diff",
+                "robust_diff",
+                "end_ig",
+                "end_hs",
+                "epoch_time_s_last",
+                "epoch_time_s_mean",
+                "eval_time_s_mean",
+                "best_val_robust_acc",
+                "best_val_clean_acc",
+                "test_best_clean_acc",
+                "test_best_robust_acc",
+            )
+        },
+        "test_best_epoch": (int,),
+        "overfit_epoch": (int,),
+        "catastrophic_epoch": (int,),
+        "stopped_early_at": (int,),
+        "epochs_saved": (int,),
+        "select_on": (str,),
+    }
     """The summary keys (engine.store.summary.SUMMARY_KEYS) are numbers: sorting and `--where` compare them."""
 
     @classmethod
@@ -730,13 +801,15 @@ def table_records(data, name: str, path, cls=None) -> list[MetricRecord]:
     if rows is None:
         return []
     if not isinstance(rows, dict):
-        raise CorruptFile(path, f"has a wrong value: table {name} must be an object of numbered records",
-                          hint_for(path))
+        raise CorruptFile(
+            path, f"has a wrong value: table {name} must be an object of numbered records", hint_for(path)
+        )
     out = []
     for key in rows:
         if not (isinstance(key, str) and key.isdigit() and len(key) <= 12):
-            raise CorruptFile(path, f"has a wrong value: table {name}: record id {key!r} must be a number",
-                              hint_for(path))
+            raise CorruptFile(
+                path, f"has a wrong value: table {name}: record id {key!r} must be a number", hint_for(path)
+            )
     for key in sorted(rows, key=int):
         try:
             out.append(cls.from_json(rows[key], f"{name}.{key}"))

@@ -88,7 +88,7 @@ def salvage_tables(text: str) -> dict[str, dict[str, dict]]:
             try:
                 rec, stop = dec.raw_decode(text, value)
             except (ValueError, RecursionError):
-                continue                    # a garbled record, or the truncated tail
+                continue  # a garbled record, or the truncated tail
             if stop <= limit and isinstance(rec, dict) and not _UNREADABLE.search(text, value, stop):
                 rows.setdefault(key, rec)
     return out
@@ -101,7 +101,7 @@ def _config_from_log(rd: RunDir, row: Mapping | None) -> dict | None:
     for line in rd.log_tail(10_000):
         if line.startswith("config: "):
             try:
-                cfg = json.loads(line[len("config: "):])
+                cfg = json.loads(line[len("config: ") :])
             except json.JSONDecodeError:
                 continue
             if not isinstance(cfg, dict):
@@ -113,12 +113,12 @@ def _config_from_log(rd: RunDir, row: Mapping | None) -> dict | None:
 
 def _repair_config(rd: RunDir, rep: Repair, row: Mapping | None) -> None:
     try:
-        rd.written_config()         # config.json alone: a damaged runtime.json is not config.json's
+        rd.written_config()  # config.json alone: a damaged runtime.json is not config.json's
         rep.copied = rd.keep_config_copy()
         return
     except CorruptFile as exc:
         damage = "missing" if not rd.config_path.exists() else "damaged"
-        why = str(exc).split(": ", 1)[-1].split("; ")[0]     # what is wrong, without the file's hint
+        why = str(exc).split(": ", 1)[-1].split("; ")[0]  # what is wrong, without the file's hint
     data = rd.config_copy()
     source = f"{CONFIG_COPY}, the copy written at creation"
     if data is None:
@@ -129,9 +129,10 @@ def _repair_config(rd: RunDir, rep: Repair, row: Mapping | None) -> None:
             data = None
         source = "log.txt's config line and the index (provenance lost)"
     if data is None:
-        rep.unrecoverable.append(f"config.json is {damage} and cannot be rebuilt (no readable {CONFIG_COPY}, no "
-                                 f"config line in log.txt): restore it from a backup"
-                                 + (f" (it {why})" if damage == "damaged" else ""))
+        rep.unrecoverable.append(
+            f"config.json is {damage} and cannot be rebuilt (no readable {CONFIG_COPY}, no "
+            f"config line in log.txt): restore it from a backup" + (f" (it {why})" if damage == "damaged" else "")
+        )
         return
     aside = replace_keeping_aside(rd.config_path, data)
     rd.keep_config_copy()
@@ -149,8 +150,11 @@ def _checkpoint_epoch(rd: RunDir, rep: Repair) -> int:
             info = inspect_checkpoint(path)
         except CorruptFile as exc:
             why = str(exc).split(": ", 1)[-1].split(";")[0]
-            way = (f"`advlc resume {rd.id} --from best` or `--from scratch` sets it aside" if name == "last"
-                   else "commands that need it name it")
+            way = (
+                f"`advlc resume {rd.id} --from best` or `--from scratch` sets it aside"
+                if name == "last"
+                else "commands that need it name it"
+            )
             rep.found.append(f"checkpoints/{path.name} is damaged ({why}): left where it is; {way}")
             continue
         if name == "last":
@@ -166,12 +170,24 @@ def _repair_status(rd: RunDir, rep: Repair, epoch: int) -> None:
     except CorruptFile:
         pass
     created = rd.written_config().run.created
-    aside = replace_keeping_aside(rd.status_path, dumps({
-        "state": "stopped", "epoch": epoch, "created": created or time.time(), "ended": time.time(), "pid": None,
-        "error": f"status.json was rebuilt by `advlc repair` from the checkpoint (epoch {epoch}); "
-                 f"`advlc resume {rd.id}` continues"}).encode())
-    rep.done.append(f"status.json was {'damaged (kept as ' + aside.name + ')' if aside else 'missing'}: "
-                    f"rebuilt as stopped at epoch {epoch}")
+    aside = replace_keeping_aside(
+        rd.status_path,
+        dumps(
+            {
+                "state": "stopped",
+                "epoch": epoch,
+                "created": created or time.time(),
+                "ended": time.time(),
+                "pid": None,
+                "error": f"status.json was rebuilt by `advlc repair` from the checkpoint (epoch {epoch}); "
+                f"`advlc resume {rd.id}` continues",
+            }
+        ).encode(),
+    )
+    rep.done.append(
+        f"status.json was {'damaged (kept as ' + aside.name + ')' if aside else 'missing'}: "
+        f"rebuilt as stopped at epoch {epoch}"
+    )
 
 
 def _good_rows(tables: dict) -> tuple[dict, int]:
@@ -210,8 +226,10 @@ def _repair_metrics(rd: RunDir, rep: Repair) -> None:
     tables, dropped = _good_rows(tables)
     aside = replace_keeping_aside(rd.metrics_path, dumps(tables).encode())
     kept = ", ".join(f"{len(rows)} {name}" for name, rows in tables.items()) or "no records"
-    rep.done.append(f"metrics.json was damaged (kept as {_name(aside)}): kept {kept}"
-                    + (f", dropped {dropped} record(s) of the wrong shape" if dropped else ""))
+    rep.done.append(
+        f"metrics.json was damaged (kept as {_name(aside)}): kept {kept}"
+        + (f", dropped {dropped} record(s) of the wrong shape" if dropped else "")
+    )
 
 
 def _repair_meta(rd: RunDir, rep: Repair) -> None:
@@ -228,11 +246,11 @@ def _repair_meta(rd: RunDir, rep: Repair) -> None:
     except CorruptFile:
         data = None
     kept: dict = {}
-    for key, value in (data.items() if isinstance(data, dict) else ()):
+    for key, value in data.items() if isinstance(data, dict) else ():
         try:
             kept = Meta.from_json({**kept, key: value}).to_json()
         except Shape:
-            if key == "tags" and isinstance(value, list):       # keep the tags that are words
+            if key == "tags" and isinstance(value, list):  # keep the tags that are words
                 good = [t for t in value if isinstance(t, str)]
                 good = [t for t in good if _is_tag(t)]
                 kept = Meta.from_json({**kept, "tags": good}).to_json()
@@ -258,8 +276,9 @@ def _repair_runtime(rd: RunDir, rep: Repair) -> None:
     except CorruptFile:
         pass
     aside = replace_keeping_aside(rd.runtime_path, dumps(RuntimeRecord().to_json()).encode())
-    rep.done.append(f"runtime.json was damaged (kept as {_name(aside)}): the provenance of the run's starts is "
-                    f"now unknown")
+    rep.done.append(
+        f"runtime.json was damaged (kept as {_name(aside)}): the provenance of the run's starts is now unknown"
+    )
 
 
 def repair_run(store: Store, rd: RunDir, row: Mapping | None = None) -> Repair:

@@ -68,13 +68,11 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """What a run id looks like (advlc makes 8 hex digits; no '/', '.', or anything a path needs)."""
 
 
-
 def valid_run_id(ref: str) -> str:
     """`ref` when it can be a run id (or an id prefix); a one-line UserError when it is a path or worse."""
     if not RUN_ID.match(ref or ""):
         what = "a path" if ("/" in ref or ref.startswith(".") or "\\" in ref) else "not a run id"
-        raise UserError(f"run id {ref!r} is {what}: run ids are letters, digits, '-' and '_' "
-                        f"(see `advlc runs`)")
+        raise UserError(f"run id {ref!r} is {what}: run ids are letters, digits, '-' and '_' (see `advlc runs`)")
     return ref
 
 
@@ -127,8 +125,9 @@ class RunDir:
         a run (listed then as corrupt, never hidden). A folder whose making was interrupted before
         its config.json holds none of them."""
         return self.config_path.exists() or (
-            self.path.is_dir() and (any((self.path / name).exists() for name in RUN_FILES)
-                                    or any(self.path.glob(f"{CONFIG}.corrupt-*"))))
+            self.path.is_dir()
+            and (any((self.path / name).exists() for name in RUN_FILES) or any(self.path.glob(f"{CONFIG}.corrupt-*")))
+        )
 
     def _load(self, path: Path, name: str):
         data = load_json(path, hint_for(path))
@@ -286,7 +285,7 @@ class RunDir:
         return table_records(self._load(self.metrics_path, METRICS), table_name, self.metrics_path)
 
     def epochs(self) -> list[EpochRecord]:
-        return typing.cast("list[EpochRecord]", self.records("epochs"))   # TABLE_RECORDS reads them so
+        return typing.cast("list[EpochRecord]", self.records("epochs"))  # TABLE_RECORDS reads them so
 
     def evals(self) -> list[EvalRecord]:
         return typing.cast("list[EvalRecord]", self.records("evals"))
@@ -305,14 +304,21 @@ class RunDir:
         fd = os.open(self.log_path, flags, 0o600)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):     # swapped since it was looked at
-                raise UserError(f"{self.log_path}: is not a regular file of this run's: left as it is, "
-                                f"nothing written to it", code=1)
+            if not stat.S_ISREG(st.st_mode):  # swapped since it was looked at
+                raise UserError(
+                    f"{self.log_path}: is not a regular file of this run's: left as it is, nothing written to it",
+                    code=1,
+                )
             if hasattr(os, "O_NONBLOCK"):
                 os.set_blocking(fd, True)
             if replaced:
-                os.write(fd, (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: log.txt was {replaced}; it is now a "
-                              f"regular file of this run's, and what it led to was left as it was\n").encode())
+                os.write(
+                    fd,
+                    (
+                        f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: log.txt was {replaced}; it is now a "
+                        f"regular file of this run's, and what it led to was left as it was\n"
+                    ).encode(),
+                )
         except BaseException:
             os.close(fd)
             raise
@@ -329,10 +335,11 @@ class RunDir:
         if stat.S_ISREG(st.st_mode):
             return None
         if stat.S_ISDIR(st.st_mode):
-            raise UserError(f"{path}: is a directory, not the run's log: remove or rename it "
-                            f"(advlc writes the log there)", code=1)
+            raise UserError(
+                f"{path}: is a directory, not the run's log: remove or rename it (advlc writes the log there)", code=1
+            )
         what = f"a symbolic link to {os.readlink(path)!r}" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        atomic_write_bytes(path, b"")     # os.replace: the link itself is replaced, never what it leads to
+        atomic_write_bytes(path, b"")  # os.replace: the link itself is replaced, never what it leads to
         return what
 
     def append_log(self, line: str) -> None:
@@ -363,8 +370,11 @@ def run_folders(runs_dir: Path) -> list[RunDir]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    return [RunDir(p) for p in sorted(runs_dir.iterdir())
-            if RUN_ID.match(p.name) and not p.is_symlink() and RunDir(p).exists()]
+    return [
+        RunDir(p)
+        for p in sorted(runs_dir.iterdir())
+        if RUN_ID.match(p.name) and not p.is_symlink() and RunDir(p).exists()
+    ]
 
 
 def _rewrite_in_place(path: Path, text: str) -> None:

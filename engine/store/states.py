@@ -17,7 +17,7 @@ FINAL_STATES = ("finished", "failed", "stopped", "lost")
 ACTIVE_STATES = ("queued", "running")
 
 ALLOWED: dict[str | None, frozenset[str]] = {
-    None: frozenset({"queued"}),                                   # a new run directory
+    None: frozenset({"queued"}),  # a new run directory
     # queued -> queued: re-submitted or re-queued with new launch details
     "queued": frozenset({"queued", "running", "stopped", "failed", "lost"}),
     # running -> running: the run process takes over the state its launcher wrote;

@@ -37,9 +37,23 @@ INDEX_VERSION = 3
 """The version of the index row's vocabulary; rows of an older version are rebuilt on read."""
 
 SUMMARY_KEYS = (
-    "best_epoch", "best_clean_acc", "best_robust_acc", "end_epoch", "end_clean_acc", "end_robust_acc",
-    "clean_diff", "robust_diff", "end_ig", "end_hs", "epoch_time_s_last", "epoch_time_s_mean",
-    "eval_time_s_mean", "best_val_robust_acc", "best_val_clean_acc", "test_best_epoch", "test_best_clean_acc",
+    "best_epoch",
+    "best_clean_acc",
+    "best_robust_acc",
+    "end_epoch",
+    "end_clean_acc",
+    "end_robust_acc",
+    "clean_diff",
+    "robust_diff",
+    "end_ig",
+    "end_hs",
+    "epoch_time_s_last",
+    "epoch_time_s_mean",
+    "eval_time_s_mean",
+    "best_val_robust_acc",
+    "best_val_clean_acc",
+    "test_best_epoch",
+    "test_best_clean_acc",
     "test_best_robust_acc",
 )
 """What `summarize_epochs` says of a table of epoch records, one key per quantity: `best` is the
@@ -133,8 +147,13 @@ def summarize_records(rid: str, path, cfg: ConfigRecord, st: Status, tables: dic
     }
     doc.update(summarize_epochs(epochs, select_on))
     # the SWA model's own records (table `swa`, same keys), when the run averages weights
-    doc.update({f"swa_{k}": v for k, v in summarize_epochs(swa, select_on).items()
-                if not k.startswith(("epoch_time", "eval_time"))})
+    doc.update(
+        {
+            f"swa_{k}": v
+            for k, v in summarize_epochs(swa, select_on).items()
+            if not k.startswith(("epoch_time", "eval_time"))
+        }
+    )
     return doc
 
 
@@ -146,17 +165,30 @@ def summarize(rd: RunDir) -> IndexRow:
         return IndexRow.from_json(summarize_records(rd.id, rd.path, cfg, st, tables, meta))
     except CorruptFile as exc:
         error = str(exc)
-    except Shape as exc:        # a config value the summary cannot hold ("epochs": "many")
+    except Shape as exc:  # a config value the summary cannot hold ("epochs": "many")
         error = f"{rd.config_path}: has a wrong value: {exc}; run `advlc repair {rd.id}`"
-    return IndexRow({"v": INDEX_VERSION, "id": rd.id, "state": CORRUPT, "error": error,
-                     "path": str(rd.path), "epoch": 0, "tags": [], "archived": False})
+    return IndexRow(
+        {
+            "v": INDEX_VERSION,
+            "id": rd.id,
+            "state": CORRUPT,
+            "error": error,
+            "path": str(rd.path),
+            "epoch": 0,
+            "tags": [],
+            "archived": False,
+        }
+    )
 
 
 def format_epoch(rec) -> str:
     """One log line per epoch."""
+
     def f(key, fmt):
         return "—" if rec.get(key) is None else fmt.format(rec[key])
 
-    return (f"epoch {rec['epoch']:>3}  lr {rec['lr']:.4g}  train {rec['train_loss']:.4f}/{rec['train_acc']:.4f}  "
-            f"clean {f('clean_acc', '{:.4f}')}  robust {f('robust_acc', '{:.4f}')}  IG {f('ig', '{:.4g}')}  "
-            f"HS {f('hs', '{:.4g}')}  {rec['time_s']:.2f}s")
+    return (
+        f"epoch {rec['epoch']:>3}  lr {rec['lr']:.4g}  train {rec['train_loss']:.4f}/{rec['train_acc']:.4f}  "
+        f"clean {f('clean_acc', '{:.4f}')}  robust {f('robust_acc', '{:.4f}')}  IG {f('ig', '{:.4g}')}  "
+        f"HS {f('hs', '{:.4g}')}  {rec['time_s']:.2f}s"
+    )

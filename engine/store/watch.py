@@ -94,7 +94,7 @@ class IndexReader:
         changed = force
         sig = file_sig(self.store.index_path)
         if sig != self._sig:
-            rows = self.store.runs(archived=None)   # archived runs too: the Runs screen shows them on demand (A)
+            rows = self.store.runs(archived=None)  # archived runs too: the Runs screen shows them on demand (A)
             if rows or not sig or sig[1] < 64 or not self._rows:
                 self._sig = sig
                 self._rows = rows
@@ -112,13 +112,14 @@ class IndexReader:
             s = file_sig(rd.status_path)
             if s != self._status_sig.get(rid):
                 self._status_sig[rid] = s
-                self._live[rid] = _record(Status, rd.status_path, Status())   # a damaged file: no live progress
+                self._live[rid] = _record(Status, rd.status_path, Status())  # a damaged file: no live progress
                 changed = True
         if not changed:
             return None
         self._version += 1
-        return IndexSnapshot(list(self._rows), dict(self._live), self._version, time.perf_counter() - t0,
-                             time.thread_time() - c0)
+        return IndexSnapshot(
+            list(self._rows), dict(self._live), self._version, time.perf_counter() - t0, time.thread_time() - c0
+        )
 
 
 # ---------------------------------------------------------------------------- one run
@@ -148,8 +149,17 @@ class RunDelta:
     """True when the log shrank or was replaced: `log_lines` then holds its tail."""
 
     def empty(self) -> bool:
-        return not (self.reset or self.epochs or self.swa or self.evals is not None or self.status is not None
-                    or self.config is not None or self.meta is not None or self.log_lines or self.log_reset)
+        return not (
+            self.reset
+            or self.epochs
+            or self.swa
+            or self.evals is not None
+            or self.status is not None
+            or self.config is not None
+            or self.meta is not None
+            or self.log_lines
+            or self.log_reset
+        )
 
 
 LOG_TAIL_BYTES = 64 * 1024
@@ -186,7 +196,7 @@ class RunFollower:
                 d.config = rd.config()
             except CorruptFile:
                 d.config = None
-                self._sig["config"] = ()        # damaged: `advlc show` names it; read again next time
+                self._sig["config"] = ()  # damaged: `advlc show` names it; read again next time
         if self._changed("status", rd.status_path):
             d.status = _record(Status, rd.status_path, Status())
         if self._changed("meta", rd.meta_path):
@@ -215,7 +225,7 @@ class RunFollower:
             self._n = {"epochs": 0, "swa": 0}
         for name in ("epochs", "swa"):
             rows = tables[name]
-            setattr(d, name, rows[self._n[name]:])
+            setattr(d, name, rows[self._n[name] :])
             self._n[name] = len(rows)
         if tables["evals"]:
             d.evals = typing.cast("list[EvalRecord]", tables["evals"])

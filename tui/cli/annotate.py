@@ -23,9 +23,11 @@ TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$"
 
 
 @app.command("label")
-def label_cmd(ctx: typer.Context,
-              run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-              text: Annotated[str, typer.Argument(help='The title, e.g. "lambda sweep, best so far" ("" clears it).')]):
+def label_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    text: Annotated[str, typer.Argument(help='The title, e.g. "lambda sweep, best so far" ("" clears it).')],
+):
     """Give a run a human title, shown in `advlc runs` (a title column), `advlc show`, the app and reports."""
     store, [rd] = runs_of(ctx, [run])
     if "\n" in text or len(text) > 200:
@@ -34,10 +36,14 @@ def label_cmd(ctx: typer.Context,
     out.print(f"{rd.id}  {text or '(no label)'}", markup=False, highlight=False)
 
 
-@app.command("tag", context_settings={"ignore_unknown_options": True})   # -draft is a tag, not an option
-def tag_cmd(ctx: typer.Context,
-            run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-            changes: Annotated[list[str], typer.Argument(help="+tag adds, -tag removes (a bare tag adds), e.g. +robust -draft.")]):
+@app.command("tag", context_settings={"ignore_unknown_options": True})  # -draft is a tag, not an option
+def tag_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    changes: Annotated[
+        list[str], typer.Argument(help="+tag adds, -tag removes (a bare tag adds), e.g. +robust -draft.")
+    ],
+):
     """Add or remove tags of a run."""
     store, [rd] = runs_of(ctx, [run])
     add: list[str] = []
@@ -52,11 +58,14 @@ def tag_cmd(ctx: typer.Context,
 
 
 @app.command("note")
-def note_cmd(ctx: typer.Context,
-             run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-             text: Annotated[Optional[str], typer.Option("--text", help="The note (\"\" clears it).")] = None,
-             edit: Annotated[bool, typer.Option("--edit", help="Edit the note in $VISUAL or $EDITOR (the default "
-                                                              "without --text).")] = False):
+def note_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    text: Annotated[Optional[str], typer.Option("--text", help='The note ("" clears it).')] = None,
+    edit: Annotated[
+        bool, typer.Option("--edit", help="Edit the note in $VISUAL or $EDITOR (the default without --text).")
+    ] = False,
+):
     """Write a run's note (free text, several lines), shown by `advlc show`, the app and reports."""
     if text is not None and edit:
         raise UserError("note: give --text T or --edit, not both")
@@ -80,8 +89,9 @@ def _edit(note: str) -> str:
         try:
             rc = subprocess.run(shlex.split(editor) + [path]).returncode
         except (OSError, ValueError) as exc:
-            raise UserError(f"note --edit: cannot start the editor {editor!r} "
-                            f"({getattr(exc, 'strerror', None) or exc})") from None
+            raise UserError(
+                f"note --edit: cannot start the editor {editor!r} ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
         if rc != 0:
             raise UserError(f"note --edit: {editor} exited with status {rc}; the note is unchanged")
         with open(path) as f:

@@ -37,7 +37,7 @@ def term_width(stream=None) -> int | None:
     try:
         if stream.isatty():
             return os.get_terminal_size(stream.fileno()).columns
-    except (AttributeError, OSError, ValueError):   # a StringIO, a closed or odd stream
+    except (AttributeError, OSError, ValueError):  # a StringIO, a closed or odd stream
         pass
     return None
 
@@ -67,7 +67,7 @@ def store_of(ctx: typer.Context):
     """The run store of this invocation (--home, $ADVLC_HOME or ~/.advlc), created when missing: what
     the commands pass to the facade's functions."""
     store = Service((ctx.obj or {}).get("home")).store
-    backfill_origins(store)       # runs of an older store: their overrides, derived once
+    backfill_origins(store)  # runs of an older store: their overrides, derived once
     return store
 
 
@@ -94,14 +94,20 @@ def run_or_latest(ctx: typer.Context, ref: str | None, command: str):
     if not rows:
         raise UserError(f"{command}: no runs in {store.home} to show (start one with `advlc run PRESET`)")
     row = rows[-1]
-    print(f"advlc: {command} {row['id']}, the most recent run ({printable(row.get('preset'))}, seed "
-          f"{printable(row.get('seed'))}, {printable(row.get('state'))})", file=sys.stderr, flush=True)
+    print(
+        f"advlc: {command} {row['id']}, the most recent run ({printable(row.get('preset'))}, seed "
+        f"{printable(row.get('seed'))}, {printable(row.get('state'))})",
+        file=sys.stderr,
+        flush=True,
+    )
     return store, store.get(row["id"])
 
 
-_ACC_COMPARED = re.compile(r"""(?P<name>\b[A-Za-z_][A-Za-z0-9_]*_acc)\s*(?:==|!=|<=|>=|<|>)\s*(?P<num>-?[\d.]+(?:[eE][-+]?\d+)?)
+_ACC_COMPARED = re.compile(
+    r"""(?P<name>\b[A-Za-z_][A-Za-z0-9_]*_acc)\s*(?:==|!=|<=|>=|<|>)\s*(?P<num>-?[\d.]+(?:[eE][-+]?\d+)?)
                              |(?P<num2>-?[\d.]+(?:[eE][-+]?\d+)?)\s*(?:==|!=|<=|>=|<|>)\s*(?P<name2>\b[A-Za-z_][A-Za-z0-9_]*_acc)\b""",
-                           re.X)
+    re.X,
+)
 
 
 def percent_hint(query) -> str | None:
@@ -154,8 +160,11 @@ def reconcile_home(home) -> None:
         if store.runs_dir.exists():
             reconcile(store)
             if store.repaired:
-                print(f"advlc: warning: index.json was damaged: rebuilt from the run directories "
-                      f"(the damaged copy: {store.repaired})", file=sys.stderr)
+                print(
+                    f"advlc: warning: index.json was damaged: rebuilt from the run directories "
+                    f"(the damaged copy: {store.repaired})",
+                    file=sys.stderr,
+                )
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - never block a command on this; say so in one line
@@ -174,14 +183,20 @@ class Progress:
         )
         from rich.progress import Progress as RichProgress
 
-        self.p = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=out,
-                              transient=True)   # gone when the run ends: the summary follows, no stale bar
+        self.p = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=out,
+            transient=True,
+        )  # gone when the run ends: the summary follows, no stale bar
         self.run_id = run_id
         self.ep = self.b = None
 
     def __enter__(self):
-        if out.is_terminal:       # piped, the bar is never drawn: the epoch lines alone, nothing after them
+        if out.is_terminal:  # piped, the bar is never drawn: the epoch lines alone, nothing after them
             self.p.__enter__()
         return self
 
@@ -208,8 +223,10 @@ def epoch_line(run_id: str, rec) -> str:
     line = f"{run_id} {format_epoch(rec)}"
     if len(line) <= out.width:
         return line
-    return (f"{run_id} ep {rec['epoch']:>3}  clean {pct(rec.get('clean_acc'))}  robust {pct(rec.get('robust_acc'))}  "
-            f"IG {num(rec.get('ig'), '{:.3g}')}  HS {num(rec.get('hs'), '{:.3g}')}  {rec['time_s']:.1f}s")
+    return (
+        f"{run_id} ep {rec['epoch']:>3}  clean {pct(rec.get('clean_acc'))}  robust {pct(rec.get('robust_acc'))}  "
+        f"IG {num(rec.get('ig'), '{:.3g}')}  HS {num(rec.get('hs'), '{:.3g}')}  {rec['time_s']:.1f}s"
+    )
 
 
 SUMMARY_TITLE = "accuracy % at best (highest PGD robust accuracy) / end epoch; diff = best − end"
@@ -226,18 +243,33 @@ def print_summary(runs) -> None:
     t = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), collapse_padding=True)
     for head in ("run", "label", "seed", "clean %\nbest/end", "\ndiff", "robust %\nbest/end", "\ndiff", "\nIG"):
         left = head in ("run", "label")
-        t.add_column(head, justify="left" if left else "right", no_wrap=head != "label",
-                     overflow="fold" if head == "label" else "ellipsis")
+        t.add_column(
+            head,
+            justify="left" if left else "right",
+            no_wrap=head != "label",
+            overflow="fold" if head == "label" else "ellipsis",
+        )
     for rd, s in zip(runs, sums):
         label = s["label"] if s["state"] == "finished" else f"{s['label']} ({s['state']})"
-        t.add_row(rd.id, Text(printable(label)), str(s["seed"]),
-                  f"{pct(s['clean_best'])}/{pct(s['clean_end'])}", pct(s["clean_diff"]),
-                  f"{pct(s['robust_best'])}/{pct(s['robust_end'])}", pct(s["robust_diff"]), num(s["ig"], "{:.3g}"))
+        t.add_row(
+            rd.id,
+            Text(printable(label)),
+            str(s["seed"]),
+            f"{pct(s['clean_best'])}/{pct(s['clean_end'])}",
+            pct(s["clean_diff"]),
+            f"{pct(s['robust_best'])}/{pct(s['robust_end'])}",
+            pct(s["robust_diff"]),
+            num(s["ig"], "{:.3g}"),
+        )
     out.print(t)
     for rd, s in zip(runs, sums):
         if s["select_on"] == "val" and s["robust_best_test"] is not None:
-            out.print(f"{rd.id}: best chosen on validation; test-chosen best: {pct(s['robust_best_test'])} % "
-                      f"robust (optimistic)", markup=False, highlight=False)
+            out.print(
+                f"{rd.id}: best chosen on validation; test-chosen best: {pct(s['robust_best_test'])} % "
+                f"robust (optimistic)",
+                markup=False,
+                highlight=False,
+            )
         if s["stopped_early_at"] is not None:
             saved = f" (about {duration(s['seconds_saved'])} saved)" if s["seconds_saved"] is not None else ""
             out.print(f"{rd.id}: {s['stopped_early']}{saved}", markup=False, highlight=False)

@@ -24,10 +24,12 @@ def _cell(v) -> str:
 
 
 @app.command("diff")
-def diff_cmd(ctx: typer.Context,
-             run_a: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-             run_b: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
+def diff_cmd(
+    ctx: typer.Context,
+    run_a: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    run_b: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+):
     """Compare two runs: resolved config, code commit and diff hash, versions, device, and their results."""
     _, rds = runs_of(ctx, [run_a, run_b])
     if len(rds) < 2:
@@ -37,8 +39,10 @@ def diff_cmd(ctx: typer.Context,
         print(json.dumps({**d, **{k: [list(r) for r in d[k]] for k in ("config", "origin", "metrics")}}, indent=1))
         return
     a, b = d["runs"]
-    heads = [Text(f"{ab}: {rid} ({printable(d['titles'][i] or d['labels'][i])})")   # Text: never read as markup
-             for i, (ab, rid) in enumerate((("A", a), ("B", b)))]
+    heads = [
+        Text(f"{ab}: {rid} ({printable(d['titles'][i] or d['labels'][i])})")  # Text: never read as markup
+        for i, (ab, rid) in enumerate((("A", a), ("B", b)))
+    ]
     for title, rows in (("config: keys that differ", d["config"]), ("origin: what differs", d["origin"])):
         if not rows:
             out.print(f"{title}: none", highlight=False, markup=False)
@@ -49,14 +53,22 @@ def diff_cmd(ctx: typer.Context,
         for key, va, vb in rows:
             t.add_row(key, Text(_cell(va)), Text(_cell(vb)))
         print_table(t)
-    t = Table(title="results (accuracies in %; Δ = B − A, in points for accuracies)", box=None, pad_edge=False,
-              title_justify="left")
+    t = Table(
+        title="results (accuracies in %; Δ = B − A, in points for accuracies)",
+        box=None,
+        pad_edge=False,
+        title_justify="left",
+    )
     for c in ("key", *heads):
         t.add_column(c, overflow="fold", justify="left" if c == "key" else "right")
     t.add_column("Δ", justify="right", no_wrap=True)
     for key, va, vb in d["metrics"]:
-        t.add_row(key + (" %" if key.endswith("_acc") else ""), Text(_metric(key, va)), Text(_metric(key, vb)),
-                  _delta(key, va, vb))
+        t.add_row(
+            key + (" %" if key.endswith("_acc") else ""),
+            Text(_metric(key, va)),
+            Text(_metric(key, vb)),
+            _delta(key, va, vb),
+        )
     print_table(t)
 
 

@@ -20,7 +20,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PASSES_PER_IMAGE = {
     # forward-backward passes an attack may spend on one image that withstands it to the end
-    "aa": 100 + 9 * 100 + 9 * 100 + 5000 / 3,          # APGD-CE, APGD-T x 9 targets, FAB-T x 9, Square 5000 queries
+    "aa": 100 + 9 * 100 + 9 * 100 + 5000 / 3,  # APGD-CE, APGD-T x 9 targets, FAB-T x 9, Square 5000 queries
     "aa-torchattacks": 10 + 9 * 10 + 9 * 10 + 5000 / 3,
     "apgd50x5": 50 * 5,
     "pgd50": 50,
@@ -44,11 +44,13 @@ def duration(seconds: float) -> str:
 def estimate_line(attack: str, correct: int, forward_s: float) -> str:
     """The one-line warning before AutoAttack on a CPU: how long it may take, said to be an estimate."""
     passes = PASSES_PER_IMAGE[attack]
-    upper = correct * passes * 3 * forward_s        # a forward-backward pass costs about three forward passes
-    return (f"advlc: warning: {attack} on a CPU may take up to about {duration(upper)} (an estimate: {correct} "
-            f"correctly classified images x ~{passes:,.0f} forward-backward passes each, at "
-            f"{1e3 * forward_s:.2g} ms per image per forward pass as measured just now; images broken early skip "
-            f"the later sub-attacks, so often less; --n N evaluates fewer images)")
+    upper = correct * passes * 3 * forward_s  # a forward-backward pass costs about three forward passes
+    return (
+        f"advlc: warning: {attack} on a CPU may take up to about {duration(upper)} (an estimate: {correct} "
+        f"correctly classified images x ~{passes:,.0f} forward-backward passes each, at "
+        f"{1e3 * forward_s:.2g} ms per image per forward pass as measured just now; images broken early skip "
+        f"the later sub-attacks, so often less; --n N evaluates fewer images)"
+    )
 
 
 class EvalProgress:
@@ -57,14 +59,20 @@ class EvalProgress:
 
     def __init__(self, run_id: str):
         self.run_id = run_id
-        self.bar = RichProgress(TextColumn("  {task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=err, transient=True)
+        self.bar = RichProgress(
+            TextColumn("  {task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
         self.task = None
         self.device = "cpu"
         self.results: list[dict] = []
 
     def __enter__(self):
-        if err.is_terminal:        # piped, a bar is never drawn: the lines alone
+        if err.is_terminal:  # piped, a bar is never drawn: the lines alone
             self.bar.__enter__()
         return self
 
@@ -78,8 +86,10 @@ class EvalProgress:
         kind = ev["event"]
         if kind == "start":
             self.device = ev["device"]
-            self.line(f"eval {self.run_id} {ev['ckpt']} (epoch {ev['epoch']}): {ev['attack']} on {ev['n']} "
-                      f"test images, eps {ev['eps']:.4g}, {ev['device']}")
+            self.line(
+                f"eval {self.run_id} {ev['ckpt']} (epoch {ev['epoch']}): {ev['attack']} on {ev['n']} "
+                f"test images, eps {ev['eps']:.4g}, {ev['device']}"
+            )
         elif kind == "clean":
             self.line(f"  clean {100 * ev['correct'] / ev['n']:.2f} % ({ev['correct']} of {ev['n']} images)")
             if ev["attack"] in WARN_ATTACKS and self.device == "cpu" and ev["correct"]:
@@ -102,7 +112,7 @@ class EvalProgress:
         elif kind == "result":
             self._done()
             self.results.append(ev)
-            if err.is_terminal:            # the bar (on stderr) makes way for the line on stdout
+            if err.is_terminal:  # the bar (on stderr) makes way for the line on stdout
                 self.bar.stop()
             out.print(result_line(ev), markup=False, highlight=False, soft_wrap=True)
             if err.is_terminal:
@@ -116,25 +126,38 @@ class EvalProgress:
 
 def result_line(r: dict) -> str:
     """One evaluation's result with the number of images it was measured on."""
-    return (f"{r['ckpt']} (epoch {r['epoch']}) {r['attack']}: robust {pct(r['robust_acc'])} % on {r['n']} images, "
-            f"clean {pct(r['clean_acc'])} %  ({r['time_s']:.1f} s)")
+    return (
+        f"{r['ckpt']} (epoch {r['epoch']}) {r['attack']}: robust {pct(r['robust_acc'])} % on {r['n']} images, "
+        f"clean {pct(r['clean_acc'])} %  ({r['time_s']:.1f} s)"
+    )
 
 
 @app.command("eval")
-def eval_cmd(ctx: typer.Context,
-             run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-             ckpt: Annotated[list[str], typer.Option(
-                 "--ckpt", help="Checkpoint: best | end | swa_best | swa_end (repeatable).")] = ["best"],
-             attack: Annotated[list[str], typer.Option(
-                 "--attack", help="pgd20 | pgd50 | aa (original AutoAttack, pyautoattack: compare this with "
-                                  "the paper) | aa-torchattacks (torchattacks 3.5.1's weaker 10-step AutoAttack, "
-                                  "not the paper's 100 steps) | apgd50x5 (repeatable).")] = ["aa"],
-             n: Annotated[int, typer.Option("--n", min=0, help="First N test images (0 = all).")] = 0,
-             batch_size: Annotated[Optional[int], typer.Option(
-                 "--batch-size", min=1, help="Attack batch size (default: the run's eval.batch_size).")] = None,
-             device: Annotated[Optional[str], typer.Option(
-                 "--device", help="cpu | cuda | cuda:N (default: the run's train.device).")] = None,
-             as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False):
+def eval_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    ckpt: Annotated[
+        list[str], typer.Option("--ckpt", help="Checkpoint: best | end | swa_best | swa_end (repeatable).")
+    ] = ["best"],
+    attack: Annotated[
+        list[str],
+        typer.Option(
+            "--attack",
+            help="pgd20 | pgd50 | aa (original AutoAttack, pyautoattack: compare this with "
+            "the paper) | aa-torchattacks (torchattacks 3.5.1's weaker 10-step AutoAttack, "
+            "not the paper's 100 steps) | apgd50x5 (repeatable).",
+        ),
+    ] = ["aa"],
+    n: Annotated[int, typer.Option("--n", min=0, help="First N test images (0 = all).")] = 0,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", min=1, help="Attack batch size (default: the run's eval.batch_size)."),
+    ] = None,
+    device: Annotated[
+        Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: the run's train.device).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+):
     """Clean and robust accuracy of a finished run's checkpoint(s); stored in its `evals` table.
     Progress (each attack and AutoAttack's sub-attacks) goes to stderr, each result to stdout as it
     is done; on a CPU, AutoAttack starts with an estimate of how long it may take."""
@@ -146,10 +169,19 @@ def eval_cmd(ctx: typer.Context,
     fit_consoles(err)
     with EvalProgress(rd.id) as progress:
         if as_json:
-            out.quiet = True       # stdout is the JSON document's alone
+            out.quiet = True  # stdout is the JSON document's alone
         try:
-            recs = facade.eval_run(rd, ckpts=ckpt, attacks=attack, n=n, batch_size=batch_size, device=device,
-                                   store=store, log=lambda line: progress.line(line), progress=progress)
+            recs = facade.eval_run(
+                rd,
+                ckpts=ckpt,
+                attacks=attack,
+                n=n,
+                batch_size=batch_size,
+                device=device,
+                store=store,
+                log=lambda line: progress.line(line),
+                progress=progress,
+            )
         finally:
             out.quiet = False
     if as_json:

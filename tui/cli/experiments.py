@@ -39,13 +39,17 @@ def print_points(rd) -> None:
 
 
 @app.command("experiment")
-def experiment_cmd(ctx: typer.Context,
-                   preset: Annotated[str, typer.Argument(help="An experiment preset (with an [experiment] "
-                                                              "table), e.g. quick/digits-fig4b.")],
-                   set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
-                   source: Annotated[Optional[str], typer.Option(
-                       "--source", help="Run id or preset of the model analysed (default: the preset's).")] = None,
-                   device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N.")] = None):
+def experiment_cmd(
+    ctx: typer.Context,
+    preset: Annotated[
+        str, typer.Argument(help="An experiment preset (with an [experiment] table), e.g. quick/digits-fig4b.")
+    ],
+    set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
+    source: Annotated[
+        Optional[str], typer.Option("--source", help="Run id or preset of the model analysed (default: the preset's).")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N.")] = None,
+):
     """Run an analysis experiment (Fig. 4a/b/c, A.1) in the foreground; its points go to the run's
     `points` table (see `advlc points RUN`)."""
     overrides = list(set_)
@@ -57,8 +61,9 @@ def experiment_cmd(ctx: typer.Context,
     planned = plan_runs(preset, overrides, home=ctx.obj["home"])
     cfg = planned[0].cfg
     if not cfg.experiment.kind:
-        raise UserError(f"preset {preset} has no [experiment] kind: it is a training preset "
-                        f"(train it with `advlc run {preset}`)")
+        raise UserError(
+            f"preset {preset} has no [experiment] kind: it is a training preset (train it with `advlc run {preset}`)"
+        )
     facade.validate_experiment(cfg, f"preset {preset}")
     src = facade.experiment_source(store, cfg.experiment.source)
     failed = False
@@ -67,25 +72,37 @@ def experiment_cmd(ctx: typer.Context,
         state = facade.train_foreground(rd, store, log=lambda line: out.print(line, markup=False))
         print_points(rd)
         if state != "finished":
-            err.print(f"advlc: experiment {rd.id} {state}: {(rd.status().error or '').strip()}",
-                      markup=False)
+            err.print(f"advlc: experiment {rd.id} {state}: {(rd.status().error or '').strip()}", markup=False)
             failed = failed or state == "failed"
     if failed:
         raise typer.Exit(1)
 
 
 @app.command("points")
-def points_cmd(ctx: typer.Context, run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
-               as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False):
+def points_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id (or unique prefix).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+):
     """The `points` records of an experiment run."""
     rd = store_of(ctx).get(run)
     conf = rd.config()
     if not conf.is_experiment:
-        raise UserError(f"run {rd.id} is a training run, not an experiment: it has no points "
-                        f"(see `advlc show {rd.id}`)")
+        raise UserError(
+            f"run {rd.id} is a training run, not an experiment: it has no points (see `advlc show {rd.id}`)"
+        )
     if as_json:
         src = conf.source.to_json() if conf.source else None
-        print(json.dumps({"id": rd.id, "experiment": conf.section("experiment"), "source": src,
-                          "points": [r.to_json() for r in rd.records("points")]}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "id": rd.id,
+                    "experiment": conf.section("experiment"),
+                    "source": src,
+                    "points": [r.to_json() for r in rd.records("points")],
+                },
+                indent=1,
+            )
+        )
         return
     print_points(rd)

@@ -24,9 +24,15 @@ from tui.cli.root import app
 @app.command("export")
 def export_cmd(
     ctx: typer.Context,
-    runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (or unique prefixes).", show_default=False)] = None,
-    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Write TensorBoard event files into this folder.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="All runs of a preset (or preset folder, e.g. quick).")] = None,
+    runs: Annotated[
+        Optional[list[str]], typer.Argument(help="Run ids (or unique prefixes).", show_default=False)
+    ] = None,
+    tensorboard: Annotated[
+        Optional[Path], typer.Option("--tensorboard", help="Write TensorBoard event files into this folder.")
+    ] = None,
+    preset: Annotated[
+        Optional[str], typer.Option("--preset", help="All runs of a preset (or preset folder, e.g. quick).")
+    ] = None,
     group: Annotated[Optional[str], typer.Option("--group", help="All runs of a launch group.")] = None,
 ):
     """Export runs for other tools: TensorBoard event files (--tensorboard DIR)."""
@@ -37,5 +43,10 @@ def export_cmd(
     done = export_tensorboard(store_of(ctx), tensorboard, run_ids=runs or None, preset=preset, group=group)
     for rid, tag, _folder in done:
         print(f"{rid}  {tag}")
-    err.print(f"wrote {len(done)} run{'s' if len(done) != 1 else ''} to {tensorboard}; "
-              f"view with: tensorboard --logdir {tensorboard}", markup=False, highlight=False, soft_wrap=True)
+    err.print(
+        f"wrote {len(done)} run{'s' if len(done) != 1 else ''} to {tensorboard}; "
+        f"view with: tensorboard --logdir {tensorboard}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -18,8 +18,21 @@ def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
     """List the presets (built-in and $ADVLC_HOME/presets)."""
     entries = list_presets(ctx.obj["home"])
     if as_json:
-        print(json.dumps([{"name": e.name, "group": e.group, "description": e.description,
-                           "reference": e.reference, "path": str(e.path)} for e in entries], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "group": e.group,
+                        "description": e.description,
+                        "reference": e.reference,
+                        "path": str(e.path),
+                    }
+                    for e in entries
+                ],
+                indent=1,
+            )
+        )
         return
     # One line per preset; names are never wrapped or cut (they are copied into `advlc run`). In a
     # terminal (or at $COLUMNS) the other columns end in "…" when it is narrow (`preset show NAME` has
@@ -43,9 +56,12 @@ def presets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 
 
 @preset_app.command("show")
-def preset_show(ctx: typer.Context, name: str,
-                set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
-                as_json: Annotated[bool, typer.Option("--json")] = False):
+def preset_show(
+    ctx: typer.Context,
+    name: str,
+    set_: Annotated[list[str], typer.Option("--set", help="Override section.key=value.")] = [],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
     """Show a preset's fully resolved config, the runs it plans (each sweep point) and its caveats."""
     pname, cfg, _ = load_preset(name, set_, ctx.obj["home"])
     planned = preset_runs(name, set_, home=ctx.obj["home"])
@@ -53,9 +69,20 @@ def preset_show(ctx: typer.Context, name: str,
     points = list({json.dumps(p.point, sort_keys=True, default=str): p for p in planned}.values())
     d = cfg.to_dict()
     if as_json:
-        print(json.dumps({"name": pname, "label": config_label(cfg), "config": d, "plan": plan_text(planned),
-                          "points": [{"point": p.point, "label": config_label(p.cfg)} for p in points if p.point],
-                          "caveats": notes}, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "name": pname,
+                    "label": config_label(cfg),
+                    "config": d,
+                    "plan": plan_text(planned),
+                    "points": [{"point": p.point, "label": config_label(p.cfg)} for p in points if p.point],
+                    "caveats": notes,
+                },
+                indent=1,
+                default=str,
+            )
+        )
         return
     out.print(f"[bold]{pname}[/]  ({config_label(cfg)})")
     if cfg.preset.description:
@@ -64,8 +91,10 @@ def preset_show(ctx: typer.Context, name: str,
         out.print(f"reproduces: {cfg.preset.reference}")
     out.print(f"plan: {plan_text(planned)}", markup=False, highlight=False)
     if any(p.point for p in points):
-        out.print(f"[bold]\\[sweep][/] {len(points)} point{'s' if len(points) != 1 else ''} "
-                  "(the tables below are the preset's own values)")
+        out.print(
+            f"[bold]\\[sweep][/] {len(points)} point{'s' if len(points) != 1 else ''} "
+            "(the tables below are the preset's own values)"
+        )
         shown = [", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in p.point.items()) for p in points]
         w = max(map(len, shown))
         for values, p in zip(shown, points):

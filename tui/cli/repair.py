@@ -12,9 +12,12 @@ from tui.cli.root import app
 
 
 @app.command("repair")
-def repair_cmd(ctx: typer.Context,
-               runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids (default: every run).",
-                                                                   show_default=False)] = None):
+def repair_cmd(
+    ctx: typer.Context,
+    runs: Annotated[
+        Optional[list[str]], typer.Argument(help="Run ids (default: every run).", show_default=False)
+    ] = None,
+):
     """Check runs and the index; rebuild each damaged file and keep the damaged one beside it (with a
     timestamp): config from its copy, status from the checkpoint, every record that can still be
     read; rebuild the index. Killed midway, running it again finishes the job."""
@@ -23,11 +26,16 @@ def repair_cmd(ctx: typer.Context,
     else:
         store, rds = store_of(ctx), None
     reps, notes = repair(store, rds)
-    healthy = not any(r.done or r.found or r.unrecoverable for r in reps) and \
-        all(line.startswith("index rebuilt") for line in notes)
-    if healthy:       # the index is rebuilt every time: nothing to tell but that all is well
-        out.print(f"healthy: {len(reps)} run(s) checked in {store.home}, nothing to repair", markup=False,
-                  highlight=False, soft_wrap=True)
+    healthy = not any(r.done or r.found or r.unrecoverable for r in reps) and all(
+        line.startswith("index rebuilt") for line in notes
+    )
+    if healthy:  # the index is rebuilt every time: nothing to tell but that all is well
+        out.print(
+            f"healthy: {len(reps)} run(s) checked in {store.home}, nothing to repair",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     bad = 0
     for rep in reps:

@@ -24,8 +24,12 @@ try:  # typer >= 0.20 vendors click; older versions use the click package
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="advlc: adversarial-training experiments around AdvLC (Li & Spratling 2023).")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="advlc: adversarial-training experiments around AdvLC (Li & Spratling 2023).",
+)
 preset_app = typer.Typer(help="Inspect one preset.")
 app.add_typer(preset_app, name="preset")
 
@@ -34,7 +38,7 @@ def version() -> str:
     """advlc's version: the installed distribution's (a checkout installed with -e has one too)."""
     try:
         return dist_version("advlc")
-    except PackageNotFoundError:   # pragma: no cover - sources on sys.path without installing
+    except PackageNotFoundError:  # pragma: no cover - sources on sys.path without installing
         return "unknown (not installed)"
 
 
@@ -45,14 +49,18 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback(invoke_without_command=True)
-def root(ctx: typer.Context,
-         home: Annotated[Optional[Path], typer.Option("--home", envvar="ADVLC_HOME",
-                                                      help="Run store directory (default ~/.advlc).")] = None,
-         _version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
-                                                help="Print advlc's version and exit.")] = False):
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        Optional[Path], typer.Option("--home", envvar="ADVLC_HOME", help="Run store directory (default ~/.advlc).")
+    ] = None,
+    _version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print advlc's version and exit.")
+    ] = False,
+):
     """With no command, open the app."""
     ctx.obj = {"home": home}
-    fit_consoles()       # this terminal's width, $COLUMNS, or whole lines when piped
+    fit_consoles()  # this terminal's width, $COLUMNS, or whole lines when piped
     reconcile_home(home)  # truthful states first
     if ctx.invoked_subcommand is None:
         from tui.app import make_app  # Textual loads only when the app opens
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         _fail(str(exc))
         sys.exit(exc.code)
-    except OSError as exc:       # a full or read-only disk, a permission: one line, never a traceback
+    except OSError as exc:  # a full or read-only disk, a permission: one line, never a traceback
         _fail(os_error_line(exc))
         sys.exit(1)
     except ClickException as exc:

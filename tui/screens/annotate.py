@@ -41,7 +41,7 @@ class InOrder:
     """A text field that runs its own key bindings (backspace, arrows, enter…) when it handles the key,
     in the order the keys were typed, instead of after the key bubbled up to the app."""
 
-    _bindings: Any   # the widget's, mixed in before Input / TextArea
+    _bindings: Any  # the widget's, mixed in before Input / TextArea
     app: Any
 
     async def _on_key(self, event) -> None:
@@ -127,8 +127,7 @@ class AnnotateScreen(ModalScreen[Annotation | None]):
     AnnotateScreen Button { margin-left: 2; }
     """
 
-    def __init__(self, run_ids: list[str], *, tags: list[str], title: str = "", note: str = "",
-                 heading: str = ""):
+    def __init__(self, run_ids: list[str], *, tags: list[str], title: str = "", note: str = "", heading: str = ""):
         super().__init__()
         self.run_ids = list(run_ids)
         self.single = len(self.run_ids) == 1
@@ -141,26 +140,36 @@ class AnnotateScreen(ModalScreen[Annotation | None]):
     def compose(self) -> ComposeResult:
         n = len(self.run_ids)
         with VerticalScroll():
-            yield Static(Text(self.heading or (f"Edit run {self.run_ids[0]}" if self.single else
-                                               f"Tags of {n} runs"), end=""), id="annotate-heading")
+            yield Static(
+                Text(self.heading or (f"Edit run {self.run_ids[0]}" if self.single else f"Tags of {n} runs"), end=""),
+                id="annotate-heading",
+            )
             if self.single:
                 yield Label("Title (one line; empty: none)")
-                yield FieldInput(self.title_text, id="annotate-title", placeholder="e.g. lambda sweep, best so far",
-                            compact=True)
-            yield Static("Tags, separated by spaces: delete one to remove it, type one to add it, -tag removes it"
-                         + ("" if self.single else f" (shown: the tags all {n} runs share; their other tags stay)"),
-                         classes="annotate-label")
+                yield FieldInput(
+                    self.title_text, id="annotate-title", placeholder="e.g. lambda sweep, best so far", compact=True
+                )
+            yield Static(
+                "Tags, separated by spaces: delete one to remove it, type one to add it, -tag removes it"
+                + ("" if self.single else f" (shown: the tags all {n} runs share; their other tags stay)"),
+                classes="annotate-label",
+            )
             # no select-all on focus: a tag typed after tab adds to the tags shown, it does not replace them
-            yield FieldInput(" ".join(self.tags), id="annotate-tags", placeholder="no tags: type some, e.g. robust table1",
-                        select_on_focus=False,
-                        compact=True)
+            yield FieldInput(
+                " ".join(self.tags),
+                id="annotate-tags",
+                placeholder="no tags: type some, e.g. robust table1",
+                select_on_focus=False,
+                compact=True,
+            )
             if self.single:
                 yield Label("Note (several lines; its first line shows in the runs list)")
                 yield FieldTextArea(self.note_text, id="annotate-note", soft_wrap=True, compact=True)
             yield Static("", id="annotate-error")
             with Horizontal(id="annotate-bottom"):
-                yield Static("enter (one-line field) or ctrl+s saves · esc cancels · tab: next field",
-                             id="annotate-help")
+                yield Static(
+                    "enter (one-line field) or ctrl+s saves · esc cancels · tab: next field", id="annotate-help"
+                )
                 yield Button("Cancel", id="cancel", compact=True)
                 yield Button("Save", id="save", variant="primary", compact=True)
 

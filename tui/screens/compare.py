@@ -54,8 +54,10 @@ COMPARE_REFRESH_S = 5.0
 
 def mean_curves(service: Service, table: CompareTable, metric: str, scale: float) -> dict[str, tuple[list, list]]:
     """Row name -> (epochs, mean over the row's runs of `metric` * scale at each epoch)."""
-    return {name: ([p["epoch"] for p in pts], [p["mean"] for p in pts])
-            for name, pts in service.curves(table, metric, scale).items()}
+    return {
+        name: ([p["epoch"] for p in pts], [p["mean"] for p in pts])
+        for name, pts in service.curves(table, metric, scale).items()
+    }
 
 
 class CompareLoaded(Message):
@@ -88,8 +90,15 @@ class CompareScreen(Screen):
     CompareScreen #compare-columns.-error { border: tall $error; }
     """
 
-    def __init__(self, *, run_ids: list[str] | None = None, preset: str | None = None,
-                 group: str | None = None, title: str = "", columns: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        run_ids: list[str] | None = None,
+        preset: str | None = None,
+        group: str | None = None,
+        title: str = "",
+        columns: list[str] | None = None,
+    ):
         super().__init__()
         self.columns: list[str] = parse_columns(columns)
         """Config keys shown as columns (`c`)."""
@@ -114,9 +123,11 @@ class CompareScreen(Screen):
         yield Static("", id="compare-note")
         yield MetricPlot(METRICS[0][1], id="compare-plot")
         yield Static("", id="compare-paths")
-        yield Input(placeholder="config columns, e.g. method.lam,attack.eps — enter applies (empty: none), esc closes",
-                    id="compare-columns")
-        yield KeyBar()           # ? and q first, whole entries only, at any width
+        yield Input(
+            placeholder="config columns, e.g. method.lam,attack.eps — enter applies (empty: none), esc closes",
+            id="compare-columns",
+        )
+        yield KeyBar()  # ? and q first, whole entries only, at any width
 
     def on_mount(self) -> None:
         self._draw_title()
@@ -130,7 +141,7 @@ class CompareScreen(Screen):
 
     def reload(self) -> None:
         if self._loading:
-            self._reload_again = True       # e.g. new columns while a load is under way
+            self._reload_again = True  # e.g. new columns while a load is under way
             return
         self._loading = True
         if self.table is None:
@@ -140,9 +151,14 @@ class CompareScreen(Screen):
     def _load(self) -> None:
         try:
             service = self.app.service
-            table = service.compare(run_ids=self.run_ids, preset=self.preset, group=self.group,
-                                    by=BY[self.by_index], include_unfinished=self.include_unfinished,
-                                    columns=self.columns)
+            table = service.compare(
+                run_ids=self.run_ids,
+                preset=self.preset,
+                group=self.group,
+                by=BY[self.by_index],
+                include_unfinished=self.include_unfinished,
+                columns=self.columns,
+            )
             curves = {key: mean_curves(service, table, key, scale) for key, _t, scale in METRICS}
             states = {}
             for rid in self.run_ids or [r for row in table.rows for r in row.runs]:
@@ -156,7 +172,7 @@ class CompareScreen(Screen):
             self._loading = False
 
     def on_compare_loaded(self, message: CompareLoaded) -> None:
-        if self._reload_again:              # the load is over (whether or not its worker has returned yet)
+        if self._reload_again:  # the load is over (whether or not its worker has returned yet)
             self._reload_again = self._loading = False
             self.reload()
         if message.error:
@@ -187,7 +203,7 @@ class CompareScreen(Screen):
         dt = self.query_one("#compare-table", DataTable)
         dt.clear(columns=True)
         tbl = self.table
-        if tbl is None:          # drawn only after a table arrived
+        if tbl is None:  # drawn only after a table arrived
             return
         headers = tbl.headers()
         dt.add_column("rows", key="__name")
@@ -204,12 +220,16 @@ class CompareScreen(Screen):
             for col in tbl.columns:
                 text = fmt_cell(col, row.cells[col])
                 hl = best.get(col) == row.name
-                cells.append(SafeText(text, style=f"bold {c.get('success', '')}" if hl else "", justify="right", end=""))
+                cells.append(
+                    SafeText(text, style=f"bold {c.get('success', '')}" if hl else "", justify="right", end="")
+                )
             dt.add_row(*cells, key=str(row.name))
             if row.missing:
                 notes.append(f"{row.name} {len(row.missing)}")
-        note = (f"accuracies in % · mean ± std over seeds · best per column in bold · time in {tbl.time_unit}"
-                f" · {'all runs' if self.include_unfinished else 'finished runs only (u: include unfinished)'}")
+        note = (
+            f"accuracies in % · mean ± std over seeds · best per column in bold · time in {tbl.time_unit}"
+            f" · {'all runs' if self.include_unfinished else 'finished runs only (u: include unfinished)'}"
+        )
         if notes:
             note += "\nnot counted (unfinished or never run; listed in the export): " + " · ".join(notes)
         if self.columns_error:
@@ -229,7 +249,7 @@ class CompareScreen(Screen):
     # -- actions -------------------------------------------------------------------
     def action_back(self) -> None:
         box = self.query_one("#compare-columns", Input)
-        if box.has_focus:                   # esc in the columns box closes it, not the screen
+        if box.has_focus:  # esc in the columns box closes it, not the screen
             self._close_columns()
             return
         self.app.pop_screen()
@@ -305,8 +325,7 @@ class CompareScreen(Screen):
         except Exception as exc:
             self.post_message(ActionDone("export", False, f"export failed: {exc}"))
         else:
-            self.post_message(ActionDone("export", True, "exported: " + "  ".join(str(p) for p in paths),
-                                         data=paths))
+            self.post_message(ActionDone("export", True, "exported: " + "  ".join(str(p) for p in paths), data=paths))
 
     def on_action_done(self, message) -> None:
         if message.what != "export":

@@ -58,7 +58,7 @@ class DiffScreen(Screen):
         with VerticalScroll(id="diff-scroll"):
             for key, _heading in SECTIONS:
                 yield Static("", id=f"diff-{key}", classes="diff-section")
-        yield KeyBar()           # ? and q first, whole entries only, at any width
+        yield KeyBar()  # ? and q first, whole entries only, at any width
 
     def on_mount(self) -> None:
         self.query_one("#diff-scroll").focus()
@@ -89,15 +89,21 @@ class DiffScreen(Screen):
         c = palette(self.app)
         heads = self._heads()
         self.query_one("#diff-title", Static).update(
-            SafeText(f"Diff {heads[0]}  ↔  {heads[1]}   (esc back · s swaps)", end=""))
+            SafeText(f"Diff {heads[0]}  ↔  {heads[1]}   (esc back · s swaps)", end="")
+        )
         for key, heading in SECTIONS:
             rows = d.get(key) or []
             box = self.query_one(f"#diff-{key}", Static)
             if not rows:
                 box.update(SafeText(f"{heading}: none", style=c.get("muted", ""), end=""))
                 continue
-            t = Table(title=SafeText(heading, style=f"bold {c.get('accent', '')}"), title_justify="left",
-                      box=None, pad_edge=False, expand=True)
+            t = Table(
+                title=SafeText(heading, style=f"bold {c.get('accent', '')}"),
+                title_justify="left",
+                box=None,
+                pad_edge=False,
+                expand=True,
+            )
             for col in ("key", *heads):
                 t.add_column(col, overflow="fold", ratio=1 if col != "key" else None)
             for k, va, vb in rows:

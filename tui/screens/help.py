@@ -27,19 +27,23 @@ from tui.widgets.metric_plot import MetricPlot
 from tui.widgets.run_table import RunTable
 
 EXTRA = {
-    "Everywhere": [("ctrl+p", "command palette: open a run or a preset, switch theme, …"),
-                   ("tab / shift+tab", "move between panels and fields"),
-                   ("mouse", "click rows, tabs, buttons and column headers (optional)")],
+    "Everywhere": [
+        ("ctrl+p", "command palette: open a run or a preset, switch theme, …"),
+        ("tab / shift+tab", "move between panels and fields"),
+        ("mouse", "click rows, tabs, buttons and column headers (optional)"),
+    ],
     "Runs": [("click a header", "sort by that column (again: reverse)")],
-    "Run detail: log": [("↑ ↓ pgup pgdn home", "scroll (scrolling up pauses following the tail)"),
-                        ("/ … enter, esc", "type a search, then jump to it / cancel")],
+    "Run detail: log": [
+        ("↑ ↓ pgup pgdn home", "scroll (scrolling up pauses following the tail)"),
+        ("/ … enter, esc", "type a search, then jump to it / cancel"),
+    ],
 }
 
 NOTES = (
     "Filter (/): words that must all match id, preset, label, title, tags, method, attack, dataset, group or "
     "state; key:value for one field, e.g. state:running seed:0 preset:quick/ method:advlc; #robust or "
     "tag:robust for a tag. Or an expression (as `advlc runs --where`): method.lam > 0.1 and state == "
-    "\"finished\", \"robust\" in tags, preset ~ \"table1\" or seed in [0, 1] — a mistake shows in one line "
+    '"finished", "robust" in tags, preset ~ "table1" or seed in [0, 1] — a mistake shows in one line '
     "and the previous filter stays.\n"
     "Tags and titles (e): a title, tags separated by spaces (delete one to remove it, -tag removes), a note; "
     "with several runs selected, e edits their tags only. x archives (hides) runs, x on archived ones "
@@ -71,6 +75,7 @@ NOTES = (
 
 def sections(app) -> list[tuple[str, list[tuple[str, str]]]]:
     """(screen title, [(key, what it does)]) for the app and each screen."""
+
     def keys(bindings) -> list[tuple[str, str]]:
         out = []
         for b in bindings:
@@ -81,10 +86,16 @@ def sections(app) -> list[tuple[str, list[tuple[str, str]]]]:
         return out
 
     out = [("Everywhere", keys(type(app).BINDINGS) + EXTRA["Everywhere"])]
-    for title, classes in (("Runs", (RunsScreen, RunTable)), ("Run detail", (RunDetailScreen,)),
-                           ("Run detail: plots", (MetricPlot,)), ("Run detail: log", (LogView,)),
-                           ("Presets (new run)", (PresetsScreen,)), ("Compare", (CompareScreen,)),
-                           ("Diff", (DiffScreen,)), ("Edit title/tags/note", (AnnotateScreen,))):
+    for title, classes in (
+        ("Runs", (RunsScreen, RunTable)),
+        ("Run detail", (RunDetailScreen,)),
+        ("Run detail: plots", (MetricPlot,)),
+        ("Run detail: log", (LogView,)),
+        ("Presets (new run)", (PresetsScreen,)),
+        ("Compare", (CompareScreen,)),
+        ("Diff", (DiffScreen,)),
+        ("Edit title/tags/note", (AnnotateScreen,)),
+    ):
         items = [k for cls in classes for k in keys(cls.BINDINGS)]
         out.append((title, [k for i, k in enumerate(items) if k not in items[:i]] + EXTRA.get(title, [])))
     return out
@@ -106,8 +117,14 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-scroll"):
             for title, items in sections(self.app):
-                t = Table(title=Text(title, style="bold"), title_justify="left", box=None, show_header=False,
-                          pad_edge=False, expand=True)
+                t = Table(
+                    title=Text(title, style="bold"),
+                    title_justify="left",
+                    box=None,
+                    show_header=False,
+                    pad_edge=False,
+                    expand=True,
+                )
                 t.add_column("key", style="bold", no_wrap=True, min_width=16)
                 t.add_column("does", ratio=1)
                 for key, what in items:

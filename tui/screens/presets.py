@@ -78,10 +78,17 @@ def list_items(home: Path | None, presets_dir: Path | None) -> list[PresetItem]:
             info = load_toml(path).get("preset", {})
         except UserError:
             info = {"description": "(invalid TOML)"}
-        if not isinstance(info, dict):   # `preset = "x"`: shown as broken, never a crash of the screen
+        if not isinstance(info, dict):  # `preset = "x"`: shown as broken, never a crash of the screen
             info = {"description": "(broken: 'preset' must be a table [preset])"}
-        out.append(PresetItem(str(path), name, str(info.get("description", "")), str(info.get("reference", "")),
-                              name.rpartition("/")[0]))
+        out.append(
+            PresetItem(
+                str(path),
+                name,
+                str(info.get("description", "")),
+                str(info.get("reference", "")),
+                name.rpartition("/")[0],
+            )
+        )
     return out
 
 
@@ -142,20 +149,29 @@ class PresetsScreen(Screen):
                 yield Static("", id="preset-desc")
                 with Horizontal(classes="field-row"):
                     yield Label("overrides", classes="field-label")
-                    yield Input(placeholder="section.key=value …  e.g. train.epochs=5 attack.eps=8/255",
-                                id="overrides", compact=True)
+                    yield Input(
+                        placeholder="section.key=value …  e.g. train.epochs=5 attack.eps=8/255",
+                        id="overrides",
+                        compact=True,
+                    )
                 with Horizontal(classes="field-row"):
                     yield Label("seeds", classes="field-label")
                     yield Input(placeholder="1", id="seeds", type="integer", compact=True)
                     yield Label("device")
-                    yield Select([("preset's", "")] + [(d, d) for d in DEVICES], value="", allow_blank=False,
-                                 id="device", compact=True)
+                    yield Select(
+                        [("preset's", "")] + [(d, d) for d in DEVICES],
+                        value="",
+                        allow_blank=False,
+                        id="device",
+                        compact=True,
+                    )
                 with Horizontal(classes="field-row"):
                     yield Label("GPUs", classes="field-label")
                     yield Input(placeholder="e.g. 0,1", id="gpus", compact=True)
                     yield Label("on")
-                    yield Select([(e, e) for e in EXECUTORS], value="local", allow_blank=False, id="executor",
-                                 compact=True)
+                    yield Select(
+                        [(e, e) for e in EXECUTORS], value="local", allow_blank=False, id="executor", compact=True
+                    )
                 with Horizontal(classes="field-row"):
                     yield Label("", classes="field-label")
                     yield Button("Launch ▶", id="launch", variant="success", compact=True)
@@ -180,13 +196,13 @@ class PresetsScreen(Screen):
         tree = self.query_one("#preset-tree", Tree)
         tree.show_root = False
         tree.root.expand()
-        folders: dict[str, Any] = {"": tree.root}     # tree nodes
+        folders: dict[str, Any] = {"": tree.root}  # tree nodes
         want = self.select or DEFAULT_PRESET
         target = None
         for it in items:
             parent = tree.root
             path = ""
-            for part in (it.group.split("/") if it.group else []):
+            for part in it.group.split("/") if it.group else []:
                 path = f"{path}{part}/"
                 if path not in folders:
                     folders[path] = folders[path[: -len(part) - 1]].add(part + "/", expand=False)
@@ -240,9 +256,13 @@ class PresetsScreen(Screen):
     def inputs(self) -> tuple[str, str, str, str, str]:
         dev = self.query_one("#device", Select).value
         ex = self.query_one("#executor", Select).value
-        return (self.query_one("#overrides", Input).value, self.query_one("#seeds", Input).value,
-                dev if isinstance(dev, str) else "", self.query_one("#gpus", Input).value,
-                ex if isinstance(ex, str) else "local")
+        return (
+            self.query_one("#overrides", Input).value,
+            self.query_one("#seeds", Input).value,
+            dev if isinstance(dev, str) else "",
+            self.query_one("#gpus", Input).value,
+            ex if isinstance(ex, str) else "local",
+        )
 
     def validate_inputs(self) -> None:
         """Resolve the preset with the current inputs in a worker; the newest result wins."""
@@ -257,8 +277,9 @@ class PresetsScreen(Screen):
         """The launch the fields ask for (engine.launch.request.LaunchRequest, checked as the command
         line's) -> (planned runs, launch options, the raw preset). Raises UserError."""
         overrides_text, seeds_text, device, gpus_text, executor = args
-        req = LaunchRequest.from_fields(ref, overrides=overrides_text, seeds=seeds_text, device=device or "",
-                                        gpus=gpus_text, executor=executor)
+        req = LaunchRequest.from_fields(
+            ref, overrides=overrides_text, seeds=seeds_text, device=device or "", gpus=gpus_text, executor=executor
+        )
         planned = self.app.service.plan(req)
         _, _, raw = read_preset(ref, self.app.home_arg)
         return planned, {"gpus": req.gpus, "executor": req.executor}, raw
@@ -288,14 +309,17 @@ class PresetsScreen(Screen):
         self.query_one("#launch", Button).disabled = False
         planned = message.planned
         cfg = planned[0].cfg
-        text = Text(f"will launch {plan_text(planned)} · {cfg.train.epochs} epochs "
-                    f"· {cfg.data.dataset} · device {cfg.train.device}")
+        text = Text(
+            f"will launch {plan_text(planned)} · {cfg.train.epochs} epochs "
+            f"· {cfg.data.dataset} · device {cfg.train.device}"
+        )
         for line in dict.fromkeys(c for p in planned for c in caveats(p.cfg)):
             text.append(f"\n⚠ {line}", style="yellow")
         plan.update(text)
         if not self.query_one("#seeds", Input).value:
-            self.query_one("#seeds", Input).placeholder = str(len(seeds_of(
-                [p for p in planned if not p.role.startswith("teacher")])))
+            self.query_one("#seeds", Input).placeholder = str(
+                len(seeds_of([p for p in planned if not p.role.startswith("teacher")]))
+            )
         self.query_one("#preset-config", Static).update(self._config_text(cfg))
 
     def _config_text(self, cfg) -> Text:
@@ -311,8 +335,10 @@ class PresetsScreen(Screen):
             t.append(f"[{section}]\n", style=f"bold {c.get('accent', '')}")
             for k, v in table.items():
                 mark = f"{section}.{k}" in overridden
-                t.append(f"  {k} = {v!r}" + ("   ← override" if mark else "") + "\n",
-                         style=f"bold {c.get('success', '')}" if mark else "")
+                t.append(
+                    f"  {k} = {v!r}" + ("   ← override" if mark else "") + "\n",
+                    style=f"bold {c.get('success', '')}" if mark else "",
+                )
         return t
 
     # -- launch --------------------------------------------------------------------

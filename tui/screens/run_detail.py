@@ -62,21 +62,35 @@ from tui.widgets.status_badge import badge
 
 PLOTS = (
     # id, title, [(series name, record key, table, role, scale)]
-    ("acc", "accuracy (%)", [("clean", "clean_acc", "epochs", "primary", 100),
-                             ("robust", "robust_acc", "epochs", "accent", 100),
-                             ("val robust", "val_robust_acc", "epochs", "warning", 100),
-                             ("train", "train_acc", "epochs", "success", 100),
-                             ("swa clean", "clean_acc", "swa", "muted", 100),
-                             ("swa robust", "robust_acc", "swa", "error", 100)]),
-    ("loss", "losses · AV", [("train", "train_loss", "epochs", "success", 1),
-                             ("clean", "clean_loss", "epochs", "primary", 1),
-                             ("robust", "robust_loss", "epochs", "accent", 1),
-                             ("AV", "av", "epochs", "error", 1),
-                             ("swa AV", "av", "swa", "muted", 1)]),
-    ("ig", "IG (input gradient ‖·‖₁)", [("IG", "ig", "epochs", "primary", 1),
-                                        ("swa IG", "ig", "swa", "accent", 1)]),
-    ("hs", "HS (input Hessian, mean |λ| top-20)", [("HS", "hs", "epochs", "primary", 1),
-                                                            ("swa HS", "hs", "swa", "accent", 1)]),
+    (
+        "acc",
+        "accuracy (%)",
+        [
+            ("clean", "clean_acc", "epochs", "primary", 100),
+            ("robust", "robust_acc", "epochs", "accent", 100),
+            ("val robust", "val_robust_acc", "epochs", "warning", 100),
+            ("train", "train_acc", "epochs", "success", 100),
+            ("swa clean", "clean_acc", "swa", "muted", 100),
+            ("swa robust", "robust_acc", "swa", "error", 100),
+        ],
+    ),
+    (
+        "loss",
+        "losses · AV",
+        [
+            ("train", "train_loss", "epochs", "success", 1),
+            ("clean", "clean_loss", "epochs", "primary", 1),
+            ("robust", "robust_loss", "epochs", "accent", 1),
+            ("AV", "av", "epochs", "error", 1),
+            ("swa AV", "av", "swa", "muted", 1),
+        ],
+    ),
+    ("ig", "IG (input gradient ‖·‖₁)", [("IG", "ig", "epochs", "primary", 1), ("swa IG", "ig", "swa", "accent", 1)]),
+    (
+        "hs",
+        "HS (input Hessian, mean |λ| top-20)",
+        [("HS", "hs", "epochs", "primary", 1), ("swa HS", "hs", "swa", "accent", 1)],
+    ),
     ("lr", "learning rate", [("lr", "lr", "epochs", "primary", 1)]),
 )
 """The plots of the detail screen and the series each holds."""
@@ -409,8 +423,7 @@ class LogView(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual 
         line, a, _b = self.matches[self.current]
         row = self._first_row[line]
         if self.wrap:
-            row += next((j for j, r in enumerate(self._rows[row:]) if r[0] == line and r[1] <= a < max(r[2], a + 1)
-                         ), 0)
+            row += next((j for j, r in enumerate(self._rows[row:]) if r[0] == line and r[1] <= a < max(r[2], a + 1)), 0)
         h = self.scrollable_content_region.height
         self.following = False
         self.new_while_paused = 0
@@ -431,8 +444,11 @@ class LogView(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual 
         """The line under the log: following or paused, wrap, the search."""
         if self.prompt is not None:
             return f"/{self.prompt}▏  enter searches, esc cancels"
-        parts = ["● following the tail" if self.following else
-                 f"⏸ paused{f' ({self.new_while_paused} new lines)' if self.new_while_paused else ''} — G or end follows"]
+        parts = [
+            "● following the tail"
+            if self.following
+            else f"⏸ paused{f' ({self.new_while_paused} new lines)' if self.new_while_paused else ''} — G or end follows"
+        ]
         parts.append(f"wrap {'on' if self.wrap else 'off'} (w)")
         if self.search:
             if not self.matches:
@@ -440,8 +456,10 @@ class LogView(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual 
             else:
                 where = "" if self.current is None else f"match {self.current + 1}/"
                 n = len(self.matches)
-                parts.append(f"/{self.search}: {where}{n}{'' if where else ' match' + ('' if n == 1 else 'es')}"
-                             f"{' (wrapped)' if self.wrapped_around else ''} · n next, N previous")
+                parts.append(
+                    f"/{self.search}: {where}{n}{'' if where else ' match' + ('' if n == 1 else 'es')}"
+                    f"{' (wrapped)' if self.wrapped_around else ''} · n next, N previous"
+                )
         return "  ·  ".join(parts)
 
     def _status(self) -> None:
@@ -652,13 +670,20 @@ class RunDetailScreen(Screen):
                 recs = tables[table]
                 if not recs or all(r.get(key) is None for r in recs):
                     continue
-                plot.set_series(name, [r["epoch"] for r in recs],
-                                [None if r.get(key) is None else r[key] * scale for r in recs], role=role)
+                plot.set_series(
+                    name,
+                    [r["epoch"] for r in recs],
+                    [None if r.get(key) is None else r[key] * scale for r in recs],
+                    role=role,
+                )
             if best is not None and plot.series:
                 on_val = best.get("val_robust_acc") is not None and self.best_on_val()
-                label = (f"best ▼ epoch {best['epoch']}: robust {100 * best['robust_acc']:.1f}%"
-                         + (f" (val {100 * best['val_robust_acc']:.1f}%)" if on_val else "")
-                         if pid == "acc" and best.get("robust_acc") is not None else "")
+                label = (
+                    f"best ▼ epoch {best['epoch']}: robust {100 * best['robust_acc']:.1f}%"
+                    + (f" (val {100 * best['val_robust_acc']:.1f}%)" if on_val else "")
+                    if pid == "acc" and best.get("robust_acc") is not None
+                    else ""
+                )
                 plot.mark(best["epoch"], label)
             plot.replot()
         self._draw_latest()
@@ -670,13 +695,19 @@ class RunDetailScreen(Screen):
         rec = next((e for e in h.epochs if e["epoch"] == cursor), None) if cursor is not None else None
         last = rec or (h.epochs[-1] if h.epochs else None)
         if last:
+
             def f(k, pct=False):
                 v = last.get(k)
                 return percent(v, 1, "%") if pct else "—" if v is None else fmt_value(v)
-            self.query_one("#detail-latest", Static).update(Text(
-                f"{'▸ cursor ' if rec else ''}epoch {last['epoch']}: train loss {f('train_loss')} acc "
-                f"{f('train_acc', True)} · clean {f('clean_acc', True)} · robust {f('robust_acc', True)} · AV "
-                f"{f('av')} · IG {f('ig')} · HS {f('hs')} · {f('time_s')} s", end=""))
+
+            self.query_one("#detail-latest", Static).update(
+                Text(
+                    f"{'▸ cursor ' if rec else ''}epoch {last['epoch']}: train loss {f('train_loss')} acc "
+                    f"{f('train_acc', True)} · clean {f('clean_acc', True)} · robust {f('robust_acc', True)} · AV "
+                    f"{f('av')} · IG {f('ig')} · HS {f('hs')} · {f('time_s')} s",
+                    end="",
+                )
+            )
 
     def on_metric_plot_view_changed(self, message: MetricPlot.ViewChanged) -> None:
         """One window and one cursor for every plot (TensorBoard's linked epochs)."""
@@ -715,8 +746,10 @@ class RunDetailScreen(Screen):
         """(id, preset, overrides, seed; title and #tags): the run's identity, then what people say of it."""
         h = self.history
         run = h.config.run if h.config else None
-        who = [(self.run_id, f"bold {c.get('accent', '')}"),
-               (f"  {(run.preset or run.label or '') if run else ''}", "")]
+        who = [
+            (self.run_id, f"bold {c.get('accent', '')}"),
+            (f"  {(run.preset or run.label or '') if run else ''}", ""),
+        ]
         if self.kind:
             who.append((f" [{run.label if run and (run.label or '').startswith(self.kind) else self.kind}]", ""))
         origin = (run.origin.text or "") if run and run.origin else ""
@@ -756,8 +789,9 @@ class RunDetailScreen(Screen):
             parts.append((f"{pace.per_epoch:.1f} s/epoch", ""))
         prov = h.config.provenance.to_json() if h.config and h.config.provenance else {}
         if prov.get("commit"):
-            parts.append((f"commit {str(prov['commit'])[:7]}{' (dirty)' if prov.get('dirty') else ''}",
-                          c.get("muted", "")))
+            parts.append(
+                (f"commit {str(prov['commit'])[:7]}{' (dirty)' if prov.get('dirty') else ''}", c.get("muted", ""))
+            )
         return parts
 
     def _draw_points(self) -> None:
@@ -777,8 +811,10 @@ class RunDetailScreen(Screen):
         src = self.history.config.source if self.history.config else None
         what = f"{self.kind}: {len(self.points)} point{'' if len(self.points) == 1 else 's'}"
         if src is not None:
-            what += (f" of run {src.run} ({src.preset or src.label or ''}, {src.ckpt or 'end'} checkpoint"
-                     f"{'' if src.epoch is None else f', epoch {src.epoch}'})")
+            what += (
+                f" of run {src.run} ({src.preset or src.label or ''}, {src.ckpt or 'end'} checkpoint"
+                f"{'' if src.epoch is None else f', epoch {src.epoch}'})"
+            )
         table.border_title = what
         self.query_one("#detail-latest", Static).update(SafeText(what, end=""))
 
@@ -808,8 +844,10 @@ class RunDetailScreen(Screen):
         for k, v in run.items():
             t.append(f"  {k} = {json.dumps(v)}\n")
         if origin:
-            t.append("origin" + (" (derived from the preset)" if origin.get("derived") else "") + "\n",
-                     style=f"bold {c.get('accent', '')}")
+            t.append(
+                "origin" + (" (derived from the preset)" if origin.get("derived") else "") + "\n",
+                style=f"bold {c.get('accent', '')}",
+            )
             t.append(f"  overrides = {' '.join(origin.get('overrides') or []) or '—'}\n")
             for k, v in (origin.get("changed") or {}).items():
                 t.append(f"  {k} = {json.dumps(v)}  (preset differs)\n")
@@ -836,9 +874,11 @@ class RunDetailScreen(Screen):
             t.append("evaluations\n", style=f"bold {c.get('accent', '')}")
             for ev in h.evals:
                 ca, ra = ev.get("clean_acc"), ev.get("robust_acc")
-                t.append(f"  {ev.get('ckpt')} {ev.get('attack')}: clean "
-                         f"{'—' if ca is None else f'{100 * ca:.2f}'} robust {'—' if ra is None else f'{100 * ra:.2f}'}"
-                         f" {ev.get('implementation', '')}\n")
+                t.append(
+                    f"  {ev.get('ckpt')} {ev.get('attack')}: clean "
+                    f"{'—' if ca is None else f'{100 * ca:.2f}'} robust {'—' if ra is None else f'{100 * ra:.2f}'}"
+                    f" {ev.get('implementation', '')}\n"
+                )
         self.query_one("#config-text", Static).update(t)
 
     def _draw_meta(self, t: Text, c: dict) -> None:
@@ -901,8 +941,9 @@ class RunDetailScreen(Screen):
             if ok:
                 self.app.supervise("stop", [self.run_id], on_screen=self)
 
-        self.app.push_screen(ConfirmScreen(f"Stop run {self.run_id}? It keeps its last checkpoint; resume with r.",
-                                           yes="Stop"), done)
+        self.app.push_screen(
+            ConfirmScreen(f"Stop run {self.run_id}? It keeps its last checkpoint; resume with r.", yes="Stop"), done
+        )
 
     def action_resume(self) -> None:
         if self.history.status.state not in ("stopped", "failed", "lost"):
@@ -924,10 +965,16 @@ class RunDetailScreen(Screen):
         hold = getattr(self.app, "hold_keys", None)
         if hold is not None:
             hold()  # the keys typed after `e` wait for the editor's first field
-        self.app.push_screen(AnnotateScreen([self.run_id], tags=list(meta.tags),
-                                            title=meta.title or "", note=meta.note or "",
-                                            heading=f"Edit run {self.run_id}  {preset or ''}"),
-                             self._edited)
+        self.app.push_screen(
+            AnnotateScreen(
+                [self.run_id],
+                tags=list(meta.tags),
+                title=meta.title or "",
+                note=meta.note or "",
+                heading=f"Edit run {self.run_id}  {preset or ''}",
+            ),
+            self._edited,
+        )
 
     def _edited(self, a: Annotation | None) -> None:
         if a is not None and not a.empty():

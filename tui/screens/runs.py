@@ -99,8 +99,13 @@ SORTS = (
     ("created", "newest first", lambda r: (r.get("created") or 0, r["id"]), True),
     ("state", "status", lambda r: (_STATE_ORDER.get(r.get("state"), 9), -(r.get("created") or 0)), False),
     ("preset", "preset", lambda r: (r.get("preset") or "", r.get("seed") or 0, r["id"]), False),
-    ("robust", "best robust acc", lambda r: (r.get("best_robust_acc") is not None, r.get("best_robust_acc") or 0), True),
-    ("progress", "progress", lambda r: ((r.get("epoch") or 0) / (r.get("epochs") or 1)), True),
+    (
+        "robust",
+        "best robust acc",
+        lambda r: (r.get("best_robust_acc") is not None, r.get("best_robust_acc") or 0),
+        True,
+    ),
+    ("progress", "progress", lambda r: (r.get("epoch") or 0) / (r.get("epochs") or 1), True),
     ("eta", "time left", lambda r: (r.get("state") != "running", _eta(r), r["id"]), False),
     ("title", "title", lambda r: (not r.get("title"), (r.get("title") or "").lower(), r["id"]), False),
     ("seed", "seed", lambda r: (r.get("seed") is None, r.get("seed") or 0, r["id"]), False),
@@ -112,9 +117,20 @@ SORTS = (
 """(key, description, sort key, descending by default) — `o` cycles through them, `O` reverses; `<` / `>`
 and a click on a column's header sort by a column (SORT_OF_COLUMN). Runs without the value go last."""
 
-SORT_OF_COLUMN = {"id": "id", "preset": "preset", "seed": "seed", "state": "state", "epoch": "progress",
-                  "robust": "robust", "clean": "clean", "ig": "ig", "hs": "hs", "eta": "eta", "launched": "created",
-                  "title": "title"}
+SORT_OF_COLUMN = {
+    "id": "id",
+    "preset": "preset",
+    "seed": "seed",
+    "state": "state",
+    "epoch": "progress",
+    "robust": "robust",
+    "clean": "clean",
+    "ig": "ig",
+    "hs": "hs",
+    "eta": "eta",
+    "launched": "created",
+    "title": "title",
+}
 """Every column's order (the id column: by id; the launch time: newest first)."""
 
 FILTER_MAX = 1000
@@ -123,9 +139,28 @@ FILTER_MAX = 1000
 
 FIELDS = ("id", "preset", "label", "title", "tags", "method", "attack", "dataset", "group", "state")
 ACTIVE = ("running", "queued")
-ROW_KEYS = ("state", "epoch", "epochs", "best_robust_acc", "end_robust_acc", "end_clean_acc", "end_ig", "end_hs",
-            "overfit_epoch", "best_epoch", "epoch_time_s_mean", "eval_time_s_mean", "preset", "label", "seed", "title",
-            "overrides_text", "created", "updated", "stopped_early_at")
+ROW_KEYS = (
+    "state",
+    "epoch",
+    "epochs",
+    "best_robust_acc",
+    "end_robust_acc",
+    "end_clean_acc",
+    "end_ig",
+    "end_hs",
+    "overfit_epoch",
+    "best_epoch",
+    "epoch_time_s_mean",
+    "eval_time_s_mean",
+    "preset",
+    "label",
+    "seed",
+    "title",
+    "overrides_text",
+    "created",
+    "updated",
+    "stopped_early_at",
+)
 """The index keys a Runs row shows (with its tags): a change to one of them redraws the row."""
 
 _EXPRESSION = re.compile(r"==|!=|[<>~]|\s(?:in|and|or)\s|^not\s")
@@ -329,10 +364,15 @@ class RunsScreen(Screen):
             yield RunTable(list(COLUMNS), id="runs-table")
             yield Static("", id="runs-alerts")
             yield Static("", id="runs-info")
-        yield Input(placeholder='filter: words, key:value, #tag, or an expression (method.lam > 0.1 and state == '
-                                '"finished") — enter keeps, esc clears', id="runs-filter")
-        yield FindBox(placeholder="find: id, preset, title or tag — the cursor jumps; enter stays, esc closes, "
-                                  "F finds the next", id="runs-find")
+        yield Input(
+            placeholder="filter: words, key:value, #tag, or an expression (method.lam > 0.1 and state == "
+            '"finished") — enter keeps, esc clears',
+            id="runs-filter",
+        )
+        yield FindBox(
+            placeholder="find: id, preset, title or tag — the cursor jumps; enter stays, esc closes, F finds the next",
+            id="runs-find",
+        )
         yield KeyBar(id="runs-keys")
 
     def on_mount(self) -> None:
@@ -377,7 +417,7 @@ class RunsScreen(Screen):
     def _poll(self, force: bool) -> None:
         try:
             remembered = None
-            if not self._remembered:   # first: the sort and filter of the last session
+            if not self._remembered:  # first: the sort and filter of the last session
                 self._remembered = True
                 sections, problem = self.app.state.load()
                 remembered = Remembered(sections.get("runs"), problem)
@@ -386,7 +426,7 @@ class RunsScreen(Screen):
                 self._read_configs(snap.rows)  # new runs, when the filter names config keys
                 self._read_experiments(snap)
             if remembered is not None:
-                self.post_message(remembered)   # before the snapshot: the first table is sorted and filtered
+                self.post_message(remembered)  # before the snapshot: the first table is sorted and filtered
             if snap is not None:
                 self.post_message(IndexChanged(snap))
         finally:
@@ -417,8 +457,9 @@ class RunsScreen(Screen):
 
     def remember(self) -> None:
         """Keep the sort and the filter in effect for the next session."""
-        self.app.remember("runs", {"sort": SORTS[self.sort_index][0], "desc": self.sort_desc,
-                                   "filter": self.query_text})
+        self.app.remember(
+            "runs", {"sort": SORTS[self.sort_index][0], "desc": self.sort_desc, "filter": self.query_text}
+        )
 
     # -- table ---------------------------------------------------------------------
     def visible_rows(self) -> list[dict]:
@@ -465,8 +506,11 @@ class RunsScreen(Screen):
                     self._kinds[rid] = str(self.app.service.config(r).value("experiment.kind") or "")
                 except (UserError, OSError):
                     continue  # half-made or damaged: read again next time
-            if self._kinds.get(rid) and rid not in snap.live and \
-                    self._exp_status.get(rid, (None,))[0] != r.get("updated"):
+            if (
+                self._kinds.get(rid)
+                and rid not in snap.live
+                and self._exp_status.get(rid, (None,))[0] != r.get("updated")
+            ):
                 try:
                     self._exp_status[rid] = (r.get("updated"), self.app.service.status(r))
                 except (UserError, OSError):
@@ -492,13 +536,21 @@ class RunsScreen(Screen):
 
     def _row_key(self, r: dict, live: Status | None, minute: int) -> tuple:
         """Everything a row's cells depend on (compared to find the rows to redraw)."""
-        d = r.to_json() if hasattr(r, "to_json") else r   # a plain dict: its .get is C, a record's is Python
+        d = r.to_json() if hasattr(r, "to_json") else r  # a plain dict: its .get is C, a record's is Python
         kind, st = self.experiment(d["id"])
-        return (tuple(map(d.get, ROW_KEYS)), tuple(d.get("tags") or ()),
-                live.batch if live else None, live.batches if live else None, live.heartbeat if live else None,
-                kind, st.point if st else None, st.points if st else None,
-                minute if d.get("state") in ACTIVE else None,
-                d["id"] in self.selected, d.get("preset") in self._multi_label)
+        return (
+            tuple(map(d.get, ROW_KEYS)),
+            tuple(d.get("tags") or ()),
+            live.batch if live else None,
+            live.batches if live else None,
+            live.heartbeat if live else None,
+            kind,
+            st.point if st else None,
+            st.points if st else None,
+            minute if d.get("state") in ACTIVE else None,
+            d["id"] in self.selected,
+            d.get("preset") in self._multi_label,
+        )
 
     def cells_for(self, rid: str) -> tuple:
         """The cells of one row, made when the row is first drawn (and again after it changed)."""
@@ -524,12 +576,20 @@ class RunsScreen(Screen):
             rob.append("⚠", style=c.get("warning", ""))
         kind, st = self.experiment(rid)
         if kind:  # points, not epochs
-            progress = progress_cell(st.point if st else 0, st.points if st else None, c, state=state, width=4,
-                                     unit="pts")
+            progress = progress_cell(
+                st.point if st else 0, st.points if st else None, c, state=state, width=4, unit="pts"
+            )
         else:
-            progress = progress_cell(r.get("epoch"), r.get("epochs"), c, batch=live.batch if live else None,
-                                     batches=live.batches if live else None, state=state, width=4)
-            if r.get("stopped_early_at") is not None:   # finished early on robust overfitting
+            progress = progress_cell(
+                r.get("epoch"),
+                r.get("epochs"),
+                c,
+                batch=live.batch if live else None,
+                batches=live.batches if live else None,
+                state=state,
+                width=4,
+            )
+            if r.get("stopped_early_at") is not None:  # finished early on robust overfitting
                 progress.append("⏹", style=c.get("warning", ""))
         pace = row_pace(r, live)
         when = Text(clock(pace.launched), end="")
@@ -545,8 +605,13 @@ class RunsScreen(Screen):
             Text(_pct(r.get("end_clean_acc")), justify="right", end=""),
             Text(_num(r.get("end_ig")), justify="right", end=""),
             Text(_num(r.get("end_hs")), justify="right", end=""),
-            Text(duration(pace.eta) if state == "running" and pace.eta is not None else
-                 ("…" if state == "running" else ""), justify="right", end=""),
+            Text(
+                duration(pace.eta)
+                if state == "running" and pace.eta is not None
+                else ("…" if state == "running" else ""),
+                justify="right",
+                end="",
+            ),
             when,
             self._title_cell(r),
         )
@@ -559,7 +624,7 @@ class RunsScreen(Screen):
         if kind:
             text += f" [{label if label.startswith(kind) else kind}]"
         elif r.get("preset") in self._multi_label and label:
-            text += f" [{label}]"   # a sweep of method.name: the label tells its runs apart
+            text += f" [{label}]"  # a sweep of method.name: the label tells its runs apart
         return text
 
     def _preset_cell(self, r: dict, kind: str = "") -> Text:
@@ -614,8 +679,10 @@ class RunsScreen(Screen):
 
     def _cell_lens(self, r: dict) -> tuple[int, int]:
         """(preset cell, title cell) lengths of a row."""
-        return (len(self._preset_text(r, self._kinds.get(r["id"], ""))),
-                len(r.get("title") or "") + sum(len(t) + 2 for t in r.get("tags") or []))
+        return (
+            len(self._preset_text(r, self._kinds.get(r["id"], ""))),
+            len(r.get("title") or "") + sum(len(t) + 2 for t in r.get("tags") or []),
+        )
 
     def _size_columns(self, table: RunTable, rows: list[dict]) -> None:
         """The preset column as wide as its longest cell; the title column only when a run shown has one."""
@@ -630,8 +697,10 @@ class RunsScreen(Screen):
         for r in rows:
             if r.get("state") == "running" and robust_overfit(r):
                 gap = 100 * (r["best_robust_acc"] - r["end_robust_acc"])
-                lines.append(f"⚠ {r['id']}: robust overfitting since epoch {r['overfit_epoch']} — robust accuracy "
-                             f"{gap:.1f} pts below its best (epoch {r.get('best_epoch')})")
+                lines.append(
+                    f"⚠ {r['id']}: robust overfitting since epoch {r['overfit_epoch']} — robust accuracy "
+                    f"{gap:.1f} pts below its best (epoch {r.get('best_epoch')})"
+                )
         more = f"  (+{len(lines) - 2} more)" if len(lines) > 2 else ""
         self.query_one("#runs-alerts", Static).update(Text("\n".join(lines[:2]) + more, end=""))
 
@@ -643,8 +712,10 @@ class RunsScreen(Screen):
             text = ""
         elif self.query_text:
             n = sum(bool(r.get("archived")) == self.show_archived for r in snap.rows)
-            text = (f"No runs match the filter {self.query_text!r} ({n} {'archived ' if self.show_archived else ''}"
-                    f"run{'' if n == 1 else 's'} in the store). esc clears it.")
+            text = (
+                f"No runs match the filter {self.query_text!r} ({n} {'archived ' if self.show_archived else ''}"
+                f"run{'' if n == 1 else 's'} in the store). esc clears it."
+            )
         elif self.show_archived:
             text = "No archived runs. x archives the run under the cursor (or the selection); A goes back."
         else:
@@ -670,9 +741,11 @@ class RunsScreen(Screen):
             parts.append(f"{len(self.selected)} selected")
         parts.append("q quits, runs keep going")
         t = SafeText("  ·  ".join(parts), no_wrap=True, overflow="ellipsis", end="")  # a remembered filter too
-        if self.filter_error:   # one line: the filter in effect stays the last one that parsed
-            t.append(f"\n⚠ {self.filter_error} — {'the filter above stays' if self.query_text else 'no filter'}",
-                     style=self._colors.get("error", ""))
+        if self.filter_error:  # one line: the filter in effect stays the last one that parsed
+            t.append(
+                f"\n⚠ {self.filter_error} — {'the filter above stays' if self.query_text else 'no filter'}",
+                style=self._colors.get("error", ""),
+            )
         self.query_one("#runs-info", Static).update(t)
         self.query_one("#runs-filter", Input).set_class(bool(self.filter_error), "-error")
 
@@ -690,8 +763,9 @@ class RunsScreen(Screen):
             return []
         by_id = {r["id"]: r for r in self.snapshot.rows}
         if self.selected:
-            return [by_id[i] for i in self._ids if i in self.selected] + \
-                [by_id[i] for i in sorted(self.selected) if i not in self._ids and i in by_id]
+            return [by_id[i] for i in self._ids if i in self.selected] + [
+                by_id[i] for i in sorted(self.selected) if i not in self._ids and i in by_id
+            ]
         rid = self.cursor_id()
         return [by_id[rid]] if rid in by_id else []
 
@@ -730,7 +804,7 @@ class RunsScreen(Screen):
 
     def action_clear(self) -> None:
         box = self.query_one("#runs-filter", Input)
-        if isinstance(self.focused, FindBox):   # esc in the find line: closed, the cursor stays
+        if isinstance(self.focused, FindBox):  # esc in the find line: closed, the cursor stays
             self.set_focus(self.query_one("#runs-table"))
             self.focused_find_closes()
             return
@@ -863,8 +937,14 @@ class RunsScreen(Screen):
     def find_words(self, rid: str) -> str:
         """What find matches in a run: its id, its preset as shown (label or kind), title and #tags."""
         r = self._rows_by_id.get(rid) or {}
-        return " ".join([rid, self._preset_text(r, self._kinds.get(rid, "")), str(r.get("title") or ""),
-                         *(f"#{t}" for t in r.get("tags") or [])]).lower()
+        return " ".join(
+            [
+                rid,
+                self._preset_text(r, self._kinds.get(rid, "")),
+                str(r.get("title") or ""),
+                *(f"#{t}" for t in r.get("tags") or []),
+            ]
+        ).lower()
 
     def find(self, text: str, start: int, *, include_start: bool = True) -> int | None:
         """The row of the first run from `start` (wrapping) that `text` matches, or None."""
@@ -917,8 +997,11 @@ class RunsScreen(Screen):
             self.notify("Nothing to compare: select runs (space) or filter (/) first.", severity="warning")
             return
 
-        what = (f"{len(rows)} selected run{'' if len(rows) == 1 else 's'}" if self.selected else
-                (f"filter {self.query_text!r}" if self.query_text else "all runs"))
+        what = (
+            f"{len(rows)} selected run{'' if len(rows) == 1 else 's'}"
+            if self.selected
+            else (f"filter {self.query_text!r}" if self.query_text else "all runs")
+        )
         self.app.push_screen(CompareScreen(run_ids=[r["id"] for r in rows], title=what))
 
     def action_stop(self) -> None:
@@ -928,8 +1011,10 @@ class RunsScreen(Screen):
             return
 
         ids = [r["id"] for r in rows]
-        text = (f"Stop {len(ids)} run{'s' if len(ids) > 1 else ''} ({_list(ids)})?\n"
-                "Each keeps its last checkpoint; resume later with r.")
+        text = (
+            f"Stop {len(ids)} run{'s' if len(ids) > 1 else ''} ({_list(ids)})?\n"
+            "Each keeps its last checkpoint; resume later with r."
+        )
 
         def done(ok: bool | None) -> None:
             if ok:
@@ -951,8 +1036,10 @@ class RunsScreen(Screen):
 
         ids = [r["id"] for r in rows]
         running = [r["id"] for r in rows if r.get("state") in ("running", "queued")]
-        text = (f"Delete {len(ids)} run{'s' if len(ids) > 1 else ''} ({_list(ids)}) and their files "
-                f"(checkpoints, metrics, logs)? This cannot be undone.")
+        text = (
+            f"Delete {len(ids)} run{'s' if len(ids) > 1 else ''} ({_list(ids)}) and their files "
+            f"(checkpoints, metrics, logs)? This cannot be undone."
+        )
         if running:
             text += f"\n{_list(running)} {'is' if len(running) == 1 else 'are'} still active: stop first."
 
@@ -975,8 +1062,9 @@ class RunsScreen(Screen):
         self.app.hold_keys()
         if len(rows) > 1:
             common = [t for t in rows[0].get("tags") or [] if all(t in (r.get("tags") or []) for r in rows)]
-            self.app.push_screen(AnnotateScreen(ids, tags=common, heading=f"Tags of {len(ids)} runs ({_list(ids)})"),
-                                 self._edited)
+            self.app.push_screen(
+                AnnotateScreen(ids, tags=common, heading=f"Tags of {len(ids)} runs ({_list(ids)})"), self._edited
+            )
             return
         heading = f"Edit run {ids[0]}  {rows[0].get('preset') or ''}"
 
@@ -996,12 +1084,13 @@ class RunsScreen(Screen):
         rid = self.cursor_id()
         if rid:
             self.app.copy_to_clipboard(rid)
-            self.notify(f"copied {rid} (OSC 52: if nothing was copied, the terminal does not allow it)",
-                        title="copy")
+            self.notify(f"copied {rid} (OSC 52: if nothing was copied, the terminal does not allow it)", title="copy")
 
     def _open_editor(self, ids: list[str], meta: Meta, heading: str) -> None:
-        self.app.push_screen(AnnotateScreen(ids, tags=list(meta.tags), title=meta.title or "",
-                                            note=meta.note or "", heading=heading), self._edited)
+        self.app.push_screen(
+            AnnotateScreen(ids, tags=list(meta.tags), title=meta.title or "", note=meta.note or "", heading=heading),
+            self._edited,
+        )
 
     def _edited(self, a: Annotation | None) -> None:
         if a is not None and not a.empty():
@@ -1019,8 +1108,11 @@ class RunsScreen(Screen):
 
         def work() -> None:
             self.app.service.annotate(ids, archived=archive)
-            text = (f"archived {_list(ids)} (A shows archived runs; x there restores)" if archive else
-                    f"restored {_list(ids)}")
+            text = (
+                f"archived {_list(ids)} (A shows archived runs; x there restores)"
+                if archive
+                else f"restored {_list(ids)}"
+            )
             self.app.call_from_thread(self.notify, text, title=what)
             self.post_message(ActionDone(what, True, text, ids))
 

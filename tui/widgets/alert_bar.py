@@ -19,8 +19,17 @@ from engine.facade import (
     detect_alerts,
 )
 
-__all__ = ["CO_DROP", "CO_MIN_ROBUST", "CO_WINDOW", "RO_POINTS", "RO_STREAK", "Alert", "AlertBar", "detect_alerts",
-           "robust_overfit"]
+__all__ = [
+    "CO_DROP",
+    "CO_MIN_ROBUST",
+    "CO_WINDOW",
+    "RO_POINTS",
+    "RO_STREAK",
+    "Alert",
+    "AlertBar",
+    "detect_alerts",
+    "robust_overfit",
+]
 
 
 def robust_overfit(doc: dict) -> bool:

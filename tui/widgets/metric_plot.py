@@ -85,8 +85,9 @@ class MetricPlot(PlotextPlot):
         def control(self) -> "MetricPlot":
             return self.plot
 
-    def __init__(self, title: str, *, ylabel: str = "", xlabel: str = "epoch", id: str | None = None,
-                 classes: str | None = None):
+    def __init__(
+        self, title: str, *, ylabel: str = "", xlabel: str = "epoch", id: str | None = None, classes: str | None = None
+    ):
         super().__init__(id=id, classes=classes)
         self.title = title
         self.ylabel = ylabel
@@ -220,19 +221,26 @@ class MetricPlot(PlotextPlot):
         if not self.is_mounted:
             return
         colors = palette(self.app)
-        legend = [f"[{colors.get(s.role, colors['foreground'])}]━━[/] {escape(name)}"
-                  for name, s in self.series.items() if s.xs]
+        legend = [
+            f"[{colors.get(s.role, colors['foreground'])}]━━[/] {escape(name)}"
+            for name, s in self.series.items()
+            if s.xs
+        ]
         # the legend goes in the border, so it never hides a curve
-        self.border_title = escape(self.title) + (" · log y" if self.log_y else "") + (
-            "  " + "  ".join(legend) if legend else "")
+        self.border_title = (
+            escape(self.title) + (" · log y" if self.log_y else "") + ("  " + "  ".join(legend) if legend else "")
+        )
         r = self.x_range()
         notes = []
         if self.log_y and any(y <= 0 for s in self.series.values() for y in s.ys):
             notes.append("values ≤ 0 left out")
         if self.window and r is not None:
             notes.append(f"epochs {r[0]:g}–{r[1]:g}")
-        sub = self.readout_text() or "  ".join(lbl for _x, lbl in self.marks if lbl) or (
-            "" if legend else "waiting for data")
+        sub = (
+            self.readout_text()
+            or "  ".join(lbl for _x, lbl in self.marks if lbl)
+            or ("" if legend else "waiting for data")
+        )
         self.border_subtitle = escape("  ·  ".join([sub, *notes] if sub else notes))
         self._version += 1
         self._request_build()
@@ -251,7 +259,7 @@ class MetricPlot(PlotextPlot):
             return
         self._building = True
         colors = palette(self.app)
-        r = self.x_range() or (0.0, 0.0)     # None only without series, when nothing below uses it
+        r = self.x_range() or (0.0, 0.0)  # None only without series, when nothing below uses it
         series = []
         for s in self.series.values():
             pts = [(x, y) for x, y in zip(s.xs, s.ys) if r[0] <= x <= r[1] and (y > 0 or not self.log_y)]
@@ -262,7 +270,8 @@ class MetricPlot(PlotextPlot):
             "series": series,
             "marks": [x for x, _ in self.marks if r is not None and r[0] <= x <= r[1]],
             "mark_color": rgb(colors.get("muted", colors["foreground"])),
-            "cursor": self.cursor if r is not None and self.cursor is not None and r[0] <= self.cursor <= r[1]
+            "cursor": self.cursor
+            if r is not None and self.cursor is not None and r[0] <= self.cursor <= r[1]
             else None,
             "cursor_color": rgb(colors.get("warning", colors["foreground"])),
             "log_y": self.log_y,
@@ -337,15 +346,18 @@ def int_ticks(lo: float, hi: float, most: int = 6) -> list[int]:
     """At most `most` whole-number ticks (epochs) at a round step between lo and hi."""
     lo, hi = int(lo), int(hi)
     span = max(1, hi - lo)
-    step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10_000, 10**9)
-                if span / s <= most - 1)
+    step = next(
+        s
+        for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10_000, 10**9)
+        if span / s <= most - 1
+    )
     first = -(-lo // step) * step
     return list(range(first, hi + 1, step)) or [lo]
 
 
 def _exp_label(v: float) -> str:
     """10**v as a tick label: `1e-6`, `2e-3`, `5e1`."""
-    m, e = f"{10 ** v:.0e}".split("e")
+    m, e = f"{10**v:.0e}".split("e")
     return f"{m}e{int(e)}"
 
 
@@ -354,7 +366,7 @@ def log_ticks(lo: float, hi: float, most: int = 6) -> tuple[list[float], list[st
     when those are too many; with the two ends when fewer than two fall in between (a narrow span)."""
     eps = 1e-9
     if hi - lo < eps:
-        return [lo], [f"{10 ** lo:.2g}"]
+        return [lo], [f"{10**lo:.2g}"]
     tick = []
     for k in range(math.floor(lo), math.ceil(hi) + 1):
         for m in (1, 2, 5):
@@ -364,6 +376,8 @@ def log_ticks(lo: float, hi: float, most: int = 6) -> tuple[list[float], list[st
     if len(tick) > most:
         tick = [(t, m) for t, m in tick if m == 1] or tick
     if len(tick) < 2:
-        return ([lo, *(t for t, _m in tick), hi],
-                [f"{10 ** lo:.2g}", *(_exp_label(t) for t, _m in tick), f"{10 ** hi:.2g}"])
+        return (
+            [lo, *(t for t, _m in tick), hi],
+            [f"{10**lo:.2g}", *(_exp_label(t) for t, _m in tick), f"{10**hi:.2g}"],
+        )
     return [t for t, _m in tick], [_exp_label(t) for t, _m in tick]

@@ -54,16 +54,28 @@ def epoch_means(epochs) -> tuple[float | None, float | None]:
     return _mean(e.get("time_s") for e in epochs), _mean(e.get("eval_time_s") for e in epochs)
 
 
-def pace(*, state: str | None, epoch: int | None, epochs: int | None, time_s_mean: float | None,
-         eval_time_s_mean: float | None, batch: int | None = None, batches: int | None = None,
-         created: float | None = None, last_seen: float | None = None, started: float | None = None,
-         point: int | None = None, points: int | None = None, now: float | None = None) -> Pace:
+def pace(
+    *,
+    state: str | None,
+    epoch: int | None,
+    epochs: int | None,
+    time_s_mean: float | None,
+    eval_time_s_mean: float | None,
+    batch: int | None = None,
+    batches: int | None = None,
+    created: float | None = None,
+    last_seen: float | None = None,
+    started: float | None = None,
+    point: int | None = None,
+    points: int | None = None,
+    now: float | None = None,
+) -> Pace:
     """The rate, ETA, elapsed time and launch time of a run (see the module docstring)."""
     now = time.time() if now is None else now
     per = None if time_s_mean is None else time_s_mean + (eval_time_s_mean or 0.0)
     eta = None
     if state == "running":
-        if points:   # an experiment: points, not epochs
+        if points:  # an experiment: points, not epochs
             if point and started and last_seen and last_seen > started:
                 eta = max(0.0, (points - point) * (last_seen - started) / point)
         elif per and epochs and time_s_mean is not None:
@@ -76,21 +88,41 @@ def pace(*, state: str | None, epoch: int | None, epochs: int | None, time_s_mea
 
 def row_pace(row, live=None, now: float | None = None) -> Pace:
     """`pace` of an index row (engine.store.summary) and, for a running run, its status.json."""
-    return pace(state=row.get("state"), epoch=row.get("epoch"), epochs=row.get("epochs"),
-                time_s_mean=row.get("epoch_time_s_mean"), eval_time_s_mean=row.get("eval_time_s_mean"),
-                batch=live.batch if live else None, batches=live.batches if live else None,
-                created=row.get("created"), last_seen=(live.heartbeat if live else None) or row.get("updated"),
-                started=live.started if live else None, point=live.point if live else None,
-                points=live.points if live else None, now=now)
+    return pace(
+        state=row.get("state"),
+        epoch=row.get("epoch"),
+        epochs=row.get("epochs"),
+        time_s_mean=row.get("epoch_time_s_mean"),
+        eval_time_s_mean=row.get("eval_time_s_mean"),
+        batch=live.batch if live else None,
+        batches=live.batches if live else None,
+        created=row.get("created"),
+        last_seen=(live.heartbeat if live else None) or row.get("updated"),
+        started=live.started if live else None,
+        point=live.point if live else None,
+        points=live.points if live else None,
+        now=now,
+    )
 
 
 def history_pace(epochs, status, created: float | None, total: int | None, now: float | None = None) -> Pace:
     """`pace` of a run followed by the detail screen (its epoch records and status.json)."""
     time_mean, eval_mean = epoch_means(epochs)
-    return pace(state=status.state, epoch=len(epochs), epochs=total, time_s_mean=time_mean,
-                eval_time_s_mean=eval_mean, batch=status.batch, batches=status.batches, created=created,
-                last_seen=status.heartbeat or status.created, started=status.started, point=status.point,
-                points=status.points, now=now)
+    return pace(
+        state=status.state,
+        epoch=len(epochs),
+        epochs=total,
+        time_s_mean=time_mean,
+        eval_time_s_mean=eval_mean,
+        batch=status.batch,
+        batches=status.batches,
+        created=created,
+        last_seen=status.heartbeat or status.created,
+        started=status.started,
+        point=status.point,
+        points=status.points,
+        now=now,
+    )
 
 
 def duration(s: float | None) -> str:

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 from textual.color import Color
 
-ROLES = ("primary", "secondary", "accent", "success", "warning", "error", "foreground", "background",
-         "surface", "panel", "foreground-muted")
+ROLES = (
+    "primary",
+    "secondary",
+    "accent",
+    "success",
+    "warning",
+    "error",
+    "foreground",
+    "background",
+    "surface",
+    "panel",
+    "foreground-muted",
+)
 
 
 def palette(app) -> dict[str, str]:

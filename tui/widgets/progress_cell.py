@@ -20,9 +20,17 @@ def bar(frac: float, width: int) -> str:
 ROLE = {"running": "primary", "finished": "success", "failed": "error", "lost": "error", "stopped": "warning"}
 
 
-def progress_cell(epoch: int | None, total: int | None, colors: dict[str, str], *,
-                  batch: int | None = None, batches: int | None = None, state: str = "",
-                  width: int = 8, unit: str = "") -> Text:
+def progress_cell(
+    epoch: int | None,
+    total: int | None,
+    colors: dict[str, str],
+    *,
+    batch: int | None = None,
+    batches: int | None = None,
+    state: str = "",
+    width: int = 8,
+    unit: str = "",
+) -> Text:
     """`epoch/total` and a bar; `batch/batches` of the current epoch refine a running run's bar.
     `unit` (e.g. "pts") follows the numbers: an experiment's points done / planned."""
     epoch = epoch or 0

@@ -167,8 +167,13 @@ class RunTable(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual
         gone: set[int] = set()
         while True:
             shown, widths = self._fit(width, gone)
-            cut = any(cols[i].stretch and not cols[i].yields and bool(cols[i].max_width)
-                      and widths[i] < (cols[i].max_width or 0) for i in shown)
+            cut = any(
+                cols[i].stretch
+                and not cols[i].yields
+                and bool(cols[i].max_width)
+                and widths[i] < (cols[i].max_width or 0)
+                for i in shown
+            )
             yielding = sorted((cols[i].drop, i) for i in shown if cols[i].yields)
             if not (cut and yielding):
                 break
@@ -248,9 +253,9 @@ class RunTable(ScrollView, can_focus=True):  # type: ignore[call-arg]  # textual
             t.no_wrap = True
             if col.overflow == "middle" and t.cell_len > w >= 5:
                 head = (w - 1) // 3
-                t = t[:head] + Text("…") + t[len(t) - (w - 1 - head):]
+                t = t[:head] + Text("…") + t[len(t) - (w - 1 - head) :]
             elif col.overflow == "start" and t.cell_len > w >= 2:
-                t = Text("…", end="") + t[len(t) - (w - 1):]
+                t = Text("…", end="") + t[len(t) - (w - 1) :]
             t.truncate(w, overflow="ellipsis")
             pad = w - t.cell_len
             if pad > 0:

@@ -19,7 +19,7 @@ STATE_LOOK = {
     "failed": ("✖", "error"),
     "stopped": ("■", "warning"),
     "lost": ("✖", "error"),
-    "corrupt": ("!", "error"),   # the index's word for a run whose files cannot be read
+    "corrupt": ("!", "error"),  # the index's word for a run whose files cannot be read
 }
 """state -> (symbol, palette role)."""
 

@@ -34,8 +34,16 @@ class Executor:
     write its own final state."""
 
     # -- starting ----------------------------------------------------------------------
-    def launch(self, store: Store, planned: list[PlannedRun], create: Callable[[], list[RunDir]], *,
-               gpus: list[int] | None, slots_per_gpu: int, params: dict) -> list[RunDir]:
+    def launch(
+        self,
+        store: Store,
+        planned: list[PlannedRun],
+        create: Callable[[], list[RunDir]],
+        *,
+        gpus: list[int] | None,
+        slots_per_gpu: int,
+        params: dict,
+    ) -> list[RunDir]:
         """Check what the launch asks for (a UserError before any run exists), make the run
         directories with `create()`, then start, queue or submit them; returns them."""
         raise NotImplementedError

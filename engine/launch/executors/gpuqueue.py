@@ -145,7 +145,7 @@ def queued_runs(store: Store) -> list[RunDir]:
     for rd in store.run_dirs():
         try:
             st = rd.status()
-        except CorruptFile:         # not the queue's business: reconcile shows it `corrupt`
+        except CorruptFile:  # not the queue's business: reconcile shows it `corrupt`
             continue
         if st.state == "queued" and isinstance(st.launch, GpuQueueLaunch) and here(st.launch.host):
             out.append((st.queued_at or 0.0, rd.id, rd))
@@ -169,13 +169,23 @@ def schedule_once(store: Store) -> list[str]:
             try:
                 slots = len(la.gpus) * la.slots_per_gpu
                 pid = start_detached(store, rd, gpu=gpu, threads=max(1, usable_cores() // slots))
-            except Exception as exc:           # noqa: BLE001 - one bad run must not stop the queue
+            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the queue
                 if rd.status().state in ("queued", "running"):
                     transition(rd, "failed", error=f"could not start: {exc}")
                 store.sync(rd)
                 continue
-            write_json(lp, {"gpu": gpu, "slot": s, "run": rd.id, "pid": pid,
-                            "pid_create_time": create_time(pid), "host": HOST, "since": time.time()})
+            write_json(
+                lp,
+                {
+                    "gpu": gpu,
+                    "slot": s,
+                    "run": rd.id,
+                    "pid": pid,
+                    "pid_create_time": create_time(pid),
+                    "host": HOST,
+                    "since": time.time(),
+                },
+            )
             started.append(rd.id)
     return started
 
@@ -201,8 +211,9 @@ def ensure_scheduler(store: Store) -> int | None:
     if scheduler_running(store):
         return None
     d = host_dir(store)
-    p = spawn_detached(python_module(SCHEDULER_MODULE, str(store.home)), log_path=d / "scheduler.log",
-                       env=child_env(store.home), cwd=d)
+    p = spawn_detached(
+        python_module(SCHEDULER_MODULE, str(store.home)), log_path=d / "scheduler.log", env=child_env(store.home), cwd=d
+    )
     return p.pid
 
 
@@ -224,8 +235,9 @@ def scheduler_main(home: str) -> int:
         print(f"{time.strftime('%H:%M:%S')} scheduler: another scheduler holds the lock; exiting", flush=True)
         return 0
     info = store.home / "leases" / HOST / "scheduler.json"
-    write_json(info, {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()),
-                      "host": HOST, "since": time.time()})
+    write_json(
+        info, {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()), "host": HOST, "since": time.time()}
+    )
     print(f"{time.strftime('%H:%M:%S')} scheduler {os.getpid()}: started", flush=True)
     try:
         while True:
@@ -234,7 +246,7 @@ def scheduler_main(home: str) -> int:
             for rid in schedule_once(store):
                 print(f"{time.strftime('%H:%M:%S')} scheduler: started {rid}", flush=True)
             if queued_runs(store) or any(le.get("run") for le in read_leases(store)):
-                time.sleep(POLL_S)   # runs wait, or runs hold leases this loop frees when they end
+                time.sleep(POLL_S)  # runs wait, or runs hold leases this loop frees when they end
                 continue
             # Queue empty: release, then look once more (a launcher that saw the lock held
             # queued its run before looking, so it is visible now).
@@ -246,9 +258,11 @@ def scheduler_main(home: str) -> int:
             try:
                 lk.acquire()
             except Timeout:
-                return 0                       # another scheduler took over
-            write_json(info, {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()),
-                              "host": HOST, "since": time.time()})
+                return 0  # another scheduler took over
+            write_json(
+                info,
+                {"pid": os.getpid(), "pid_create_time": create_time(os.getpid()), "host": HOST, "since": time.time()},
+            )
     finally:
         if lk.is_locked:
             info.unlink(missing_ok=True)
@@ -262,8 +276,14 @@ def info(store: Store) -> dict:
     for rd in queued_runs(store):
         st = rd.status()
         if isinstance(st.launch, GpuQueueLaunch):
-            queued.append({"id": rd.id, "gpus": st.launch.gpus, "slots_per_gpu": st.launch.slots_per_gpu,
-                           "queued_at": st.queued_at})
+            queued.append(
+                {
+                    "id": rd.id,
+                    "gpus": st.launch.gpus,
+                    "slots_per_gpu": st.launch.slots_per_gpu,
+                    "queued_at": st.queued_at,
+                }
+            )
     return {"host": HOST, "leases": leases, "queued": queued, "scheduler_pid": scheduler_pid(store)}
 
 
@@ -282,16 +302,25 @@ class GpuQueueExecutor(Executor):
     RECORD = GpuQueueLaunch
     STARTS_LATER = True
 
-    def launch(self, store: Store, planned: list[PlannedRun], create: Callable[[], list[RunDir]], *,
-               gpus: list[int] | None, slots_per_gpu: int, params: dict) -> list[RunDir]:
+    def launch(
+        self,
+        store: Store,
+        planned: list[PlannedRun],
+        create: Callable[[], list[RunDir]],
+        *,
+        gpus: list[int] | None,
+        slots_per_gpu: int,
+        params: dict,
+    ) -> list[RunDir]:
         if not gpus:
             raise ValueError("the GPU queue needs the GPUs its runs may use")
         rds = create()
         now = time.time()
         for i, rd in enumerate(rds):
             retarget_device(rd)
-            rd.update_status(queued_at=now + i * 1e-6,
-                             launch=GpuQueueLaunch(host=HOST, gpus=list(gpus), slots_per_gpu=slots_per_gpu))
+            rd.update_status(
+                queued_at=now + i * 1e-6, launch=GpuQueueLaunch(host=HOST, gpus=list(gpus), slots_per_gpu=slots_per_gpu)
+            )
         store.sync_many(rds)
         self._start_what_fits(store, rds)
         return rds

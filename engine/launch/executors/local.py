@@ -36,7 +36,7 @@ def running_cpu_runs(store: Store) -> int:
     for doc in store.runs(state="running", archived=None):
         try:
             st = store.run_dir(doc["id"]).status()
-        except (OSError, ValueError, UserError):     # a damaged or vanished run runs nothing
+        except (OSError, ValueError, UserError):  # a damaged or vanished run runs nothing
             continue
         n += st.host == HOST and st.gpu is None and is_alive(st)
     return n
@@ -57,9 +57,11 @@ def check_concurrency(store: Store, starting: int) -> None:
     running = running_cpu_runs(store) if starting <= limit else 0
     if starting + running > limit:
         now = f" ({running} already running)" if running else ""
-        raise UserError(f"starting {starting} detached CPU runs{now} would run {starting + running} at once on this "
-                        f"host, more than the {limit} allowed (fewer --seeds, --gpus or --executor slurm to queue "
-                        f"them, or {MAX_DETACHED_ENV}=N to allow N)")
+        raise UserError(
+            f"starting {starting} detached CPU runs{now} would run {starting + running} at once on this "
+            f"host, more than the {limit} allowed (fewer --seeds, --gpus or --executor slurm to queue "
+            f"them, or {MAX_DETACHED_ENV}=N to allow N)"
+        )
 
 
 def visible_gpu_count() -> int:
@@ -115,8 +117,13 @@ def _mark_stranded(store: Store, rd: RunDir, seen: Status) -> bool:
         if st.state != "queued" or st.launched_by != seen.launched_by or not stranded(st):
             return False
         who = st.launched_by
-        transition(rd, "lost", pid=None, error=f"its launcher (pid {who.pid} on {who.host}) exited before "
-                                               f"starting it; `advlc resume {rd.id}` starts it")
+        transition(
+            rd,
+            "lost",
+            pid=None,
+            error=f"its launcher (pid {who.pid} on {who.host}) exited before "
+            f"starting it; `advlc resume {rd.id}` starts it",
+        )
     store.sync(rd)
     return True
 
@@ -129,8 +136,16 @@ class LocalExecutor(Executor):
     NAMED = True
     FOREGROUND = True
 
-    def launch(self, store: Store, planned: list[PlannedRun], create: Callable[[], list[RunDir]], *,
-               gpus: list[int] | None, slots_per_gpu: int, params: dict) -> list[RunDir]:
+    def launch(
+        self,
+        store: Store,
+        planned: list[PlannedRun],
+        create: Callable[[], list[RunDir]],
+        *,
+        gpus: list[int] | None,
+        slots_per_gpu: int,
+        params: dict,
+    ) -> list[RunDir]:
         """With `gpus` (or, when a run asks for CUDA, all visible GPUs) through the GPU queue,
         `slots_per_gpu` runs per GPU; without, each run starts at once. `params` are ignored."""
         gpus = resolve_gpus(gpus, planned)

@@ -64,13 +64,37 @@ from engine.store.records import SlurmLaunch, Status
 from engine.store.rundir import RunDir
 from engine.store.states import transition
 
-KEYS = {"partition", "time", "gpus", "account", "cpus", "mem_gb", "qos", "constraint", "setup",
-        "additional", "max_requeue", "cluster", "signal_delay_s"}
-ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-         "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT"}
+KEYS = {
+    "partition",
+    "time",
+    "gpus",
+    "account",
+    "cpus",
+    "mem_gb",
+    "qos",
+    "constraint",
+    "setup",
+    "additional",
+    "max_requeue",
+    "cluster",
+    "signal_delay_s",
+}
+ENDED = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "TIMEOUT",
+    "REVOKED",
+    "SPECIAL_EXIT",
+}
 PURGED = "PURGED"
 """The state given to a job Slurm no longer knows (squeue: "Invalid job id"): it has ended."""
-LOCAL_DEFAULT_MIN = 7 * 24 * 60      # submitit's LocalExecutor would stop a job after 2 min otherwise
+LOCAL_DEFAULT_MIN = 7 * 24 * 60  # submitit's LocalExecutor would stop a job after 2 min otherwise
 DEFAULT_TIME_MIN = 24 * 60
 """The time limit asked for when none is given and the partition has none (or sinfo cannot say).
 A run that reaches it is requeued by submitit and continues from last.pt (up to max_requeue times)."""
@@ -82,13 +106,21 @@ CLIENT_TIMEOUT_S = 20.0
 """sinfo/squeue/sacct: a controller that does not answer makes them fail after ~10 s."""
 
 
-SLURM_TIME_FORMATS = ("minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours", "days-hours:minutes",
-                      "days-hours:minutes:seconds")
+SLURM_TIME_FORMATS = (
+    "minutes",
+    "minutes:seconds",
+    "hours:minutes:seconds",
+    "days-hours",
+    "days-hours:minutes",
+    "days-hours:minutes:seconds",
+)
 """What Slurm's --time reads (sbatch(1)); seconds are rounded up to the next minute."""
-_SLURM_TIME = re.compile(r"(?:(\d{1,9})-(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?|(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?)")
+_SLURM_TIME = re.compile(
+    r"(?:(\d{1,9})-(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?|(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?)"
+)
 NO_LIMIT = {"0", "-1", "infinite", "unlimited"}
 """What Slurm reads as no time limit at all."""
-MAX_TIME_S = 2 ** 31 - 1
+MAX_TIME_S = 2**31 - 1
 """Slurm keeps a time limit in a C int of seconds."""
 
 
@@ -101,11 +133,11 @@ def slurm_seconds(text: str) -> int | None:
     if not m:
         return None
     d, dh, dm, ds, a, b, c = (int(x) if x is not None else None for x in m.groups())
-    if d is not None:                                    # days-hours[:minutes[:seconds]]
+    if d is not None:  # days-hours[:minutes[:seconds]]
         return d * 86400 + dh * 3600 + (dm or 0) * 60 + (ds or 0)
-    if c is not None:                                    # hours:minutes:seconds
+    if c is not None:  # hours:minutes:seconds
         return a * 3600 + b * 60 + c
-    return a * 60 + (b or 0)                             # minutes[:seconds]
+    return a * 60 + (b or 0)  # minutes[:seconds]
 
 
 def parse_time(value) -> int:
@@ -118,17 +150,21 @@ def parse_time(value) -> int:
         raise UserError(f"slurm time = {value!r}: give a time as Slurm reads it ({formats})")
     if isinstance(value, (int, float)):
         if not value > 0 or value * 60 > MAX_TIME_S:
-            raise UserError(f"slurm time = {value!r}: must be a number of minutes above 0 and at most "
-                            f"{MAX_TIME_S // 60}")
+            raise UserError(
+                f"slurm time = {value!r}: must be a number of minutes above 0 and at most {MAX_TIME_S // 60}"
+            )
         return max(1, int(round(value)))
     s = str(value).strip()
     if s.lower() in NO_LIMIT:
-        raise UserError(f"slurm time = {value!r}: Slurm reads it as no time limit; leave the time out to get the "
-                        f"partition's limit, or give one ({formats})")
+        raise UserError(
+            f"slurm time = {value!r}: Slurm reads it as no time limit; leave the time out to get the "
+            f"partition's limit, or give one ({formats})"
+        )
     secs = slurm_seconds(s)
     if secs is None:
-        raise UserError(f"slurm time = {str(value)[:40]!r}: not a time as Slurm reads it ({formats}; "
-                        f"e.g. 90, 1:30:00, 2-12)")
+        raise UserError(
+            f"slurm time = {str(value)[:40]!r}: not a time as Slurm reads it ({formats}; e.g. 90, 1:30:00, 2-12)"
+        )
     if secs <= 0:
         raise UserError(f"slurm time = {value!r}: must be above 0 (Slurm reads a zero time as no limit)")
     if secs > MAX_TIME_S:
@@ -238,8 +274,10 @@ def resolve(params: dict, device: str | None = None) -> tuple[dict, dict]:
     part = None
     if parts is not None:
         if name is not None and name not in parts:
-            raise UserError(f"slurm partition {name!r}: this cluster has no such partition "
-                            f"(sinfo lists: {', '.join(sorted(parts)) or 'none'})")
+            raise UserError(
+                f"slurm partition {name!r}: this cluster has no such partition "
+                f"(sinfo lists: {', '.join(sorted(parts)) or 'none'})"
+            )
         part = parts.get(name) if name else next((v for v in parts.values() if v["default"]), None)
         if name is None and part is not None:
             name = next(k for k, v in parts.items() if v is part)
@@ -249,21 +287,31 @@ def resolve(params: dict, device: str | None = None) -> tuple[dict, dict]:
             p["time"], time_from = limit, f"the limit of partition {name} ({part['limit']})"
         else:
             p["time"] = DEFAULT_TIME_MIN
-            time_from = (f"partition {name} has no limit" if part else "sinfo did not answer") + \
-                f": advlc's default {DEFAULT_TIME_MIN // 60} h"
+            time_from = (
+                f"partition {name} has no limit" if part else "sinfo did not answer"
+            ) + f": advlc's default {DEFAULT_TIME_MIN // 60} h"
     else:
         time_from = "given"
         if limit and parse_time(p["time"]) > limit:
-            raise UserError(f"slurm time = {p['time']!r} ({parse_time(p['time'])} min) exceeds the limit of "
-                            f"partition {name} ({part['limit']}); give --time {part['limit']} or less")
+            raise UserError(
+                f"slurm time = {p['time']!r} ({parse_time(p['time'])} min) exceeds the limit of "
+                f"partition {name} ({part['limit']}); give --time {part['limit']} or less"
+            )
     gpus, gpus_from = gpus_for(params, device, part["gres"] if part else None)
     if gpus and part is not None and not any(g.split(":")[0] == "gpu" for g in part["gres"]):
-        raise UserError(f"train.device = {device!r} asks for {gpus} GPU(s) but partition {name}'s nodes have none "
-                        f"(sinfo GRES: {', '.join(sorted(part['gres'])) or 'none'}); use a GPU partition, "
-                        f"--device cpu, or --slurm-gpus 0 if the nodes' GPUs need no request")
+        raise UserError(
+            f"train.device = {device!r} asks for {gpus} GPU(s) but partition {name}'s nodes have none "
+            f"(sinfo GRES: {', '.join(sorted(part['gres'])) or 'none'}); use a GPU partition, "
+            f"--device cpu, or --slurm-gpus 0 if the nodes' GPUs need no request"
+        )
     p["gpus"] = gpus
-    return p, {"partition": name, "time": parse_time(p["time"]), "time_from": time_from, "gpus": gpus,
-               "gpus_from": gpus_from}
+    return p, {
+        "partition": name,
+        "time": parse_time(p["time"]),
+        "time_from": time_from,
+        "gpus": gpus,
+        "gpus_from": gpus_from,
+    }
 
 
 def params_for(store: Store, preset: str | None, cli: dict) -> dict:
@@ -289,7 +337,9 @@ def check_params(p: dict) -> None:
     for k in ("gpus", "cpus", "max_requeue"):
         if p.get(k) is not None and (not isinstance(p[k], int) or isinstance(p[k], bool) or p[k] < 0):
             raise UserError(f"slurm.{k} = {p[k]!r}: must be a whole number >= 0")
-    if p.get("setup") is not None and not (isinstance(p["setup"], list) and all(isinstance(x, str) for x in p["setup"])):
+    if p.get("setup") is not None and not (
+        isinstance(p["setup"], list) and all(isinstance(x, str) for x in p["setup"])
+    ):
         raise UserError(f"slurm.setup = {p['setup']!r}: must be a list of shell lines")
     if p.get("additional") is not None and not isinstance(p["additional"], dict):
         raise UserError(f"slurm.additional = {p['additional']!r}: must be a table")
@@ -311,16 +361,25 @@ def submitit_executor(folder: Path, name: str, p: dict):
         if _local_cluster(p):
             ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeue)
             t = p.get("time")
-            kw: dict = {"timeout_min": LOCAL_DEFAULT_MIN if t is None else
-                        float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else parse_time(t)}
+            kw: dict = {
+                "timeout_min": LOCAL_DEFAULT_MIN
+                if t is None
+                else float(t)
+                if isinstance(t, (int, float)) and not isinstance(t, bool)
+                else parse_time(t)
+            }
             for key in ("gpus_per_node", "signal_delay_s", "setup"):
                 src = "gpus" if key == "gpus_per_node" else key
                 if p.get(src) is not None:
                     kw[key] = p[src]
         else:
             ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeue)
-            kw = {"job_name": name, "nodes": 1, "ntasks_per_node": 1,
-                  "time": DEFAULT_TIME_MIN if p.get("time") is None else parse_time(p["time"])}
+            kw = {
+                "job_name": name,
+                "nodes": 1,
+                "ntasks_per_node": 1,
+                "time": DEFAULT_TIME_MIN if p.get("time") is None else parse_time(p["time"]),
+            }
             if int(p.get("gpus") or 0) > 0:
                 kw["gpus_per_node"] = int(p["gpus"])
             if p.get("cpus"):
@@ -333,7 +392,7 @@ def submitit_executor(folder: Path, name: str, p: dict):
             if p.get("additional"):
                 kw["additional_parameters"] = dict(p["additional"])
         ex.update_parameters(**kw)
-    except RuntimeError as exc:       # no srun: not a Slurm login node
+    except RuntimeError as exc:  # no srun: not a Slurm login node
         raise UserError(f"--executor slurm: {exc} (submit from a Slurm login node)") from exc
     except (NameError, ValueError, TypeError) as exc:
         raise UserError(f"slurm parameters: {str(exc).splitlines()[0]}") from exc
@@ -342,7 +401,7 @@ def submitit_executor(folder: Path, name: str, p: dict):
 
 # ------------------------------------------------------------------------------ in the job
 def _job_label() -> str:
-    """"Slurm job 12" (", restart 1" after a requeue), or the local executor's job."""
+    """ "Slurm job 12" (", restart 1" after a requeue), or the local executor's job."""
     jid = os.environ.get("SLURM_JOB_ID")
     if jid:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
@@ -364,7 +423,7 @@ class SlurmTrain:
 
         self.requeued = False
         rd = RunDir(Path(run_dir))
-        os.umask(os.umask(0o077) | 0o077)     # what the job writes (its result, its files) is user-only
+        os.umask(os.umask(0o077) | 0o077)  # what the job writes (its result, its files) is user-only
         saved = _redirect_output(rd)
         try:
             if not self._should_run(rd):
@@ -375,8 +434,10 @@ class SlurmTrain:
             if self.requeued and rd.status().state in ("running", "stopped"):
                 # submitit requeued the job (and exits this process): wait as `queued`
                 transition(rd, "queued", pid=None, error=None, requeued=time.time())
-                rd.append_log(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: {_job_label()} requeued "
-                              f"(preemption or time limit); the run goes on from last.pt when it restarts")
+                rd.append_log(
+                    f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: {_job_label()} requeued "
+                    f"(preemption or time limit); the run goes on from last.pt when it restarts"
+                )
                 Store.containing(rd).sync(rd)
             raise
         finally:
@@ -391,15 +452,20 @@ class SlurmTrain:
         why = None
         if jid and mine and str(mine) != jid:
             why = f"the run is now Slurm job {mine}'s"
-        elif state == "stopped" and (st.error or "").startswith("interrupted (") \
-                and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        elif (
+            state == "stopped"
+            and (st.error or "").startswith("interrupted (")
+            and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        ):
             # a requeue that was cut off before it wrote `queued`
             transition(rd, "queued", pid=None, error=None, requeued=time.time())
         elif state not in ("queued", "running", "lost"):
             why = f"the run is {state}"
         if why:
-            rd.append_log(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: {_job_label()} on {HOST} "
-                          f"exits without training: {why}")
+            rd.append_log(
+                f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} advlc: {_job_label()} on {HOST} "
+                f"exits without training: {why}"
+            )
             return False
         return True
 
@@ -424,7 +490,12 @@ def _redirect_output(rd: RunDir) -> tuple[int, int, list]:
     saved = (os.dup(1), os.dup(2))
     moved = []
     for h in logging.getLogger("submitit").handlers:
-        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if isinstance(h, logging.StreamHandler) and h.stream in (
+            sys.stdout,
+            sys.stderr,
+            sys.__stdout__,
+            sys.__stderr__,
+        ):
             fd = saved[0] if h.stream in (sys.stdout, sys.__stdout__) else saved[1]
             moved.append((h, h.setStream(os.fdopen(os.dup(fd), "w", buffering=1))))
     try:
@@ -474,12 +545,17 @@ def submit(store: Store, rd: RunDir, params: dict) -> str:
         raise
     transition(rd, "queued", queued_at=time.time(), pid=None, error=None, ended=None, launch=launch)
     try:
-        with contextlib.redirect_stderr(io.StringIO()), user_only():  # submitit echoes sbatch's errors; we say them once
+        with (
+            contextlib.redirect_stderr(io.StringIO()),
+            user_only(),
+        ):  # submitit echoes sbatch's errors; we say them once
             job = ex.submit(SlurmTrain(), str(rd.path))
     except FileNotFoundError as exc:
         transition(rd, "failed", error=f"submission failed: {exc}")
         store.sync(rd)
-        raise UserError(f"run {rd.id}: cannot submit to Slurm ({exc.filename or exc} not found: is this a Slurm login node?)") from exc
+        raise UserError(
+            f"run {rd.id}: cannot submit to Slurm ({exc.filename or exc} not found: is this a Slurm login node?)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - sbatch errors come in several types
         msg = _one_line(str(exc), n=2, skip=("Command '",)) or type(exc).__name__
         transition(rd, "failed", error=f"Slurm submission failed: {msg}")
@@ -506,14 +582,19 @@ def job_states(job_ids: list[str]) -> dict[str, dict] | None:
     if p is None:
         return None
     if p.returncode != 0 and "Invalid job id" not in (p.stderr + p.stdout):
-        return None            # one id alone that Slurm purged fails like this; anything else is not an answer
+        return None  # one id alone that Slurm purged fails like this; anything else is not an answer
     out: dict[str, dict] = {}
     if p.returncode == 0:
         for line in p.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 6 and parts[0] in ids:
-                out[parts[0]] = {"state": parts[1], "reason": parts[2], "nodes": parts[3], "name": parts[4],
-                                 "limit": parts[5]}
+                out[parts[0]] = {
+                    "state": parts[1],
+                    "reason": parts[2],
+                    "nodes": parts[3],
+                    "name": parts[4],
+                    "limit": parts[5],
+                }
     missing = [j for j in ids if j not in out]
     if missing:
         accounted = sacct_states(missing)
@@ -597,16 +678,28 @@ def queue_rows(store: Store) -> list[dict]:
             continue
         try:
             st = store.run_dir(row["id"]).status()
-        except (CorruptFile, UserError, OSError):    # a damaged or vanished run is not the queue's business
+        except (CorruptFile, UserError, OSError):  # a damaged or vanished run is not the queue's business
             continue
         la = st.launch
         if not isinstance(la, SlurmLaunch) or st.state not in ("queued", "running"):
             continue
         asked = la.sbatch or {}
-        rows.append({"id": row["id"], "state": st.state, "job_id": la.job_id, "cluster": la.cluster,
-                     "squeue": not la.local_cluster, "partition": asked.get("partition") or la.params.get("partition"),
-                     "time": asked.get("time"), "gpus": asked.get("gpus"), "queued_at": st.queued_at,
-                     "slurm_state": None, "reason": None, "nodes": None})
+        rows.append(
+            {
+                "id": row["id"],
+                "state": st.state,
+                "job_id": la.job_id,
+                "cluster": la.cluster,
+                "squeue": not la.local_cluster,
+                "partition": asked.get("partition") or la.params.get("partition"),
+                "time": asked.get("time"),
+                "gpus": asked.get("gpus"),
+                "queued_at": st.queued_at,
+                "slurm_state": None,
+                "reason": None,
+                "nodes": None,
+            }
+        )
     rows.sort(key=lambda r: (r["queued_at"] or 0.0, r["id"]))
     jobs = job_states([r["job_id"] for r in rows if r["job_id"] and r["squeue"]]) or {}
     for r in rows:
@@ -645,14 +738,22 @@ def reconcile_queued(store: Store, rds: dict[str, RunDir]) -> list[str]:
         with lock(store):
             st = rd.status()
             if st.state != "queued" or not isinstance(st.launch, SlurmLaunch) or st.launch.job_id != la.job_id:
-                continue            # started, stopped or resubmitted meanwhile
+                continue  # started, stopped or resubmitted meanwhile
             words = "" if la.local_cluster else job_log_words(rd, str(la.job_id))
             again = f"`advlc resume {rd.id}` submits it again"
             if job_state == "CANCELLED":
-                transition(rd, "stopped", pid=None, error=f"{why}: cancelled outside advlc before the run started; {again}")
+                transition(
+                    rd, "stopped", pid=None, error=f"{why}: cancelled outside advlc before the run started; {again}"
+                )
             else:
-                transition(rd, "lost", pid=None, error=f"{why} while the run was queued"
-                           + (f"; the job's stderr ends: {words}" if words else "") + f"; {again}")
+                transition(
+                    rd,
+                    "lost",
+                    pid=None,
+                    error=f"{why} while the run was queued"
+                    + (f"; the job's stderr ends: {words}" if words else "")
+                    + f"; {again}",
+                )
         store.sync(rd)
         changed.append(rid)
     return changed
@@ -676,8 +777,16 @@ class SlurmExecutor(Executor):
     STARTS_LATER = True
     REMOTE = True
 
-    def launch(self, store: Store, planned: list[PlannedRun], create: Callable[[], list[RunDir]], *,
-               gpus: list[int] | None, slots_per_gpu: int, params: dict) -> list[RunDir]:
+    def launch(
+        self,
+        store: Store,
+        planned: list[PlannedRun],
+        create: Callable[[], list[RunDir]],
+        *,
+        gpus: list[int] | None,
+        slots_per_gpu: int,
+        params: dict,
+    ) -> list[RunDir]:
         """`params`: partition, time, gpus, account, ... (the module docstring); the preset's
         `[slurm]` table gives the defaults."""
         if gpus:

@@ -72,7 +72,7 @@ class Method:
     """A registered method: its metadata, and its loss (imported on first use)."""
 
     name: str
-    module: str                               # module under engine.nn.methods, e.g. "advlc"
+    module: str  # module under engine.nn.methods, e.g. "advlc"
     doc: str
     fixed_attack: str | None = None
     attacks: tuple[str, ...] = TRAIN_ATTACKS
@@ -81,7 +81,7 @@ class Method:
     paper_lam: tuple[float, float] | None = None
     needs: tuple[str, ...] = ()
     teachers: tuple[str, ...] = ()
-    params: type | None = field(default=None, compare=False)   # the dataclass of [method.<name>], or None
+    params: type | None = field(default=None, compare=False)  # the dataclass of [method.<name>], or None
 
     def loss(self, model, x, y, ctx):
         return loss_function(self.name)(model, x, y, ctx)
@@ -102,18 +102,38 @@ _DECLARED: dict[str, Method] = {}
 """What the decorators registered when the modules ran (checked against `methods()` by the tests)."""
 
 
-def register(name: str, *, doc: str, fixed_attack: str | None = None, attacks: tuple[str, ...] = TRAIN_ATTACKS,
-             lam: str | None = None, lam_error: str = "", paper_lam: tuple[float, float] | None = None,
-             needs: tuple[str, ...] = (), teachers: tuple[str, ...] = (), params: type | None = None):
+def register(
+    name: str,
+    *,
+    doc: str,
+    fixed_attack: str | None = None,
+    attacks: tuple[str, ...] = TRAIN_ATTACKS,
+    lam: str | None = None,
+    lam_error: str = "",
+    paper_lam: tuple[float, float] | None = None,
+    needs: tuple[str, ...] = (),
+    teachers: tuple[str, ...] = (),
+    params: type | None = None,
+):
     """Decorator: register `fn(model, x, y, ctx) -> (loss, stats)` under `name` (literal arguments only)."""
 
     def deco(fn):
         if name in _FUNCTIONS:
             raise RuntimeError(f"method {name!r} registered twice")
         _FUNCTIONS[name] = fn
-        _DECLARED[name] = Method(name, fn.__module__.rpartition(".")[2], doc, fixed_attack, tuple(attacks), lam,
-                                 lam_error, None if paper_lam is None else tuple(paper_lam), tuple(needs),
-                                 tuple(teachers), params)
+        _DECLARED[name] = Method(
+            name,
+            fn.__module__.rpartition(".")[2],
+            doc,
+            fixed_attack,
+            tuple(attacks),
+            lam,
+            lam_error,
+            None if paper_lam is None else tuple(paper_lam),
+            tuple(needs),
+            tuple(teachers),
+            params,
+        )
         return fn
 
     return deco
@@ -123,8 +143,9 @@ def _literal(node: ast.expr, where: str):
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise RuntimeError(f"{where}: register() arguments must be literals (the registry reads them "
-                           f"without importing the module)") from None
+        raise RuntimeError(
+            f"{where}: register() arguments must be literals (the registry reads them without importing the module)"
+        ) from None
 
 
 PARAMS_NAMESPACE = {"opt": opt, "dataclass": dataclass, "ClassVar": ClassVar, "Any": Any}
@@ -142,10 +163,12 @@ def _params_class(tree: ast.Module, node: ast.expr, path: Path, where: str) -> t
     namespace = dict(PARAMS_NAMESPACE, __name__=f"{__name__}.{path.stem}")
     try:
         code = compile(ast.Module(body=found, type_ignores=[]), str(path), "exec", dont_inherit=True)
-        exec(code, namespace)   # noqa: S102 - the class statement of a module of this package
+        exec(code, namespace)  # noqa: S102 - the class statement of a module of this package
     except NameError as exc:
-        raise RuntimeError(f"{where}: class {node.id} uses a name the registry does not give it ({exc}); "
-                           f"a parameters class may use only {', '.join(PARAMS_NAMESPACE)}") from None
+        raise RuntimeError(
+            f"{where}: class {node.id} uses a name the registry does not give it ({exc}); "
+            f"a parameters class may use only {', '.join(PARAMS_NAMESPACE)}"
+        ) from None
     cls = namespace[node.id]
     if not dataclasses.is_dataclass(cls):
         raise RuntimeError(f"{where}: class {node.id} must be a @dataclass")
@@ -166,7 +189,7 @@ def _read_module(path: Path) -> list[Method]:
                 for k in dec.keywords:
                     if k.arg == "params" and not (isinstance(k.value, ast.Constant) and k.value.value is None):
                         key = getattr(k.value, "id", "")
-                        if key not in classes:   # one class object per module, shared by its methods
+                        if key not in classes:  # one class object per module, shared by its methods
                             classes[key] = _params_class(tree, k.value, path, where)
                         kw["params"] = classes[key]
                 name = _literal(dec.args[0], where)

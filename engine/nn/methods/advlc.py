@@ -24,12 +24,19 @@ from engine.sections import opt
 class AdvLCParams:
     """[method.advlc]: AdvLC's own parameters."""
 
-    top_n: int = opt(100, "N, the number of logit differences in the batch that are penalised (Eq. 15).",
-                     unit="entries", min=1, max=10_000_000)
+    top_n: int = opt(
+        100,
+        "N, the number of logit differences in the batch that are penalised (Eq. 15).",
+        unit="entries",
+        min=1,
+        max=10_000_000,
+    )
     clean: str = opt(
-        "start", "The clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
+        "start",
+        "The clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
         "f(x~) for FGSM-N, as in the authors' code); 'x' adds a separate forward pass on x.",
-        choices=("start", "x"))
+        choices=("start", "x"),
+    )
     FLAT_KEYS: ClassVar[dict[str, str]] = {"top_n": "top_n", "clean": "clean"}
 
 
@@ -56,9 +63,14 @@ def clean_and_adv(model, x, y, ctx):
     return logits_clean, res.x_adv
 
 
-@register("advlc", lam="> 0", paper_lam=(0.55, 0.4), params=AdvLCParams,
-          lam_error="AdvLC needs lambda > 0 (paper: 0.55 with FGSM-N, 0.4 with PGD10)",
-          doc="AdvLC: adversarial CE + lambda * top-N |f(x+delta) - f(x)| over the batch, / M (Eq. 16).")
+@register(
+    "advlc",
+    lam="> 0",
+    paper_lam=(0.55, 0.4),
+    params=AdvLCParams,
+    lam_error="AdvLC needs lambda > 0 (paper: 0.55 with FGSM-N, 0.4 with PGD10)",
+    doc="AdvLC: adversarial CE + lambda * top-N |f(x+delta) - f(x)| over the batch, / M (Eq. 16).",
+)
 def advlc(model, x, y, ctx):
     logits_clean, x_adv = clean_and_adv(model, x, y, ctx)
     logits_adv = model(x_adv)

@@ -38,10 +38,13 @@ class VariantParams:
     """[method.advlc_<variant>]: the clean branch, as AdvLC's (`[method.advlc] clean`)."""
 
     clean: str = opt(
-        "start", "The clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
+        "start",
+        "The clean logits: 'start' shares the attack's first forward pass (f(x) for FGSM/PGD, "
         "f(x~) for FGSM-N, as in the authors' code); 'x' adds a separate forward pass on x.",
-        choices=("start", "x"))
+        choices=("start", "x"),
+    )
     FLAT_KEYS: ClassVar[dict[str, str]] = {"clean": "clean"}
+
 
 PENALTIES = {
     "l1": lambda adv, clean: (adv - clean).abs().sum(),
@@ -63,37 +66,56 @@ def _frame(model, x, y, ctx, penalty):
     return total, {"logits": logits_adv, "reg": reg.detach() / m}
 
 
-@register("advlc_l1", lam="> 0", params=VariantParams, lam_error="advlc_l1 needs lambda > 0 (Table 3 does not state it; AdvLC "
-          "itself uses 0.55 with FGSM-N)",
-          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum |f(x+delta) - f(x)| (all w = 1), / M.")
+@register(
+    "advlc_l1",
+    lam="> 0",
+    params=VariantParams,
+    lam_error="advlc_l1 needs lambda > 0 (Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N)",
+    doc="AdvLC variant (Table 3): adversarial CE + lambda * sum |f(x+delta) - f(x)| (all w = 1), / M.",
+)
 def advlc_l1(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["l1"])
 
 
-@register("advlc_sql2", lam="> 0", params=VariantParams, lam_error="advlc_sql2 needs lambda > 0 (Table 3 does not state it; AdvLC "
-          "itself uses 0.55 with FGSM-N)",
-          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum (f(x+delta) - f(x))^2 (w = o), / M.")
+@register(
+    "advlc_sql2",
+    lam="> 0",
+    params=VariantParams,
+    lam_error="advlc_sql2 needs lambda > 0 (Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N)",
+    doc="AdvLC variant (Table 3): adversarial CE + lambda * sum (f(x+delta) - f(x))^2 (w = o), / M.",
+)
 def advlc_sql2(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["sql2"])
 
 
-@register("advlc_kl", lam="> 0", params=VariantParams, lam_error="advlc_kl needs lambda > 0 (Table 3 does not state it; AdvLC "
-          "itself uses 0.55 with FGSM-N)",
-          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i KL(softmax f(x) || softmax f(x+delta)), / M.")
+@register(
+    "advlc_kl",
+    lam="> 0",
+    params=VariantParams,
+    lam_error="advlc_kl needs lambda > 0 (Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N)",
+    doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i KL(softmax f(x) || softmax f(x+delta)), / M.",
+)
 def advlc_kl(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["kl"])
 
 
-@register("advlc_js", lam="> 0", params=VariantParams, lam_error="advlc_js needs lambda > 0 (Table 3 does not state it; AdvLC "
-          "itself uses 0.55 with FGSM-N)",
-          doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i JS(softmax f(x), softmax f(x+delta)), / M.")
+@register(
+    "advlc_js",
+    lam="> 0",
+    params=VariantParams,
+    lam_error="advlc_js needs lambda > 0 (Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N)",
+    doc="AdvLC variant (Table 3): adversarial CE + lambda * sum_i JS(softmax f(x), softmax f(x+delta)), / M.",
+)
 def advlc_js(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["js"])
 
 
-@register("advlc_nuclear", lam="> 0", params=VariantParams, lam_error="advlc_nuclear needs lambda > 0 (Table 3 does not state it; "
-          "AdvLC itself uses 0.55 with FGSM-N)",
-          doc="AdvLC variant (Table 3): adversarial CE + lambda * nuclear norm of the B x C logit-difference "
-              "matrix, / M.")
+@register(
+    "advlc_nuclear",
+    lam="> 0",
+    params=VariantParams,
+    lam_error="advlc_nuclear needs lambda > 0 (Table 3 does not state it; AdvLC itself uses 0.55 with FGSM-N)",
+    doc="AdvLC variant (Table 3): adversarial CE + lambda * nuclear norm of the B x C logit-difference matrix, / M.",
+)
 def advlc_nuclear(model, x, y, ctx):
     return _frame(model, x, y, ctx, PENALTIES["nuclear"])

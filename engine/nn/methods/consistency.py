@@ -40,15 +40,23 @@ class ConsistencyParams:
     """[method.consistency]: Consistency's own parameter."""
 
     temperature: float = opt(
-        1.0, "Softmax temperature tau of the JS term, softmax(logits / tau) (the paper: 1; Tack et al. "
-        "2022: 0.5).", min=0.01, max=100.0)
+        1.0,
+        "Softmax temperature tau of the JS term, softmax(logits / tau) (the paper: 1; Tack et al. 2022: 0.5).",
+        min=0.01,
+        max=100.0,
+    )
     FLAT_KEYS: ClassVar[dict[str, str]] = {"temperature": "temperature"}
 
 
-@register("consistency", lam="> 0", paper_lam=(50.0, 50.0), needs=("raw_batch", "doubled_batch"),
-          params=ConsistencyParams,
-          lam_error="Consistency needs lambda > 0 (paper: 50 with FGSM-N and with PGD10)",
-          doc="Consistency (Tack et al. 2022): adversarial CE on two augmented views + lambda * JS between them.")
+@register(
+    "consistency",
+    lam="> 0",
+    paper_lam=(50.0, 50.0),
+    needs=("raw_batch", "doubled_batch"),
+    params=ConsistencyParams,
+    lam_error="Consistency needs lambda > 0 (paper: 50 with FGSM-N and with PGD10)",
+    doc="Consistency (Tack et al. 2022): adversarial CE on two augmented views + lambda * JS between them.",
+)
 def consistency(model, x, y, ctx):
     d = ctx.cfg.data
     base = ctx.extras.get("x_unaugmented", x)

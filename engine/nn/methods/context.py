@@ -15,9 +15,9 @@ class StepContext:
     """What a method may use besides the batch."""
 
     cfg: RunConfig
-    epoch: int                    # 0-based
-    lam: float                    # lambda for this epoch (after the schedule)
-    extras: dict = field(default_factory=dict)   # e.g. teacher models for KDSA
+    epoch: int  # 0-based
+    lam: float  # lambda for this epoch (after the schedule)
+    extras: dict = field(default_factory=dict)  # e.g. teacher models for KDSA
 
     @property
     def params(self) -> Any:
@@ -27,6 +27,16 @@ class StepContext:
     def attack(self, model, x, y, keep_start_logits: bool = False) -> AttackResult:
         """Run the configured training attack on (x, y); see engine.nn.attacks.run_attack."""
         a = self.cfg.attack
-        return run_attack(model, x, y, name=a.name, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                          random_start=a.random_start, noise=a.noise, train_mode=a.train_mode,
-                          keep_start_logits=keep_start_logits)
+        return run_attack(
+            model,
+            x,
+            y,
+            name=a.name,
+            eps=a.eps,
+            alpha=a.alpha,
+            steps=a.steps,
+            random_start=a.random_start,
+            noise=a.noise,
+            train_mode=a.train_mode,
+            keep_start_logits=keep_start_logits,
+        )

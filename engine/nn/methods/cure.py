@@ -57,10 +57,13 @@ class CUREParams:
     """[method.cure]: which CURE penalty (docs/FIDELITY.md, row 5.1)."""
 
     form: str = opt(
-        "batch_sq", "'batch_sq' = the squared l2 norm of the difference of the batch-mean-CE input gradients, "
+        "batch_sq",
+        "'batch_sq' = the squared l2 norm of the difference of the batch-mean-CE input gradients, "
         "model in train mode (the form under which the paper's lambda = 1500 is on the scale of the CE); "
         "'original' = the public CURE code's mean over samples of the unsquared per-sample norms, model in "
-        "eval mode.", choices=("batch_sq", "original"))
+        "eval mode.",
+        choices=("batch_sq", "original"),
+    )
     FLAT_KEYS: ClassVar[dict[str, str]] = {"cure_form": "form"}
 
 
@@ -88,10 +91,16 @@ def cure_penalty(model, x, y, eps: float, form: str = "batch_sq"):
     raise ValueError(f"unknown CURE form {form!r}; choose one of {CURE_FORMS}")
 
 
-@register("cure", lam="> 0", paper_lam=(1500.0, 1500.0), needs=("double_backprop",), params=CUREParams,
-          lam_error="CURE needs lambda > 0 (paper: 1500 with FGSM-N and with PGD10)",
-          doc="CURE (Moosavi-Dezfooli et al. 2019): adversarial CE + lambda * ||g(x + eps sign g) - g(x)||^2 "
-              "([method.cure] form: batch_sq, or the public code's 'original').")
+@register(
+    "cure",
+    lam="> 0",
+    paper_lam=(1500.0, 1500.0),
+    needs=("double_backprop",),
+    params=CUREParams,
+    lam_error="CURE needs lambda > 0 (paper: 1500 with FGSM-N and with PGD10)",
+    doc="CURE (Moosavi-Dezfooli et al. 2019): adversarial CE + lambda * ||g(x + eps sign g) - g(x)||^2 "
+    "([method.cure] form: batch_sq, or the public code's 'original').",
+)
 def cure(model, x, y, ctx):
     eps, form = ctx.cfg.attack.eps, ctx.params.form
     if form != "original":

@@ -13,8 +13,12 @@ from engine.nn.methods import register
 from engine.nn.methods.penalties import input_grad, sq_norm
 
 
-@register("eq10_grad_penalty", fixed_attack="none", needs=("double_backprop",),
-          doc="Eq. 10 ablation: standard training + beta * ||grad_x CE_mean(x)||^2, beta = method.lam.")
+@register(
+    "eq10_grad_penalty",
+    fixed_attack="none",
+    needs=("double_backprop",),
+    doc="Eq. 10 ablation: standard training + beta * ||grad_x CE_mean(x)||^2, beta = method.lam.",
+)
 def eq10_grad_penalty(model, x, y, ctx):
     g, logits, ce = input_grad(model, x, y, create_graph=ctx.lam != 0, retain_graph=True)
     reg = sq_norm(g)

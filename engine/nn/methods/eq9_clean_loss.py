@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from engine.nn.methods import register
 
 
-@register("eq9_clean_loss", lam="0..1",
-          lam_error="Eq. 9's alpha must be in [0, 1] (paper: a sweep from 0 to 1 with FGSM-R)",
-          doc="Eq. 9 ablation: CE(f(x + delta)) - alpha * CE(f(x)), alpha = method.lam (paper: FGSM-R).")
+@register(
+    "eq9_clean_loss",
+    lam="0..1",
+    lam_error="Eq. 9's alpha must be in [0, 1] (paper: a sweep from 0 to 1 with FGSM-R)",
+    doc="Eq. 9 ablation: CE(f(x + delta)) - alpha * CE(f(x)), alpha = method.lam (paper: FGSM-R).",
+)
 def eq9_clean_loss(model, x, y, ctx):
     a = ctx.cfg.attack
     share = a.train_mode and (a.name == "fgsm" or (a.name == "pgd" and not a.random_start))

@@ -29,7 +29,7 @@ from engine.nn.methods.penalties import adversarial_ce_plus, input_grad
 def mean_cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
     """Mean over samples of cos(g1_i, g2_i), leaving out samples where either is ~0 (see above)."""
     g1, g2 = g1.flatten(1), g2.flatten(1)
-    floor = torch.finfo(g1.dtype).tiny ** 0.5      # ~1e-19 in float32: 1/floor^2 still finite
+    floor = torch.finfo(g1.dtype).tiny ** 0.5  # ~1e-19 in float32: 1/floor^2 still finite
     n1 = torch.linalg.vector_norm(g1.detach(), dim=1)
     n2 = torch.linalg.vector_norm(g2.detach(), dim=1)
     valid = (n1 > floor) & (n2 > floor)
@@ -53,8 +53,13 @@ def gradalign_penalty(model, x, y, eps: float):
     return 1.0 - mean_cosine(g1, g2)
 
 
-@register("gradalign", lam="> 0", paper_lam=(7.0, 6.0), needs=("double_backprop",),
-          lam_error="GradAlign needs lambda > 0 (paper: 7 with FGSM-N, 6 with PGD10)",
-          doc="GradAlign (Andriushchenko & Flammarion 2020): adversarial CE + lambda * (1 - cos(g(x), g(x + eta))).")
+@register(
+    "gradalign",
+    lam="> 0",
+    paper_lam=(7.0, 6.0),
+    needs=("double_backprop",),
+    lam_error="GradAlign needs lambda > 0 (paper: 7 with FGSM-N, 6 with PGD10)",
+    doc="GradAlign (Andriushchenko & Flammarion 2020): adversarial CE + lambda * (1 - cos(g(x), g(x + eta))).",
+)
 def gradalign(model, x, y, ctx):
     return adversarial_ce_plus(model, x, y, ctx, lambda: gradalign_penalty(model, x, y, ctx.cfg.attack.eps))

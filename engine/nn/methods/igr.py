@@ -20,7 +20,6 @@ gradients", AAAI), added to adversarial training as in Li & Spratling 2023, Sec.
   first gradient, computed without create_graph, so it cannot be reused.
 """
 
-
 from engine.nn.methods import register
 from engine.nn.methods.penalties import adversarial_ce_plus, input_grad, sq_norm
 
@@ -31,8 +30,13 @@ def grad_penalty(model, x, y):
     return sq_norm(g), logits, loss
 
 
-@register("igr", lam="> 0", paper_lam=(1200.0, 1000.0), needs=("double_backprop",),
-          lam_error="IGR needs lambda > 0 (paper: 1200 with FGSM-N, 1000 with PGD10)",
-          doc="IGR (Ross & Doshi-Velez 2018): adversarial CE + lambda * ||grad_x CE_mean(x)||^2 (double backprop).")
+@register(
+    "igr",
+    lam="> 0",
+    paper_lam=(1200.0, 1000.0),
+    needs=("double_backprop",),
+    lam_error="IGR needs lambda > 0 (paper: 1200 with FGSM-N, 1000 with PGD10)",
+    doc="IGR (Ross & Doshi-Velez 2018): adversarial CE + lambda * ||grad_x CE_mean(x)||^2 (double backprop).",
+)
 def igr(model, x, y, ctx):
     return adversarial_ce_plus(model, x, y, ctx, lambda: grad_penalty(model, x, y)[0])

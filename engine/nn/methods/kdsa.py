@@ -35,30 +35,52 @@ class KDSAParams:
     teacher run it distils from (a `<role>_checkpoint` per teacher role, read by engine.launch.plan)."""
 
     temperature: float = opt(
-        2.0, "Distillation temperature T (Chen et al. 2021 code: 2); the KD terms are scaled by T^2.",
-        min=1e-6, max=1000.0)
+        2.0,
+        "Distillation temperature T (Chen et al. 2021 code: 2); the KD terms are scaled by T^2.",
+        min=1e-6,
+        max=1000.0,
+    )
     alpha_std: float = opt(
-        0.1, "Weight of the KD term towards the standard-trained teacher (original code: coef_kd1 = 0.1). "
-        "The CE weight is 1 - alpha_std - alpha_adv (original: 0.3).", min=0.0, max=1.0)
+        0.1,
+        "Weight of the KD term towards the standard-trained teacher (original code: coef_kd1 = 0.1). "
+        "The CE weight is 1 - alpha_std - alpha_adv (original: 0.3).",
+        min=0.0,
+        max=1.0,
+    )
     alpha_adv: float = opt(
-        0.6, "Weight of the KD term towards the adversarially-trained teacher (original code: coef_kd2 = 0.6).",
-        min=0.0, max=1.0)
+        0.6,
+        "Weight of the KD term towards the adversarially-trained teacher (original code: coef_kd2 = 0.6).",
+        min=0.0,
+        max=1.0,
+    )
     standard_checkpoint: str = opt(
-        "end", "Which checkpoint of the standard teacher run: 'end' (the last epoch; the original uses the "
+        "end",
+        "Which checkpoint of the standard teacher run: 'end' (the last epoch; the original uses the "
         "best-clean-accuracy model, which for standard training is ~ the end) or 'best' (highest PGD robust "
-        "accuracy).", choices=("end", "best"))
+        "accuracy).",
+        choices=("end", "best"),
+    )
     adversarial_checkpoint: str = opt(
-        "best", "Which checkpoint of the adversarial teacher run: 'best' (highest PGD robust accuracy, the "
-        "original's early-stopped RA-best teacher) or 'end'.", choices=("best", "end"))
+        "best",
+        "Which checkpoint of the adversarial teacher run: 'best' (highest PGD robust accuracy, the "
+        "original's early-stopped RA-best teacher) or 'end'.",
+        choices=("best", "end"),
+    )
     FLAT_KEYS: ClassVar[dict[str, str]] = {
-        "kd_temperature": "temperature", "kd_alpha_std": "alpha_std", "kd_alpha_adv": "alpha_adv",
-        "kd_std_checkpoint": "standard_checkpoint", "kd_adv_checkpoint": "adversarial_checkpoint"}
+        "kd_temperature": "temperature",
+        "kd_alpha_std": "alpha_std",
+        "kd_alpha_adv": "alpha_adv",
+        "kd_std_checkpoint": "standard_checkpoint",
+        "kd_adv_checkpoint": "adversarial_checkpoint",
+    }
 
     def problem(self) -> str | None:
         """The CE weight 1 - alpha_std - alpha_adv must not be negative."""
         if self.alpha_std + self.alpha_adv > 1.0 + 1e-12:
-            return (f"method.kdsa.alpha_std + method.kdsa.alpha_adv = {self.alpha_std + self.alpha_adv:g}: "
-                    f"must be <= 1 (the CE weight is 1 - their sum; original: 0.1 + 0.6)")
+            return (
+                f"method.kdsa.alpha_std + method.kdsa.alpha_adv = {self.alpha_std + self.alpha_adv:g}: "
+                f"must be <= 1 (the CE weight is 1 - their sum; original: 0.1 + 0.6)"
+            )
         return None
 
 
@@ -76,20 +98,25 @@ def kdsa_loss(logits_adv, y, t_std_logits, t_adv_logits, *, T: float, a_std: flo
     return (1.0 - a_std - a_adv) * ce + a_std * kd_std + a_adv * kd_adv, kd_std, kd_adv
 
 
-@register("kdsa", teachers=("standard", "adversarial"), params=KDSAParams,
-          doc="KDSA (Chen et al. 2021): (1-a_s-a_a) CE(f(x_adv)) + T^2 [a_s KL(t_std||f) + a_a KL(t_adv||f)] "
-              "at temperature T, teachers from teacher runs; pair with [swa].")
+@register(
+    "kdsa",
+    teachers=("standard", "adversarial"),
+    params=KDSAParams,
+    doc="KDSA (Chen et al. 2021): (1-a_s-a_a) CE(f(x_adv)) + T^2 [a_s KL(t_std||f) + a_a KL(t_adv||f)] "
+    "at temperature T, teachers from teacher runs; pair with [swa].",
+)
 def kdsa(model, x, y, ctx):
     teachers = ctx.extras.get("teachers") or {}
     if "standard" not in teachers or "adversarial" not in teachers:
-        raise UserError("method 'kdsa' needs its standard and adversarial teachers (a [teachers] table in the "
-                        "preset, resolved to finished teacher runs)")
+        raise UserError(
+            "method 'kdsa' needs its standard and adversarial teachers (a [teachers] table in the "
+            "preset, resolved to finished teacher runs)"
+        )
     p = ctx.params
     x_adv = ctx.attack(model, x, y).x_adv
     logits_adv = model(x_adv)
     with torch.no_grad():
         t_std = teachers["standard"](x_adv)
         t_adv = teachers["adversarial"](x_adv)
-    loss, kd_std, kd_adv = kdsa_loss(logits_adv, y, t_std, t_adv, T=p.temperature,
-                                     a_std=p.alpha_std, a_adv=p.alpha_adv)
+    loss, kd_std, kd_adv = kdsa_loss(logits_adv, y, t_std, t_adv, T=p.temperature, a_std=p.alpha_std, a_adv=p.alpha_adv)
     return loss, {"logits": logits_adv, "kd_std": kd_std.detach(), "kd_adv": kd_adv.detach()}

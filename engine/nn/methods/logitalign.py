@@ -26,9 +26,13 @@ from engine.nn.methods import register
 from engine.nn.methods.penalties import kl_rows
 
 
-@register("logitalign", lam="> 0", paper_lam=(100.0, 50.0),
-          lam_error="LogitAlign needs lambda > 0 (paper: 100 with FGSM-N, 50 with PGD10)",
-          doc="LogitAlign (Zhang et al. 2022): adversarial CE + lambda * KL(f(adv of x) || f(adv of x + eta)).")
+@register(
+    "logitalign",
+    lam="> 0",
+    paper_lam=(100.0, 50.0),
+    lam_error="LogitAlign needs lambda > 0 (paper: 100 with FGSM-N, 50 with PGD10)",
+    doc="LogitAlign (Zhang et al. 2022): adversarial CE + lambda * KL(f(adv of x) || f(adv of x + eta)).",
+)
 def logitalign(model, x, y, ctx):
     eps = ctx.cfg.attack.eps
     x_adv = ctx.attack(model, x, y).x_adv

@@ -28,8 +28,9 @@ def input_grad(model, x, y, *, create_graph: bool, retain_graph: bool | None = N
     with torch.enable_grad():
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        (g,) = torch.autograd.grad(loss, x, create_graph=create_graph,
-                                   retain_graph=create_graph if retain_graph is None else retain_graph)
+        (g,) = torch.autograd.grad(
+            loss, x, create_graph=create_graph, retain_graph=create_graph if retain_graph is None else retain_graph
+        )
     return g, logits, loss
 
 

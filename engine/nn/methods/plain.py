@@ -27,18 +27,22 @@ def fgsm(model, x, y, ctx):
     return _adversarial_ce(model, x, y, ctx)
 
 
-@register("fgsm_rs", fixed_attack="fgsm_rs",
-          doc="FGSM-R AT: random start U(-eps, eps), one step of size alpha, projected.")
+@register(
+    "fgsm_rs", fixed_attack="fgsm_rs", doc="FGSM-R AT: random start U(-eps, eps), one step of size alpha, projected."
+)
 def fgsm_rs(model, x, y, ctx):
     return _adversarial_ce(model, x, y, ctx)
 
 
-@register("fgsm_n", fixed_attack="fgsm_n",
-          doc="FGSM-N AT (Zhang et al. 2022): noise U(-k, k), one step, not projected back.")
+@register(
+    "fgsm_n", fixed_attack="fgsm_n", doc="FGSM-N AT (Zhang et al. 2022): noise U(-k, k), one step, not projected back."
+)
 def fgsm_n(model, x, y, ctx):
     return _adversarial_ce(model, x, y, ctx)
 
 
-@register("pgd", fixed_attack="pgd", doc="PGD-k AT (Madry et al. 2018): k steps of size alpha (paper: 10 steps, eps/4).")
+@register(
+    "pgd", fixed_attack="pgd", doc="PGD-k AT (Madry et al. 2018): k steps of size alpha (paper: 10 steps, eps/4)."
+)
 def pgd(model, x, y, ctx):
     return _adversarial_ce(model, x, y, ctx)

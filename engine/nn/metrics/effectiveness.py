@@ -34,9 +34,17 @@ def frozen_buffers(model: nn.Module):
                 b.copy_(v)
 
 
-def effectiveness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, advs: dict[str, torch.Tensor], *,
-                  eps: float, ref_steps: int = 50, alpha: float | None = None,
-                  batch_size: int = 500) -> dict[str, float]:
+def effectiveness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    advs: dict[str, torch.Tensor],
+    *,
+    eps: float,
+    ref_steps: int = 50,
+    alpha: float | None = None,
+    batch_size: int = 500,
+) -> dict[str, float]:
     """Eq. 7 of each perturbed copy in `advs` ({name: x_adv}) of the same (x, y), against one
     PGD-`ref_steps` reference (step alpha, default eps/4)."""
     if len(x) == 0:
@@ -44,8 +52,9 @@ def effectiveness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, advs: dict
     alpha = eps / 4 if alpha is None else alpha
     with model_mode(model, False):
         l0, _ = per_sample(model, x, y, batch_size=batch_size)
-        lr, _ = per_sample(model, x, y, batch_size=batch_size,
-                           perturb=pgd_perturb(model, eps=eps, alpha=alpha, steps=ref_steps))
+        lr, _ = per_sample(
+            model, x, y, batch_size=batch_size, perturb=pgd_perturb(model, eps=eps, alpha=alpha, steps=ref_steps)
+        )
         den = lr - l0
         keep = den > 1e-12
         safe = torch.where(keep, den, torch.ones_like(den))
@@ -60,34 +69,89 @@ def effectiveness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, advs: dict
     return {k: float(v) for k, v in out.items()}
 
 
-def attack_effectiveness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
-                         eps: float, ref_steps: int = 50, alpha: float | None = None,
-                         batch_size: int = 500) -> float:
+def attack_effectiveness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    *,
+    eps: float,
+    ref_steps: int = 50,
+    alpha: float | None = None,
+    batch_size: int = 500,
+) -> float:
     """Eq. 7 of one perturbed copy x_adv of x."""
-    return effectiveness(model, x, y, {"x_adv": x_adv}, eps=eps, ref_steps=ref_steps, alpha=alpha,
-                         batch_size=batch_size)["x_adv"]
+    return effectiveness(
+        model, x, y, {"x_adv": x_adv}, eps=eps, ref_steps=ref_steps, alpha=alpha, batch_size=batch_size
+    )["x_adv"]
 
 
-def attack_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_name: str, *, eps: float,
-               alpha: float, steps: int = 1, noise: float | None = None, train_mode: bool = False,
-               random_start: bool = False, batch_size: int = 500) -> torch.Tensor:
+def attack_all(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack_name: str,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int = 1,
+    noise: float | None = None,
+    train_mode: bool = False,
+    random_start: bool = False,
+    batch_size: int = 500,
+) -> torch.Tensor:
     """The examples of training attack `attack_name` (engine.nn.attacks.run_attack) for all of x,
     batch by batch. With train_mode the attack runs in train mode as in training, but BN running
     statistics are restored afterwards. Random draws use the global torch RNG."""
     if attack_name not in TRAINING_ATTACKS:
         raise ValueError(f"unknown training attack {attack_name!r}")
     with frozen_buffers(model):
-        return torch.cat([
-            run_attack(model, x[s], y[s], name=attack_name, eps=eps, alpha=alpha, steps=steps, noise=noise,
-                       train_mode=train_mode, random_start=random_start).x_adv
-            for s in batches(len(x), batch_size)])
+        return torch.cat(
+            [
+                run_attack(
+                    model,
+                    x[s],
+                    y[s],
+                    name=attack_name,
+                    eps=eps,
+                    alpha=alpha,
+                    steps=steps,
+                    noise=noise,
+                    train_mode=train_mode,
+                    random_start=random_start,
+                ).x_adv
+                for s in batches(len(x), batch_size)
+            ]
+        )
 
 
-def training_attack_effectiveness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_name: str, *,
-                                  eps: float, alpha: float, steps: int = 1, noise: float | None = None,
-                                  train_mode: bool = False, random_start: bool = False,
-                                  batch_size: int = 500, ref_steps: int = 50) -> float:
+def training_attack_effectiveness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack_name: str,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int = 1,
+    noise: float | None = None,
+    train_mode: bool = False,
+    random_start: bool = False,
+    batch_size: int = 500,
+    ref_steps: int = 50,
+) -> float:
     """Eq. 7 of a training attack (fgsm, fgsm_rs, fgsm_n, pgd) generated by `attack_all`."""
-    x_adv = attack_all(model, x, y, attack_name, eps=eps, alpha=alpha, steps=steps, noise=noise,
-                       train_mode=train_mode, random_start=random_start, batch_size=batch_size)
+    x_adv = attack_all(
+        model,
+        x,
+        y,
+        attack_name,
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        noise=noise,
+        train_mode=train_mode,
+        random_start=random_start,
+        batch_size=batch_size,
+    )
     return attack_effectiveness(model, x, y, x_adv, eps=eps, ref_steps=ref_steps, batch_size=batch_size)

@@ -22,8 +22,9 @@ from engine.nn.metrics.gradients import input_gradient_norm
 Perturb = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def per_sample(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
-               perturb: Perturb | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def per_sample(
+    model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500, perturb: Perturb | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE per sample in float64, correct per sample) of `model` on x, or on perturb(x_b, y_b)
     batch by batch. The model runs in the mode the caller set; the perturbation may need
     gradients, the measurement takes none."""
@@ -53,16 +54,21 @@ def clean_and_robust(model, x, y, *, eps: float, alpha: float, steps: int, batch
         raise ValueError("clean_and_robust: empty input")
     with model_mode(model, False):
         cl, cc = per_sample(model, x, y, batch_size=batch_size)
-        rl, rc = per_sample(model, x, y, batch_size=batch_size,
-                            perturb=pgd_perturb(model, eps=eps, alpha=alpha, steps=steps))
+        rl, rc = per_sample(
+            model, x, y, batch_size=batch_size, perturb=pgd_perturb(model, eps=eps, alpha=alpha, steps=steps)
+        )
     clean_loss, clean_correct, robust_loss, robust_correct = torch.stack(
-        [cl.sum(), cc.sum().double(), rl.sum(), rc.sum().double()]).tolist()
-    return {"clean_loss": clean_loss / n, "clean_acc": clean_correct / n,
-            "robust_loss": robust_loss / n, "robust_acc": robust_correct / n}
+        [cl.sum(), cc.sum().double(), rl.sum(), rc.sum().double()]
+    ).tolist()
+    return {
+        "clean_loss": clean_loss / n,
+        "clean_acc": clean_correct / n,
+        "robust_loss": robust_loss / n,
+        "robust_acc": robust_correct / n,
+    }
 
 
-def evaluate(model, x, y, *, eps: float, alpha: float, steps: int, batch_size: int = 500,
-             ig: bool = True) -> dict:
+def evaluate(model, x, y, *, eps: float, alpha: float, steps: int, batch_size: int = 500, ig: bool = True) -> dict:
     """The per-epoch evaluation: clean and PGD-`steps` loss/accuracy (fractions),
     AV = robust_loss - clean_loss, and IG (None unless `ig`)."""
     out = clean_and_robust(model, x, y, eps=eps, alpha=alpha, steps=steps, batch_size=batch_size)
@@ -71,15 +77,22 @@ def evaluate(model, x, y, *, eps: float, alpha: float, steps: int, batch_size: i
     return out
 
 
-def adversarial_vulnerability(model, x, y, *, eps: float, steps: int = 20, alpha: float | None = None,
-                              batch_size: int = 500) -> dict:
+def adversarial_vulnerability(
+    model, x, y, *, eps: float, steps: int = 20, alpha: float | None = None, batch_size: int = 500
+) -> dict:
     """AV (Eq. 2): mean CE on PGD-`steps` examples (step alpha = eps/4 by default, no random
     start, eval mode) minus mean clean CE. Returns plain floats: clean_loss, adv_loss, av,
     clean_acc, adv_acc (one host sync)."""
-    r = clean_and_robust(model, x, y, eps=eps, alpha=eps / 4 if alpha is None else alpha, steps=steps,
-                         batch_size=batch_size)
-    return {"clean_loss": r["clean_loss"], "adv_loss": r["robust_loss"], "av": r["robust_loss"] - r["clean_loss"],
-            "clean_acc": r["clean_acc"], "adv_acc": r["robust_acc"]}
+    r = clean_and_robust(
+        model, x, y, eps=eps, alpha=eps / 4 if alpha is None else alpha, steps=steps, batch_size=batch_size
+    )
+    return {
+        "clean_loss": r["clean_loss"],
+        "adv_loss": r["robust_loss"],
+        "av": r["robust_loss"] - r["clean_loss"],
+        "clean_acc": r["clean_acc"],
+        "adv_acc": r["robust_acc"],
+    }
 
 
 def clean_loss_and_accuracy(model, x, y, *, batch_size: int = 500) -> tuple[float, float]:

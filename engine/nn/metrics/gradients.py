@@ -45,8 +45,15 @@ def input_gradient_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     return float(total / n)
 
 
-def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                       batch_size: int = 500, generator: torch.Generator | None = None) -> float:
+def gradient_alignment(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    batch_size: int = 500,
+    generator: torch.Generator | None = None,
+) -> float:
     """A.5: mean over samples of cos(grad_x L(x), grad_x L(x + eta)), eta ~ U(-eps, eps),
     x + eta clamped to [0, 1]; per-sample flattened gradients, eval mode. eta is drawn on
     the generator's device (global RNG on x's device when None). A sample with a zero

@@ -41,8 +41,9 @@ def _randn(shape, generator: torch.Generator | None, seed: int, device, dtype) -
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     gen_device = generator.device
-    return torch.randn(shape, generator=generator, device=gen_device,
-                       dtype=torch.float64).to(device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float64).to(
+        device=device, dtype=dtype
+    )
 
 
 def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
@@ -88,15 +89,26 @@ def _ritz(alphas: list[torch.Tensor], betas: list[torch.Tensor], m: int):
     a = torch.stack(alphas[:m]).to(device="cpu", dtype=torch.float64)
     T = torch.diag(a)
     if m > 1:
-        b = torch.stack(betas[:m - 1]).to(device="cpu", dtype=torch.float64)
+        b = torch.stack(betas[: m - 1]).to(device="cpu", dtype=torch.float64)
         T = T + torch.diag(b, 1) + torch.diag(b, -1)
     return torch.linalg.eigh(T)
 
 
-def lanczos_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, *,
-                 n_iter: int | None = None, max_iter: int | None = None, tol: float = 1e-4,
-                 check_every: int = 10, which: str = "LA", generator: torch.Generator | None = None,
-                 seed: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
+def lanczos_topk(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    k: int,
+    *,
+    n_iter: int | None = None,
+    max_iter: int | None = None,
+    tol: float = 1e-4,
+    check_every: int = 10,
+    which: str = "LA",
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
     """Top-k eigenvalues of a symmetric operator by Lanczos: the k largest algebraic
     (which="LA", default) or the k largest in magnitude (which="LM", what power iteration
     finds).
@@ -121,7 +133,7 @@ def lanczos_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, 
     fdt = torch.float64 if dtype == torch.float64 else torch.float32
     Q = torch.zeros(m_max, dim, device=device, dtype=fdt)
     alphas: list[torch.Tensor] = []
-    betas: list[torch.Tensor] = []          # betas[j] couples vector j and j + 1
+    betas: list[torch.Tensor] = []  # betas[j] couples vector j and j + 1
     breakdown = math.sqrt(torch.finfo(fdt).eps)
     scale = 0.0
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -132,8 +144,8 @@ def lanczos_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, 
     q = fresh(0)
     m = 0
     beta_prev = None
-    block_start = 0      # first index of the current Krylov block (restarts after breakdowns)
-    rest = None          # (eigenvalue, multiplicity) of the remaining orthogonal complement
+    block_start = 0  # first index of the current Krylov block (restarts after breakdowns)
+    rest = None  # (eigenvalue, multiplicity) of the remaining orthogonal complement
     while m < m_max and q is not None:
         Q[m] = q
         w = hvp(q.to(dtype)).to(fdt)
@@ -141,13 +153,13 @@ def lanczos_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, 
         w = w - alpha * q
         if beta_prev is not None:
             w = w - beta_prev * Q[m - 1]
-        B = Q[:m + 1]
+        B = Q[: m + 1]
         w = w - B.T @ (B @ w)
         w = w - B.T @ (B @ w)
         beta = w.norm()
         alphas.append(alpha)
         m += 1
-        a_f, b_f = abs(float(alpha)), float(beta)   # one host sync per HVP
+        a_f, b_f = abs(float(alpha)), float(beta)  # one host sync per HVP
         scale = max(scale, a_f, b_f)
         if m >= m_max:
             betas.append(beta)
@@ -168,8 +180,12 @@ def lanczos_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, 
             beta_prev = beta
             q = w / beta
         # convergence check (not right after a breakdown: multiplicities may be missing)
-        if m >= m_min and (m - m_min) % check_every == 0 and beta_prev is not None \
-                and _converged(alphas, betas, m, k, which, tol):
+        if (
+            m >= m_min
+            and (m - m_min) % check_every == 0
+            and beta_prev is not None
+            and _converged(alphas, betas, m, k, which, tol)
+        ):
             break
     return _top_values(alphas, betas, m, rest, k, which).to(device=device, dtype=dtype)
 
@@ -195,9 +211,18 @@ def _top_values(alphas: list, betas: list, m: int, rest, k: int, which: str) -> 
     return vals
 
 
-def power_topk(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, *,
-               max_iter: int = 100, tol: float = 1e-3, generator: torch.Generator | None = None,
-               seed: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
+def power_topk(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    k: int,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
     """Top-k eigenvalues by power iteration with deflation, as pyhessian's `eigenvalues`.
 
     For each eigenvalue: a random unit start vector; each iteration orthogonalises v against
@@ -254,14 +279,14 @@ def _exact_spectrum(model, x, y, k: int) -> torch.Tensor:
         for j in range(C):
             (gj,) = torch.autograd.grad(logits[:, j].sum(), xr, retain_graph=j < C - 1)
             rows.append(gj.reshape(B, -1))
-    J = torch.stack(rows, dim=1)                                   # (B, C, D)
-    M = torch.bmm(J, J.transpose(1, 2)).to(torch.float64)          # (B, C, C) = J J^T
-    p = torch.softmax(logits.detach().to(torch.float64), dim=1)    # (B, C)
+    J = torch.stack(rows, dim=1)  # (B, C, D)
+    M = torch.bmm(J, J.transpose(1, 2)).to(torch.float64)  # (B, C, C) = J J^T
+    p = torch.softmax(logits.detach().to(torch.float64), dim=1)  # (B, C)
     s = p.sqrt()
-    L = torch.diag_embed(s) - p.unsqueeze(2) * s.unsqueeze(1)      # A = diag p - p p^T = L L^T
+    L = torch.diag_embed(s) - p.unsqueeze(2) * s.unsqueeze(1)  # A = diag p - p p^T = L L^T
     K = L.transpose(1, 2) @ M @ L
     K = 0.5 * (K + K.transpose(1, 2))
-    ev = torch.linalg.eigvalsh(K).clamp_min(0.0).reshape(-1) / B   # PSD blocks, / B for the mean
+    ev = torch.linalg.eigvalsh(K).clamp_min(0.0).reshape(-1) / B  # PSD blocks, / B for the mean
     kk = min(k, ev.numel())
     top = torch.topk(ev, kk).values
     if kk < k:
@@ -279,15 +304,24 @@ def _resolve_method(model, method: str) -> str:
             "method='exact' needs a piecewise-linear network (ReLU / max-pool / BN in eval "
             "mode): it drops the second-derivative term sum_c dL/dz_c * d2 z_c / dx2, which "
             "vanishes only when the logits are piecewise linear in the input. This model has "
-            "smooth components (e.g. softplus); use method='lanczos' or 'power'.")
+            "smooth components (e.g. softplus); use method='lanczos' or 'power'."
+        )
     return method
 
 
-def hessian_spectrum_with_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 20,
-                                 method: str = "auto", *, seed: int = 0,
-                                 generator: torch.Generator | None = None,
-                                 max_iter: int | None = None, tol: float | None = None,
-                                 which: str = "LA") -> tuple[torch.Tensor, str]:
+def hessian_spectrum_with_method(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int = 20,
+    method: str = "auto",
+    *,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    which: str = "LA",
+) -> tuple[torch.Tensor, str]:
     """Top-k eigenvalues (descending by value) of the Hessian of the batch-MEAN CE w.r.t.
     the whole stacked batch x, in eval mode, and the method used.
 
@@ -305,25 +339,54 @@ def hessian_spectrum_with_method(model: nn.Module, x: torch.Tensor, y: torch.Ten
             return _exact_spectrum(model, x, y, k), used
         hvp, dim = input_hvp(model, x, y)
         if used == "power":
-            vals = power_topk(hvp, dim, k, max_iter=100 if max_iter is None else max_iter,
-                              tol=1e-3 if tol is None else tol, generator=generator, seed=seed,
-                              device=x.device, dtype=x.dtype)
+            vals = power_topk(
+                hvp,
+                dim,
+                k,
+                max_iter=100 if max_iter is None else max_iter,
+                tol=1e-3 if tol is None else tol,
+                generator=generator,
+                seed=seed,
+                device=x.device,
+                dtype=x.dtype,
+            )
         else:
             kw = {} if tol is None else {"tol": tol}
-            vals = lanczos_topk(hvp, dim, k, max_iter=max_iter, which=which, generator=generator,
-                                seed=seed, device=x.device, dtype=x.dtype, **kw)
+            vals = lanczos_topk(
+                hvp,
+                dim,
+                k,
+                max_iter=max_iter,
+                which=which,
+                generator=generator,
+                seed=seed,
+                device=x.device,
+                dtype=x.dtype,
+                **kw,
+            )
         return vals, used
 
 
-def hessian_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 20,
-                     method: str = "auto", **kw) -> torch.Tensor:
+def hessian_spectrum(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 20, method: str = "auto", **kw
+) -> torch.Tensor:
     """Top-k input-Hessian eigenvalues; see `hessian_spectrum_with_method`."""
     return hessian_spectrum_with_method(model, x, y, k, method, **kw)[0]
 
 
-def hs_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int = 2000, batch: int = 100,
-              k: int = 20, method: str = "auto", seed: int = 0,
-              which: str = "LM", reduce: str = "mean") -> tuple[float, str]:
+def hs_metric(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n: int = 2000,
+    batch: int = 100,
+    k: int = 20,
+    method: str = "auto",
+    seed: int = 0,
+    which: str = "LM",
+    reduce: str = "mean",
+) -> tuple[float, str]:
     """HS = mean |lambda| (reduce="mean", the authors' code) or sum |lambda| (reduce="sum",
     the paper's "l1 norm of the top 20 eigenvalues", k times larger) of the top-k eigenvalues
     per batch of `batch` samples, averaged over the batches covering the first n samples.
@@ -347,8 +410,7 @@ def hs_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n: int = 20
     gen = torch.Generator().manual_seed(seed)
     total = torch.zeros((), device=x.device, dtype=torch.float64)
     for s in slices:
-        vals, _ = hessian_spectrum_with_method(model, x[s], y[s], k, used, generator=gen,
-                                               which=which)
+        vals, _ = hessian_spectrum_with_method(model, x[s], y[s], k, used, generator=gen, which=which)
         a = vals.abs().to(torch.float64)
         total += a.sum() if reduce == "sum" else a.mean()
     return float(total / len(slices)), used

@@ -25,9 +25,19 @@ def _default_dtype(dtype):
         torch.set_default_dtype(old)
 
 
-def weight_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_n: int = 1,
-                   trace: bool = True, trace_iters: int = 50, max_iter: int = 100,
-                   tol: float = 1e-3, trace_tol: float = 1e-3, seed: int = 0) -> dict:
+def weight_hessian(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    top_n: int = 1,
+    trace: bool = True,
+    trace_iters: int = 50,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    trace_tol: float = 1e-3,
+    seed: int = 0,
+) -> dict:
     """Top-`top_n` eigenvalues and (Hutchinson) trace of the Hessian of the batch-mean CE
     w.r.t. the parameters, through pyhessian 0.1 (`pyhessian.hessian`), in eval mode.
 
@@ -55,8 +65,12 @@ def weight_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, top_n:
     devices = [x.device] if x.is_cuda else []
     comp = None
     try:
-        with model_mode(model, False), torch.random.fork_rng(devices=devices), \
-                _default_dtype(pdtype), warnings.catch_warnings():
+        with (
+            model_mode(model, False),
+            torch.random.fork_rng(devices=devices),
+            _default_dtype(pdtype),
+            warnings.catch_warnings(),
+        ):
             warnings.filterwarnings("ignore", message=".*create_graph=True.*")
             torch.manual_seed(seed)
             if x.is_cuda:

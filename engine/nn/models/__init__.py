@@ -20,8 +20,15 @@ from engine.nn.models.wide_resnet import WideBasic, WideResNet
 from engine.sections import ModelConfig
 
 __all__ = [
-    "build_model", "is_piecewise_linear", "activation", "ARCHS",
-    "CNNSmall", "PreActResNet18", "PreActBlock", "WideResNet", "WideBasic",
+    "build_model",
+    "is_piecewise_linear",
+    "activation",
+    "ARCHS",
+    "CNNSmall",
+    "PreActResNet18",
+    "PreActBlock",
+    "WideResNet",
+    "WideBasic",
 ]
 
 ARCHS = ("cnn_small", "preact_resnet18", "wide_resnet")
@@ -37,17 +44,21 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_s
     sized from image_size.
     """
     if cfg.activation not in ACTIVATIONS:
-        raise UserError(f"model.activation = {cfg.activation!r}: must be one of "
-                        + ", ".join(repr(a) for a in ACTIVATIONS))
+        raise UserError(
+            f"model.activation = {cfg.activation!r}: must be one of " + ", ".join(repr(a) for a in ACTIVATIONS)
+        )
     if num_classes < 1 or in_channels < 1 or image_size < 1:
-        raise ValueError(f"build_model: num_classes={num_classes}, in_channels={in_channels}, "
-                         f"image_size={image_size} must all be >= 1")
+        raise ValueError(
+            f"build_model: num_classes={num_classes}, in_channels={in_channels}, "
+            f"image_size={image_size} must all be >= 1"
+        )
     if cfg.arch == "cnn_small":
         return CNNSmall(num_classes, in_channels, image_size, cfg.activation, cfg.cnn_width)
     if cfg.arch == "preact_resnet18":
         if cfg.shortcut not in SHORTCUTS:
-            raise UserError(f"model.shortcut = {cfg.shortcut!r}: must be one of "
-                            + ", ".join(repr(s) for s in SHORTCUTS))
+            raise UserError(
+                f"model.shortcut = {cfg.shortcut!r}: must be one of " + ", ".join(repr(s) for s in SHORTCUTS)
+            )
         return PreActResNet18(num_classes, in_channels, cfg.activation, cfg.shortcut)
     if cfg.arch == "wide_resnet":
         return WideResNet(cfg.depth, cfg.width, num_classes, in_channels, cfg.activation)

@@ -32,31 +32,86 @@ def activation(name: str) -> nn.Module:
 # Leaf modules that are affine in their input (BatchNorm: in eval mode; in train mode the
 # batch statistics couple the samples, which is why HS is always computed in eval mode).
 _AFFINE = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.Linear, nn.modules.batchnorm._BatchNorm,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout2d, nn.ZeroPad2d,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.ZeroPad2d,
     # empty containers are identities (e.g. an identity shortcut written as nn.Sequential())
-    nn.Sequential, nn.ModuleList, nn.ModuleDict,
+    nn.Sequential,
+    nn.ModuleList,
+    nn.ModuleDict,
 )
 # Non-linearities that are piecewise linear (zero second derivative almost everywhere).
 _PIECEWISE_LINEAR = (
-    nn.ReLU, nn.LeakyReLU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 
 
 # Smooth functionals and their names, caught when a module holds one as an attribute
 # (`self.act = F.softplus`, `self.activation = "gelu"`) instead of as a module.
-_SMOOTH_FUNCS = {id(f) for f in (
-    F.softplus, F.gelu, F.silu, F.elu, F.celu, F.selu, F.mish, F.hardswish, F.logsigmoid,
-    F.softsign, F.tanhshrink, F.tanh, F.sigmoid, torch.tanh, torch.sigmoid, torch.exp,
-    F.softmax, F.log_softmax, F.layer_norm, F.group_norm,
-)}
-_SMOOTH_NAMES = {"softplus", "gelu", "silu", "swish", "elu", "celu", "selu", "mish", "tanh",
-                 "sigmoid", "hardswish", "logsigmoid", "softsign"}
+_SMOOTH_FUNCS = {
+    id(f)
+    for f in (
+        F.softplus,
+        F.gelu,
+        F.silu,
+        F.elu,
+        F.celu,
+        F.selu,
+        F.mish,
+        F.hardswish,
+        F.logsigmoid,
+        F.softsign,
+        F.tanhshrink,
+        F.tanh,
+        F.sigmoid,
+        torch.tanh,
+        torch.sigmoid,
+        torch.exp,
+        F.softmax,
+        F.log_softmax,
+        F.layer_norm,
+        F.group_norm,
+    )
+}
+_SMOOTH_NAMES = {
+    "softplus",
+    "gelu",
+    "silu",
+    "swish",
+    "elu",
+    "celu",
+    "selu",
+    "mish",
+    "tanh",
+    "sigmoid",
+    "hardswish",
+    "logsigmoid",
+    "softsign",
+}
 
 
 def _holds_smooth_function(m: nn.Module) -> bool:

@@ -22,8 +22,9 @@ from engine.nn.models.activation import activation
 class CNNSmall(nn.Module):
     """Two conv layers and two linear layers; see the module docstring."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
-                 act: str = "relu", width: int = 1):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, act: str = "relu", width: int = 1
+    ):
         super().__init__()
         half = (image_size + 1) // 2  # spatial size after the stride-2, pad-1, 3x3 conv
         c1, c2, h = 32 * width, 64 * width, 128 * width

@@ -31,8 +31,7 @@ SHORTCUTS = ("common", "authors")
 class PreActBlock(nn.Module):
     """Pre-activation basic block: act(bn1) -> conv1 -> act(bn2) -> conv2, plus shortcut."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, act: str = "relu",
-                 shortcut: str = "common"):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, act: str = "relu", shortcut: str = "common"):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut {shortcut!r} (allowed: {', '.join(SHORTCUTS)})")
@@ -43,8 +42,7 @@ class PreActBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.act = activation(act)
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
         else:
             self.shortcut = None
 
@@ -65,8 +63,7 @@ class PreActResNet18(nn.Module):
     """conv3x3(C->64), four stages of two PreActBlocks (64, 128, 256, 512; stride 1, 2, 2, 2),
     act(bn), adaptive average pool, linear."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, act: str = "relu",
-                 shortcut: str = "common"):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act: str = "relu", shortcut: str = "common"):
         super().__init__()
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

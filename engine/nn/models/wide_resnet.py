@@ -32,8 +32,7 @@ class WideBasic(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.act = activation(act)
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
         else:
             self.shortcut = None
 
@@ -54,12 +53,12 @@ def _stage(in_planes: int, planes: int, n: int, stride: int, act: str) -> nn.Seq
 class WideResNet(nn.Module):
     """WideResNet-`depth`-`width`; see the module docstring."""
 
-    def __init__(self, depth: int = 34, width: int = 10, num_classes: int = 10,
-                 in_channels: int = 3, act: str = "relu"):
+    def __init__(
+        self, depth: int = 34, width: int = 10, num_classes: int = 10, in_channels: int = 3, act: str = "relu"
+    ):
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise UserError(f"model.depth = {depth}: WideResNet depth must be 6n + 4 "
-                            f"(10, 16, 22, 28, 34, 40, ...)")
+            raise UserError(f"model.depth = {depth}: WideResNet depth must be 6n + 4 (10, 16, 22, 28, 34, 40, ...)")
         if width < 1:
             raise UserError(f"model.width = {width}: must be >= 1")
         n = (depth - 4) // 6

@@ -27,8 +27,11 @@ def check(cfg, where: str) -> None:
 def grid(cfg) -> list[dict]:
     x = cfg.experiment
     steps = sorted(set(int(k) for k in x.steps))
-    return [{"index": i * len(steps) + j, "split": sp, "steps": k}
-            for i, sp in enumerate(x.splits) for j, k in enumerate(steps)]
+    return [
+        {"index": i * len(steps) + j, "split": sp, "steps": k}
+        for i, sp in enumerate(x.splits)
+        for j, k in enumerate(steps)
+    ]
 
 
 def _iterates(model, x, y, *, eps: float, alpha: float, want: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
@@ -57,8 +60,9 @@ def pgd_curve(model, x, y, *, eps: float, alpha: float, steps: list[int], batch_
                 correct[k].append(ck)
     if len(x) == 0:
         return {k: (float("nan"), float("nan")) for k in want}
-    sums = torch.stack([torch.stack([torch.cat(losses[k]).sum(), torch.cat(correct[k]).sum().double()])
-                        for k in want]) / len(x)
+    sums = torch.stack(
+        [torch.stack([torch.cat(losses[k]).sum(), torch.cat(correct[k]).sum().double()]) for k in want]
+    ) / len(x)
     return {k: (loss, acc) for k, (loss, acc) in zip(want, sums.tolist())}
 
 
@@ -70,12 +74,29 @@ def records(ctx: Context, pts: list[dict], done: set) -> Iterator[dict]:
         if not todo:
             continue
         t0 = time.perf_counter()
-        xs, ys = first_n(data.train_x if split == "train" else data.test_x,
-                         data.train_y if split == "train" else data.test_y, cfg.experiment.samples)
-        curve = pgd_curve(ctx.model, xs, ys, eps=eps, alpha=eps / 4, steps=[0] + [p["steps"] for p in todo],
-                          batch_size=cfg.eval.batch_size)
+        xs, ys = first_n(
+            data.train_x if split == "train" else data.test_x,
+            data.train_y if split == "train" else data.test_y,
+            cfg.experiment.samples,
+        )
+        curve = pgd_curve(
+            ctx.model,
+            xs,
+            ys,
+            eps=eps,
+            alpha=eps / 4,
+            steps=[0] + [p["steps"] for p in todo],
+            batch_size=cfg.eval.batch_size,
+        )
         dt = (time.perf_counter() - t0) / len(todo)
         for p in todo:
             loss, acc = curve[p["steps"]]
-            yield {"kind": "a1", **p, "adv_loss": loss, "adv_acc": acc, "clean_loss": curve[0][0], "n": len(xs),
-                   "time_s": dt}
+            yield {
+                "kind": "a1",
+                **p,
+                "adv_loss": loss,
+                "adv_acc": acc,
+                "clean_loss": curve[0][0],
+                "n": len(xs),
+                "time_s": dt,
+            }

@@ -18,27 +18,39 @@ from engine.nn.metrics.hessian import hs_metric
 class Context:
     """What every point of an experiment reads (built once by engine.run.experiments)."""
 
-    cfg: Any                        # the experiment's RunConfig
-    scfg: Any                       # the source run's RunConfig
-    model: torch.nn.Module          # the analysed checkpoint, eval mode; points work on copies
-    data: Any                       # engine.nn.datasets.Dataset on `device`
+    cfg: Any  # the experiment's RunConfig
+    scfg: Any  # the source run's RunConfig
+    model: torch.nn.Module  # the analysed checkpoint, eval mode; points work on copies
+    data: Any  # engine.nn.datasets.Dataset on `device`
     device: torch.device
-    eps: float                      # the source's eval.eps
-    ckpt_epoch: int | None          # the checkpoint's 0-based epoch, when known
-    train_subset: tuple[torch.Tensor, torch.Tensor]   # the first experiment.samples training images
-    heartbeat: Callable[[], None]   # cheap to call often: writes status.json at most every few seconds
+    eps: float  # the source's eval.eps
+    ckpt_epoch: int | None  # the checkpoint's 0-based epoch, when known
+    train_subset: tuple[torch.Tensor, torch.Tensor]  # the first experiment.samples training images
+    heartbeat: Callable[[], None]  # cheap to call often: writes status.json at most every few seconds
 
 
-def landscape_point(model, x, y, *, eps: float, hs_batch: int, seed: int, batch_size: int,
-                    effect_train_mode: bool = False, hs_reduce: str = "mean") -> dict:
+def landscape_point(
+    model,
+    x,
+    y,
+    *,
+    eps: float,
+    hs_batch: int,
+    seed: int,
+    batch_size: int,
+    effect_train_mode: bool = False,
+    hs_reduce: str = "mean",
+) -> dict:
     """HS (reduced as `hs_reduce`: mean or sum |lambda|), FGSM / PGD-10 effectiveness and clean
     loss/accuracy of `model` on (x, y)."""
     dev = x.device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         hs, method = hs_metric(model, x, y, n=len(x), batch=hs_batch, seed=seed, reduce=hs_reduce)
         advs = {}
-        for name, s in (("eff_fgsm", dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1)),
-                        ("eff_pgd10", dict(attack_name="pgd", eps=eps, alpha=eps / 4, steps=10))):
+        for name, s in (
+            ("eff_fgsm", dict(attack_name="fgsm", eps=eps, alpha=eps, steps=1)),
+            ("eff_pgd10", dict(attack_name="pgd", eps=eps, alpha=eps / 4, steps=10)),
+        ):
             torch.manual_seed(seed)
             advs[name] = attack_all(model, x, y, train_mode=effect_train_mode, batch_size=batch_size, **s)
         out = effectiveness(model, x, y, advs, eps=eps, batch_size=batch_size)
@@ -50,8 +62,17 @@ def landscape(ctx: Context, model) -> dict:
     """`landscape_point` of `model` on the train subset, with the experiment's [eval] settings."""
     e = ctx.cfg.eval
     xs, ys = ctx.train_subset
-    return landscape_point(model, xs, ys, eps=ctx.eps, hs_batch=e.hs_batch, seed=ctx.cfg.train.seed,
-                           batch_size=e.batch_size, effect_train_mode=e.effect_train_mode, hs_reduce=e.hs_reduce)
+    return landscape_point(
+        model,
+        xs,
+        ys,
+        eps=ctx.eps,
+        hs_batch=e.hs_batch,
+        seed=ctx.cfg.train.seed,
+        batch_size=e.batch_size,
+        effect_train_mode=e.effect_train_mode,
+        hs_reduce=e.hs_reduce,
+    )
 
 
 def each_point(ctx: Context, pts: list[dict], done: set, fn: Callable[[Context, dict], dict]) -> Iterator[dict]:

@@ -47,8 +47,9 @@ def add_parameter_noise(model, s: float, *, mode: str = "absolute", seed: int = 
 
 def point(ctx: Context, pt: dict) -> dict:
     cfg = ctx.cfg
-    m = add_parameter_noise(ctx.model, pt["s"], mode=cfg.experiment.noise,
-                            seed=cfg.train.seed * 1_000_003 + pt["index"])
+    m = add_parameter_noise(
+        ctx.model, pt["s"], mode=cfg.experiment.noise, seed=cfg.train.seed * 1_000_003 + pt["index"]
+    )
     m.eval()
     return landscape(ctx, m)
 

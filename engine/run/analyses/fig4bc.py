@@ -57,8 +57,19 @@ class ModifiedPgd:
 
     needs: tuple[str, ...] = ()
 
-    def __init__(self, *, kind: str, p: float, eps: float, steps: int, train_mode: bool, flip_unit: str,
-                 flip_gen: torch.Generator, eff_every: int, eff_batch_size: int):
+    def __init__(
+        self,
+        *,
+        kind: str,
+        p: float,
+        eps: float,
+        steps: int,
+        train_mode: bool,
+        flip_unit: str,
+        flip_gen: torch.Generator,
+        eff_every: int,
+        eff_batch_size: int,
+    ):
         self.kind, self.p, self.eps, self.steps, self.train_mode = kind, p, eps, steps, train_mode
         self.flip_unit, self.flip_gen = flip_unit, flip_gen
         self.eff_every, self.eff_batch_size = eff_every, eff_batch_size
@@ -67,10 +78,22 @@ class ModifiedPgd:
         self.loss_sum: torch.Tensor | None = None
 
     def loss(self, model, x, y, ctx):
-        delta = run_attack(model, x, y, name="pgd", eps=self.eps, alpha=self.eps / 4, steps=self.steps,
-                           random_start=False, train_mode=self.train_mode).x_adv - x
+        delta = (
+            run_attack(
+                model,
+                x,
+                y,
+                name="pgd",
+                eps=self.eps,
+                alpha=self.eps / 4,
+                steps=self.steps,
+                random_start=False,
+                train_mode=self.train_mode,
+            ).x_adv
+            - x
+        )
         u = None
-        if self.kind == "fig4c":    # nested across p: the same draws, a larger p flips a superset
+        if self.kind == "fig4c":  # nested across p: the same draws, a larger p flips a superset
             shape = (len(x),) if self.flip_unit == "sample" else tuple(x.shape)
             u = torch.rand(shape, generator=self.flip_gen, dtype=torch.float64).to(x.device)
         xm = (x + modify_perturbation(delta, self.kind, self.p, u)).clamp(0.0, 1.0).detach()
@@ -88,8 +111,10 @@ class ModifiedPgd:
 
     def record(self) -> dict:
         """The epoch's mean loss and mean measured effectiveness (None when none was measured)."""
-        return {"train_loss": float(self.loss_sum) / self.seen if self.loss_sum is not None else 0.0,
-                "train_adv_eff": sum(self.effs) / len(self.effs) if self.effs else None}
+        return {
+            "train_loss": float(self.loss_sum) / self.seen if self.loss_sum is not None else 0.0,
+            "train_adv_eff": sum(self.effs) / len(self.effs) if self.effs else None,
+        }
 
 
 def _lr(ctx: Context) -> float:
@@ -105,26 +130,47 @@ def point(ctx: Context, pt: dict) -> dict:
     x, seed, lr = cfg.experiment, cfg.train.seed, _lr(ctx)
     n_train = len(ctx.data.train_x) if not x.train_images else min(x.train_images, len(ctx.data.train_x))
     # one epoch at a constant lr, in fp32, on the first n_train images: the source's [train] otherwise
-    one = dataclasses.replace(scfg, train=dataclasses.replace(
-        scfg.train, epochs=1, lr=lr, lr_milestones=[], batch_size=min(scfg.train.batch_size, n_train), amp="off"))
+    one = dataclasses.replace(
+        scfg,
+        train=dataclasses.replace(
+            scfg.train, epochs=1, lr=lr, lr_milestones=[], batch_size=min(scfg.train.batch_size, n_train), amp="off"
+        ),
+    )
     data = dataclasses.replace(ctx.data, train_x=ctx.data.train_x[:n_train], train_y=ctx.data.train_y[:n_train])
     m = copy.deepcopy(ctx.model)
     st = one.train
-    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=st.momentum, weight_decay=st.weight_decay,
-                          nesterov=st.nesterov)
-    objective = ModifiedPgd(kind=x.kind, p=pt["p"], eps=ctx.eps, steps=x.pgd_steps, train_mode=scfg.attack.train_mode,
-                            flip_unit=x.flip_unit, flip_gen=torch.Generator().manual_seed(seed + 2),
-                            eff_every=x.train_eff_every, eff_batch_size=cfg.eval.batch_size)
+    opt = torch.optim.SGD(
+        m.parameters(), lr=lr, momentum=st.momentum, weight_decay=st.weight_decay, nesterov=st.nesterov
+    )
+    objective = ModifiedPgd(
+        kind=x.kind,
+        p=pt["p"],
+        eps=ctx.eps,
+        steps=x.pgd_steps,
+        train_mode=scfg.attack.train_mode,
+        flip_unit=x.flip_unit,
+        flip_gen=torch.Generator().manual_seed(seed + 2),
+        eff_every=x.train_eff_every,
+        eff_batch_size=cfg.eval.batch_size,
+    )
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
-        train(m, opt, objective, data, one, device=dev,
-              generator=torch.Generator(device=dev).manual_seed(seed + 1),    # the same batches for every p
-              on_batch=lambda *_: ctx.heartbeat())
+        train(
+            m,
+            opt,
+            objective,
+            data,
+            one,
+            device=dev,
+            generator=torch.Generator(device=dev).manual_seed(seed + 1),  # the same batches for every p
+            on_batch=lambda *_: ctx.heartbeat(),
+        )
     m.eval()
     rec = {"lr": lr, **objective.record(), **landscape(ctx, m)}
     xt, yt = first_n(ctx.data.test_x, ctx.data.test_y, cfg.eval.n)
-    ev = clean_and_robust(m, xt, yt, eps=ctx.eps, alpha=ctx.eps / 4, steps=scfg.eval.pgd_steps,
-                          batch_size=cfg.eval.batch_size)
+    ev = clean_and_robust(
+        m, xt, yt, eps=ctx.eps, alpha=ctx.eps / 4, steps=scfg.eval.pgd_steps, batch_size=cfg.eval.batch_size
+    )
     rec.update(test_clean_acc=ev["clean_acc"], test_robust_acc=ev["robust_acc"])
     return rec
 
