@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 def opt(default, doc: str, *, unit: str = "", choices=None, min=None, max=None, factory=None):
@@ -420,8 +420,94 @@ class SWAConfig:
 
 
 @dataclass
+class Fig4aParams:
+    """[experiment.fig4a]: parameter noise on the checkpoint (Fig. 4a, "randomly modified models")."""
+
+    values: list[float] = opt(None, "Noise sizes s of the grid.", min=0.0, factory=list)
+    random_values: int = opt(0, "Also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0, max=100_000)
+    value_max: float = opt(1.0, "Upper end of the drawn noise sizes.", min=0.0)
+    noise: str = opt(
+        "absolute",
+        "'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
+        "theta * (1 + U(-s, s)), elementwise over all parameters (buffers untouched).",
+        choices=("absolute", "relative"),
+    )
+    FLAT_KEYS: ClassVar[dict[str, str]] = {k: k for k in ("values", "random_values", "value_max", "noise")}
+
+
+@dataclass
+class Fig4bcParams:
+    """[experiment.fig4b] / [experiment.fig4c]: one epoch of training on modified PGD perturbations
+    (Fig. 4b: scaled by p; Fig. 4c: the sign of a fraction p flipped)."""
+
+    values: list[float] = opt(
+        None, "Grid of p: perturbation multipliers (fig4b) or flipped fractions (fig4c).", min=0.0, factory=list
+    )
+    flip_unit: str = opt(
+        "sample",
+        "fig4c: reverse the whole perturbation of a random fraction p of the examples ('sample'), "
+        "or the sign of a random fraction p of all perturbation entries ('element').",
+        choices=("sample", "element"),
+    )
+    pgd_steps: int = opt(20, "PGD steps of the perturbations before they are modified (paper: 20).", min=1, max=10000)
+    lr: float | None = opt(
+        None,
+        "Learning rate of the one training epoch; default the source's learning rate at the checkpoint's epoch.",
+        min=0.0,
+    )
+    train_eff_every: int = opt(
+        1,
+        "Measure the effectiveness of the modified examples on every N-th training batch (0 = never).",
+        unit="batches",
+        min=0,
+        max=MAX_IMAGES,
+    )
+    train_images: int = opt(
+        0,
+        "Train the one epoch on the first N training images only (0 = the source's whole training set).",
+        unit="images",
+        min=0,
+        max=MAX_IMAGES,
+    )
+    FLAT_KEYS: ClassVar[dict[str, str]] = {
+        k: k for k in ("values", "flip_unit", "pgd_steps", "lr", "train_eff_every", "train_images")
+    }
+
+
+@dataclass
+class A1Params:
+    """[experiment.a1]: PGD loss and accuracy against the number of steps (Fig. A.1)."""
+
+    steps: list[int] = opt(
+        None,
+        "PGD step counts (step eps/4, no random start).",
+        min=0,
+        max=100000,
+        factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200],
+    )
+    splits: list[str] = opt(
+        None,
+        "Data the curves are measured on.",
+        choices=EachOf(("train", "test")),
+        factory=lambda: ["train", "test"],
+    )
+    FLAT_KEYS: ClassVar[dict[str, str]] = {"steps": "steps", "splits": "splits"}
+
+
+EXPERIMENT_PARAMS: dict[str, type] = {
+    "fig4a": Fig4aParams,
+    "fig4b": Fig4bcParams,
+    "fig4c": Fig4bcParams,
+    "a1": A1Params,
+}
+"""Each experiment kind's own parameters, its table `[experiment.<kind>]` (the analysis modules,
+engine.run.analyses, read them as `cfg.experiment.params`)."""
+
+
+@dataclass
 class ExperimentConfig:
     """[experiment]: a post-hoc analysis of a trained run's checkpoint (Fig. 4, A.1) instead of training.
+    Each kind's own parameters are its table `[experiment.<kind>]`.
 
     With `kind` set, the run does not train: its process (engine.run.experiments) loads `source`'s
     checkpoint and writes one record per grid point into the `points` table of metrics.json.
@@ -436,54 +522,10 @@ class ExperimentConfig:
         choices=("",) + EXPERIMENT_KINDS,
     )
     source: str = opt(
-        "", "The trained model analysed: a run id (or unique prefix), or a preset name (its most recent finished run)."
+        "",
+        "The trained model analysed: a run id (or unique prefix), or a preset name (its most recent finished run).",
     )
     ckpt: str = opt("end", "Checkpoint of the source run.", choices=FINAL_CKPTS)
-    values: list[float] = opt(
-        None,
-        "Grid: fig4a noise sizes s; fig4b perturbation multipliers p; fig4c flipped fractions p.",
-        min=0.0,
-        factory=list,
-    )
-    random_values: int = opt(
-        0, "fig4a: also draw this many s ~ U(0, value_max) (the paper: s ~ U(0, 1)).", min=0, max=100_000
-    )
-    value_max: float = opt(1.0, "fig4a: upper end of the drawn noise sizes.", min=0.0)
-    noise: str = opt(
-        "absolute",
-        "fig4a: 'absolute' theta + U(-s, s) (the paper's wording) or 'relative' "
-        "theta * (1 + U(-s, s)), elementwise over all parameters (buffers untouched).",
-        choices=("absolute", "relative"),
-    )
-    flip_unit: str = opt(
-        "sample",
-        "fig4c: reverse the whole perturbation of a random fraction p of the examples ('sample'), "
-        "or the sign of a random fraction p of all perturbation entries ('element').",
-        choices=("sample", "element"),
-    )
-    pgd_steps: int = opt(
-        20, "fig4b/c: PGD steps of the perturbations before they are modified (paper: 20).", min=1, max=10000
-    )
-    lr: float | None = opt(
-        None,
-        "fig4b/c: learning rate of the one training epoch; default the source's "
-        "learning rate at the checkpoint's epoch.",
-        min=0.0,
-    )
-    train_eff_every: int = opt(
-        1,
-        "fig4b/c: measure the effectiveness of the modified examples on every N-th training batch (0 = never).",
-        unit="batches",
-        min=0,
-        max=MAX_IMAGES,
-    )
-    train_images: int = opt(
-        0,
-        "fig4b/c: train the one epoch on the first N training images only (0 = the source's whole training set).",
-        unit="images",
-        min=0,
-        max=MAX_IMAGES,
-    )
     samples: int = opt(
         2000,
         "Images (the first N of each split) HS, effectiveness and the a1 curves use (paper: 2000; 0 = all).",
@@ -491,19 +533,13 @@ class ExperimentConfig:
         min=0,
         max=MAX_IMAGES,
     )
-    steps: list[int] = opt(
-        None,
-        "a1: PGD step counts (step eps/4, no random start).",
-        min=0,
-        max=100000,
-        factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200],
-    )
-    splits: list[str] = opt(
-        None,
-        "a1: data the curves are measured on.",
-        choices=EachOf(("train", "test")),
-        factory=lambda: ["train", "test"],
-    )
+    tables: dict[str, Any] = field(default_factory=dict, metadata={"tables": True})
+    """The `[experiment.<kind>]` tables read so far, by kind (see MethodConfig.tables)."""
+
+    @property
+    def params(self) -> Any:
+        """The experiment kind's own parameters (None for a training run)."""
+        return self.tables.get(self.kind)
 
 
 @dataclass
@@ -522,11 +558,13 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """The config as config.json stores it: the run's method's parameters as the table
-        `method.<name>` (no table for a method without parameters), the other methods' left out."""
+        `method.<name>` (no table for a method without parameters) and an experiment's as
+        `experiment.<kind>`, the other methods' and kinds' left out."""
         out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        tables = out["method"].pop("tables")
-        if self.method.name in tables:
-            out["method"][self.method.name] = tables[self.method.name]
+        for section, name in (("method", self.method.name), ("experiment", self.experiment.kind)):
+            tables = out[section].pop("tables")
+            if name in tables:
+                out[section][name] = tables[name]
         return out
 
 

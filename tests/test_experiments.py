@@ -146,8 +146,8 @@ def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
         "quick/digits-fig4a",
         [
             f"experiment.source={src.id}",
-            "experiment.values=[0, 0.05]",
-            "experiment.random_values=1",
+            "experiment.fig4a.values=[0, 0.05]",
+            "experiment.fig4a.random_values=1",
             "experiment.samples=100",
         ],
     )
@@ -171,15 +171,30 @@ def test_fig4a_zero_noise_is_the_checkpoint_itself(source):
 
 def test_fig4b_and_fig4c_one_epoch_on_modified_perturbations(source):
     _, store, src = source
-    common = [
-        f"experiment.source={src.id}",
-        "experiment.train_images=150",
-        "experiment.samples=60",
-        "experiment.train_eff_every=1",
-        "eval.n=40",
-    ]
-    _, b = _experiment(store, "quick/digits-fig4b", common + ["experiment.values=[0, 0.5, 1]"])
-    _, c = _experiment(store, "quick/digits-fig4c", common + ["experiment.values=[0, 0.5]"])
+
+    def common(kind):
+        return [
+            f"experiment.source={src.id}",
+            f"experiment.{kind}.train_images=150",
+            "experiment.samples=60",
+            f"experiment.{kind}.train_eff_every=1",
+            "eval.n=40",
+        ]
+
+    _, b = _experiment(store, "quick/digits-fig4b", common("fig4b") + ["experiment.fig4b.values=[0, 0.5, 1]"])
+    # the flat keys of earlier versions still set the kind's own parameters
+    _, c = _experiment(
+        store,
+        "quick/digits-fig4c",
+        [
+            f"experiment.source={src.id}",
+            "experiment.train_images=150",
+            "experiment.samples=60",
+            "experiment.train_eff_every=1",
+            "eval.n=40",
+            "experiment.values=[0, 0.5]",
+        ],
+    )
     # p = 0: clean examples, effectiveness exactly 0; p = 1: unmodified PGD-20 ~ as effective as PGD-50
     assert b[0]["train_adv_eff"] == 0
     assert 0 < b[1]["train_adv_eff"] < b[2]["train_adv_eff"] and b[2]["train_adv_eff"] > 0.8
@@ -197,7 +212,7 @@ def test_a1_pgd_loss_grows_with_steps_and_matches_pgd_k(source):
     rd, pts = _experiment(
         store,
         "quick/digits-figA1",
-        [f"experiment.source={src.id}", "experiment.samples=80", "experiment.steps=[50, 1, 5, 20]"],
+        [f"experiment.source={src.id}", "experiment.samples=80", "experiment.a1.steps=[50, 1, 5, 20]"],
     )
     curve = {(p["split"], p["steps"]): p for p in pts.values()}
     assert set(curve) == {(s, k) for s in ("train", "test") for k in (1, 5, 20, 50)}
@@ -216,7 +231,7 @@ def test_resumed_experiment_computes_only_missing_points(source):
     rd, pts = _experiment(
         store,
         "quick/digits-fig4a",
-        [f"experiment.source={src.id}", "experiment.values=[0, 0.02]", "experiment.samples=40"],
+        [f"experiment.source={src.id}", "experiment.fig4a.values=[0, 0.02]", "experiment.samples=40"],
     )
 
     t = rd.metrics_table("points")
@@ -238,7 +253,7 @@ def test_source_resolution_and_bad_experiments(source):
     [rd] = create_runs(store, preset_runs("quick/digits-fig4b", ["experiment.source=quick/digits-fgsm_n"]))
     assert run(rd, store, log=lambda s: None) == "failed"
     assert "train it first" in rd.status().error
-    _, cfg, _ = load_preset("quick/digits-fig4c", ["experiment.values=[0.5, 1.5]"])
+    _, cfg, _ = load_preset("quick/digits-fig4c", ["experiment.fig4c.values=[0.5, 1.5]"])
     with pytest.raises(UserError, match="flipped fractions"):
         X.validate(cfg)
 
@@ -262,9 +277,9 @@ def test_cli_experiment_and_points(source, capsys):
         "--set",
         "experiment.samples=30",
         "--set",
-        "experiment.steps=[1,2]",
+        "experiment.a1.steps=[1,2]",
         "--set",
-        'experiment.splits=["test"]',
+        'experiment.a1.splits=["test"]',
     )
     assert code == 0, err
     rid = out.split("experiment ", 1)[1].split()[0]
@@ -281,7 +296,7 @@ def test_train_run_dispatches_experiments(source):
     [rd] = create_runs(
         store,
         preset_runs(
-            "quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=20", "experiment.steps=[1]"]
+            "quick/digits-figA1", [f"experiment.source={src.id}", "experiment.samples=20", "experiment.a1.steps=[1]"]
         ),
     )
     assert run(rd, store, log=lambda s: None) == "finished"

@@ -49,8 +49,8 @@ def test_hs_reduce_reaches_the_epoch_records_and_the_experiments(tmp_path):
             "quick/digits-fig4a",
             [
                 f"experiment.source={src.id}",
-                "experiment.values=[0.0]",
-                "experiment.random_values=0",
+                "experiment.fig4a.values=[0.0]",
+                "experiment.fig4a.random_values=0",
                 "experiment.samples=50",
                 "eval.hs_batch=25",
                 f"eval.hs_reduce={reduce}",

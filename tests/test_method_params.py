@@ -1,7 +1,8 @@
 """Each method owns its parameters: a dataclass in its module, read by the registry without
 importing it, set from `[method.<name>]` tables, `--set method.<name>.key=...` and sweeps, stored
 as the run's method's table only; the flat keys of earlier versions still read, in presets,
-overrides and stored runs (tests/data/store-v1), with the same meaning."""
+overrides and stored runs (tests/data/store-v1), with the same meaning. An experiment kind's
+parameters are its `[experiment.<kind>]` table the same way."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def test_tables_of_other_methods_are_kept_until_the_method_is_known():
     with pytest.raises(
         UserError,
         match=r"^--set method.kdsa.temperature=3: no run of presets/quick/robust-overfitting"
-        r".toml trains with method 'kdsa' \(method.name: advlc, pgd\)",
+        r".toml trains with method 'kdsa' \(method.name: 'advlc', 'pgd'\)",
     ):
         plan("quick/robust-overfitting", ["method.kdsa.temperature=3"])
     with pytest.raises(UserError, match=r"method.kdsa.temperature=3: no run of .* trains with method 'kdsa'"):
@@ -194,12 +195,12 @@ def test_a_sweep_over_a_method_parameter(tmp_path, monkeypatch):
     [
         (
             "method.nope.x=1",
-            r"unknown table \[method.nope\]: no such method \(tables of methods' parameters: method.advlc,",
+            r"unknown table \[method.nope\]: no such method \(tables: method.advlc,",
         ),
         ("method.pgd.x=1", r"unknown table \[method.pgd\]: method 'pgd' has no parameters of its own"),
         ("method.advlc.nope=1", r"unknown key 'method.advlc.nope' \(keys of \[method.advlc\]: top_n, clean\)"),
         ("method.advlc.clean=y", r"method.advlc.clean = 'y': must be one of 'start', 'x'"),
-        ("method.a.b.c=1", r"key must be section.key \(e.g. attack.eps\) or method.<name>.key"),
+        ("method.a.b.c=1", r"key must be section.key \(e.g. attack.eps\), method.<name>.key"),
         ("attack.eps.x=1", r"key must be section.key"),
     ],
 )
@@ -295,3 +296,41 @@ def test_the_registry_still_loads_without_torch():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_an_experiment_kind_owns_its_parameters():
+    """[experiment.<kind>] like [method.<name>]: the kind's table, stored alone, old flat keys read."""
+    _, cfg, _ = load_preset("quick/digits-fig4b", ["experiment.fig4b.lr=0.5"])
+    assert (cfg.experiment.params.lr, cfg.experiment.params.values) == (0.5, [0.0, 0.25, 0.5, 0.75, 1.0])
+    stored = cfg.to_dict()["experiment"]
+    assert set(stored) == {"kind", "source", "ckpt", "samples", "fig4b"} and stored["fig4b"]["lr"] == 0.5
+    _, old, _ = load_preset("quick/digits-fig4b", ["experiment.lr=0.5"])
+    assert old.to_dict() == cfg.to_dict()
+    with pytest.raises(UserError, match=r"no run of .* is an experiment of kind 'a1' \(experiment.kind: 'fig4b'\)"):
+        load_preset("quick/digits-fig4b", ["experiment.a1.steps=[1]"])
+    with pytest.raises(UserError, match=r"unknown table \[experiment.fig9\]: no such experiment kind"):
+        load_preset("quick/digits-fig4b", ["experiment.fig9.values=[1]"])
+    with pytest.raises(UserError, match=r"experiment.fig4c.flip_unit = 'row': must be one of 'sample', 'element'"):
+        load_preset("quick/digits-fig4c", ["experiment.fig4c.flip_unit=row"])
+    # a stored experiment run with the flat keys reads as today's
+    flat_stored = {
+        **cfg.to_dict(),
+        "experiment": {
+            "kind": "fig4b",
+            "source": "",
+            "ckpt": "end",
+            "samples": 300,
+            "values": [0.0, 1.0],
+            "lr": 0.5,
+            "flip_unit": "sample",
+            "random_values": 3,
+            "steps": [1],
+            "splits": ["test"],
+        },
+    }
+    back = C.from_json(flat_stored)
+    assert (back.experiment.params.values, back.experiment.params.lr) == ([0.0, 1.0], 0.5)
+    assert O.flat(flat_stored)["experiment.fig4b.values"] == [0.0, 1.0]
+    assert "experiment.fig4b.random_values" not in O.flat(flat_stored)  # fig4a's, not fig4b's
+    # a training run has no experiment table
+    assert C.RunConfig().to_dict()["experiment"] == {"kind": "", "source": "", "ckpt": "end", "samples": 2000}

@@ -46,16 +46,16 @@ def fmt_value(v) -> str:
 
 def flat(config: dict) -> dict[str, Any]:
     """{"section.key": value} over the result sections of a config.json (or RunConfig.to_dict()),
-    the run's method's parameters as "method.<name>.key"; a config stored before methods owned
-    their parameters is read in today's shape first (schema.upgrade)."""
+    a method's or an experiment kind's own parameters as "method.<name>.key" / "experiment.<kind>.key";
+    a config stored before they had their own tables is read in today's shape first (schema.upgrade)."""
     out = {}
     config = C.upgrade(config)
     for section in SECTIONS:
         table = config.get(section)
         if isinstance(table, dict):
             for key, value in table.items():
-                if section == "method" and isinstance(value, dict):
-                    out.update({f"method.{key}.{k}": v for k, v in value.items()})
+                if section in C.TABLED and isinstance(value, dict):
+                    out.update({f"{section}.{key}.{k}": v for k, v in value.items()})
                 else:
                     out[f"{section}.{key}"] = value
     return out
@@ -93,15 +93,17 @@ def differing(config: dict, reference: dict, *, skip=()) -> dict[str, Any]:
     }
 
 
-def override_keys(overrides: list[str], method: str = "") -> list[str]:
-    """The "section.key" each override names, in order, once each; an old flat method key
-    (`method.top_n`) as the parameter of `method` it sets (`method.advlc.top_n`)."""
+def override_keys(overrides: list[str], owners: dict[str, str] | None = None) -> list[str]:
+    """The "section.key" each override names, in order, once each; an old flat key of a method's or
+    an experiment kind's parameter (`method.top_n`) as the parameter of the run's own (`owners`:
+    {"method": its name, "experiment": its kind}) it sets (`method.advlc.top_n`)."""
     out = []
     for text in overrides or []:
         section, key, _ = C.parse_override(text)
         path = f"{section}.{key}"
-        if section == "method" and key in C.LEGACY_KEYS:
-            path = next((f"method.{m}.{k}" for m, k in C.legacy_keys()[key] if m == method), path)
+        if section in C.TABLED and key in C.legacy_keys(section):
+            mine = (owners or {}).get(section)
+            path = next((f"{section}.{m}.{k}" for m, k in C.legacy_keys(section)[key] if m == mine), path)
         if path not in out:
             out.append(path)
     return out
@@ -112,7 +114,9 @@ def make(p: PlannedRun) -> dict:
     cfg = p.cfg.to_dict()
     mine = flat(cfg)
     resolved = {
-        k: mine[k] for k in override_keys(p.overrides, p.cfg.method.name) if k in mine and k not in NON_RESULT_KEYS
+        k: mine[k]
+        for k in override_keys(p.overrides, {"method": p.cfg.method.name, "experiment": p.cfg.experiment.kind})
+        if k in mine and k not in NON_RESULT_KEYS
     }
     return {
         "overrides": list(p.overrides),

@@ -365,7 +365,7 @@ def plan(
                     preset_sha256=digest,
                 )
             )
-    C.check_method_overrides(overrides, {p.cfg.method.name for p in runs}, where)
+    C.check_table_overrides(overrides, [p.cfg for p in runs], where)
     return Plan(runs, raw, where)
 
 

@@ -32,6 +32,7 @@ from engine.sections import (  # noqa: F401 - the sections are this module's voc
     DATASETS,
     DEVICES_RE,
     EXPERIMENT_KINDS,
+    EXPERIMENT_PARAMS,
     EXTRA_METRICS,
     FINAL_ATTACKS,
     FINAL_CKPTS,
@@ -231,72 +232,72 @@ def with_params() -> dict[str, Method]:
     return {n: m for n, m in sorted(methods().items()) if m.params is not None}
 
 
-def _method_table(mcfg: MethodConfig, name: str, where: str):
-    """The `[method.<name>]` table of `mcfg` (made with its defaults when first named)."""
-    owners = with_params()
-    if name not in owners:
-        known = ", ".join(f"method.{n}" for n in owners)
-        what = f"method '{name}' has no parameters of its own" if name in methods() else "no such method"
-        raise UserError(f"{where}: unknown table [method.{name}]: {what} (tables of methods' parameters: {known})")
-    if name not in mcfg.tables:
-        mcfg.tables[name] = owners[name].params()  # type: ignore[misc]
-    return mcfg.tables[name]
+TABLED = {"method": "name", "experiment": "kind"}
+"""The sections that hold per-name tables of parameters, and the option that picks the run's own:
+`[method.<name>]` (declared by each method, engine.nn.methods) and `[experiment.<kind>]`
+(engine.sections.EXPERIMENT_PARAMS)."""
+
+
+def param_classes(section: str) -> dict[str, type]:
+    """{name: its parameters class} of a tabled section."""
+    if section == "method":
+        return {n: m.params for n, m in with_params().items() if m.params is not None}
+    return dict(EXPERIMENT_PARAMS)
+
+
+def _table(cfg: RunConfig, section: str, name: str, where: str):
+    """The `[section.<name>]` table of `cfg` (made with its defaults when first named)."""
+    classes = param_classes(section)
+    if name not in classes:
+        known = ", ".join(f"{section}.{n}" for n in classes)
+        if section == "method":
+            what = f"method '{name}' has no parameters of its own" if name in methods() else "no such method"
+        else:
+            what = "no such experiment kind"
+        raise UserError(f"{where}: unknown table [{section}.{name}]: {what} (tables: {known})")
+    tables = getattr(cfg, section).tables
+    if name not in tables:
+        tables[name] = classes[name]()
+    return tables[name]
 
 
 def set_key(cfg: RunConfig, key: str, raw, where: str) -> None:
-    """Set one option by its key: "section.key", or "method.<name>.key" for a method's parameter."""
+    """Set one option by its key: "section.key", or "method.<name>.key" / "experiment.<kind>.key"
+    for a method's or an experiment kind's own parameter."""
     section, _, rest = key.partition(".")
-    obj = getattr(cfg, section)
-    if section == "method" and "." in rest:
+    if section in TABLED and "." in rest:
         name, _, pkey = rest.partition(".")
-        _set_field(_method_table(cfg.method, name, where), f"method.{name}", pkey, raw, where)
-    elif section == "method" and rest in LEGACY_KEYS:
-        _set_legacy(cfg.method, rest, raw, where)
+        _set_field(_table(cfg, section, name, where), f"{section}.{name}", pkey, raw, where)
+    elif section in TABLED and rest in legacy_keys(section):
+        for name, pkey in legacy_keys(section)[rest]:  # every owner of an old flat key takes it
+            _set_field(_table(cfg, section, name, where), f"{section}.{name}", pkey, raw, f"{where} ({key})")
     else:
-        _set_field(obj, section, rest, raw, where)
+        _set_field(getattr(cfg, section), section, rest, raw, where)
 
 
 def get_key(cfg: RunConfig, key: str):
     """The value of one option by its key (see `set_key`)."""
     section, _, rest = key.partition(".")
-    if section == "method" and "." in rest:
+    if section in TABLED and "." in rest:
         name, _, pkey = rest.partition(".")
-        return getattr(cfg.method.tables[name], pkey)
+        return getattr(getattr(cfg, section).tables[name], pkey)
     return getattr(getattr(cfg, section), rest)
 
 
-def legacy_keys() -> dict[str, list[tuple[str, str]]]:
-    """The flat [method] keys of method parameters before each method owned its own table:
-    {old key: [(method, its parameter), ...]} from the parameters classes' FLAT_KEYS."""
+def legacy_keys(section: str = "method") -> dict[str, list[tuple[str, str]]]:
+    """The flat keys of a tabled section's parameters before each owner had its own table:
+    {old key: [(owner, its parameter), ...]}, from the parameters classes' FLAT_KEYS."""
     out: dict[str, list[tuple[str, str]]] = {}
-    for name, m in with_params().items():
-        for old, new in getattr(m.params, "FLAT_KEYS", {}).items():
+    for name, cls in param_classes(section).items():
+        for old, new in getattr(cls, "FLAT_KEYS", {}).items():
             out.setdefault(old, []).append((name, new))
     return out
-
-
-class _LegacyKeys:
-    """`key in LEGACY_KEYS`: read lazily from the registry (it is read from source files)."""
-
-    def __contains__(self, key) -> bool:
-        return key in legacy_keys()
-
-
-LEGACY_KEYS = _LegacyKeys()
-
-
-def _set_legacy(mcfg: MethodConfig, key: str, raw, where: str) -> None:
-    """An old flat key (`method.top_n`, `method.kd_temperature`, ...) read as the parameter of
-    every method that took it (`[method.advlc] top_n`, `[method.kdsa] temperature`, ...)."""
-    for name, pkey in legacy_keys()[key]:
-        _set_field(_method_table(mcfg, name, where), f"method.{name}", pkey, raw, f"{where} (method.{key})")
 
 
 def from_dict(data: dict, where: str) -> RunConfig:
     """Build a RunConfig from a preset's tables; `where` names the file in errors."""
     cfg = RunConfig()
     classes = section_classes()
-    options = {f.name for f in option_fields(MethodConfig)}
     for section, table in data.items():
         if section in EXTRA_TABLES:
             continue
@@ -305,10 +306,11 @@ def from_dict(data: dict, where: str) -> RunConfig:
             raise UserError(f"{where}: unknown table [{section}] (allowed: {allowed})")
         if not isinstance(table, dict):
             raise UserError(f"{where}: '{section}' must be a table [{section}]")
+        options = {f.name for f in option_fields(classes[section])}
         for key, raw in table.items():
-            if section == "method" and isinstance(raw, dict) and key not in options:
+            if section in TABLED and isinstance(raw, dict) and key not in options:
                 for pkey, value in raw.items():
-                    set_key(cfg, f"method.{key}.{pkey}", value, where)
+                    set_key(cfg, f"{section}.{key}.{pkey}", value, where)
             else:
                 set_key(cfg, f"{section}.{key}", raw, where)
     return cfg
@@ -322,10 +324,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     path, _, raw = text.partition("=")
     path = path.strip()
     section = path.partition(".")[0]
-    if not (path.count(".") == 1 or (section == "method" and path.count(".") == 2)) or "" in path.split("."):
+    if not (path.count(".") == 1 or (section in TABLED and path.count(".") == 2)) or "" in path.split("."):
         raise UserError(
-            f"--set {text}: key must be section.key (e.g. attack.eps) or method.<name>.key "
-            f"(e.g. method.kdsa.temperature), got '{path}'"
+            f"--set {text}: key must be section.key (e.g. attack.eps), method.<name>.key "
+            f"(e.g. method.kdsa.temperature) or experiment.<kind>.key, got '{path}'"
         )
     key = path.partition(".")[2]
     raw = raw.strip()
@@ -341,15 +343,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def key_type(key: str):
-    """The type of option `key` ("section.key" or "method.<name>.key"), or None if unknown."""
+    """The type of option `key` ("section.key", "method.<name>.key", "experiment.<kind>.key"),
+    or None if unknown."""
     section, _, rest = key.partition(".")
-    if section == "method" and "." in rest:
+    if section in TABLED and "." in rest:
         name, _, pkey = rest.partition(".")
-        m = with_params().get(name)
-        return field_hints(m.params).get(pkey) if m else None
-    if section == "method" and rest in LEGACY_KEYS:
-        name, pkey = legacy_keys()[rest][0]
-        return field_hints(with_params()[name].params).get(pkey)
+        owner = param_classes(section).get(name)
+        return field_hints(owner).get(pkey) if owner else None
+    if section in TABLED and rest in legacy_keys(section):
+        name, pkey = legacy_keys(section)[rest][0]
+        return field_hints(param_classes(section)[name]).get(pkey)
     cls = section_classes().get(section)
     return field_hints(cls).get(rest) if cls else None
 
@@ -408,24 +411,32 @@ def resolve(cfg: RunConfig, where: str) -> RunConfig:
     if not DEVICES_RE.match(cfg.train.device):
         raise UserError(f"{where}: train.device = {cfg.train.device!r}: must be auto, cpu, cuda or cuda:N")
     method.validate(cfg, where)
-    if method.params is not None:
-        params = _method_table(cfg.method, cfg.method.name, where)
-        problem = params.problem() if hasattr(params, "problem") else None
-        if problem:
-            raise UserError(f"{where}: {problem}")
+    for section, option in TABLED.items():
+        name = getattr(getattr(cfg, section), option)
+        if name in param_classes(section):
+            params = _table(cfg, section, name, where)
+            problem = params.problem() if hasattr(params, "problem") else None
+            if problem:
+                raise UserError(f"{where}: {problem}")
     return cfg
 
 
-def check_method_overrides(overrides: list[str], names: set[str], where: str) -> None:
-    """A `--set method.<name>.key` for a method none of the planned runs trains with is an error
-    (it would change nothing), named with the methods they do train with."""
+def check_table_overrides(overrides: list[str], cfgs: list[RunConfig], where: str) -> None:
+    """A `--set method.<name>.key` for a method none of the planned runs `cfgs` trains with (or an
+    `experiment.<kind>.key` for a kind none of them is) is an error: it would change nothing."""
     for text in overrides or []:
         section, key, _ = parse_override(text)
-        if section == "method" and "." in key and key.partition(".")[0] not in names:
+        if section not in TABLED or "." not in key:
+            continue
+        option = TABLED[section]
+        names = {getattr(getattr(c, section), option) for c in cfgs}
+        name = key.partition(".")[0]
+        if name not in names:
+            what = "trains with method" if section == "method" else "is an experiment of kind"
+            shown = ", ".join(repr(n) if n else "none" for n in sorted(names))
             raise UserError(
-                f"--set {text}: no run of {where} trains with method '{key.partition('.')[0]}' "
-                f"(method.name: {', '.join(sorted(names))}); [method.{key.partition('.')[0]}] "
-                f"would change nothing"
+                f"--set {text}: no run of {where} {what} '{name}' ({section}.{option}: {shown}); "
+                f"[{section}.{name}] would change nothing"
             )
 
 
@@ -433,30 +444,35 @@ def build(data: dict, where: str, overrides: list[str] | None = None) -> RunConf
     cfg = from_dict(data, where)
     apply_overrides(cfg, overrides or [])
     resolve(cfg, where if not overrides else f"{where} (with --set)")
-    check_method_overrides(overrides or [], {cfg.method.name}, where)
+    check_table_overrides(overrides or [], [cfg], where)
     return cfg
 
 
 def upgrade(d: dict) -> dict:
-    """A stored config.json's sections in today's shape: the old flat method keys (`top_n`, `clean`,
-    `temperature`, `kd_*`, `cure_form`) moved into the run's method's table `method.<name>`, the
-    other methods' dropped, and the table completed with defaults for parameters added since.
-    A new run with the same values gives the same dict (so the two are seeds of one configuration)."""
-    table = d.get("method")
-    if not isinstance(table, dict):
-        return d
-    name = table.get("name")
-    owner = with_params().get(name) if isinstance(name, str) else None
-    old = legacy_keys()
+    """A stored config.json's sections in today's shape: the old flat keys of a method's or an
+    experiment kind's parameters (`top_n`, `kd_temperature`, `values`, ...) moved into the run's own
+    table (`method.<name>`, `experiment.<kind>`), the other owners' dropped, the table completed
+    with defaults for parameters added since. A new run with the same values gives the same dict
+    (so the two are seeds of one configuration)."""
+    out = dict(d)
+    for section, option in TABLED.items():
+        table = d.get(section)
+        if isinstance(table, dict):
+            out[section] = _upgrade_table(section, table, table.get(option))
+    return out
+
+
+def _upgrade_table(section: str, table: dict, name) -> dict:
+    old = legacy_keys(section)
+    owner = param_classes(section).get(name) if isinstance(name, str) else None
     out = {k: v for k, v in table.items() if k not in old}
     if owner is not None:
         params = dict(out[name]) if isinstance(out.get(name), dict) else {}
-        for key, pkey in getattr(owner.params, "FLAT_KEYS", {}).items():
+        for key, pkey in getattr(owner, "FLAT_KEYS", {}).items():
             if key in table and pkey not in params:
                 params[pkey] = table[key]
-        defaults = dataclasses.asdict(owner.params())  # type: ignore[misc]
-        out[name] = {**defaults, **params}
-    return {**d, "method": out}
+        out[name] = {**dataclasses.asdict(owner()), **params}
+    return out
 
 
 def from_json(d: dict) -> RunConfig:
@@ -464,7 +480,8 @@ def from_json(d: dict) -> RunConfig:
     upgraded first, see `upgrade`)."""
     cfg = RunConfig()
     classes = section_classes()
-    for section, table in upgrade(d).items():
+    d = upgrade(d)
+    for section, table in d.items():
         if section not in classes or not isinstance(table, dict):
             continue
         obj = getattr(cfg, section)
@@ -472,11 +489,13 @@ def from_json(d: dict) -> RunConfig:
         for key, value in table.items():
             if key in names:
                 setattr(obj, key, value)
-    owner = with_params().get(cfg.method.name)
-    stored = upgrade(d).get("method", {}).get(cfg.method.name) if owner else None
-    if owner is not None and isinstance(stored, dict):
-        names = {f.name for f in dataclasses.fields(owner.params)}
-        cfg.method.tables[cfg.method.name] = owner.params(**{k: v for k, v in stored.items() if k in names})
+    for section, option in TABLED.items():
+        name = getattr(getattr(cfg, section), option)
+        owner = param_classes(section).get(name)
+        stored = d.get(section, {}).get(name) if owner is not None else None
+        if owner is not None and isinstance(stored, dict):
+            fields = {f.name for f in dataclasses.fields(owner)}
+            getattr(cfg, section).tables[name] = owner(**{k: v for k, v in stored.items() if k in fields})
     return cfg
 
 
@@ -542,9 +561,9 @@ def schema() -> list[dict]:
     defaults = RunConfig()
     for section, cls in section_classes().items():
         out += _rows(section, cls, getattr(defaults, section))
-        if section == "method":
-            for name, m in with_params().items():
-                out += _rows(f"method.{name}", m.params, m.params())  # type: ignore[misc]
+        if section in TABLED:
+            for name, owner in param_classes(section).items():
+                out += _rows(f"{section}.{name}", owner, owner())
     return out
 
 
@@ -570,12 +589,8 @@ def config_keys() -> dict[str, Any]:
     out = {
         f"{s}.{f.name}": field_hints(cls)[f.name] for s, cls in section_classes().items() for f in option_fields(cls)
     }
-    for name, m in with_params().items():
-        out.update(
-            {
-                f"method.{name}.{k}": tp
-                for k, tp in field_hints(m.params).items()
-                if k in {f.name for f in dataclasses.fields(m.params)}
-            }
-        )
+    for section in TABLED:
+        for name, owner in param_classes(section).items():
+            fields = {f.name for f in dataclasses.fields(owner)}
+            out.update({f"{section}.{name}.{k}": tp for k, tp in field_hints(owner).items() if k in fields})
     return out

@@ -30,7 +30,7 @@ import psutil
 
 from engine.config import origin
 from engine.config.presets import PlannedRun
-from engine.config.schema import build, from_json, label, option_fields, section_classes, upgrade, with_params
+from engine.config.schema import build, from_json, label, TABLED, option_fields, param_classes, section_classes, upgrade
 from engine.errors import CorruptFile, UserError
 from engine.launch.executors import EXECUTORS, Executor, executor_for, executor_named
 from engine.launch.plan import run_record
@@ -501,11 +501,13 @@ def check_config(config: dict, where: str) -> None:
         if isinstance(table, dict):
             known = {f.name for f in option_fields(cls)}
             tables[name] = {k: v for k, v in table.items() if k in known}
-    method = config.get("method") if isinstance(config.get("method"), dict) else {}
-    owner = with_params().get(method.get("name")) if isinstance(method.get("name"), str) else None
-    if owner is not None and isinstance(method.get(owner.name), dict):
-        known = {f.name for f in dataclasses.fields(owner.params)}
-        tables["method"][owner.name] = {k: v for k, v in method[owner.name].items() if k in known}
+    for section, option in TABLED.items():  # the run's own [method.<name>] / [experiment.<kind>] table
+        table = config[section] if isinstance(config.get(section), dict) else {}
+        name = table.get(option)
+        owner = param_classes(section).get(name) if isinstance(name, str) else None
+        if owner is not None and isinstance(table.get(name), dict):
+            known = {f.name for f in dataclasses.fields(owner)}
+            tables[section][name] = {k: v for k, v in table[name].items() if k in known}
     build(tables, where)
 
 

@@ -17,28 +17,29 @@ perturbations generated in eval mode unless eval.effect_train_mode. "Train subse
 = the first experiment.samples training images (no augmentation). All randomness is seeded from
 the experiment's train.seed, so a point repeats exactly.
 
-Kinds and the keys of their `points` records (every record also has kind, index, time_s):
+Kinds, their own parameters (the table `[experiment.<kind>]`, engine.sections.EXPERIMENT_PARAMS)
+and the keys of their `points` records (every record also has kind, index, time_s):
 
-fig4a  (Fig. 4a, "randomly modified models"): for each s in experiment.values (+ random_values
+fig4a  (Fig. 4a, "randomly modified models"; [experiment.fig4a]): for each s in values (+ random_values
        draws s ~ U(0, value_max); the paper: s ~ U(0, 1)), a copy of the checkpoint whose every
        parameter gets noise U(-s, s) (noise = "absolute", the paper's wording) or is multiplied by
        1 + U(-s, s) ("relative"); buffers untouched. Keys: s, hs, hs_method, eff_fgsm, eff_pgd10,
        clean_loss, clean_acc (train subset). s = 0 is the checkpoint itself.
-fig4b  (Fig. 4b, "perturbation size decays"): for each multiplier p in experiment.values, start
+fig4b  (Fig. 4b, "perturbation size decays"; [experiment.fig4b]): for each multiplier p in values, start
        from the checkpoint and train ONE epoch (the source's batch size, augmentation, momentum
-       and weight decay; lr = experiment.lr or the source's lr at the checkpoint's epoch) on
-       x + p * delta, delta from PGD-`experiment.pgd_steps` (paper: 20; in attack.train_mode as in
+       and weight decay; lr = its lr or the source's lr at the checkpoint's epoch) on
+       x + p * delta, delta from PGD-`pgd_steps` (paper: 20; in attack.train_mode as in
        the source's training). Every point sees the same batches. Keys: p, lr, train_loss,
-       train_adv_eff (mean over every experiment.train_eff_every-th batch of the effectiveness of
+       train_adv_eff (mean over every train_eff_every-th batch of the effectiveness of
        the modified examples w.r.t. PGD-50 on the current model: the paper's "Train Adv. Eff."),
        hs, hs_method, eff_fgsm, eff_pgd10, clean_loss, clean_acc (train subset, after the epoch),
        test_clean_acc, test_robust_acc (PGD eval.pgd_steps on the first eval.n test images).
        p = 1 is ordinary PGD-20 AT for one epoch; p = 0 is standard training.
-fig4c  (Fig. 4c, "sign of the perturbation flips"): as fig4b, but delta's sign is reversed for a
+fig4c  (Fig. 4c, "sign of the perturbation flips"; [experiment.fig4c]): as fig4b, but delta's sign is reversed for a
        random fraction p (flip_unit = "sample": whole perturbations of ~p of the examples, the
        paper's "reversed examples"; "element": ~p of all entries), x - delta clipped to [0, 1].
        The random draws are nested (a larger p flips a superset) and p = 0 equals fig4b's p = 1.
-a1     (Fig. A1, PGD convergence): for split in experiment.splits and k in experiment.steps, the
+a1     (Fig. A1, PGD convergence; [experiment.a1]): for split in splits and k in steps, the
        mean CE (adv_loss) and accuracy (adv_acc) of PGD-k on the first experiment.samples images
        of the split; one PGD trajectory of max(steps) steps per batch gives every k (PGD-k is the
        k-th iterate). Keys: split, steps, adv_loss, adv_acc, clean_loss.

@@ -19,13 +19,13 @@ from engine.run.epoch_metrics import first_n
 
 
 def check(cfg, where: str) -> None:
-    x = cfg.experiment
+    x = cfg.experiment.params
     if not x.steps or not x.splits:
-        raise UserError(f"{where}: experiment.steps and experiment.splits must not be empty for a1")
+        raise UserError(f"{where}: experiment.a1.steps and experiment.a1.splits must not be empty")
 
 
 def grid(cfg) -> list[dict]:
-    x = cfg.experiment
+    x = cfg.experiment.params
     steps = sorted(set(int(k) for k in x.steps))
     return [
         {"index": i * len(steps) + j, "split": sp, "steps": k}
@@ -69,7 +69,7 @@ def pgd_curve(model, x, y, *, eps: float, alpha: float, steps: list[int], batch_
 def records(ctx: Context, pts: list[dict], done: set) -> Iterator[dict]:
     """One PGD curve per split, for the points of the split not done yet."""
     cfg, data, eps = ctx.cfg, ctx.data, ctx.eps
-    for split in cfg.experiment.splits:
+    for split in cfg.experiment.params.splits:
         todo = [p for p in pts if p["split"] == split and p["index"] not in done]
         if not todo:
             continue

@@ -12,14 +12,14 @@ from engine.run.analyses.common import Context, each_point, landscape
 
 
 def check(cfg, where: str) -> None:
-    x = cfg.experiment
+    x = cfg.experiment.params
     if not x.values and not x.random_values:
-        raise UserError(f"{where}: experiment.values is empty: give the grid of s values")
+        raise UserError(f"{where}: experiment.fig4a.values is empty: give the grid of s values")
 
 
 def grid(cfg) -> list[dict]:
-    """experiment.values, then random_values draws s ~ U(0, value_max) seeded from train.seed."""
-    x = cfg.experiment
+    """[experiment.fig4a] values, then random_values draws s ~ U(0, value_max) seeded from train.seed."""
+    x = cfg.experiment.params
     vals = [float(v) for v in x.values]
     if x.random_values:
         g = torch.Generator().manual_seed(cfg.train.seed)
@@ -48,7 +48,7 @@ def add_parameter_noise(model, s: float, *, mode: str = "absolute", seed: int = 
 def point(ctx: Context, pt: dict) -> dict:
     cfg = ctx.cfg
     m = add_parameter_noise(
-        ctx.model, pt["s"], mode=cfg.experiment.noise, seed=cfg.train.seed * 1_000_003 + pt["index"]
+        ctx.model, pt["s"], mode=cfg.experiment.params.noise, seed=cfg.train.seed * 1_000_003 + pt["index"]
     )
     m.eval()
     return landscape(ctx, m)

@@ -26,15 +26,15 @@ from engine.run.loop import lr_at, train
 
 
 def check(cfg, where: str) -> None:
-    x = cfg.experiment
+    kind, x = cfg.experiment.kind, cfg.experiment.params
     if not x.values:
-        raise UserError(f"{where}: experiment.values is empty: give the grid of p values")
-    if x.kind == "fig4c" and any(v > 1 for v in x.values):
-        raise UserError(f"{where}: experiment.values = {x.values}: flipped fractions must be in [0, 1]")
+        raise UserError(f"{where}: experiment.{kind}.values is empty: give the grid of p values")
+    if kind == "fig4c" and any(v > 1 for v in x.values):
+        raise UserError(f"{where}: experiment.fig4c.values = {x.values}: flipped fractions must be in [0, 1]")
 
 
 def grid(cfg) -> list[dict]:
-    return [{"index": i, "p": float(v)} for i, v in enumerate(cfg.experiment.values)]
+    return [{"index": i, "p": float(v)} for i, v in enumerate(cfg.experiment.params.values)]
 
 
 def modify_perturbation(delta: torch.Tensor, kind: str, p: float, u: torch.Tensor | None) -> torch.Tensor:
@@ -118,16 +118,16 @@ class ModifiedPgd:
 
 
 def _lr(ctx: Context) -> float:
-    """experiment.lr, or the source's lr at the checkpoint's epoch (its last epoch when unknown)."""
-    if ctx.cfg.experiment.lr is not None:
-        return ctx.cfg.experiment.lr
+    """[experiment.fig4b/c] lr, or the source's lr at the checkpoint's epoch (its last epoch when unknown)."""
+    if ctx.cfg.experiment.params.lr is not None:
+        return ctx.cfg.experiment.params.lr
     ep = ctx.ckpt_epoch if ctx.ckpt_epoch is not None else ctx.scfg.train.epochs - 1
     return lr_at(ctx.scfg.train, int(ep))
 
 
 def point(ctx: Context, pt: dict) -> dict:
     cfg, scfg, dev = ctx.cfg, ctx.scfg, ctx.device
-    x, seed, lr = cfg.experiment, cfg.train.seed, _lr(ctx)
+    kind, x, seed, lr = cfg.experiment.kind, cfg.experiment.params, cfg.train.seed, _lr(ctx)
     n_train = len(ctx.data.train_x) if not x.train_images else min(x.train_images, len(ctx.data.train_x))
     # one epoch at a constant lr, in fp32, on the first n_train images: the source's [train] otherwise
     one = dataclasses.replace(
@@ -143,7 +143,7 @@ def point(ctx: Context, pt: dict) -> dict:
         m.parameters(), lr=lr, momentum=st.momentum, weight_decay=st.weight_decay, nesterov=st.nesterov
     )
     objective = ModifiedPgd(
-        kind=x.kind,
+        kind=kind,
         p=pt["p"],
         eps=ctx.eps,
         steps=x.pgd_steps,
