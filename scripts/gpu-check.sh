@@ -43,7 +43,7 @@
 # --smoke: every step with tiny sizes on the CPU (cnn_small, 100 + 50 generated images, one epoch,
 # a few batches per benchmark, fewer methods where compiling or timing them is slow there; pytest -m
 # gpu skips without CUDA): about 70 s on 2 cores, budget 180 s.
-# tests/test_gpu_check.py runs it.
+# tests/bench/test_gpu_check.py runs it.
 #
 # Nothing is downloaded: the data are generated, the benchmarks use synthetic tensors.
 
@@ -166,7 +166,7 @@ fi
 run_step data 40 10 data.json "\"\$PY\" \"\$HELPER\" make-cifar \"\$WORK/data\" --train $N_TRAIN --test $N_TEST --out \"\$OUT\""
 run_step pytest 90 60 pytest.json "PYTHONPATH=\"\$ROOT/scripts\${PYTHONPATH:+:\$PYTHONPATH}\" \"\$PY\" -m pytest -m gpu \
   -p gpu_check_pytest -p no:cacheprovider -q -rfEs --timeout 120 --junitxml=\"\$OUT/pytest.xml\" \
-  \$(grep -l 'mark\.gpu' tests/test_*.py); rc=\$?; \
+  \$(grep -rl --include='test_*.py' 'mark\.gpu' tests | sort); rc=\$?; \
   \"\$PY\" \"\$HELPER\" pytest-summary \"\$OUT/pytest.xml\" \"\$OUT/pytest.json\"; exit \$rc"
 run_step train 90 60 train.json "\"\$PY\" \"\$HELPER\" train \"\$OUT\" --home \"\$ADVLC_HOME\" --preset $PRESET \
   --set data.root=\"\$WORK/data\" --set train.epochs=$EPOCHS --set train.device=$DEV --set 'eval.final=[]' $TRAIN_SETS"

@@ -2,7 +2,7 @@
 
 Where no CUDA device is present, every test marked `gpu` is skipped with a reason instead of
 failing in `.cuda()`: `gpu-check.sh --smoke` runs `pytest -m gpu` on a CPU. A test marked `gpu`
-without its own skipif (tests/test_methods.py::test_no_host_sync_on_cuda) would otherwise fail
+without its own skipif (tests/nn/test_methods.py::test_no_host_sync_on_cuda) would otherwise fail
 there. With CUDA present the plugin changes nothing. (The same hook in tests/conftest.py would
 make plain `pytest -m gpu` skip cleanly on a CPU too.)
 """

@@ -9,7 +9,7 @@ nothing outside the store is written, no record is lost, and every error is one 
     4. a Slurm run on submitit's local cluster writes user-only files (0600, folders 0700);
     5. a preset name or path that leads out of the preset folders is refused in one line; the
        app's preset list survives a preset whose `preset` is not a table;
-    6. an annotation killed between meta.json and index.json: tests/test_repair.py;
+    6. an annotation killed between meta.json and index.json: tests/store/test_repair.py;
     7. `--time` is read exactly as Slurm reads it.
 """
 

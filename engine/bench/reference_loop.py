@@ -15,7 +15,7 @@ Follows TreeLLi/Combating-RO-AdvLC (src/data/factory.py, src/utils/train.py `upd
 The loss of each method is the same function (`engine.nn.methods`) in both loops, so the
 reference differs from the fast path only in how data reach the model and in precision /
 memory-format settings. `reference_step` and `engine.nn.fastpath.train_step` on the same batch
-with the same seed give the same loss (tests/test_fastpath.py).
+with the same seed give the same loss (tests/nn/test_fastpath.py).
 """
 
 from __future__ import annotations

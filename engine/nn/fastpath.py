@@ -6,7 +6,7 @@ as uint8, crop + flip on the device in one gather per batch, no host read inside
 
 - `channels_last`: `prepare_model` puts the conv weights in NHWC memory format, which
   cuDNN's tensor-core kernels prefer. The *function* is unchanged: outputs agree with the
-  NCHW model to fp32 rounding (tests/test_fastpath.py). Input batches are deliberately left
+  NCHW model to fp32 rounding (tests/nn/test_fastpath.py). Input batches are deliberately left
   NCHW: the first conv converts them (a 3-channel image, negligible), and every random
   tensor an attack draws with `torch.empty_like(x).uniform_()` keeps NCHW order, so a seed
   gives the same noise, hence the same run, with and without channels_last.

@@ -16,7 +16,7 @@ the training accuracy is measured on. Adding a method is one new file here plus 
 How the registry knows a method without importing it: `register(...)` takes literal arguments
 only, and `methods()` reads those calls from the package's source files (with `ast`, no
 execution). A method's module, and torch with it, is imported when its loss is first called.
-tests/test_methods.py checks that what is read this way equals what the decorators register.
+tests/nn/test_methods.py checks that what is read this way equals what the decorators register.
 
 What a method declares about itself (register's keyword arguments):
     fixed_attack  plain methods: the attack their name implies ("none" for standard training);

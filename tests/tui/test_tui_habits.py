@@ -23,7 +23,7 @@ from tui.screens.run_detail import LogView, RunDetailScreen
 from tui.screens.runs import SORT_OF_COLUMN, SORTS
 from tui.widgets.metric_plot import MetricPlot, fmt_value
 
-from tests.test_tui_day import SIZES, burst, fab, ids, screen_lines, table, wait_for
+from test_tui_day import SIZES, burst, fab, ids, screen_lines, table, wait_for
 
 
 @pytest.fixture
@@ -590,7 +590,7 @@ def test_every_new_key_is_in_the_doc_and_the_help():
     from tui.screens.help import sections
     from tui.widgets.run_table import RunTable
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "APP.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "APP.md").read_text()
     shown = {
         "slash": "/",
         "escape": "esc",

@@ -11,7 +11,7 @@ import pytest
 
 from engine.store.alerts import RO_POINTS, RO_STREAK, overfitting_onset
 
-DATA = Path(__file__).parent / "data" / "robust_overfitting_runs.json"
+DATA = Path(__file__).resolve().parents[1] / "data" / "robust_overfitting_runs.json"
 
 
 def rec(epoch, robust, train, lr=0.01):

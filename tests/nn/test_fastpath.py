@@ -1,7 +1,7 @@
 """The fast path (engine/nn/fastpath.py) computes what the plain reference loop computes.
 
 The augmentation side — on-device crop + flip against torchvision's RandomCrop(padding) +
-RandomHorizontalFlip — is checked in tests/test_data.py (test_augment_offsets_and_flips_uniform:
+RandomHorizontalFlip — is checked in tests/nn/test_data.py (test_augment_offsets_and_flips_uniform:
 every offset x flip state equally likely, chi-square; test_augment_crop_only_is_a_window_of_padded_input).
 Here the randomness is decoupled: both loops' step functions get identical pre-augmented batches
 and the same global seed, and must give the same loss trajectory.

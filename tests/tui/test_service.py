@@ -21,7 +21,7 @@ from engine.facade import LaunchRequest
 from engine.launch.processes import HOST
 from engine.service import Service
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def epochs(robust: list[float]) -> list[dict]:

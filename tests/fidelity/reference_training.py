@@ -1,6 +1,6 @@
 """An independent AdvLC training run, written from the paper's Algorithm 1 and the authors' code
 (TreeLLi/Combating-RO-AdvLC: src/utils/train.py `update`, src/utils/adversary.py, src/utils/swa.py,
-src/utils/evaluate.py), for the differential tests of tests/test_fidelity_run.py.
+src/utils/evaluate.py), for the differential tests of tests/fidelity/test_fidelity_run.py.
 
 It shares no code with engine/ beyond the model constructor: its own data order and augmentation,
 attacks, objective, SGD step, lr schedule, lambda ramp, SWA average and BN re-estimation, per-epoch

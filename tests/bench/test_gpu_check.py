@@ -18,7 +18,7 @@ from helpers import cli, one_line
 from engine.bench import epoch, markdown
 from engine.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 STEPS = ["env", "data", "pytest", "train", "hs", "epoch", "epoch_compile", "step_cost", "report"]
 RESULTS = {

@@ -4,7 +4,7 @@ authors' code, default) or their sum (the paper's "l1 norm of the top 20 eigenva
 per-epoch test HS (engine.run.trainer), the train_hs extra metric (engine.run.epoch_metrics) and
 an experiment's HS (engine.run.experiments) of a run with "sum" are 20 times those of the same
 run with "mean" (same seed, so the same model). The values themselves are checked against the
-dense Hessian in tests/test_landscape.py; CURE's `[method.cure] form` in tests/test_methods.py.
+dense Hessian in tests/nn/test_landscape.py; CURE's `[method.cure] form` in tests/nn/test_methods.py.
 About 2 s with one thread (plus the one-time import of the training stack).
 """
 

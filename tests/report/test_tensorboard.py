@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing import (  # noqa: E402
 from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TAG0 = "quick/digits-pgd10/fgsm_n+advlc/seed0"
 TAG1 = "quick/digits-pgd10/fgsm_n+advlc/seed1"
 EPOCH_KEYS = (

@@ -25,7 +25,7 @@ from engine.errors import UserError
 from engine.nn import methods as registry
 from engine.nn.methods.context import StepContext
 
-V1 = Path(__file__).parent / "data" / "store-v1"
+V1 = Path(__file__).resolve().parents[1] / "data" / "store-v1"
 OLD_ADVLC = "5daa2c56"  # quick/digits-pgd10-advlc (top_n = 50) stored with the flat method keys
 
 THROWAWAY = textwrap.dedent('''

@@ -7,7 +7,7 @@ The robust accuracies are scripted (the real per-epoch evaluation runs, its robu
 replaced; the trainer calls `evaluate` as engine.run.trainer.evaluate) so the expected epoch is
 known by hand. The weights of best.pt are compared with last.pt as it was at the end of that
 epoch; IG by hand: per-sample autograd, mean over samples of ||d CE(f(x_i), y_i) / d x_i||_1.
-tests/test_train.py::test_eval_every_and_ig_against_autograd checks the IG of the END model
+tests/run/test_train.py::test_eval_every_and_ig_against_autograd checks the IG of the END model
 (last.pt). About 1 s with one thread (plus the one-time import of the training stack).
 """
 

@@ -1,7 +1,7 @@
 """The Textual app on fabricated stores (no training): every screen and key, driven by Pilot.
 
 Run directories are written in the training process's format by `tests/fabricate.py`'s `fabricate_run`,
-so these tests are fast and deterministic; tests/test_tui_live.py drives real runs.
+so these tests are fast and deterministic; tests/tui/test_tui_live.py drives real runs.
 """
 
 import csv
@@ -81,7 +81,7 @@ def test_engine_imports_without_textual_or_rich():
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )
     assert p.returncode == 0, p.stderr
 

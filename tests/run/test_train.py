@@ -48,7 +48,7 @@ def test_eval_every_and_ig_against_autograd(tmp_path):
     assert [r["robust_acc"] is None for r in recs] == [True, False, False]  # epochs 1 and the last
     # IG recorded at the end equals a direct autograd computation on the END-of-training model,
     # which last.pt holds (its "epoch" counts the epochs done). The best checkpoint and the IG
-    # recorded at its epoch: tests/test_fidelity_checkpoints.py.
+    # recorded at its epoch: tests/fidelity/test_fidelity_checkpoints.py.
     from engine.nn.datasets import load_dataset
     from engine.nn.models import build_model
 

@@ -1,6 +1,6 @@
 """Detached runs on a CUDA device (`pytest -m gpu` on a GPU machine; scripts/gpu-check.sh runs it).
 
-tests/test_supervisor.py checks the GPU queue with fake GPU ids and CPU runs; here the runs ask
+tests/launch/test_supervisor.py checks the GPU queue with fake GPU ids and CPU runs; here the runs ask
 for `cuda`, the queue leases real device ids, and each run process trains on the GPU it leased.
 """
 

@@ -20,7 +20,7 @@ from helpers import cli
 from engine.store.index import Store
 from engine.store.summary import INDEX_VERSION
 
-V1 = Path(__file__).parent / "data" / "store-v1"
+V1 = Path(__file__).resolve().parents[1] / "data" / "store-v1"
 EPS = "d2877eab"  # quick/digits-fgsm_n --set attack.eps=0.05 --set train.epochs=2 --set eval.n=100, seed 0
 SEED1 = "f8a908f8"  # quick/digits-fgsm_n --set train.epochs=2 --set eval.n=100, seed 1
 STOPPED = "5daa2c56"  # quick/digits-pgd10-advlc --set train.epochs=6 ..., stopped at epoch 2

@@ -5,7 +5,7 @@ the wiring: the mode the model is in, which data and settings each step and each
 get, the optimiser, the schedules, the random streams, resume and SWA.
 
 - Differential: a real run (engine.run.process.run, in this process) and the reference loop of
-  tests/reference_training.py (written from Algorithm 1 and the authors' code; it shares only
+  tests/fidelity/reference_training.py (written from Algorithm 1 and the authors' code; it shares only
   the model constructor with engine/) train a BatchNorm WideResNet-10-1 on augmented digits
   from the same seed. The weights after every epoch, the lr and lambda of every step and the
   training loss and accuracy must agree (the reference draws the random stream advlc documents,

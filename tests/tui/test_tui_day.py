@@ -516,7 +516,7 @@ def test_app_doc_lists_every_key():
     from tui.screens.help import HelpScreen
     from tui.screens.runs import RunsScreen
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "APP.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "APP.md").read_text()
     shown = {"question_mark": "?", "slash": "/", "escape": "esc", "up": "↑", "down": "↓"}
     missing = []
     for cls in (

@@ -1,6 +1,6 @@
 """The fast path on a CUDA device (`pytest -m gpu` on a GPU machine; scripts/gpu-check.sh runs it).
 
-What tests/test_fastpath.py checks on a CPU, on the GPU: the fast path computes what the
+What tests/nn/test_fastpath.py checks on a CPU, on the GPU: the fast path computes what the
 reference loop computes; bf16 autocast and torch.compile give finite losses and trajectories
 close to fp32 eager; the data stay on the device (uint8, augmented there, no host sync inside an
 epoch). Each check is a function of the device (`_check_*`), so that it can be tried on a CPU

@@ -38,7 +38,7 @@ from engine.store.index import Store
 from engine.store.records import SlurmLaunch
 from engine.store.states import FINAL_STATES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = os.environ.get("ADVLC_SLURM_DIR", "/tmp/advlc-slurm")
 NODE = os.environ.get("ADVLC_SLURM_NODE", "advlc-node1")
 PRESET = "quick/digits-fgsm_n"

@@ -618,7 +618,7 @@ def test_slurm_parameters_and_sbatch_script(store, tmp_path, monkeypatch):
         assert line in script, script
 
     # What a run asks of Slurm follows its device and the partition (a fake sinfo here; the
-    # real cluster: tests/test_slurm_cluster.py).
+    # real cluster: tests/launch/test_slurm_cluster.py).
     def fake_cmd(name, text):
         (fake / name).write_text(f"#!/bin/sh\n{text}\n")
         (fake / name).chmod(0o755)
@@ -733,7 +733,7 @@ def test_cli_detach_logs_stop_queue_delete(store):
 
 
 # ------------------------------------------------------------------------------ executors
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _name_comparisons(source: str, names: set[str], skip_classes=()) -> list[int]:

@@ -20,7 +20,7 @@ from engine.config import presets as P
 from engine.config import schema as C
 from engine.errors import UserError
 from engine.report import query as Q
-from tests.helpers import cli, one_line
+from helpers import cli, one_line
 
 
 @pytest.fixture(autouse=True)

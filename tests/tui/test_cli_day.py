@@ -22,7 +22,7 @@ from fabricate import build_store, fabricate_run
 from engine.facade import run_summary
 from engine.store.index import Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WIDTH = 80
 
 
