@@ -132,6 +132,7 @@ def nothing_landed(home: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ A1, A3: data, not intent
+@pytest.mark.slow  # ~6 s: two real resumes (foreground and detached) of unpacked runs (CI runs it)
 def test_an_archives_slurm_setup_lines_are_never_run(tmp_path):
     """A stopped run whose status.json carries a Slurm launch record (local cluster) with `setup`
     lines that would create a marker file: after unpack it has no launch record, and neither

@@ -491,6 +491,7 @@ def _check_repaired(home: Path, w: dict) -> None:
     assert w["index"] in [q.read_bytes() for q in home.glob("index.json.corrupt-*")]
 
 
+@pytest.mark.slow  # ~11 s for both: every step of a repair, each killed once (CI runs it)
 @pytest.mark.parametrize("error", list(ERRORS))
 def test_repair_killed_at_every_step_loses_nothing_and_the_next_repair_finishes(
     damaged_store, tmp_path, monkeypatch, error
