@@ -22,6 +22,10 @@ from engine.nn.methods import lam_at
 from engine.nn.methods.context import StepContext
 
 
+class Diverged(UserError):
+    """A non-finite training loss: one line, which a caller with its own knobs may reword."""
+
+
 @dataclass
 class EpochResult:
     """What one epoch of training measured."""
@@ -97,7 +101,7 @@ def train(
             torch.cuda.synchronize(device)
         time_s = time.perf_counter() - t0
         if not math.isfinite(train_loss):
-            raise UserError(
+            raise Diverged(
                 f"training diverged at epoch {epoch} (train loss {train_loss}); lower method.lam or train.lr"
             )
         if on_epoch is not None and on_epoch(

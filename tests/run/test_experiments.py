@@ -244,6 +244,22 @@ def test_resumed_experiment_computes_only_missing_points(source):
     assert again[0]["hs"] == -1.0 and again[1]["hs"] == pytest.approx(pts[1]["hs"])
 
 
+def test_a_diverged_epoch_fails_the_experiment_naming_its_own_lr(source):
+    _, store, src = source
+    overrides = [
+        f"experiment.source={src.id}",
+        "experiment.fig4b.lr=1e30",
+        "experiment.fig4b.values=[1]",
+        "experiment.fig4b.train_images=100",
+        "experiment.samples=20",
+        "eval.n=20",
+    ]
+    [rd] = create_runs(store, preset_runs("quick/digits-fig4b", overrides))
+    assert run(rd, store, log=lambda s: None) == "failed"
+    assert "fig4b point p = 1: the epoch diverged" in rd.status().error
+    assert "lower experiment.fig4b.lr (it is 1e+30)" in rd.status().error and "method.lam" not in rd.status().error
+
+
 def test_source_resolution_and_bad_experiments(source):
     _, store, src = source
     assert X.resolve_source(store, src.id[:5]).id == src.id

@@ -3,11 +3,13 @@ with the sign of a fraction p reversed (4c), then the landscape and test accurac
 
 The epoch is the training loop's (engine.run.loop.train): its batches, augmentation and SGD
 step; what is the analysis' own is the objective, `ModifiedPgd`, passed to the loop as its method.
-A diverged epoch (non-finite loss) fails the experiment, as it fails a training run.
+A diverged epoch (non-finite loss) fails the experiment, as it fails a training run, its one
+line naming the experiment's learning rate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -22,7 +24,7 @@ from engine.nn.metrics.effectiveness import attack_effectiveness
 from engine.nn.metrics.evaluation import clean_and_robust
 from engine.run.analyses.common import Context, each_point, landscape
 from engine.run.epoch_metrics import first_n
-from engine.run.loop import lr_at, train
+from engine.run.loop import Diverged, lr_at, train
 
 
 def check(cfg, where: str) -> None:
@@ -125,6 +127,18 @@ def _lr(ctx: Context) -> float:
     return lr_at(ctx.scfg.train, int(ep))
 
 
+@contextlib.contextmanager
+def _diverged_says(kind: str, p: float, lr: float) -> Iterator[None]:
+    """A diverged epoch names the experiment's own learning rate, not the training run's knobs."""
+    try:
+        yield
+    except Diverged:
+        raise UserError(
+            f"{kind} point p = {p:g}: the epoch diverged (non-finite training loss); lower "
+            f"experiment.{kind}.lr (it is {lr:g})"
+        ) from None
+
+
 def point(ctx: Context, pt: dict) -> dict:
     cfg, scfg, dev = ctx.cfg, ctx.scfg, ctx.device
     kind, x, seed, lr = cfg.experiment.kind, cfg.experiment.params, cfg.train.seed, _lr(ctx)
@@ -153,7 +167,7 @@ def point(ctx: Context, pt: dict) -> dict:
         eff_every=x.train_eff_every,
         eff_batch_size=cfg.eval.batch_size,
     )
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), _diverged_says(kind, pt["p"], lr):
         torch.manual_seed(seed)
         train(
             m,
