@@ -214,7 +214,10 @@ def _set_field(section_obj, section: str, key: str, raw, where: str):
     fields = {f.name: f for f in option_fields(type(section_obj))}
     if key not in fields:
         allowed = ", ".join(fields)
-        more = " and a table [method.<name>] of a method's own parameters" if section == "method" else ""
+        more = {
+            "method": " and a table [method.<name>] of a method's own parameters",
+            "experiment": " and a table [experiment.<kind>] of the kind's own parameters",
+        }.get(section, "")
         raise UserError(f"{where}: unknown key '{section}.{key}' (keys of [{section}]: {allowed}{more})")
     meta = fields[key].metadata
     try:

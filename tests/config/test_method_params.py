@@ -308,6 +308,10 @@ def test_an_experiment_kind_owns_its_parameters():
     assert old.to_dict() == cfg.to_dict()
     with pytest.raises(UserError, match=r"no run of .* is an experiment of kind 'a1' \(experiment.kind: 'fig4b'\)"):
         load_preset("quick/digits-fig4b", ["experiment.a1.steps=[1]"])
+    with pytest.raises(
+        UserError, match=r"keys of \[experiment\]: kind, source, ckpt, samples and a table \[experiment.<kind>\]"
+    ):
+        load_preset("quick/digits-fig4b", ["experiment.fig4b=1"])
     with pytest.raises(UserError, match=r"unknown table \[experiment.fig9\]: no such experiment kind"):
         load_preset("quick/digits-fig4b", ["experiment.fig9.values=[1]"])
     with pytest.raises(UserError, match=r"experiment.fig4c.flip_unit = 'row': must be one of 'sample', 'element'"):
