@@ -268,36 +268,24 @@ EXTRA_METRICS = (
 FINAL_ATTACKS = ("pgd20", "pgd50", "aa", "aa-torchattacks", "apgd50x5")
 FINAL_CKPTS = ("best", "end", "swa_best", "swa_end")
 EXPERIMENT_KINDS = ("fig4a", "fig4b", "fig4c", "a1")
+_FIG4BC_KEYS = (
+    "p",
+    "lr",
+    "train_loss",
+    "train_adv_eff",
+    "hs",
+    "hs_method",
+    "eff_fgsm",
+    "eff_pgd10",
+    "clean_loss",
+    "clean_acc",
+    "test_clean_acc",
+    "test_robust_acc",
+)
 POINT_KEYS = {  # the keys of an experiment's `points` records, by kind (engine.run.experiments)
     "fig4a": ("s", "hs", "hs_method", "eff_fgsm", "eff_pgd10", "clean_loss", "clean_acc"),
-    "fig4b": (
-        "p",
-        "lr",
-        "train_loss",
-        "train_adv_eff",
-        "hs",
-        "hs_method",
-        "eff_fgsm",
-        "eff_pgd10",
-        "clean_loss",
-        "clean_acc",
-        "test_clean_acc",
-        "test_robust_acc",
-    ),
-    "fig4c": (
-        "p",
-        "lr",
-        "train_loss",
-        "train_adv_eff",
-        "hs",
-        "hs_method",
-        "eff_fgsm",
-        "eff_pgd10",
-        "clean_loss",
-        "clean_acc",
-        "test_clean_acc",
-        "test_robust_acc",
-    ),
+    "fig4b": _FIG4BC_KEYS,
+    "fig4c": _FIG4BC_KEYS,
     "a1": ("split", "steps", "adv_loss", "adv_acc", "clean_loss"),
 }
 

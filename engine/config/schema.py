@@ -244,7 +244,7 @@ TABLED = {"method": "name", "experiment": "kind"}
 def param_classes(section: str) -> dict[str, type]:
     """{name: its parameters class} of a tabled section."""
     if section == "method":
-        return {n: m.params for n, m in with_params().items() if m.params is not None}
+        return {n: m.params for n, m in with_params().items()}  # type: ignore[misc]
     return dict(EXPERIMENT_PARAMS)
 
 
@@ -349,15 +349,10 @@ def key_type(key: str):
     """The type of option `key` ("section.key", "method.<name>.key", "experiment.<kind>.key"),
     or None if unknown."""
     section, _, rest = key.partition(".")
-    if section in TABLED and "." in rest:
-        name, _, pkey = rest.partition(".")
-        owner = param_classes(section).get(name)
-        return field_hints(owner).get(pkey) if owner else None
-    if section in TABLED and rest in legacy_keys(section):
+    if section in TABLED and rest in legacy_keys(section):  # an old flat key: its first owner's parameter
         name, pkey = legacy_keys(section)[rest][0]
-        return field_hints(param_classes(section)[name]).get(pkey)
-    cls = section_classes().get(section)
-    return field_hints(cls).get(rest) if cls else None
+        key = f"{section}.{name}.{pkey}"
+    return config_keys().get(key)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -478,27 +473,39 @@ def _upgrade_table(section: str, table: dict, name) -> dict:
     return out
 
 
+def known_tables(d: dict) -> dict[str, dict]:
+    """A stored config.json's sections in today's shape (`upgrade`) with only the keys this advlc
+    knows: each section's options and the run's own `[method.<name>]` / `[experiment.<kind>]`
+    table. What `from_json` rebuilds and what an unpacked run is validated as (a key it does not
+    know is read from nowhere)."""
+    d = upgrade(d)
+    out: dict[str, dict] = {}
+    for section, cls in section_classes().items():
+        table = d.get(section)
+        if not isinstance(table, dict):
+            continue
+        options = {f.name for f in option_fields(cls)}
+        out[section] = {k: v for k, v in table.items() if k in options}
+        name = table.get(TABLED[section]) if section in TABLED else None
+        owner = param_classes(section).get(name) if isinstance(name, str) else None
+        if owner is not None and isinstance(table.get(name), dict):
+            fields = {f.name for f in dataclasses.fields(owner)}
+            out[section][name] = {k: v for k, v in table[name].items() if k in fields}
+    return out
+
+
 def from_json(d: dict) -> RunConfig:
     """Rebuild a stored (already resolved) config, e.g. from a run's config.json (older layouts
     upgraded first, see `upgrade`)."""
     cfg = RunConfig()
-    classes = section_classes()
-    d = upgrade(d)
-    for section, table in d.items():
-        if section not in classes or not isinstance(table, dict):
-            continue
+    for section, table in known_tables(d).items():
         obj = getattr(cfg, section)
-        names = {f.name for f in option_fields(type(obj))}
+        own = table.get(TABLED[section]) if section in TABLED else None
         for key, value in table.items():
-            if key in names:
+            if key == own and isinstance(value, dict):
+                obj.tables[key] = param_classes(section)[key](**value)
+            else:
                 setattr(obj, key, value)
-    for section, option in TABLED.items():
-        name = getattr(getattr(cfg, section), option)
-        owner = param_classes(section).get(name)
-        stored = d.get(section, {}).get(name) if owner is not None else None
-        if owner is not None and isinstance(stored, dict):
-            fields = {f.name for f in dataclasses.fields(owner)}
-            getattr(cfg, section).tables[name] = owner(**{k: v for k, v in stored.items() if k in fields})
     return cfg
 
 

@@ -18,7 +18,6 @@ State changes made here (not by the run process) happen under the supervisor loc
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import signal
@@ -30,7 +29,7 @@ import psutil
 
 from engine.config import origin
 from engine.config.presets import PlannedRun
-from engine.config.schema import build, from_json, label, TABLED, option_fields, param_classes, section_classes, upgrade
+from engine.config.schema import build, from_json, known_tables, label
 from engine.errors import CorruptFile, UserError
 from engine.launch.executors import EXECUTORS, Executor, executor_for, executor_named
 from engine.launch.plan import run_record
@@ -494,21 +493,7 @@ def check_config(config: dict, where: str) -> None:
     each value's type and allowed values, then the cross-field rules and the method's own); a
     one-line UserError naming `where` and the key otherwise. Keys this advlc does not know are
     left out: the run reads them from nowhere (engine.config.schema.from_json skips them too)."""
-    config = upgrade(config)
-    tables: dict[str, dict] = {}
-    for name, cls in section_classes().items():
-        table = config.get(name)
-        if isinstance(table, dict):
-            known = {f.name for f in option_fields(cls)}
-            tables[name] = {k: v for k, v in table.items() if k in known}
-    for section, option in TABLED.items():  # the run's own [method.<name>] / [experiment.<kind>] table
-        table = config[section] if isinstance(config.get(section), dict) else {}
-        name = table.get(option)
-        owner = param_classes(section).get(name) if isinstance(name, str) else None
-        if owner is not None and isinstance(table.get(name), dict):
-            known = {f.name for f in dataclasses.fields(owner)}
-            tables[section][name] = {k: v for k, v in table[name].items() if k in known}
-    build(tables, where)
+    build(known_tables(config), where)
 
 
 def unpack(store: Store, path: Path) -> list[RunDir]:

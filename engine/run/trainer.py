@@ -42,26 +42,10 @@ from engine.run.loop import EpochResult, train
 from engine.run.teachers import load_teachers
 from engine.store.alerts import early_stop, robust_key
 from engine.store.index import Store
-from engine.store.records import ConfigRecord, EarlyStop
+from engine.store.records import EPOCH_KEYS, ConfigRecord, EarlyStop
 from engine.store.rundir import RunDir
 from engine.store.summary import format_epoch
 
-EPOCH_KEYS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "clean_loss",
-    "clean_acc",
-    "robust_loss",
-    "robust_acc",
-    "av",
-    "ig",
-    "hs",
-    "time_s",
-    "eval_time_s",
-    "images_per_s",
-)
 VAL_KEYS = ("val_clean_loss", "val_clean_acc", "val_robust_loss", "val_robust_acc")
 """The validation split's records (data.val_size > 0): the test evaluation's clean and PGD numbers."""
 STATUS_EVERY_S = 5.0

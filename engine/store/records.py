@@ -685,28 +685,30 @@ def _fits(tp, v) -> bool:
 _NUM = (float,)
 
 
+EPOCH_KEYS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "clean_loss",
+    "clean_acc",
+    "robust_loss",
+    "robust_acc",
+    "av",
+    "ig",
+    "hs",
+    "time_s",
+    "eval_time_s",
+    "images_per_s",
+)
+"""The keys of an epoch record, in the order the run process writes them (engine.run.trainer)."""
+
+
 class EpochRecord(MetricRecord):
     """A row of `epochs` or `swa`: one evaluated (or trained) epoch."""
 
     REQUIRED = {"epoch": int}
-    TYPED = {
-        k: _NUM
-        for k in (
-            "lr",
-            "train_loss",
-            "train_acc",
-            "clean_loss",
-            "clean_acc",
-            "robust_loss",
-            "robust_acc",
-            "av",
-            "ig",
-            "hs",
-            "time_s",
-            "eval_time_s",
-            "images_per_s",
-        )
-    }
+    TYPED = {k: _NUM for k in EPOCH_KEYS[1:]}
 
 
 class EvalRecord(MetricRecord):
